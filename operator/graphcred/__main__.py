@@ -1,0 +1,3 @@
+from graphcred.cli import main
+
+raise SystemExit(main())

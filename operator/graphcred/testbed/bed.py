@@ -1,0 +1,102 @@
+"""The whole test bed in one object: the control plane, the token issuer, and API clients for both."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+
+from .cluster import ControlPlane
+from .issuer import Issuer, IssuerServer
+from .pki import CertificateAuthority
+
+T = TypeVar("T")
+
+
+def wait_for(
+    probe: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> T:
+    """Poll `probe` until it returns something truthy, or fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+class Bed:
+    """Control plane + issuer. `with Bed(dir) as bed:` starts both and stops both."""
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self.control_plane = ControlPlane(workdir)
+        self.issuer_ca = CertificateAuthority("graphcred-testbed-issuer-ca")
+        self.issuer_ca_file = self.control_plane.dir / "issuer-ca.crt"
+        self.issuer_ca_file.write_bytes(self.issuer_ca.cert_pem)
+        self.issuer_server: IssuerServer | None = None
+        self.api: client.ApiClient | None = None
+
+    @property
+    def issuer(self) -> Issuer:
+        assert self.issuer_server is not None, "bed not started"
+        return self.issuer_server.issuer
+
+    @property
+    def authority_host(self) -> str:
+        assert self.issuer_server is not None, "bed not started"
+        return self.issuer_server.base_url
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.kubeconfig
+
+    def start(self) -> Bed:
+        self.issuer_server = IssuerServer(self.issuer_ca).start()
+        try:
+            self.control_plane.start()
+        except Exception:
+            self.issuer_server.stop()
+            raise
+        self.api = config.new_client_from_config(str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        return self
+
+    def stop(self) -> None:
+        if self.api is not None:
+            self.api.close()  # type: ignore[no-untyped-call]
+        self.control_plane.stop()
+        if self.issuer_server is not None:
+            self.issuer_server.stop()
+
+    def __enter__(self) -> Bed:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- conveniences for tests and the demo ----------------------------------------------------------------
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    def create_namespace(self, name: str) -> None:
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def delete_namespace(self, name: str) -> None:
+        try:
+            self.core.delete_namespace(name)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def kubectl(self, *args: str, **kwargs: Any) -> Any:
+        return self.control_plane.kubectl(*args, **kwargs)

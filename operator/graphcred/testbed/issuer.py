@@ -1,0 +1,500 @@
+"""A local HTTPS token issuer that speaks the Entra ID v2.0 protocol MSAL talks to.
+
+Endpoints (as on login.microsoftonline.com):
+  GET  /{tenant}/v2.0/.well-known/openid-configuration
+  GET  /{tenant}/discovery/v2.0/keys
+  POST /{tenant}/oauth2/v2.0/token        (grant_type=client_credentials)
+
+Apps are registered with client secrets and/or certificates (and optionally a trusted CA for subject-name/issuer
+authentication with `x5c`). Client assertions are verified as Entra does. Faults can be injected per app, and every
+token request is counted per app so tests can assert how many requests a client made.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from . import jose
+from .pki import CertificateAuthority, new_key
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLOCK_SKEW = 300  # Entra tolerates five minutes of skew on client assertions
+RESERVED_SCOPES = {"openid", "profile", "offline_access"}
+
+
+@dataclass
+class Fault:
+    """What the token endpoint does instead of (or before) answering normally."""
+
+    aadsts: int | None = None  # answer with this AADSTS error
+    status: int | None = None  # answer with this HTTP status (429, 500, 503, ...)
+    retry_after: int | None = None  # Retry-After header, with status 429/503
+    delay: float = 0.0  # seconds to wait before answering (then answer normally unless another fault)
+    drop: bool = False  # close the connection without a response
+    times: int | None = None  # how many requests it applies to; None: until cleared
+
+
+@dataclass
+class App:
+    """An app registration with its credentials and granted application permissions."""
+
+    tenant_id: str
+    client_id: str
+    secrets: list[str] = field(default_factory=list)
+    certificates: list[x509.Certificate] = field(default_factory=list)
+    # subject-name/issuer auth: (subject common name, issuing CA) pairs accepted when x5c is sent
+    trusted_subjects: list[tuple[str, x509.Certificate]] = field(default_factory=list)
+    roles: dict[str, list[str]] = field(default_factory=dict)  # resource -> granted app roles
+    lifetime: int = 3599  # access-token lifetime in seconds
+
+
+class AadstsError(Exception):
+    def __init__(self, code: int, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.code, self.status, self.error, self.description = code, status, error, description
+
+
+def _body_for(exc: AadstsError) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC)
+    trace, correlation = str(uuid.uuid4()), str(uuid.uuid4())
+    stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
+    return {
+        "error": exc.error,
+        "error_description": f"AADSTS{exc.code}: {exc.description} Trace ID: {trace} "
+        f"Correlation ID: {correlation} Timestamp: {stamp}",
+        "error_codes": [exc.code],
+        "timestamp": stamp,
+        "trace_id": trace,
+        "correlation_id": correlation,
+        "error_uri": f"https://login.microsoftonline.com/error?code={exc.code}",
+    }
+
+
+# The errors tests inject by code, worded as Entra words them.
+def canned_error(code: int, app: App | None, tenant: str, client_id: str) -> AadstsError:
+    if code == 7000215:
+        return AadstsError(code, 401, "invalid_client",
+                           "Invalid client secret provided. Ensure the secret being sent in the request "
+                           "is the client secret value, not the client secret ID, for a secret added to "
+                           f"app '{client_id}'.")
+    if code == 700016:
+        return AadstsError(code, 400, "unauthorized_client",
+                           f"Application with identifier '{client_id}' was not found in the directory "
+                           f"'{tenant}'. This can happen if the application has not been installed by the "
+                           "administrator of the tenant or consented to by any user in the tenant. You may "
+                           "have sent your authentication request to the wrong tenant.")
+    if code == 90002:
+        return AadstsError(code, 400, "invalid_request",
+                           f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant "
+                           "ID and are signing into the correct cloud.")
+    if code == 700027:
+        return AadstsError(code, 401, "invalid_client",
+                           "The certificate with identifier used to sign the client assertion is not "
+                           "registered on application.")
+    if code == 700024:
+        return AadstsError(code, 400, "invalid_client",
+                           "Client assertion is not within its valid time range.")
+    return AadstsError(code, 400, "invalid_request", "Injected error.")
+
+
+class Issuer:
+    """The issuer's state: tenants, apps, faults, counters. Thread-safe; served by `IssuerServer`."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.signing_key = new_key()
+        self.kid = "graphcred-testbed-" + uuid.uuid4().hex[:8]
+        self._lock = threading.Lock()
+        self._tenants: dict[str, str] = {}  # name or id -> tenant id
+        self._apps: dict[tuple[str, str], App] = {}  # (tenant id, client id) -> app
+        self._faults: dict[str, list[Fault]] = {}
+        self._token_requests: Counter[str] = Counter()
+        self._discovery_requests = 0
+        self._seen_jti: dict[str, float] = {}
+        self.issued_tokens: list[str] = []  # every access token handed out (for leak scanners)
+
+    # --- registration -------------------------------------------------------------------------------------
+    def add_tenant(self, tenant_id: str, *domains: str) -> None:
+        with self._lock:
+            self._tenants[tenant_id.lower()] = tenant_id.lower()
+            for d in domains:
+                self._tenants[d.lower()] = tenant_id.lower()
+
+    def register_app(
+        self,
+        tenant_id: str,
+        client_id: str | None = None,
+        *,
+        secret: str | None = None,
+        certificate: x509.Certificate | None = None,
+        trusted_subject: tuple[str, x509.Certificate] | None = None,
+        roles: dict[str, list[str]] | None = None,
+        lifetime: int = 3599,
+    ) -> App:
+        self.add_tenant(tenant_id)
+        app = App(
+            tenant_id=tenant_id.lower(),
+            client_id=(client_id or str(uuid.uuid4())).lower(),
+            secrets=[secret] if secret else [],
+            certificates=[certificate] if certificate else [],
+            trusted_subjects=[trusted_subject] if trusted_subject else [],
+            roles=dict(roles or {}),
+            lifetime=lifetime,
+        )
+        with self._lock:
+            self._apps[(app.tenant_id, app.client_id)] = app
+        return app
+
+    def app(self, client_id: str) -> App:
+        with self._lock:
+            for (_, cid), app in self._apps.items():
+                if cid == client_id.lower():
+                    return app
+        raise KeyError(client_id)
+
+    # --- faults and counters ------------------------------------------------------------------------------
+    def fail(self, client_id: str, fault: Fault | None = None, **kwargs: Any) -> None:
+        """Make the token endpoint misbehave for this app (faults stack; first match wins)."""
+        with self._lock:
+            self._faults.setdefault(client_id.lower(), []).append(fault or Fault(**kwargs))
+
+    def heal(self, client_id: str | None = None) -> None:
+        with self._lock:
+            if client_id is None:
+                self._faults.clear()
+            else:
+                self._faults.pop(client_id.lower(), None)
+
+    def token_requests(self, client_id: str | None = None) -> int:
+        with self._lock:
+            if client_id is None:
+                return sum(self._token_requests.values())
+            return self._token_requests[client_id.lower()]
+
+    @property
+    def discovery_requests(self) -> int:
+        with self._lock:
+            return self._discovery_requests
+
+    def _take_fault(self, client_id: str) -> Fault | None:
+        with self._lock:
+            faults = self._faults.get(client_id, [])
+            if not faults:
+                return None
+            fault = faults[0]
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    faults.pop(0)
+            return fault
+
+    # --- protocol ------------------------------------------------------------------------------------------
+    def resolve_tenant(self, tenant: str) -> str:
+        with self._lock:
+            tid = self._tenants.get(tenant.lower())
+        if tid is None:
+            raise canned_error(90002, None, tenant, "")
+        return tid
+
+    def token_endpoint(self, tenant_id: str) -> str:
+        return f"{self.base_url}/{tenant_id}/oauth2/v2.0/token"
+
+    def issuer_for(self, tenant_id: str) -> str:
+        return f"{self.base_url}/{tenant_id}/v2.0"
+
+    def openid_configuration(self, tenant: str) -> dict[str, Any]:
+        with self._lock:
+            self._discovery_requests += 1
+        tid = self.resolve_tenant(tenant)
+        return {
+            "token_endpoint": self.token_endpoint(tid),
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": f"{self.base_url}/{tid}/discovery/v2.0/keys",
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": self.issuer_for(tid),
+            "request_uri_parameter_supported": False,
+            "authorization_endpoint": f"{self.base_url}/{tid}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{self.base_url}/{tid}/oauth2/v2.0/devicecode",
+            "end_session_endpoint": f"{self.base_url}/{tid}/oauth2/v2.0/logout",
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "graphcred.test",
+        }
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [jose.jwk(self.signing_key.public_key(), self.kid)]}
+
+    def token(self, tenant: str, form: dict[str, str]) -> dict[str, Any]:
+        """Client-credentials grant. Raises AadstsError for protocol errors."""
+        tid = self.resolve_tenant(tenant)
+        if form.get("grant_type") != "client_credentials":
+            raise AadstsError(70003, 400, "unsupported_grant_type",
+                              "The app requested an unsupported grant type.")
+        client_id = form.get("client_id", "").lower()
+        with self._lock:
+            app = self._apps.get((tid, client_id))
+        if app is None:
+            raise canned_error(700016, None, tenant, client_id)
+        self._authenticate(app, tid, form)
+        resource = self._resource(form.get("scope", ""))
+        now = int(time.time())
+        claims = {
+            "aud": resource,
+            "iss": self.issuer_for(tid),
+            "iat": now,
+            "nbf": now,
+            "exp": now + app.lifetime,
+            "tid": tid,
+            "appid": app.client_id,
+            "azp": app.client_id,
+            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, app.client_id)),
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, app.client_id)),
+            "idtyp": "app",
+            "ver": "2.0",
+            "uti": uuid.uuid4().hex,  # makes every token distinct, as Entra's are
+        }
+        roles = app.roles.get(resource) or []
+        if roles:
+            claims["roles"] = list(roles)
+        token = jose.sign({"typ": "JWT", "alg": "RS256", "kid": self.kid}, claims, self.signing_key)
+        with self._lock:
+            self.issued_tokens.append(token)
+        return {"token_type": "Bearer", "expires_in": app.lifetime, "ext_expires_in": app.lifetime,
+                "access_token": token}
+
+    @staticmethod
+    def _resource(scope: str) -> str:
+        scopes = [s for s in scope.split() if s not in RESERVED_SCOPES]
+        if len(scopes) != 1 or not scopes[0].endswith("/.default"):
+            raise AadstsError(1002012, 400, "invalid_scope",
+                              f"The provided value for scope {scope} is not valid. Client credential flows "
+                              "must have a scope value with /.default suffixed to the resource identifier "
+                              "(application ID URI).")
+        return scopes[0][: -len("/.default")]
+
+    def _authenticate(self, app: App, tid: str, form: dict[str, str]) -> None:
+        if "client_secret" in form:
+            if form["client_secret"] not in app.secrets:
+                raise canned_error(7000215, app, tid, app.client_id)
+            return
+        if form.get("client_assertion_type") == ASSERTION_TYPE and "client_assertion" in form:
+            self._verify_assertion(app, tid, form["client_assertion"])
+            return
+        raise AadstsError(7000218, 401, "invalid_client",
+                          "The request body must contain the following parameter: 'client_assertion' or "
+                          "'client_secret'.")
+
+    def _verify_assertion(self, app: App, tid: str, assertion: str) -> None:
+        def bad(why: str) -> AadstsError:
+            return AadstsError(700027, 401, "invalid_client", why)
+
+        try:
+            header, claims, signing_input, signature = jose.parse(assertion)
+        except jose.JoseError:
+            raise bad("Client assertion failed signature validation.") from None
+        alg = header.get("alg")
+        if alg == "RS256":
+            wanted, thumb = "x5t", jose.thumbprint_sha1
+        elif alg == "PS256":
+            wanted, thumb = "x5t#S256", jose.thumbprint_sha256
+        else:
+            raise bad(f"Client assertion uses an unsupported algorithm '{alg}'.")
+        presented = header.get(wanted)
+        if not isinstance(presented, str) or not presented:
+            raise bad(f"Client assertion with alg {alg} must carry the '{wanted}' header.")
+        presented = presented.rstrip("=")  # msal pads its base64url thumbprints; Entra accepts both
+        cert = next((c for c in app.certificates if thumb(c) == presented), None)
+        if cert is None:
+            cert = self._trusted_by_subject(app, header.get("x5c"), presented, thumb)
+        if cert is None:
+            raise bad("The certificate with identifier used to sign the client assertion is not registered "
+                      f"on application. [Reason - The key was not found., Thumbprint of key used by client: "
+                      f"'{presented}']")
+        public_key = cert.public_key()
+        if not isinstance(public_key, rsa.RSAPublicKey) or not jose.verify_signature(
+            alg, public_key, signing_input, signature
+        ):
+            raise bad("Client assertion contains an invalid signature.")
+        audiences = {self.token_endpoint(tid), self.token_endpoint(app.tenant_id)}
+        aud = claims.get("aud")
+        if aud not in audiences:
+            raise AadstsError(700021, 400, "invalid_client",
+                              f"Client assertion audience claim does not match Realm issuer. Review the "
+                              f"documentation at https://aka.ms/certCredentials . Audience '{aud}'.")
+        if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
+            raise AadstsError(700023, 400, "invalid_client",
+                              "Client assertion 'iss' and 'sub' must both be the client id.")
+        now = time.time()
+        exp, nbf = claims.get("exp"), claims.get("nbf", claims.get("iat"))
+        if not isinstance(exp, (int, float)) or exp + CLOCK_SKEW < now or (
+            isinstance(nbf, (int, float)) and nbf - CLOCK_SKEW > now
+        ):
+            raise canned_error(700024, app, tid, app.client_id)
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise bad("Client assertion must carry a 'jti' claim.")
+        with self._lock:
+            for old in [j for j, until in self._seen_jti.items() if until < now]:
+                del self._seen_jti[old]
+            if jti in self._seen_jti:
+                raise bad("Client assertion was already used (jti replayed).")
+            self._seen_jti[jti] = float(exp) + CLOCK_SKEW
+
+    @staticmethod
+    def _trusted_by_subject(
+        app: App, x5c: Any, presented: str, thumb: Any
+    ) -> x509.Certificate | None:
+        """Subject-name/issuer auth: the leaf in x5c is accepted if a trusted CA signed it for the subject."""
+        if not app.trusted_subjects or not isinstance(x5c, list) or not x5c:
+            return None
+        try:
+            leaf = x509.load_der_x509_certificate(base64.b64decode(x5c[0]))
+        except ValueError:
+            return None
+        if thumb(leaf) != presented:
+            return None
+        cn = leaf.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+        for subject, ca in app.trusted_subjects:
+            ca_key = ca.public_key()
+            if not cn or cn[0].value != subject or leaf.issuer != ca.subject:
+                continue
+            if not isinstance(ca_key, rsa.RSAPublicKey) or leaf.signature_hash_algorithm is None:
+                continue
+            try:
+                ca_key.verify(leaf.signature, leaf.tbs_certificate_bytes, padding.PKCS1v15(),
+                              leaf.signature_hash_algorithm)
+            except Exception:  # noqa: BLE001 - any failure means "not trusted"
+                continue
+            return leaf
+        return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: IssuerServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # quiet: request lines could carry nothing secret, but tests read their own output
+
+    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store, no-cache")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        issuer = self.server.issuer
+        parts = [p for p in urlsplit(self.path).path.split("/") if p]
+        try:
+            if len(parts) == 4 and parts[1:] == ["v2.0", ".well-known", "openid-configuration"]:
+                self._send_json(200, issuer.openid_configuration(parts[0]))
+            elif len(parts) == 4 and parts[1:] == ["discovery", "v2.0", "keys"]:
+                self._send_json(200, issuer.jwks())
+            else:
+                self._send_json(404, {"error": "not_found"})
+        except AadstsError as exc:
+            body = _body_for(exc)
+            if exc.code == 90002:
+                body["error"] = "invalid_tenant"
+            self._send_json(exc.status, body)
+
+    def do_POST(self) -> None:
+        issuer = self.server.issuer
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode("utf-8", "replace")
+        form = {k: v[0] for k, v in parse_qs(raw, keep_blank_values=True).items()}
+        parts = [p for p in urlsplit(self.path).path.split("/") if p]
+        if not (len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"]):
+            self._send_json(404, {"error": "not_found"})
+            return
+        client_id = form.get("client_id", "").lower()
+        with issuer._lock:
+            issuer._token_requests[client_id] += 1
+        fault = issuer._take_fault(client_id)
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            if fault.drop:
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if fault.status is not None:
+                headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+                self._send_json(fault.status, {"error": "temporarily_unavailable",
+                                               "error_description": f"Injected HTTP {fault.status}."},
+                                headers)
+                return
+            if fault.aadsts is not None:
+                exc = canned_error(fault.aadsts, None, parts[0], client_id)
+                self._send_json(exc.status, _body_for(exc))
+                return
+        try:
+            self._send_json(200, issuer.token(parts[0], form))
+        except AadstsError as exc:
+            self._send_json(exc.status, _body_for(exc))
+
+
+class IssuerServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, ca: CertificateAuthority, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
+        self.base_url = f"https://{host}:{self.server_address[1]}"
+        self.issuer = Issuer(self.base_url)
+        pair = ca.issue("graphcred-testbed-issuer", server=True, hosts=(host, "localhost"))
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tmp = tempfile.TemporaryDirectory(prefix="graphcred-issuer-")
+        crt, key = pair.write(Path(self._tmp.name), "issuer")
+        self._tls.load_cert_chain(crt, key)
+        self.socket = self._tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self._thread: threading.Thread | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            if isinstance(request, ssl.SSLSocket):
+                request.settimeout(30)
+                request.do_handshake()
+            super().finish_request(request, client_address)
+        except (ssl.SSLError, OSError):
+            pass  # a client that hangs up mid-handshake is not our problem
+
+    def start(self) -> IssuerServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="graphcred-issuer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._tmp.cleanup()
