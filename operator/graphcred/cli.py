@@ -1,15 +1,55 @@
-"""The `graphcred` command."""
+"""The `graphcred` command: `run` the operator, print the `crd`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from . import __version__
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="graphcred", description=__doc__)
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"GRAPHCRED_{name}", default)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphcred", description="Keeps Entra ID app-only tokens fresh in "
+                                     "Kubernetes Secrets.")
     parser.add_argument("--version", action="version", version=f"graphcred {__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--kubeconfig", default=_env("KUBECONFIG", os.environ.get("KUBECONFIG")),
+                     help="kubeconfig file (default: in-cluster config, else $KUBECONFIG / ~/.kube/config)")
+    run.add_argument("--namespace", "-n", action="append", dest="namespaces",
+                     help="namespace to watch; repeat for several (default: all; env GRAPHCRED_NAMESPACES, "
+                     "comma-separated)")
+    run.add_argument("--ca-bundle", default=_env("CA_BUNDLE"),
+                     help="extra CA bundle (PEM) for private authority hosts (env GRAPHCRED_CA_BUNDLE)")
+    run.add_argument("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"),
+                     help="log format (env GRAPHCRED_LOG_FORMAT)")
+    run.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                     type=str.upper, default=_env("LOG_LEVEL", "INFO"), help="log level (env GRAPHCRED_LOG_LEVEL)")
+    run.add_argument("--token-concurrency", type=int, default=int(_env("TOKEN_CONCURRENCY", "16") or 16),
+                     help="at most this many token requests in flight (env GRAPHCRED_TOKEN_CONCURRENCY)")
+    run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8080") or 8080),
+                     help="port for /healthz (env GRAPHCRED_HEALTH_PORT); 0 disables")
+    sub.add_parser("crd", help="print the GraphAppCredential CRD (YAML)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "crd":
+        from .crd import crd_yaml
+
+        sys.stdout.write(crd_yaml())
+        return 0
+    from .config import RunConfig
+    from .runner import run
+
+    namespaces = args.namespaces or [n for n in (_env("NAMESPACES") or "").split(",") if n.strip()]
+    cfg = RunConfig(kubeconfig=args.kubeconfig, namespaces=tuple(n.strip() for n in namespaces),
+                    ca_bundle=args.ca_bundle, log_format=args.log_format, log_level=args.log_level,
+                    token_concurrency=args.token_concurrency, health_port=args.health_port)
+    return run(cfg)

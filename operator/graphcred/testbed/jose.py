@@ -5,7 +5,6 @@ The product never verifies tokens (it only decodes claims for status); the issue
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from typing import Any
@@ -15,13 +14,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+from graphcred.jwt import b64url as b64url
+from graphcred.jwt import b64url_decode as b64url_decode
 
 
 def thumbprint_sha1(cert: x509.Certificate) -> str:

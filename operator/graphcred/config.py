@@ -1,0 +1,24 @@
+"""How `graphcred run` is configured: flags, each also settable by environment variable (for the chart)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    kubeconfig: str | None = None
+    namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty: all namespaces
+    ca_bundle: str | None = None
+    log_format: str = "text"
+    log_level: str = "INFO"
+    token_concurrency: int = 16
+    api_concurrency: int = 16
+    health_port: int = 8080
+
+    @staticmethod
+    def in_cluster() -> bool:
+        return os.path.exists(os.path.join(SERVICE_ACCOUNT_DIR, "token")) and "KUBERNETES_SERVICE_HOST" in os.environ

@@ -1,0 +1,124 @@
+"""Generate the GraphAppCredential CRD from the pydantic models.
+
+pydantic emits JSON Schema with $refs and anyOf-null; a CRD needs a structural OpenAPI v3 schema: every node typed,
+references inlined, `nullable` instead of `anyOf: [X, null]`, no titles. `graphcred crd` prints the result and
+`crds/graphappcredentials.yaml` is that output, committed (a test fails if they drift).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
+
+from . import model
+
+_KEEP = {
+    "type", "properties", "items", "required", "description", "pattern", "enum", "default", "format",
+    "minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "x-kubernetes-validations",
+}
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        target = defs[node["$ref"].split("/")[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    any_of = node.get("anyOf")
+    if any_of is not None:
+        others = [n for n in any_of if n.get("type") != "null"]
+        if len(others) != 1:
+            raise ValueError(f"cannot express anyOf {any_of} structurally")
+        # Optional fields: drop the null branch; absent is how "unset" is spelled in Kubernetes.
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        return _structural({**others[0], **rest}, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key not in _KEEP:
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = _structural(value, defs)
+        elif key == "default" and value is None:
+            continue
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if "properties" in out:
+        out.setdefault("type", "object")
+    return out
+
+
+def openapi_schema(cls: type[BaseModel], mode: JsonSchemaMode = "validation") -> dict[str, Any]:
+    schema = cls.model_json_schema(by_alias=True, mode=mode)
+    return _structural(schema, schema.get("$defs", {}))
+
+
+def crd() -> dict[str, Any]:
+    spec = openapi_schema(model.GraphAppCredentialSpec)
+    status = openapi_schema(model.GraphAppCredentialStatus, mode="serialization")
+    # Defaults belong to the operator for status; the apiserver must not invent status fields.
+    _strip_defaults(status)
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{model.PLURAL}.{model.GROUP}",
+            "labels": {"app.kubernetes.io/name": "graphcred", "app.kubernetes.io/part-of": "graphcred"},
+        },
+        "spec": {
+            "group": model.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": model.KIND,
+                "listKind": f"{model.KIND}List",
+                "plural": model.PLURAL,
+                "singular": model.SINGULAR,
+                "shortNames": list(model.SHORT_NAMES),
+                "categories": ["graphcred"],
+            },
+            "versions": [{
+                "name": model.VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
+                    {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason"},
+                    {"name": "Expires", "type": "string", "jsonPath": ".status.expiresOn"},
+                    {"name": "Secret", "type": "string", "jsonPath": ".status.secretName"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": "An Entra ID app-only token, kept fresh in a Secret by graphcred.",
+                    "required": ["spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": spec,
+                        "status": status,
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def _strip_defaults(node: dict[str, Any]) -> None:
+    node.pop("default", None)
+    for sub in node.get("properties", {}).values():
+        _strip_defaults(sub)
+    if isinstance(node.get("items"), dict):
+        _strip_defaults(node["items"])
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `graphcred crd` from operator/graphcred/model.py. Do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)

@@ -1,0 +1,88 @@
+"""kopf wiring only: watch events in, calls to the controller out. The logic lives elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import kopf
+from kubernetes import client, config
+
+from .config import RunConfig
+from .controller import Controller
+from .kube import Kube
+from .model import GROUP, PLURAL, VERSION
+from .reconciler import Reconciler
+from .tokens import TokenClient
+
+log = logging.getLogger(__name__)
+
+
+def _emit(obj: dict[str, Any], type: str, reason: str, message: str) -> None:  # noqa: A002
+    kopf.event(cast(kopf.Body, obj), type=type, reason=reason, message=message)
+
+
+def _api_client(cfg: RunConfig) -> client.ApiClient:
+    configuration = client.Configuration()
+    if cfg.kubeconfig or not cfg.in_cluster():
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=cfg.kubeconfig, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = cfg.api_concurrency
+    return client.ApiClient(configuration)
+
+
+@kopf.on.startup()
+async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg: RunConfig = memo["config"]
+    # Events are posted explicitly on condition transitions; kopf's log-to-event posting would leak log noise.
+    settings.posting.level = logging.CRITICAL + 1
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.persistence.finalizer = f"{GROUP}/finalizer"  # not used: no handler needs one
+    loop = asyncio.get_running_loop()
+    executor = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency,
+                                  thread_name_prefix="graphcred-io")
+    memo["executor"] = executor
+
+    async def run_blocking(fn: Any, *args: Any) -> Any:
+        return await loop.run_in_executor(executor, fn, *args)
+
+    reconciler = Reconciler(Kube(_api_client(cfg)), TokenClient(cfg.ca_bundle), _emit,
+                            run_blocking=run_blocking, token_concurrency=cfg.token_concurrency)
+    memo["controller"] = Controller(reconciler)
+    log.info("graphcred started: watching %s", ", ".join(cfg.namespaces) if cfg.namespaces else "all namespaces")
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def _credential_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller = memo["controller"]
+    body = event["object"]
+    if event["type"] == "DELETED":
+        controller.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+    else:
+        controller.observe(body)
+
+
+@kopf.on.cleanup()
+async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    controller: Controller | None = memo.get("controller")
+    if controller is not None:
+        await controller.stop()
+    executor: ThreadPoolExecutor | None = memo.get("executor")
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+@kopf.on.login()
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # In a pod: the mounted ServiceAccount; elsewhere: KUBECONFIG (set from --kubeconfig by the CLI).
+    if RunConfig.in_cluster():
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    else:
+        info = kopf.login_with_kubeconfig(**kwargs)
+    return info

@@ -1,0 +1,63 @@
+"""Kubernetes API I/O for the reconciler: Secrets and the GraphAppCredential status. Blocking; run in threads.
+
+Raw JSON (`_preload_content=False`) instead of the client's model classes: cheaper per call, and Secret data is
+read, used and dropped without lingering model objects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from kubernetes import client
+
+from .model import GROUP, PLURAL, VERSION
+
+
+class Conflict(Exception):
+    """The object changed or appeared under us (HTTP 409)."""
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body: dict[str, Any] = json.loads(cast(bytes, resp.data))
+        return body
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_secret(namespace, cast(Any, body), _preload_content=False)
+        except client.ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(body["metadata"]["name"]) from None
+            raise
+
+    def replace_secret(self, namespace: str, name: str, body: dict[str, Any], resource_version: str) -> None:
+        body = {**body, "metadata": {**body["metadata"], "resourceVersion": resource_version}}
+        try:
+            self.core.replace_namespaced_secret(name, namespace, cast(Any, body), _preload_content=False)
+        except client.ApiException as exc:
+            if exc.status in (409, 404):
+                raise Conflict(name) from None
+            raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        # A JSON merge patch replaces lists whole, which is what conditions need here.
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False,
+                _content_type="application/merge-patch+json")
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile; nothing to report on
+            raise

@@ -1,0 +1,74 @@
+"""Logging setup: text or JSON lines, with a last-line-of-defence filter that redacts anything token-shaped.
+
+The code never logs secrets on purpose; the filter catches what a library might (an error echoing a request).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from typing import Any
+
+# JWTs (three base64url segments starting with eyJ) and "Bearer ..." / client_secret=... / assertion=... values
+_PATTERNS = [
+    re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"(?i)((?:client_secret|client_assertion|access_token|private_key)[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+]
+REDACTED = "<redacted>"
+
+
+def redact(text: str) -> str:
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:
+            # Tracebacks can quote local values from libraries; keep the type and a redacted message only.
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} [{type(exc).__name__}: {redact(str(exc))}]"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for attr in ("k8s_skip", "k8s_ref"):
+            entry.pop(attr, None)
+        ref = getattr(record, "k8s_ref", None)
+        if isinstance(ref, dict) and ref.get("name"):
+            entry["object"] = f"{ref.get('namespace', '')}/{ref['name']}"
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def configure(fmt: str = "text", level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        text = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        text.converter = __import__("time").gmtime
+        handler.setFormatter(text)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Library chatter at INFO is noise for cluster operators; their warnings still show.
+    for noisy in ("kopf.activities", "kopf.objects", "urllib3", "msal", "kubernetes", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

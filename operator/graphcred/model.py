@@ -1,0 +1,242 @@
+"""The GraphAppCredential resource: spec and status models, the single source of truth.
+
+The CRD's OpenAPI schema is generated from these models (`graphcred.crd`), so every rule here is enforced twice:
+by the apiserver when a manifest is applied, and by the operator when it reads an object (which catches objects
+stored under an older, looser CRD).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GROUP = "graphcred.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "GraphAppCredential"
+PLURAL = "graphappcredentials"
+SINGULAR = "graphappcredential"
+SHORT_NAMES = ("gac",)
+
+GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+DOMAIN_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+TENANT_PATTERN = f"({GUID_PATTERN})|({DOMAIN_PATTERN})"
+SCOPE_PATTERN = r"^\S+/\.default$"
+AUTHORITY_HOST_PATTERN = r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+GRAPH_DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
+
+
+def _cel(rule: str, message: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+class Cloud(StrEnum):
+    AZURE_PUBLIC = "AzurePublic"
+    AZURE_US_GOVERNMENT = "AzureUSGovernment"
+    AZURE_CHINA = "AzureChina"
+
+
+AUTHORITY_HOSTS: dict[Cloud, str] = {
+    Cloud.AZURE_PUBLIC: "https://login.microsoftonline.com",
+    Cloud.AZURE_US_GOVERNMENT: "https://login.microsoftonline.us",
+    Cloud.AZURE_CHINA: "https://login.chinacloudapi.cn",
+}
+
+
+class _Strict(BaseModel):
+    # Unknown fields are errors, never silently ignored: a typo must not mean "use the default".
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+
+
+class ClientSecretRef(_Strict):
+    """A key of a Secret in the same namespace that holds the app's client secret."""
+
+    name: DnsName = Field(description="Name of the Secret (same namespace) holding the client secret.")
+    key: str = Field(default="clientSecret", min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN,
+                     description="Key in the Secret's data. Default clientSecret.")
+
+
+class CertificateRef(_Strict):
+    """A kubernetes.io/tls Secret (tls.crt + tls.key, PEM) whose certificate is registered on the app."""
+
+    name: DnsName = Field(description="Name of the kubernetes.io/tls Secret (same namespace): tls.crt and tls.key.")
+    send_x5c: bool = Field(default=False, alias="sendX5c",
+                           description="Send the certificate chain (x5c) for subject-name/issuer authentication.")
+
+
+class WorkloadIdentityRef(_Strict):
+    """Workload identity federation (planned): a ServiceAccount token exchanged for the app's token."""
+
+    service_account_name: DnsName = Field(alias="serviceAccountName",
+                                          description="ServiceAccount (same namespace) whose token is federated.")
+    audience: str = Field(default="api://AzureADTokenExchange", min_length=1, max_length=256,
+                          description="Audience of the ServiceAccount token. Default api://AzureADTokenExchange.")
+
+
+class Credential(_Strict):
+    """Exactly one way to authenticate the app."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            "[has(self.clientSecret), has(self.certificate), has(self.workloadIdentity)]"
+            ".filter(x, x).size() == 1",
+            "exactly one of clientSecret, certificate or workloadIdentity must be set",
+        )
+    )
+
+    client_secret: ClientSecretRef | None = Field(default=None, alias="clientSecret")
+    certificate: CertificateRef | None = None
+    workload_identity: WorkloadIdentityRef | None = Field(default=None, alias="workloadIdentity")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Credential:
+        chosen = [x for x in (self.client_secret, self.certificate, self.workload_identity) if x is not None]
+        if len(chosen) != 1:
+            raise ValueError("exactly one of clientSecret, certificate or workloadIdentity must be set")
+        return self
+
+    @property
+    def secret_name(self) -> str | None:
+        """The Secret this credential reads, if any."""
+        if self.client_secret is not None:
+            return self.client_secret.name
+        if self.certificate is not None:
+            return self.certificate.name
+        return None
+
+
+class GraphAppCredentialSpec(_Strict):
+    """Which Entra app to get an app-only token for, with which credential, and where to put it."""
+
+    tenant_id: str = Field(alias="tenantId", max_length=253, pattern=TENANT_PATTERN,
+                           description="Directory (tenant) ID, a GUID, or a verified domain such as "
+                           "contoso.onmicrosoft.com.")
+    client_id: str = Field(alias="clientId", pattern=GUID_PATTERN,
+                           description="Application (client) ID of the app registration, a GUID.")
+    cloud: Cloud = Field(default=Cloud.AZURE_PUBLIC,
+                         description="National cloud: AzurePublic, AzureUSGovernment or AzureChina.")
+    authority_host: str | None = Field(default=None, alias="authorityHost", max_length=253,
+                                       pattern=AUTHORITY_HOST_PATTERN,
+                                       description="https URL overriding the cloud's login host (private "
+                                       "endpoints, tests).")
+    scopes: list[Annotated[str, Field(max_length=1024, pattern=SCOPE_PATTERN)]] = Field(
+        default_factory=lambda: [GRAPH_DEFAULT_SCOPE],
+        min_length=1,
+        max_length=8,
+        description="Scopes to request, each '<resource>/.default', all for one resource. "
+        "Default https://graph.microsoft.com/.default.",
+        json_schema_extra=_cel("self.all(s, s == self[0])",
+                               "scopes must name exactly one resource ('<resource>/.default')"),
+    )
+    credential: Credential
+    secret_name: DnsName | None = Field(default=None, alias="secretName",
+                                        description="Name of the token Secret to write (same namespace). "
+                                        "Default <metadata.name>-token.")
+    refresh_before_expiry: str | None = Field(default=None, alias="refreshBeforeExpiry", max_length=64,
+                                              pattern=DURATION_PATTERN,
+                                              description="Refresh this long before expiry (e.g. 10m). Default: "
+                                              "at half the token's lifetime.")
+    required_roles: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, alias="requiredRoles", max_length=64,
+        description="Ready only if the token's roles claim holds all of these application permissions.",
+    )
+
+    @field_validator("tenant_id", "client_id")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+    @field_validator("scopes")
+    @classmethod
+    def _one_resource(cls, value: list[str]) -> list[str]:
+        if any(s != value[0] for s in value):
+            raise ValueError("scopes must name exactly one resource ('<resource>/.default')")
+        return value
+
+    def effective_secret_name(self, credential_name: str) -> str:
+        return self.secret_name or f"{credential_name}-token"
+
+    def authority_base(self) -> str:
+        return (self.authority_host or AUTHORITY_HOSTS[self.cloud]).rstrip("/")
+
+    def authority(self) -> str:
+        return f"{self.authority_base()}/{self.tenant_id}"
+
+    def refresh_before(self) -> timedelta | None:
+        return parse_duration(self.refresh_before_expiry) if self.refresh_before_expiry else None
+
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> timedelta:
+    """Go-style duration ('1h30m', '90s', '500ms') as used across Kubernetes APIs."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r}: use a Go duration such as 10m or 1h30m")
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+
+
+# --- status ---------------------------------------------------------------------------------------------------
+
+class Reason(StrEnum):
+    TOKEN_ISSUED = "TokenIssued"
+    CREDENTIAL_NOT_FOUND = "CredentialNotFound"
+    INVALID_CREDENTIAL = "InvalidCredential"
+    INVALID_SPEC = "InvalidSpec"
+    UNAUTHORIZED = "Unauthorized"
+    MISSING_ROLES = "MissingRoles"
+    SECRET_CONFLICT = "SecretConflict"
+    AUTHORITY_UNAVAILABLE = "AuthorityUnavailable"
+    THROTTLED = "Throttled"
+    PENDING = "Pending"
+
+
+class Condition(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    type: Literal["Ready"] = "Ready"
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+
+
+class GraphAppCredentialStatus(BaseModel):
+    """What the operator reports. Never a token, a secret, or a key."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    secret_name: str | None = Field(default=None, alias="secretName")
+    expires_on: str | None = Field(default=None, alias="expiresOn",
+                                   json_schema_extra={"format": "date-time"})
+    refresh_at: str | None = Field(default=None, alias="refreshAt", json_schema_extra={"format": "date-time"})
+    last_refresh_time: str | None = Field(default=None, alias="lastRefreshTime",
+                                          json_schema_extra={"format": "date-time"})
+    consecutive_failures: int = Field(default=0, alias="consecutiveFailures")
+    roles: list[str] = Field(default_factory=list)
+    audience: str | None = None
+    tenant_id: str | None = Field(default=None, alias="tenantId")
+    app_id: str | None = Field(default=None, alias="appId")
+    credential_version: str | None = Field(
+        default=None, alias="credentialVersion",
+        description="resourceVersion of the credential Secret the current token was acquired with.")
+
+    def ready(self) -> Condition | None:
+        return next((c for c in self.conditions if c.type == "Ready"), None)
+
+    def to_k8s(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")

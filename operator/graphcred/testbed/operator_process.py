@@ -1,0 +1,59 @@
+"""Run `graphcred run` as a real child process against the bed (tests, demo, bench)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .bed import Bed
+from .cluster import Process
+
+
+class OperatorProcess:
+    def __init__(self, bed: Bed, logdir: Path, *extra_args: str, name: str = "graphcred",
+                 log_format: str = "text", log_level: str = "DEBUG") -> None:
+        self.bed = bed
+        argv = [sys.executable, "-m", "graphcred", "run", f"--kubeconfig={bed.kubeconfig}",
+                f"--ca-bundle={bed.issuer_ca_file}", f"--log-format={log_format}", f"--log-level={log_level}",
+                "--health-port=0", *extra_args]
+        self.process = Process(name, argv, logdir)
+
+    @property
+    def logfile(self) -> Path:
+        return self.process.logfile
+
+    def start(self) -> OperatorProcess:
+        # The operator must not depend on the environment's CA settings to reach the issuer.
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        self.process.start()
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, as the kubelet does after the grace period or the OOM killer at any time."""
+        popen = self.process.popen
+        if popen is not None and popen.poll() is None:
+            popen.send_signal(signal.SIGKILL)
+            popen.wait()
+        self.process.stop()
+
+    def logs(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def __enter__(self) -> OperatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def install_crd(bed: Bed) -> None:
+    """Apply crds/ (the committed, generated CRD) and wait until it is established."""
+    crd = Path(__file__).resolve().parents[3] / "crds" / "graphappcredentials.yaml"
+    bed.kubectl("apply", "--server-side", "-f", str(crd))
+    bed.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                "crd/graphappcredentials.graphcred.io")
