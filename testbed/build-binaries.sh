@@ -4,8 +4,8 @@
 # Prints the directory that holds the binaries on its last line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-KUBE_VERSION=v1.36.3   # keep in step with testbed/go/kube/go.mod
-ETCD_VERSION=v3.6.8    # the etcd that Kubernetes v1.36 is tested with (its go.mod)
+KUBE_VERSION=v1.37.2   # keep in step with testbed/go/kube/go.mod
+ETCD_VERSION=v3.7.0    # the etcd that Kubernetes v1.37 is tested with (its go.mod)
 HELM_VERSION=v3.22.0
 cache=${GRAPHCRED_CACHE:-$HOME/.cache/graphcred}
 out="$cache/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
@@ -22,7 +22,7 @@ build() {  # name, module dir, package
   echo "testbed: built $name in $((SECONDS - t0)) s" >&2
 }
 
-kube_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=36 -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
+kube_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
 for cmd in kube-apiserver kube-controller-manager kubectl; do
   if [ ! -x "$out/$cmd" ]; then
     echo "testbed: building $cmd $KUBE_VERSION — the first build takes minutes" >&2

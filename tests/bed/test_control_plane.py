@@ -35,7 +35,7 @@ WIDGET_CRD = {
 def test_kubectl_reaches_the_apiserver(bed: Bed) -> None:
     out = bed.kubectl("version", "-o", "json").stdout
     server = json.loads(out)["serverVersion"]
-    assert server["gitVersion"].startswith("v1.36.")
+    assert server["gitVersion"].startswith("v1.37.")
 
 
 def test_custom_resource_is_created_and_watched(bed: Bed, namespace: str) -> None:

@@ -155,6 +155,8 @@ class ControlPlane:
             "--api-audiences=" + SA_ISSUER,
             "--service-cluster-ip-range=10.0.0.0/24",
             "--authorization-mode=RBAC",
+            # no kubernetes Service endpoints: nothing runs in-cluster, and 1.37 refuses a loopback endpoint
+            "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--v=1",
