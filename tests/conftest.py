@@ -1,4 +1,5 @@
-"""Shared fixtures: the real control plane (session-scoped), a fresh namespace per test, the token issuer."""
+"""Shared fixtures: the real control plane and issuer (session-scoped), the operator as a real child process,
+and a fresh namespace per test."""
 
 from __future__ import annotations
 
@@ -9,12 +10,28 @@ from pathlib import Path
 import pytest
 
 from graphcred.testbed.bed import Bed
+from graphcred.testbed.operator_process import OperatorProcess, install_crd
+
+from .helpers import Env
 
 
 @pytest.fixture(scope="session")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     with Bed(tmp_path_factory.mktemp("bed")) as b:
+        install_crd(b)
         yield b
+
+
+@pytest.fixture(scope="session")
+def operator_logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("operator")
+
+
+@pytest.fixture(scope="session")
+def operator(bed: Bed, operator_logdir: Path) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching all namespaces (tests restart it when they need to)."""
+    with OperatorProcess(bed, operator_logdir) as op:
+        yield op
 
 
 @pytest.fixture
@@ -25,6 +42,7 @@ def namespace(bed: Bed) -> Iterator[str]:
     bed.delete_namespace(name)
 
 
-@pytest.fixture(scope="session")
-def ca_bundle(bed: Bed) -> Path:
-    return bed.issuer_ca_file
+@pytest.fixture
+def env(bed: Bed, namespace: str, operator: OperatorProcess) -> Env:
+    """The bed, a namespace and a running operator: what an end-to-end test needs."""
+    return Env(bed, namespace, operator)

@@ -135,8 +135,9 @@ class GraphAppCredentialSpec(_Strict):
         max_length=8,
         description="Scopes to request, each '<resource>/.default', all for one resource. "
         "Default https://graph.microsoft.com/.default.",
-        json_schema_extra=_cel("self.all(s, s == self[0])",
-                               "scopes must name exactly one resource ('<resource>/.default')"),
+        json_schema_extra={"default": [GRAPH_DEFAULT_SCOPE],
+                           **_cel("self.all(s, s == self[0])",
+                                  "scopes must name exactly one resource ('<resource>/.default')")},
     )
     credential: Credential
     secret_name: DnsName | None = Field(default=None, alias="secretName",

@@ -1,0 +1,116 @@
+"""Helpers for end-to-end tests: register apps, create Secrets and GraphAppCredentials, wait for conditions."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from kubernetes import client
+
+from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.testbed import jose
+from graphcred.testbed.bed import Bed, wait_for
+from graphcred.testbed.issuer import App
+from graphcred.testbed.operator_process import OperatorProcess
+from graphcred.testbed.pki import KeyPair
+
+GRAPH = "https://graph.microsoft.com"
+
+
+@dataclass
+class Env:
+    bed: Bed
+    namespace: str
+    operator: OperatorProcess
+
+    # --- setup ------------------------------------------------------------------------------------------------
+    def register_app(self, *, secret: str | None = None, certificate: Any = None,
+                     roles: list[str] | None = None, lifetime: int = 3599, **kwargs: Any) -> App:
+        tenant = str(uuid.uuid4())
+        return self.bed.issuer.register_app(tenant, secret=secret, certificate=certificate,
+                                            roles={GRAPH: roles} if roles else {}, lifetime=lifetime, **kwargs)
+
+    def client_secret(self, name: str, value: str, key: str = "clientSecret") -> None:
+        self.bed.core.create_namespaced_secret(self.namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name), string_data={key: value}))
+
+    def tls_secret(self, name: str, pair: KeyPair) -> None:
+        self.bed.core.create_namespaced_secret(self.namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name), type="kubernetes.io/tls",
+            string_data={"tls.crt": pair.cert_pem.decode(), "tls.key": pair.key_pem.decode()}))
+
+    def manifest(self, name: str, app: App, credential: dict[str, Any], **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GraphAppCredential", "metadata": {"name": name},
+                "spec": {"tenantId": app.tenant_id, "clientId": app.client_id,
+                         "authorityHost": self.bed.authority_host, "credential": credential, **spec}}
+
+    def create(self, name: str, app: App, credential: dict[str, Any], **spec: Any) -> dict[str, Any]:
+        obj: dict[str, Any] = self.bed.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.manifest(name, app, credential, **spec))
+        return obj
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.bed.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name,
+                                                       {"spec": spec})
+
+    def delete(self, name: str) -> None:
+        self.bed.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    # --- reading ----------------------------------------------------------------------------------------------
+    def get(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.bed.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                                           PLURAL, name)
+        return obj
+
+    def ready_condition(self, name: str) -> dict[str, Any] | None:
+        for cond in self.get(name).get("status", {}).get("conditions", []):
+            if cond["type"] == "Ready":
+                return dict(cond)
+        return None
+
+    def wait_condition(self, name: str, status: str, reason: str, timeout: float = 30) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            cond = self.ready_condition(name)
+            ok = cond is not None and cond["status"] == status and cond["reason"] == reason
+            return self.get(name) if ok else None
+
+        try:
+            return wait_for(probe, timeout=timeout, what=f"{name} Ready={status}/{reason}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; condition now: {self.ready_condition(name)}") from None
+
+    def wait_ready(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        return self.wait_condition(name, "True", "TokenIssued", timeout)
+
+    def secret(self, name: str) -> client.V1Secret | None:
+        try:
+            return self.bed.core.read_namespaced_secret(name, self.namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def token(self, secret_name: str) -> str | None:
+        secret = self.secret(secret_name)
+        if secret is None or not secret.data or "access_token" not in secret.data:
+            return None
+        return base64.b64decode(secret.data["access_token"]).decode()
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        events = self.bed.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [(e.type, e.reason, e.message or "") for e in events]
+
+    def verified_claims(self, token: str) -> dict[str, Any]:
+        """Verify as a resource server would: signature against the issuer's published JWKS."""
+        header, claims, signing_input, signature = jose.parse(token)
+        config = requests.get(f"{self.bed.authority_host}/{claims['tid']}/v2.0/.well-known/openid-configuration",
+                              verify=str(self.bed.issuer_ca_file), timeout=10).json()
+        keys = requests.get(config["jwks_uri"], verify=str(self.bed.issuer_ca_file), timeout=10).json()["keys"]
+        key = next(k for k in keys if k["kid"] == header["kid"])
+        assert jose.verify_signature("RS256", jose.public_key_from_jwk(key), signing_input, signature)
+        assert claims["iss"] == config["issuer"]
+        return claims
