@@ -67,3 +67,18 @@ def test_valid_manifest_with_defaults_is_accepted(bed: Bed, namespace: str) -> N
     assert obj["spec"]["cloud"] == "AzurePublic"
     assert obj["spec"]["scopes"] == ["https://graph.microsoft.com/.default"]
     assert obj["spec"]["credential"]["clientSecret"]["key"] == "clientSecret"
+
+
+@pytest.mark.parametrize("example", ["client-secret.yaml", "certificate.yaml", "pod.yaml"])
+def test_examples_are_accepted_by_the_apiserver(bed: Bed, namespace: str, example: str) -> None:
+    result = bed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(ROOT / "examples" / example),
+                         check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_prints_the_crd() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "graphcred", "crd"], capture_output=True, text=True, check=True)
+    assert out.stdout == crd_yaml()

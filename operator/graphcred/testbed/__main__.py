@@ -1,49 +1,92 @@
-"""`python -m graphcred.testbed demo`: bring the bed up and print how to reach it.
+"""`python -m graphcred.testbed demo`: the whole story on a local bed, no Azure account, no cluster.
 
-`--hold` keeps it up until Ctrl-C; without it the bed is shown and torn down, so the command also works
-unattended.
+Starts the real control plane and the Entra-protocol issuer, installs the CRD, runs `graphcred run`, registers the
+example app from `examples/` in the issuer, applies the example manifests (pointed at the local issuer), and
+prints `kubectl get gac` and the token's decoded claims. `--hold` keeps everything up until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import base64
 import json
 import signal
 import sys
-import uuid
+import time
+from pathlib import Path
+from typing import Any
 
-from .bed import Bed
+import yaml
+
+from ..jwt import b64url_decode
+from .bed import Bed, wait_for
+from .operator_process import OperatorProcess, install_crd
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def _example_docs() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((EXAMPLES / "client-secret.yaml").read_text()) if d]
 
 
 def demo(hold: bool) -> int:
-    print("graphcred demo: starting the test bed (first run builds Kubernetes from source: minutes)", flush=True)
+    print("graphcred demo: starting the test bed (the first run builds Kubernetes from source: minutes)",
+          flush=True)
     with Bed() as bed:
-        tenant = str(uuid.uuid4())
-        app = bed.issuer.register_app(tenant, secret="demo-secret",
-                                      roles={"https://graph.microsoft.com": ["Mail.Read"]})
+        install_crd(bed)
         version = json.loads(bed.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
         print(f"control plane: Kubernetes {version} at {bed.control_plane.server} "
-              f"(up in {bed.control_plane.startup_seconds:.1f} s)")
-        print(f"  export KUBECONFIG={bed.kubeconfig}")
-        print(f"token issuer (Entra v2.0 protocol): {bed.authority_host}")
-        print(f"  CA bundle: {bed.issuer_ca_file}")
-        print(f"  example app: tenant {tenant}, client {app.client_id}, roles Mail.Read on Graph")
-        print(bed.kubectl("get", "namespaces").stdout)
-        if hold:
-            print("bed is up; Ctrl-C to stop", flush=True)
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            with contextlib.suppress(KeyboardInterrupt):
-                signal.pause()
-    print("bed stopped")
+              f"(up in {bed.control_plane.startup_seconds:.1f} s); token issuer at {bed.authority_host}")
+        docs = _example_docs()
+        secret_doc = next(d for d in docs if d["kind"] == "Secret")
+        gac = next(d for d in docs if d["kind"] == "GraphAppCredential")
+        spec = gac["spec"]
+        bed.issuer.add_tenant(spec["tenantId"], "contoso-demo.onmicrosoft.com")
+        bed.issuer.register_app(spec["tenantId"], spec["clientId"], secret=secret_doc["stringData"]["clientSecret"],
+                                roles={"https://graph.microsoft.com": ["Mail.Read", "User.Read.All"]}, lifetime=120)
+        print(f"registered the example app {spec['clientId']} in the issuer (tokens live 120 s to show refreshes)")
+        with OperatorProcess(bed, bed.control_plane.dir, log_level="INFO") as op:
+            bed.create_namespace("demo")
+            spec["authorityHost"] = bed.authority_host  # the only change: talk to the local issuer
+            manifest = yaml.safe_dump_all(docs)
+            print("$ kubectl apply -n demo -f examples/client-secret.yaml   # authorityHost set to the local issuer")
+            print(bed.kubectl("apply", "-n", "demo", "-f", "-", input=manifest).stdout, end="")
+            t0 = time.monotonic()
+
+            def ready() -> bool:
+                out = bed.kubectl("get", "gac", "mail-reader", "-n", "demo", "-o",
+                                  "jsonpath={.status.conditions[0].status}", check=False).stdout
+                return out == "True"
+
+            wait_for(ready, timeout=60, what="mail-reader to become Ready")
+            print(f"Ready after {time.monotonic() - t0:.2f} s\n$ kubectl get gac -n demo")
+            print(bed.kubectl("get", "gac", "-n", "demo").stdout)
+            data = json.loads(bed.kubectl("get", "secret", "mail-reader-token", "-n", "demo", "-o",
+                                          "json").stdout)["data"]
+            token = base64.b64decode(data["access_token"]).decode()
+            header, claims = (json.loads(b64url_decode(p)) for p in token.split(".")[:2])
+            print("$ kubectl get secret mail-reader-token -n demo   # keys:", ", ".join(sorted(data)))
+            print("decoded access_token header:", json.dumps(header))
+            print("decoded access_token claims:", json.dumps(claims, indent=2))
+            print(f"\nexpires_on: {base64.b64decode(data['expires_on']).decode()}; the operator refreshes at "
+                  "half-life. A pod reads it as in examples/pod.yaml.")
+            if hold:
+                print(f"\nexport KUBECONFIG={bed.kubeconfig}\nbed and operator are up "
+                      f"(operator log: {op.logfile}); Ctrl-C to stop", flush=True)
+                signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+                try:
+                    signal.pause()
+                except KeyboardInterrupt:
+                    pass
+    print("demo stopped; nothing left running")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m graphcred.testbed")
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="start the bed and print how to reach it")
-    d.add_argument("--hold", action="store_true", help="keep the bed up until Ctrl-C")
+    d = sub.add_parser("demo", help="run graphcred on a local bed and show a token Secret")
+    d.add_argument("--hold", action="store_true", help="keep the bed and operator up until Ctrl-C")
     args = parser.parse_args(argv)
     return demo(args.hold)
 
