@@ -30,7 +30,8 @@ def operator_logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def operator(bed: Bed, operator_logdir: Path) -> Iterator[OperatorProcess]:
     """One operator for the session, watching all namespaces (tests restart it when they need to)."""
-    with OperatorProcess(bed, operator_logdir) as op:
+    # JSON logs at DEBUG: the leak scanner reads them; a short token timeout keeps timeout tests quick.
+    with OperatorProcess(bed, operator_logdir, "--token-timeout=3", log_format="json") as op:
         yield op
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,13 @@ class Env:
         events = self.bed.core.list_namespaced_event(
             self.namespace, field_selector=f"involvedObject.name={name}").items
         return [(e.type, e.reason, e.message or "") for e in events]
+
+    def assert_stays(self, probe: Any, seconds: float, what: str) -> None:
+        """Assert `probe()` holds at every check for `seconds` (for "nothing happens" properties)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert probe(), what
+            time.sleep(0.2)
 
     def verified_claims(self, token: str) -> dict[str, Any]:
         """Verify as a resource server would: signature against the issuer's published JWKS."""

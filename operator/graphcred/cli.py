@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                      type=str.upper, default=_env("LOG_LEVEL", "INFO"), help="log level (env GRAPHCRED_LOG_LEVEL)")
     run.add_argument("--token-concurrency", type=int, default=int(_env("TOKEN_CONCURRENCY", "16") or 16),
                      help="at most this many token requests in flight (env GRAPHCRED_TOKEN_CONCURRENCY)")
+    run.add_argument("--token-timeout", type=float, default=float(_env("TOKEN_TIMEOUT", "30") or 30),
+                     help="seconds to wait for the token endpoint's answer (env GRAPHCRED_TOKEN_TIMEOUT)")
     run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8080") or 8080),
                      help="port for /healthz (env GRAPHCRED_HEALTH_PORT); 0 disables")
     sub.add_parser("crd", help="print the GraphAppCredential CRD (YAML)")
@@ -51,5 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     namespaces = args.namespaces or [n for n in (_env("NAMESPACES") or "").split(",") if n.strip()]
     cfg = RunConfig(kubeconfig=args.kubeconfig, namespaces=tuple(n.strip() for n in namespaces),
                     ca_bundle=args.ca_bundle, log_format=args.log_format, log_level=args.log_level,
-                    token_concurrency=args.token_concurrency, health_port=args.health_port)
+                    token_concurrency=args.token_concurrency, token_timeout=args.token_timeout,
+                    health_port=args.health_port)
     return run(cfg)

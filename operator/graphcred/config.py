@@ -16,6 +16,7 @@ class RunConfig:
     log_format: str = "text"
     log_level: str = "INFO"
     token_concurrency: int = 16
+    token_timeout: float = 30.0  # seconds to wait for the token endpoint's answer
     api_concurrency: int = 16
     health_port: int = 8080
 

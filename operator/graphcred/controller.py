@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # namespace, name
 
 
+def _newer(version: str, than: str | None) -> bool:
+    """Is resourceVersion `version` newer than `than`? Numeric where possible (etcd revisions), else inequality."""
+    if than is None:
+        return False
+    if version.isdigit() and than.isdigit():
+        return int(version) > int(than)
+    return version != than
+
+
 @dataclass
 class _Worker:
     snapshot: Snapshot
@@ -29,12 +38,17 @@ class _Worker:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     errors: int = 0
+    indexed: tuple[Key | None, Key | None] = (None, None)  # (credential Secret, token Secret) in the indexes
 
 
 class Controller:
     def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
         self._workers: dict[Key, _Worker] = {}
+        # (namespace, secret name) -> objects that read it as credential / write it as token Secret
+        self._readers: dict[Key, set[Key]] = {}
+        self._writers: dict[Key, set[Key]] = {}
+        self._latest: dict[Key, str] = {}  # newest resourceVersion seen of each credential Secret in use
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -62,18 +76,52 @@ class Controller:
             worker.wake.set()  # status-only updates (our own patches) do not wake
 
     def forget(self, namespace: str, name: str) -> None:
-        worker = self._workers.pop((namespace, name), None)
-        if worker is not None and worker.task is not None:
-            worker.task.cancel()
+        key = (namespace, name)
+        worker = self._workers.pop(key, None)
+        if worker is not None:
+            self._unindex(key, worker)
+            if worker.task is not None:
+                worker.task.cancel()
 
-    def credential_changed(self, namespace: str, secret_name: str) -> int:
-        """A Secret changed: wake every credential in that namespace that reads it. Returns how many."""
-        woken = 0
-        for (ns, _), worker in self._workers.items():
-            if ns == namespace and worker.memory.credential_secret == secret_name:
-                worker.wake.set()
-                woken += 1
-        return woken
+    def secret_event(self, namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        """From the Secret metadata watch. Wakes the objects that read a changed credential Secret (rotation,
+        or a missing one appearing) and those whose token Secret was deleted (to write it again)."""
+        secret = (namespace, name)
+        readers = self._readers.get(secret)
+        if readers:
+            if deleted:
+                self._latest.pop(secret, None)
+            else:
+                self._latest[secret] = resource_version
+            for key in readers:
+                version = self._workers[key].memory.credential_version
+                if deleted or version == "" or _newer(resource_version, version):
+                    self._workers[key].wake.set()
+        if deleted:
+            for key in self._writers.get(secret, ()):
+                self._workers[key].wake.set()
+
+    def _index(self, key: Key, worker: _Worker) -> None:
+        reads = (key[0], worker.memory.credential_secret) if worker.memory.credential_secret else None
+        writes = (key[0], worker.memory.target_secret) if worker.memory.target_secret else None
+        if (reads, writes) == worker.indexed:
+            return
+        self._unindex(key, worker)
+        if reads:
+            self._readers.setdefault(reads, set()).add(key)
+        if writes:
+            self._writers.setdefault(writes, set()).add(key)
+        worker.indexed = (reads, writes)
+
+    def _unindex(self, key: Key, worker: _Worker) -> None:
+        for index, secret in ((self._readers, worker.indexed[0]), (self._writers, worker.indexed[1])):
+            if secret is not None and secret in index:
+                index[secret].discard(key)
+                if not index[secret]:
+                    del index[secret]
+                    if index is self._readers:
+                        self._latest.pop(secret, None)
+        worker.indexed = (None, None)
 
     async def _run(self, key: Key, worker: _Worker) -> None:
         while True:
@@ -81,6 +129,10 @@ class Controller:
             try:
                 delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
                 worker.errors = 0
+                self._index(key, worker)
+                latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
+                if latest is not None and _newer(latest, worker.memory.credential_version):
+                    continue  # the credential changed while this pass ran: go again now
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - one object's bug must not stop the others

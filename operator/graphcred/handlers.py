@@ -15,6 +15,7 @@ from .controller import Controller
 from .kube import Kube
 from .model import GROUP, PLURAL, VERSION
 from .reconciler import Reconciler
+from .secretwatch import SecretMetadataWatch
 from .tokens import TokenClient
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,17 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     async def run_blocking(fn: Any, *args: Any) -> Any:
         return await loop.run_in_executor(executor, fn, *args)
 
-    reconciler = Reconciler(Kube(_api_client(cfg)), TokenClient(cfg.ca_bundle), _emit,
-                            run_blocking=run_blocking, token_concurrency=cfg.token_concurrency)
-    memo["controller"] = Controller(reconciler)
+    api = _api_client(cfg)
+    tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout))
+    reconciler = Reconciler(Kube(api), tokens, _emit, run_blocking=run_blocking,
+                            token_concurrency=cfg.token_concurrency)
+    controller = Controller(reconciler)
+    memo["controller"] = controller
+
+    def on_secret(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
+
+    memo["watches"] = [SecretMetadataWatch(api, on_secret, ns).start() for ns in (cfg.namespaces or (None,))]
     log.info("graphcred started: watching %s", ", ".join(cfg.namespaces) if cfg.namespaces else "all namespaces")
 
 
@@ -70,6 +79,8 @@ async def _credential_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
 
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for watch in memo.get("watches") or []:
+        await asyncio.to_thread(watch.stop)
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()

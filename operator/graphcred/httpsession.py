@@ -27,6 +27,17 @@ class LastResponse:
 
     status: int
     retry_after: float | None
+    aadsts: int | None = None  # first AADSTS code of a 4xx error body (error bodies hold no secrets)
+
+
+def _aadsts(response: requests.Response) -> int | None:
+    if not 400 <= response.status_code < 500:
+        return None
+    try:
+        codes = response.json().get("error_codes") or []
+    except ValueError:
+        return None
+    return codes[0] if codes and isinstance(codes[0], int) else None
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -79,7 +90,8 @@ class PinnedCASession(requests.Session):
             if cached and cached[0] > time.monotonic():
                 return cached[1]
         response = super().request(method, url, *args, **kwargs)
-        self._last.value = LastResponse(response.status_code, _retry_after(response.headers.get("Retry-After")))
+        self._last.value = LastResponse(response.status_code, _retry_after(response.headers.get("Retry-After")),
+                                        _aadsts(response))
         if discovery and response.status_code == 200:
             with self._lock:
                 self._discovery[key] = (time.monotonic() + DISCOVERY_TTL, response)

@@ -47,7 +47,11 @@ class Memory:
     failures: int = 0
     missing_roles_checks: int = 0
     last_status: dict[str, Any] | None = None
-    credential_secret: str | None = None  # name of the Secret the credential is read from, for rotation watches
+    # For the Secret watch: which Secrets this object depends on, and the credential version last read
+    # ("" when the Secret was missing, None before the first read).
+    credential_secret: str | None = None
+    credential_version: str | None = None
+    target_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,9 @@ class Reconciler:
         try:
             spec = self._parse_spec(snap)
             mem.credential_secret = spec.credential.secret_name
-            material, credential_version = await self._material(snap, spec, now)
             secret_name = spec.effective_secret_name(snap.name)
+            mem.target_secret = secret_name
+            material, credential_version = await self._material(snap, spec, mem, now)
             existing = await self._blocking(self.kube.read_secret, snap.namespace, secret_name)
             if existing is not None and not is_ours(existing["metadata"], snap.owner):
                 raise Outcome(Reason.SECRET_CONFLICT,
@@ -156,15 +161,17 @@ class Reconciler:
                           "clientSecret or certificate", permanent=True)
         return spec
 
-    async def _material(self, snap: Snapshot, spec: GraphAppCredentialSpec, now: dt.datetime
+    async def _material(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory, now: dt.datetime
                         ) -> tuple[Material, str]:
         name = spec.credential.secret_name
         assert name is not None  # workload identity was refused above
         secret = await self._blocking(self.kube.read_secret, snap.namespace, name)
         if secret is None:
+            mem.credential_version = ""
             raise Outcome(Reason.CREDENTIAL_NOT_FOUND,
                           f"Secret {name} not found in namespace {snap.namespace}", permanent=True)
         version = str(secret["metadata"].get("resourceVersion", ""))
+        mem.credential_version = version
         try:
             if spec.credential.client_secret is not None:
                 return credentials.client_secret(secret.get("data"), spec.credential.client_secret), version

@@ -19,7 +19,7 @@ import msal
 import requests
 
 from .credentials import Certificate, ClientSecret, Material
-from .httpsession import PinnedCASession
+from .httpsession import DEFAULT_TIMEOUT, PinnedCASession
 from .jwt import TokenClaims, sign_client_assertion, unverified_claims
 from .model import GraphAppCredentialSpec, Reason
 
@@ -97,9 +97,9 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
 class TokenClient:
     """Acquires tokens. Thread-safe; blocking (run it in an executor)."""
 
-    def __init__(self, ca_bundle: str | None = None,
+    def __init__(self, ca_bundle: str | None = None, timeout: tuple[float, float] = DEFAULT_TIMEOUT,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
-        self.session = PinnedCASession(ca_bundle)
+        self.session = PinnedCASession(ca_bundle, timeout)
         self._clock = clock
 
     def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
@@ -162,12 +162,13 @@ class TokenClient:
         return app
 
     def _discovery_error(self, spec: GraphAppCredentialSpec, text: str) -> AcquisitionError:
-        match = _AADSTS.search(text)
-        if match and int(match.group(1)) in _KNOWN_CODES:
-            reason, advice = _KNOWN_CODES[int(match.group(1))]
-            return AcquisitionError(reason, f"Entra ID refused the request (AADSTS{match.group(1)}): {advice}",
-                                    permanent=True, code=int(match.group(1)))
         last = self.session.last_response()
+        match = _AADSTS.search(text)
+        code = last.aadsts if last and last.aadsts else int(match.group(1)) if match else None
+        if code in _KNOWN_CODES:
+            reason, advice = _KNOWN_CODES[code]
+            return AcquisitionError(reason, f"Entra ID refused the request (AADSTS{code}): {advice}",
+                                    permanent=True, code=code)
         if last and 400 <= last.status < 500:
             return AcquisitionError(Reason.UNAUTHORIZED,
                                     f"{spec.authority()} refused discovery (HTTP {last.status}): check tenantId, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import signal
 import sys
@@ -56,7 +57,7 @@ def demo(hold: bool) -> int:
             def ready() -> bool:
                 out = bed.kubectl("get", "gac", "mail-reader", "-n", "demo", "-o",
                                   "jsonpath={.status.conditions[0].status}", check=False).stdout
-                return out == "True"
+                return bool(out == "True")
 
             wait_for(ready, timeout=60, what="mail-reader to become Ready")
             print(f"Ready after {time.monotonic() - t0:.2f} s\n$ kubectl get gac -n demo")
@@ -74,10 +75,8 @@ def demo(hold: bool) -> int:
                 print(f"\nexport KUBECONFIG={bed.kubeconfig}\nbed and operator are up "
                       f"(operator log: {op.logfile}); Ctrl-C to stop", flush=True)
                 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-                try:
+                with contextlib.suppress(KeyboardInterrupt):
                     signal.pause()
-                except KeyboardInterrupt:
-                    pass
     print("demo stopped; nothing left running")
     return 0
 
