@@ -3,12 +3,15 @@ and a fresh namespace per test."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from graphcred.model import GROUP, PLURAL, VERSION
 from graphcred.testbed.bed import Bed
 from graphcred.testbed.operator_process import OperatorProcess, install_crd
 
@@ -43,7 +46,27 @@ def namespace(bed: Bed) -> Iterator[str]:
     bed.delete_namespace(name)
 
 
+@dataclass
+class LeakCorpus:
+    """What the leak scanner reads at the end: every event and status the operator wrote, every secret used."""
+
+    texts: list[str] = field(default_factory=list)
+    secrets: set[str] = field(default_factory=set)
+
+
+@pytest.fixture(scope="session")
+def leak_corpus() -> LeakCorpus:
+    return LeakCorpus()
+
+
 @pytest.fixture
-def env(bed: Bed, namespace: str, operator: OperatorProcess) -> Env:
+def env(bed: Bed, namespace: str, operator: OperatorProcess, leak_corpus: LeakCorpus) -> Iterator[Env]:
     """The bed, a namespace and a running operator: what an end-to-end test needs."""
-    return Env(bed, namespace, operator)
+    e = Env(bed, namespace, operator)
+    yield e
+    # Collect before the namespace (and its Events) is deleted.
+    leak_corpus.secrets.update(e._values.values())
+    for event in bed.core.list_namespaced_event(namespace).items:
+        leak_corpus.texts.append(f"event {event.reason}: {event.message}")
+    for obj in bed.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
+        leak_corpus.texts.append(json.dumps(obj))

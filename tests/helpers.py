@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -26,17 +26,22 @@ class Env:
     bed: Bed
     namespace: str
     operator: OperatorProcess
+    _values: dict[str, str] = field(default_factory=dict)
+
+    def sv(self, plain: str) -> str:
+        """The distinctive secret value used for `plain` in this test, so the leak scanner can find it anywhere."""
+        return self._values.setdefault(plain, f"{plain}~{uuid.uuid4().hex[:16]}")
 
     # --- setup ------------------------------------------------------------------------------------------------
     def register_app(self, *, secret: str | None = None, certificate: Any = None,
                      roles: list[str] | None = None, lifetime: int = 3599, **kwargs: Any) -> App:
         tenant = str(uuid.uuid4())
-        return self.bed.issuer.register_app(tenant, secret=secret, certificate=certificate,
+        return self.bed.issuer.register_app(tenant, secret=self.sv(secret) if secret else None, certificate=certificate,
                                             roles={GRAPH: roles} if roles else {}, lifetime=lifetime, **kwargs)
 
     def client_secret(self, name: str, value: str, key: str = "clientSecret") -> None:
         self.bed.core.create_namespaced_secret(self.namespace, client.V1Secret(
-            metadata=client.V1ObjectMeta(name=name), string_data={key: value}))
+            metadata=client.V1ObjectMeta(name=name), string_data={key: self.sv(value)}))
 
     def tls_secret(self, name: str, pair: KeyPair) -> None:
         self.bed.core.create_namespaced_secret(self.namespace, client.V1Secret(

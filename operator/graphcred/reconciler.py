@@ -144,7 +144,11 @@ class Reconciler:
                     return delay
             token = await self._acquire(spec, material)
             del material  # the credential is not kept between passes
+            log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
+                      spec.authority_base(), rfc3339(token.expires_on))
             await self._write_secret(snap, secret_name, existing, token)
+            log.debug("%s/%s: Secret %s %s", snap.namespace, snap.name, secret_name,
+                      "created" if existing is None else "updated")
         except Outcome as outcome:
             mem.first_pass = False
             return await self._failed(snap, mem, outcome)
@@ -255,6 +259,7 @@ class Reconciler:
             credential_version=credential_version,
         )
         await self._report(snap, mem, status, verdict.ready, verdict.reason, verdict.message)
+        log.debug("%s/%s: next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
         return max(delay, 0.0)
 
     async def _failed(self, snap: Snapshot, mem: Memory, outcome: Outcome) -> float | None:
@@ -282,6 +287,9 @@ class Reconciler:
             "refresh_at": rfc3339(now + dt.timedelta(seconds=delay)) if delay is not None else None,
         })
         await self._report(snap, mem, status, ready, outcome.reason, message)
+        log.debug("%s/%s: %s (%s), attempt %d, next attempt %s", snap.namespace, snap.name, outcome.reason.value,
+                  "permanent" if outcome.permanent else "transient", mem.failures,
+                  f"in {delay:.1f} s" if delay is not None else "after a change")
         return delay
 
     def _previous(self, snap: Snapshot, mem: Memory) -> GraphAppCredentialStatus:

@@ -110,7 +110,7 @@ def test_a_failing_credential_recovers_as_soon_as_its_secret_is_fixed(env: Env) 
     env.client_secret("fixme", "typo")
     env.create("fixme", app, {"clientSecret": {"name": "fixme"}})
     env.wait_condition("fixme", "False", "Unauthorized")
-    env.bed.core.patch_namespaced_secret("fixme", env.namespace, {"stringData": {"clientSecret": "correct"}})
+    env.bed.core.patch_namespaced_secret("fixme", env.namespace, {"stringData": {"clientSecret": env.sv("correct")}})
     env.wait_ready("fixme", timeout=5)
     assert env.bed.issuer.token_requests(app.client_id) == 2
     assert ("Normal", "TokenIssued") in [(t, r) for t, r, _ in env.events("fixme")]
@@ -131,10 +131,11 @@ def test_rotated_client_secret_is_used_within_seconds(env: Env) -> None:
     env.wait_ready("rotate")
     first = env.token("rotate-token")
     # Rotation as done in Entra: add the new secret, switch the Secret, remove the old one.
-    app.secrets.append("new-secret")
-    env.bed.core.patch_namespaced_secret("rotate", env.namespace, {"stringData": {"clientSecret": "new-secret"}})
+    app.secrets.append(env.sv("new-secret"))
+    env.bed.core.patch_namespaced_secret("rotate", env.namespace,
+                                         {"stringData": {"clientSecret": env.sv("new-secret")}})
     wait_for(lambda: env.token("rotate-token") != first, timeout=5, what="a token acquired with the new secret")
-    app.secrets.remove("old-secret")
+    app.secrets.remove(env.sv("old-secret"))
     assert env.bed.issuer.token_requests(app.client_id) == 2
     assert env.wait_ready("rotate")["status"]["credentialVersion"] == \
         env.secret("rotate").metadata.resource_version  # type: ignore[union-attr]

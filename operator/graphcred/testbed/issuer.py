@@ -163,6 +163,11 @@ class Issuer:
             self._apps[(app.tenant_id, app.client_id)] = app
         return app
 
+    def registered_secrets(self) -> list[str]:
+        """Every client secret ever registered (for leak scanners)."""
+        with self._lock:
+            return [s for app in self._apps.values() for s in app.secrets]
+
     def app(self, client_id: str) -> App:
         with self._lock:
             for (_, cid), app in self._apps.items():

@@ -1,0 +1,61 @@
+"""Runs last (file order): no token, client secret or private key in any operator log, event or status written
+during the whole end-to-end suite, in JSON logs (the session operator) and in text logs (run here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from graphcred.testbed.operator_process import OperatorProcess
+from graphcred.testbed.pki import self_signed
+
+from ..conftest import LeakCorpus
+from ..helpers import Env
+
+pytestmark = pytest.mark.bed
+
+
+def _text_operator_scenario(env: Env, logdir: Path) -> OperatorProcess:
+    """The main paths once more, under a text-format DEBUG operator."""
+    env.operator.stop()
+    text_op = OperatorProcess(env.bed, logdir, "--token-timeout=3", name="graphcred-text",
+                              log_format="text", log_level="DEBUG").start()
+    pair = self_signed("leak-check")
+    app = env.register_app(secret="leak-check", certificate=pair.cert)
+    env.client_secret("ok", "leak-check")
+    env.client_secret("wrong", "not-the-secret")
+    env.tls_secret("cert", pair)
+    env.create("ok", app, {"clientSecret": {"name": "ok"}})
+    env.create("wrong", app, {"clientSecret": {"name": "wrong"}})
+    env.create("cert", app, {"certificate": {"name": "cert"}})
+    env.wait_ready("ok")
+    env.wait_ready("cert")
+    env.wait_condition("wrong", "False", "Unauthorized")
+    env.bed.issuer.fail(app.client_id, status=429, retry_after=1, times=1)
+    env.patch_spec("ok", {"scopes": ["https://vault.azure.net/.default"]})
+    env.wait_ready("ok", timeout=30)
+    return text_op
+
+
+def test_no_secret_material_anywhere(env: Env, leak_corpus: LeakCorpus, operator_logdir: Path) -> None:
+    text_op = _text_operator_scenario(env, operator_logdir)
+    try:
+        texts = list(leak_corpus.texts)
+        for event in env.bed.core.list_namespaced_event(env.namespace).items:
+            texts.append(f"{event.reason}: {event.message}")
+        for log in sorted(operator_logdir.glob("*.log")):
+            texts.append(log.read_text(errors="replace"))
+    finally:
+        text_op.stop()
+        env.operator.start()
+    tokens = env.bed.issuer.issued_tokens
+    secrets = leak_corpus.secrets | set(env._values.values()) | set(env.bed.issuer.registered_secrets())
+    assert len(tokens) >= 2 and len(secrets) >= 2, "the scanner must have something to look for"
+    assert sum(len(t) for t in texts) > 2_500, "and somewhere to look"
+    corpus = "\n".join(texts)
+    leaked_tokens = [t[:12] + "..." for t in tokens if t in corpus or t.split(".")[2] in corpus]
+    leaked_secrets = [s.split("~")[0] + "~..." for s in secrets if s in corpus]
+    assert not leaked_tokens, f"tokens found in logs/events/status: {leaked_tokens[:3]}"
+    assert not leaked_secrets, f"client secrets found in logs/events/status: {leaked_secrets[:3]}"
+    assert "PRIVATE KEY" not in corpus
