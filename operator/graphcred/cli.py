@@ -34,8 +34,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="at most this many token requests in flight (env GRAPHCRED_TOKEN_CONCURRENCY)")
     run.add_argument("--token-timeout", type=float, default=float(_env("TOKEN_TIMEOUT", "30") or 30),
                      help="seconds to wait for the token endpoint's answer (env GRAPHCRED_TOKEN_TIMEOUT)")
-    run.add_argument("--health-port", type=int, default=int(_env("HEALTH_PORT", "8080") or 8080),
-                     help="port for /healthz (env GRAPHCRED_HEALTH_PORT); 0 disables")
+    run.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "8080") or 8080),
+                     help="port for /metrics, /healthz and /readyz (env GRAPHCRED_METRICS_PORT); -1 disables, "
+                     "0 picks a free port")
+    run.add_argument("--leader-election", action=argparse.BooleanOptionalAction,
+                     default=(_env("LEADER_ELECTION", "false") or "").lower() in ("1", "true", "yes"),
+                     help="run as one of several replicas: only the Lease holder acts (env GRAPHCRED_LEADER_ELECTION)")
+    run.add_argument("--leader-election-namespace",
+                     default=_env("LEADER_ELECTION_NAMESPACE", os.environ.get("POD_NAMESPACE", "default")),
+                     help="namespace of the Lease (env GRAPHCRED_LEADER_ELECTION_NAMESPACE, else POD_NAMESPACE)")
+    run.add_argument("--lease-duration", type=float, default=float(_env("LEASE_DURATION", "15") or 15),
+                     help="seconds a leader's Lease lasts without renewal: the takeover time after a crash "
+                     "(env GRAPHCRED_LEASE_DURATION)")
     sub.add_parser("crd", help="print the GraphAppCredential CRD (YAML)")
     return parser
 
@@ -54,5 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(kubeconfig=args.kubeconfig, namespaces=tuple(n.strip() for n in namespaces),
                     ca_bundle=args.ca_bundle, log_format=args.log_format, log_level=args.log_level,
                     token_concurrency=args.token_concurrency, token_timeout=args.token_timeout,
-                    health_port=args.health_port)
+                    metrics_port=args.metrics_port, leader_election=args.leader_election,
+                    leader_election_namespace=args.leader_election_namespace, lease_seconds=args.lease_duration)
     return run(cfg)

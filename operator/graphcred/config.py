@@ -18,7 +18,11 @@ class RunConfig:
     token_concurrency: int = 16
     token_timeout: float = 30.0  # seconds to wait for the token endpoint's answer
     api_concurrency: int = 16
-    health_port: int = 8080
+    metrics_port: int = 8080  # /metrics, /healthz, /readyz; -1 disables
+    leader_election: bool = False
+    leader_election_namespace: str = "default"
+    leader_election_name: str = "graphcred-leader"
+    lease_seconds: float = 15.0
 
     @staticmethod
     def in_cluster() -> bool:

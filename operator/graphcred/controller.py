@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import policy
+from .metrics import ready_states
 from .reconciler import Memory, Reconciler, Snapshot
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class Controller:
         self._readers: dict[Key, set[Key]] = {}
         self._writers: dict[Key, set[Key]] = {}
         self._latest: dict[Key, str] = {}  # newest resourceVersion seen of each credential Secret in use
+        reconciler.metrics.track_states(
+            lambda: ready_states(w.memory.last_status for w in list(self._workers.values())))
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -78,6 +81,7 @@ class Controller:
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         worker = self._workers.pop(key, None)
+        self.reconciler.metrics.forget(namespace, name)
         if worker is not None:
             self._unindex(key, worker)
             if worker.task is not None:

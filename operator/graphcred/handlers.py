@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -13,6 +14,7 @@ from kubernetes import client, config
 from .config import RunConfig
 from .controller import Controller
 from .kube import Kube
+from .metrics import Health, Metrics
 from .model import GROUP, PLURAL, VERSION
 from .reconciler import Reconciler
 from .secretwatch import SecretMetadataWatch
@@ -25,7 +27,7 @@ def _emit(obj: dict[str, Any], type: str, reason: str, message: str) -> None:  #
     kopf.event(cast(kopf.Body, obj), type=type, reason=reason, message=message)
 
 
-def _api_client(cfg: RunConfig) -> client.ApiClient:
+def api_client(cfg: RunConfig) -> client.ApiClient:
     configuration = client.Configuration()
     if cfg.kubeconfig or not cfg.in_cluster():
         config.load_kube_config(  # type: ignore[no-untyped-call]
@@ -53,10 +55,12 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     async def run_blocking(fn: Any, *args: Any) -> Any:
         return await loop.run_in_executor(executor, fn, *args)
 
-    api = _api_client(cfg)
+    api = api_client(cfg)
     tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout))
+    metrics: Metrics = memo["metrics"]
+    health: Health = memo["health"]
     reconciler = Reconciler(Kube(api), tokens, _emit, run_blocking=run_blocking,
-                            token_concurrency=cfg.token_concurrency)
+                            token_concurrency=cfg.token_concurrency, metrics=metrics)
     controller = Controller(reconciler)
     memo["controller"] = controller
 
@@ -64,6 +68,14 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
 
     memo["watches"] = [SecretMetadataWatch(api, on_secret, ns).start() for ns in (cfg.namespaces or (None,))]
+
+    async def heartbeat() -> None:
+        while True:  # /healthz fails if the event loop stops ticking
+            health.beat = time.monotonic()
+            await asyncio.sleep(2)
+
+    memo["heartbeat"] = asyncio.create_task(heartbeat())
+    health.ready.set()
     log.info("graphcred started: watching %s", ", ".join(cfg.namespaces) if cfg.namespaces else "all namespaces")
 
 
@@ -79,6 +91,9 @@ async def _credential_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
 
 @kopf.on.cleanup()
 async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    heartbeat: asyncio.Task[None] | None = memo.get("heartbeat")
+    if heartbeat is not None:
+        heartbeat.cancel()
     for watch in memo.get("watches") or []:
         await asyncio.to_thread(watch.stop)
     controller: Controller | None = memo.get("controller")

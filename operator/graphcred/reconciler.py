@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from . import credentials, policy
 from .credentials import CredentialError, Material
 from .kube import Conflict, Kube
+from .metrics import Metrics
 from .model import (
     API_VERSION,
     KIND,
@@ -109,7 +111,9 @@ class Reconciler:
         token_concurrency: int = 16,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.kube = kube
         self.tokens = tokens
         self.emit = emit
@@ -204,11 +208,15 @@ class Reconciler:
 
     async def _acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
         async with self._token_slots:
+            started = time.monotonic()
             try:
-                return await self._blocking(self.tokens.acquire, spec, material)
+                token = await self._blocking(self.tokens.acquire, spec, material)
             except AcquisitionError as exc:
+                self.metrics.latency.observe(time.monotonic() - started)
                 raise Outcome(exc.reason, exc.message, permanent=exc.permanent,
                               retry_after=exc.retry_after) from None
+            self.metrics.acquired(time.monotonic() - started)
+            return token
 
     async def _write_secret(self, snap: Snapshot, name: str, existing: dict[str, Any] | None, token: Token) -> None:
         body = render(name, snap.owner, token.access_token, token.expires_on)
@@ -264,6 +272,7 @@ class Reconciler:
 
     async def _failed(self, snap: Snapshot, mem: Memory, outcome: Outcome) -> float | None:
         mem.failures += 1
+        self.metrics.failed(outcome.reason.value, None)
         previous = self._previous(snap, mem)
         now = self._clock()
         expires = parse_rfc3339(previous.expires_on)
@@ -311,6 +320,9 @@ class Reconciler:
                       reason: Reason, message: str) -> None:
         previous = self._previous(snap, mem).ready()
         body = status.to_k8s()
+        expires = parse_rfc3339(status.expires_on)
+        self.metrics.report(snap.namespace, snap.name, expires.timestamp() if expires else None,
+                            status.consecutive_failures)
         before = mem.last_status if mem.last_status is not None else snap.status
         if body != before:
             # merge patch: keys that disappeared must be sent as null to be removed

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
-from .bed import Bed
+from .bed import Bed, wait_for
 from .cluster import Process
 
 
@@ -17,7 +18,7 @@ class OperatorProcess:
         self.bed = bed
         argv = [sys.executable, "-m", "graphcred", "run", f"--kubeconfig={bed.kubeconfig}",
                 f"--ca-bundle={bed.issuer_ca_file}", f"--log-format={log_format}", f"--log-level={log_level}",
-                "--health-port=0", *extra_args]
+                "--metrics-port=0", *extra_args]
         self.process = Process(name, argv, logdir)
 
     @property
@@ -40,6 +41,14 @@ class OperatorProcess:
             popen.send_signal(signal.SIGKILL)
             popen.wait()
         self.process.stop()
+
+    def metrics_url(self, timeout: float = 15.0) -> str:
+        """Base URL of the operator's /metrics, /healthz, /readyz server (it picked a free port)."""
+        def port() -> str | None:
+            found = re.findall(r"serving /metrics, /healthz, /readyz on port (\d+)", self.logs())
+            return found[-1] if found else None
+
+        return f"http://127.0.0.1:{wait_for(port, timeout=timeout, what='the metrics server to start')}"
 
     def logs(self) -> str:
         return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""

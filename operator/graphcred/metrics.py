@@ -1,0 +1,133 @@
+"""Prometheus metrics, and the small HTTP server for /metrics, /healthz and /readyz.
+
+Names follow cert-manager's lead where they mean the same (`..._expiration_timestamp_seconds`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """Everything the operator reports. One instance per process (its own registry, so tests can make more)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.acquisitions = Counter(
+            "graphcred_token_acquisitions", "Token acquisitions, by result (success, failure) and reason.",
+            ["result", "reason"], registry=self.registry)
+        self.latency = Histogram(
+            "graphcred_token_acquisition_duration_seconds", "Time to acquire a token from the token endpoint.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=self.registry)
+        self.expiration = Gauge(
+            "graphcred_token_expiration_timestamp_seconds",
+            "Expiry (Unix time) of the token currently in each credential's Secret.",
+            ["namespace", "name"], registry=self.registry)
+        self.failures = Gauge(
+            "graphcred_consecutive_failures", "Consecutive failed acquisitions of each credential.",
+            ["namespace", "name"], registry=self.registry)
+        self._states: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
+        self.registry.register(_ReadyCollector(lambda: self._states()))
+
+    def track_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """Where to read each credential's (ready status, reason) from at scrape time."""
+        self._states = states
+
+    def acquired(self, seconds: float) -> None:
+        self.acquisitions.labels("success", "TokenIssued").inc()
+        self.latency.observe(seconds)
+
+    def failed(self, reason: str, seconds: float | None) -> None:
+        self.acquisitions.labels("failure", reason).inc()
+        if seconds is not None:
+            self.latency.observe(seconds)
+
+    def report(self, namespace: str, name: str, expires_at: float | None, failures: int) -> None:
+        if expires_at is not None:
+            self.expiration.labels(namespace, name).set(expires_at)
+        self.failures.labels(namespace, name).set(failures)
+
+    def forget(self, namespace: str, name: str) -> None:
+        for gauge in (self.expiration, self.failures):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
+
+
+class _ReadyCollector(Collector):
+    def __init__(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._states = states
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("graphcred_credentials", "GraphAppCredentials by Ready status and reason.",
+                                   labels=["ready", "reason"])
+        counts: dict[tuple[str, str], int] = {}
+        for state in self._states():
+            counts[state] = counts.get(state, 0) + 1
+        for (ready, reason), count in sorted(counts.items()):
+            family.add_metric([ready, reason], count)
+        yield family
+
+
+class Health:
+    """Liveness: the event loop ticks. Readiness: the process has finished starting (leader or standby)."""
+
+    def __init__(self, stale_after: float = 30.0) -> None:
+        self.stale_after = stale_after
+        self.beat = time.monotonic()
+        self.ready = threading.Event()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.beat < self.stale_after
+
+
+def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
+    """Start the metrics/health server in a daemon thread. Port 0 picks a free one (see server_address)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            pass
+
+        def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = health.alive()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
+            elif path == "/readyz":
+                ok = health.ready.is_set()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"starting\n")
+            else:
+                self._send(404, b"not found\n")
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="graphcred-http", daemon=True).start()
+    log.info("serving /metrics, /healthz, /readyz on port %d", server.server_address[1])
+    return server
+
+
+def ready_states(statuses: Iterable[Mapping[str, Any] | None]) -> Iterable[tuple[str, str]]:
+    for status in statuses:
+        conds = (status or {}).get("conditions") or []
+        cond = next((c for c in conds if c.get("type") == "Ready"), None)
+        yield (cond["status"], cond.get("reason", "")) if cond else ("Unknown", "Pending")

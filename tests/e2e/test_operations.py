@@ -1,0 +1,111 @@
+"""Running it for real: metrics and health endpoints, and high availability with two replicas."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from kubernetes import client
+
+from graphcred.secret import parse_rfc3339
+from graphcred.testbed.bed import wait_for
+from graphcred.testbed.operator_process import OperatorProcess
+
+from ..helpers import Env
+
+pytestmark = pytest.mark.bed
+
+
+def _sample(text: str, metric: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(metric + "{") and not line.startswith(metric + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_and_health_endpoints(env: Env) -> None:
+    base = env.operator.metrics_url()
+    assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+    app = env.register_app(secret="metrics")
+    env.client_secret("cred", "metrics")
+    env.client_secret("wrong", "not-it")
+    env.create("scraped", app, {"clientSecret": {"name": "cred"}})
+    env.create("refused", app, {"clientSecret": {"name": "wrong"}})
+    obj = env.wait_ready("scraped")
+    env.wait_condition("refused", "False", "Unauthorized")
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    expires = parse_rfc3339(obj["status"]["expiresOn"])
+    assert expires is not None
+    assert _sample(text, "graphcred_token_expiration_timestamp_seconds", namespace=env.namespace,
+                   name="scraped") == expires.timestamp()
+    assert _sample(text, "graphcred_consecutive_failures", namespace=env.namespace, name="refused") == 1
+    assert (_sample(text, "graphcred_token_acquisitions_total", result="success", reason="TokenIssued") or 0) >= 1
+    assert (_sample(text, "graphcred_token_acquisitions_total", result="failure", reason="Unauthorized") or 0) >= 1
+    assert (_sample(text, "graphcred_credentials", ready="True", reason="TokenIssued") or 0) >= 1
+    assert (_sample(text, "graphcred_credentials", ready="False", reason="Unauthorized") or 0) >= 1
+    assert (_sample(text, "graphcred_token_acquisition_duration_seconds_count") or 0) >= 2
+    # deleted credentials leave no stale series behind
+    env.delete("scraped")
+    wait_for(lambda: _sample(requests.get(f"{base}/metrics", timeout=5).text,
+                             "graphcred_token_expiration_timestamp_seconds", namespace=env.namespace,
+                             name="scraped") is None, timeout=15, what="the series of a deleted credential to go")
+    print("\n/metrics sample:\n" + "\n".join(
+        line for line in text.splitlines() if (line.startswith("graphcred_") and env.namespace in line)
+        or line.startswith(("graphcred_credentials", "graphcred_token_acquisitions_total"))))
+
+
+def _holder(env: Env, namespace: str) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(env.bed.api).read_namespaced_lease("graphcred-leader", namespace)
+    except client.ApiException:
+        return None
+    return lease.spec.holder_identity
+
+
+def test_two_replicas_one_acts_and_the_other_takes_over(env: Env, operator_logdir: Path) -> None:
+    env.operator.stop()  # the session operator would be a third actor
+    args = ("--leader-election", f"--leader-election-namespace={env.namespace}", "--lease-duration=6",
+            "--token-timeout=3")
+    replicas = [OperatorProcess(env.bed, operator_logdir, *args, name=f"replica-{i}", log_format="json")
+                for i in range(2)]
+    try:
+        for r in replicas:
+            r.start()
+        leader_id = wait_for(lambda: _holder(env, env.namespace), timeout=30, what="a leader")
+        leader = next(r for r in replicas if str(r.process.popen.pid) in leader_id)  # type: ignore[union-attr]
+        standby = next(r for r in replicas if r is not leader)
+        app = env.register_app(secret="ha", lifetime=3600)
+        env.client_secret("cred", "ha")
+        names = [f"ha{i}" for i in range(5)]
+        for name in names:
+            env.create(name, app, {"clientSecret": {"name": "cred"}})
+        for name in names:
+            env.wait_ready(name)
+        assert env.bed.issuer.token_requests(app.client_id) == len(names), "only the leader acquires"
+        assert "TokenIssued" not in standby.logs()
+        versions = {n: env.secret(f"{n}-token").metadata.resource_version for n in names}  # type: ignore[union-attr]
+
+        leader.kill()
+        killed = time.monotonic()
+        wait_for(lambda: _holder(env, env.namespace) not in (None, leader_id), timeout=30, interval=0.1,
+                 what="the standby to take the Lease")
+        env.create("after", app, {"clientSecret": {"name": "cred"}})
+        env.wait_ready("after", timeout=30)
+        takeover = time.monotonic() - killed
+        # nothing lost, nothing written twice: the old tokens are resumed, not re-acquired
+        assert env.bed.issuer.token_requests(app.client_id) == len(names) + 1
+        for name in names:
+            assert env.secret(f"{name}-token").metadata.resource_version == versions[name]  # type: ignore[union-attr]
+        assert re.search(r"became leader", standby.logs())
+        print(f"\nHA takeover after SIGKILL of the leader (lease 6 s): new credential Ready {takeover:.1f} s "
+              "after the kill")
+    finally:
+        for r in replicas:
+            r.stop()
+        env.operator.start()
