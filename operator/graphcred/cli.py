@@ -46,16 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lease-duration", type=float, default=float(_env("LEASE_DURATION", "15") or 15),
                      help="seconds a leader's Lease lasts without renewal: the takeover time after a crash "
                      "(env GRAPHCRED_LEASE_DURATION)")
-    sub.add_parser("crd", help="print the GraphAppCredential CRD (YAML)")
+    crd = sub.add_parser("crd", help="print the GraphAppCredential CRD (YAML)")
+    crd.add_argument("--helm", action="store_true", help="as the chart's templates/crd.yaml")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "crd":
-        from .crd import crd_yaml
+        from .crd import crd_helm_template, crd_yaml
 
-        sys.stdout.write(crd_yaml())
+        sys.stdout.write(crd_helm_template() if args.helm else crd_yaml())
         return 0
     from .config import RunConfig
     from .runner import run

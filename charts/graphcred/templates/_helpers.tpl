@@ -1,0 +1,49 @@
+{{- define "graphcred.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "graphcred.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "graphcred.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "graphcred.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "graphcred.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rules on namespaced objects: the same for a ClusterRole or a per-namespace Role. */}}
+{{- define "graphcred.namespacedRules" -}}
+- apiGroups: [graphcred.io]
+  resources: [graphappcredentials]
+  verbs: [get, list, watch]
+- apiGroups: [graphcred.io]
+  resources: [graphappcredentials/status]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, update]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- if .Values.workloadIdentity.enabled }}
+- apiGroups: [""]
+  resources: [serviceaccounts/token]
+  verbs: [create]
+{{- end }}
+{{- end -}}

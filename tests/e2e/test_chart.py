@@ -1,0 +1,187 @@
+"""The Helm chart: lint, CRD identical to crds/, every documented option set accepted by the real apiserver
+(server-side dry run), least-privilege RBAC, and the operator really working with exactly that RBAC."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from graphcred.testbed.bed import Bed, wait_for
+from graphcred.testbed.binaries import binary
+from graphcred.testbed.operator_process import OperatorProcess
+
+from ..helpers import Env
+
+pytestmark = pytest.mark.bed
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "graphcred"
+RELEASE_NS = "graphcred-system"
+
+OPTION_SETS: dict[str, list[str]] = {
+    "defaults": [],
+    "namespaced": ["--set", "watchNamespaces={team-a,team-b}"],
+    "high-availability": ["--set", "replicaCount=2", "--set", "podDisruptionBudget.enabled=true"],
+    "service-monitor": ["--set", "metrics.serviceMonitor.enabled=true",
+                        "--set", "metrics.serviceMonitor.labels.release=prometheus"],
+    "private-authority-ca": ["--set", "caBundle.configMapName=corp-ca", "--set", "caBundle.key=bundle.pem"],
+    "workload-identity": ["--set", "workloadIdentity.enabled=true"],
+    "no-crds-no-service": ["--set", "crds.install=false", "--set", "metrics.service.enabled=false"],
+    "scheduling": ["--set", "nodeSelector.kubernetes\\.io/os=linux", "--set", "priorityClassName=system-cluster-critical",
+                   "--set", "tolerations[0].key=dedicated", "--set", "tolerations[0].operator=Exists",
+                   "--set", "resources.limits.cpu=500m", "--set", "logFormat=text", "--set", "logLevel=DEBUG",
+                   "--set", "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight=1",
+                   "--set", "affinity.podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution[0]"
+                            ".podAffinityTerm.topologyKey=kubernetes.io/hostname"],
+    "existing-service-account": ["--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops",
+                                 "--set", "rbac.create=false"],
+}
+
+SERVICE_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"kind": "ServiceMonitor", "plural": "servicemonitors"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def helm(*args: str) -> str:
+    out = subprocess.run([binary("helm"), *args], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout + out.stderr
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    text = helm("template", "graphcred", str(CHART), "--namespace", RELEASE_NS, *args)
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+@pytest.fixture(scope="module")
+def release_namespace(bed: Bed) -> str:
+    for ns in (RELEASE_NS, "team-a", "team-b"):
+        try:
+            bed.create_namespace(ns)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+    try:
+        client.ApiextensionsV1Api(bed.api).create_custom_resource_definition(SERVICE_MONITOR_CRD)  # type: ignore[arg-type]
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    bed.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    return RELEASE_NS
+
+
+def test_helm_lint_is_clean() -> None:
+    out = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in out
+
+
+def test_chart_crd_is_the_committed_crd() -> None:
+    [crd] = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
+    assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    assert crd == yaml.safe_load((ROOT / "crds" / "graphappcredentials.yaml").read_text())
+    assert not [d for d in render("--set", "crds.install=false") if d["kind"] == "CustomResourceDefinition"]
+
+
+@pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
+def test_option_set_is_accepted_by_the_apiserver(bed: Bed, release_namespace: str, option_set: str) -> None:
+    manifest = yaml.safe_dump_all(render(*OPTION_SETS[option_set]))
+    result = bed.kubectl("apply", "--dry-run=server", "--server-side", "--field-manager=helm-dry-run",
+                         "-f", "-", input=manifest, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_restricted_security_context_by_default() -> None:
+    [deploy] = [d for d in render() if d["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def _rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """(kind of role, apiGroup, resource, verb) for every rule the chart grants."""
+    granted = set()
+    for doc in docs:
+        if doc["kind"] in ("ClusterRole", "Role"):
+            for rule in doc["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            granted.add((doc["kind"], group, resource, verb))
+    return granted
+
+
+NAMESPACED = {("graphcred.io", "graphappcredentials", v) for v in ("get", "list", "watch")} | \
+    {("graphcred.io", "graphappcredentials/status", v) for v in ("get", "patch", "update")} | \
+    {("", "secrets", v) for v in ("get", "list", "watch", "create", "update")} | \
+    {("", "events", v) for v in ("create", "patch")}
+CRD_READ = {("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
+LEASES = {("Role", "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+
+
+def test_default_rbac_grants_nothing_beyond_the_list() -> None:
+    assert _rules(render()) == CRD_READ | LEASES | {("ClusterRole", *r) for r in NAMESPACED}
+
+
+def test_namespaced_rbac_uses_roles_only() -> None:
+    docs = render(*OPTION_SETS["namespaced"])
+    assert _rules(docs) == CRD_READ | LEASES | {("Role", *r) for r in NAMESPACED}
+    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "RoleBinding"
+                  and d["metadata"]["name"] == "graphcred") == ["team-a", "team-b"]
+
+
+def test_service_account_tokens_only_with_workload_identity() -> None:
+    token = ("ClusterRole", "", "serviceaccounts/token", "create")
+    assert token not in _rules(render())
+    assert token in _rules(render(*OPTION_SETS["workload-identity"]))
+
+
+def test_operator_works_with_exactly_the_charts_rbac(env: Env, release_namespace: str,
+                                                      operator_logdir: Path) -> None:
+    docs = [d for d in render() if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                                 "RoleBinding")]
+    env.bed.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
+    token = env.bed.core.create_namespaced_service_account_token(
+        "graphcred", RELEASE_NS, client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))).status.token
+    kubeconfig = operator_logdir / "chart-sa.kubeconfig"
+    cp = env.bed.control_plane
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "bed", "cluster": {"server": cp.server,
+                                                 "certificate-authority": str(cp.dir / "pki" / "ca.crt")}}],
+        "users": [{"name": "graphcred", "user": {"token": token}}],
+        "contexts": [{"name": "bed", "context": {"cluster": "bed", "user": "graphcred"}}],
+        "current-context": "bed"}))
+    env.operator.stop()
+    chart_op = OperatorProcess(env.bed, operator_logdir, "--leader-election",
+                               f"--leader-election-namespace={RELEASE_NS}", name="graphcred-chart-rbac",
+                               log_format="json")
+    chart_op.process.argv[chart_op.process.argv.index(f"--kubeconfig={env.bed.kubeconfig}")] = \
+        f"--kubeconfig={kubeconfig}"
+    try:
+        chart_op.start()
+        app = env.register_app(secret="rbac")
+        env.client_secret("cred", "rbac")
+        env.create("rbac", app, {"clientSecret": {"name": "cred"}})
+        env.wait_ready("rbac", timeout=60)
+        wait_for(lambda: ("Normal", "TokenIssued") in [(t, r) for t, r, _ in env.events("rbac")], timeout=15,
+                 what="the TokenIssued event, posted with the chart's RBAC")
+        assert "Forbidden" not in chart_op.logs() and "403" not in chart_op.logs()
+    finally:
+        chart_op.stop()
+        env.operator.start()
