@@ -186,3 +186,23 @@ def test_operator_works_with_exactly_the_charts_rbac(env: Env, release_namespace
     finally:
         chart_op.stop()
         env.operator.start()
+
+
+def _leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in ("resources", "podSecurityContext", "securityContext"):
+            keys.extend(_leaf_keys(value, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def test_every_value_is_documented() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    text = (CHART / "values.yaml").read_text()
+    missing = [k for k in _leaf_keys(values) if f"`{k}`" not in readme]
+    assert not missing, f"values missing from charts/graphcred/README.md: {missing}"
+    assert text.count("# -- ") >= len(_leaf_keys(values)), "every value has a `# --` comment in values.yaml"
