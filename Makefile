@@ -33,7 +33,9 @@ demo: venv binaries
 	$(BIN)/python -m graphcred.testbed demo
 
 bench: venv binaries
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench bed-start
+	$(BIN)/python -m bench latency
+	$(BIN)/python -m bench scale $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,8 @@
 
   python -m bench bed-start            control-plane start time (3 runs)
   python -m bench latency [--n 20]     create-to-Ready latency of GraphAppCredentials, one at a time
+  python -m bench scale [--n 100 --n 1000] [--lifetime 30] [--steady 60]
+                                       N credentials against the bare cost of the job (see bench/scale.py)
 """
 
 from __future__ import annotations
@@ -71,7 +73,17 @@ def main() -> None:
     sub.add_parser("bed-start")
     lat = sub.add_parser("latency")
     lat.add_argument("--n", type=int, default=20)
+    sc = sub.add_parser("scale")
+    sc.add_argument("--n", type=int, action="append", help="credentials (repeat; default 100 and 1000; 10000 fits)")
+    sc.add_argument("--lifetime", type=int, default=30, help="token lifetime in seconds (short: many refreshes)")
+    sc.add_argument("--steady", type=float, default=60.0, help="steady-state window in seconds")
+    sc.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
+    if args.what == "scale":
+        from .scale import main as scale
+
+        scale(args.n or [100, 1000], args.lifetime, args.steady, args.out)
+        return
     if args.what in (None, "bed-start"):
         bed_start()
     if args.what in (None, "latency"):
