@@ -211,7 +211,7 @@ def run_one(n: int, lifetime: int, steady: float) -> Result:
             result.steady_window = steady
             result.steady_cpu = cpu1 - cpu0
             result.steady_token_requests = bed.issuer.token_requests() - tok0
-            result.steady_secret_writes = api1[("secrets", "UPDATE")] - api0[("secrets", "UPDATE")]
+            result.steady_secret_writes = api1[("secrets", "PUT")] - api0[("secrets", "PUT")]
             result.steady_status_patches = api1[("graphappcredentials", "PATCH")] - \
                 api0[("graphappcredentials", "PATCH")]
             result.rss_mib = rss

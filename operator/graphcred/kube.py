@@ -14,6 +14,11 @@ from kubernetes import client
 from .model import GROUP, PLURAL, VERSION
 
 
+def _resource_version(resp: Any) -> str:
+    # only metadata is kept from the answer: it also echoes the Secret's data
+    return str(json.loads(cast(bytes, resp.data))["metadata"]["resourceVersion"])
+
+
 class Conflict(Exception):
     """The object changed or appeared under us (HTTP 409)."""
 
@@ -34,22 +39,26 @@ class Kube:
         body: dict[str, Any] = json.loads(cast(bytes, resp.data))
         return body
 
-    def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> str:
+        """Returns the new resourceVersion."""
         try:
-            self.core.create_namespaced_secret(namespace, cast(Any, body), _preload_content=False)
+            resp = self.core.create_namespaced_secret(namespace, cast(Any, body), _preload_content=False)
         except client.ApiException as exc:
             if exc.status == 409:
                 raise Conflict(body["metadata"]["name"]) from None
             raise
+        return _resource_version(resp)
 
-    def replace_secret(self, namespace: str, name: str, body: dict[str, Any], resource_version: str) -> None:
+    def replace_secret(self, namespace: str, name: str, body: dict[str, Any], resource_version: str) -> str:
+        """Replace only if unchanged since `resource_version` (else Conflict). Returns the new resourceVersion."""
         body = {**body, "metadata": {**body["metadata"], "resourceVersion": resource_version}}
         try:
-            self.core.replace_namespaced_secret(name, namespace, cast(Any, body), _preload_content=False)
+            resp = self.core.replace_namespaced_secret(name, namespace, cast(Any, body), _preload_content=False)
         except client.ApiException as exc:
             if exc.status in (409, 404):
                 raise Conflict(name) from None
             raise
+        return _resource_version(resp)
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         # A JSON merge patch replaces lists whole, which is what conditions need here.

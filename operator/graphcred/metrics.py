@@ -26,7 +26,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.acquisitions = Counter(
-            "graphcred_token_acquisitions", "Token acquisitions, by result (success, failure) and reason.",
+            "graphcred_token_acquisitions",
+            "Token acquisitions by result (success; shared: served by an identical request; failure) and reason.",
             ["result", "reason"], registry=self.registry)
         self.latency = Histogram(
             "graphcred_token_acquisition_duration_seconds", "Time to acquire a token from the token endpoint.",
@@ -45,14 +46,8 @@ class Metrics:
         """Where to read each credential's (ready status, reason) from at scrape time."""
         self._states = states
 
-    def acquired(self, seconds: float) -> None:
-        self.acquisitions.labels("success", "TokenIssued").inc()
-        self.latency.observe(seconds)
-
-    def failed(self, reason: str, seconds: float | None) -> None:
+    def failed(self, reason: str) -> None:
         self.acquisitions.labels("failure", reason).inc()
-        if seconds is not None:
-            self.latency.observe(seconds)
 
     def report(self, namespace: str, name: str, expires_at: float | None, failures: int) -> None:
         if expires_at is not None:

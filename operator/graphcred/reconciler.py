@@ -31,6 +31,7 @@ from .model import (
     Reason,
 )
 from .secret import Owner, is_ours, parse_rfc3339, render, rfc3339, stored_expiry
+from .sharing import SharedTokens, share_key
 from .tokens import AcquisitionError, Token, TokenClient
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Memory:
     credential_secret: str | None = None
     credential_version: str | None = None
     target_secret: str | None = None
+    # resourceVersion of the token Secret as we last wrote it: a refresh replaces it without reading it first
+    written_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,8 +115,10 @@ class Reconciler:
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        shared: SharedTokens | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.shared = shared or SharedTokens()
         self.kube = kube
         self.tokens = tokens
         self.emit = emit
@@ -133,10 +138,17 @@ class Reconciler:
             spec = self._parse_spec(snap)
             mem.credential_secret = spec.credential.secret_name
             secret_name = spec.effective_secret_name(snap.name)
-            mem.target_secret = secret_name
+            if mem.target_secret != secret_name:
+                mem.target_secret, mem.written_version = secret_name, None
             material, credential_version = await self._material(snap, spec, mem, now)
-            existing = await self._blocking(self.kube.read_secret, snap.namespace, secret_name)
-            if existing is not None and not is_ours(existing["metadata"], snap.owner):
+            existing: dict[str, Any] | None = None
+            if mem.written_version is not None:
+                # ours as of our last write; a change since then surfaces as a conflict on replace
+                existing = {"metadata": {"resourceVersion": mem.written_version}}
+            else:
+                existing = await self._blocking(self.kube.read_secret, snap.namespace, secret_name)
+            if existing is not None and mem.written_version is None and not is_ours(existing["metadata"],
+                                                                                     snap.owner):
                 raise Outcome(Reason.SECRET_CONFLICT,
                               f"Secret {secret_name} exists and is not controlled by this GraphAppCredential; "
                               "graphcred never modifies it: delete it or choose another spec.secretName",
@@ -146,11 +158,12 @@ class Reconciler:
                 delay = self._resume(snap, existing, credential_version, now)
                 if delay is not None:
                     return delay
-            token = await self._acquire(spec, material)
+            # while roles are missing, each check needs a new token: consent shows only in new tokens
+            token = await self._acquire(spec, material, reuse=mem.missing_roles_checks == 0)
             del material  # the credential is not kept between passes
             log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
                       spec.authority_base(), rfc3339(token.expires_on))
-            await self._write_secret(snap, secret_name, existing, token)
+            mem.written_version = await self._write_secret(snap, secret_name, existing, token)
             log.debug("%s/%s: Secret %s %s", snap.namespace, snap.name, secret_name,
                       "created" if existing is None else "updated")
         except Outcome as outcome:
@@ -206,26 +219,35 @@ class Reconciler:
         log.info("resuming %s/%s: token valid, next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
         return max(0.0, (refresh - now).total_seconds())
 
-    async def _acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+    async def _acquire(self, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool = True) -> Token:
+        try:
+            token, shared = await self.shared.get(share_key(spec, material),
+                                                  lambda: self._acquire_now(spec, material), reuse=reuse)
+        except AcquisitionError as exc:
+            raise Outcome(exc.reason, exc.message, permanent=exc.permanent, retry_after=exc.retry_after) from None
+        if shared:
+            self.metrics.acquisitions.labels("shared", "TokenIssued").inc()
+        return token
+
+    async def _acquire_now(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
         async with self._token_slots:
             started = time.monotonic()
             try:
                 token = await self._blocking(self.tokens.acquire, spec, material)
-            except AcquisitionError as exc:
+            finally:
                 self.metrics.latency.observe(time.monotonic() - started)
-                raise Outcome(exc.reason, exc.message, permanent=exc.permanent,
-                              retry_after=exc.retry_after) from None
-            self.metrics.acquired(time.monotonic() - started)
+            self.metrics.acquisitions.labels("success", "TokenIssued").inc()
             return token
 
-    async def _write_secret(self, snap: Snapshot, name: str, existing: dict[str, Any] | None, token: Token) -> None:
+    async def _write_secret(self, snap: Snapshot, name: str, existing: dict[str, Any] | None, token: Token
+                            ) -> str:
+        """Create or replace the token Secret; returns its new resourceVersion."""
         body = render(name, snap.owner, token.access_token, token.expires_on)
         try:
             if existing is None:
-                await self._blocking(self.kube.create_secret, snap.namespace, body)
-            else:
-                await self._blocking(self.kube.replace_secret, snap.namespace, name, body,
-                                     existing["metadata"]["resourceVersion"])
+                return await self._blocking(self.kube.create_secret, snap.namespace, body)
+            return await self._blocking(self.kube.replace_secret, snap.namespace, name, body,
+                                        existing["metadata"]["resourceVersion"])
         except Conflict:
             # Someone wrote the Secret between our read and write: only retry if it is (still) ours.
             current = await self._blocking(self.kube.read_secret, snap.namespace, name)
@@ -234,10 +256,9 @@ class Reconciler:
                               f"Secret {name} was created by someone else; graphcred never modifies it",
                               permanent=True) from None
             if current is None:
-                await self._blocking(self.kube.create_secret, snap.namespace, body)
-            else:
-                await self._blocking(self.kube.replace_secret, snap.namespace, name, body,
-                                     current["metadata"]["resourceVersion"])
+                return await self._blocking(self.kube.create_secret, snap.namespace, body)
+            return await self._blocking(self.kube.replace_secret, snap.namespace, name, body,
+                                        current["metadata"]["resourceVersion"])
 
     # --- reporting --------------------------------------------------------------------------------------------
     async def _issued(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, secret_name: str,
@@ -272,7 +293,7 @@ class Reconciler:
 
     async def _failed(self, snap: Snapshot, mem: Memory, outcome: Outcome) -> float | None:
         mem.failures += 1
-        self.metrics.failed(outcome.reason.value, None)
+        self.metrics.failed(outcome.reason.value)
         previous = self._previous(snap, mem)
         now = self._clock()
         expires = parse_rfc3339(previous.expires_on)

@@ -185,3 +185,23 @@ def test_restarted_operator_resumes_without_reacquiring(env: Env) -> None:
     env.wait_ready("after")
     assert env.token("resume-token") == token
     assert env.bed.issuer.token_requests(app.client_id) == 2  # "resume" once, "after" once
+
+
+def test_identical_credentials_share_one_token_request(env: Env) -> None:
+    app = env.register_app(secret="shared", lifetime=20)
+    env.client_secret("cred", "shared")
+    names = ["s1", "s2", "s3"]
+    for name in names:
+        env.create(name, app, {"clientSecret": {"name": "cred"}})
+    env.create("vault", app, {"clientSecret": {"name": "cred"}}, scopes=["https://vault.azure.net/.default"])
+    for name in [*names, "vault"]:
+        env.wait_ready(name)
+    first = {env.token(f"{n}-token") for n in names}
+    assert len(first) == 1, "same app, secret and scopes: one token"
+    assert env.token("vault-token") not in first, "other scopes: a token of its own"
+    assert env.bed.issuer.token_requests(app.client_id) == 2
+    # at the next refresh they again share one request, and each Secret gets a new token
+    wait_for(lambda: all(env.token(f"{n}-token") not in first for n in names), timeout=30,
+             what="the shared refresh")
+    assert len({env.token(f"{n}-token") for n in names}) == 1
+    assert env.bed.issuer.token_requests(app.client_id) in (3, 4)  # one shared refresh (+ vault's own)
