@@ -70,7 +70,10 @@ class SecretMetadataWatch:
 
     def _relist(self) -> str:
         resp = self._list()
-        body = json.loads(resp.data)
+        try:
+            body = json.loads(resp.data)
+        finally:
+            resp.release_conn()
         for item in body.get("items") or []:
             meta = item["metadata"]
             self.callback(meta["namespace"], meta["name"], str(meta.get("resourceVersion", "")), False)
