@@ -43,8 +43,11 @@ class _Worker:
 
 
 class Controller:
-    def __init__(self, reconciler: Reconciler) -> None:
+    def __init__(self, reconciler: Reconciler, max_active: int = 64) -> None:
         self.reconciler = reconciler
+        # Passes in progress at once. The I/O threads bound throughput anyway; this bounds memory in a burst
+        # (10,000 new objects would otherwise each hold a rendered Secret while waiting for a thread).
+        self._active = asyncio.Semaphore(max_active)
         self._workers: dict[Key, _Worker] = {}
         # (namespace, secret name) -> objects that read it as credential / write it as token Secret
         self._readers: dict[Key, set[Key]] = {}
@@ -131,7 +134,8 @@ class Controller:
         while True:
             worker.wake.clear()
             try:
-                delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
+                async with self._active:
+                    delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
                 worker.errors = 0
                 self._index(key, worker)
                 latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
