@@ -31,7 +31,8 @@ def _sample(text: str, metric: str, **labels: str) -> float | None:
 def test_metrics_and_health_endpoints(env: Env) -> None:
     base = env.operator.metrics_url()
     assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
-    assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+    wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200, timeout=30,
+             what="/readyz once the operator has started")
     app = env.register_app(secret="metrics")
     env.client_secret("cred", "metrics")
     env.client_secret("wrong", "not-it")

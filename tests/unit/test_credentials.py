@@ -10,7 +10,9 @@ from graphcred.credentials import CredentialError
 from graphcred.model import CertificateRef, ClientSecretRef, Reason
 from graphcred.testbed.pki import CertificateAuthority, self_signed
 
-NOW = dt.datetime.now(dt.UTC)
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def b64(data: bytes | str) -> str:
@@ -43,7 +45,7 @@ def test_certificate_with_chain_and_thumbprint() -> None:
     ca = CertificateAuthority("unit-ca")
     leaf = ca.issue("leaf", client=True)
     material = credentials.certificate(_tls(leaf.cert_pem + ca.cert_pem, leaf.key_pem),
-                                       CertificateRef(name="c", sendX5c=True), NOW)
+                                       CertificateRef(name="c", sendX5c=True), now())
     assert len(material.chain) == 2 and len(material.x5c) == 2
     assert material.sha256_thumbprint == leaf.cert.fingerprint(__import__("cryptography.hazmat.primitives.hashes",
                                                                           fromlist=["SHA256"]).SHA256())
@@ -62,15 +64,15 @@ def test_certificate_errors() -> None:
     ]
     for data, fragment in cases:
         with pytest.raises(CredentialError) as err:
-            credentials.certificate(data, ref, NOW)
+            credentials.certificate(data, ref, now())
         assert fragment in err.value.message
         assert "BEGIN" not in err.value.message
 
 
 def test_expired_certificate_is_invalid() -> None:
-    old = self_signed("old", not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1))
+    old = self_signed("old", not_before=now() - dt.timedelta(days=30), not_after=now() - dt.timedelta(days=1))
     with pytest.raises(CredentialError) as err:
-        credentials.certificate(_tls(old.cert_pem, old.key_pem), CertificateRef(name="c"), NOW)
+        credentials.certificate(_tls(old.cert_pem, old.key_pem), CertificateRef(name="c"), now())
     assert err.value.reason == Reason.INVALID_CREDENTIAL and "expired" in err.value.message
 
 

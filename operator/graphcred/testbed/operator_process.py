@@ -20,12 +20,15 @@ class OperatorProcess:
                 f"--ca-bundle={bed.issuer_ca_file}", f"--log-format={log_format}", f"--log-level={log_level}",
                 "--metrics-port=0", *extra_args]
         self.process = Process(name, argv, logdir)
+        self._log_offset = 0
 
     @property
     def logfile(self) -> Path:
         return self.process.logfile
 
     def start(self) -> OperatorProcess:
+        # the log file is appended to across restarts: remember where this run's lines begin
+        self._log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         # The operator must not depend on the environment's CA settings to reach the issuer.
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
         self.process.start()
@@ -50,8 +53,11 @@ class OperatorProcess:
 
         return f"http://127.0.0.1:{wait_for(port, timeout=timeout, what='the metrics server to start')}"
 
-    def logs(self) -> str:
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+    def logs(self, this_run: bool = False) -> str:
+        if not self.logfile.exists():
+            return ""
+        text = self.logfile.read_bytes()
+        return text[self._log_offset if this_run else 0:].decode(errors="replace")
 
     def __enter__(self) -> OperatorProcess:
         return self.start()

@@ -78,21 +78,28 @@ def _validity(
     )
 
 
+def _builder(subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey,
+             not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> x509.CertificateBuilder:
+    start, end = _validity(not_before, not_after)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+    )
+
+
 class CertificateAuthority:
     """A self-signed CA that signs serving and client certificates."""
 
     def __init__(self, common_name: str = "graphcred-testbed-ca") -> None:
         key = new_key()
-        start, end = _validity(None, None)
         name = _name(common_name)
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
+            _builder(name, name, key)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -131,18 +138,11 @@ class CertificateAuthority:
         not_after: dt.datetime | None = None,
     ) -> KeyPair:
         key = new_key()
-        start, end = _validity(not_before, not_after)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
             [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
         )
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name, organization))
-            .issuer_name(self.pair.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
+            _builder(_name(common_name, organization), self.pair.cert.subject, key, not_before, not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.pair.key.public_key()),
@@ -170,16 +170,5 @@ def self_signed(
 ) -> KeyPair:
     """A self-signed certificate, as `New-SelfSignedCertificate` makes for an Entra app."""
     key = new_key()
-    start, end = _validity(not_before, not_after)
     name = _name(common_name)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .sign(key, hashes.SHA256())
-    )
-    return KeyPair(cert, key)
+    return KeyPair(_builder(name, name, key, not_before, not_after).sign(key, hashes.SHA256()), key)
