@@ -141,18 +141,7 @@ class Reconciler:
             if mem.target_secret != secret_name:
                 mem.target_secret, mem.written_version = secret_name, None
             material, credential_version = await self._material(snap, spec, mem, now)
-            existing: dict[str, Any] | None = None
-            if mem.written_version is not None:
-                # ours as of our last write; a change since then surfaces as a conflict on replace
-                existing = {"metadata": {"resourceVersion": mem.written_version}}
-            else:
-                existing = await self._blocking(self.kube.read_secret, snap.namespace, secret_name)
-            if existing is not None and mem.written_version is None and not is_ours(existing["metadata"],
-                                                                                     snap.owner):
-                raise Outcome(Reason.SECRET_CONFLICT,
-                              f"Secret {secret_name} exists and is not controlled by this GraphAppCredential; "
-                              "graphcred never modifies it: delete it or choose another spec.secretName",
-                              permanent=True)
+            existing = await self._target(snap, mem, secret_name)
             if mem.first_pass:
                 mem.first_pass = False
                 delay = self._resume(snap, existing, credential_version, now)
@@ -218,6 +207,20 @@ class Reconciler:
         assert refresh is not None
         log.info("resuming %s/%s: token valid, next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
         return max(0.0, (refresh - now).total_seconds())
+
+    async def _target(self, snap: Snapshot, mem: Memory, name: str) -> dict[str, Any] | None:
+        """The token Secret as far as writing it needs: None if absent, else (at least) its metadata.
+        After our own write its resourceVersion is known and the read is skipped: a change by anyone else since
+        then surfaces as a conflict on replace."""
+        if mem.written_version is not None:
+            return {"metadata": {"resourceVersion": mem.written_version}}
+        existing = await self._blocking(self.kube.read_secret, snap.namespace, name)
+        if existing is not None and not is_ours(existing["metadata"], snap.owner):
+            raise Outcome(Reason.SECRET_CONFLICT,
+                          f"Secret {name} exists and is not controlled by this GraphAppCredential; "
+                          "graphcred never modifies it: delete it or choose another spec.secretName",
+                          permanent=True)
+        return existing
 
     async def _acquire(self, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool = True) -> Token:
         try:

@@ -48,7 +48,7 @@ class OperatorProcess:
     def metrics_url(self, timeout: float = 15.0) -> str:
         """Base URL of the operator's /metrics, /healthz, /readyz server (it picked a free port)."""
         def port() -> str | None:
-            found = re.findall(r"serving /metrics, /healthz, /readyz on port (\d+)", self.logs())
+            found = re.findall(r"serving /metrics, /healthz, /readyz on port (\d+)", self.logs(this_run=True))
             return found[-1] if found else None
 
         return f"http://127.0.0.1:{wait_for(port, timeout=timeout, what='the metrics server to start')}"
