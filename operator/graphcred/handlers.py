@@ -46,7 +46,6 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    settings.persistence.finalizer = f"{GROUP}/finalizer"  # not used: no handler needs one
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency,
                                   thread_name_prefix="graphcred-io")

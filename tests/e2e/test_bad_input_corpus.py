@@ -101,7 +101,9 @@ def test_malformed_corpus_is_refused_or_reported(env: Env) -> None:
     schema_refused: list[str] = []
     accepted: list[str] = []
 
+    # derandomize: the same corpus every run, so CI stays reproducible (run with a seed to explore further)
     @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+              derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(spec=malformed_specs())
     # always include specs the schema must accept but the operator cannot act on
