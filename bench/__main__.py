@@ -64,7 +64,8 @@ def latency(n: int) -> None:
                 if i > 0:  # the first one also pays for the operator's start-up and discovery
                     samples.append(time.monotonic() - t0)
         qs = statistics.quantiles(samples, n=100)
-        print(f"create-to-Ready latency over {n} GraphAppCredentials (each its own app and client secret, polled every 5 ms): "
+        print(f"create-to-Ready latency over {n} GraphAppCredentials (each its own app and client secret, "
+              "polled every 5 ms): "
               f"median {statistics.median(samples) * 1000:.0f} ms, p90 {qs[89] * 1000:.0f} ms, "
               f"min {min(samples) * 1000:.0f} ms, max {max(samples) * 1000:.0f} ms")
 
