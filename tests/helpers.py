@@ -39,6 +39,12 @@ class Env:
         return self.bed.issuer.register_app(tenant, secret=self.sv(secret) if secret else None, certificate=certificate,
                                             roles={GRAPH: roles} if roles else {}, lifetime=lifetime, **kwargs)
 
+    def secret_app(self, secret: str, *, secret_name: str = "cred", **app_kwargs: Any) -> App:
+        """An app registered with a client secret, and that secret in a Secret of the test's namespace."""
+        app = self.register_app(secret=secret, **app_kwargs)
+        self.client_secret(secret_name, secret)
+        return app
+
     def client_secret(self, name: str, value: str, key: str = "clientSecret") -> None:
         self.bed.core.create_namespaced_secret(self.namespace, client.V1Secret(
             metadata=client.V1ObjectMeta(name=name), string_data={key: self.sv(value)}))

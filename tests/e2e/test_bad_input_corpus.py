@@ -92,8 +92,7 @@ def _usable(spec: dict[str, Any]) -> bool:
 
 def test_malformed_corpus_is_refused_or_reported(env: Env) -> None:
     # A healthy credential with short tokens must keep refreshing while the corpus is thrown at the operator.
-    canary_app = env.register_app(secret="canary", lifetime=12)
-    env.client_secret("canary", "canary")
+    canary_app = env.secret_app("canary", secret_name="canary", lifetime=12)
     env.create("canary", canary_app, {"clientSecret": {"name": "canary"}})
     env.wait_ready("canary")
     canary_token = env.token("canary-token")

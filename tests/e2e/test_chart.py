@@ -176,8 +176,7 @@ def test_operator_works_with_exactly_the_charts_rbac(env: Env, release_namespace
         f"--kubeconfig={kubeconfig}"
     try:
         chart_op.start()
-        app = env.register_app(secret="rbac")
-        env.client_secret("cred", "rbac")
+        app = env.secret_app("rbac", secret_name="cred")
         env.create("rbac", app, {"clientSecret": {"name": "cred"}})
         env.wait_ready("rbac", timeout=60)
         wait_for(lambda: ("Normal", "TokenIssued") in [(t, r) for t, r, _ in env.events("rbac")], timeout=15,

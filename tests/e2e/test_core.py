@@ -51,8 +51,7 @@ def _assert_token_secret(env: Env, name: str, secret_name: str, *, roles: list[s
 
 
 def test_client_secret_credential_yields_a_verified_token_secret(env: Env) -> None:
-    app = env.register_app(secret="app-secret-1", roles=["Mail.Read", "User.Read.All"])
-    env.client_secret("mail-app", "app-secret-1")
+    app = env.secret_app("app-secret-1", secret_name="mail-app", roles=["Mail.Read", "User.Read.All"])
     env.create("mail", app, {"clientSecret": {"name": "mail-app"}})
     env.wait_ready("mail")
     _assert_token_secret(env, "mail", "mail-token", roles=["Mail.Read", "User.Read.All"], client_id=app.client_id)
@@ -90,8 +89,7 @@ def test_certificate_with_x5c_for_subject_name_issuer_auth(env: Env) -> None:
 
 
 def test_refreshes_at_half_life_with_one_request_per_refresh(env: Env) -> None:
-    app = env.register_app(secret="short-lived", lifetime=20)
-    env.client_secret("short", "short-lived")
+    app = env.secret_app("short-lived", secret_name="short", lifetime=20)
     env.create("short", app, {"clientSecret": {"name": "short"}})
     env.wait_ready("short")
     seen: list[tuple[str, float]] = []  # (token, first seen at)
@@ -115,8 +113,7 @@ def test_refreshes_at_half_life_with_one_request_per_refresh(env: Env) -> None:
 
 
 def test_deleting_the_credential_deletes_its_secret(env: Env) -> None:
-    app = env.register_app(secret="gc-me")
-    env.client_secret("gc", "gc-me")
+    app = env.secret_app("gc-me", secret_name="gc")
     env.create("gc", app, {"clientSecret": {"name": "gc"}})
     env.wait_ready("gc")
     assert env.secret("gc-token") is not None
@@ -126,8 +123,7 @@ def test_deleting_the_credential_deletes_its_secret(env: Env) -> None:
 
 
 def test_required_roles_gate_ready_until_consent_is_granted(env: Env) -> None:
-    app = env.register_app(secret="consent", roles=["User.Read.All"])
-    env.client_secret("consent", "consent")
+    app = env.secret_app("consent", secret_name="consent", roles=["User.Read.All"])
     env.create("consent", app, {"clientSecret": {"name": "consent"}}, requiredRoles=["Mail.Read", "User.Read.All"])
     obj = env.wait_condition("consent", "False", "MissingRoles")
     message = obj["status"]["conditions"][0]["message"]
@@ -140,8 +136,7 @@ def test_required_roles_gate_ready_until_consent_is_granted(env: Env) -> None:
 
 
 def test_changing_scopes_reacquires_within_seconds(env: Env) -> None:
-    app = env.register_app(secret="scopes")
-    env.client_secret("scopes", "scopes")
+    app = env.secret_app("scopes", secret_name="scopes")
     env.create("scopes", app, {"clientSecret": {"name": "scopes"}})
     env.wait_ready("scopes")
     before = env.bed.issuer.token_requests(app.client_id)
@@ -159,8 +154,7 @@ def test_changing_scopes_reacquires_within_seconds(env: Env) -> None:
 
 
 def test_existing_foreign_secret_is_never_overwritten(env: Env) -> None:
-    app = env.register_app(secret="conflict")
-    env.client_secret("conflict", "conflict")
+    app = env.secret_app("conflict", secret_name="conflict")
     env.bed.core.create_namespaced_secret(env.namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(name="taken"), string_data={"access_token": "someone-elses"}))
     env.create("conflict", app, {"clientSecret": {"name": "conflict"}}, secretName="taken")
@@ -172,8 +166,7 @@ def test_existing_foreign_secret_is_never_overwritten(env: Env) -> None:
 
 
 def test_restarted_operator_resumes_without_reacquiring(env: Env) -> None:
-    app = env.register_app(secret="resume", lifetime=3600)
-    env.client_secret("resume", "resume")
+    app = env.secret_app("resume", secret_name="resume", lifetime=3600)
     env.create("resume", app, {"clientSecret": {"name": "resume"}})
     env.wait_ready("resume")
     token = env.token("resume-token")
@@ -188,8 +181,7 @@ def test_restarted_operator_resumes_without_reacquiring(env: Env) -> None:
 
 
 def test_identical_credentials_share_one_token_request(env: Env) -> None:
-    app = env.register_app(secret="shared", lifetime=20)
-    env.client_secret("cred", "shared")
+    app = env.secret_app("shared", secret_name="cred", lifetime=20)
     names = ["s1", "s2", "s3"]
     for name in names:
         env.create(name, app, {"clientSecret": {"name": "cred"}})

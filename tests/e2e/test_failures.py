@@ -125,8 +125,7 @@ def test_missing_secret_created_later_is_picked_up(env: Env) -> None:
 
 
 def test_rotated_client_secret_is_used_within_seconds(env: Env) -> None:
-    app = env.register_app(secret="old-secret", lifetime=3600)
-    env.client_secret("rotate", "old-secret")
+    app = env.secret_app("old-secret", secret_name="rotate", lifetime=3600)
     env.create("rotate", app, {"clientSecret": {"name": "rotate"}})
     env.wait_ready("rotate")
     first = env.token("rotate-token")
@@ -155,8 +154,7 @@ def test_rotated_certificate_is_used_within_seconds(env: Env) -> None:
 
 
 def test_deleted_token_secret_is_written_again(env: Env) -> None:
-    app = env.register_app(secret="pw")
-    env.client_secret("cred", "pw")
+    app = env.secret_app("pw", secret_name="cred")
     env.create("again", app, {"clientSecret": {"name": "cred"}})
     env.wait_ready("again")
     env.bed.core.delete_namespaced_secret("again-token", env.namespace)
@@ -164,8 +162,7 @@ def test_deleted_token_secret_is_written_again(env: Env) -> None:
 
 
 def test_two_credentials_cannot_fight_over_one_secret(env: Env) -> None:
-    app = env.register_app(secret="pw")
-    env.client_secret("cred", "pw")
+    app = env.secret_app("pw", secret_name="cred")
     env.create("first", app, {"clientSecret": {"name": "cred"}}, secretName="shared")
     env.wait_ready("first")
     env.create("second", app, {"clientSecret": {"name": "cred"}}, secretName="shared")
@@ -190,8 +187,7 @@ def test_two_credentials_cannot_fight_over_one_secret(env: Env) -> None:
     ({"status": 429, "retry_after": 2}, "Throttled"),
 ])
 def test_transient_faults_back_off_and_recover(env: Env, fault: dict[str, Any], reason: str) -> None:
-    app = env.register_app(secret="pw")
-    env.client_secret("cred", "pw")
+    app = env.secret_app("pw", secret_name="cred")
     env.bed.issuer.fail(app.client_id, **fault)
     env.create("flaky", app, {"clientSecret": {"name": "cred"}})
     obj = env.wait_condition("flaky", "False", reason)
@@ -208,8 +204,7 @@ def test_transient_faults_back_off_and_recover(env: Env, fault: dict[str, Any], 
 
 
 def test_retry_after_is_honoured(env: Env) -> None:
-    app = env.register_app(secret="pw")
-    env.client_secret("cred", "pw")
+    app = env.secret_app("pw", secret_name="cred")
     env.bed.issuer.fail(app.client_id, status=429, retry_after=4)
     env.create("throttled", app, {"clientSecret": {"name": "cred"}})
     env.wait_condition("throttled", "False", "Throttled")
@@ -218,8 +213,7 @@ def test_retry_after_is_honoured(env: Env) -> None:
 
 
 def test_outage_longer_than_a_token_lifetime_keeps_the_last_token(env: Env) -> None:
-    app = env.register_app(secret="pw", lifetime=12)
-    env.client_secret("cred", "pw")
+    app = env.secret_app("pw", secret_name="cred", lifetime=12)
     env.create("outage", app, {"clientSecret": {"name": "cred"}})
     env.wait_ready("outage")
     token = env.token("outage-token")

@@ -75,8 +75,7 @@ def test_dockerfile_install_steps_give_a_working_operator(env: Env, tmp_path: Pa
         os.environ.clear()
         os.environ.update(saved)
     try:
-        app = env.register_app(secret="image")
-        env.client_secret("cred", "image")
+        app = env.secret_app("image", secret_name="cred")
         env.create("image", app, {"clientSecret": {"name": "cred"}})
         env.wait_ready("image", timeout=60)
         assert '"became leader' in process.logfile.read_text()

@@ -33,8 +33,7 @@ def test_metrics_and_health_endpoints(env: Env) -> None:
     assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
     wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200, timeout=30,
              what="/readyz once the operator has started")
-    app = env.register_app(secret="metrics")
-    env.client_secret("cred", "metrics")
+    app = env.secret_app("metrics", secret_name="cred")
     env.client_secret("wrong", "not-it")
     env.create("scraped", app, {"clientSecret": {"name": "cred"}})
     env.create("refused", app, {"clientSecret": {"name": "wrong"}})
@@ -81,8 +80,7 @@ def test_two_replicas_one_acts_and_the_other_takes_over(env: Env, operator_logdi
         leader_id = wait_for(lambda: _holder(env, env.namespace), timeout=30, what="a leader")
         leader = next(r for r in replicas if str(r.process.popen.pid) in leader_id)  # type: ignore[union-attr]
         standby = next(r for r in replicas if r is not leader)
-        app = env.register_app(secret="ha", lifetime=3600)
-        env.client_secret("cred", "ha")
+        app = env.secret_app("ha", secret_name="cred", lifetime=3600)
         names = [f"ha{i}" for i in range(5)]
         for name in names:
             env.create(name, app, {"clientSecret": {"name": "cred"}})

@@ -26,8 +26,7 @@ def _all_unexpired(env: Env, names: list[str]) -> bool:
 
 
 def test_sigkill_mid_refresh_then_restart(env: Env) -> None:
-    app = env.register_app(secret="kill", lifetime=LIFETIME)
-    env.client_secret("cred", "kill")
+    app = env.secret_app("kill", secret_name="cred", lifetime=LIFETIME)
     names = [f"k{i}" for i in range(N)]
     for name in names:
         env.create(name, app, {"clientSecret": {"name": "cred"}})
@@ -58,8 +57,7 @@ def test_sigkill_mid_refresh_then_restart(env: Env) -> None:
 
 
 def test_apiserver_restart_is_survived(env: Env) -> None:
-    app = env.register_app(secret="apiserver", lifetime=20)
-    env.client_secret("cred", "apiserver")
+    app = env.secret_app("apiserver", secret_name="cred", lifetime=20)
     env.create("before", app, {"clientSecret": {"name": "cred"}})
     env.wait_ready("before")
     first = env.token("before-token")

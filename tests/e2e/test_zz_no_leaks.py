@@ -22,8 +22,7 @@ def _text_operator_scenario(env: Env, logdir: Path) -> OperatorProcess:
     text_op = OperatorProcess(env.bed, logdir, "--token-timeout=3", name="graphcred-text",
                               log_format="text", log_level="DEBUG").start()
     pair = self_signed("leak-check")
-    app = env.register_app(secret="leak-check", certificate=pair.cert)
-    env.client_secret("ok", "leak-check")
+    app = env.secret_app("leak-check", secret_name="ok", certificate=pair.cert)
     env.client_secret("wrong", "not-the-secret")
     env.tls_secret("cert", pair)
     env.create("ok", app, {"clientSecret": {"name": "ok"}})
