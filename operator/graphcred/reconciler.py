@@ -267,6 +267,7 @@ class Reconciler:
     async def _issued(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, secret_name: str,
                       token: Token, credential_version: str) -> float:
         mem.failures = 0
+        previous = self._previous(snap, mem).ready()
         verdict = policy.issued_verdict(token.claims.roles, spec.required_roles, secret_name, token.expires_on)
         refresh = policy.refresh_at(token.issued_at, token.expires_on, spec.refresh_before(), self._rng)
         delay = (refresh - self._clock()).total_seconds()
@@ -277,7 +278,7 @@ class Reconciler:
         else:
             mem.missing_roles_checks = 0
         status = GraphAppCredentialStatus(
-            conditions=[self._condition(snap, mem, verdict.ready, verdict.reason, verdict.message)],
+            conditions=[self._condition(snap, previous, verdict.ready, verdict.reason, verdict.message)],
             observed_generation=snap.generation,
             secret_name=secret_name,
             expires_on=rfc3339(token.expires_on),
@@ -290,7 +291,7 @@ class Reconciler:
             app_id=token.claims.app_id,
             credential_version=credential_version,
         )
-        await self._report(snap, mem, status, verdict.ready, verdict.reason, verdict.message)
+        await self._report(snap, mem, previous, status, verdict.ready, verdict.reason, verdict.message)
         log.debug("%s/%s: next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
         return max(delay, 0.0)
 
@@ -314,12 +315,12 @@ class Reconciler:
                 # wake at expiry at the latest, to turn Ready to False when the token is gone
                 delay = min(delay, max((expires - now).total_seconds(), 0.0) + 1.0)
         status = previous.model_copy(update={
-            "conditions": [self._condition(snap, mem, ready, outcome.reason, message)],
+            "conditions": [self._condition(snap, previous.ready(), ready, outcome.reason, message)],
             "observed_generation": snap.generation,
             "consecutive_failures": mem.failures,
             "refresh_at": rfc3339(now + dt.timedelta(seconds=delay)) if delay is not None else None,
         })
-        await self._report(snap, mem, status, ready, outcome.reason, message)
+        await self._report(snap, mem, previous.ready(), status, ready, outcome.reason, message)
         log.debug("%s/%s: %s (%s), attempt %d, next attempt %s", snap.namespace, snap.name, outcome.reason.value,
                   "permanent" if outcome.permanent else "transient", mem.failures,
                   f"in {delay:.1f} s" if delay is not None else "after a change")
@@ -332,17 +333,17 @@ class Reconciler:
         except ValidationError:
             return GraphAppCredentialStatus()
 
-    def _condition(self, snap: Snapshot, mem: Memory, ready: bool, reason: Reason, message: str) -> Condition:
-        previous = self._previous(snap, mem).ready()
+    def _condition(self, snap: Snapshot, previous: Condition | None, ready: bool, reason: Reason,
+                   message: str) -> Condition:
         status: Literal["True", "False"] = "True" if ready else "False"
         changed = previous is None or previous.status != status
         return Condition(status=status, reason=reason.value, message=message, observed_generation=snap.generation,
                          last_transition_time=rfc3339(self._clock()) if changed or previous is None
                          else previous.last_transition_time)
 
-    async def _report(self, snap: Snapshot, mem: Memory, status: GraphAppCredentialStatus, ready: bool,
-                      reason: Reason, message: str) -> None:
-        previous = self._previous(snap, mem).ready()
+    async def _report(self, snap: Snapshot, mem: Memory, previous: Condition | None,
+                      status: GraphAppCredentialStatus, ready: bool, reason: Reason, message: str) -> None:
+        """Patch the status if it changed; post an Event if Ready or its reason changed from `previous`."""
         body = status.to_k8s()
         expires = parse_rfc3339(status.expires_on)
         self.metrics.report(snap.namespace, snap.name, expires.timestamp() if expires else None,
