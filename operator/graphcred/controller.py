@@ -15,12 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import policy
+from .kube import Gone
 from .metrics import ready_states
-from .reconciler import Memory, Reconciler, Snapshot
+from .reconciler import KubeCallFailed, Memory, Reconciler, Snapshot
+from .secret import RENEW_ANNOTATION
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # namespace, name
+
+
+def _described(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, KubeCallFailed) else type(exc).__name__
 
 
 def _newer(version: str, than: str | None) -> bool:
@@ -39,6 +45,8 @@ class _Worker:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     errors: int = 0
+    restarts: int = 0
+    renew_seen: str | None = None  # value of the renew annotation already served (or present at start)
     indexed: tuple[Key | None, Key | None] = (None, None)  # (credential Secret, token Secret) in the indexes
 
 
@@ -53,11 +61,18 @@ class Controller:
         self._readers: dict[Key, set[Key]] = {}
         self._writers: dict[Key, set[Key]] = {}
         self._latest: dict[Key, str] = {}  # newest resourceVersion seen of each credential Secret in use
+        self._stopping = False
         reconciler.metrics.track_states(
             lambda: ready_states(w.memory.last_status for w in list(self._workers.values())))
+        reconciler.metrics.track_workers(self.worker_counts)
 
     def __len__(self) -> int:
         return len(self._workers)
+
+    def worker_counts(self) -> tuple[int, int]:
+        """(live, dead): registered objects with and without a running task. Dead must stay 0."""
+        live = sum(1 for w in list(self._workers.values()) if w.task is not None and not w.task.done())
+        return live, len(self._workers) - live
 
     def observe(self, body: Mapping[str, Any]) -> None:
         """A GraphAppCredential was listed, added or modified."""
@@ -67,19 +82,45 @@ class Controller:
             return
         snap = Snapshot.of(body)
         key = (snap.namespace, snap.name)
+        renew = (meta.get("annotations") or {}).get(RENEW_ANNOTATION)
         worker = self._workers.get(key)
         if worker is not None and worker.snapshot.uid != snap.uid:
             self.forget(*key)  # deleted and re-created under the same name
             worker = None
         if worker is None:
-            worker = _Worker(snap)
+            worker = _Worker(snap, renew_seen=renew)
             self._workers[key] = worker
-            worker.task = asyncio.create_task(self._run(key, worker), name=f"graphcred:{key[0]}/{key[1]}")
+            self._start(key, worker)
             return
         generation_changed = snap.generation != worker.snapshot.generation
         worker.snapshot = snap
+        if renew is not None and renew != worker.renew_seen:
+            worker.renew_seen = renew
+            worker.memory.renew_requested = True
+            worker.wake.set()
         if generation_changed:
             worker.wake.set()  # status-only updates (our own patches) do not wake
+
+    def _start(self, key: Key, worker: _Worker) -> None:
+        worker.task = asyncio.create_task(self._run(key, worker), name=f"graphcred:{key[0]}/{key[1]}")
+        worker.task.add_done_callback(lambda task: self._ended(key, worker, task))
+
+    def _ended(self, key: Key, worker: _Worker, task: asyncio.Task[None]) -> None:
+        """A worker's task ended. If its object is still registered it must not stay without one: restart it
+        (after a short backoff, so a bug that ends it at once cannot spin)."""
+        if self._stopping or self._workers.get(key) is not worker:
+            return
+        worker.restarts += 1
+        self.reconciler.metrics.worker_restarts.inc()
+        cause = "cancelled" if task.cancelled() else type(task.exception()).__name__
+        delay = policy.backoff(worker.restarts, None)
+        log.error("%s/%s: worker ended unexpectedly (%s); restarting in %.1f s", key[0], key[1], cause, delay)
+        worker.task = None
+        asyncio.get_running_loop().call_later(delay, self._restart, key, worker)
+
+    def _restart(self, key: Key, worker: _Worker) -> None:
+        if not self._stopping and self._workers.get(key) is worker and worker.task is None:
+            self._start(key, worker)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -106,6 +147,7 @@ class Controller:
                     self._workers[key].wake.set()
         if deleted:
             for key in self._writers.get(secret, ()):
+                self._workers[key].memory.written_version = None  # not ours to trust any more: read again
                 self._workers[key].wake.set()
 
     def _index(self, key: Key, worker: _Worker) -> None:
@@ -141,21 +183,49 @@ class Controller:
                 latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
                 if latest is not None and _newer(latest, worker.memory.credential_version):
                     continue  # the credential changed while this pass ran: go again now
+            except Gone:
+                # The object is gone (its DELETED event may have been missed): end, do not re-create a Secret
+                # the garbage collector is deleting.
+                log.info("%s/%s: no longer exists; stopping its worker", key[0], key[1])
+                self._drop(key, worker)
+                return
             except asyncio.CancelledError:
-                raise
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    raise  # this worker was cancelled (forget, stop)
+                delay = await self._failed(key, worker, RuntimeError("a cancellation from another task"))
             except Exception as exc:  # noqa: BLE001 - one object's bug must not stop the others
-                worker.errors += 1
-                delay = policy.backoff(worker.errors)
-                # type only: messages of client errors can carry request bodies
-                log.error("%s/%s: reconcile failed (%s); retrying in %.0f s", key[0], key[1],
-                          type(exc).__name__, delay)
+                delay = await self._failed(key, worker, exc)
+            if self._workers.get(key) is not worker:
+                return  # dropped meanwhile (its object is gone)
             if delay is None:
                 await worker.wake.wait()
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(worker.wake.wait(), timeout=delay)
 
+    async def _failed(self, key: Key, worker: _Worker, exc: BaseException) -> float | None:
+        """An unexpected failure of a pass: reported in status, Event and metrics, then retried with backoff."""
+        worker.errors += 1
+        try:
+            delay = await self.reconciler.internal_error(worker.snapshot, worker.memory, exc)
+        except Gone:
+            self._drop(key, worker)
+            return None
+        # the description names the API call and its HTTP status; never an exception's text (bodies)
+        log.error("%s/%s: reconcile failed (%s); retrying in %.0f s", key[0], key[1],
+                  _described(exc), delay)
+        return delay
+
+    def _drop(self, key: Key, worker: _Worker) -> None:
+        if self._workers.get(key) is worker:
+            del self._workers[key]
+            self._unindex(key, worker)
+            self.reconciler.metrics.forget(*key)
+        # a dropped worker's own task returns: the loop below notices it is no longer registered
+
     async def stop(self) -> None:
+        self._stopping = True
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         self._workers.clear()
         for task in tasks:

@@ -32,15 +32,26 @@ class Conflict(Exception):
     """The object changed or appeared under us (HTTP 409)."""
 
 
+class Gone(Exception):
+    """The GraphAppCredential no longer exists (HTTP 404 on its status): its worker must end, not re-create
+    a Secret the garbage collector is deleting."""
+
+
+# (connect, read) seconds for every call: a half-open connection must fail the call, not hang its pass and slot
+DEFAULT_TIMEOUT = (10.0, 30.0)
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self.api = api
+        self.timeout = timeout
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False,
+                                                   _request_timeout=self.timeout)
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
@@ -51,7 +62,8 @@ class Kube:
     def create_secret(self, namespace: str, body: dict[str, Any]) -> str:
         """Returns the new resourceVersion."""
         try:
-            resp = self.core.create_namespaced_secret(namespace, cast(Any, body), _preload_content=False)
+            resp = self.core.create_namespaced_secret(namespace, cast(Any, body), _preload_content=False,
+                                                     _request_timeout=self.timeout)
         except client.ApiException as exc:
             if exc.status == 409:
                 raise Conflict(body["metadata"]["name"]) from None
@@ -62,7 +74,8 @@ class Kube:
         """Replace only if unchanged since `resource_version` (else Conflict). Returns the new resourceVersion."""
         body = {**body, "metadata": {**body["metadata"], "resourceVersion": resource_version}}
         try:
-            resp = self.core.replace_namespaced_secret(name, namespace, cast(Any, body), _preload_content=False)
+            resp = self.core.replace_namespaced_secret(name, namespace, cast(Any, body), _preload_content=False,
+                                                      _request_timeout=self.timeout)
         except client.ApiException as exc:
             if exc.status in (409, 404):
                 raise Conflict(name) from None
@@ -74,8 +87,19 @@ class Kube:
         try:
             _body(self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False,
-                _content_type="application/merge-patch+json"))
+                _content_type="application/merge-patch+json", _request_timeout=self.timeout))
         except client.ApiException as exc:
             if exc.status == 404:
-                return  # deleted meanwhile; nothing to report on
+                raise Gone(f"{namespace}/{name}") from None
+            raise
+
+    def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete a Secret, only the very one that was read (uid precondition); gone already is fine."""
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)) if uid else None
+        try:
+            _body(self.core.delete_namespaced_secret(name, namespace, body=body, _preload_content=False,
+                                                     _request_timeout=self.timeout))
+        except client.ApiException as exc:
+            if exc.status in (404, 409):
+                return
             raise

@@ -39,8 +39,23 @@ class Metrics:
         self.failures = Gauge(
             "graphcred_consecutive_failures", "Consecutive failed acquisitions of each credential.",
             ["namespace", "name"], registry=self.registry)
+        self.internal_errors = Counter(
+            "graphcred_internal_errors", "Passes that failed unexpectedly (an API error, a bug), by error type.",
+            ["type"], registry=self.registry)
+        self.worker_restarts = Counter(
+            "graphcred_worker_restarts", "Per-credential workers that ended while their object was still "
+            "registered, and were restarted.", registry=self.registry)
         self._states: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
+        self._workers: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self.registry.register(_ReadyCollector(lambda: self._states()))
+        self.registry.register(_WorkersCollector(lambda: self._workers()))
+
+    def exposition(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def track_workers(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Where to read (live, dead) worker counts from at scrape time."""
+        self._workers = counts
 
     def track_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Where to read each credential's (ready status, reason) from at scrape time."""
@@ -60,6 +75,19 @@ class Metrics:
                 gauge.remove(namespace, name)
 
 
+class _WorkersCollector(Collector):
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        live, dead = self._counts()
+        family = GaugeMetricFamily("graphcred_workers", "Registered GraphAppCredentials by worker state: live "
+                                   "(a task schedules its refreshes) or dead (none: must stay 0).", labels=["state"])
+        family.add_metric(["live"], live)
+        family.add_metric(["dead"], dead)
+        yield family
+
+
 class _ReadyCollector(Collector):
     def __init__(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self._states = states
@@ -76,15 +104,23 @@ class _ReadyCollector(Collector):
 
 
 class Health:
-    """Liveness: the event loop ticks. Readiness: the process has finished starting (leader or standby)."""
+    """Liveness: the process makes progress. Whatever drives it calls `tick()`: a standby's election loop after
+    every attempt (answered or not: a restart would not bring the apiserver back), the leader's event loop every
+    few seconds. Readiness: started, and able to act or to take over: a standby once the apiserver has answered
+    its first Lease read, the leader once the operator runs. Readiness does not mean "leader": standbys must be
+    Ready, or a rolling update would wait forever for its new pods."""
 
-    def __init__(self, stale_after: float = 30.0) -> None:
+    def __init__(self, stale_after: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.stale_after = stale_after
-        self.beat = time.monotonic()
+        self._clock = clock
+        self.beat = clock()
         self.ready = threading.Event()
 
+    def tick(self) -> None:
+        self.beat = self._clock()
+
     def alive(self) -> bool:
-        return time.monotonic() - self.beat < self.stale_after
+        return self._clock() - self.beat < self.stale_after
 
 
 def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
@@ -107,7 +143,8 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 ok = health.alive()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
+                self._send(200 if ok else 503, b"ok\n" if ok else b"stalled: no progress for %d s\n"
+                           % int(health.stale_after))
             elif path == "/readyz":
                 ok = health.ready.is_set()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"starting\n")

@@ -7,6 +7,7 @@ stored under an older, looser CRD).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -173,6 +174,14 @@ class GraphAppCredentialSpec(_Strict):
     def authority(self) -> str:
         return f"{self.authority_base()}/{self.tenant_id}"
 
+    def issued_for(self, credential_name: str) -> str:
+        """Digest of the fields a token is acquired for: a token only answers for a spec with the same digest."""
+        kind = ("clientSecret" if self.credential.client_secret is not None
+                else "certificate" if self.credential.certificate is not None else "workloadIdentity")
+        parts = [self.authority_base(), self.tenant_id, self.client_id, kind, " ".join(sorted(self.scopes)),
+                 self.effective_secret_name(credential_name)]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
     def refresh_before(self) -> timedelta | None:
         return parse_duration(self.refresh_before_expiry) if self.refresh_before_expiry else None
 
@@ -200,13 +209,15 @@ class Reason(StrEnum):
     SECRET_CONFLICT = "SecretConflict"
     AUTHORITY_UNAVAILABLE = "AuthorityUnavailable"
     THROTTLED = "Throttled"
+    INTERNAL_ERROR = "InternalError"
     PENDING = "Pending"
 
 
 class Condition(BaseModel):
     model_config = ConfigDict(populate_by_name=True, frozen=True)
 
-    type: Literal["Ready"] = "Ready"
+    # Other controllers and tools may add conditions of their own; they must not break reading ours.
+    type: str = "Ready"
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str = ""
@@ -235,6 +246,10 @@ class GraphAppCredentialStatus(BaseModel):
     credential_version: str | None = Field(
         default=None, alias="credentialVersion",
         description="resourceVersion of the credential Secret the current token was acquired with.")
+    issued_for: str | None = Field(
+        default=None, alias="issuedFor",
+        description="Digest of what the token in the Secret was acquired for (authority, tenant, client, "
+        "credential kind, scopes, Secret name): Ready=True is only reported for a token matching the spec.")
 
     def ready(self) -> Condition | None:
         return next((c for c in self.conditions if c.type == "Ready"), None)

@@ -6,14 +6,30 @@ import datetime as dt
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
-from .model import Reason
+from .model import GraphAppCredentialStatus, Reason
+from .secret import parse_rfc3339
 
-MIN_REFRESH_DELAY = dt.timedelta(seconds=5)  # never refresh sooner than this after an issue
+MIN_REFRESH_DELAY = dt.timedelta(seconds=5)  # never refresh sooner than this after an issue, nor from now
+MIN_WAIT_FRACTION = 0.1  # nor before a tenth of the lifetime: refreshBeforeExpiry near the lifetime must not spin
 JITTER_FRACTION = 0.1  # refresh up to 10% of the wait earlier, spreading thousands of credentials
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 300.0
 MISSING_ROLES_RETRY = (10.0, 300.0)  # consent is granted by a human: look again, slowly
+# Failures that need the user (a rejected secret, an unknown app) are retried slowly, never parked: Entra replicates
+# new secrets with a delay and people fix apps in Entra without touching the cluster.
+NEEDS_USER_RETRY = (300.0, 900.0, 3600.0)
+LAST_CHANCE_BEFORE_EXPIRY = 120.0  # one more try this long before the last good token expires
+EXPIRED_RETRY = 30.0  # once the token is gone, transient retries at least this often: notice a returning endpoint
+
+
+class Retry(StrEnum):
+    """How a failed pass is retried."""
+
+    ON_CHANGE = "on-change"  # only a change of the spec can help (a malformed spec)
+    NEEDS_USER = "needs-user"  # slowly, and at once on a change or a renew request
+    TRANSIENT = "transient"  # exponential backoff with jitter
 
 
 def refresh_at(issued_at: dt.datetime, expires_on: dt.datetime, refresh_before: dt.timedelta | None,
@@ -30,7 +46,28 @@ def refresh_at(issued_at: dt.datetime, expires_on: dt.datetime, refresh_before: 
     else:
         wait = lifetime / 2
     wait -= wait * JITTER_FRACTION * rng.random()
-    return issued_at + max(wait, min(MIN_REFRESH_DELAY, lifetime / 2))
+    floor = min(max(MIN_REFRESH_DELAY, lifetime * MIN_WAIT_FRACTION), lifetime / 2)
+    return issued_at + max(wait, floor)
+
+
+def retry_delay(retry: Retry, failures: int, retry_after: float | None, now: dt.datetime,
+                token_expires: dt.datetime | None, rng: random.Random | None = None) -> float | None:
+    """Seconds until the next attempt after the n-th consecutive failure (None: wait for a change).
+    `token_expires`: expiry of the last good token in the Secret, if any."""
+    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    if retry == Retry.ON_CHANGE:
+        return None
+    remaining = (token_expires - now).total_seconds() if token_expires is not None else 0.0
+    if retry == Retry.NEEDS_USER:
+        delay = NEEDS_USER_RETRY[min(max(failures, 1), len(NEEDS_USER_RETRY)) - 1] * (0.9 + 0.2 * rng.random())
+        last_chance = remaining - LAST_CHANCE_BEFORE_EXPIRY
+        if last_chance > MIN_REFRESH_DELAY.total_seconds():
+            delay = min(delay, last_chance)
+        return delay
+    delay = backoff(failures, None, rng)
+    if remaining <= 0:
+        delay = min(delay, EXPIRED_RETRY * (0.5 + 0.5 * rng.random()))
+    return max(delay, retry_after or 0.0)
 
 
 def backoff(failures: int, retry_after: float | None = None, rng: random.Random | None = None,
@@ -71,17 +108,21 @@ def missing_roles_retry(failures: int, rng: random.Random | None = None) -> floa
     return backoff(failures, None, rng, base=MISSING_ROLES_RETRY[0], cap=MISSING_ROLES_RETRY[1])
 
 
-def may_resume(now: dt.datetime, *, generation: int | None, observed_generation: int | None,
-               refresh_at_time: dt.datetime | None, secret_expiry: dt.datetime | None,
-               credential_version: str | None, current_credential_version: str | None) -> bool:
-    """After a restart: is the token already in the Secret good enough to wait for its scheduled refresh?"""
+def may_keep(now: dt.datetime, status: GraphAppCredentialStatus, *, generation: int, issued_for: str,
+             secret_expiry: dt.datetime | None, material_unchanged: bool, renew: bool) -> bool:
+    """Is the token already in the Secret good enough to wait for its scheduled refresh? (After a restart, after a
+    metadata-only change of the credential Secret, after any wake-up that changed nothing the token depends on.)"""
+    ready = status.ready()
+    refresh = parse_rfc3339(status.refresh_at)
+    expires = parse_rfc3339(status.expires_on)
     return (
-        generation is not None
-        and generation == observed_generation
-        and refresh_at_time is not None
-        and secret_expiry is not None
-        and secret_expiry > now + MIN_REFRESH_DELAY
-        and refresh_at_time < secret_expiry
-        and credential_version is not None
-        and credential_version == current_credential_version
+        not renew
+        and material_unchanged
+        and ready is not None and ready.status == "True" and ready.reason == Reason.TOKEN_ISSUED
+        and status.observed_generation == generation
+        and status.issued_for == issued_for
+        and refresh is not None and expires is not None
+        and secret_expiry == expires  # the Secret holds the token the status describes
+        and now < refresh < expires
+        and expires > now + MIN_REFRESH_DELAY
     )

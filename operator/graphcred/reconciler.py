@@ -19,8 +19,9 @@ from typing import Any, Literal, Protocol, TypeVar
 from pydantic import ValidationError
 
 from . import credentials, policy
+from .breaker import Breaker
 from .credentials import CredentialError, Material
-from .kube import Conflict, Kube
+from .kube import Conflict, Gone, Kube
 from .metrics import Metrics
 from .model import (
     API_VERSION,
@@ -30,6 +31,7 @@ from .model import (
     GraphAppCredentialStatus,
     Reason,
 )
+from .policy import Retry
 from .secret import Owner, is_ours, parse_rfc3339, render, rfc3339, stored_expiry
 from .sharing import SharedTokens, share_key
 from .tokens import AcquisitionError, Token, TokenClient
@@ -46,7 +48,6 @@ class EventSink(Protocol):
 class Memory:
     """What the operator remembers about one object between passes (small: no secret data)."""
 
-    first_pass: bool = True
     failures: int = 0
     missing_roles_checks: int = 0
     last_status: dict[str, Any] | None = None
@@ -57,6 +58,9 @@ class Memory:
     target_secret: str | None = None
     # resourceVersion of the token Secret as we last wrote it: a refresh replaces it without reading it first
     written_version: str | None = None
+    material: str | None = None  # fingerprint (a digest) of the credential material the token was acquired with
+    issued_for: str | None = None  # this pass's spec digest (GraphAppCredentialSpec.issued_for)
+    renew_requested: bool = False  # the renew annotation changed: acquire a new token, no reuse
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,41 @@ class Snapshot:
 class Outcome(Exception):
     """A pass ended early with a condition to report (a failure before or during acquisition)."""
 
-    def __init__(self, reason: Reason, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
+    def __init__(self, reason: Reason, message: str, *, retry: Retry, retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.reason, self.message, self.permanent, self.retry_after = reason, message, permanent, retry_after
+        self.reason, self.message, self.retry, self.retry_after = reason, message, retry, retry_after
+
+
+def _retry(error: AcquisitionError | CredentialError) -> Retry:
+    if isinstance(error, CredentialError):
+        return Retry.NEEDS_USER
+    return Retry.NEEDS_USER if error.permanent else Retry.TRANSIENT
+
+
+def describe_failure(what: str, exc: BaseException) -> str:
+    """What failed, for status and logs: the API call and its HTTP status, never a response body (those can echo
+    Secret data)."""
+    status, reason = getattr(exc, "status", None), getattr(exc, "reason", None)
+    if isinstance(status, int):
+        return f"{what} failed: HTTP {status}" + (f" {reason}" if isinstance(reason, str) and reason else "")
+    return f"{what} failed: {type(exc).__name__}"
+
+
+def _upgraded(status: GraphAppCredentialStatus, spec: GraphAppCredentialSpec, secret_name: str,
+              issued_for: str) -> GraphAppCredentialStatus:
+    """A status written before `issuedFor` existed: its decoded claims tell whether the token matches the spec.
+    Without this, upgrading the operator would re-acquire every token at once."""
+    if status.issued_for is not None:
+        return status
+    resource = spec.scopes[0].removesuffix("/.default")
+    if (status.app_id == spec.client_id and status.tenant_id == spec.tenant_id and status.audience == resource
+            and status.secret_name == secret_name):
+        return status.model_copy(update={"issued_for": issued_for})
+    return status
+
+
+class KubeCallFailed(Exception):
+    """A Kubernetes API call of a pass failed unexpectedly; the message names the call and the HTTP status."""
 
 
 def spec_error_message(exc: ValidationError) -> str:
@@ -118,7 +154,7 @@ class Reconciler:
         shared: SharedTokens | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
-        self.shared = shared or SharedTokens()
+        self.shared = shared if shared is not None else SharedTokens()  # an empty one is falsy (__len__)
         self.kube = kube
         self.tokens = tokens
         self.emit = emit
@@ -126,60 +162,92 @@ class Reconciler:
         self._token_slots = asyncio.Semaphore(token_concurrency)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
+        self.breaker = Breaker(self._rng)
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         result: T = await self._run_blocking(fn, *args)
         return result
 
+    async def _kube(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """A Kubernetes call of this pass. Expected answers are handled by `Kube`; anything else ends the pass as
+        an internal error naming the call and its HTTP status."""
+        try:
+            return await self._blocking(fn, *args)
+        except (Conflict, Gone):
+            raise
+        except Exception as exc:  # reported to the user by the caller, never swallowed
+            raise KubeCallFailed(describe_failure(what, exc)) from exc
+
     async def reconcile(self, snap: Snapshot, mem: Memory) -> float | None:
         """One pass. Returns seconds until the next pass, or None to wait for a change."""
         now = self._clock()
+        renew, mem.renew_requested = mem.renew_requested, False
+        mem.issued_for = None
         try:
             spec = self._parse_spec(snap)
-            mem.credential_secret = spec.credential.secret_name
             secret_name = spec.effective_secret_name(snap.name)
+            mem.issued_for = spec.issued_for(snap.name)
+            mem.credential_secret = spec.credential.secret_name
             if mem.target_secret != secret_name:
                 mem.target_secret, mem.written_version = secret_name, None
             material, credential_version = await self._material(snap, spec, mem, now)
+            fingerprint = material.fingerprint()
             existing = await self._target(snap, mem, secret_name)
-            if mem.first_pass:
-                mem.first_pass = False
-                delay = self._resume(snap, existing, credential_version, now)
-                if delay is not None:
-                    return delay
+            previous = _upgraded(self._previous(snap, mem), spec, secret_name, mem.issued_for)
+            if self._keep(snap, mem, previous, existing, fingerprint, credential_version, renew, now):
+                mem.material = fingerprint
+                return await self._kept(snap, mem, previous, credential_version, now)
+            # The token in the Secret, if it is for this spec: a refresh must get a newer one.
+            current = parse_rfc3339(previous.last_refresh_time) if previous.issued_for == mem.issued_for else None
             # while roles are missing, each check needs a new token: consent shows only in new tokens
-            token = await self._acquire(spec, material, reuse=mem.missing_roles_checks == 0)
+            token = await self._acquire(spec, material, reuse=mem.missing_roles_checks == 0 and not renew,
+                                        newer_than=current)
             del material  # the credential is not kept between passes
             log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
                       spec.authority_base(), rfc3339(token.expires_on))
             mem.written_version = await self._write_secret(snap, secret_name, existing, token)
+            mem.material = fingerprint
             log.debug("%s/%s: Secret %s %s", snap.namespace, snap.name, secret_name,
                       "created" if existing is None else "updated")
+            await self._remove_old_secret(snap, previous.secret_name, secret_name)
         except Outcome as outcome:
-            mem.first_pass = False
             return await self._failed(snap, mem, outcome)
-        return await self._issued(snap, mem, spec, secret_name, token, credential_version)
+        return await self._issued(snap, mem, spec, secret_name, token, credential_version, renew)
+
+    async def internal_error(self, snap: Snapshot, mem: Memory, exc: BaseException) -> float:
+        """A pass failed unexpectedly: report it like any failure (status, Event, metric), retry with backoff."""
+        message = str(exc) if isinstance(exc, KubeCallFailed) else describe_failure("reconcile", exc)
+        self.metrics.internal_errors.labels(type(exc.__cause__ or exc).__name__).inc()
+        try:
+            delay = await self._failed(snap, mem, Outcome(Reason.INTERNAL_ERROR, message, retry=Retry.TRANSIENT))
+        except Gone:
+            raise
+        except Exception as report_exc:  # noqa: BLE001 - the apiserver may be what is failing
+            log.debug("%s/%s: could not report the failure (%s)", snap.namespace, snap.name,
+                      type(report_exc).__name__)
+            delay = None
+        return delay if delay is not None else policy.backoff(mem.failures, None, self._rng)
 
     # --- steps ------------------------------------------------------------------------------------------------
     def _parse_spec(self, snap: Snapshot) -> GraphAppCredentialSpec:
         try:
             spec = GraphAppCredentialSpec.model_validate(snap.spec)
         except ValidationError as exc:
-            raise Outcome(Reason.INVALID_SPEC, spec_error_message(exc), permanent=True) from None
+            raise Outcome(Reason.INVALID_SPEC, spec_error_message(exc), retry=Retry.ON_CHANGE) from None
         if spec.credential.workload_identity is not None:
             raise Outcome(Reason.INVALID_SPEC, "spec.credential.workloadIdentity is not supported yet; use "
-                          "clientSecret or certificate", permanent=True)
+                          "clientSecret or certificate", retry=Retry.ON_CHANGE)
         return spec
 
     async def _material(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory, now: dt.datetime
                         ) -> tuple[Material, str]:
         name = spec.credential.secret_name
         assert name is not None  # workload identity was refused above
-        secret = await self._blocking(self.kube.read_secret, snap.namespace, name)
+        secret = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
         if secret is None:
             mem.credential_version = ""
             raise Outcome(Reason.CREDENTIAL_NOT_FOUND,
-                          f"Secret {name} not found in namespace {snap.namespace}", permanent=True)
+                          f"Secret {name} not found in namespace {snap.namespace}", retry=Retry.NEEDS_USER)
         version = str(secret["metadata"].get("resourceVersion", ""))
         mem.credential_version = version
         try:
@@ -188,25 +256,39 @@ class Reconciler:
             assert spec.credential.certificate is not None
             return credentials.certificate(secret.get("data"), spec.credential.certificate, now), version
         except CredentialError as exc:
-            raise Outcome(exc.reason, exc.message, permanent=True) from None
+            raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
 
-    def _resume(self, snap: Snapshot, existing: dict[str, Any] | None, credential_version: str,
-                now: dt.datetime) -> float | None:
-        """After a restart, keep a good token and wait for its scheduled refresh instead of re-acquiring."""
-        status = GraphAppCredentialStatus.model_validate(snap.status) if snap.status else None
-        if status is None or existing is None:
-            return None
-        ready = status.ready()
-        refresh = parse_rfc3339(status.refresh_at)
-        if ready is None or ready.status != "True" or not policy.may_resume(
-            now, generation=snap.generation, observed_generation=status.observed_generation,
-            refresh_at_time=refresh, secret_expiry=stored_expiry(existing["metadata"]),
-            credential_version=status.credential_version, current_credential_version=credential_version,
-        ):
-            return None
+    def _keep(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus,
+              existing: dict[str, Any] | None, fingerprint: str, credential_version: str, renew: bool,
+              now: dt.datetime) -> bool:
+        """Nothing the token depends on changed and its refresh is not due: keep it (after a restart, a
+        metadata-only change of the credential Secret, a wake-up that changed nothing)."""
+        if existing is None:
+            return False
+        if mem.written_version is not None and "annotations" not in existing["metadata"]:
+            secret_expiry = parse_rfc3339(previous.expires_on)  # our own write, unchanged since
+        else:
+            secret_expiry = stored_expiry(existing["metadata"])
+        # In memory: the material's fingerprint; after a restart, the credential Secret's resourceVersion.
+        unchanged = (mem.material == fingerprint if mem.material is not None
+                     else previous.credential_version == credential_version)
+        assert mem.issued_for is not None
+        return policy.may_keep(now, previous, generation=snap.generation, issued_for=mem.issued_for,
+                               secret_expiry=secret_expiry, material_unchanged=unchanged, renew=renew)
+
+    async def _kept(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus, credential_version: str,
+                    now: dt.datetime) -> float:
+        refresh = parse_rfc3339(previous.refresh_at)
         assert refresh is not None
-        log.info("resuming %s/%s: token valid, next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
-        return max(0.0, (refresh - now).total_seconds())
+        if previous.credential_version != credential_version:
+            status = previous.model_copy(update={"credential_version": credential_version})
+            ready = previous.ready()
+            assert ready is not None
+            await self._report(snap, mem, ready, status, True, Reason.TOKEN_ISSUED, ready.message)
+        elif mem.last_status is None:
+            log.info("resuming %s/%s: token valid, next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
+            mem.last_status = previous.to_k8s()
+        return max((refresh - now).total_seconds(), 0.0)
 
     async def _target(self, snap: Snapshot, mem: Memory, name: str) -> dict[str, Any] | None:
         """The token Secret as far as writing it needs: None if absent, else (at least) its metadata.
@@ -214,33 +296,52 @@ class Reconciler:
         then surfaces as a conflict on replace."""
         if mem.written_version is not None:
             return {"metadata": {"resourceVersion": mem.written_version}}
-        existing = await self._blocking(self.kube.read_secret, snap.namespace, name)
+        existing = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
         if existing is not None and not is_ours(existing["metadata"], snap.owner):
             raise Outcome(Reason.SECRET_CONFLICT,
                           f"Secret {name} exists and is not controlled by this GraphAppCredential; "
                           "graphcred never modifies it: delete it or choose another spec.secretName",
-                          permanent=True)
+                          retry=Retry.NEEDS_USER)
         return existing
 
-    async def _acquire(self, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool = True) -> Token:
+    async def _acquire(self, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool,
+                       newer_than: dt.datetime | None) -> Token:
         try:
             token, shared = await self.shared.get(share_key(spec, material),
-                                                  lambda: self._acquire_now(spec, material), reuse=reuse)
+                                                  lambda: self._acquire_now(spec, material), reuse=reuse,
+                                                  newer_than=newer_than)
         except AcquisitionError as exc:
-            raise Outcome(exc.reason, exc.message, permanent=exc.permanent, retry_after=exc.retry_after) from None
+            raise Outcome(exc.reason, exc.message, retry=_retry(exc), retry_after=exc.retry_after) from None
         if shared:
             self.metrics.acquisitions.labels("shared", "TokenIssued").inc()
         return token
 
     async def _acquire_now(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
-        async with self._token_slots:
-            started = time.monotonic()
-            try:
-                token = await self._blocking(self.tokens.acquire, spec, material)
-            finally:
-                self.metrics.latency.observe(time.monotonic() - started)
-            self.metrics.acquisitions.labels("success", "TokenIssued").inc()
-            return token
+        authority = spec.authority()
+        hold = self.breaker.hold(authority, self._clock())
+        if hold is not None:
+            raise AcquisitionError(hold.reason, hold.message, permanent=False, retry_after=hold.seconds)
+        answered = False
+        try:
+            async with self._token_slots:
+                started = time.monotonic()
+                try:
+                    token = await self._blocking(self.tokens.acquire, spec, material)
+                finally:
+                    self.metrics.latency.observe(time.monotonic() - started)
+        except AcquisitionError as exc:
+            answered = True
+            if not exc.permanent and exc.reason in (Reason.THROTTLED, Reason.AUTHORITY_UNAVAILABLE):
+                self.breaker.failed(authority, self._clock(), exc.reason, exc.retry_after)
+            else:
+                self.breaker.answered(authority)
+            raise
+        finally:
+            if not answered:
+                self.breaker.abandoned(authority)  # no-op once answered() closed it
+        self.breaker.answered(authority)
+        self.metrics.acquisitions.labels("success", "TokenIssued").inc()
+        return token
 
     async def _write_secret(self, snap: Snapshot, name: str, existing: dict[str, Any] | None, token: Token
                             ) -> str:
@@ -248,37 +349,51 @@ class Reconciler:
         body = render(name, snap.owner, token.access_token, token.expires_on)
         try:
             if existing is None:
-                return await self._blocking(self.kube.create_secret, snap.namespace, body)
-            return await self._blocking(self.kube.replace_secret, snap.namespace, name, body,
-                                        existing["metadata"]["resourceVersion"])
+                return await self._kube("create Secret", self.kube.create_secret, snap.namespace, body)
+            return await self._kube("replace Secret", self.kube.replace_secret, snap.namespace, name, body,
+                                    existing["metadata"]["resourceVersion"])
         except Conflict:
             # Someone wrote the Secret between our read and write: only retry if it is (still) ours.
-            current = await self._blocking(self.kube.read_secret, snap.namespace, name)
+            current = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
             if current is not None and not is_ours(current["metadata"], snap.owner):
                 raise Outcome(Reason.SECRET_CONFLICT,
                               f"Secret {name} was created by someone else; graphcred never modifies it",
-                              permanent=True) from None
+                              retry=Retry.NEEDS_USER) from None
             if current is None:
-                return await self._blocking(self.kube.create_secret, snap.namespace, body)
-            return await self._blocking(self.kube.replace_secret, snap.namespace, name, body,
-                                        current["metadata"]["resourceVersion"])
+                return await self._kube("create Secret", self.kube.create_secret, snap.namespace, body)
+            return await self._kube("replace Secret", self.kube.replace_secret, snap.namespace, name, body,
+                                    current["metadata"]["resourceVersion"])
+
+    async def _remove_old_secret(self, snap: Snapshot, old: str | None, new: str) -> None:
+        """After spec.secretName changed: the old token Secret would stay valid and never be refreshed. Delete it
+        if (and only if) this object controls it."""
+        if not old or old == new:
+            return
+        existing = await self._kube("read Secret", self.kube.read_secret, snap.namespace, old)
+        if existing is not None and is_ours(existing["metadata"], snap.owner):
+            await self._kube("delete Secret", self.kube.delete_secret, snap.namespace, old,
+                             existing["metadata"].get("uid"))
+            log.info("%s/%s: deleted the previous token Secret %s (spec.secretName changed)", snap.namespace,
+                     snap.name, old)
 
     # --- reporting --------------------------------------------------------------------------------------------
     async def _issued(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, secret_name: str,
-                      token: Token, credential_version: str) -> float:
+                      token: Token, credential_version: str, renewed: bool) -> float:
         mem.failures = 0
-        previous = self._previous(snap, mem).ready()
+        previous = self._previous(snap, mem)
         verdict = policy.issued_verdict(token.claims.roles, spec.required_roles, secret_name, token.expires_on)
+        now = self._clock()
         refresh = policy.refresh_at(token.issued_at, token.expires_on, spec.refresh_before(), self._rng)
-        delay = (refresh - self._clock()).total_seconds()
+        # a floor measured from now, too: a pass that ran late must not schedule the next one in the past
+        refresh = max(refresh, now + policy.MIN_REFRESH_DELAY)
         if verdict.reason == Reason.MISSING_ROLES:
             mem.missing_roles_checks += 1
-            delay = min(delay, policy.missing_roles_retry(mem.missing_roles_checks, self._rng))
-            refresh = self._clock() + dt.timedelta(seconds=delay)
+            refresh = min(refresh, now + dt.timedelta(
+                seconds=policy.missing_roles_retry(mem.missing_roles_checks, self._rng)))
         else:
             mem.missing_roles_checks = 0
         status = GraphAppCredentialStatus(
-            conditions=[self._condition(snap, previous, verdict.ready, verdict.reason, verdict.message)],
+            conditions=self._conditions(snap, previous, verdict.ready, verdict.reason, verdict.message),
             observed_generation=snap.generation,
             secret_name=secret_name,
             expires_on=rfc3339(token.expires_on),
@@ -290,10 +405,12 @@ class Reconciler:
             tenant_id=token.claims.tenant_id,
             app_id=token.claims.app_id,
             credential_version=credential_version,
+            issued_for=mem.issued_for,
         )
-        await self._report(snap, mem, previous, status, verdict.ready, verdict.reason, verdict.message)
+        await self._report(snap, mem, previous.ready(), status, verdict.ready, verdict.reason, verdict.message,
+                           announce=renewed)
         log.debug("%s/%s: next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
-        return max(delay, 0.0)
+        return max((refresh - now).total_seconds(), 0.0)
 
     async def _failed(self, snap: Snapshot, mem: Memory, outcome: Outcome) -> float | None:
         mem.failures += 1
@@ -302,28 +419,30 @@ class Reconciler:
         now = self._clock()
         expires = parse_rfc3339(previous.expires_on)
         token_valid = expires is not None and expires > now
-        # A transient failure while the last token is still valid: the Secret still works, so Ready stays True
-        # and the reason tells that refreshing is failing. Permanent failures need the user: Ready=False.
-        ready = token_valid and not outcome.permanent
+        # The Secret still holds a token; Ready stays True only while it is valid, was acquired for this very spec,
+        # and the failure is transient (refreshing is failing, the token still works). Anything that needs the
+        # user is Ready=False at once.
+        for_this_spec = mem.issued_for is not None and previous.issued_for == mem.issued_for
+        ready = token_valid and for_this_spec and outcome.retry == Retry.TRANSIENT
         message = outcome.message
         if token_valid and expires is not None:
             message += f"; the last token in the Secret stays valid until {rfc3339(expires)}"
-        delay: float | None = None
-        if not outcome.permanent:
-            delay = policy.backoff(mem.failures, outcome.retry_after, self._rng)
-            if token_valid and expires is not None:
-                # wake at expiry at the latest, to turn Ready to False when the token is gone
-                delay = min(delay, max((expires - now).total_seconds(), 0.0) + 1.0)
+            if not for_this_spec:
+                message += " but was acquired for an earlier spec"
+        delay = policy.retry_delay(outcome.retry, mem.failures, outcome.retry_after, now,
+                                   expires if token_valid else None, self._rng)
+        if ready and expires is not None and delay is not None:
+            # wake at expiry at the latest, to turn Ready to False when the token is gone
+            delay = min(delay, max((expires - now).total_seconds(), 0.0) + 1.0)
         status = previous.model_copy(update={
-            "conditions": [self._condition(snap, previous.ready(), ready, outcome.reason, message)],
+            "conditions": self._conditions(snap, previous, ready, outcome.reason, message),
             "observed_generation": snap.generation,
             "consecutive_failures": mem.failures,
             "refresh_at": rfc3339(now + dt.timedelta(seconds=delay)) if delay is not None else None,
         })
         await self._report(snap, mem, previous.ready(), status, ready, outcome.reason, message)
         log.debug("%s/%s: %s (%s), attempt %d, next attempt %s", snap.namespace, snap.name, outcome.reason.value,
-                  "permanent" if outcome.permanent else "transient", mem.failures,
-                  f"in {delay:.1f} s" if delay is not None else "after a change")
+                  outcome.retry.value, mem.failures, f"in {delay:.1f} s" if delay is not None else "after a change")
         return delay
 
     def _previous(self, snap: Snapshot, mem: Memory) -> GraphAppCredentialStatus:
@@ -333,17 +452,22 @@ class Reconciler:
         except ValidationError:
             return GraphAppCredentialStatus()
 
-    def _condition(self, snap: Snapshot, previous: Condition | None, ready: bool, reason: Reason,
-                   message: str) -> Condition:
+    def _conditions(self, snap: Snapshot, previous: GraphAppCredentialStatus, ready: bool, reason: Reason,
+                    message: str) -> list[Condition]:
+        """The new Ready condition, first; conditions of other types (other tools') are kept as they are."""
+        before = previous.ready()
         status: Literal["True", "False"] = "True" if ready else "False"
-        changed = previous is None or previous.status != status
-        return Condition(status=status, reason=reason.value, message=message, observed_generation=snap.generation,
-                         last_transition_time=rfc3339(self._clock()) if changed or previous is None
-                         else previous.last_transition_time)
+        changed = before is None or before.status != status
+        cond = Condition(status=status, reason=reason.value, message=message, observed_generation=snap.generation,
+                         last_transition_time=rfc3339(self._clock()) if changed or before is None
+                         else before.last_transition_time)
+        return [cond, *(c for c in previous.conditions if c.type != "Ready")]
 
     async def _report(self, snap: Snapshot, mem: Memory, previous: Condition | None,
-                      status: GraphAppCredentialStatus, ready: bool, reason: Reason, message: str) -> None:
-        """Patch the status if it changed; post an Event if Ready or its reason changed from `previous`."""
+                      status: GraphAppCredentialStatus, ready: bool, reason: Reason, message: str, *,
+                      announce: bool = False) -> None:
+        """Patch the status if it changed; post an Event if Ready or its reason changed from `previous` (or a
+        renew request was served)."""
         body = status.to_k8s()
         expires = parse_rfc3339(status.expires_on)
         self.metrics.report(snap.namespace, snap.name, expires.timestamp() if expires else None,
@@ -352,9 +476,13 @@ class Reconciler:
         if body != before:
             # merge patch: keys that disappeared must be sent as null to be removed
             patch = {**{k: None for k in before or {} if k not in body}, **body}
-            await self._blocking(self.kube.patch_status, snap.namespace, snap.name, patch)
+            await self._kube("patch GraphAppCredential status", self.kube.patch_status, snap.namespace, snap.name,
+                             patch)
         mem.last_status = body
-        if previous is None or previous.status != ("True" if ready else "False") or previous.reason != reason:
+        if announce or previous is None or previous.status != ("True" if ready else "False") \
+                or previous.reason != reason:
+            if announce and ready:
+                message = f"renewed on request: {message}"
             self.emit(snap.event_ref(), "Normal" if reason == Reason.TOKEN_ISSUED else "Warning", reason.value,
                       message)
             log.log(logging.INFO if ready else logging.WARNING, "%s/%s: %s: %s", snap.namespace, snap.name,

@@ -14,6 +14,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "graphcred"
 CREDENTIAL_ANNOTATION = f"{GROUP}/credential"
 EXPIRES_ON_ANNOTATION = f"{GROUP}/expires-on"
+RENEW_ANNOTATION = f"{GROUP}/renew-requested-at"  # on the GraphAppCredential: any new value acquires at once
 KEYS = ("access_token", "token_type", "expires_on", "authorization")
 
 

@@ -17,8 +17,8 @@ import hashlib
 from collections.abc import Awaitable, Callable
 
 from .credentials import Material
-from .model import GraphAppCredentialSpec
-from .tokens import Token
+from .model import GraphAppCredentialSpec, Reason
+from .tokens import AcquisitionError, Token
 
 DEFAULT_WINDOW = 0.1  # of a token's lifetime: covers the refresh jitter (5% of a lifetime) with room to spare
 
@@ -35,37 +35,50 @@ class SharedTokens:
         self.window = window
         self._clock = clock
         self._recent: dict[str, Token] = {}
-        self._inflight: dict[str, asyncio.Future[Token]] = {}
+        self._inflight: dict[str, asyncio.Task[Token]] = {}
 
     def __len__(self) -> int:
         return len(self._recent)
 
-    async def get(self, key: str, acquire: Callable[[], Awaitable[Token]], *, reuse: bool = True
-                  ) -> tuple[Token, bool]:
+    async def get(self, key: str, acquire: Callable[[], Awaitable[Token]], *, reuse: bool = True,
+                  newer_than: dt.datetime | None = None) -> tuple[Token, bool]:
         """The token for `key` and whether it was shared (True) or acquired for this caller (False).
-        `reuse=False` skips recent tokens (for a caller that needs newer claims, e.g. just-granted roles)."""
+        `reuse=False` skips recent tokens (for a caller that needs newer claims, e.g. just-granted roles);
+        `newer_than`: a recent token is only handed out if issued after this (the caller's current token), so a
+        refresh never gets back the very token it is replacing."""
         now = self._clock()
         recent = self._recent.get(key) if reuse else None
-        if recent is not None and self.window > 0 and now - recent.issued_at <= recent.lifetime * self.window:
+        if (recent is not None and self.window > 0 and now - recent.issued_at <= recent.lifetime * self.window
+                and (newer_than is None or recent.issued_at > newer_than)):
             return recent, True
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending), True
-        future: asyncio.Future[Token] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # waiters may be gone: no warning
-        self._inflight[key] = future
+        task = self._inflight.get(key)
+        shared = task is not None
+        if task is None:
+            # The request runs as a task of its own, not in the caller's: when the caller is cancelled (its
+            # object deleted or re-created), the request carries on for everyone else waiting on it.
+            task = asyncio.get_running_loop().create_task(self._acquire(key, acquire), name=f"token:{key[:12]}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # no "never retrieved" warning
+            self._inflight[key] = task
+        try:
+            return await asyncio.shield(task), shared
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # The shared request itself was cancelled (shutdown), not this caller: a transient failure here.
+                raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "the token request was cancelled; retrying",
+                                       permanent=False) from None
+            raise
+
+    async def _acquire(self, key: str, acquire: Callable[[], Awaitable[Token]]) -> Token:
         try:
             token = await acquire()
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
         finally:
-            del self._inflight[key]
+            if self._inflight.get(key) is asyncio.current_task():
+                del self._inflight[key]
         if self.window > 0:
             self._recent[key] = token
-            self._prune(now)
-        future.set_result(token)
-        return token, False
+            self._prune(self._clock())
+        return token
 
     def _prune(self, now: dt.datetime) -> None:
         if len(self._recent) % 64 == 0:  # amortised: expired entries go now and then

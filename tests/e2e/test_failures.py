@@ -24,18 +24,28 @@ def _warning_events(env: Env, name: str) -> list[str]:
     return [reason for kind, reason, _ in env.events(name) if kind == "Warning"]
 
 
-def _assert_permanent(env: Env, name: str, client_id: str, reason: str, fragment: str, requests: int) -> None:
+def _assert_needs_user(env: Env, name: str, client_id: str, reason: str, fragment: str, requests: int, *,
+                       slow_retry: bool = True) -> None:
+    """Ready=False with a specific message and Event; retried slowly (about 5 minutes on), never parked and never
+    hammered. A malformed spec (slow_retry=False) waits for a change of the spec itself."""
     obj = env.wait_condition(name, "False", reason)
     cond = obj["status"]["conditions"][0]
     assert fragment in cond["message"], cond["message"]
     wait_for(lambda: reason in _warning_events(env, name), timeout=10, what=f"Warning event {reason}")
     env.assert_stays(lambda: env.bed.issuer.token_requests(client_id) == requests, QUIET_WINDOW,
-                     "no retries against the token endpoint for a permanent failure")
+                     "no quick retries against the token endpoint for a failure that needs the user")
     assert env.secret(f"{name}-token") is None
+    status = env.get(name)["status"]
+    if slow_retry:
+        next_try = dt.datetime.strptime(status["refreshAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        wait = (next_try - dt.datetime.now(dt.UTC)).total_seconds()
+        assert 200 < wait < 400, f"the next attempt is {wait:.0f} s away: not the slow retry schedule"
+    else:
+        assert "refreshAt" not in status
 
 
-@pytest.mark.parametrize("case", ["wrong-secret", "unknown-app", "unknown-tenant", "injected-700024"])
-def test_entra_refusals_are_permanent_until_something_changes(env: Env, case: str) -> None:
+@pytest.mark.parametrize("case", ["wrong-secret", "unknown-app", "unknown-tenant"])
+def test_entra_refusals_need_the_user_and_are_retried_slowly(env: Env, case: str) -> None:
     app = env.register_app(secret="the-right-one")
     env.client_secret("cred", "the-wrong-one" if case == "wrong-secret" else "the-right-one")
     spec: dict[str, Any] = {}
@@ -43,17 +53,14 @@ def test_entra_refusals_are_permanent_until_something_changes(env: Env, case: st
         spec["clientId"] = "00000000-0000-0000-0000-00000000dead"
     if case == "unknown-tenant":
         spec["tenantId"] = "00000000-0000-0000-0000-0000000beef0"
-    if case == "injected-700024":
-        env.bed.issuer.fail(app.client_id, aadsts=700024)
     manifest = env.manifest("refused", app, {"clientSecret": {"name": "cred"}})
     manifest["spec"].update(spec)
     env.bed.custom.create_namespaced_custom_object("graphcred.io", "v1alpha1", env.namespace,
                                                    "graphappcredentials", manifest)
     expected = {"wrong-secret": ("AADSTS7000215", app.client_id, 1),
                 "unknown-app": ("AADSTS700016", spec.get("clientId", ""), 1),
-                "unknown-tenant": ("AADSTS90002", app.client_id, 0),  # refused at discovery, before any POST
-                "injected-700024": ("AADSTS700024", app.client_id, 1)}[case]
-    _assert_permanent(env, "refused", expected[1], "Unauthorized", expected[0], expected[2])
+                "unknown-tenant": ("AADSTS90002", app.client_id, 0)}[case]  # refused at discovery, before any POST
+    _assert_needs_user(env, "refused", expected[1], "Unauthorized", expected[0], expected[2])
 
 
 def test_unregistered_certificate_is_unauthorized(env: Env) -> None:
@@ -61,7 +68,7 @@ def test_unregistered_certificate_is_unauthorized(env: Env) -> None:
     app = env.register_app(certificate=registered.cert)
     env.tls_secret("cert", other)
     env.create("cert", app, {"certificate": {"name": "cert"}})
-    _assert_permanent(env, "cert", app.client_id, "Unauthorized", "AADSTS700027", 1)
+    _assert_needs_user(env, "cert", app.client_id, "Unauthorized", "AADSTS700027", 1)
 
 
 def _tls_data(cert_pem: bytes, key_pem: bytes) -> dict[str, str]:
@@ -94,7 +101,7 @@ def test_credential_problems_are_reported_without_calling_entra(env: Env, case: 
         "expired-certificate": ("InvalidCredential", "certificate expired"),
     }[case]
     env.create("bad", app, credential)
-    _assert_permanent(env, "bad", app.client_id, reason, fragment, 0)
+    _assert_needs_user(env, "bad", app.client_id, reason, fragment, 0)
     message = env.ready_condition("bad")["message"]  # type: ignore[index]
     assert "PRIVATE KEY" not in message
 
@@ -102,7 +109,7 @@ def test_credential_problems_are_reported_without_calling_entra(env: Env, case: 
 def test_workload_identity_is_reported_as_not_supported(env: Env) -> None:
     app = env.register_app(secret="pw")
     env.create("wi", app, {"workloadIdentity": {"serviceAccountName": "default"}})
-    _assert_permanent(env, "wi", app.client_id, "InvalidSpec", "not supported yet", 0)
+    _assert_needs_user(env, "wi", app.client_id, "InvalidSpec", "not supported yet", 0, slow_retry=False)
 
 
 def test_a_failing_credential_recovers_as_soon_as_its_secret_is_fixed(env: Env) -> None:

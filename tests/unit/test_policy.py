@@ -6,7 +6,8 @@ import random
 import pytest
 
 from graphcred import policy
-from graphcred.model import Reason
+from graphcred.model import GraphAppCredentialStatus, Reason
+from graphcred.policy import Retry
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -53,11 +54,41 @@ def test_missing_roles_named_in_order() -> None:
     assert policy.issued_verdict(["A"], ["A"], "s", T0).ready
 
 
-def test_may_resume_only_with_matching_generation_credential_and_valid_token() -> None:
-    good = dict(generation=2, observed_generation=2, refresh_at_time=T0 + dt.timedelta(minutes=10),
-                secret_expiry=T0 + dt.timedelta(minutes=30), credential_version="7", current_credential_version="7")
-    assert policy.may_resume(T0, **good)  # type: ignore[arg-type]
-    for change in ({"observed_generation": 1}, {"current_credential_version": "8"},
-                   {"secret_expiry": T0 + dt.timedelta(seconds=3)}, {"refresh_at_time": None},
-                   {"refresh_at_time": T0 + dt.timedelta(hours=1)}):
-        assert not policy.may_resume(T0, **{**good, **change})  # type: ignore[arg-type]
+def _status(**kw: object) -> GraphAppCredentialStatus:
+    base: dict[str, object] = {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "TokenIssued"}], "observedGeneration": 2,
+        "refreshAt": "2026-11-25T12:10:00Z", "expiresOn": "2026-11-25T12:30:00Z", "issuedFor": "abc"}
+    return GraphAppCredentialStatus.model_validate({**base, **kw})
+
+
+def test_may_keep_only_a_valid_token_for_this_spec_and_material_before_its_refresh() -> None:
+    expiry = T0 + dt.timedelta(minutes=30)
+    good = dict(generation=2, issued_for="abc", secret_expiry=expiry, material_unchanged=True, renew=False)
+    assert policy.may_keep(T0, _status(), **good)  # type: ignore[arg-type]
+    for change in ({"generation": 3}, {"issued_for": "other"}, {"material_unchanged": False}, {"renew": True},
+                   {"secret_expiry": None}, {"secret_expiry": expiry - dt.timedelta(minutes=1)}):
+        assert not policy.may_keep(T0, _status(), **{**good, **change})  # type: ignore[arg-type]
+    for status in (_status(refreshAt="2026-11-25T11:59:00Z"),
+                   _status(conditions=[{"type": "Ready", "status": "True", "reason": "Throttled"}]),
+                   _status(conditions=[{"type": "Ready", "status": "False", "reason": "MissingRoles"}])):
+        assert not policy.may_keep(T0, status, **good)  # type: ignore[arg-type]
+
+
+def test_needs_user_retries_slow_down_to_hourly_and_try_once_before_expiry() -> None:
+    rng = random.Random(0)
+    delays = [policy.retry_delay(Retry.NEEDS_USER, n, None, T0, None, rng) or 0 for n in (1, 2, 3, 9)]
+    assert 270 <= delays[0] <= 330 and 810 <= delays[1] <= 990 and 3240 <= delays[2] <= 3960
+    assert 3240 <= delays[3] <= 3960
+    soon = policy.retry_delay(Retry.NEEDS_USER, 3, None, T0, T0 + dt.timedelta(minutes=20), rng)
+    assert soon == 20 * 60 - policy.LAST_CHANCE_BEFORE_EXPIRY
+    assert policy.retry_delay(Retry.ON_CHANGE, 1, None, T0, None, rng) is None
+
+
+def test_transient_retries_come_every_30_s_at_most_once_the_token_expired() -> None:
+    rng = random.Random(0)
+    for n in range(1, 20):
+        delay = policy.retry_delay(Retry.TRANSIENT, n, None, T0, None, rng)
+        assert delay is not None and delay <= policy.EXPIRED_RETRY
+    assert policy.retry_delay(Retry.TRANSIENT, 1, 120.0, T0, None, rng) == 120.0  # Retry-After wins
+    valid = T0 + dt.timedelta(hours=1)
+    assert (policy.retry_delay(Retry.TRANSIENT, 12, None, T0, valid, rng) or 0) > policy.EXPIRED_RETRY

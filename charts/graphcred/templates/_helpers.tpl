@@ -37,7 +37,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [get, patch, update]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create, update]
+  verbs: [get, list, watch, create, update, delete]  # delete: only its own old token Secret after spec.secretName changed
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]

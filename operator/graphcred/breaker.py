@@ -1,0 +1,81 @@
+"""A circuit breaker per authority (login host + tenant). Pure: the caller passes the time.
+
+Retry-After and backoff slow down the one credential that got the answer; with thousands of credentials on one
+throttled or failing tenant the others would keep firing. So a throttling (429) or unavailable (5xx, timeout,
+unreachable) answer opens the breaker for that tenant: every credential on it holds off until the Retry-After or
+backoff has passed, then a single request probes, and only its success lets the others through.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+
+from .model import Reason
+
+OPEN_CAP = 120.0  # seconds: longest hold-off without a Retry-After asking for more
+PROBE_WAIT = 2.0  # while a probe is in flight, others look again this soon
+PROBE_STALE = dt.timedelta(seconds=90)  # a probe that never reported (its task ended) frees the slot after this
+
+
+@dataclass
+class _State:
+    failures: int
+    until: dt.datetime
+    reason: Reason
+    probe_since: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why and how long to hold off."""
+
+    seconds: float
+    reason: Reason
+    message: str
+
+
+class Breaker:
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()  # noqa: S311 - jitter only
+        self._states: dict[str, _State] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def hold(self, key: str, now: dt.datetime) -> Hold | None:
+        """None: go ahead (when the breaker was open, this caller is now the probe). Else: wait."""
+        state = self._states.get(key)
+        if state is None:
+            return None
+        if now < state.until:
+            seconds = (state.until - now).total_seconds() + PROBE_WAIT * self._rng.random()
+            return Hold(seconds, state.reason, f"holding off {key}: it answered {_what(state.reason)} recently; "
+                        f"next attempt in {seconds:.0f} s")
+        if state.probe_since is not None and now - state.probe_since < PROBE_STALE:
+            return Hold(PROBE_WAIT * (0.5 + self._rng.random()), state.reason,
+                        f"holding off {key}: waiting for one request to show it has recovered")
+        state.probe_since = now
+        return None
+
+    def failed(self, key: str, now: dt.datetime, reason: Reason, retry_after: float | None) -> None:
+        """A throttling or unavailable answer: open (again), for Retry-After or a growing backoff."""
+        state = self._states.get(key)
+        failures = state.failures + 1 if state else 1
+        backoff = min(OPEN_CAP, 2.0 ** failures) * (0.5 + 0.5 * self._rng.random())
+        self._states[key] = _State(failures, now + dt.timedelta(seconds=max(backoff, retry_after or 0.0)), reason)
+
+    def answered(self, key: str) -> None:
+        """The authority answered (a token, or a refusal about the request itself): close."""
+        self._states.pop(key, None)
+
+    def abandoned(self, key: str) -> None:
+        """The probe ended without an answer (cancelled): let another caller probe."""
+        state = self._states.get(key)
+        if state is not None:
+            state.probe_since = None
+
+
+def _what(reason: Reason) -> str:
+    return "HTTP 429 (throttled)" if reason == Reason.THROTTLED else "with an error or not at all"

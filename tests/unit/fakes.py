@@ -1,0 +1,169 @@
+"""In-memory stand-ins for the two I/O ports of the Reconciler (`Kube`, `TokenClient`), for unit tests of pure
+scheduling: the real Controller, Reconciler and SharedTokens run against them with a fake clock. Integration
+tests use the real apiserver and issuer instead."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphcred.credentials import Material
+from graphcred.jwt import TokenClaims
+from graphcred.kube import Conflict, Gone
+from graphcred.model import GraphAppCredentialSpec
+from graphcred.tokens import AcquisitionError, Token
+
+T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self, now: dt.datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+class FakeKube:
+    """Secrets and GraphAppCredential status in dicts, with resourceVersions and 409/404 like the apiserver."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.objects: set[tuple[str, str]] = set()  # GraphAppCredentials that exist (for patch_status)
+        self.writes = 0
+        self.deletes: list[tuple[str, str]] = []
+        self._rv = 100
+        self._lock = threading.Lock()
+
+    def _next(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def put_client_secret(self, namespace: str, name: str, value: str) -> None:
+        with self._lock:
+            self.secrets[(namespace, name)] = {"metadata": {"name": name, "namespace": namespace,
+                                                            "resourceVersion": self._next()},
+                                               "data": {"clientSecret": _b64(value)}}
+
+    def touch(self, namespace: str, name: str) -> str:
+        """A metadata-only change (a label): new resourceVersion, same data."""
+        with self._lock:
+            self.secrets[(namespace, name)]["metadata"]["resourceVersion"] = rv = self._next()
+            return rv
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = self.secrets.get((namespace, name))
+            return copy.deepcopy(found) if found else None
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> str:
+        with self._lock:
+            key = (namespace, body["metadata"]["name"])
+            if key in self.secrets:
+                raise Conflict(key[1])
+            self.writes += 1
+            stored = copy.deepcopy(body)
+            stored["metadata"]["resourceVersion"] = rv = self._next()
+            self.secrets[key] = stored
+            return rv
+
+    def replace_secret(self, namespace: str, name: str, body: dict[str, Any], resource_version: str) -> str:
+        with self._lock:
+            current = self.secrets.get((namespace, name))
+            if current is None or current["metadata"]["resourceVersion"] != resource_version:
+                raise Conflict(name)
+            self.writes += 1
+            stored = copy.deepcopy(body)
+            stored["metadata"]["resourceVersion"] = rv = self._next()
+            self.secrets[(namespace, name)] = stored
+            return rv
+
+    def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
+        with self._lock:
+            self.deletes.append((namespace, name))
+            self.secrets.pop((namespace, name), None)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        with self._lock:
+            if (namespace, name) not in self.objects:
+                raise Gone(f"{namespace}/{name}")
+            merged = {**self.statuses.get((namespace, name), {}), **status}
+            self.statuses[(namespace, name)] = {k: v for k, v in merged.items() if v is not None}
+
+    def token_in(self, namespace: str, name: str) -> str | None:
+        secret = self.secrets.get((namespace, name))
+        if not secret:
+            return None
+        return base64.b64decode(secret["data"]["access_token"]).decode()
+
+    def ready(self, namespace: str, name: str) -> dict[str, Any] | None:
+        for cond in self.statuses.get((namespace, name), {}).get("conditions", []):
+            if cond["type"] == "Ready":
+                return dict(cond)
+        return None
+
+
+def fake_jwt(claims: dict[str, Any]) -> str:
+    def seg(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'none', 'typ': 'JWT'})}.{seg(claims)}.sig"
+
+
+@dataclass
+class FakeTokens:
+    """Issues tokens from the fake clock; can hold requests at a gate, or fail them."""
+
+    clock: Clock
+    lifetime: float = 3600.0
+    requests: int = 0
+    gate: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+    failure: AcquisitionError | None = None
+    per_authority: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.gate.set()  # open unless a test closes it
+        self._lock = threading.Lock()
+
+    def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+        with self._lock:
+            self.requests += 1
+            self.per_authority[spec.authority()] = self.per_authority.get(spec.authority(), 0) + 1
+        self.entered.set()
+        if not self.gate.wait(timeout=10):
+            raise TimeoutError("test gate never opened")
+        if self.failure is not None:
+            raise self.failure
+        issued = self.clock()
+        expires = issued + dt.timedelta(seconds=self.lifetime)
+        resource = spec.scopes[0].removesuffix("/.default")
+        token = fake_jwt({"aud": resource, "tid": spec.tenant_id, "appid": spec.client_id,
+                          "exp": int(expires.timestamp()), "uti": uuid.uuid4().hex})
+        return Token(access_token=token, expires_on=expires.replace(microsecond=0), issued_at=issued,
+                     claims=TokenClaims(resource, spec.tenant_id, spec.client_id, (), int(expires.timestamp())))
+
+
+def gac(name: str, spec: dict[str, Any], *, namespace: str = "ns", uid: str | None = None, generation: int = 1,
+        annotations: dict[str, str] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
+                         "generation": generation, "annotations": annotations or {}},
+            "spec": spec, "status": status or {}}
+
+
+def secret_spec(tenant: str, client: str, secret: str = "cred", **extra: Any) -> dict[str, Any]:
+    return {"tenantId": tenant, "clientId": client, "credential": {"clientSecret": {"name": secret}}, **extra}

@@ -1,0 +1,310 @@
+"""Scheduling defects of the first wave, reproduced with the real Controller, Reconciler and SharedTokens against
+in-memory I/O ports and a fake clock (the bed tests cover the same paths end to end)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kubernetes.client import ApiException
+
+from graphcred.controller import Controller
+from graphcred.metrics import Metrics
+from graphcred.model import Reason
+from graphcred.reconciler import Memory, Reconciler, Snapshot
+from graphcred.sharing import SharedTokens
+from graphcred.tokens import AcquisitionError
+
+from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
+
+NS = "ns"
+RENEW_ANNOTATION = "graphcred.io/renew-requested-at"
+TENANT = str(uuid.uuid4())
+
+
+class Rig:
+    def __init__(self, lifetime: float = 3600.0) -> None:
+        self.clock = Clock()
+        self.kube = FakeKube()
+        self.tokens = FakeTokens(self.clock, lifetime=lifetime)
+        self.events: list[tuple[str, str, str]] = []
+        self.metrics = Metrics()
+        self.reconciler = Reconciler(
+            self.kube, self.tokens, self.emit,  # type: ignore[arg-type]
+            clock=self.clock, rng=random.Random(0), metrics=self.metrics, shared=SharedTokens(clock=self.clock))
+        self.controller = Controller(self.reconciler)
+        self.kube.put_client_secret(NS, "cred", "s3cret")
+
+    def emit(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:  # noqa: A002
+        self.events.append((obj["metadata"]["name"], type, reason))
+
+    def add(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.kube.objects.add((NS, body["metadata"]["name"]))
+        self.controller.observe(body)
+        return body
+
+    def ready(self, name: str) -> dict[str, Any] | None:
+        return self.kube.ready(NS, name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.kube.statuses.get((NS, name), {})
+
+    def workers(self) -> tuple[int, int]:
+        return self.controller.worker_counts()
+
+
+async def until(probe: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+@contextmanager
+def closed(gate: Any) -> Iterator[None]:
+    gate.clear()
+    try:
+        yield
+    finally:
+        gate.set()
+
+
+def is_ready(rig: Rig, name: str, generation: int = 1) -> bool:
+    cond = rig.ready(name)
+    return bool(cond and cond["status"] == "True" and cond["observedGeneration"] == generation)
+
+
+# --- defect 1: a cancelled sharer must not kill its partners --------------------------------------------------
+def test_deleting_a_sharing_partner_mid_acquisition_leaves_the_other_refreshing() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        spec = secret_spec(TENANT, str(uuid.uuid4()))
+        with closed(rig.tokens.gate):
+            a = rig.add(gac("a", spec))
+            await until(rig.tokens.entered.is_set, what="A's request in flight")
+            b = rig.add(gac("b", spec))
+            await asyncio.sleep(0.05)  # B joins A's in-flight request
+            rig.controller.forget(NS, "a")  # A deleted: its task is cancelled mid-acquisition
+            await asyncio.sleep(0.05)
+        assert a["metadata"]["name"] == "a"
+        await until(lambda: is_ready(rig, "b"), what="B Ready from the shared request")
+        assert rig.workers() == (1, 0), "B's worker must still be alive"
+        # and B still reacts to a spec change
+        rig.controller.observe({**b, "metadata": {**b["metadata"], "generation": 2},
+                                "spec": {**spec, "scopes": ["https://vault.azure.net/.default"]}})
+        await until(lambda: is_ready(rig, "b", 2), what="B Ready for generation 2")
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_a_worker_whose_task_died_is_restarted_and_counted() -> None:
+    rig = Rig()
+    real_read = rig.kube.read_secret
+    calls = {"n": 0}
+
+    def stray_cancel(namespace: str, name: str) -> dict[str, Any] | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise asyncio.CancelledError  # e.g. a cancellation inherited from another task
+        return real_read(namespace, name)
+
+    rig.kube.read_secret = stray_cancel  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready after its worker recovered")
+        assert rig.workers() == (1, 0)
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+# --- defect 7: refreshBeforeExpiry near the lifetime must not spin ----------------------------------------------
+def test_refresh_before_expiry_near_the_lifetime_does_not_spin() -> None:
+    rig = Rig(lifetime=60)
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()), refreshBeforeExpiry="55s")))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        assert rig.kube.writes == 1
+        rig.clock.advance(6.0)  # at the refresh time, still within the sharing window (a tenth of the lifetime)
+        rig.controller.secret_event(NS, "cred", rig.kube.touch(NS, "cred"), deleted=False)
+        await asyncio.sleep(0.5)
+        assert rig.kube.writes <= 2, f"{rig.kube.writes} Secret writes in 0.5 s: a refresh loop"
+        assert rig.tokens.requests == 2, "the refresh must get a new token, not the one already in the Secret"
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_a_credential_secret_touch_without_new_data_writes_nothing() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        version = rig.kube.touch(NS, "cred")
+        rig.controller.secret_event(NS, "cred", version, deleted=False)
+        await until(lambda: rig.status("a").get("credentialVersion") == version, what="the touch noticed")
+        assert (rig.kube.writes, rig.tokens.requests) == (1, 1)
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+# --- defect 8: Ready=True only for the spec the token was made for ----------------------------------------------
+def test_a_transient_failure_after_a_client_change_is_not_ready() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        rig.tokens.failure = AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "503", permanent=False)
+        rig.controller.observe({**body, "metadata": {**body["metadata"], "generation": 2},
+                                "spec": secret_spec(TENANT, str(uuid.uuid4()))})
+        await until(lambda: (rig.ready("a") or {}).get("observedGeneration") == 2, what="generation 2 reported")
+        cond = rig.ready("a")
+        assert cond is not None and cond["status"] == "False", cond
+        assert cond["reason"] == "AuthorityUnavailable"
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+# --- defect 6: "needs the user" is retried slowly, never parked --------------------------------------------------
+def test_needs_user_failures_are_retried_slowly_and_before_the_last_token_expires() -> None:
+    rig = Rig()
+    snap = Snapshot.of(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+    rig.kube.objects.add((NS, "a"))
+    mem = Memory()
+
+    async def scenario() -> None:
+        assert await rig.reconciler.reconcile(snap, mem) is not None  # Ready, token valid for an hour
+        rig.tokens.failure = AcquisitionError(Reason.UNAUTHORIZED, "AADSTS7000215", permanent=True)
+        rig.clock.advance(1900)  # past the refresh time
+        delays = []
+        for _ in range(3):
+            mem.renew_requested = True  # not waiting for the schedule in a unit test
+            delay = await rig.reconciler.reconcile(snap, mem)
+            assert delay is not None, "a credential needing the user must still be retried"
+            delays.append(delay)
+        assert 200 <= delays[0] <= 400 and 600 <= delays[1] <= 1200
+        # the last token expires in ~1700 s: one more try comes shortly before that, not after an hour
+        assert delays[2] < 1700, delays
+
+    run(scenario)
+
+
+# --- defect 14: a throttled tenant holds back every credential on it ----------------------------------------------
+def test_a_throttled_tenant_holds_off_other_credentials_until_retry_after() -> None:
+    rig = Rig()
+    rig.tokens.failure = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=30)
+
+    async def scenario() -> None:
+        first = Snapshot.of(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        rig.kube.objects.add((NS, "a"))
+        await rig.reconciler.reconcile(first, Memory())
+        assert rig.tokens.requests == 1
+        rig.tokens.failure = None
+        other = Snapshot.of(gac("b", secret_spec(TENANT, str(uuid.uuid4()))))
+        rig.kube.objects.add((NS, "b"))
+        mem = Memory()
+        delay = await rig.reconciler.reconcile(other, mem)
+        assert rig.tokens.requests == 1, "a second app on the throttled tenant must wait for Retry-After"
+        assert delay is not None and delay >= 25
+        assert (rig.ready("b") or {}).get("reason") == "Throttled"
+        rig.clock.advance(31)
+        await rig.reconciler.reconcile(other, mem)
+        assert rig.tokens.requests == 2 and is_ready(rig, "b")
+
+    run(scenario)
+
+
+# --- defect 9: unexpected failures are reported --------------------------------------------------------------
+def test_an_unexpected_api_error_is_reported_in_status_and_counted() -> None:
+    rig = Rig()
+
+    def broken(namespace: str, body: dict[str, Any]) -> str:
+        raise ApiException(status=500, reason="Internal Server Error")
+
+    rig.kube.create_secret = broken  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        cond = await until(lambda: rig.ready("a"), what="a status")
+        assert cond["reason"] == "InternalError" and cond["status"] == "False"
+        assert "HTTP 500" in cond["message"] and "create Secret" in cond["message"], cond["message"]
+        assert ("a", "Warning", "InternalError") in rig.events
+        text = rig.metrics.exposition()
+        assert 'graphcred_internal_errors_total' in text
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+# --- defect 15: smaller ones ---------------------------------------------------------------------------------
+def test_a_deleted_object_ends_its_worker_on_the_status_404() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        rig.controller.observe(gac("zombie", secret_spec(TENANT, str(uuid.uuid4()))))  # not in kube.objects
+        await until(lambda: len(rig.controller) == 0, what="the worker to end on 404")
+
+    run(scenario)
+
+
+def test_a_changed_secret_name_deletes_the_old_owned_secret() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        spec = secret_spec(TENANT, str(uuid.uuid4()))
+        body = rig.add(gac("a", spec))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        rig.controller.observe({**body, "metadata": {**body["metadata"], "generation": 2},
+                                "spec": {**spec, "secretName": "renamed"}})
+        await until(lambda: is_ready(rig, "a", 2), what="A Ready for generation 2")
+        assert rig.kube.token_in(NS, "renamed")
+        assert (NS, "a-token") not in rig.kube.secrets, "the old token Secret is left behind, never refreshed"
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_renew_annotation_acquires_a_new_token_at_once() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        before = rig.kube.token_in(NS, "a-token")
+        rig.controller.observe({**body, "metadata": {**body["metadata"], "annotations": {RENEW_ANNOTATION: "1"}}})
+        await until(lambda: rig.kube.token_in(NS, "a-token") != before, what="a new token after the renew request")
+        assert rig.tokens.requests == 2
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_other_conditions_in_status_do_not_break_resume() -> None:
+    from graphcred.model import GraphAppCredentialStatus
+
+    status = GraphAppCredentialStatus.model_validate({"conditions": [
+        {"type": "Ready", "status": "True", "reason": "TokenIssued"},
+        {"type": "Synced", "status": "True", "reason": "Argo"}]})
+    ready = status.ready()
+    assert ready is not None and ready.reason == "TokenIssued"
+
