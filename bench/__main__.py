@@ -4,6 +4,8 @@
   python -m bench latency [--n 20]     create-to-Ready latency of GraphAppCredentials, one at a time
   python -m bench scale [--n 100 --n 1000] [--lifetime 30] [--steady 60]
                                        N credentials against the bare cost of the job (see bench/scale.py)
+  python -m bench secretwatch [--secrets 50000] [--old FILE]
+                                       operator memory and first-list time with N unrelated Secrets
 """
 
 from __future__ import annotations
@@ -81,11 +83,19 @@ def main() -> None:
     sc.add_argument("--lifetime", type=int, default=30, help="token lifetime in seconds (short: many refreshes)")
     sc.add_argument("--steady", type=float, default=60.0, help="steady-state window in seconds")
     sc.add_argument("--out", type=Path, help="also write the table here")
+    sw = sub.add_parser("secretwatch")
+    sw.add_argument("--secrets", type=int, default=50_000, help="unrelated Secrets in the cluster")
+    sw.add_argument("--old", type=Path, help="also run the operator with this secretwatch.py, for comparison")
     args = parser.parse_args()
     if args.what == "scale":
         from .scale import main as scale
 
         scale(args.n or [100, 1000], args.lifetime, args.steady, args.out)
+        return
+    if args.what == "secretwatch":
+        from .secretwatch import main as secretwatch
+
+        secretwatch(args.secrets, args.old)
         return
     if args.what in (None, "bed-start"):
         bed_start()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .model import Reason
 
 OPEN_CAP = 120.0  # seconds: longest hold-off without a Retry-After asking for more
+RETRY_AFTER_CAP = 600.0  # and with one: a proxy's "come back tomorrow" must not let a tenant's tokens expire
 PROBE_WAIT = 2.0  # while a probe is in flight, others look again this soon
 PROBE_STALE = dt.timedelta(seconds=90)  # a probe that never reported (its task ended) frees the slot after this
 
@@ -64,7 +65,8 @@ class Breaker:
         state = self._states.get(key)
         failures = state.failures + 1 if state else 1
         backoff = min(OPEN_CAP, 2.0 ** failures) * (0.5 + 0.5 * self._rng.random())
-        self._states[key] = _State(failures, now + dt.timedelta(seconds=max(backoff, retry_after or 0.0)), reason)
+        hold = max(backoff, min(retry_after or 0.0, RETRY_AFTER_CAP))
+        self._states[key] = _State(failures, now + dt.timedelta(seconds=hold), reason)
 
     def answered(self, key: str) -> None:
         """The authority answered (a token, or a refusal about the request itself): close."""

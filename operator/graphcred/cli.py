@@ -13,6 +13,13 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"GRAPHCRED_{name}", default)
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphcred", description="Keeps Entra ID app-only tokens fresh in "
                                      "Kubernetes Secrets.")
@@ -34,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="at most this many token requests in flight (env GRAPHCRED_TOKEN_CONCURRENCY)")
     run.add_argument("--token-timeout", type=float, default=float(_env("TOKEN_TIMEOUT", "30") or 30),
                      help="seconds to wait for the token endpoint's answer (env GRAPHCRED_TOKEN_TIMEOUT)")
+    run.add_argument("--api-timeout", type=_positive, default=_env("API_TIMEOUT", "30"),
+                     help="seconds to wait for the Kubernetes API's answer to one call (connecting: at most 10 s; "
+                     "env GRAPHCRED_API_TIMEOUT)")
     run.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", "8080") or 8080),
                      help="port for /metrics, /healthz and /readyz (env GRAPHCRED_METRICS_PORT); -1 disables, "
                      "0 picks a free port")
@@ -65,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(kubeconfig=args.kubeconfig, namespaces=tuple(n.strip() for n in namespaces),
                     ca_bundle=args.ca_bundle, log_format=args.log_format, log_level=args.log_level,
                     token_concurrency=args.token_concurrency, token_timeout=args.token_timeout,
+                    api_timeout=args.api_timeout,
                     metrics_port=args.metrics_port, leader_election=args.leader_election,
                     leader_election_namespace=args.leader_election_namespace, lease_seconds=args.lease_duration)
     return run(cfg)

@@ -18,11 +18,17 @@ class RunConfig:
     token_concurrency: int = 16
     token_timeout: float = 30.0  # seconds to wait for the token endpoint's answer
     api_concurrency: int = 16
+    api_timeout: float = 30.0  # seconds to wait for the Kubernetes API's answer to one call
     metrics_port: int = 8080  # /metrics, /healthz, /readyz; -1 disables
     leader_election: bool = False
     leader_election_namespace: str = "default"
     leader_election_name: str = "graphcred-leader"
     lease_seconds: float = 15.0
+
+    @property
+    def api_timeouts(self) -> tuple[float, float]:
+        """(connect, read) for every Kubernetes call; connecting never needs longer than 10 s."""
+        return min(10.0, self.api_timeout), self.api_timeout
 
     @staticmethod
     def in_cluster() -> bool:

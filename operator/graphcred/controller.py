@@ -213,8 +213,9 @@ class Controller:
             self._drop(key, worker)
             return None
         # the description names the API call and its HTTP status; never an exception's text (bodies)
-        log.error("%s/%s: reconcile failed (%s); retrying in %.0f s", key[0], key[1],
-                  _described(exc), delay)
+        # an apiserver outage is ridden out (a warning); anything else is a bug or a misconfiguration
+        level = logging.WARNING if isinstance(exc, KubeCallFailed) and exc.outage else logging.ERROR
+        log.log(level, "%s/%s: reconcile failed (%s); retrying in %.0f s", key[0], key[1], _described(exc), delay)
         return delay
 
     def _drop(self, key: Key, worker: _Worker) -> None:

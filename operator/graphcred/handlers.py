@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
+import urllib3
 from kubernetes import client, config
+from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 
 from .config import RunConfig
 from .controller import Controller
@@ -35,6 +36,11 @@ def api_client(cfg: RunConfig) -> client.ApiClient:
     else:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     configuration.connection_pool_maxsize = cfg.api_concurrency
+    # TCP keepalive notices a peer that vanished (a half-open connection) on idle sockets and watches: probes
+    # after 30 s idle, dead after 3 unanswered probes 10 s apart. Calls have their own timeouts (kube.py).
+    configuration.socket_options = tcp_keepalive_socket_options(idle=30, interval=10, count=3)
+    # one urllib3 retry (a stale pooled connection, a refused connect), not three: each would wait a timeout
+    configuration.retries = urllib3.Retry(total=1)
     return client.ApiClient(configuration)
 
 
@@ -43,8 +49,12 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     cfg: RunConfig = memo["config"]
     # Events are posted explicitly on condition transitions; kopf's log-to-event posting would leak log noise.
     settings.posting.level = logging.CRITICAL + 1
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
+    # kopf's aiohttp sockets have no TCP keepalive: the client timeout is what notices a dead watch stream, so
+    # keep it short (a watch resumes from its resourceVersion: no re-list).
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    settings.watching.connect_timeout = cfg.api_timeouts[0]
+    settings.networking.connect_timeout = cfg.api_timeouts[0]
     settings.networking.request_timeout = 60
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency,
@@ -58,7 +68,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout))
     metrics: Metrics = memo["metrics"]
     health: Health = memo["health"]
-    reconciler = Reconciler(Kube(api), tokens, _emit, run_blocking=run_blocking,
+    reconciler = Reconciler(Kube(api, timeout=cfg.api_timeouts), tokens, _emit, run_blocking=run_blocking,
                             token_concurrency=cfg.token_concurrency, metrics=metrics)
     controller = Controller(reconciler)
     memo["controller"] = controller
@@ -69,8 +79,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     memo["watches"] = [SecretMetadataWatch(api, on_secret, ns).start() for ns in (cfg.namespaces or (None,))]
 
     async def heartbeat() -> None:
-        while True:  # /healthz fails if the event loop stops ticking
-            health.beat = time.monotonic()
+        while True:  # the leader's liveness: /healthz fails if the event loop stops ticking
+            health.tick()
             await asyncio.sleep(2)
 
     memo["heartbeat"] = asyncio.create_task(heartbeat())

@@ -41,6 +41,20 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# kopf logs every failed attempt of an API request at ERROR, though it retries it (an apiserver restart, a
+# dropped connection): that would page someone while the operator copes. Attempts kopf will repeat are demoted to
+# WARNING; a request it gives up on ("escalating") and every other error stay at ERROR.
+_KOPF_RETRYING = re.compile(r"Request attempt #\S+ failed; (?:will retry|(?:TCP|SSL) closed; will re-authenticate)")
+
+
+class TransientKopfFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno == logging.ERROR and record.name.split(".")[0] == "kopf"
+                and _KOPF_RETRYING.match(record.getMessage())):
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -59,6 +73,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TransientKopfFilter())
     handler.addFilter(RedactingFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -22,6 +22,7 @@ MISSING_ROLES_RETRY = (10.0, 300.0)  # consent is granted by a human: look again
 NEEDS_USER_RETRY = (300.0, 900.0, 3600.0)
 LAST_CHANCE_BEFORE_EXPIRY = 120.0  # one more try this long before the last good token expires
 EXPIRED_RETRY = 30.0  # once the token is gone, transient retries at least this often: notice a returning endpoint
+RETRY_AFTER_CAP = 600.0  # a Retry-After is honoured up to this: a proxy's "come back tomorrow" must not expire tokens
 
 
 class Retry(StrEnum):
@@ -67,7 +68,7 @@ def retry_delay(retry: Retry, failures: int, retry_after: float | None, now: dt.
     delay = backoff(failures, None, rng)
     if remaining <= 0:
         delay = min(delay, EXPIRED_RETRY * (0.5 + 0.5 * rng.random()))
-    return max(delay, retry_after or 0.0)
+    return max(delay, min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 
 def backoff(failures: int, retry_after: float | None = None, rng: random.Random | None = None,

@@ -127,7 +127,19 @@ def _upgraded(status: GraphAppCredentialStatus, spec: GraphAppCredentialSpec, se
 
 
 class KubeCallFailed(Exception):
-    """A Kubernetes API call of a pass failed unexpectedly; the message names the call and the HTTP status."""
+    """A Kubernetes API call of a pass failed unexpectedly; the message names the call and the HTTP status.
+    `outage`: the apiserver was unreachable or overloaded (no answer, 429, 5xx), which the operator rides out."""
+
+    def __init__(self, message: str, *, outage: bool = False) -> None:
+        super().__init__(message)
+        self.outage = outage
+
+
+def _outage(exc: BaseException) -> bool:
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status == 429 or status >= 500
+    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
 
 
 def spec_error_message(exc: ValidationError) -> str:
@@ -176,7 +188,7 @@ class Reconciler:
         except (Conflict, Gone):
             raise
         except Exception as exc:  # reported to the user by the caller, never swallowed
-            raise KubeCallFailed(describe_failure(what, exc)) from exc
+            raise KubeCallFailed(describe_failure(what, exc), outage=_outage(exc)) from exc
 
     async def reconcile(self, snap: Snapshot, mem: Memory) -> float | None:
         """One pass. Returns seconds until the next pass, or None to wait for a change."""

@@ -35,14 +35,26 @@ def run(cfg: RunConfig) -> int:
 
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(api_client(cfg), cfg.leader_election_namespace, cfg.leader_election_name,
-                               identity, lease_seconds=cfg.lease_seconds, renew_seconds=cfg.lease_seconds / 3)
-        health.ready.set()  # a standby is ready: it serves metrics and is waiting to take over
-        if not elector.wait_until_leader():
+                               identity, lease_seconds=cfg.lease_seconds)
+
+        def standing_by(reached: bool) -> None:
+            health.tick()  # the election loop is this process's progress until it leads
+            if reached:
+                health.ready.set()  # it can take over
+
+        if not elector.wait_until_leader(tick=standing_by):
             return 0
+
+        grace = (elector.lease_seconds - elector.renew_deadline) / 2
 
         def on_lost() -> None:
             lost.set()
             stop.set()
+            # kopf stops gracefully, but a standby may take the Lease (lease - renew deadline) from now: whatever
+            # is still running by half that time is cut off, as a SIGKILL would.
+            timer = threading.Timer(grace, _exit_lost)
+            timer.daemon = True
+            timer.start()
 
         elector.keep_renewing(on_lost)
     try:
@@ -61,3 +73,9 @@ def run(cfg: RunConfig) -> int:
         log.error("lost leadership: exiting so that a restart comes back as a standby")
         return 1
     return 0
+
+
+def _exit_lost() -> None:
+    log.error("lost leadership and still running: exiting now")
+    logging.shutdown()
+    os._exit(1)

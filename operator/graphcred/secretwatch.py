@@ -1,11 +1,15 @@
 """Notice changes to credential Secrets (rotation) and deletions of token Secrets, cheaply.
 
-A metadata-only watch (`as=PartialObjectMetadata`): the apiserver sends names and resourceVersions, never Secret
-data, so the operator neither polls Secrets nor holds any Secret's data in memory. Events go to a callback
-(name, namespace, resourceVersion, deleted); the controller decides whether anyone cares.
+A metadata-only list and watch (`as=PartialObjectMetadata`): the apiserver sends metadata, never Secret data. Of
+that metadata only namespace, name and resourceVersion are kept; annotations (kubectl's last-applied-configuration
+holds a copy of the Secret's data), labels and managedFields are dropped as each page or event is read. Events go
+to a callback (namespace, name, resourceVersion, deleted); the controller decides whether anyone cares.
 
-The watch runs in a thread with the blocking client; reconnects resume from the last resourceVersion, and a
-"410 Gone" starts over with a fresh list (whose items are reported too, the callback filters by version).
+The watch runs in a thread with the blocking client. The list is paged (`limit`/`continue`), so a cluster with
+tens of thousands of Secrets costs one page of memory at a time, not the whole list; an expired continue token
+starts the list over. Reconnects resume from the last resourceVersion; a "410 Gone" lists again, and because the
+watch keeps a compact record of the Secrets it knows, a Secret deleted while it was away is reported deleted.
+Every failure (an exception, an ERROR event, a stream that ends at once) backs off, with jitter, before retrying.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kubernetes import client
@@ -25,17 +31,72 @@ log = logging.getLogger(__name__)
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 METADATA_ONLY_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 Callback = Callable[[str, str, str, bool], None]  # namespace, name, resourceVersion, deleted
+PAGE_SIZE = 500  # ~100 KiB of metadata a page, larger with big annotations
+LIST_TIMEOUT = (10.0, 60.0)  # connect, read: one page
+Item = tuple[str, str, str]  # namespace, name, resourceVersion
+
+
+def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Delay before retrying after `failures` (1, 2, ...) failures in a row: exponential, capped, and jittered
+    between half and all of it, so that watches (and replicas) that failed together do not retry together."""
+    ceiling = min(cap, base * 2 ** min(failures - 1, 16))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+class KnownSecrets:
+    """The Secrets the watch has seen: (namespace, name) -> resourceVersion, as one dict keyed "namespace/name"
+    (neither may contain "/"). About 170 bytes a Secret: ~8 MiB for 50,000 (see tests/unit/test_secretwatch.py)."""
+
+    __slots__ = ("_versions",)
+
+    def __init__(self) -> None:
+        self._versions: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+    def __iter__(self) -> Iterator[Item]:
+        for key, version in self._versions.items():
+            namespace, name = key.split("/", 1)
+            yield namespace, name, version
+
+    def put(self, namespace: str, name: str, version: str) -> None:
+        self._versions[f"{namespace}/{name}"] = version
+
+    def pop(self, namespace: str, name: str) -> str | None:
+        return self._versions.pop(f"{namespace}/{name}", None)
+
+    def update(self, other: KnownSecrets) -> None:
+        self._versions.update(other._versions)
+
+
+class WatchInterrupted(Exception):
+    """The watch stream ended badly without an exception of its own: an ERROR event, or an early end."""
+
+    def __init__(self, what: str, status: int | None = None) -> None:
+        super().__init__(what)
+        self.status = status
+
+
+def _item(obj: dict[str, Any]) -> Item:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("resourceVersion") or "")
 
 
 class SecretMetadataWatch:
     def __init__(self, api: client.ApiClient, callback: Callback, namespace: str | None = None,
-                 server_timeout: int = 300) -> None:
+                 server_timeout: int = 300, page_size: int = PAGE_SIZE, healthy_after: float = 10.0) -> None:
         self.core = client.CoreV1Api(api)
         self.callback = callback
         self.namespace = namespace
         self.server_timeout = server_timeout
+        self.page_size = page_size
+        # a stream that ends by itself sooner than this (or than server_timeout) counts as a failure
+        self.healthy_after = healthy_after
         self._stop = threading.Event()
         self._response: Any = None
+        self._resource_version: str | None = None
+        self._known = KnownSecrets()
         self._thread = threading.Thread(target=self._run, name=f"secret-watch:{namespace or '*'}", daemon=True)
         self.ready = threading.Event()  # set once the first list has been read
 
@@ -51,8 +112,12 @@ class SecretMetadataWatch:
                 response.shutdown()
         self._thread.join(timeout=5)
 
-    def _list(self, **kwargs: Any) -> Any:
+    # --- requests (tests subclass these to hold or count them) --------------------------------------------------
+    def _list_page(self, token: str | None) -> Any:
         headers = {"Accept": METADATA_ONLY}
+        kwargs: dict[str, Any] = {"limit": self.page_size, "_request_timeout": LIST_TIMEOUT}
+        if token:
+            kwargs["_continue"] = token
         if self.namespace:
             return self.core.list_namespaced_secret(self.namespace, _preload_content=False, _headers=headers,
                                                     **kwargs)
@@ -68,54 +133,118 @@ class SecretMetadataWatch:
                                                     **kwargs)
         return self.core.list_secret_for_all_namespaces(_preload_content=False, _headers=headers, **kwargs)
 
-    def _relist(self) -> str:
-        resp = self._list()
+    # --- list -----------------------------------------------------------------------------------------------
+    def _read_page(self, token: str | None) -> tuple[list[Item], str, str]:
+        """One page: its items (namespace, name, resourceVersion only), the list's resourceVersion, the next
+        continue token. The parsed page lives only inside this call."""
+        self._response = response = self._list_page(token)
         try:
-            body = json.loads(resp.data)
+            body = json.loads(response.data)
         finally:
-            resp.release_conn()
-        for item in body.get("items") or []:
-            meta = item["metadata"]
-            self.callback(meta["namespace"], meta["name"], str(meta.get("resourceVersion", "")), False)
-        return str(body["metadata"]["resourceVersion"])
+            self._response = None
+            response.release_conn()
+        meta = body.get("metadata") or {}
+        return ([_item(obj) for obj in body.get("items") or ()], str(meta.get("resourceVersion") or ""),
+                str(meta.get("continue") or ""))
+
+    def _relist(self) -> str:
+        """List every Secret, page by page. Reports the Secrets new or changed since the last list (all of them
+        the first time) and, as deleted, those known before and absent now (deleted while the watch was away).
+        Returns the list's resourceVersion."""
+        started = time.monotonic()
+        previous, fresh = self._known, KnownSecrets()
+        token: str | None = None
+        version, pages = "", 0
+        try:
+            while True:
+                items, page_version, token = self._read_page(token)
+                pages += 1
+                version = version or page_version  # every page of one list has the first page's version
+                for namespace, name, item_version in items:
+                    if previous.pop(namespace, name) != item_version:
+                        self.callback(namespace, name, item_version, False)
+                    fresh.put(namespace, name, item_version)
+                if not token:
+                    break
+                if self._stop.is_set():
+                    raise WatchInterrupted("stopped during a list")
+        except BaseException:
+            previous.update(fresh)  # an unfinished list forgets nothing: the next one compares against it all
+            raise
+        for namespace, name, _ in previous:
+            self.callback(namespace, name, version, True)
+        log.info("secret watch: listed %d Secrets in %d page(s) in %.1f s; %d gone since the last list",
+                 len(fresh), pages, time.monotonic() - started, len(previous))
+        self._known = fresh
+        return version
+
+    # --- watch ----------------------------------------------------------------------------------------------
+    def _follow(self, resource_version: str) -> None:
+        """Follow the watch until its stream ends. Returns if it ran its course; raises WatchInterrupted on an
+        ERROR event or an end that came too soon (a stream that ends at once, again and again, is a failure)."""
+        opened = time.monotonic()
+        self._response = self._watch(resource_version)
+        for line in iter_resp_lines(self._response):  # type: ignore[no-untyped-call]
+            if self._stop.is_set():
+                return
+            if line:
+                self._event(json.loads(line))
+        lasted = time.monotonic() - opened
+        if lasted < min(self.healthy_after, self.server_timeout):
+            raise WatchInterrupted(f"stream ended after {lasted:.1f} s")
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            code = obj.get("code")
+            # only the code and reason: a Status message is free text
+            raise WatchInterrupted(f"ERROR event {code} {obj.get('reason') or ''}".rstrip(),
+                                   code if isinstance(code, int) else None)
+        namespace, name, version = _item(obj)
+        if version:
+            self._resource_version = version
+        if kind in ("ADDED", "MODIFIED"):
+            self._known.put(namespace, name, version)
+        elif kind == "DELETED":
+            self._known.pop(namespace, name)
+        else:
+            return  # BOOKMARK: the version is all it brings
+        self.callback(namespace, name, version, kind == "DELETED")
 
     def _run(self) -> None:
-        resource_version: str | None = None
         failures = 0
         while not self._stop.is_set():
             try:
-                if resource_version is None:
-                    resource_version = self._relist()
-                    self.ready.set()
-                self._response = self._watch(resource_version)
-                for line in iter_resp_lines(self._response):  # type: ignore[no-untyped-call]
-                    if self._stop.is_set():
-                        return
-                    if not line:
-                        continue
-                    event = json.loads(line)
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    meta = obj.get("metadata") or {}
-                    if kind == "ERROR":
-                        if obj.get("code") == 410:
-                            resource_version = None  # too old: list again
-                        break
-                    resource_version = str(meta.get("resourceVersion") or resource_version)
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        self.callback(meta["namespace"], meta["name"], resource_version, kind == "DELETED")
+                self._step()
                 failures = 0
+                continue
             except Exception as exc:  # noqa: BLE001 - the watch must outlive apiserver restarts
                 if self._stop.is_set():
                     return
                 failures += 1
-                status = getattr(exc, "status", None)
-                if status == 410:
-                    resource_version = None
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
-                log.warning("secret watch interrupted (%s%s); reconnecting in %.1f s", type(exc).__name__,
-                            f" {status}" if status else "", delay)
-                self._stop.wait(delay)
-            finally:
-                response, self._response = self._response, None
-                if response is not None:
-                    response.release_conn()
+                delay = self._failed(exc, failures)
+            self._stop.wait(delay)  # outside the except block: the traceback (and its frames) is gone by now
+
+    def _step(self) -> None:
+        """List if there is no resourceVersion to resume from, then follow the watch until it ends."""
+        try:
+            if self._resource_version is None:
+                self._resource_version = self._relist()
+                self.ready.set()
+            self._follow(self._resource_version)
+        finally:
+            response, self._response = self._response, None
+            if response is not None:
+                response.release_conn()
+
+    def _failed(self, exc: Exception, failures: int) -> float:
+        """Log a failure (its type and HTTP status, never a body) and return how long to wait before retrying."""
+        status = getattr(exc, "status", None)
+        if status == 410:
+            self._resource_version = None  # too old, or an expired continue token: list (again)
+        what = str(exc) if isinstance(exc, WatchInterrupted) else type(exc).__name__ + (f" {status}" if status else "")
+        delay = backoff(failures)
+        (log.info if status == 410 else log.warning)(
+            "secret watch interrupted (%s); %s in %.1f s", what,
+            "listing again" if self._resource_version is None else "reconnecting", delay)
+        return delay

@@ -28,6 +28,17 @@ log = logging.getLogger(__name__)
 _AADSTS = re.compile(r"AADSTS(\d+)")
 
 
+class _NoResponseBodies(logging.Filter):
+    """msal logs an unparseable token response's whole body at ERROR (a proxy's page, or a truncated token).
+    The operator reports the failure itself, without the body: drop that record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token response is not in json format")
+
+
+logging.getLogger("msal.oauth2cli.oauth2").addFilter(_NoResponseBodies())
+
+
 @dataclass(frozen=True)
 class Token:
     access_token: str = field(repr=False)
@@ -41,7 +52,8 @@ class Token:
 
 
 class AcquisitionError(Exception):
-    """Why a token could not be had. `permanent`: do not retry until the spec or the credential changes."""
+    """Why a token could not be had. `permanent`: it needs the user (a fix in Entra or in the spec or Secret), so
+    retry only slowly; otherwise transient: retry with backoff, honouring `retry_after` (seconds)."""
 
     def __init__(self, reason: Reason, message: str, *, permanent: bool, retry_after: float | None = None,
                  code: int | None = None) -> None:
@@ -53,45 +65,86 @@ class AcquisitionError(Exception):
         self.code = code
 
 
-# What each AADSTS code means for the user, and whether retrying could help.
-_KNOWN_CODES: dict[int, tuple[Reason, str]] = {
+# What each AADSTS code means for the user, and whether it needs the user (permanent) or may pass by itself.
+_KNOWN_CODES: dict[int, tuple[Reason, str, bool]] = {
     7000215: (Reason.UNAUTHORIZED, "the client secret was rejected: check that the Secret holds the secret's "
-                                   "Value (not its ID) and that it has not expired in the app registration"),
+                                   "Value (not its ID) and that it has not expired in the app registration", True),
     7000222: (Reason.UNAUTHORIZED, "the client secret has expired: create a new one in the app registration "
-                                   "and update the Secret"),
+                                   "and update the Secret", True),
     700016: (Reason.UNAUTHORIZED, "the app (clientId) was not found in the tenant: check clientId and tenantId, "
-                                  "and that the app is registered or consented in that tenant"),
-    90002: (Reason.UNAUTHORIZED, "the tenant was not found: check tenantId and cloud"),
+                                  "and that the app is registered or consented in that tenant", True),
+    90002: (Reason.UNAUTHORIZED, "the tenant was not found: check tenantId and cloud", True),
     700027: (Reason.UNAUTHORIZED, "the certificate was rejected: upload this certificate (its public part) to "
-                                  "the app registration, or check the Secret holds the matching key"),
-    700024: (Reason.UNAUTHORIZED, "the client assertion is outside its valid time range: check the node's clock"),
-    700023: (Reason.UNAUTHORIZED, "the client assertion was rejected: check clientId"),
-    700021: (Reason.UNAUTHORIZED, "the client assertion audience was rejected: check tenantId and authorityHost"),
-    1002012: (Reason.INVALID_SPEC, "the scope is not valid: use '<resource>/.default'"),
-    70011: (Reason.INVALID_SPEC, "the scope is not valid: use '<resource>/.default'"),
-    500011: (Reason.INVALID_SPEC, "the resource in scopes was not found in the tenant: check the scope"),
-    7000218: (Reason.UNAUTHORIZED, "no credential was sent"),
+                                  "the app registration, or check the Secret holds the matching key", True),
+    # Clock skew passes when the clock is corrected (NTP): retried with backoff like an outage (DESIGN §3).
+    700024: (Reason.UNAUTHORIZED, "the client assertion is outside its valid time range: check the node's clock",
+             False),
+    700023: (Reason.UNAUTHORIZED, "the client assertion was rejected: check clientId", True),
+    700021: (Reason.UNAUTHORIZED, "the client assertion audience was rejected: check tenantId and authorityHost",
+             True),
+    1002012: (Reason.INVALID_SPEC, "the scope is not valid: use '<resource>/.default'", True),
+    70011: (Reason.INVALID_SPEC, "the scope is not valid: use '<resource>/.default'", True),
+    500011: (Reason.INVALID_SPEC, "the resource in scopes was not found in the tenant: check the scope", True),
+    7000218: (Reason.UNAUTHORIZED, "no credential was sent", True),
 }
+
+
+def _known_refusal(code: int) -> AcquisitionError:
+    reason, advice, permanent = _KNOWN_CODES[code]
+    return AcquisitionError(reason, f"Entra ID refused the request (AADSTS{code}): {advice}",
+                            permanent=permanent, code=code)
+
+
+def _retrying(retry_after: float | None) -> str:
+    return f"retrying after {retry_after:.0f} s (Retry-After)" if retry_after else "retrying with backoff"
+
+
+def _answer(what: str, status: int | None, content_type: str | None = None) -> str:
+    """E.g. "token endpoint answered HTTP 429 (not JSON: text/html)": what happened, never the body."""
+    text = f"{what} answered HTTP {status}" if status is not None else f"{what} failed"
+    if content_type is not None:
+        text += f" (not JSON: {content_type or 'no Content-Type'})"
+    return text
+
+
+def status_error(what: str, status: int | None, retry_after: float | None, *, json_object: bool = True,
+                 content_type: str = "") -> AcquisitionError | None:
+    """Classify by HTTP status first: 429 is throttling; 408, 425, 5xx and an unparseable body (a gateway's or a
+    login proxy's page) are the authority being unavailable. All transient. None: the status and body say
+    nothing by themselves (a JSON OAuth answer): look at its error codes."""
+    described = _answer(what, status, None if json_object else content_type)
+    if status == 429:
+        return AcquisitionError(Reason.THROTTLED, f"{described}; {_retrying(retry_after)}", permanent=False,
+                                retry_after=retry_after)
+    if status in (408, 425) or (status is not None and status >= 500) or not json_object:
+        return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"{described}; {_retrying(retry_after)}",
+                                permanent=False, retry_after=retry_after)
+    return None
 
 
 def classify_error_response(result: dict[str, Any], status: int | None, retry_after: float | None
                             ) -> AcquisitionError:
     """Turn msal's error dict (the token endpoint's JSON) into an AcquisitionError."""
+    by_status = status_error("token endpoint", status, retry_after)
+    if by_status is not None:
+        return by_status
     codes = [c for c in result.get("error_codes") or [] if isinstance(c, int)]
     error = str(result.get("error") or "error")
-    if status == 429 or (error in ("temporarily_unavailable", "server_error") and status in (None, 503)):
-        reason = Reason.THROTTLED if status == 429 else Reason.AUTHORITY_UNAVAILABLE
-        return AcquisitionError(reason, f"token endpoint answered {status or error}; retrying with backoff",
-                                permanent=False, retry_after=retry_after)
+    if status is None and error in ("temporarily_unavailable", "server_error"):
+        return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"token endpoint answered {error}; "
+                                f"{_retrying(retry_after)}", permanent=False, retry_after=retry_after)
     for code in codes:
         if code in _KNOWN_CODES:
-            reason, advice = _KNOWN_CODES[code]
-            return AcquisitionError(reason, f"Entra ID refused the request (AADSTS{code}): {advice}",
-                                    permanent=True, code=code)
+            return _known_refusal(code)
     # Unknown refusals are retried, slowly: better a few requests than a credential stuck forever.
     code_text = f"AADSTS{codes[0]}" if codes else error
     return AcquisitionError(Reason.UNAUTHORIZED, f"Entra ID refused the request ({code_text}, {error})",
                             permanent=False, retry_after=retry_after, code=codes[0] if codes else None)
+
+
+# What msal raises when an answer cannot be used (json.loads, missing keys, wrong types): the answer's fault,
+# provided there was one (see `_unusable_answer`).
+_UNUSABLE = (ValueError, KeyError, TypeError, AttributeError)
 
 
 class TokenClient:
@@ -106,30 +159,49 @@ class TokenClient:
         self.session.forget_last_response()
         try:
             app = self._application(spec, material)
-            started = self._clock()
-            result = app.acquire_token_for_client(list(spec.scopes))
-        except requests.exceptions.Timeout:
-            raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE,
-                                   f"timed out talking to {spec.authority_base()}", permanent=False) from None
         except requests.exceptions.RequestException as exc:
-            raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE,
-                                   f"cannot reach {spec.authority_base()}: {type(exc).__name__}",
-                                   permanent=False) from None
-        except msal.exceptions.MsalServiceError:
-            last = self.session.last_response()
-            status = last.status if last else None
-            raise AcquisitionError(Reason.THROTTLED if status == 429 else Reason.AUTHORITY_UNAVAILABLE,
-                                   f"token endpoint answered HTTP {status or '5xx'}; retrying with backoff",
-                                   permanent=False, retry_after=last.retry_after if last else None) from None
-        except ValueError as exc:
-            raise self._discovery_error(spec, str(exc)) from None
+            raise _network_error(spec, exc) from None
+        except (msal.exceptions.MsalServiceError, *_UNUSABLE) as exc:  # msal raises MsalServiceError for 5xx
+            raise self._discovery_error(spec, exc) from None
+        started = self._clock()
+        try:
+            result = app.acquire_token_for_client(list(spec.scopes))
+        except requests.exceptions.RequestException as exc:
+            raise _network_error(spec, exc) from None
+        except msal.exceptions.MsalServiceError:  # msal raises these for 5xx
+            raise self._unusable_answer(None) from None
+        except _UNUSABLE as exc:
+            raise self._unusable_answer(exc) from None
         if not isinstance(result, dict):
             raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "unexpected answer from msal", permanent=False)
-        if "access_token" not in result:
-            last = self.session.last_response()
-            raise classify_error_response(result, last.status if last else None,
-                                          last.retry_after if last else None)
-        return self._token(result, started)
+        last = self.session.last_response()
+        access_token = result.get("access_token")
+        if isinstance(access_token, str) and access_token.strip() and "error" not in result:
+            return self._token(access_token, result, started)
+        if last is not None and (by_status := status_error("token endpoint", last.status, last.retry_after,
+                                                           json_object=last.json_object,
+                                                           content_type=last.content_type)):
+            raise by_status
+        if "error" in result:
+            raise classify_error_response(result, last.status if last else None, last.retry_after if last else None)
+        # A 200 without a token: a private authority's bug. Never write it; ask again later.
+        raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE,
+                               f"{_answer('token endpoint', last.status if last else None)} but the token "
+                               "response has no access_token; retrying with backoff", permanent=False)
+
+    def _unusable_answer(self, exc: Exception | None) -> AcquisitionError:
+        """msal could not use the token endpoint's answer (or raised for its 5xx status)."""
+        last = self.session.last_response()
+        if last is None or last.discovery:
+            if exc is None:
+                return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "token endpoint failed; retrying with "
+                                        "backoff", permanent=False)
+            raise exc  # no answer to blame: not the authority's doing
+        by_status = status_error("token endpoint", last.status, last.retry_after, json_object=last.json_object,
+                                 content_type=last.content_type)
+        return by_status or AcquisitionError(
+            Reason.AUTHORITY_UNAVAILABLE, f"{_answer('token endpoint', last.status)} with a token response that "
+            "could not be used; retrying with backoff", permanent=False)
 
     def _application(self, spec: GraphAppCredentialSpec, material: Material
                      ) -> msal.ConfidentialClientApplication:
@@ -161,23 +233,31 @@ class TokenClient:
         holder.append(app)
         return app
 
-    def _discovery_error(self, spec: GraphAppCredentialSpec, text: str) -> AcquisitionError:
+    def _discovery_error(self, spec: GraphAppCredentialSpec, exc: Exception) -> AcquisitionError:
+        """msal could not get the tenant's openid-configuration: classify the answer it got."""
         last = self.session.last_response()
-        match = _AADSTS.search(text)
-        code = last.aadsts if last and last.aadsts else int(match.group(1)) if match else None
-        if code in _KNOWN_CODES:
-            reason, advice = _KNOWN_CODES[code]
-            return AcquisitionError(reason, f"Entra ID refused the request (AADSTS{code}): {advice}",
-                                    permanent=True, code=code)
-        if last and 400 <= last.status < 500:
-            return AcquisitionError(Reason.UNAUTHORIZED,
-                                    f"{spec.authority()} refused discovery (HTTP {last.status}): check tenantId, "
-                                    "cloud and authorityHost", permanent=True)
-        return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE,
-                                f"discovery at {spec.authority()} failed; retrying with backoff", permanent=False)
+        what = f"{spec.authority()}: discovery"
+        if last is None or not last.discovery:
+            if not isinstance(exc, (ValueError, msal.exceptions.MsalServiceError)):
+                raise exc  # no discovery answer to blame: not the authority's doing
+            match = _AADSTS.search(str(exc))
+            if match and int(match.group(1)) in _KNOWN_CODES:
+                return _known_refusal(int(match.group(1)))
+            return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"{what} failed; retrying with backoff",
+                                    permanent=False)
+        by_status = status_error(what, last.status, last.retry_after, json_object=last.json_object,
+                                 content_type=last.content_type)
+        if by_status is not None:
+            return by_status
+        if last.aadsts in _KNOWN_CODES:
+            return _known_refusal(last.aadsts)
+        if 400 <= last.status < 500:
+            return AcquisitionError(Reason.UNAUTHORIZED, f"{what} was refused (HTTP {last.status}): check "
+                                    "tenantId, cloud and authorityHost", permanent=True, code=last.aadsts)
+        return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"{_answer(what, last.status)} without a usable "
+                                "document (no https token_endpoint); retrying with backoff", permanent=False)
 
-    def _token(self, result: dict[str, Any], started: dt.datetime) -> Token:
-        access_token = str(result["access_token"])
+    def _token(self, access_token: str, result: dict[str, Any], started: dt.datetime) -> Token:
         try:
             claims = unverified_claims(access_token)
         except ValueError:
@@ -191,3 +271,11 @@ class TokenClient:
             raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "token response has no expiry", permanent=False)
         return Token(access_token=access_token, expires_on=expires_on.replace(microsecond=0),
                      issued_at=started, claims=claims)
+
+
+def _network_error(spec: GraphAppCredentialSpec, exc: requests.exceptions.RequestException) -> AcquisitionError:
+    if isinstance(exc, requests.exceptions.Timeout):
+        return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"timed out talking to {spec.authority_base()}",
+                                permanent=False)
+    return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE,
+                            f"cannot reach {spec.authority_base()}: {type(exc).__name__}", permanent=False)

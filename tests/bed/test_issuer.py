@@ -209,3 +209,69 @@ def test_token_lifetime_is_settable(bed: Bed) -> None:
     claims = jose.parse(result["access_token"])[1]
     assert claims["exp"] - claims["iat"] == 20
     assert dt.datetime.fromtimestamp(claims["exp"], dt.UTC) > dt.datetime.now(dt.UTC)
+
+
+def _post_token(bed: Bed, tenant: str, client_id: str, secret: str) -> requests.Response:
+    return requests.post(bed.issuer.token_endpoint(tenant), verify=str(bed.issuer_ca_file), timeout=10, data={
+        "grant_type": "client_credentials", "client_id": client_id, "client_secret": secret,
+        "scope": f"{GRAPH}/.default"})
+
+
+def test_proxy_html_garbage_and_empty_token_faults(bed: Bed) -> None:
+    tenant = str(uuid.uuid4())
+    app = bed.issuer.register_app(tenant, secret="pw")
+    bed.issuer.fail(app.client_id, html=True, status=429, retry_after=7, times=1)
+    bed.issuer.fail(app.client_id, html=True, times=1)
+    bed.issuer.fail(app.client_id, garbage=True, times=1)
+    bed.issuer.fail(app.client_id, empty_token=True, times=1)
+    throttled = _post_token(bed, tenant, app.client_id, "pw")
+    assert (throttled.status_code, throttled.headers["Retry-After"]) == (429, "7")
+    assert throttled.headers["Content-Type"].startswith("text/html")
+    assert "Access denied by proxy" in throttled.text
+    login_page = _post_token(bed, tenant, app.client_id, "pw")
+    assert login_page.status_code == 200 and login_page.headers["Content-Type"].startswith("text/html")
+    garbage = _post_token(bed, tenant, app.client_id, "pw")
+    assert garbage.status_code == 200 and garbage.headers["Content-Type"].startswith("application/json")
+    with pytest.raises(ValueError):
+        garbage.json()
+    empty = _post_token(bed, tenant, app.client_id, "pw")
+    assert empty.status_code == 200 and empty.json()["access_token"] == ""
+    assert _post_token(bed, tenant, app.client_id, "pw").json()["access_token"]  # faults used up
+    assert bed.issuer.token_requests(app.client_id) == 5  # faulted requests count too
+
+
+def test_discovery_faults_per_tenant(bed: Bed) -> None:
+    tenant, other = str(uuid.uuid4()), str(uuid.uuid4())
+    bed.issuer.add_tenant(tenant, "faulty-discovery.onmicrosoft.com")
+    bed.issuer.add_tenant(other)
+
+    def discover(name: str) -> requests.Response:
+        return requests.get(f"{bed.authority_host}/{name}/v2.0/.well-known/openid-configuration",
+                            verify=str(bed.issuer_ca_file), timeout=10)
+
+    before = bed.issuer.discovery_requests
+    bed.issuer.fail_discovery(tenant, status=429, retry_after=3, times=1)
+    bed.issuer.fail_discovery(tenant, html=True)
+    throttled = discover(tenant)
+    assert (throttled.status_code, throttled.headers["Retry-After"]) == (429, "3")
+    assert discover("faulty-discovery.onmicrosoft.com").headers["Content-Type"].startswith("text/html")
+    assert discover(other).json()["token_endpoint"] == bed.issuer.token_endpoint(other)  # other tenants unharmed
+    bed.issuer.heal()
+    assert discover(tenant).json()["token_endpoint"] == bed.issuer.token_endpoint(tenant)
+    assert bed.issuer.discovery_requests - before == 4
+    assert bed.issuer.discovery_requests_for(tenant) == 3
+
+
+def test_issuer_wide_outage_comes_after_per_app_faults(bed: Bed) -> None:
+    tenant = str(uuid.uuid4())
+    app = bed.issuer.register_app(tenant, secret="pw")
+    bystander = bed.issuer.register_app(tenant, secret="pw2")
+    bed.issuer.fail(app.client_id, aadsts=7000215, times=1)
+    bed.issuer.fail_all(status=503)
+    try:
+        assert _post_token(bed, tenant, app.client_id, "pw").json()["error_codes"] == [7000215]
+        assert _post_token(bed, tenant, app.client_id, "pw").status_code == 503
+        assert _post_token(bed, tenant, bystander.client_id, "pw2").status_code == 503
+    finally:
+        bed.issuer.heal()
+    assert _post_token(bed, tenant, bystander.client_id, "pw2").status_code == 200

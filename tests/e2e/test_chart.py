@@ -128,6 +128,7 @@ def _rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
 
 NAMESPACED = {("graphcred.io", "graphappcredentials", v) for v in ("get", "list", "watch")} | \
     {("graphcred.io", "graphappcredentials/status", v) for v in ("get", "patch", "update")} | \
+    {("graphcred.io", "graphappcredentials/finalizers", "update")} | \
     {("", "secrets", v) for v in ("get", "list", "watch", "create", "update", "delete")} | \
     {("", "events", v) for v in ("create", "patch")}
 CRD_READ = {("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}

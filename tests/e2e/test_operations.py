@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -109,3 +110,22 @@ def test_two_replicas_one_acts_and_the_other_takes_over(env: Env, operator_logdi
         for r in replicas:
             r.stop()
         env.operator.start()
+
+
+def test_an_apiserver_restart_is_logged_as_warnings_while_credentials_keep_refreshing(env: Env) -> None:
+    app = env.secret_app("outage", secret_name="cred", lifetime=20)
+    env.create("before", app, {"clientSecret": {"name": "cred"}})
+    env.wait_ready("before")
+    first = env.token("before-token")
+    offset = len(env.operator.logs(this_run=True))
+    env.bed.control_plane.restart_apiserver(downtime=3.0)
+    wait_for(lambda: env.token("before-token") not in (None, first), timeout=30,
+             what="a refresh after the apiserver came back")
+    env.create("after", app, {"clientSecret": {"name": "cred"}})  # kopf's watch reconnected
+    env.wait_ready("after", timeout=60)
+    lines = [json.loads(line) for line in env.operator.logs(this_run=True)[offset:].splitlines()
+             if line.startswith("{")]
+    kopf = [line for line in lines if line["logger"].split(".")[0] == "kopf"]
+    errors = [line["message"][:160] for line in kopf if line["level"] == "error"]
+    assert not errors, f"kopf logged the outage it recovered from at ERROR: {errors}"
+    assert [line for line in kopf if line["level"] == "warning"], "no kopf warning: the test saw no reconnect"

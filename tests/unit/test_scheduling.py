@@ -308,3 +308,25 @@ def test_other_conditions_in_status_do_not_break_resume() -> None:
     ready = status.ready()
     assert ready is not None and ready.reason == "TokenIssued"
 
+
+
+def test_an_apiserver_outage_is_reported_but_logged_as_a_warning(caplog: Any) -> None:
+    from urllib3.exceptions import MaxRetryError
+
+    rig = Rig()
+
+    def unreachable(namespace: str, name: str) -> dict[str, Any] | None:
+        raise MaxRetryError(None, "/api/v1/secrets", "connection refused")  # type: ignore[arg-type]
+
+    rig.kube.read_secret = unreachable  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        cond = await until(lambda: rig.ready("a"), what="a status")
+        assert cond["reason"] == "InternalError" and "read Secret failed: MaxRetryError" in cond["message"]
+        await rig.controller.stop()
+
+    with caplog.at_level("DEBUG", logger="graphcred"):
+        run(scenario)
+    failed = [r for r in caplog.records if "reconcile failed" in r.getMessage()]
+    assert failed and all(r.levelname == "WARNING" for r in failed)

@@ -1,8 +1,27 @@
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+
+from graphcred.credentials import ClientSecret
 from graphcred.logs import redact
-from graphcred.model import Reason
-from graphcred.tokens import classify_error_response
+from graphcred.model import GraphAppCredentialSpec, Reason
+from graphcred.tokens import AcquisitionError, TokenClient, classify_error_response
+
+HOST = "https://login.example.test"
+TENANT, CLIENT = str(uuid.uuid4()), str(uuid.uuid4())
+PROXY_PAGE = b"<html><body>Access denied by proxy SECRET-LOOKING-BODY</body></html>"
+GARBAGE = b'{"token_type": "Bearer", "access_token": "eyJSECRET-LOOKING-BODY'
 
 
 def test_aadsts_codes_are_permanent_with_advice() -> None:
@@ -25,3 +44,166 @@ def test_redaction_of_token_shaped_strings() -> None:
     assert "hunter2hunter2" not in redact("client_secret=hunter2hunter2&scope=x")
     assert "abcdefgh12345" not in redact("Authorization: Bearer abcdefgh12345")
     assert redact("nothing to see") == "nothing to see"
+
+
+# --- classification of what the authority answers, through real msal and the real session --------------------
+
+Answer = tuple[int, Mapping[str, str], bytes] | Exception
+
+
+def _json(status: int, body: Any, **headers: str) -> Answer:
+    return status, {"Content-Type": "application/json; charset=utf-8", **headers}, json.dumps(body).encode()
+
+
+def _html(status: int, **headers: str) -> Answer:
+    return status, {"Content-Type": "text/html", **headers}, PROXY_PAGE
+
+
+DISCOVERY = _json(200, {"token_endpoint": f"{HOST}/{TENANT}/oauth2/v2.0/token",
+                        "authorization_endpoint": f"{HOST}/{TENANT}/oauth2/v2.0/authorize",
+                        "issuer": f"{HOST}/{TENANT}/v2.0"})
+TOKEN = _json(200, {"token_type": "Bearer", "expires_in": 3599, "access_token": "a.b.c"})
+
+
+class _Canned(BaseAdapter):
+    """Answers discovery and token requests with crafted responses: what a gateway, a proxy or Entra sends."""
+
+    def __init__(self, discovery: Answer, token: Answer) -> None:
+        super().__init__()
+        self.answers = {"GET": discovery, "POST": token}
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        answer = self.answers[str(request.method)]
+        if isinstance(answer, Exception):
+            raise answer
+        status, headers, body = answer
+        response = requests.Response()
+        response.status_code, response._content, response.encoding = status, body, "utf-8"
+        response.headers = CaseInsensitiveDict(
+            {k: v.render() if isinstance(v, _HttpDate) else v for k, v in headers.items()})
+        response.url, response.request = str(request.url), request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def _acquire(discovery: Answer = DISCOVERY, token: Answer = TOKEN) -> AcquisitionError:
+    client = TokenClient()
+    client.session.mount("https://", _Canned(discovery, token))
+    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
+                                                  "credential": {"clientSecret": {"name": "app"}}})
+    with pytest.raises(AcquisitionError) as caught:
+        client.acquire(spec, ClientSecret("pw"))
+    err = caught.value
+    assert "SECRET-LOOKING-BODY" not in err.message and "Access denied" not in err.message, "no body echoed"
+    return err
+
+
+class _HttpDate(str):
+    """A Retry-After HTTP-date so many seconds after the response is sent (not after the test is collected)."""
+
+    def render(self) -> str:
+        ahead = dt.timedelta(seconds=int(self))
+        return email.utils.format_datetime(dt.datetime.now(dt.UTC) + ahead, usegmt=True)
+
+
+def _http_date(seconds_ahead: int) -> str:
+    return _HttpDate(seconds_ahead)
+
+
+@pytest.mark.parametrize(("discovery", "reason", "retry_after"), [
+    (_json(429, {"error": "throttled"}, **{"Retry-After": "7"}), Reason.THROTTLED, 7.0),
+    (_html(429, **{"Retry-After": "9"}), Reason.THROTTLED, 9.0),
+    (_html(429, **{"Retry-After": _http_date(60)}), Reason.THROTTLED, 60.0),
+    (_json(408, {"error": "timeout"}), Reason.AUTHORITY_UNAVAILABLE, None),
+    (_json(425, {"error": "too_early"}), Reason.AUTHORITY_UNAVAILABLE, None),
+    (_html(502), Reason.AUTHORITY_UNAVAILABLE, None),
+    (_html(200), Reason.AUTHORITY_UNAVAILABLE, None),
+    ((200, {"Content-Type": "application/json"}, GARBAGE), Reason.AUTHORITY_UNAVAILABLE, None),
+    (_json(200, {"issuer": "no token_endpoint here"}), Reason.AUTHORITY_UNAVAILABLE, None),
+    (requests.exceptions.ConnectionError("refused"), Reason.AUTHORITY_UNAVAILABLE, None),
+], ids=["429-json", "429-html", "429-http-date", "408", "425", "502-html", "200-html", "200-garbage",
+        "200-no-endpoint", "connection"])
+def test_discovery_throttling_and_proxy_answers_are_transient(discovery: Answer, reason: Reason,
+                                                               retry_after: float | None) -> None:
+    err = _acquire(discovery=discovery)
+    assert (err.reason, err.permanent) == (reason, False), err.message
+    if retry_after is None:
+        assert err.retry_after is None
+    else:
+        assert err.retry_after is not None and retry_after - 2 <= err.retry_after <= retry_after
+
+
+def test_discovery_messages_say_what_happened() -> None:
+    assert "discovery answered HTTP 429 (not JSON: text/html)" in _acquire(discovery=_html(429)).message
+    assert "discovery answered HTTP 200 (not JSON: text/html)" in _acquire(discovery=_html(200)).message
+
+
+@pytest.mark.parametrize(("discovery", "fragment"), [
+    (_json(400, {"error": "invalid_tenant", "error_codes": [90002]}), "AADSTS90002"),
+    (_json(404, {"error": "not_found"}), "HTTP 404"),
+])
+def test_discovery_refusals_need_the_user(discovery: Answer, fragment: str) -> None:
+    err = _acquire(discovery=discovery)
+    assert (err.reason, err.permanent) == (Reason.UNAUTHORIZED, True)
+    assert fragment in err.message
+
+
+@pytest.mark.parametrize(("token", "reason", "retry_after", "fragment"), [
+    (_html(429, **{"Retry-After": "5"}), Reason.THROTTLED, 5.0, "HTTP 429 (not JSON: text/html)"),
+    (_json(429, {"error": "temporarily_unavailable"}, **{"Retry-After": _http_date(30)}), Reason.THROTTLED, 30.0,
+     "HTTP 429"),
+    (_json(408, {"error": "timeout"}), Reason.AUTHORITY_UNAVAILABLE, None, "HTTP 408"),
+    (_json(425, {"error": "too_early"}), Reason.AUTHORITY_UNAVAILABLE, None, "HTTP 425"),
+    (_html(503), Reason.AUTHORITY_UNAVAILABLE, None, "HTTP 503"),
+    (_html(200), Reason.AUTHORITY_UNAVAILABLE, None, "HTTP 200 (not JSON: text/html)"),
+    ((200, {"Content-Type": "application/json"}, GARBAGE), Reason.AUTHORITY_UNAVAILABLE, None, "not JSON"),
+    (_json(200, ["a", "list"]), Reason.AUTHORITY_UNAVAILABLE, None, "token endpoint"),
+    (_json(200, {"token_type": "Bearer"}), Reason.AUTHORITY_UNAVAILABLE, None, "no access_token"),
+    (requests.exceptions.ConnectionError("reset"), Reason.AUTHORITY_UNAVAILABLE, None, "cannot reach"),
+], ids=["429-html", "429-http-date", "408", "425", "503-html", "200-html", "200-garbage", "200-list",
+        "200-no-token", "connection"])
+def test_token_endpoint_throttling_and_proxy_answers_are_transient(
+        token: Answer, reason: Reason, retry_after: float | None, fragment: str) -> None:
+    err = _acquire(token=token)
+    assert (err.reason, err.permanent) == (reason, False), err.message
+    assert fragment in err.message
+    if retry_after is None:
+        assert err.retry_after is None
+    else:
+        assert err.retry_after is not None and retry_after - 2 <= err.retry_after <= retry_after
+
+
+@pytest.mark.parametrize("value", ["", None, 42], ids=["empty", "null", "number"])
+def test_an_empty_access_token_is_never_a_token(value: Any) -> None:
+    err = _acquire(token=_json(200, {"token_type": "Bearer", "expires_in": 3599, "access_token": value}))
+    assert (err.reason, err.permanent) == (Reason.AUTHORITY_UNAVAILABLE, False)
+    assert "token response has no access_token" in err.message
+
+
+def test_clock_skew_is_transient_and_entra_refusals_need_the_user() -> None:
+    skew = _acquire(token=_json(400, {"error": "invalid_client", "error_codes": [700024]}))
+    assert (skew.permanent, skew.code) == (False, 700024)
+    assert "clock" in skew.message
+    for code in (7000215, 700016, 90002, 700027):
+        refused = _acquire(token=_json(401, {"error": "invalid_client", "error_codes": [code]}))
+        assert (refused.reason, refused.permanent, refused.code) == (Reason.UNAUTHORIZED, True, code)
+
+
+def test_a_good_answer_is_a_token() -> None:
+    client = TokenClient()
+    client.session.mount("https://", _Canned(DISCOVERY, TOKEN))
+    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
+                                                  "credential": {"clientSecret": {"name": "app"}}})
+    token = client.acquire(spec, ClientSecret("pw"))
+    assert token.access_token == "a.b.c"
+    assert dt.timedelta(seconds=3590) < token.lifetime <= dt.timedelta(seconds=3599)
+
+
+
+def test_msal_never_logs_an_unparseable_body(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        _acquire(token=(200, {"Content-Type": "application/json"}, GARBAGE))
+        _acquire(token=_html(200))
+    assert "SECRET-LOOKING-BODY" not in caplog.text

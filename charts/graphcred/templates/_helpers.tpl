@@ -35,6 +35,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [graphcred.io]
   resources: [graphappcredentials/status]
   verbs: [get, patch, update]
+# The token Secret's owner reference sets blockOwnerDeletion; the OwnerReferencesPermissionEnforcement admission
+# plugin (OpenShift) allows that only to who may update the owner's finalizers. graphcred adds no finalizers.
+- apiGroups: [graphcred.io]
+  resources: [graphappcredentials/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, update, delete]  # delete: only its own old token Secret after spec.secretName changed

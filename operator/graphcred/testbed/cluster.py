@@ -3,7 +3,8 @@
 TLS everywhere the apiserver is concerned, an admin client certificate (group system:masters) in a kubeconfig,
 and a service-account issuer and signing key so that the TokenRequest API works. The controller manager runs
 the garbage collector (owner references really delete Secrets), the namespace controller and the
-service-account controller. Ports are random; every process dies with its parent (PR_SET_PDEATHSIG).
+service-account controller. The OwnerReferencesPermissionEnforcement admission plugin is on, as on OpenShift.
+Ports are random; every process dies with its parent (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ class ControlPlane:
             "--api-audiences=" + SA_ISSUER,
             "--service-cluster-ip-range=10.0.0.0/24",
             "--authorization-mode=RBAC",
+            # as on OpenShift: setting blockOwnerDeletion needs `update` on the owner's finalizers subresource
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             # no kubernetes Service endpoints: nothing runs in-cluster, and 1.37 refuses a loopback endpoint
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",

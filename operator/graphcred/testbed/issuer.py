@@ -6,8 +6,9 @@ Endpoints (as on login.microsoftonline.com):
   POST /{tenant}/oauth2/v2.0/token        (grant_type=client_credentials)
 
 Apps are registered with client secrets and/or certificates (and optionally a trusted CA for subject-name/issuer
-authentication with `x5c`). Client assertions are verified as Entra does. Faults can be injected per app, and every
-token request is counted per app so tests can assert how many requests a client made.
+authentication with `x5c`). Client assertions are verified as Entra does. Faults can be injected per app, for every
+app at once (an issuer-wide outage) and on a tenant's discovery document; every token request (faulted or not) is
+counted per app so tests can assert how many requests a client made.
 """
 
 from __future__ import annotations
@@ -40,16 +41,37 @@ CLOCK_SKEW = 300  # Entra tolerates five minutes of skew on client assertions
 RESERVED_SCOPES = {"openid", "profile", "offline_access"}
 
 
+PROXY_HTML = b"<html><body>Access denied by proxy</body></html>"
+GARBAGE_JSON = b'{"token_type": "Bearer", "expires_in": 3599, "access_tok'  # truncated mid-body
+
+
 @dataclass
 class Fault:
-    """What the token endpoint does instead of (or before) answering normally."""
+    """What an endpoint does instead of (or before) answering normally.
+
+    Precedence when several are set: delay, drop, html, garbage, empty_token, status, aadsts."""
 
     aadsts: int | None = None  # answer with this AADSTS error
     status: int | None = None  # answer with this HTTP status (429, 500, 503, ...)
-    retry_after: int | None = None  # Retry-After header, with status 429/503
+    retry_after: int | None = None  # Retry-After header, with status 429/503 (and html)
     delay: float = 0.0  # seconds to wait before answering (then answer normally unless another fault)
     drop: bool = False  # close the connection without a response
     times: int | None = None  # how many requests it applies to; None: until cleared
+    html: bool = False  # a gateway's or login proxy's HTML page, with `status` (default 200)
+    garbage: bool = False  # 200, Content-Type application/json, a truncated non-JSON body
+    empty_token: bool = False  # 200 with a token response whose access_token is "" (token endpoint only)
+
+
+def _take(faults: list[Fault]) -> Fault | None:
+    """The first fault of a stack, counting down its `times` (call with the issuer's lock held)."""
+    if not faults:
+        return None
+    fault = faults[0]
+    if fault.times is not None:
+        fault.times -= 1
+        if fault.times <= 0:
+            faults.pop(0)
+    return fault
 
 
 @dataclass
@@ -125,9 +147,12 @@ class Issuer:
         self._lock = threading.Lock()
         self._tenants: dict[str, str] = {}  # name or id -> tenant id
         self._apps: dict[tuple[str, str], App] = {}  # (tenant id, client id) -> app
-        self._faults: dict[str, list[Fault]] = {}
+        self._faults: dict[str, list[Fault]] = {}  # client id -> faults of its token requests
+        self._discovery_faults: dict[str, list[Fault]] = {}  # tenant (as in the URL, or its id) -> faults
+        self._global_faults: list[Fault] = []  # every token request, after the per-app faults
         self._token_requests: Counter[str] = Counter()
         self._discovery_requests = 0
+        self._discovery_by_tenant: Counter[str] = Counter()  # tenant id (or unknown name) -> requests
         self._seen_jti: dict[str, float] = {}
         self.issued_tokens: list[str] = []  # every access token handed out (for leak scanners)
 
@@ -181,10 +206,23 @@ class Issuer:
         with self._lock:
             self._faults.setdefault(client_id.lower(), []).append(fault or Fault(**kwargs))
 
+    def fail_discovery(self, tenant_id: str, fault: Fault | None = None, **kwargs: Any) -> None:
+        """Make this tenant's openid-configuration misbehave (same Fault semantics; faults stack)."""
+        with self._lock:
+            self._discovery_faults.setdefault(tenant_id.lower(), []).append(fault or Fault(**kwargs))
+
+    def fail_all(self, fault: Fault | None = None, **kwargs: Any) -> None:
+        """An issuer-wide outage: a fault for every token request of every app, checked after per-app faults."""
+        with self._lock:
+            self._global_faults.append(fault or Fault(**kwargs))
+
     def heal(self, client_id: str | None = None) -> None:
+        """Clear one app's faults, or (no argument) every fault: per app, discovery and issuer-wide."""
         with self._lock:
             if client_id is None:
                 self._faults.clear()
+                self._discovery_faults.clear()
+                self._global_faults.clear()
             else:
                 self._faults.pop(client_id.lower(), None)
 
@@ -201,15 +239,25 @@ class Issuer:
 
     def _take_fault(self, client_id: str) -> Fault | None:
         with self._lock:
-            faults = self._faults.get(client_id, [])
-            if not faults:
-                return None
-            fault = faults[0]
-            if fault.times is not None:
-                fault.times -= 1
-                if fault.times <= 0:
-                    faults.pop(0)
-            return fault
+            return _take(self._faults.get(client_id, [])) or _take(self._global_faults)
+
+    def _take_discovery_fault(self, tenant: str) -> Fault | None:
+        with self._lock:
+            faults = self._discovery_faults.get(tenant.lower())
+            if not faults:  # registered under the tenant id, asked for by domain name (or the reverse)
+                tid = self._tenants.get(tenant.lower())
+                faults = self._discovery_faults.get(tid) if tid else None
+            return _take(faults or [])
+
+    def count_discovery(self, tenant: str) -> None:
+        with self._lock:
+            self._discovery_requests += 1
+            self._discovery_by_tenant[self._tenants.get(tenant.lower(), tenant.lower())] += 1
+
+    def discovery_requests_for(self, tenant: str) -> int:
+        """Discovery requests for one tenant (by id or domain name), faulted ones included."""
+        with self._lock:
+            return self._discovery_by_tenant[self._tenants.get(tenant.lower(), tenant.lower())]
 
     # --- protocol ------------------------------------------------------------------------------------------
     def resolve_tenant(self, tenant: str) -> str:
@@ -226,8 +274,6 @@ class Issuer:
         return f"{self.base_url}/{tenant_id}/v2.0"
 
     def openid_configuration(self, tenant: str) -> dict[str, Any]:
-        with self._lock:
-            self._discovery_requests += 1
         tid = self.resolve_tenant(tenant)
         return {
             "token_endpoint": self.token_endpoint(tid),
@@ -404,9 +450,11 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # quiet: request lines could carry nothing secret, but tests read their own output
 
     def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        payload = json.dumps(body).encode()
+        self._send(status, json.dumps(body).encode(), "application/json; charset=utf-8", headers)
+
+    def _send(self, status: int, payload: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-store, no-cache")
         for k, v in (headers or {}).items():
@@ -414,11 +462,41 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def _answer_fault(self, fault: Fault, tenant: str, client_id: str) -> bool:
+        """Act out `fault`; True if it answered (or dropped) the request, False to answer normally."""
+        if fault.delay:
+            time.sleep(fault.delay)
+        retry_after = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
+        if fault.drop:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+        elif fault.html:
+            self._send(fault.status or 200, PROXY_HTML, "text/html; charset=utf-8", retry_after)
+        elif fault.garbage:
+            self._send(200, GARBAGE_JSON, "application/json; charset=utf-8")
+        elif fault.empty_token:
+            self._send_json(200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
+                                  "access_token": ""})
+        elif fault.status is not None:
+            self._send_json(fault.status, {"error": "temporarily_unavailable",
+                                           "error_description": f"Injected HTTP {fault.status}."}, retry_after)
+        elif fault.aadsts is not None:
+            exc = canned_error(fault.aadsts, None, tenant, client_id)
+            self._send_json(exc.status, _body_for(exc))
+        else:
+            return False
+        return True
+
     def do_GET(self) -> None:
         issuer = self.server.issuer
         parts = [p for p in urlsplit(self.path).path.split("/") if p]
         try:
             if len(parts) == 4 and parts[1:] == ["v2.0", ".well-known", "openid-configuration"]:
+                issuer.count_discovery(parts[0])
+                fault = issuer._take_discovery_fault(parts[0])
+                if fault is not None and self._answer_fault(fault, parts[0], ""):
+                    return
                 self._send_json(200, issuer.openid_configuration(parts[0]))
             elif len(parts) == 4 and parts[1:] == ["discovery", "v2.0", "keys"]:
                 self._send_json(200, issuer.jwks())
@@ -443,24 +521,8 @@ class _Handler(BaseHTTPRequestHandler):
         with issuer._lock:
             issuer._token_requests[client_id] += 1
         fault = issuer._take_fault(client_id)
-        if fault is not None:
-            if fault.delay:
-                time.sleep(fault.delay)
-            if fault.drop:
-                self.close_connection = True
-                with contextlib.suppress(OSError):
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            if fault.status is not None:
-                headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
-                self._send_json(fault.status, {"error": "temporarily_unavailable",
-                                               "error_description": f"Injected HTTP {fault.status}."},
-                                headers)
-                return
-            if fault.aadsts is not None:
-                exc = canned_error(fault.aadsts, None, parts[0], client_id)
-                self._send_json(exc.status, _body_for(exc))
-                return
+        if fault is not None and self._answer_fault(fault, parts[0], client_id):
+            return
         try:
             self._send_json(200, issuer.token(parts[0], form))
         except AadstsError as exc:

@@ -1,0 +1,101 @@
+"""Leader election on the real apiserver: a standby judges a Lease by its own clocks, never by another replica's
+wall clock, and stays alive and ready for its probes while it waits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from kubernetes import client
+
+from graphcred.leader import LeaseElector
+from graphcred.testbed.bed import wait_for
+from graphcred.testbed.operator_process import OperatorProcess
+
+from ..helpers import Env
+
+pytestmark = pytest.mark.bed
+
+LEASE = "graphcred-leader"
+
+
+def _holder(env: Env) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(env.bed.api).read_namespaced_lease(LEASE, env.namespace)
+    except client.ApiException:
+        return None
+    holder: str | None = lease.spec.holder_identity
+    return holder
+
+
+class Monotonic:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_standby_with_its_wall_clock_ahead_does_not_take_a_lease_renewed_a_moment_ago(env: Env) -> None:
+    api = env.bed.api
+    leader = LeaseElector(api, env.namespace, LEASE, "leader", lease_seconds=15)
+    assert leader.try_acquire_or_renew()
+    mono = Monotonic()
+    standby = LeaseElector(api, env.namespace, LEASE, "standby", lease_seconds=15,
+                           clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20), monotonic=mono)
+    time.sleep(1)  # the Lease was renewed a second ago
+    assert not standby.try_acquire_or_renew(), "a standby 20 s ahead took a Lease renewed 1 s ago"
+    assert _holder(env) == "leader"
+    # The leader keeps renewing: each renewal restarts the standby's count, on the standby's own clock.
+    for _ in range(3):
+        mono.now += 10
+        assert leader.try_acquire_or_renew()
+        assert not standby.try_acquire_or_renew(), "took a Lease that keeps being renewed"
+    # The leader stops renewing: the standby takes over a whole lease duration after it last saw a change.
+    mono.now += 14
+    assert not standby.try_acquire_or_renew(), "took the Lease before it expired by the standby's own clock"
+    mono.now += 1.5
+    assert standby.try_acquire_or_renew(), "did not take a Lease unrenewed for longer than its duration"
+    assert _holder(env) == "standby"
+    # ... and the old leader, if it comes back, finds it taken
+    assert not leader.try_acquire_or_renew()
+
+
+def test_a_standby_stays_alive_and_ready_while_the_leader_holds_the_lease(env: Env, operator_logdir: Path) -> None:
+    env.operator.stop()  # the session operator would be a third actor
+    args = ("--leader-election", f"--leader-election-namespace={env.namespace}", "--lease-duration=6")
+    replicas = [OperatorProcess(env.bed, operator_logdir, *args, name=f"standby-{i}", log_format="json")
+                for i in range(2)]
+    try:
+        for r in replicas:
+            r.start()
+        leader_id = wait_for(lambda: _holder(env), timeout=30, what="a leader")
+        leader = next(r for r in replicas if str(r.process.popen.pid) in leader_id)  # type: ignore[union-attr]
+        standby = next(r for r in replicas if r is not leader)
+        urls = {"leader": leader.metrics_url(), "standby": standby.metrics_url()}
+        for base in urls.values():
+            wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200,  # noqa: B023
+                     timeout=15, what=f"{base}/readyz")
+        started = time.monotonic()
+        polls = 0
+        # The kubelet probes every 10 s and restarts after 3 failures; check every 2 s for 90 s.
+        while (elapsed := time.monotonic() - started) < 90:
+            assert _holder(env) == leader_id, "the leader lost its Lease"
+            for role, base in urls.items():
+                for probe in ("healthz", "readyz"):
+                    code = requests.get(f"{base}/{probe}", timeout=5).status_code
+                    assert code == 200, f"the {role}'s /{probe} answered {code} after {elapsed:.0f} s"
+            assert standby.process.alive(), "the standby exited"
+            polls += 1
+            time.sleep(2)
+        assert polls >= 30
+        assert "became leader" not in standby.logs(this_run=True)
+    finally:
+        for r in replicas:
+            r.stop()
+        env.operator.start()

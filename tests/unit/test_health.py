@@ -1,0 +1,36 @@
+"""/healthz and /readyz as the kubelet sees them, with a fake clock."""
+
+from __future__ import annotations
+
+import requests
+
+from graphcred.metrics import Health, Metrics, serve
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_liveness_follows_the_ticks_of_whatever_drives_the_process() -> None:
+    clock = Clock()
+    health = Health(stale_after=30.0, clock=clock)
+    server = serve(0, Metrics(), health, host="127.0.0.1")
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for _ in range(5):  # a standby's election loop ticks every couple of seconds, for as long as it waits
+            clock.now += 20
+            health.tick()
+            assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+        clock.now += 30  # no tick for 30 s: stalled
+        answer = requests.get(f"{base}/healthz", timeout=5)
+        assert answer.status_code == 503 and "no progress" in answer.text
+        # readiness is separate: not ready until the process says it can act or take over
+        assert requests.get(f"{base}/readyz", timeout=5).status_code == 503
+        health.ready.set()
+        assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
+    finally:
+        server.shutdown()

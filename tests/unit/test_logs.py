@@ -1,0 +1,40 @@
+"""Log levels as an SRE reads them: kopf's retried API attempts are warnings, what it gives up on stays an error."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from graphcred.logs import configure
+
+
+@pytest.fixture
+def root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_kopf_retries_during_an_apiserver_outage_are_warnings(root_logger: None,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    configure("json", "INFO")  # in the test: it writes to sys.stderr as capsys replaced it
+    watching = logging.getLogger("kopf._cogs.clients.watching")
+    url = "GET https://10.0.0.1/apis/graphcred.io/v1alpha1/graphappcredentials?watch=true"
+    watching.error(f"Request attempt #1/9 failed; will retry: {url} -> ClientConnectorError()")
+    watching.error(f"Request attempt #2/9 failed; TCP closed; will re-authenticate: {url}")
+    watching.error(f"Request attempt #3/9 failed; SSL closed; will re-authenticate: {url}")
+    watching.error(f"Request attempt #9/9 failed; escalating: {url} -> ClientConnectorError()")
+    logging.getLogger("kopf.objects").error("Handler '_credential_event' failed with an exception. Will retry.")
+    logging.getLogger("graphcred.controller").error("Request attempt #1/9 failed; will retry: not kopf's")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["level"] for line in lines] == [
+        "warning", "warning", "warning",
+        "error",  # kopf gave up on the request: a genuine error
+        "error",  # a handler failed
+        "error",  # only kopf's own messages are demoted
+    ]

@@ -1,0 +1,200 @@
+"""The Secret metadata watch's retry and list logic against a small scripted HTTP server that speaks the
+apiserver's list/watch wire format (the real kubernetes client talks to it). The bed tests cover the real
+apiserver; these cover answers the real one gives rarely: ERROR events, empty streams, expired continue tokens."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from kubernetes import client
+
+from graphcred.secretwatch import KnownSecrets, SecretMetadataWatch, backoff
+from graphcred.testbed.bed import wait_for
+
+Answer = tuple[int, list[dict[str, Any]]]  # HTTP status, JSON documents (one body, or one watch event a line)
+Handler = Callable[[dict[str, str]], Answer]  # query -> answer
+WINDOW = 1.0  # seconds over which a retry storm is counted
+
+
+def _secret(name: str, rv: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv}}
+
+
+def _items(names: list[str], rv: str = "10", cont: str = "") -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": rv, "continue": cont},
+            "items": [_secret(n, rv) for n in names]}
+
+
+def _status(code: int, reason: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason}
+
+
+class FakeApiserver:
+    """Answers GET /api/v1/secrets: `on_list(query)` for lists, `on_watch(query)` for watches; records queries."""
+
+    def __init__(self, on_list: Handler, on_watch: Handler) -> None:
+        self.lists: list[dict[str, str]] = []
+        self.watches: list[dict[str, str]] = []
+        fake = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                watching = query.get("watch") == "true"
+                (fake.watches if watching else fake.lists).append(query)
+                status, docs = (fake.on_watch if watching else fake.on_list)(query)
+                body = ("".join(json.dumps(d) + "\n" for d in docs) if watching else json.dumps(docs[0])).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.on_list, self.on_watch = on_list, on_watch
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def api(self) -> client.ApiClient:
+        conf = client.Configuration()
+        conf.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return client.ApiClient(conf)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., FakeApiserver]]:
+    started: list[FakeApiserver] = []
+
+    def start(on_list: Handler, on_watch: Handler) -> FakeApiserver:
+        fake = FakeApiserver(on_list, on_watch)
+        fake.thread.start()
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        fake.server.shutdown()
+        fake.server.server_close()
+
+
+Events = list[tuple[str, str, str, bool]]
+
+
+def _watch(fake: FakeApiserver, **kwargs: Any) -> tuple[SecretMetadataWatch, Events]:
+    events: Events = []
+    watch = SecretMetadataWatch(fake.api(), lambda *e: events.append(e), **kwargs)
+    return watch.start(), events
+
+
+def _one_page(_: dict[str, str]) -> Answer:
+    return 200, [_items(["a"])]
+
+
+@pytest.mark.parametrize("watch_answer", [
+    pytest.param((200, [{"type": "ERROR", "object": _status(500, "InternalError")}]), id="error-event-500"),
+    pytest.param((200, [{"type": "ERROR", "object": _status(429, "TooManyRequests")}]), id="error-event-429"),
+    pytest.param((200, []), id="stream-ends-at-once"),
+    pytest.param((500, [_status(500, "InternalError")]), id="http-500"),
+])
+def test_a_watch_that_fails_at_once_again_and_again_backs_off(serve: Callable[..., FakeApiserver],
+                                                              watch_answer: Answer) -> None:
+    fake = serve(_one_page, lambda _: watch_answer)
+    watch, _ = _watch(fake)
+    try:
+        wait_for(lambda: fake.watches, timeout=5, what="the first watch request")
+        time.sleep(WINDOW)  # counting a rate: the window is the measurement
+        # backoff 0.25-0.5 s, then 0.5-1 s, 1-2 s, ...: at most 3 attempts in 1 s; a spinning watch makes hundreds
+        attempts = len(fake.watches)
+        assert attempts <= 4, f"{attempts} watch requests in {WINDOW} s: no backoff"
+    finally:
+        watch.stop()
+
+
+def test_a_watch_that_is_always_too_old_backs_off_between_relists(serve: Callable[..., FakeApiserver]) -> None:
+    fake = serve(_one_page, lambda _: (200, [{"type": "ERROR", "object": _status(410, "Expired")}]))
+    watch, _ = _watch(fake)
+    try:
+        wait_for(lambda: fake.watches, timeout=5, what="the first watch request")
+        time.sleep(WINDOW)
+        lists = len(fake.lists)
+        assert lists <= 4, f"{lists} full lists in {WINDOW} s: no backoff"
+    finally:
+        watch.stop()
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    delays = [backoff(n) for n in (1, 1, 1, 1, 1, 1, 1, 1)]
+    assert len(set(delays)) > 1, "no jitter: replicas restarted together retry together"
+    assert all(0.1 <= d <= 0.5 for d in delays)
+    assert all(backoff(n) <= 30.0 for n in range(1, 100))
+    assert backoff(20) >= 15.0
+
+
+def test_an_expired_continue_token_starts_the_list_over(serve: Callable[..., FakeApiserver]) -> None:
+    pages = {"": (["a", "b"], "c1"), "c1": (["c", "d"], "c2"), "c2": (["e"], "")}
+    expired_once: list[str] = []
+
+    def on_list(query: dict[str, str]) -> Answer:
+        token = query.get("continue", "")
+        if token == "c2" and not expired_once:
+            expired_once.append(token)
+            return 410, [_status(410, "Expired")]
+        names, cont = pages[token]
+        return 200, [_items(names, cont=cont)]
+
+    fake = serve(on_list, lambda _: (200, []))
+    watch, events = _watch(fake, page_size=2)
+    try:
+        assert watch.ready.wait(10), "the first list never completed"
+        assert [q.get("continue", "") for q in fake.lists] == ["", "c1", "c2", "", "c1", "c2"]
+        assert all(q.get("limit") == "2" for q in fake.lists)
+        assert sorted({e[1] for e in events}) == ["a", "b", "c", "d", "e"]
+        assert not any(e[3] for e in events), "nothing was deleted"
+    finally:
+        watch.stop()
+
+
+def test_a_relist_reports_what_changed_and_what_was_deleted_in_the_gap(serve: Callable[..., FakeApiserver]) -> None:
+    lists: list[dict[str, Any]] = [_items(["a", "b", "c"], rv="10"),
+                                   {"kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "20"},
+                                    "items": [_secret("a", "10"), _secret("c", "15"), _secret("d", "18")]}]
+
+    def on_list(_: dict[str, str]) -> Answer:
+        return 200, [lists[min(len(fake.lists), len(lists)) - 1]]
+
+    def on_watch(_: dict[str, str]) -> Answer:  # the first watch is too old, later ones quiet
+        return 200, [{"type": "ERROR", "object": _status(410, "Expired")}] if len(fake.watches) == 1 else []
+
+    fake = serve(on_list, on_watch)
+    watch, events = _watch(fake)
+    try:
+        wait_for(lambda: len(fake.lists) >= 2 and len(events) >= 6, timeout=10, what="the relist after 410")
+        assert events[:3] == [("ns", "a", "10", False), ("ns", "b", "10", False), ("ns", "c", "10", False)]
+        assert sorted(events[3:]) == [("ns", "b", "20", True), ("ns", "c", "15", False), ("ns", "d", "18", False)]
+    finally:
+        watch.stop()
+
+
+def test_the_known_secrets_record_is_compact() -> None:
+    """(namespace, name) -> resourceVersion for 50,000 Secrets, as the watch keeps it."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    known = KnownSecrets()
+    for i in range(50_000):
+        known.put(f"namespace-{i % 200}", f"some-secret-name-{i}", str(10_000_000 + i))
+    size = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert size < 16 * 2**20, f"{size / 2**20:.1f} MiB for 50,000 Secrets"
