@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from .model import Reason
 
-OPEN_CAP = 120.0  # seconds: longest hold-off without a Retry-After asking for more
+# seconds: longest hold-off without a Retry-After asking for more. Short, because it is also how soon a returning
+# endpoint is noticed once tokens have expired (DESIGN: at least every 30 s); a probe is one request per tenant.
+OPEN_CAP = 30.0
 RETRY_AFTER_CAP = 600.0  # and with one: a proxy's "come back tomorrow" must not let a tenant's tokens expire
 PROBE_WAIT = 2.0  # while a probe is in flight, others look again this soon
 PROBE_STALE = dt.timedelta(seconds=90)  # a probe that never reported (its task ended) frees the slot after this
@@ -60,9 +62,23 @@ class Breaker:
         state.probe_since = now
         return None
 
+    def still_open(self, key: str, now: dt.datetime) -> Hold | None:
+        """For a caller already admitted by `hold`: has the breaker (re)opened meanwhile?"""
+        state = self._states.get(key)
+        if state is None or now >= state.until:
+            return None
+        seconds = (state.until - now).total_seconds() + PROBE_WAIT * self._rng.random()
+        return Hold(seconds, state.reason, f"holding off {key}: it answered {_what(state.reason)} recently; "
+                    f"next attempt in {seconds:.0f} s")
+
     def failed(self, key: str, now: dt.datetime, reason: Reason, retry_after: float | None) -> None:
         """A throttling or unavailable answer: open (again), for Retry-After or a growing backoff."""
         state = self._states.get(key)
+        if state is not None and state.probe_since is None and now < state.until:
+            # another request of the same burst: one failure per open cycle, but the longest Retry-After wins
+            asked = now + dt.timedelta(seconds=min(retry_after or 0.0, RETRY_AFTER_CAP))
+            state.until = max(state.until, asked)
+            return
         failures = state.failures + 1 if state else 1
         backoff = min(OPEN_CAP, 2.0 ** failures) * (0.5 + 0.5 * self._rng.random())
         hold = max(backoff, min(retry_after or 0.0, RETRY_AFTER_CAP))

@@ -25,6 +25,19 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # namespace, name
 
 
+def _secret_names(name: str, spec: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(credential Secret, token Secret) named by a raw spec; tolerant of any shape (validation is elsewhere)."""
+    credential = spec.get("credential")
+    read = None
+    if isinstance(credential, Mapping):
+        for kind in ("clientSecret", "certificate"):
+            ref = credential.get(kind)
+            if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+                read = ref["name"]
+    target = spec.get("secretName")
+    return read, target if isinstance(target, str) and target else f"{name}-token"
+
+
 def _described(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, KubeCallFailed) else type(exc).__name__
 
@@ -89,6 +102,9 @@ class Controller:
             worker = None
         if worker is None:
             worker = _Worker(snap, renew_seen=renew)
+            if renew is not None and renew != snap.status.get("lastRenewRequest"):
+                # requested while no replica was acting (a restart, a leader change): serve it now
+                worker.memory.renew_requested, worker.memory.renew_value = True, renew
             self._workers[key] = worker
             self._start(key, worker)
             return
@@ -96,7 +112,7 @@ class Controller:
         worker.snapshot = snap
         if renew is not None and renew != worker.renew_seen:
             worker.renew_seen = renew
-            worker.memory.renew_requested = True
+            worker.memory.renew_requested, worker.memory.renew_value = True, renew
             worker.wake.set()
         if generation_changed:
             worker.wake.set()  # status-only updates (our own patches) do not wake
@@ -151,8 +167,11 @@ class Controller:
                 self._workers[key].wake.set()
 
     def _index(self, key: Key, worker: _Worker) -> None:
-        reads = (key[0], worker.memory.credential_secret) if worker.memory.credential_secret else None
-        writes = (key[0], worker.memory.target_secret) if worker.memory.target_secret else None
+        """Index the Secrets the object reads and writes, from its spec as it stands, before each pass: a change
+        to them while the pass runs (a credential Secret created a moment after the object) must wake it."""
+        credential, target = _secret_names(key[1], worker.snapshot.spec)
+        reads = (key[0], credential) if credential else None
+        writes = (key[0], target) if target else None
         if (reads, writes) == worker.indexed:
             return
         self._unindex(key, worker)
@@ -176,10 +195,10 @@ class Controller:
         while True:
             worker.wake.clear()
             try:
+                self._index(key, worker)
                 async with self._active:
                     delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
                 worker.errors = 0
-                self._index(key, worker)
                 latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
                 if latest is not None and _newer(latest, worker.memory.credential_version):
                     continue  # the credential changed while this pass ran: go again now

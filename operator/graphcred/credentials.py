@@ -26,8 +26,10 @@ TLS_KEY_KEY = "tls.key"
 class CredentialError(Exception):
     """The referenced credential is missing or unusable; permanent until the Secret or the spec changes."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, *, usable_from: dt.datetime | None = None) -> None:
         super().__init__(message)
+        # a certificate that becomes valid later (notBefore a moment ahead): try again then, not on the slow schedule
+        self.usable_from = usable_from
         self.reason = reason
         self.message = message
 
@@ -140,5 +142,6 @@ def certificate(data: Mapping[str, str] | None, ref: CertificateRef, now: dt.dat
     if leaf.not_valid_before_utc > now:
         raise CredentialError(Reason.INVALID_CREDENTIAL,
                               f"Secret {ref.name!r}: certificate is not valid before "
-                              f"{leaf.not_valid_before_utc.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+                              f"{leaf.not_valid_before_utc.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                              usable_from=leaf.not_valid_before_utc)
     return Certificate(key=key, chain=chain, send_x5c=ref.send_x5c)

@@ -250,6 +250,9 @@ class GraphAppCredentialStatus(BaseModel):
         default=None, alias="issuedFor",
         description="Digest of what the token in the Secret was acquired for (authority, tenant, client, "
         "credential kind, scopes, Secret name): Ready=True is only reported for a token matching the spec.")
+    last_renew_request: str | None = Field(
+        default=None, alias="lastRenewRequest",
+        description="Value of the graphcred.io/renew-requested-at annotation last served with a new token.")
 
     def ready(self) -> Condition | None:
         return next((c for c in self.conditions if c.type == "Ready"), None)

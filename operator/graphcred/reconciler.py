@@ -61,6 +61,9 @@ class Memory:
     material: str | None = None  # fingerprint (a digest) of the credential material the token was acquired with
     issued_for: str | None = None  # this pass's spec digest (GraphAppCredentialSpec.issued_for)
     renew_requested: bool = False  # the renew annotation changed: acquire a new token, no reuse
+    renew_value: str | None = None  # ... to this value (recorded in status once served)
+    token_issued_at: dt.datetime | None = None  # of the token last written, to the microsecond
+    required_roles: tuple[str, ...] | None = None  # this pass's spec.requiredRoles
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,10 @@ def _upgraded(status: GraphAppCredentialStatus, spec: GraphAppCredentialSpec, se
             and status.secret_name == secret_name):
         return status.model_copy(update={"issued_for": issued_for})
     return status
+
+
+class _Held(AcquisitionError):
+    """Not asked at all: the authority's circuit breaker is open."""
 
 
 class KubeCallFailed(Exception):
@@ -194,11 +201,12 @@ class Reconciler:
         """One pass. Returns seconds until the next pass, or None to wait for a change."""
         now = self._clock()
         renew, mem.renew_requested = mem.renew_requested, False
-        mem.issued_for = None
+        mem.issued_for, mem.required_roles = None, None
         try:
             spec = self._parse_spec(snap)
             secret_name = spec.effective_secret_name(snap.name)
             mem.issued_for = spec.issued_for(snap.name)
+            mem.required_roles = tuple(spec.required_roles)
             mem.credential_secret = spec.credential.secret_name
             if mem.target_secret != secret_name:
                 mem.target_secret, mem.written_version = secret_name, None
@@ -209,16 +217,18 @@ class Reconciler:
             if self._keep(snap, mem, previous, existing, fingerprint, credential_version, renew, now):
                 mem.material = fingerprint
                 return await self._kept(snap, mem, previous, credential_version, now)
-            # The token in the Secret, if it is for this spec: a refresh must get a newer one.
-            current = parse_rfc3339(previous.last_refresh_time) if previous.issued_for == mem.issued_for else None
+            current = self._current_issue(mem, previous)
             # while roles are missing, each check needs a new token: consent shows only in new tokens
-            token = await self._acquire(spec, material, reuse=mem.missing_roles_checks == 0 and not renew,
-                                        newer_than=current)
+            token, shared = await self._acquire(spec, material, reuse=mem.missing_roles_checks == 0 and not renew,
+                                                newer_than=current)
             del material  # the credential is not kept between passes
             log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
                       spec.authority_base(), rfc3339(token.expires_on))
+            if shared and current is not None and token.issued_at <= current:  # the very token already written
+                raise Outcome(Reason.AUTHORITY_UNAVAILABLE, "no newer token than the one in the Secret; retrying",
+                              retry=Retry.TRANSIENT)
             mem.written_version = await self._write_secret(snap, secret_name, existing, token)
-            mem.material = fingerprint
+            mem.material, mem.token_issued_at = fingerprint, token.issued_at
             log.debug("%s/%s: Secret %s %s", snap.namespace, snap.name, secret_name,
                       "created" if existing is None else "updated")
             await self._remove_old_secret(snap, previous.secret_name, secret_name)
@@ -268,7 +278,20 @@ class Reconciler:
             assert spec.credential.certificate is not None
             return credentials.certificate(secret.get("data"), spec.credential.certificate, now), version
         except CredentialError as exc:
+            if exc.usable_from is not None:
+                wait = (exc.usable_from - now).total_seconds() + 1.0
+                raise Outcome(exc.reason, exc.message, retry=Retry.TRANSIENT, retry_after=wait) from None
             raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
+
+    def _current_issue(self, mem: Memory, previous: GraphAppCredentialStatus) -> dt.datetime | None:
+        """When the token in the Secret was issued, if it is for this spec: a refresh must get a newer one. Memory
+        has it to the microsecond; the status only to the second, so it is rounded up."""
+        if previous.issued_for != mem.issued_for:
+            return None
+        if mem.token_issued_at is not None:
+            return mem.token_issued_at
+        issued = parse_rfc3339(previous.last_refresh_time)
+        return issued + dt.timedelta(seconds=1) if issued is not None else None
 
     def _keep(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus,
               existing: dict[str, Any] | None, fingerprint: str, credential_version: str, renew: bool,
@@ -291,7 +314,9 @@ class Reconciler:
     async def _kept(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus, credential_version: str,
                     now: dt.datetime) -> float:
         refresh = parse_rfc3339(previous.refresh_at)
-        assert refresh is not None
+        expires = parse_rfc3339(previous.expires_on)
+        assert refresh is not None and expires is not None
+        self.metrics.report(snap.namespace, snap.name, expires.timestamp(), previous.consecutive_failures)
         if previous.credential_version != credential_version:
             status = previous.model_copy(update={"credential_version": credential_version})
             ready = previous.ready()
@@ -317,7 +342,8 @@ class Reconciler:
         return existing
 
     async def _acquire(self, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool,
-                       newer_than: dt.datetime | None) -> Token:
+                       newer_than: dt.datetime | None) -> tuple[Token, bool]:
+        """A token, and whether it came from an identical credential's request (True) or this one's."""
         try:
             token, shared = await self.shared.get(share_key(spec, material),
                                                   lambda: self._acquire_now(spec, material), reuse=reuse,
@@ -326,21 +352,23 @@ class Reconciler:
             raise Outcome(exc.reason, exc.message, retry=_retry(exc), retry_after=exc.retry_after) from None
         if shared:
             self.metrics.acquisitions.labels("shared", "TokenIssued").inc()
-        return token
+        return token, shared
 
     async def _acquire_now(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
         authority = spec.authority()
-        hold = self.breaker.hold(authority, self._clock())
-        if hold is not None:
-            raise AcquisitionError(hold.reason, hold.message, permanent=False, retry_after=hold.seconds)
+        self._check_breaker(authority)
         answered = False
         try:
             async with self._token_slots:
+                # again: the breaker may have opened while this request waited for a slot
+                self._check_breaker(authority, admitted=True)
                 started = time.monotonic()
                 try:
                     token = await self._blocking(self.tokens.acquire, spec, material)
                 finally:
                     self.metrics.latency.observe(time.monotonic() - started)
+        except _Held:
+            raise
         except AcquisitionError as exc:
             answered = True
             if not exc.permanent and exc.reason in (Reason.THROTTLED, Reason.AUTHORITY_UNAVAILABLE):
@@ -354,6 +382,12 @@ class Reconciler:
         self.breaker.answered(authority)
         self.metrics.acquisitions.labels("success", "TokenIssued").inc()
         return token
+
+    def _check_breaker(self, authority: str, *, admitted: bool = False) -> None:
+        now = self._clock()
+        hold = self.breaker.still_open(authority, now) if admitted else self.breaker.hold(authority, now)
+        if hold is not None:
+            raise _Held(hold.reason, hold.message, permanent=False, retry_after=hold.seconds)
 
     async def _write_secret(self, snap: Snapshot, name: str, existing: dict[str, Any] | None, token: Token
                             ) -> str:
@@ -418,6 +452,7 @@ class Reconciler:
             app_id=token.claims.app_id,
             credential_version=credential_version,
             issued_for=mem.issued_for,
+            last_renew_request=mem.renew_value if renewed else previous.last_renew_request,
         )
         await self._report(snap, mem, previous.ready(), status, verdict.ready, verdict.reason, verdict.message,
                            announce=renewed)
@@ -435,7 +470,11 @@ class Reconciler:
         # and the failure is transient (refreshing is failing, the token still works). Anything that needs the
         # user is Ready=False at once.
         for_this_spec = mem.issued_for is not None and previous.issued_for == mem.issued_for
-        ready = token_valid and for_this_spec and outcome.retry == Retry.TRANSIENT
+        before = previous.ready()
+        # ... and only if it was Ready before (not MissingRoles, not a conflict) and has the roles now required
+        was_ready = before is not None and before.status == "True"
+        roles_ok = mem.required_roles is not None and not policy.missing_roles(previous.roles, mem.required_roles)
+        ready = token_valid and for_this_spec and was_ready and roles_ok and outcome.retry == Retry.TRANSIENT
         message = outcome.message
         if token_valid and expires is not None:
             message += f"; the last token in the Secret stays valid until {rfc3339(expires)}"

@@ -330,3 +330,177 @@ def test_an_apiserver_outage_is_reported_but_logged_as_a_warning(caplog: Any) ->
         run(scenario)
     failed = [r for r in caplog.records if "reconcile failed" in r.getMessage()]
     assert failed and all(r.levelname == "WARNING" for r in failed)
+
+
+# --- found in review: seams between the fixes ------------------------------------------------------------------
+def test_a_transient_failure_of_a_missing_roles_recheck_stays_not_ready() -> None:
+    rig = Rig()
+    snap = Snapshot.of(gac("a", secret_spec(TENANT, str(uuid.uuid4()), requiredRoles=["Mail.Read"])))
+    rig.kube.objects.add((NS, "a"))
+    mem = Memory()
+
+    async def scenario() -> None:
+        await rig.reconciler.reconcile(snap, mem)
+        assert (rig.ready("a") or {}).get("reason") == "MissingRoles"
+        rig.tokens.failure = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=5)
+        rig.clock.advance(15)
+        await rig.reconciler.reconcile(snap, mem)
+        cond = rig.ready("a")
+        assert cond is not None and (cond["status"], cond["reason"]) == ("False", "Throttled"), cond
+
+    run(scenario)
+
+
+def test_a_credential_secret_created_during_the_first_pass_wakes_it() -> None:
+    rig = Rig()
+    loop_holder: list[asyncio.AbstractEventLoop] = []
+    rig.kube.secrets.pop((NS, "cred"))
+    real_read = rig.kube.read_secret
+
+    def read(namespace: str, name: str) -> dict[str, Any] | None:
+        found = real_read(namespace, name)
+        if name == "cred" and found is None:  # `kubectl apply -f dir/`: the Secret lands a moment later
+            rig.kube.put_client_secret(NS, "cred", "s3cret")
+            version = rig.kube.secrets[(NS, "cred")]["metadata"]["resourceVersion"]
+            loop_holder[0].call_soon_threadsafe(rig.controller.secret_event, NS, "cred", version, False)
+        return found
+
+    rig.kube.read_secret = read  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        loop_holder.append(asyncio.get_running_loop())
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="Ready once the Secret appeared")
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_requests_queued_for_a_slot_respect_a_breaker_that_opened_meanwhile() -> None:
+    rig = Rig()
+    rig.reconciler = Reconciler(rig.kube, rig.tokens, rig.emit, clock=rig.clock,  # type: ignore[arg-type]
+                                rng=random.Random(0), metrics=rig.metrics, shared=SharedTokens(clock=rig.clock),
+                                token_concurrency=2)
+    rig.controller = Controller(rig.reconciler)
+    rig.tokens.failure = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=60)
+
+    async def scenario() -> None:
+        with closed(rig.tokens.gate):  # the first requests hang until every pass queued for a slot
+            for i in range(20):
+                rig.kube.put_client_secret(NS, f"cred{i}", f"s{i}")
+                rig.add(gac(f"c{i}", secret_spec(TENANT, str(uuid.uuid4()), secret=f"cred{i}")))
+            await until(rig.tokens.entered.is_set, what="the first request in flight")
+            await asyncio.sleep(0.3)
+        await until(lambda: all(rig.ready(f"c{i}") for i in range(20)), what="every credential reported")
+        assert rig.tokens.requests <= 3, f"{rig.tokens.requests} requests to a tenant that answered 429"
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_after_an_outage_the_breaker_probes_at_least_every_30_s() -> None:
+    from graphcred.breaker import Breaker
+
+    breaker, clock = Breaker(random.Random(0)), Clock()
+    for _ in range(30):  # a long outage: every probe fails
+        assert breaker.hold("t", clock.now) is None
+        breaker.failed("t", clock.now, Reason.AUTHORITY_UNAVAILABLE, None)
+        hold = breaker.hold("t", clock.now)
+        assert hold is not None and hold.seconds <= 32.0, hold
+        clock.advance(hold.seconds)
+
+
+def test_a_refresh_never_rewrites_the_token_already_in_the_secret() -> None:
+    rig = Rig(lifetime=60)
+    rig.clock.advance(0.5)  # tokens issued at .5 s: status times are whole seconds
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()), refreshBeforeExpiry="55s")))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        first = rig.kube.token_in(NS, "a-token")
+        rig.clock.advance(5.9)  # refresh due (status says 12:00:06), the shared token still inside the window
+        rig.controller.secret_event(NS, "cred", rig.kube.touch(NS, "cred"), deleted=False)
+        await until(lambda: rig.tokens.requests == 2, what="a new token request")
+        await until(lambda: rig.kube.token_in(NS, "a-token") != first, what="a new token written")
+        assert rig.kube.writes == 2
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_a_renew_request_made_during_a_leader_change_is_served_by_the_new_leader() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        await rig.controller.stop()
+        # the old leader is gone; the user asks for a renewal; a new leader lists the object
+        new = Rig()
+        new.kube, new.tokens.requests = rig.kube, 0
+        new.reconciler = Reconciler(rig.kube, new.tokens, new.emit, clock=rig.clock,  # type: ignore[arg-type]
+                                    rng=random.Random(1), metrics=new.metrics, shared=SharedTokens(clock=rig.clock))
+        new.controller = Controller(new.reconciler)
+        new.controller.observe({**body, "metadata": {**body["metadata"], "annotations": {RENEW_ANNOTATION: "1"}},
+                                "status": rig.kube.statuses[(NS, "a")]})
+        await until(lambda: new.tokens.requests == 1, what="the renew request served after the leader change")
+        await until(lambda: rig.kube.statuses[(NS, "a")].get("lastRenewRequest") == "1", what="served, recorded")
+        await new.controller.stop()
+        # and a restart after that does not serve the same request again
+        third = Rig()
+        third.reconciler = Reconciler(rig.kube, third.tokens, third.emit, clock=rig.clock,  # type: ignore[arg-type]
+                                      rng=random.Random(2), metrics=third.metrics,
+                                      shared=SharedTokens(clock=rig.clock))
+        third.controller = Controller(third.reconciler)
+        third.controller.observe({**body, "metadata": {**body["metadata"],
+                                                       "annotations": {RENEW_ANNOTATION: "1"}},
+                                  "status": rig.kube.statuses[(NS, "a")]})
+        await asyncio.sleep(0.3)
+        assert third.tokens.requests == 0
+        await third.controller.stop()
+
+    run(scenario)
+
+
+def test_a_resumed_credential_reports_its_expiry_metric() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        await rig.controller.stop()
+        new = Rig()
+        new.reconciler = Reconciler(rig.kube, new.tokens, new.emit, clock=rig.clock,  # type: ignore[arg-type]
+                                    rng=random.Random(1), metrics=new.metrics, shared=SharedTokens(clock=rig.clock))
+        new.controller = Controller(new.reconciler)
+        new.controller.observe({**body, "status": rig.kube.statuses[(NS, "a")]})
+        await until(lambda: "graphcred_token_expiration_timestamp_seconds{" in new.metrics.exposition(),
+                    what="the expiry series after a restart")
+        assert new.tokens.requests == 0
+        await new.controller.stop()
+
+    run(scenario)
+
+
+def test_a_certificate_valid_in_a_moment_is_tried_again_then_not_in_five_minutes() -> None:
+    import base64 as b64
+    import datetime as dt
+
+    from graphcred.testbed.pki import self_signed
+
+    rig = Rig()
+    pair = self_signed("soon", not_before=rig.clock.now + dt.timedelta(seconds=20),
+                       not_after=rig.clock.now + dt.timedelta(days=30))
+    rig.kube.secrets[(NS, "cert")] = {"metadata": {"name": "cert", "namespace": NS, "resourceVersion": "7"},
+                                      "data": {"tls.crt": b64.b64encode(pair.cert_pem).decode(),
+                                               "tls.key": b64.b64encode(pair.key_pem).decode()}}
+    spec = {"tenantId": TENANT, "clientId": str(uuid.uuid4()), "credential": {"certificate": {"name": "cert"}}}
+    snap = Snapshot.of(gac("a", spec))
+    rig.kube.objects.add((NS, "a"))
+
+    async def scenario() -> None:
+        delay = await rig.reconciler.reconcile(snap, Memory())
+        assert (rig.ready("a") or {}).get("reason") == "InvalidCredential"
+        assert delay is not None and 20 <= delay <= 40, f"next try in {delay} s; the certificate is valid in 20 s"
+
+    run(scenario)
