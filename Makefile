@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+SOAK_ARGS ?= --minutes 20 --seed 1
 
-.PHONY: all venv binaries lint test demo bench crd clean
+.PHONY: all venv binaries lint test demo bench soak crd clean
 
 all: test
 
@@ -36,6 +37,11 @@ bench: venv binaries
 	$(BIN)/python -m bench bed-start
 	$(BIN)/python -m bench latency
 	$(BIN)/python -m bench scale $(BENCH_ARGS)
+
+# The fault soak (docs/soak.md): 20 minutes, 200 credentials, two replicas; figures, exit 1 on any violation.
+# Not part of `make test` (which runs a 3-minute version: tests/e2e/test_soak.py).
+soak: venv binaries
+	$(BIN)/python -m graphcred.testbed soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,15 +1,18 @@
-"""A circuit breaker per authority (login host + tenant). Pure: the caller passes the time.
+"""Circuit breakers for token requests. Pure: the caller passes the time.
 
 Retry-After and backoff slow down the one credential that got the answer; with thousands of credentials on one
-throttled or failing tenant the others would keep firing. So a throttling (429) or unavailable (5xx, timeout,
-unreachable) answer opens the breaker for that tenant: every credential on it holds off until the Retry-After or
-backoff has passed, then a single request probes, and only its success lets the others through.
+throttled or failing tenant the others would keep firing. So a throttling answer (429) opens the breaker of the
+whole tenant (login host + tenant: Entra throttles per tenant), and an unavailable one (5xx, timeout, unreachable)
+the breaker of that app on that tenant (one broken app must not starve the healthy ones beside it). Everything
+behind an open breaker holds off until the Retry-After or backoff has passed; then a single request probes, and
+only its answer lets the others through.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .model import Reason
@@ -47,26 +50,29 @@ class Breaker:
     def __len__(self) -> int:
         return len(self._states)
 
-    def hold(self, key: str, now: dt.datetime) -> Hold | None:
-        """None: go ahead (when the breaker was open, this caller is now the probe). Else: wait."""
-        state = self._states.get(key)
-        if state is None:
-            return None
-        if now < state.until:
-            seconds = (state.until - now).total_seconds() + PROBE_WAIT * self._rng.random()
-            return Hold(seconds, state.reason, f"holding off {key}: it answered {_what(state.reason)} recently; "
-                        f"next attempt in {seconds:.0f} s")
-        if state.probe_since is not None and now - state.probe_since < PROBE_STALE:
-            return Hold(PROBE_WAIT * (0.5 + self._rng.random()), state.reason,
-                        f"holding off {key}: waiting for one request to show it has recovered")
-        state.probe_since = now
+    def hold(self, keys: Sequence[str], now: dt.datetime) -> Hold | None:
+        """None: go ahead (where a breaker was half-open, this caller is now its probe). Else: wait."""
+        states = [(key, self._states[key]) for key in keys if key in self._states]
+        for key, state in states:
+            if now < state.until:
+                return self._open(key, state, now)
+        for key, state in states:
+            if state.probe_since is not None and now - state.probe_since < PROBE_STALE:
+                return Hold(PROBE_WAIT * (0.5 + self._rng.random()), state.reason,
+                            f"holding off {key}: waiting for one request to show it has recovered")
+        for _, state in states:
+            state.probe_since = now
         return None
 
-    def still_open(self, key: str, now: dt.datetime) -> Hold | None:
-        """For a caller already admitted by `hold`: has the breaker (re)opened meanwhile?"""
-        state = self._states.get(key)
-        if state is None or now >= state.until:
-            return None
+    def still_open(self, keys: Sequence[str], now: dt.datetime) -> Hold | None:
+        """For a caller already admitted by `hold`: has a breaker (re)opened meanwhile?"""
+        for key in keys:
+            state = self._states.get(key)
+            if state is not None and now < state.until:
+                return self._open(key, state, now)
+        return None
+
+    def _open(self, key: str, state: _State, now: dt.datetime) -> Hold:
         seconds = (state.until - now).total_seconds() + PROBE_WAIT * self._rng.random()
         return Hold(seconds, state.reason, f"holding off {key}: it answered {_what(state.reason)} recently; "
                     f"next attempt in {seconds:.0f} s")
@@ -84,15 +90,17 @@ class Breaker:
         hold = max(backoff, min(retry_after or 0.0, RETRY_AFTER_CAP))
         self._states[key] = _State(failures, now + dt.timedelta(seconds=hold), reason)
 
-    def answered(self, key: str) -> None:
+    def answered(self, keys: Sequence[str]) -> None:
         """The authority answered (a token, or a refusal about the request itself): close."""
-        self._states.pop(key, None)
+        for key in keys:
+            self._states.pop(key, None)
 
-    def abandoned(self, key: str) -> None:
+    def abandoned(self, keys: Sequence[str]) -> None:
         """The probe ended without an answer (cancelled): let another caller probe."""
-        state = self._states.get(key)
-        if state is not None:
-            state.probe_since = None
+        for key in keys:
+            state = self._states.get(key)
+            if state is not None:
+                state.probe_since = None
 
 
 def _what(reason: Reason) -> str:

@@ -35,7 +35,8 @@ def api_client(cfg: RunConfig) -> client.ApiClient:
             config_file=cfg.kubeconfig, client_configuration=configuration)
     else:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    configuration.connection_pool_maxsize = cfg.api_concurrency
+    # every I/O thread may hold a connection (API and token threads share the executor): no "pool is full" churn
+    configuration.connection_pool_maxsize = cfg.api_concurrency + cfg.token_concurrency
     # TCP keepalive notices a peer that vanished (a half-open connection) on idle sockets and watches: probes
     # after 30 s idle, dead after 3 unanswered probes 10 s apart. Calls have their own timeouts (kube.py).
     configuration.socket_options = tcp_keepalive_socket_options(idle=30, interval=10, count=3)

@@ -355,13 +355,14 @@ class Reconciler:
         return token, shared
 
     async def _acquire_now(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
-        authority = spec.authority()
-        self._check_breaker(authority)
+        tenant = spec.authority()
+        keys = (tenant, f"{tenant} app {spec.client_id}")
+        self._check_breaker(keys)
         answered = False
         try:
             async with self._token_slots:
-                # again: the breaker may have opened while this request waited for a slot
-                self._check_breaker(authority, admitted=True)
+                # again: a breaker may have opened while this request waited for a slot
+                self._check_breaker(keys, admitted=True)
                 started = time.monotonic()
                 try:
                     token = await self._blocking(self.tokens.acquire, spec, material)
@@ -371,21 +372,23 @@ class Reconciler:
             raise
         except AcquisitionError as exc:
             answered = True
-            if not exc.permanent and exc.reason in (Reason.THROTTLED, Reason.AUTHORITY_UNAVAILABLE):
-                self.breaker.failed(authority, self._clock(), exc.reason, exc.retry_after)
+            if not exc.permanent and exc.reason == Reason.THROTTLED:
+                self.breaker.failed(keys[0], self._clock(), exc.reason, exc.retry_after)
+            elif not exc.permanent and exc.reason == Reason.AUTHORITY_UNAVAILABLE:
+                self.breaker.failed(keys[1], self._clock(), exc.reason, exc.retry_after)
             else:
-                self.breaker.answered(authority)
+                self.breaker.answered(keys)
             raise
         finally:
             if not answered:
-                self.breaker.abandoned(authority)  # no-op once answered() closed it
-        self.breaker.answered(authority)
+                self.breaker.abandoned(keys)  # no-op once answered() closed them
+        self.breaker.answered(keys)
         self.metrics.acquisitions.labels("success", "TokenIssued").inc()
         return token
 
-    def _check_breaker(self, authority: str, *, admitted: bool = False) -> None:
+    def _check_breaker(self, keys: tuple[str, ...], *, admitted: bool = False) -> None:
         now = self._clock()
-        hold = self.breaker.still_open(authority, now) if admitted else self.breaker.hold(authority, now)
+        hold = self.breaker.still_open(keys, now) if admitted else self.breaker.hold(keys, now)
         if hold is not None:
             raise _Held(hold.reason, hold.message, permanent=False, retry_after=hold.seconds)
 

@@ -80,8 +80,20 @@ def controller_uid(metadata: Mapping[str, Any]) -> str | None:
 
 
 def is_ours(metadata: Mapping[str, Any], owner: Owner) -> bool:
-    """Only a Secret controlled by this very GraphAppCredential may be updated."""
-    return controller_uid(metadata) == owner.uid
+    """Only a Secret controlled by this very GraphAppCredential may be updated, or one left by a deleted
+    GraphAppCredential of the same name (see `left_by_namesake`)."""
+    return controller_uid(metadata) == owner.uid or left_by_namesake(metadata, owner)
+
+
+def left_by_namesake(metadata: Mapping[str, Any], owner: Owner) -> bool:
+    """Controlled by a GraphAppCredential of this name with another uid: that one was deleted (names are unique
+    while an object exists) and the garbage collector has not removed its token Secret yet, which can take minutes.
+    Deleting and re-creating a credential (GitOps replace) adopts it instead of reporting a conflict."""
+    for ref in metadata.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return bool(ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")
+                        and ref.get("name") == owner.name and ref.get("uid") != owner.uid)
+    return False
 
 
 def stored_expiry(metadata: Mapping[str, Any]) -> dt.datetime | None:

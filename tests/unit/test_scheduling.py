@@ -398,14 +398,30 @@ def test_requests_queued_for_a_slot_respect_a_breaker_that_opened_meanwhile() ->
     run(scenario)
 
 
+def test_one_broken_app_does_not_hold_back_a_healthy_app_of_the_same_tenant() -> None:
+    rig = Rig()
+    rig.tokens.failure = AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "503", permanent=False)
+
+    async def scenario() -> None:
+        for name in ("broken", "healthy"):
+            rig.kube.objects.add((NS, name))
+        await rig.reconciler.reconcile(Snapshot.of(gac("broken", secret_spec(TENANT, str(uuid.uuid4())))), Memory())
+        rig.tokens.failure = None
+        await rig.reconciler.reconcile(Snapshot.of(gac("healthy", secret_spec(TENANT, str(uuid.uuid4())))),
+                                       Memory())
+        assert is_ready(rig, "healthy"), rig.ready("healthy")
+
+    run(scenario)
+
+
 def test_after_an_outage_the_breaker_probes_at_least_every_30_s() -> None:
     from graphcred.breaker import Breaker
 
     breaker, clock = Breaker(random.Random(0)), Clock()
     for _ in range(30):  # a long outage: every probe fails
-        assert breaker.hold("t", clock.now) is None
+        assert breaker.hold(("t",), clock.now) is None
         breaker.failed("t", clock.now, Reason.AUTHORITY_UNAVAILABLE, None)
-        hold = breaker.hold("t", clock.now)
+        hold = breaker.hold(("t",), clock.now)
         assert hold is not None and hold.seconds <= 32.0, hold
         clock.advance(hold.seconds)
 
@@ -502,5 +518,27 @@ def test_a_certificate_valid_in_a_moment_is_tried_again_then_not_in_five_minutes
         delay = await rig.reconciler.reconcile(snap, Memory())
         assert (rig.ready("a") or {}).get("reason") == "InvalidCredential"
         assert delay is not None and 20 <= delay <= 40, f"next try in {delay} s; the certificate is valid in 20 s"
+
+    run(scenario)
+
+
+def test_a_token_secret_left_by_a_deleted_namesake_is_adopted_not_a_conflict() -> None:
+    from graphcred.secret import Owner, render
+
+    rig = Rig()
+    old = Owner("a", NS, str(uuid.uuid4()))  # deleted; the garbage collector has not got to its Secret yet
+    rig.kube.create_secret(NS, render("a-token", old, "old-token", rig.clock.now))
+    foreign = Owner("b", NS, str(uuid.uuid4()))
+    foreign_body = render("b-token", foreign, "x", rig.clock.now)
+    foreign_body["metadata"]["ownerReferences"][0]["kind"] = "Certificate"  # same name, another kind: not ours
+    rig.kube.create_secret(NS, foreign_body)
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="Ready over the namesake's Secret")
+        assert rig.kube.secrets[(NS, "a-token")]["metadata"]["ownerReferences"][0]["uid"] != old.uid
+        rig.add(gac("b", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: (rig.ready("b") or {}).get("reason") == "SecretConflict", what="b: a conflict")
+        await rig.controller.stop()
 
     run(scenario)

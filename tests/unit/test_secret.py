@@ -27,7 +27,9 @@ def test_render_matches_the_design_layout() -> None:
 def test_only_a_secret_controlled_by_this_credential_is_ours() -> None:
     ours = secret.render("t", OWNER, "x", EXP)["metadata"]
     assert secret.is_ours(ours, OWNER)
-    assert not secret.is_ours(ours, Owner("mail", "batch", "uid-2"))  # same name, re-created object
+    # same name, another uid: left by a deleted namesake, pending garbage collection: adopted
+    assert secret.is_ours(ours, Owner("mail", "batch", "uid-2"))
+    assert not secret.is_ours(ours, Owner("other", "batch", "uid-2"))  # another credential's Secret
     assert not secret.is_ours({}, OWNER)
     not_controller = {"ownerReferences": [{**ours["ownerReferences"][0], "controller": False}]}
     assert not secret.is_ours(not_controller, OWNER)

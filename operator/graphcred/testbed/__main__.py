@@ -3,6 +3,9 @@
 Starts the real control plane and the Entra-protocol issuer, installs the CRD, runs `graphcred run`, registers the
 example app from `examples/` in the issuer, applies the example manifests (pointed at the local issuer), and
 prints `kubectl get gac` and the token's decoded claims. `--hold` keeps everything up until Ctrl-C.
+
+`python -m graphcred.testbed soak --minutes 20 --seed 1` (`make soak`): the fault soak of soak.py on a bed of its
+own; prints the figures and exits 1 on any violation.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import json
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -86,8 +90,32 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run graphcred on a local bed and show a token Secret")
     d.add_argument("--hold", action="store_true", help="keep the bed and operator up until Ctrl-C")
+    s = sub.add_parser("soak", help="the fault soak: many credentials, two replicas, seeded faults, invariants")
+    s.add_argument("--minutes", type=float, default=20.0, help="length after setup (faults, then quiet)")
+    s.add_argument("--seed", type=int, default=1, help="seed of the fault schedule")
+    s.add_argument("--credentials", type=int, default=200)
+    s.add_argument("--apps", type=int, default=40)
+    s.add_argument("--quiet", type=float, default=90.0, help="seconds without faults at the end")
+    s.add_argument("--log-level", default="INFO", help="the replicas' log level")
+    s.add_argument("--logdir", type=Path, help="where logs and the plan go (default: a new temporary directory)")
     args = parser.parse_args(argv)
+    if args.command == "soak":
+        return soak(args)
     return demo(args.hold)
+
+
+def soak(args: argparse.Namespace) -> int:
+    from .soak import SoakConfig, own_bed, run_soak
+
+    cfg = SoakConfig(minutes=args.minutes, seed=args.seed, credentials=args.credentials, apps=args.apps,
+                     quiet_seconds=args.quiet, log_level=args.log_level)
+    logdir = args.logdir or Path(tempfile.mkdtemp(prefix="graphcred-soak-"))
+    print(f"graphcred soak: {cfg.minutes:g} min, seed {cfg.seed}, {cfg.credentials} credentials; logs in {logdir}",
+          flush=True)
+    with own_bed() as bed:
+        result = run_soak(bed, cfg, logdir)
+    print(result.report())
+    return 1 if result.violations else 0
 
 
 if __name__ == "__main__":
