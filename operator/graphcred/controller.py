@@ -57,7 +57,6 @@ class _Worker:
     memory: Memory = field(default_factory=Memory)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    errors: int = 0
     restarts: int = 0
     renew_seen: str | None = None  # value of the renew annotation already served (or present at start)
     indexed: tuple[Key | None, Key | None] = (None, None)  # (credential Secret, token Secret) in the indexes
@@ -198,7 +197,6 @@ class Controller:
                 self._index(key, worker)
                 async with self._active:
                     delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
-                worker.errors = 0
                 latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
                 if latest is not None and _newer(latest, worker.memory.credential_version):
                     continue  # the credential changed while this pass ran: go again now
@@ -225,7 +223,6 @@ class Controller:
 
     async def _failed(self, key: Key, worker: _Worker, exc: BaseException) -> float | None:
         """An unexpected failure of a pass: reported in status, Event and metrics, then retried with backoff."""
-        worker.errors += 1
         try:
             delay = await self.reconciler.internal_error(worker.snapshot, worker.memory, exc)
         except Gone:
