@@ -27,17 +27,26 @@ TENANT = str(uuid.uuid4())
 
 
 class Rig:
-    def __init__(self, lifetime: float = 3600.0) -> None:
-        self.clock = Clock()
-        self.kube = FakeKube()
+    """One operator process: its own token client, metrics, reconciler and controller, over `kube` and `clock`."""
+
+    def __init__(self, lifetime: float = 3600.0, *, token_concurrency: int = 16, kube: FakeKube | None = None,
+                 clock: Clock | None = None, seed: int = 0) -> None:
+        self.clock = clock or Clock()
+        self.kube = kube or FakeKube()
         self.tokens = FakeTokens(self.clock, lifetime=lifetime)
         self.events: list[tuple[str, str, str]] = []
         self.metrics = Metrics()
         self.reconciler = Reconciler(
             self.kube, self.tokens, self.emit,  # type: ignore[arg-type]
-            clock=self.clock, rng=random.Random(0), metrics=self.metrics, shared=SharedTokens(clock=self.clock))
+            clock=self.clock, rng=random.Random(seed), metrics=self.metrics, shared=SharedTokens(clock=self.clock),
+            token_concurrency=token_concurrency)
         self.controller = Controller(self.reconciler)
-        self.kube.put_client_secret(NS, "cred", "s3cret")
+        if kube is None:
+            self.kube.put_client_secret(NS, "cred", "s3cret")
+
+    def successor(self, seed: int) -> Rig:
+        """The next process (a restart, a new leader): same cluster and clock, nothing else shared."""
+        return Rig(kube=self.kube, clock=self.clock, seed=seed)
 
     def emit(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:  # noqa: A002
         self.events.append((obj["metadata"]["name"], type, reason))
@@ -377,11 +386,7 @@ def test_a_credential_secret_created_during_the_first_pass_wakes_it() -> None:
 
 
 def test_requests_queued_for_a_slot_respect_a_breaker_that_opened_meanwhile() -> None:
-    rig = Rig()
-    rig.reconciler = Reconciler(rig.kube, rig.tokens, rig.emit, clock=rig.clock,  # type: ignore[arg-type]
-                                rng=random.Random(0), metrics=rig.metrics, shared=SharedTokens(clock=rig.clock),
-                                token_concurrency=2)
-    rig.controller = Controller(rig.reconciler)
+    rig = Rig(token_concurrency=2)
     rig.tokens.failure = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=60)
 
     async def scenario() -> None:
@@ -452,22 +457,14 @@ def test_a_renew_request_made_during_a_leader_change_is_served_by_the_new_leader
         await until(lambda: is_ready(rig, "a"), what="A Ready")
         await rig.controller.stop()
         # the old leader is gone; the user asks for a renewal; a new leader lists the object
-        new = Rig()
-        new.kube, new.tokens.requests = rig.kube, 0
-        new.reconciler = Reconciler(rig.kube, new.tokens, new.emit, clock=rig.clock,  # type: ignore[arg-type]
-                                    rng=random.Random(1), metrics=new.metrics, shared=SharedTokens(clock=rig.clock))
-        new.controller = Controller(new.reconciler)
+        new = rig.successor(seed=1)
         new.controller.observe({**body, "metadata": {**body["metadata"], "annotations": {RENEW_ANNOTATION: "1"}},
                                 "status": rig.kube.statuses[(NS, "a")]})
         await until(lambda: new.tokens.requests == 1, what="the renew request served after the leader change")
         await until(lambda: rig.kube.statuses[(NS, "a")].get("lastRenewRequest") == "1", what="served, recorded")
         await new.controller.stop()
         # and a restart after that does not serve the same request again
-        third = Rig()
-        third.reconciler = Reconciler(rig.kube, third.tokens, third.emit, clock=rig.clock,  # type: ignore[arg-type]
-                                      rng=random.Random(2), metrics=third.metrics,
-                                      shared=SharedTokens(clock=rig.clock))
-        third.controller = Controller(third.reconciler)
+        third = rig.successor(seed=2)
         third.controller.observe({**body, "metadata": {**body["metadata"],
                                                        "annotations": {RENEW_ANNOTATION: "1"}},
                                   "status": rig.kube.statuses[(NS, "a")]})
@@ -485,10 +482,7 @@ def test_a_resumed_credential_reports_its_expiry_metric() -> None:
         body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
         await until(lambda: is_ready(rig, "a"), what="A Ready")
         await rig.controller.stop()
-        new = Rig()
-        new.reconciler = Reconciler(rig.kube, new.tokens, new.emit, clock=rig.clock,  # type: ignore[arg-type]
-                                    rng=random.Random(1), metrics=new.metrics, shared=SharedTokens(clock=rig.clock))
-        new.controller = Controller(new.reconciler)
+        new = rig.successor(seed=1)
         new.controller.observe({**body, "status": rig.kube.statuses[(NS, "a")]})
         await until(lambda: "graphcred_token_expiration_timestamp_seconds{" in new.metrics.exposition(),
                     what="the expiry series after a restart")
