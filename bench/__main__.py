@@ -20,8 +20,8 @@ from pathlib import Path
 from kubernetes import client
 
 from graphcred.model import GROUP, PLURAL, VERSION
-from graphcred.testbed.bed import Bed, wait_for
-from graphcred.testbed.operator_process import OperatorProcess, install_crd
+from graphcred_testbed.bed import Bed, wait_for
+from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
 
 def bed_start(runs: int = 3) -> None:

@@ -34,8 +34,8 @@ from kubernetes import client, watch
 
 from graphcred.httpsession import PinnedCASession
 from graphcred.model import GROUP, PLURAL, VERSION
-from graphcred.testbed.bed import Bed, wait_for
-from graphcred.testbed.operator_process import OperatorProcess, install_crd
+from graphcred_testbed.bed import Bed, wait_for
+from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
 PER_NAMESPACE = 10
 CONCURRENCY = 16

@@ -25,8 +25,8 @@ from pathlib import Path
 from kubernetes import client, config
 
 from graphcred.secretwatch import KnownSecrets
-from graphcred.testbed.bed import Bed, wait_for
-from graphcred.testbed.operator_process import OperatorProcess, install_crd
+from graphcred_testbed.bed import Bed, wait_for
+from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
 THREADS = 4  # the machine is shared
 PER_NAMESPACE = 1000

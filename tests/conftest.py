@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from graphcred.model import GROUP, PLURAL, VERSION
-from graphcred.testbed.bed import Bed
-from graphcred.testbed.operator_process import OperatorProcess, install_crd
+from graphcred_testbed.bed import Bed
+from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
 from .helpers import Env
 

@@ -12,11 +12,11 @@ import requests
 from kubernetes import client
 
 from graphcred.model import GROUP, PLURAL, VERSION
-from graphcred.testbed import jose
-from graphcred.testbed.bed import Bed, wait_for
-from graphcred.testbed.issuer import App
-from graphcred.testbed.operator_process import OperatorProcess
-from graphcred.testbed.pki import KeyPair
+from graphcred_testbed import jose
+from graphcred_testbed.bed import Bed, wait_for
+from graphcred_testbed.issuer import App
+from graphcred_testbed.operator_process import OperatorProcess
+from graphcred_testbed.pki import KeyPair
 
 GRAPH = "https://graph.microsoft.com"
 

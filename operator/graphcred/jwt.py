@@ -1,4 +1,5 @@
-"""Just enough JWT for the operator: read a token's non-secret claims, and sign client assertions.
+"""Just enough JWT for the operator: read a token's non-secret claims, and sign client assertions. Pure: the
+signing time and the assertion's id are arguments.
 
 The operator never needs to verify an access token (the resource server does); it decodes claims only to report
 expiry, audience and roles in status.
@@ -8,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +59,8 @@ def unverified_claims(token: str) -> TokenClaims:
 def sign_client_assertion(
     *,
     key: rsa.RSAPrivateKey,
+    now: int,
+    jti: str,
     sha256_thumbprint: bytes,
     client_id: str,
     audience: str,
@@ -68,13 +69,12 @@ def sign_client_assertion(
 ) -> str:
     """A PS256 client assertion with `x5t#S256`, as Entra expects for certificate credentials.
 
-    A fresh `jti` every time: each token request carries an assertion of its own.
+    `now`: Unix time of signing. `jti`: a fresh id every time (Entra refuses a replayed assertion).
     """
-    now = int(time.time())
     header: dict[str, Any] = {"alg": "PS256", "typ": "JWT", "x5t#S256": b64url(sha256_thumbprint)}
     if x5c:
         header["x5c"] = list(x5c)
-    claims = {"aud": audience, "iss": client_id, "sub": client_id, "jti": str(uuid.uuid4()),
+    claims = {"aud": audience, "iss": client_id, "sub": client_id, "jti": jti,
               "nbf": now, "iat": now, "exp": now + lifetime}
     signing_input = (b64url(json.dumps(header, separators=(",", ":")).encode()) + "."
                      + b64url(json.dumps(claims, separators=(",", ":")).encode()))

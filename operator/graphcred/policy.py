@@ -1,4 +1,5 @@
-"""Pure decisions: when to refresh, how long to back off, which condition to report. No I/O here."""
+"""Pure decisions: when to refresh, how long to back off, whether a token may be kept and whether a new one
+meets the spec (the verdict `reporting` turns into the Ready condition). No I/O here."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 The reconciler holds no kopf: it is handed a plain snapshot of the object and a small per-object memory, does its
 I/O through `Kube` and `TokenClient` (in threads), and returns how long to wait before the next pass (None: until
-the object or its credential changes).
+the object or its credential changes). What a pass reports (status, Ready condition, Event) is decided by the pure
+functions of `reporting`; the reconciler only writes it, in order: metrics, status patch, Event.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
-from . import credentials, policy
+from . import credentials, policy, reporting
 from .breaker import Breaker
 from .credentials import CredentialError, Material
 from .kube import Conflict, Gone, Kube
@@ -26,7 +27,6 @@ from .metrics import Metrics
 from .model import (
     API_VERSION,
     KIND,
-    Condition,
     GraphAppCredentialSpec,
     GraphAppCredentialStatus,
     Reason,
@@ -318,10 +318,7 @@ class Reconciler:
         assert refresh is not None and expires is not None
         self.metrics.report(snap.namespace, snap.name, expires.timestamp(), previous.consecutive_failures)
         if previous.credential_version != credential_version:
-            status = previous.model_copy(update={"credential_version": credential_version})
-            ready = previous.ready()
-            assert ready is not None
-            await self._report(snap, mem, ready, status, True, Reason.TOKEN_ISSUED, ready.message)
+            await self._report(snap, mem, reporting.kept(previous, credential_version))
         elif mem.last_status is None:
             log.info("resuming %s/%s: token valid, next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
             mem.last_status = previous.to_k8s()
@@ -425,7 +422,7 @@ class Reconciler:
             log.info("%s/%s: deleted the previous token Secret %s (spec.secretName changed)", snap.namespace,
                      snap.name, old)
 
-    # --- reporting --------------------------------------------------------------------------------------------
+    # --- reporting: decided by `reporting`, written here ------------------------------------------------------
     async def _issued(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, secret_name: str,
                       token: Token, credential_version: str, renewed: bool) -> float:
         mem.failures = 0
@@ -441,60 +438,22 @@ class Reconciler:
                 seconds=policy.missing_roles_retry(mem.missing_roles_checks, self._rng)))
         else:
             mem.missing_roles_checks = 0
-        status = GraphAppCredentialStatus(
-            conditions=self._conditions(snap, previous, verdict.ready, verdict.reason, verdict.message),
-            observed_generation=snap.generation,
-            secret_name=secret_name,
-            expires_on=rfc3339(token.expires_on),
-            refresh_at=rfc3339(refresh),
-            last_refresh_time=rfc3339(token.issued_at),
-            consecutive_failures=0,
-            roles=list(token.claims.roles),
-            audience=token.claims.audience,
-            tenant_id=token.claims.tenant_id,
-            app_id=token.claims.app_id,
-            credential_version=credential_version,
-            issued_for=mem.issued_for,
-            last_renew_request=mem.renew_value if renewed else previous.last_renew_request,
-        )
-        await self._report(snap, mem, previous.ready(), status, verdict.ready, verdict.reason, verdict.message,
-                           announce=renewed)
+        report = reporting.issued(
+            previous, generation=snap.generation, secret_name=secret_name, issued_at=token.issued_at,
+            expires_on=token.expires_on, claims=token.claims, refresh=refresh, credential_version=credential_version,
+            issued_for=mem.issued_for, renewed=renewed, renew_value=mem.renew_value, verdict=verdict, now=now)
+        await self._report(snap, mem, report)
         log.debug("%s/%s: next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
         return max((refresh - now).total_seconds(), 0.0)
 
     async def _failed(self, snap: Snapshot, mem: Memory, outcome: Outcome) -> float | None:
         mem.failures += 1
         self.metrics.failed(outcome.reason.value)
-        previous = self._previous(snap, mem)
-        now = self._clock()
-        expires = parse_rfc3339(previous.expires_on)
-        token_valid = expires is not None and expires > now
-        # The Secret still holds a token; Ready stays True only while it is valid, was acquired for this very spec,
-        # and the failure is transient (refreshing is failing, the token still works). Anything that needs the
-        # user is Ready=False at once.
-        for_this_spec = mem.issued_for is not None and previous.issued_for == mem.issued_for
-        before = previous.ready()
-        # ... and only if it was Ready before (not MissingRoles, not a conflict) and has the roles now required
-        was_ready = before is not None and before.status == "True"
-        roles_ok = mem.required_roles is not None and not policy.missing_roles(previous.roles, mem.required_roles)
-        ready = token_valid and for_this_spec and was_ready and roles_ok and outcome.retry == Retry.TRANSIENT
-        message = outcome.message
-        if token_valid and expires is not None:
-            message += f"; the last token in the Secret stays valid until {rfc3339(expires)}"
-            if not for_this_spec:
-                message += " but was acquired for an earlier spec"
-        delay = policy.retry_delay(outcome.retry, mem.failures, outcome.retry_after, now,
-                                   expires if token_valid else None, self._rng)
-        if ready and expires is not None and delay is not None:
-            # wake at expiry at the latest, to turn Ready to False when the token is gone
-            delay = min(delay, max((expires - now).total_seconds(), 0.0) + 1.0)
-        status = previous.model_copy(update={
-            "conditions": self._conditions(snap, previous, ready, outcome.reason, message),
-            "observed_generation": snap.generation,
-            "consecutive_failures": mem.failures,
-            "refresh_at": rfc3339(now + dt.timedelta(seconds=delay)) if delay is not None else None,
-        })
-        await self._report(snap, mem, previous.ready(), status, ready, outcome.reason, message)
+        report, delay = reporting.failed(
+            self._previous(snap, mem), generation=snap.generation, reason=outcome.reason, message=outcome.message,
+            retry=outcome.retry, retry_after=outcome.retry_after, failures=mem.failures, issued_for=mem.issued_for,
+            required_roles=mem.required_roles, now=self._clock(), rng=self._rng)
+        await self._report(snap, mem, report)
         log.debug("%s/%s: %s (%s), attempt %d, next attempt %s", snap.namespace, snap.name, outcome.reason.value,
                   outcome.retry.value, mem.failures, f"in {delay:.1f} s" if delay is not None else "after a change")
         return delay
@@ -506,38 +465,20 @@ class Reconciler:
         except ValidationError:
             return GraphAppCredentialStatus()
 
-    def _conditions(self, snap: Snapshot, previous: GraphAppCredentialStatus, ready: bool, reason: Reason,
-                    message: str) -> list[Condition]:
-        """The new Ready condition, first; conditions of other types (other tools') are kept as they are."""
-        before = previous.ready()
-        status: Literal["True", "False"] = "True" if ready else "False"
-        changed = before is None or before.status != status
-        cond = Condition(status=status, reason=reason.value, message=message, observed_generation=snap.generation,
-                         last_transition_time=rfc3339(self._clock()) if changed or before is None
-                         else before.last_transition_time)
-        return [cond, *(c for c in previous.conditions if c.type != "Ready")]
-
-    async def _report(self, snap: Snapshot, mem: Memory, previous: Condition | None,
-                      status: GraphAppCredentialStatus, ready: bool, reason: Reason, message: str, *,
-                      announce: bool = False) -> None:
-        """Patch the status if it changed; post an Event if Ready or its reason changed from `previous` (or a
-        renew request was served)."""
+    async def _report(self, snap: Snapshot, mem: Memory, report: reporting.Report) -> None:
+        """Write what a pass reports: metrics, the status if it changed, then its Event (if one is due) and log."""
+        status = report.status
         body = status.to_k8s()
         expires = parse_rfc3339(status.expires_on)
         self.metrics.report(snap.namespace, snap.name, expires.timestamp() if expires else None,
                             status.consecutive_failures)
-        before = mem.last_status if mem.last_status is not None else snap.status
-        if body != before:
-            # merge patch: keys that disappeared must be sent as null to be removed
-            patch = {**{k: None for k in before or {} if k not in body}, **body}
+        patch = reporting.status_patch(mem.last_status if mem.last_status is not None else snap.status, body)
+        if patch is not None:
             await self._kube("patch GraphAppCredential status", self.kube.patch_status, snap.namespace, snap.name,
                              patch)
         mem.last_status = body
-        if announce or previous is None or previous.status != ("True" if ready else "False") \
-                or previous.reason != reason:
-            if announce and ready:
-                message = f"renewed on request: {message}"
-            self.emit(snap.event_ref(), "Normal" if reason == Reason.TOKEN_ISSUED else "Warning", reason.value,
-                      message)
-            log.log(logging.INFO if ready else logging.WARNING, "%s/%s: %s: %s", snap.namespace, snap.name,
-                    reason.value, message)
+        if report.event is not None:
+            event = report.event
+            self.emit(snap.event_ref(), event.type, event.reason, event.message)
+            log.log(logging.INFO if report.ready else logging.WARNING, "%s/%s: %s: %s", snap.namespace, snap.name,
+                    event.reason, event.message)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,7 +216,8 @@ class TokenClient:
             # and sendX5c must stay the user's choice. The audience is the token endpoint from discovery.
             def assertion() -> str:
                 return sign_client_assertion(
-                    key=material.key, sha256_thumbprint=material.sha256_thumbprint, client_id=spec.client_id,
+                    key=material.key, now=int(time.time()), jti=str(uuid.uuid4()),
+                    sha256_thumbprint=material.sha256_thumbprint, client_id=spec.client_id,
                     audience=holder[0].authority.token_endpoint,
                     x5c=material.x5c if material.send_x5c else ())
 

@@ -10,8 +10,8 @@ import uuid
 import pytest
 from kubernetes import client, watch
 
-from graphcred.testbed.bed import Bed, wait_for
-from graphcred.testbed.cluster import SA_ISSUER
+from graphcred_testbed.bed import Bed, wait_for
+from graphcred_testbed.cluster import SA_ISSUER
 
 pytestmark = pytest.mark.bed
 

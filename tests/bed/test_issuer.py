@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from graphcred.httpsession import PinnedCASession
-from graphcred.testbed import jose
-from graphcred.testbed.bed import Bed
-from graphcred.testbed.pki import self_signed
+from graphcred_testbed import jose
+from graphcred_testbed.bed import Bed
+from graphcred_testbed.pki import self_signed
 
 pytestmark = pytest.mark.bed
 
@@ -142,7 +142,7 @@ def test_replayed_assertion_is_refused(bed: Bed) -> None:
 
 
 def test_subject_name_issuer_auth_with_x5c(bed: Bed) -> None:
-    from graphcred.testbed.pki import CertificateAuthority
+    from graphcred_testbed.pki import CertificateAuthority
 
     tenant = str(uuid.uuid4())
     ca = CertificateAuthority("smoke-sni-ca")

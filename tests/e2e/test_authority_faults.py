@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from graphcred.testbed.bed import wait_for
-from graphcred.testbed.issuer import IssuerServer
-from graphcred.testbed.operator_process import OperatorProcess
-from graphcred.testbed.pki import CertificateAuthority
+from graphcred_testbed.bed import wait_for
+from graphcred_testbed.issuer import IssuerServer
+from graphcred_testbed.operator_process import OperatorProcess
+from graphcred_testbed.pki import CertificateAuthority
 
 from ..helpers import Env
 

@@ -14,7 +14,7 @@ from kubernetes import client
 from pydantic import ValidationError
 
 from graphcred.model import GROUP, PLURAL, VERSION, GraphAppCredentialSpec
-from graphcred.testbed.bed import wait_for
+from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env
 

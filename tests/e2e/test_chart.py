@@ -11,9 +11,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from graphcred.testbed.bed import Bed, wait_for
-from graphcred.testbed.binaries import binary
-from graphcred.testbed.operator_process import OperatorProcess
+from graphcred_testbed.bed import Bed, wait_for
+from graphcred_testbed.binaries import binary
+from graphcred_testbed.operator_process import OperatorProcess
 
 from ..helpers import Env
 

@@ -10,8 +10,8 @@ import time
 import pytest
 from kubernetes import client
 
-from graphcred.testbed.bed import wait_for
-from graphcred.testbed.pki import CertificateAuthority, self_signed
+from graphcred_testbed.bed import wait_for
+from graphcred_testbed.pki import CertificateAuthority, self_signed
 
 from ..helpers import GRAPH, Env
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from graphcred.crd import crd_yaml
-from graphcred.testbed.bed import Bed
+from graphcred_testbed.bed import Bed
 
 pytestmark = pytest.mark.bed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphcred.testbed.bed import wait_for
+from graphcred_testbed.bed import wait_for
 
 from ..helpers import GRAPH, Env
 

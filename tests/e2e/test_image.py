@@ -3,6 +3,7 @@ entrypoint from there (configured by environment, as the chart does) against the
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shlex
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from graphcred.testbed.cluster import Process
+from graphcred_testbed.cluster import Process
 
 from ..helpers import Env
+from ..locks import canonical, runtime_pins
 
 pytestmark = pytest.mark.bed
 
@@ -45,6 +47,7 @@ def test_dockerfile_install_steps_give_a_working_operator(env: Env, tmp_path: Pa
         if path.is_dir():
             shutil.copytree(path, src / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
+            (src / item).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, src / item)
     # a clean builder Python, like the image's build stage (pip must not see this test run's environment)
     builder = tmp_path / "builder"
@@ -60,7 +63,10 @@ def test_dockerfile_install_steps_give_a_working_operator(env: Env, tmp_path: Pa
     where = subprocess.run([sys.executable, "-c", "import graphcred, os; print(os.path.dirname(graphcred.__file__))"],
                            env={**os.environ, **installed}, cwd=tmp_path, capture_output=True, text=True, check=True)
     assert where.stdout.strip().startswith(str(site)), where.stdout
-    assert not (site / "graphcred" / "testbed").exists(), "the test bed is not shipped"
+    assert not list(site.glob("graphcred_testbed*")), "the test bed is not shipped"
+    # the image holds exactly the locked runtime versions (and graphcred itself)
+    shipped = {canonical(d.metadata["Name"]): d.version for d in importlib.metadata.distributions(path=[str(site)])}
+    assert shipped == {**runtime_pins(), "graphcred": "0.1.0"}
     # the entrypoint, configured as the chart configures it: by environment variables
     env.operator.stop()
     process = Process("graphcred-image", [str(prefix / "bin" / argv[0]), *argv[1:]], tmp_path)

@@ -12,8 +12,8 @@ import requests
 from kubernetes import client
 
 from graphcred.leader import LeaseElector
-from graphcred.testbed.bed import wait_for
-from graphcred.testbed.operator_process import OperatorProcess
+from graphcred_testbed.bed import wait_for
+from graphcred_testbed.operator_process import OperatorProcess
 
 from ..helpers import Env
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from graphcred.testbed.bed import wait_for
+from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env
 

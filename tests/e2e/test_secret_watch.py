@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from graphcred.secretwatch import SecretMetadataWatch
-from graphcred.testbed.bed import Bed, wait_for
+from graphcred_testbed.bed import Bed, wait_for
 
 pytestmark = pytest.mark.bed
 

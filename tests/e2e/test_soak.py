@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from graphcred.testbed.bed import Bed
-from graphcred.testbed.issuer import Issuer
-from graphcred.testbed.operator_process import OperatorProcess
-from graphcred.testbed.soak import SoakConfig, plan_for, run_soak
+from graphcred_testbed.bed import Bed
+from graphcred_testbed.issuer import Issuer
+from graphcred_testbed.operator_process import OperatorProcess
+from graphcred_testbed.soak import SoakConfig, plan_for, run_soak
 
 # 2 cores: fewer credentials than `make soak` (200 over 40 apps), the same mix; 60-90 s tokens refresh every
 # 27-45 s, so each credential refreshes several times and meets several faults.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from graphcred.testbed.operator_process import OperatorProcess
-from graphcred.testbed.pki import self_signed
+from graphcred_testbed.operator_process import OperatorProcess
+from graphcred_testbed.pki import self_signed
 
 from ..conftest import LeakCorpus
 from ..helpers import Env

@@ -8,7 +8,7 @@ import pytest
 from graphcred import credentials
 from graphcred.credentials import CredentialError
 from graphcred.model import CertificateRef, ClientSecretRef, Reason
-from graphcred.testbed.pki import CertificateAuthority, self_signed
+from graphcred_testbed.pki import CertificateAuthority, self_signed
 
 
 def now() -> dt.datetime:

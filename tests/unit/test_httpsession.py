@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from graphcred.httpsession import PinnedCASession
-from graphcred.testbed.issuer import IssuerServer
-from graphcred.testbed.pki import CertificateAuthority
+from graphcred_testbed.issuer import IssuerServer
+from graphcred_testbed.pki import CertificateAuthority
 
 DISCOVERY = "/t/v2.0/.well-known/openid-configuration"
 TOKEN = "/t/oauth2/v2.0/token"

@@ -496,7 +496,7 @@ def test_a_certificate_valid_in_a_moment_is_tried_again_then_not_in_five_minutes
     import base64 as b64
     import datetime as dt
 
-    from graphcred.testbed.pki import self_signed
+    from graphcred_testbed.pki import self_signed
 
     rig = Rig()
     pair = self_signed("soon", not_before=rig.clock.now + dt.timedelta(seconds=20),

@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client
 
 from graphcred.secretwatch import KnownSecrets, SecretMetadataWatch, backoff
-from graphcred.testbed.bed import wait_for
+from graphcred_testbed.bed import wait_for
 
 Answer = tuple[int, list[dict[str, Any]]]  # HTTP status, JSON documents (one body, or one watch event a line)
 Handler = Callable[[dict[str, str]], Answer]  # query -> answer

@@ -68,7 +68,7 @@ class OperatorProcess:
 
 def install_crd(bed: Bed) -> None:
     """Apply crds/ (the committed, generated CRD) and wait until it is established."""
-    crd = Path(__file__).resolve().parents[3] / "crds" / "graphappcredentials.yaml"
+    crd = Path(__file__).resolve().parents[2] / "crds" / "graphappcredentials.yaml"
     bed.kubectl("apply", "--server-side", "-f", str(crd))
     bed.kubectl("wait", "--for=condition=Established", "--timeout=30s",
                 "crd/graphappcredentials.graphcred.io")

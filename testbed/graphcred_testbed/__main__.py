@@ -1,10 +1,10 @@
-"""`python -m graphcred.testbed demo`: the whole story on a local bed, no Azure account, no cluster.
+"""`python -m graphcred_testbed demo`: the whole story on a local bed, no Azure account, no cluster.
 
 Starts the real control plane and the Entra-protocol issuer, installs the CRD, runs `graphcred run`, registers the
 example app from `examples/` in the issuer, applies the example manifests (pointed at the local issuer), and
 prints `kubectl get gac` and the token's decoded claims. `--hold` keeps everything up until Ctrl-C.
 
-`python -m graphcred.testbed soak --minutes 20 --seed 1` (`make soak`): the fault soak of soak.py on a bed of its
+`python -m graphcred_testbed soak --minutes 20 --seed 1` (`make soak`): the fault soak of soak.py on a bed of its
 own; prints the figures and exits 1 on any violation.
 """
 
@@ -23,11 +23,12 @@ from typing import Any
 
 import yaml
 
-from ..jwt import b64url_decode
+from graphcred.jwt import b64url_decode
+
 from .bed import Bed, wait_for
 from .operator_process import OperatorProcess, install_crd
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _example_docs() -> list[dict[str, Any]]:
@@ -86,7 +87,7 @@ def demo(hold: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m graphcred.testbed")
+    parser = argparse.ArgumentParser(prog="python -m graphcred_testbed")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run graphcred on a local bed and show a token Secret")
     d.add_argument("--hold", action="store_true", help="keep the bed and operator up until Ctrl-C")

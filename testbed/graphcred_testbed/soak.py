@@ -1,6 +1,6 @@
 """The fault soak (issue 9): many credentials, two replicas, a seeded schedule of faults, and an invariant checker.
 
-`python -m graphcred.testbed soak --minutes 20 --seed 1` (`make soak`) runs it on a bed of its own and prints the
+`python -m graphcred_testbed soak --minutes 20 --seed 1` (`make soak`) runs it on a bed of its own and prints the
 figures; tests/e2e/test_soak.py runs a 3-minute version inside `make test` and fails on any violation.
 
 The run:
@@ -44,9 +44,10 @@ from typing import Any
 import requests
 from kubernetes import client, config
 
-from ..jwt import b64url_decode
-from ..model import GRAPH_DEFAULT_SCOPE, GROUP, KIND, PLURAL, VERSION, parse_duration
-from ..secret import MANAGED_BY, MANAGED_BY_LABEL, controller_uid
+from graphcred.jwt import b64url_decode
+from graphcred.model import GRAPH_DEFAULT_SCOPE, GROUP, KIND, PLURAL, VERSION, parse_duration
+from graphcred.secret import MANAGED_BY, MANAGED_BY_LABEL, controller_uid
+
 from .bed import Bed
 from .issuer import App, Fault, Issuer
 from .operator_process import OperatorProcess

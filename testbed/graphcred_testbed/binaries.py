@@ -13,8 +13,8 @@ NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
 
 
 def _build_script() -> Path:
-    # operator/graphcred/testbed/binaries.py -> repository root
-    return Path(__file__).resolve().parents[3] / "testbed" / "build-binaries.sh"
+    # testbed/graphcred_testbed/binaries.py -> testbed/build-binaries.sh (the package is installed editable)
+    return Path(__file__).resolve().parents[1] / "build-binaries.sh"
 
 
 @cache

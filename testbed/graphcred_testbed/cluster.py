@@ -26,7 +26,7 @@ from typing import IO
 from .binaries import binary
 from .pki import CertificateAuthority, KeyPair, key_pem, new_key, public_key_pem
 
-log = logging.getLogger("graphcred.testbed")
+log = logging.getLogger("graphcred_testbed")
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 _PR_SET_PDEATHSIG = 1

@@ -1,0 +1,105 @@
+"""The product is the operator alone: nothing in `graphcred` imports the test bed (or tests), the wheel holds
+`graphcred` and nothing else, and the dependency locks pin what the image and the tests install."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+from ..locks import LOCKS, ROOT, canonical, hashed, pins
+
+PRODUCT = ROOT / "operator" / "graphcred"
+NOT_PRODUCT = ("graphcred_testbed", "tests", "bench")
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_no_product_module_imports_the_test_bed() -> None:
+    modules = sorted(PRODUCT.rglob("*.py"))
+    assert len(modules) > 15
+    offending = {str(m.relative_to(ROOT)): sorted(n for n in _imports(m) if n.split(".")[0] in NOT_PRODUCT)
+                 for m in modules}
+    assert {m: n for m, n in offending.items() if n} == {}
+    assert not (PRODUCT / "testbed").exists()
+
+
+# DESIGN §6: the pure modules do no I/O: no kopf, msal or kubernetes, no network, no clock of their own, not even
+# through another graphcred module.
+PURE = ("model", "crd", "policy", "secret", "reporting", "breaker", "credentials", "jwt")
+IO = {"kopf", "kubernetes", "msal", "requests", "urllib3", "aiohttp", "socket", "asyncio", "threading", "time",
+      "subprocess", "http", "urllib", "ssl", "prometheus_client", "logging"}
+
+
+def _reaches(module: str) -> set[str]:
+    """Every module `graphcred.<module>` imports, directly or through other graphcred modules."""
+    seen: set[str] = set()
+    todo, outside = [module], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((PRODUCT / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                todo.extend([node.module] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                outside.add(node.module)
+            elif isinstance(node, ast.Import):
+                outside.update(a.name for a in node.names)
+    return {m.split(".")[0] for m in outside}
+
+
+def test_pure_modules_reach_no_io() -> None:
+    reached = {module: sorted(_reaches(module) & IO) for module in PURE}
+    assert {m: r for m, r in reached.items() if r} == {}
+    assert "kopf" in _reaches("handlers")  # the check sees through imports
+
+
+def test_the_wheel_holds_graphcred_alone(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path), str(ROOT)], check=True, timeout=300, capture_output=True)
+    (wheel,) = tmp_path.glob("graphcred-*.whl")
+    files = zipfile.ZipFile(wheel).namelist()
+    top = {f.split("/")[0] for f in files}
+    assert top == {"graphcred", wheel.name.split("-py3")[0] + ".dist-info"}, sorted(top)
+    sources = {f.removeprefix("graphcred/") for f in files if f.startswith("graphcred/")}
+    assert sources == {str(m.relative_to(PRODUCT)) for m in PRODUCT.rglob("*.py")}, sorted(sources)
+
+
+def _declared(pyproject: Path, extra: str | None = None) -> set[str]:
+    project = tomllib.loads(pyproject.read_text())["project"]
+    requirements = project["optional-dependencies"][extra] if extra else project["dependencies"]
+    return {canonical(r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip())
+            for r in requirements}
+
+
+def test_every_declared_dependency_is_locked_with_hashes() -> None:
+    dev, runtime, build = pins("dev"), pins("runtime"), pins("build")
+    assert _declared(ROOT / "pyproject.toml") <= runtime.keys()
+    assert (_declared(ROOT / "pyproject.toml", "dev") | _declared(ROOT / "testbed" / "pyproject.toml")
+            | runtime.keys() | build.keys()) <= dev.keys()
+    assert "setuptools" in build
+    for lock in ("dev", "runtime", "build"):
+        assert all(n > 0 for n in hashed(lock).values()), lock
+        assert "--find-links" not in (LOCKS / f"{lock}.txt").read_text()
+
+
+def test_the_image_locks_the_versions_the_tests_ran() -> None:
+    dev = pins("dev")
+    for lock in ("runtime", "build"):
+        differing = {name: (version, dev.get(name)) for name, version in pins(lock).items()
+                     if dev.get(name) != version}
+        assert differing == {}, f"requirements/{lock}.txt differs from requirements/dev.txt; run `make lock`"
