@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from urllib.parse import urlsplit
 
 from . import __version__
 
@@ -50,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--leader-election", action=argparse.BooleanOptionalAction,
                      default=(_env("LEADER_ELECTION", "false") or "").lower() in ("1", "true", "yes"),
                      help="run as one of several replicas: only the Lease holder acts (env GRAPHCRED_LEADER_ELECTION)")
+    run.add_argument("--workload-identity", action=argparse.BooleanOptionalAction,
+                     default=(_env("WORKLOAD_IDENTITY", "false") or "").lower() in ("1", "true", "yes"),
+                     help="serve spec.credential.workloadIdentity: read and watch ServiceAccounts and request their "
+                     "tokens; needs that RBAC (the chart's workloadIdentity.enabled; env "
+                     "GRAPHCRED_WORKLOAD_IDENTITY)")
+    run.add_argument("--workload-identity-authority", action="append", dest="workload_identity_authorities",
+                     metavar="URL",
+                     help="an authority host (https://...) besides the clouds' own login hosts that may receive "
+                     "ServiceAccount tokens, for credentials whose spec.authorityHost names it; repeat for several "
+                     "(env GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES, comma-separated)")
     run.add_argument("--leader-election-namespace",
                      default=_env("LEADER_ELECTION_NAMESPACE", os.environ.get("POD_NAMESPACE", "default")),
                      help="namespace of the Lease (env GRAPHCRED_LEADER_ELECTION_NAMESPACE, else POD_NAMESPACE)")
@@ -59,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="print the GraphAppCredential CRD (YAML)")
     crd.add_argument("--helm", action="store_true", help="as the chart's templates/crd.yaml")
     return parser
+
+
+def _authority_host(value: str) -> str:
+    """An allowed authority host as spec.authorityHost is compared with it: https://host[:port], lower case. A
+    mistyped one must fail at start, not silently refuse every credential that names the intended host."""
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() != "https" or not parts.hostname or parts.path.strip("/") or parts.query:
+        raise ValueError(f"--workload-identity-authority {value.strip()!r}: expected https://host[:port]")
+    return f"https://{parts.netloc.lower()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import run
 
     namespaces = args.namespaces or [n for n in (_env("NAMESPACES") or "").split(",") if n.strip()]
+    authorities = args.workload_identity_authorities or [
+        a for a in (_env("WORKLOAD_IDENTITY_AUTHORITIES") or "").split(",") if a.strip()]
+    try:
+        authorities = [_authority_host(a) for a in authorities]
+    except ValueError as exc:
+        _parser().error(str(exc))
     cfg = RunConfig(kubeconfig=args.kubeconfig, namespaces=tuple(n.strip() for n in namespaces),
                     ca_bundle=args.ca_bundle, log_format=args.log_format, log_level=args.log_level,
                     token_concurrency=args.token_concurrency, token_timeout=args.token_timeout,
                     api_timeout=args.api_timeout,
                     metrics_port=args.metrics_port, leader_election=args.leader_election,
-                    leader_election_namespace=args.leader_election_namespace, lease_seconds=args.lease_duration)
+                    leader_election_namespace=args.leader_election_namespace, lease_seconds=args.lease_duration,
+                    workload_identity=args.workload_identity,
+                    workload_identity_authorities=tuple(authorities))
     return run(cfg)

@@ -24,6 +24,10 @@ class RunConfig:
     leader_election_namespace: str = "default"
     leader_election_name: str = "graphcred-leader"
     lease_seconds: float = 15.0
+    # workload identity federation: read and watch ServiceAccounts, request their tokens (needs that RBAC)
+    workload_identity: bool = False
+    # authority hosts besides the clouds' own login hosts that may receive ServiceAccount tokens
+    workload_identity_authorities: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def api_timeouts(self) -> tuple[float, float]:

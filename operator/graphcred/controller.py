@@ -1,5 +1,5 @@
 """Per-object scheduling: one lightweight asyncio task per GraphAppCredential runs reconcile passes, sleeping
-until the next refresh, a backoff step, or a wake-up (spec change, credential Secret change).
+until the next refresh, a backoff step, or a wake-up (spec change, credential Secret or ServiceAccount change).
 
 kopf feeds this from watch events (`observe`, `forget`); no kopf state is written to the objects (no finalizers,
 no annotations), so the only writes are the token Secret and the status.
@@ -38,6 +38,14 @@ def _secret_names(name: str, spec: Mapping[str, Any]) -> tuple[str | None, str |
     return read, target if isinstance(target, str) and target else f"{name}-token"
 
 
+def _service_account_name(spec: Mapping[str, Any]) -> str | None:
+    """The ServiceAccount a raw spec's workload identity names, if any; tolerant of any shape."""
+    credential = spec.get("credential")
+    identity = credential.get("workloadIdentity") if isinstance(credential, Mapping) else None
+    name = identity.get("serviceAccountName") if isinstance(identity, Mapping) else None
+    return name if isinstance(name, str) and name else None
+
+
 def _described(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, KubeCallFailed) else type(exc).__name__
 
@@ -60,6 +68,7 @@ class _Worker:
     restarts: int = 0
     renew_seen: str | None = None  # value of the renew annotation already served (or present at start)
     indexed: tuple[Key | None, Key | None] = (None, None)  # (credential Secret, token Secret) in the indexes
+    indexed_account: Key | None = None  # its workload identity's ServiceAccount, in the index
 
 
 class Controller:
@@ -73,6 +82,9 @@ class Controller:
         self._readers: dict[Key, set[Key]] = {}
         self._writers: dict[Key, set[Key]] = {}
         self._latest: dict[Key, str] = {}  # newest resourceVersion seen of each credential Secret in use
+        # the same for ServiceAccounts named by workload identity (a name may be both a Secret's and an account's)
+        self._service_account_readers: dict[Key, set[Key]] = {}
+        self._latest_account: dict[Key, str] = {}
         self._stopping = False
         reconciler.metrics.track_states(
             lambda: ready_states(w.memory.last_status for w in list(self._workers.values())))
@@ -150,24 +162,43 @@ class Controller:
         """From the Secret metadata watch. Wakes the objects that read a changed credential Secret (rotation,
         or a missing one appearing) and those whose token Secret was deleted (to write it again)."""
         secret = (namespace, name)
-        readers = self._readers.get(secret)
-        if readers:
-            if deleted:
-                self._latest.pop(secret, None)
-            else:
-                self._latest[secret] = resource_version
-            for key in readers:
-                version = self._workers[key].memory.credential_version
-                if deleted or version == "" or _newer(resource_version, version):
-                    self._workers[key].wake.set()
+        self._credential_changed(self._readers.get(secret), self._latest, secret, resource_version, deleted)
         if deleted:
             for key in self._writers.get(secret, ()):
                 self._workers[key].memory.written_version = None  # not ours to trust any more: read again
                 self._workers[key].wake.set()
 
+    def service_account_event(self, namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        """From the ServiceAccount metadata watch (workload identity). Wakes the objects whose credential is this
+        ServiceAccount, by the rules of a credential Secret: deleted, missing when last read, or newer than the
+        version last read (its client-id annotation added, changed or removed)."""
+        account = (namespace, name)
+        self._credential_changed(self._service_account_readers.get(account), self._latest_account, account,
+                                 resource_version, deleted)
+
+    def _credential_changed(self, readers: set[Key] | None, latest: dict[Key, str],
+                            where: Key, resource_version: str, deleted: bool) -> None:
+        """Remember the credential's newest version (for a pass running now) and wake the objects that read it:
+        deleted, missing when last read, or newer than the version they last read."""
+        if not readers:
+            return
+        if deleted:
+            latest.pop(where, None)
+        else:
+            latest[where] = resource_version
+        for key in readers:
+            version = self._workers[key].memory.credential_version
+            if deleted or version == "" or _newer(resource_version, version):
+                self._workers[key].wake.set()
+
     def _index(self, key: Key, worker: _Worker) -> None:
-        """Index the Secrets the object reads and writes, from its spec as it stands, before each pass: a change
-        to them while the pass runs (a credential Secret created a moment after the object) must wake it."""
+        """Index the Secrets and the ServiceAccount the object reads and writes, from its spec as it stands, before
+        each pass: a change to them while the pass runs (a credential Secret created a moment after the object)
+        must wake it."""
+        self._index_secrets(key, worker)
+        self._index_account(key, worker)
+
+    def _index_secrets(self, key: Key, worker: _Worker) -> None:
         credential, target = _secret_names(key[1], worker.snapshot.spec)
         reads = (key[0], credential) if credential else None
         writes = (key[0], target) if target else None
@@ -180,7 +211,27 @@ class Controller:
             self._writers.setdefault(writes, set()).add(key)
         worker.indexed = (reads, writes)
 
+    def _index_account(self, key: Key, worker: _Worker) -> None:
+        name = _service_account_name(worker.snapshot.spec)
+        account = (key[0], name) if name else None
+        if account == worker.indexed_account:
+            return
+        self._unindex_account(key, worker)
+        if account:
+            self._service_account_readers.setdefault(account, set()).add(key)
+        worker.indexed_account = account
+
+    def _unindex_account(self, key: Key, worker: _Worker) -> None:
+        account, worker.indexed_account = worker.indexed_account, None
+        if account is None or account not in self._service_account_readers:
+            return
+        self._service_account_readers[account].discard(key)
+        if not self._service_account_readers[account]:
+            del self._service_account_readers[account]
+            self._latest_account.pop(account, None)
+
     def _unindex(self, key: Key, worker: _Worker) -> None:
+        self._unindex_account(key, worker)
         for index, secret in ((self._readers, worker.indexed[0]), (self._writers, worker.indexed[1])):
             if secret is not None and secret in index:
                 index[secret].discard(key)
@@ -197,8 +248,7 @@ class Controller:
                 self._index(key, worker)
                 async with self._active:
                     delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
-                latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
-                if latest is not None and _newer(latest, worker.memory.credential_version):
+                if self._changed_during_pass(key, worker):
                     continue  # the credential changed while this pass ran: go again now
             except Gone:
                 # The object is gone (its DELETED event may have been missed): end, do not re-create a Secret
@@ -220,6 +270,13 @@ class Controller:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(worker.wake.wait(), timeout=delay)
+
+    def _changed_during_pass(self, key: Key, worker: _Worker) -> bool:
+        """Did the watch report a credential Secret or ServiceAccount newer than the version the pass read?"""
+        latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
+        if latest is None and worker.indexed_account is not None:
+            latest = self._latest_account.get(worker.indexed_account)
+        return latest is not None and _newer(latest, worker.memory.credential_version)
 
     async def _failed(self, key: Key, worker: _Worker, exc: BaseException) -> float | None:
         """An unexpected failure of a pass: reported in status, Event and metrics, then retried with backoff."""

@@ -1,26 +1,34 @@
-"""Credential material from the namespace's Secrets: a client secret, or a certificate and its key.
+"""Credential material from the namespace: a client secret or a certificate and its key (from Secrets), or a
+ServiceAccount to federate (workload identity).
 
-Pure: takes a Secret's `data` (base64 values, as the API returns them) and returns material or a CredentialError
-with a reason and a message that tells the user what to fix. Material never shows itself in repr or logs.
+Pure: takes a Secret's `data` (base64 values, as the API returns them) or a ServiceAccount object and returns
+material or a CredentialError with a reason and a message that tells the user what to fix. Material never shows
+itself in repr or logs.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .model import CertificateRef, ClientSecretRef, Reason
+from .model import GUID_PATTERN, CertificateRef, ClientSecretRef, Reason, WorkloadIdentityRef
 
 TLS_CERT_KEY = "tls.crt"
 TLS_KEY_KEY = "tls.key"
+# the AKS workload identity convention: the ServiceAccount names the app that may use its tokens
+CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
+TENANT_ID_ANNOTATION = "azure.workload.identity/tenant-id"
 
 
 class CredentialError(Exception):
@@ -77,7 +85,34 @@ class Certificate:
         return f"Certificate(thumbprint={self.sha256_thumbprint.hex()}, send_x5c={self.send_x5c})"
 
 
-Material = ClientSecret | Certificate
+@dataclass(frozen=True)
+class Federation:
+    """A ServiceAccount whose token is the client assertion (workload identity federation). The token itself is
+    requested just before each acquisition and carried only by the copy handed to the token client
+    (`with_assertion`): it is no part of the fingerprint, of equality, or of repr."""
+
+    namespace: str
+    service_account: str
+    uid: str
+    audience: str
+    client_id: str  # the ServiceAccount's azure.workload.identity/client-id, lower case (== spec.clientId)
+    assertion: str | None = field(default=None, repr=False, compare=False)
+
+    def fingerprint(self) -> str:
+        # Another ServiceAccount (even re-created under the same name: a new uid) or audience is other material:
+        # credentials share a token only through the very same ServiceAccount.
+        parts = (self.uid, self.audience, self.client_id)
+        return hashlib.sha256(("federation\0" + "\0".join(parts)).encode()).hexdigest()
+
+    def with_assertion(self, assertion: str) -> Federation:
+        return dataclasses.replace(self, assertion=assertion)
+
+    def __repr__(self) -> str:
+        return (f"Federation(serviceAccount={self.namespace}/{self.service_account}, uid={self.uid}, "
+                f"audience={self.audience})")
+
+
+Material = ClientSecret | Certificate | Federation
 
 
 def _decoded(data: Mapping[str, str] | None, key: str, secret_name: str) -> bytes:
@@ -145,3 +180,34 @@ def certificate(data: Mapping[str, str] | None, ref: CertificateRef, now: dt.dat
                               f"{leaf.not_valid_before_utc.strftime('%Y-%m-%dT%H:%M:%SZ')}",
                               usable_from=leaf.not_valid_before_utc)
     return Certificate(key=key, chain=chain, send_x5c=ref.send_x5c)
+
+
+def federation(service_account: Mapping[str, Any], ref: WorkloadIdentityRef, client_id: str, namespace: str,
+               tenant_id: str | None = None) -> Federation:
+    """The ServiceAccount `ref` names (read from `namespace`) as federation material, if it consents to `client_id`
+    (spec.clientId): its annotation azure.workload.identity/client-id must name that app. GUIDs are compared
+    case-insensitively (hex digits); nothing else is normalised."""
+    meta = service_account.get("metadata") or {}
+    name = ref.service_account_name
+    annotated = (meta.get("annotations") or {}).get(CLIENT_ID_ANNOTATION)
+    fix = (f"annotate it to allow this app: kubectl annotate serviceaccount {name} -n {namespace} "
+           f"{CLIENT_ID_ANNOTATION}={client_id} --overwrite")
+    if not isinstance(annotated, str) or not annotated:
+        raise CredentialError(Reason.SERVICE_ACCOUNT_NOT_AUTHORIZED,
+                              f"ServiceAccount {name} has no annotation {CLIENT_ID_ANNOTATION}, so it does not "
+                              f"allow any app to use its tokens; {fix}")
+    if annotated.lower() != client_id.lower():
+        named = (f"another client id ({annotated})" if re.fullmatch(GUID_PATTERN, annotated)
+                 else "a value that is not a client id (a GUID)")
+        raise CredentialError(Reason.SERVICE_ACCOUNT_NOT_AUTHORIZED,
+                              f"ServiceAccount {name}'s annotation {CLIENT_ID_ANNOTATION} names {named}, not "
+                              f"spec.clientId {client_id}; if this app is to use it instead, {fix}")
+    # The optional tenant annotation (AKS's webhook and KEDA honour it) narrows the consent to one tenant: a
+    # multi-tenant app must not be used in a tenant the ServiceAccount's owner did not name.
+    tenant = (meta.get("annotations") or {}).get(TENANT_ID_ANNOTATION)
+    if tenant_id is not None and isinstance(tenant, str) and tenant and tenant.lower() != tenant_id.lower():
+        raise CredentialError(Reason.SERVICE_ACCOUNT_NOT_AUTHORIZED,
+                              f"ServiceAccount {name}'s annotation {TENANT_ID_ANNOTATION} names another tenant, not "
+                              f"spec.tenantId {tenant_id}")
+    return Federation(namespace=namespace, service_account=name, uid=str(meta.get("uid", "")),
+                      audience=ref.audience, client_id=annotated.lower())

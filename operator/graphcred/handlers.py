@@ -18,7 +18,7 @@ from .kube import Kube
 from .metrics import Health, Metrics
 from .model import GROUP, PLURAL, VERSION
 from .reconciler import Reconciler
-from .secretwatch import SecretMetadataWatch
+from .secretwatch import MetadataWatch
 from .tokens import TokenClient
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     settings.watching.connect_timeout = cfg.api_timeouts[0]
     settings.networking.connect_timeout = cfg.api_timeouts[0]
     settings.networking.request_timeout = 60
+    # Named namespaces: the chart grants Roles there and no cluster-wide namespace list. Declare that restricted
+    # mode to kopf, or it retries the forbidden list for about a minute before falling back to the same names.
+    # (It also stops watching CRDs then: the CRD must exist when the operator starts, as the chart installs it.)
+    settings.scanning.disabled = bool(cfg.namespaces)
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency,
                                   thread_name_prefix="graphcred-io")
@@ -70,14 +74,13 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     metrics: Metrics = memo["metrics"]
     health: Health = memo["health"]
     reconciler = Reconciler(Kube(api, timeout=cfg.api_timeouts), tokens, _emit, run_blocking=run_blocking,
-                            token_concurrency=cfg.token_concurrency, metrics=metrics)
+                            token_concurrency=cfg.token_concurrency, metrics=metrics,
+                            workload_identity=cfg.workload_identity,
+                            federation_hosts=cfg.workload_identity_authorities)
     controller = Controller(reconciler)
     memo["controller"] = controller
 
-    def on_secret(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
-        loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
-
-    memo["watches"] = [SecretMetadataWatch(api, on_secret, ns).start() for ns in (cfg.namespaces or (None,))]
+    memo["watches"] = _watches(api, cfg, controller, loop)
 
     async def heartbeat() -> None:
         while True:  # the leader's liveness: /healthz fails if the event loop stops ticking
@@ -86,7 +89,26 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
     memo["heartbeat"] = asyncio.create_task(heartbeat())
     health.ready.set()
-    log.info("graphcred started: watching %s", ", ".join(cfg.namespaces) if cfg.namespaces else "all namespaces")
+    log.info("graphcred started: watching %s; workload identity %s",
+             ", ".join(cfg.namespaces) if cfg.namespaces else "all namespaces",
+             "enabled" if cfg.workload_identity else "disabled")
+
+
+def _watches(api: client.ApiClient, cfg: RunConfig, controller: Controller,
+             loop: asyncio.AbstractEventLoop) -> list[MetadataWatch]:
+    """Metadata watches feeding the controller: Secrets always; ServiceAccounts only with workload identity (the
+    RBAC grants them only then)."""
+    def on_secret(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
+
+    def on_service_account(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        loop.call_soon_threadsafe(controller.service_account_event, namespace, name, resource_version, deleted)
+
+    namespaces = cfg.namespaces or (None,)
+    watches = [MetadataWatch(api, on_secret, ns) for ns in namespaces]
+    if cfg.workload_identity:
+        watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts") for ns in namespaces]
+    return [watch.start() for watch in watches]
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

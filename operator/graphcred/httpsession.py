@@ -160,6 +160,10 @@ class PinnedCASession(requests.Session):
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self._timeout)
+        if method in ("POST", b"POST"):
+            # A token request carries a credential: never re-send it wherever a redirect points (requests would
+            # re-POST a 307/308, even to http://). Entra's token endpoint does not redirect.
+            kwargs["allow_redirects"] = False
         key = url if isinstance(url, str) else url.decode()
         discovery = method in ("GET", b"GET") and key.split("?")[0].endswith(_DISCOVERY_SUFFIX)
         if discovery:

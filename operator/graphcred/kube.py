@@ -1,4 +1,5 @@
-"""Kubernetes API I/O for the reconciler: Secrets and the GraphAppCredential status. Blocking; run in threads.
+"""Kubernetes API I/O for the reconciler: Secrets, ServiceAccounts (and their tokens, for workload identity) and
+the GraphAppCredential status. Blocking; run in threads.
 
 Raw JSON (`_preload_content=False`) instead of the client's model classes: cheaper per call, and Secret data is
 read, used and dropped without lingering model objects.
@@ -7,6 +8,7 @@ read, used and dropped without lingering model objects.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client
@@ -39,6 +41,9 @@ class Gone(Exception):
 
 # (connect, read) seconds for every call: a half-open connection must fail the call, not hang its pass and slot
 DEFAULT_TIMEOUT = (10.0, 30.0)
+# The shortest lifetime the TokenRequest API accepts (its validation's MinTokenAgeSec, 10 minutes): a federated
+# assertion is used once, at once, so it should be worth as little as possible if it ever leaked.
+SERVICE_ACCOUNT_TOKEN_SECONDS = 600
 
 
 class Kube:
@@ -49,15 +54,35 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
 
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(self.core.read_namespaced_secret, namespace, name)
+
+    def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(self.core.read_namespaced_service_account, namespace, name)
+
+    def _read(self, read: Callable[..., Any], namespace: str, name: str) -> dict[str, Any] | None:
+        """A namespaced object as JSON, None if it does not exist."""
         try:
-            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False,
-                                                   _request_timeout=self.timeout)
+            resp = read(name, namespace, _preload_content=False, _request_timeout=self.timeout)
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
             raise
         body: dict[str, Any] = json.loads(_body(resp))
         return body
+
+    def request_service_account_token(self, namespace: str, name: str, audience: str) -> str:
+        """A new token of the ServiceAccount for `audience` (TokenRequest API), bound to no object, valid for the
+        shortest time allowed. The caller uses it at once and drops it; errors (ApiException) carry no token."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"audiences": [audience], "expirationSeconds": SERVICE_ACCOUNT_TOKEN_SECONDS}}
+        resp = self.core.create_namespaced_service_account_token(name, namespace, cast(Any, body),
+                                                                 _preload_content=False,
+                                                                 _request_timeout=self.timeout)
+        answer = json.loads(_body(resp))
+        token = (answer.get("status") or {}).get("token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ValueError("TokenRequest answered without a token")
+        return token
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> str:
         """Returns the new resourceVersion."""

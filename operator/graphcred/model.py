@@ -76,12 +76,18 @@ class CertificateRef(_Strict):
 
 
 class WorkloadIdentityRef(_Strict):
-    """Workload identity federation (planned): a ServiceAccount token exchanged for the app's token."""
+    """Workload identity federation: a short-lived ServiceAccount token (same namespace) is the client assertion."""
 
     service_account_name: DnsName = Field(alias="serviceAccountName",
-                                          description="ServiceAccount (same namespace) whose token is federated.")
-    audience: str = Field(default="api://AzureADTokenExchange", min_length=1, max_length=256,
-                          description="Audience of the ServiceAccount token. Default api://AzureADTokenExchange.")
+                                          description="ServiceAccount (same namespace) whose token is federated. "
+                                          "It must carry the annotation azure.workload.identity/client-id equal to "
+                                          "spec.clientId.")
+    # Only Entra's token-exchange audiences (public, US Government, China clouds): a ServiceAccount token for any
+    # other audience might be accepted by the cluster's own apiserver, and must never be minted for someone else.
+    audience: str = Field(default="api://AzureADTokenExchange", pattern=r"^api://AzureADTokenExchange(USGov|China)?$",
+                          description="Audience of the ServiceAccount token: api://AzureADTokenExchange (default), "
+                          "api://AzureADTokenExchangeUSGov or api://AzureADTokenExchangeChina, as in the app's "
+                          "federated credential.")
 
 
 class Credential(_Strict):
@@ -211,6 +217,12 @@ class Reason(StrEnum):
     THROTTLED = "Throttled"
     INTERNAL_ERROR = "InternalError"
     PENDING = "Pending"
+    # workload identity: the ServiceAccount does not name this app (its azure.workload.identity/client-id)
+    SERVICE_ACCOUNT_NOT_AUTHORIZED = "ServiceAccountNotAuthorized"
+    # workload identity: the operator runs without it (--workload-identity) or lacks the RBAC it needs
+    WORKLOAD_IDENTITY_DISABLED = "WorkloadIdentityDisabled"
+    # workload identity: spec.authorityHost is not a host ServiceAccount tokens may be sent to
+    AUTHORITY_NOT_ALLOWED = "AuthorityNotAllowed"
 
 
 class Condition(BaseModel):
@@ -245,7 +257,8 @@ class GraphAppCredentialStatus(BaseModel):
     app_id: str | None = Field(default=None, alias="appId")
     credential_version: str | None = Field(
         default=None, alias="credentialVersion",
-        description="resourceVersion of the credential Secret the current token was acquired with.")
+        description="resourceVersion of the credential Secret (or, for workloadIdentity, the ServiceAccount) the "
+        "current token was acquired with.")
     issued_for: str | None = Field(
         default=None, alias="issuedFor",
         description="Digest of what the token in the Secret was acquired for (authority, tenant, client, "

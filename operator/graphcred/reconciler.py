@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -21,15 +21,17 @@ from pydantic import ValidationError
 
 from . import credentials, policy, reporting
 from .breaker import Breaker
-from .credentials import CredentialError, Material
+from .credentials import CredentialError, Federation, Material
 from .kube import Conflict, Gone, Kube
 from .metrics import Metrics
 from .model import (
     API_VERSION,
+    AUTHORITY_HOSTS,
     KIND,
     GraphAppCredentialSpec,
     GraphAppCredentialStatus,
     Reason,
+    WorkloadIdentityRef,
 )
 from .policy import Retry
 from .secret import Owner, is_ours, parse_rfc3339, render, rfc3339, stored_expiry
@@ -158,6 +160,11 @@ def spec_error_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# The RBAC each ServiceAccount call of workload identity needs (granted by the chart's workloadIdentity.enabled).
+_RBAC_VERBS = {"read ServiceAccount": "get serviceaccounts",
+               "create ServiceAccount token": "create serviceaccounts/token"}
+
+
 class Reconciler:
     def __init__(
         self,
@@ -171,8 +178,15 @@ class Reconciler:
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
         shared: SharedTokens | None = None,
+        workload_identity: bool = False,
+        federation_hosts: Collection[str] = (),
     ) -> None:
         self.metrics = metrics or Metrics()
+        # off: workloadIdentity credentials are refused without reading a ServiceAccount or requesting its token
+        self.workload_identity = workload_identity
+        # authority hosts besides the clouds' own that may receive ServiceAccount tokens (--workload-identity-authority)
+        self.federation_hosts = frozenset(h.rstrip("/").lower()
+                                          for h in (*AUTHORITY_HOSTS.values(), *federation_hosts))
         self.shared = shared if shared is not None else SharedTokens()  # an empty one is falsy (__len__)
         self.kube = kube
         self.tokens = tokens
@@ -256,15 +270,28 @@ class Reconciler:
             spec = GraphAppCredentialSpec.model_validate(snap.spec)
         except ValidationError as exc:
             raise Outcome(Reason.INVALID_SPEC, spec_error_message(exc), retry=Retry.ON_CHANGE) from None
-        if spec.credential.workload_identity is not None:
-            raise Outcome(Reason.INVALID_SPEC, "spec.credential.workloadIdentity is not supported yet; use "
-                          "clientSecret or certificate", retry=Retry.ON_CHANGE)
+        if spec.credential.workload_identity is not None and not self.workload_identity:
+            # Only the operator's configuration can change this (and a restart re-runs every object): no retries.
+            raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED, "spec.credential.workloadIdentity needs workload "
+                          "identity enabled in the operator: install the chart with workloadIdentity.enabled=true "
+                          "(graphcred run --workload-identity)", retry=Retry.ON_CHANGE)
+        if spec.credential.workload_identity is not None \
+                and spec.authority_base().lower() not in self.federation_hosts:
+            # A ServiceAccount token sent to a host of the spec author's choosing could be exchanged there for the
+            # token of any app that trusts this ServiceAccount: only the cloud's login host, or one the cluster
+            # admin allowed, ever receives one.
+            raise Outcome(Reason.AUTHORITY_NOT_ALLOWED, f"spec.authorityHost {spec.authority_base()} may not "
+                          "receive ServiceAccount tokens: workload identity uses the cloud's own login host unless "
+                          "the operator allows this one (graphcred run --workload-identity-authority)",
+                          retry=Retry.ON_CHANGE)
         return spec
 
     async def _material(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory, now: dt.datetime
                         ) -> tuple[Material, str]:
+        if spec.credential.workload_identity is not None:
+            return await self._federation(snap, spec, spec.credential.workload_identity, mem)
         name = spec.credential.secret_name
-        assert name is not None  # workload identity was refused above
+        assert name is not None  # a Secret for every other kind of credential
         secret = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
         if secret is None:
             mem.credential_version = ""
@@ -282,6 +309,68 @@ class Reconciler:
                 wait = (exc.usable_from - now).total_seconds() + 1.0
                 raise Outcome(exc.reason, exc.message, retry=Retry.TRANSIENT, retry_after=wait) from None
             raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
+
+    async def _federation(self, snap: Snapshot, spec: GraphAppCredentialSpec, ref: WorkloadIdentityRef,
+                          mem: Memory) -> tuple[Federation, str]:
+        """The ServiceAccount to federate, if it allows this app; its resourceVersion is the credential version.
+        Its token is not requested here: only an acquisition needs one (`_with_assertion`)."""
+        name = ref.service_account_name
+        account = await self._service_account_call("read ServiceAccount", snap.namespace, name,
+                                                   self.kube.read_service_account, snap.namespace, name)
+        if account is None:
+            mem.credential_version = ""
+            raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {snap.namespace}",
+                          retry=Retry.NEEDS_USER)
+        version = str(account["metadata"].get("resourceVersion", ""))
+        mem.credential_version = version
+        try:
+            return credentials.federation(account, ref, spec.client_id, snap.namespace, spec.tenant_id), version
+        except CredentialError as exc:
+            raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
+
+    async def _with_assertion(self, spec: GraphAppCredentialSpec, material: Material) -> Material:
+        """For federation, a copy of the material carrying a ServiceAccount token made for this acquisition alone;
+        the caller drops it with the acquisition. Other material as it is.
+        The consent is checked again first: the pass read it before waiting for the breaker and for sharing, and
+        a ServiceAccount whose annotation was removed, or that was re-created under the same name, in between
+        must not have a token minted."""
+        if not isinstance(material, Federation):
+            return material
+        ref = spec.credential.workload_identity
+        assert ref is not None
+        account = await self._service_account_call(
+            "read ServiceAccount", material.namespace, material.service_account,
+            self.kube.read_service_account, material.namespace, material.service_account)
+        if account is None or str(account["metadata"].get("uid", "")) != material.uid:
+            raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {material.service_account} not found in "
+                          f"namespace {material.namespace} (deleted or re-created since the pass began)",
+                          retry=Retry.NEEDS_USER)
+        try:
+            credentials.federation(account, ref, spec.client_id, material.namespace, spec.tenant_id)
+        except CredentialError as exc:
+            raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
+        token = await self._service_account_call(
+            "create ServiceAccount token", material.namespace, material.service_account,
+            self.kube.request_service_account_token, material.namespace, material.service_account, material.audience)
+        return material.with_assertion(token)
+
+    async def _service_account_call(self, what: str, namespace: str, name: str, fn: Callable[..., T], *args: Any
+                                    ) -> T:
+        """A ServiceAccount call: 404 means the ServiceAccount is gone; 403 that the operator was not given the
+        workload identity RBAC (the chart's workloadIdentity.enabled). Both need the user; the rest as `_kube`."""
+        try:
+            return await self._kube(what, fn, *args)
+        except KubeCallFailed as exc:
+            status = getattr(exc.__cause__, "status", None)
+            if status == 404:
+                raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {namespace}",
+                              retry=Retry.NEEDS_USER) from None
+            if status == 403:
+                raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED,
+                              f"{what} was refused (HTTP 403): the operator may not {_RBAC_VERBS[what]} in namespace "
+                              f"{namespace}; install the chart with workloadIdentity.enabled=true (and this namespace "
+                              "among watchNamespaces, if set)", retry=Retry.NEEDS_USER) from None
+            raise
 
     def _current_issue(self, mem: Memory, previous: GraphAppCredentialStatus) -> dt.datetime | None:
         """When the token in the Secret was issued, if it is for this spec: a refresh must get a newer one. Memory
@@ -357,14 +446,20 @@ class Reconciler:
         self._check_breaker(keys)
         answered = False
         try:
-            async with self._token_slots:
-                # again: a breaker may have opened while this request waited for a slot
-                self._check_breaker(keys, admitted=True)
-                started = time.monotonic()
-                try:
-                    token = await self._blocking(self.tokens.acquire, spec, material)
-                finally:
-                    self.metrics.latency.observe(time.monotonic() - started)
+            # A ServiceAccount token, if federating: only once a request is to be made, and before taking a token
+            # slot, so that an apiserver slow to answer TokenRequests holds no slot other credentials need.
+            presented = await self._with_assertion(spec, material)
+            try:
+                async with self._token_slots:
+                    # again: a breaker may have opened while this request waited for a slot
+                    self._check_breaker(keys, admitted=True)
+                    started = time.monotonic()
+                    try:
+                        token = await self._blocking(self.tokens.acquire, spec, presented)
+                    finally:
+                        self.metrics.latency.observe(time.monotonic() - started)
+            finally:
+                del presented  # the ServiceAccount token is not kept beyond its one request
         except _Held:
             raise
         except AcquisitionError as exc:

@@ -1,9 +1,12 @@
-"""Notice changes to credential Secrets (rotation) and deletions of token Secrets, cheaply.
+"""Notice changes to credential Secrets (rotation) and deletions of token Secrets, cheaply; and, with workload
+identity, changes to ServiceAccounts (their client-id annotation added or removed).
 
 A metadata-only list and watch (`as=PartialObjectMetadata`): the apiserver sends metadata, never Secret data. Of
 that metadata only namespace, name and resourceVersion are kept; annotations (kubectl's last-applied-configuration
 holds a copy of the Secret's data), labels and managedFields are dropped as each page or event is read. Events go
-to a callback (namespace, name, resourceVersion, deleted); the controller decides whether anyone cares.
+to a callback (namespace, name, resourceVersion, deleted); the controller decides whether anyone cares. The same
+watch follows ServiceAccounts (`resource="serviceaccounts"`): a changed resourceVersion is all the controller needs
+to wake a credential, which then reads the ServiceAccount itself.
 
 The watch runs in a thread with the blocking client. The list is paged (`limit`/`continue`), so a cluster with
 tens of thousands of Secrets costs one page of memory at a time, not the whole list; an expired continue token
@@ -21,6 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
@@ -36,6 +40,21 @@ LIST_TIMEOUT = (10.0, 60.0)  # connect, read: one page
 Item = tuple[str, str, str]  # namespace, name, resourceVersion
 
 
+@dataclass(frozen=True)
+class _Resource:
+    label: str  # in logs and the thread's name
+    plural: str  # in logs
+    list_namespaced: str  # CoreV1Api method names
+    list_all: str
+
+
+RESOURCES = {
+    "secrets": _Resource("secret", "Secrets", "list_namespaced_secret", "list_secret_for_all_namespaces"),
+    "serviceaccounts": _Resource("serviceaccount", "ServiceAccounts", "list_namespaced_service_account",
+                                 "list_service_account_for_all_namespaces"),
+}
+
+
 def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Delay before retrying after `failures` (1, 2, ...) failures in a row: exponential, capped, and jittered
     between half and all of it, so that watches (and replicas) that failed together do not retry together."""
@@ -43,8 +62,8 @@ def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
-class KnownSecrets:
-    """The Secrets the watch has seen: (namespace, name) -> resourceVersion, as one dict keyed "namespace/name"
+class KnownObjects:
+    """The objects the watch has seen: (namespace, name) -> resourceVersion, as one dict keyed "namespace/name"
     (neither may contain "/"). About 170 bytes a Secret: ~8 MiB for 50,000 (see tests/unit/test_secretwatch.py)."""
 
     __slots__ = ("_versions",)
@@ -66,8 +85,11 @@ class KnownSecrets:
     def pop(self, namespace: str, name: str) -> str | None:
         return self._versions.pop(f"{namespace}/{name}", None)
 
-    def update(self, other: KnownSecrets) -> None:
+    def update(self, other: KnownObjects) -> None:
         self._versions.update(other._versions)
+
+
+KnownSecrets = KnownObjects  # its name before ServiceAccounts were watched too
 
 
 class WatchInterrupted(Exception):
@@ -83,9 +105,13 @@ def _item(obj: dict[str, Any]) -> Item:
     return str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("resourceVersion") or "")
 
 
-class SecretMetadataWatch:
+class MetadataWatch:
     def __init__(self, api: client.ApiClient, callback: Callback, namespace: str | None = None,
-                 server_timeout: int = 300, page_size: int = PAGE_SIZE, healthy_after: float = 10.0) -> None:
+                 server_timeout: int = 300, page_size: int = PAGE_SIZE, healthy_after: float = 10.0,
+                 resource: str = "secrets") -> None:
+        if resource not in RESOURCES:
+            raise ValueError(f"cannot watch {resource}: only {', '.join(RESOURCES)}")
+        self.resource = RESOURCES[resource]
         self.core = client.CoreV1Api(api)
         self.callback = callback
         self.namespace = namespace
@@ -96,11 +122,12 @@ class SecretMetadataWatch:
         self._stop = threading.Event()
         self._response: Any = None
         self._resource_version: str | None = None
-        self._known = KnownSecrets()
-        self._thread = threading.Thread(target=self._run, name=f"secret-watch:{namespace or '*'}", daemon=True)
+        self._known = KnownObjects()
+        self._thread = threading.Thread(target=self._run, name=f"{self.resource.label}-watch:{namespace or '*'}",
+                                        daemon=True)
         self.ready = threading.Event()  # set once the first list has been read
 
-    def start(self) -> SecretMetadataWatch:
+    def start(self) -> MetadataWatch:
         self._thread.start()
         return self
 
@@ -118,20 +145,21 @@ class SecretMetadataWatch:
         kwargs: dict[str, Any] = {"limit": self.page_size, "_request_timeout": LIST_TIMEOUT}
         if token:
             kwargs["_continue"] = token
-        if self.namespace:
-            return self.core.list_namespaced_secret(self.namespace, _preload_content=False, _headers=headers,
-                                                    **kwargs)
-        return self.core.list_secret_for_all_namespaces(_preload_content=False, _headers=headers, **kwargs)
+        return self._list(headers, kwargs)
 
     def _watch(self, resource_version: str) -> Any:
         headers = {"Accept": METADATA_ONLY_WATCH}
         kwargs: dict[str, Any] = {"watch": True, "resource_version": resource_version,
                                   "allow_watch_bookmarks": True, "timeout_seconds": self.server_timeout,
                                   "_request_timeout": (10, self.server_timeout + 30)}
+        return self._list(headers, kwargs)
+
+    def _list(self, headers: dict[str, str], kwargs: dict[str, Any]) -> Any:
+        """One list or watch request of the resource, in the namespace or all of them; the raw response."""
         if self.namespace:
-            return self.core.list_namespaced_secret(self.namespace, _preload_content=False, _headers=headers,
-                                                    **kwargs)
-        return self.core.list_secret_for_all_namespaces(_preload_content=False, _headers=headers, **kwargs)
+            method = getattr(self.core, self.resource.list_namespaced)
+            return method(self.namespace, _preload_content=False, _headers=headers, **kwargs)
+        return getattr(self.core, self.resource.list_all)(_preload_content=False, _headers=headers, **kwargs)
 
     # --- list -----------------------------------------------------------------------------------------------
     def _read_page(self, token: str | None) -> tuple[list[Item], str, str]:
@@ -148,11 +176,11 @@ class SecretMetadataWatch:
                 str(meta.get("continue") or ""))
 
     def _relist(self) -> str:
-        """List every Secret, page by page. Reports the Secrets new or changed since the last list (all of them
+        """List every object, page by page. Reports the objects new or changed since the last list (all of them
         the first time) and, as deleted, those known before and absent now (deleted while the watch was away).
         Returns the list's resourceVersion."""
         started = time.monotonic()
-        previous, fresh = self._known, KnownSecrets()
+        previous, fresh = self._known, KnownObjects()
         token: str | None = None
         version, pages = "", 0
         try:
@@ -173,8 +201,8 @@ class SecretMetadataWatch:
             raise
         for namespace, name, _ in previous:
             self.callback(namespace, name, version, True)
-        log.info("secret watch: listed %d Secrets in %d page(s) in %.1f s; %d gone since the last list",
-                 len(fresh), pages, time.monotonic() - started, len(previous))
+        log.info("%s watch: listed %d %s in %d page(s) in %.1f s; %d gone since the last list", self.resource.label,
+                 len(fresh), self.resource.plural, pages, time.monotonic() - started, len(previous))
         self._known = fresh
         return version
 
@@ -245,6 +273,9 @@ class SecretMetadataWatch:
         what = str(exc) if isinstance(exc, WatchInterrupted) else type(exc).__name__ + (f" {status}" if status else "")
         delay = backoff(failures)
         (log.info if status == 410 else log.warning)(
-            "secret watch interrupted (%s); %s in %.1f s", what,
+            "%s watch interrupted (%s); %s in %.1f s", self.resource.label, what,
             "listing again" if self._resource_version is None else "reconnecting", delay)
         return delay
+
+
+SecretMetadataWatch = MetadataWatch  # its name before ServiceAccounts were watched too

@@ -3,7 +3,9 @@
 Credentials with identical authority, tenant, client, credential material and scopes would get interchangeable
 tokens, so they share: concurrent requests for one key wait for a single acquisition (single flight), and a token
 issued within the last `window` of its lifetime is handed out again instead of asking anew. The key is a digest
-that includes the material's fingerprint (itself a digest): never the secret itself.
+that includes the material's fingerprint (itself a digest): never the secret itself. For workload identity the
+fingerprint is the ServiceAccount's uid, audience and client-id annotation, so credentials federating different
+ServiceAccounts never share, and partners in one acquisition cause one TokenRequest (it is made inside it).
 
 A refresh still writes a token different from the one it replaces: a shared token is at most `window` old, while
 the token being replaced is about half a lifetime old.

@@ -2,8 +2,10 @@
 
 Every acquisition builds a new application object with an empty token cache, so it always reaches the token
 endpoint and returns a *new* token (msal would otherwise answer from its cache until five minutes before expiry)
-and signs a new client assertion (new `jti`). Discovery is still fetched once per authority: the shared
-`PinnedCASession` caches it. Failures become `AcquisitionError`s with a reason from `graphcred.model.Reason`.
+and signs a new client assertion (new `jti`). For workload identity the assertion is the ServiceAccount token the
+reconciler requested for this very acquisition (`Federation.assertion`); it is sent, never logged or kept. Discovery
+is still fetched once per authority: the shared `PinnedCASession` caches it. Failures become `AcquisitionError`s
+with a reason from `graphcred.model.Reason`.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import msal
 import requests
 
-from .credentials import Certificate, ClientSecret, Material
+from .credentials import Certificate, ClientSecret, Federation, Material
 from .httpsession import DEFAULT_TIMEOUT, PinnedCASession
 from .jwt import TokenClaims, sign_client_assertion, unverified_claims
 from .model import GraphAppCredentialSpec, Reason
@@ -88,7 +91,24 @@ _KNOWN_CODES: dict[int, tuple[Reason, str, bool]] = {
     70011: (Reason.INVALID_SPEC, "the scope is not valid: use '<resource>/.default'", True),
     500011: (Reason.INVALID_SPEC, "the resource in scopes was not found in the tenant: check the scope", True),
     7000218: (Reason.UNAUTHORIZED, "no credential was sent", True),
+    # Workload identity federation: Entra found no federated identity credential on the app matching the
+    # ServiceAccount token's issuer, subject and audience (70021), or, more specifically, none for its issuer
+    # (700211), audience (700212) or subject (700213). Fixed in the app registration, never by retrying.
+    70021: (Reason.UNAUTHORIZED, "no federated identity credential of the app matches the ServiceAccount token: add "
+                                 "one for the cluster's issuer with this subject and audience", True),
+    700211: (Reason.UNAUTHORIZED, "no federated identity credential of the app has the ServiceAccount token's "
+                                  "issuer: its issuer must be the cluster's service-account issuer URL, exactly", True),
+    700212: (Reason.UNAUTHORIZED, "no federated identity credential of the app accepts the ServiceAccount token's "
+                                  "audience: its audiences must include spec.credential.workloadIdentity.audience",
+             True),
+    700213: (Reason.UNAUTHORIZED, "no federated identity credential of the app has the ServiceAccount token's "
+                                  "subject: its subject must be this one, exactly (case-sensitive)", True),
+    # Entra matches the subject case-sensitively; this says it would have matched but for case.
+    7002138: (Reason.UNAUTHORIZED, "the federated identity credential's subject differs from the ServiceAccount "
+                                   "token's only in case: Entra compares subjects case-sensitively; correct it",
+              True),
 }
+_FEDERATION_CODES = frozenset({70021, 700211, 700212, 700213, 7002138})
 
 
 def _known_refusal(code: int) -> AcquisitionError:
@@ -149,6 +169,17 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
 _UNUSABLE = (ValueError, KeyError, TypeError, AttributeError)
 
 
+def _same_host(spec: GraphAppCredentialSpec, token_endpoint: str) -> None:
+    """A ServiceAccount token goes to the authority host and nowhere else: not to a token endpoint on another host
+    that a discovery document (a proxy's, a private endpoint's) names."""
+    endpoint, authority = urlsplit(token_endpoint), urlsplit(spec.authority_base())
+    if endpoint.scheme != "https" or endpoint.netloc.lower() != authority.netloc.lower():
+        raise AcquisitionError(Reason.AUTHORITY_NOT_ALLOWED,
+                               f"{spec.authority()}: discovery names a token endpoint on another host "
+                               f"({endpoint.netloc or token_endpoint[:60]}); a ServiceAccount token is only sent to "
+                               "the authority host itself", permanent=True)
+
+
 class TokenClient:
     """Acquires tokens. Thread-safe; blocking (run it in an executor)."""
 
@@ -185,7 +216,9 @@ class TokenClient:
                                                            content_type=last.content_type)):
             raise by_status
         if "error" in result:
-            raise classify_error_response(result, last.status if last else None, last.retry_after if last else None)
+            error = classify_error_response(result, last.status if last else None,
+                                            last.retry_after if last else None)
+            raise _with_federation_hint(error, material)
         # A 200 without a token: a private authority's bug. Never write it; ask again later.
         raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE,
                                f"{_answer('token endpoint', last.status if last else None)} but the token "
@@ -222,6 +255,13 @@ class TokenClient:
                     x5c=material.x5c if material.send_x5c else ())
 
             credential = {"client_assertion": assertion}
+        elif isinstance(material, Federation):
+            # The ServiceAccount token is the assertion (msal sends it with client_assertion_type jwt-bearer). A
+            # callable, not the string: msal warns about static assertions, and it is called once, at the request.
+            service_account_token = material.assertion
+            if not service_account_token:
+                raise TypeError("federation material without a ServiceAccount token")
+            credential = {"client_assertion": lambda: service_account_token}
         else:  # pragma: no cover - exhaustive
             raise TypeError(type(material).__name__)
         app = msal.ConfidentialClientApplication(
@@ -234,6 +274,8 @@ class TokenClient:
             token_cache=msal.TokenCache(),
         )
         holder.append(app)
+        if isinstance(material, Federation):
+            _same_host(spec, app.authority.token_endpoint)
         return app
 
     def _discovery_error(self, spec: GraphAppCredentialSpec, exc: Exception) -> AcquisitionError:
@@ -274,6 +316,18 @@ class TokenClient:
             raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "token response has no expiry", permanent=False)
         return Token(access_token=access_token, expires_on=expires_on.replace(microsecond=0),
                      issued_at=started, claims=claims)
+
+
+def _with_federation_hint(error: AcquisitionError, material: Material) -> AcquisitionError:
+    """A federation refusal names what this credential presents (never the token): the subject and audience a
+    federated identity credential of the app must match, and where to read the issuer."""
+    if not isinstance(material, Federation) or error.code not in _FEDERATION_CODES:
+        return error
+    hint = (f" (this credential presents subject system:serviceaccount:{material.namespace}:"
+            f"{material.service_account} and audience {material.audience}; the issuer is the cluster's "
+            "service-account issuer: `kubectl get --raw /.well-known/openid-configuration`)")
+    return AcquisitionError(error.reason, error.message + hint, permanent=error.permanent,
+                            retry_after=error.retry_after, code=error.code)
 
 
 def _network_error(spec: GraphAppCredentialSpec, exc: requests.exceptions.RequestException) -> AcquisitionError:

@@ -58,6 +58,8 @@ class Bed:
 
     def start(self) -> Bed:
         self.issuer_server = IssuerServer(self.issuer_ca).start()
+        # federated assertions: the issuer fetches the apiserver's discovery document and JWKS, served with this CA
+        self.issuer_server.issuer.trust_ca(self.control_plane.ca.cert_pem)
         try:
             self.control_plane.start()
         except Exception:

@@ -1,7 +1,10 @@
 """A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver and kube-controller-manager.
 
 TLS everywhere the apiserver is concerned, an admin client certificate (group system:masters) in a kubeconfig,
-and a service-account issuer and signing key so that the TokenRequest API works. The controller manager runs
+and a service-account issuer and signing key so that the TokenRequest API works. The issuer is the apiserver's own
+URL and its OIDC discovery document and JWKS are readable anonymously (what a managed cluster's public OIDC issuer
+endpoint offers), so that the bed's Entra issuer can verify ServiceAccount tokens (workload identity federation).
+The controller manager runs
 the garbage collector (owner references really delete Secrets), the namespace controller and the
 service-account controller. The OwnerReferencesPermissionEnforcement admission plugin is on, as on OpenShift.
 Ports are random; every process dies with its parent (PR_SET_PDEATHSIG).
@@ -10,6 +13,7 @@ Ports are random; every process dies with its parent (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -19,6 +23,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import IO
@@ -28,8 +33,18 @@ from .pki import CertificateAuthority, KeyPair, key_pem, new_key, public_key_pem
 
 log = logging.getLogger("graphcred_testbed")
 
-SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 _PR_SET_PDEATHSIG = 1
+
+# Anonymous read of the issuer discovery endpoints (the built-in role's non-resource URLs) and nothing more: Entra
+# fetches them without credentials. Managed clusters publish the same documents at a public OIDC issuer URL instead.
+DISCOVERY_BINDING = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRoleBinding",
+    "metadata": {"name": "graphcred-bed:service-account-issuer-discovery:unauthenticated"},
+    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": "system:service-account-issuer-discovery"},
+    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:unauthenticated"}],
+}
 
 
 def free_port() -> int:
@@ -93,6 +108,9 @@ class ControlPlane:
         self.etcd_port, self.etcd_peer_port = free_port(), free_port()
         self.port = free_port()
         self.server = f"https://127.0.0.1:{self.port}"
+        # ServiceAccount tokens name the apiserver itself as issuer; it serves {issuer}/.well-known/openid-configuration
+        self.sa_issuer = self.server
+        self.sa_jwks_uri = f"{self.sa_issuer}/openid/v1/jwks"
         self.kubeconfig = self.dir / "kubeconfig"
         self.processes: dict[str, Process] = {}
         self._write_pki()
@@ -150,10 +168,15 @@ class ControlPlane:
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
-            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-issuer={self.sa_issuer}",
+            f"--service-account-jwks-uri={self.sa_jwks_uri}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--api-audiences=" + SA_ISSUER,
+            # in-cluster tokens are for the API (the issuer URL); TokenRequest still issues tokens for any audience
+            f"--api-audiences={self.sa_issuer}",
+            # the default, made explicit: with RBAC, anonymous requests get only what is bound to
+            # system:unauthenticated (the built-in public-info-viewer: healthz/livez/readyz/version; and discovery)
+            "--anonymous-auth=true",
             "--service-cluster-ip-range=10.0.0.0/24",
             "--authorization-mode=RBAC",
             # as on OpenShift: setting blockOwnerDeletion needs `update` on the owner's finalizers subresource
@@ -178,6 +201,7 @@ class ControlPlane:
             self._wait_http(f"{etcd_url}/health", "etcd", t0 + timeout, tls=False)
             self.processes["kube-apiserver"].start()
             self._wait_http(f"{self.server}/readyz", "kube-apiserver", t0 + timeout, tls=True)
+            self._grant_anonymous_discovery()
             self.processes["kube-controller-manager"].start()
             self._wait_default_serviceaccount(t0 + timeout)
         except Exception:
@@ -208,6 +232,17 @@ class ControlPlane:
                 last = str(exc)
             time.sleep(0.1)
         raise TimeoutError(f"{name} not ready at {url}: {last}\n{self.processes[name].tail()}")
+
+    def _grant_anonymous_discovery(self) -> None:
+        url = f"{self.server}/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+        req = urllib.request.Request(url, data=json.dumps(DISCOVERY_BINDING).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=self._ssl_context()):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # already there: a restarted bed on the same etcd
+                raise
 
     def _wait_default_serviceaccount(self, deadline: float) -> None:
         # The service-account controller creating `default` in `default` shows the controller manager is live.

@@ -6,7 +6,10 @@ Endpoints (as on login.microsoftonline.com):
   POST /{tenant}/oauth2/v2.0/token        (grant_type=client_credentials)
 
 Apps are registered with client secrets and/or certificates (and optionally a trusted CA for subject-name/issuer
-authentication with `x5c`). Client assertions are verified as Entra does. Faults can be injected per app, for every
+authentication with `x5c`) and/or federated identity credentials (workload identity federation: an external
+issuer's token, e.g. a Kubernetes ServiceAccount token, presented as the client assertion). Client assertions are
+verified as Entra does, federated ones against the external issuer's OIDC discovery document and JWKS fetched over
+HTTPS (trusting the CAs given to `Issuer.trust_ca`) and cached per issuer. Faults can be injected per app, for every
 app at once (an issuer-wide outage) and on a tenant's discovery document; every token request (faulted or not) is
 counted per app so tests can assert how many requests a client made.
 """
@@ -17,13 +20,16 @@ import base64
 import contextlib
 import datetime as dt
 import json
+import logging
 import socket
 import ssl
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,8 +42,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from . import jose
 from .pki import CertificateAuthority, new_key
 
+log = logging.getLogger(__name__)
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLOCK_SKEW = 300  # Entra tolerates five minutes of skew on client assertions
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+METADATA_TIMEOUT = 5.0  # seconds for each fetch of an external issuer's discovery document or JWKS
 RESERVED_SCOPES = {"openid", "profile", "offline_access"}
 
 
@@ -74,6 +84,18 @@ def _take(faults: list[Fault]) -> Fault | None:
     return fault
 
 
+@dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential: tokens of `issuer` for `subject` whose `aud` is one of `audiences`.
+
+    Matched as Entra matches them: exact, case-sensitive string comparison, no wildcards, no URL normalisation
+    (a trailing slash on the issuer matters)."""
+
+    issuer: str
+    subject: str
+    audiences: Sequence[str] = (TOKEN_EXCHANGE_AUDIENCE,)
+
+
 @dataclass
 class App:
     """An app registration with its credentials and granted application permissions."""
@@ -86,6 +108,7 @@ class App:
     trusted_subjects: list[tuple[str, x509.Certificate]] = field(default_factory=list)
     roles: dict[str, list[str]] = field(default_factory=dict)  # resource -> granted app roles
     lifetime: int = 3599  # access-token lifetime in seconds
+    federated: list[FederatedCredential] = field(default_factory=list)
 
 
 class AadstsError(Exception):
@@ -137,6 +160,65 @@ def canned_error(code: int, app: App | None, tenant: str, client_id: str) -> Aad
     return AadstsError(code, 400, "invalid_request", "Injected error.")
 
 
+# --- workload identity federation: Entra's answers, worded as Entra words them (401 invalid_client) -------------
+_FIC_HINT = ("Check your federated identity credential Subject, Audience and Issuer against the presented "
+             "assertion. https://learn.microsoft.com/entra/workload-id/workload-identity-federation")
+
+
+def _no_record(assertion_iss: str, sub: str, aud: str) -> AadstsError:
+    return AadstsError(70021, 401, "invalid_client",
+                       "No matching federated identity record found for presented assertion. "
+                       f"Assertion Issuer: '{assertion_iss}'. Assertion Subject: '{sub}'. Assertion Audience: "
+                       f"'{aud}'. https://docs.microsoft.com/en-us/azure/active-directory/develop/"
+                       "workload-identity-federation")
+
+
+def _no_record_for(code: int, what: str, value: str, extra: str = "") -> AadstsError:
+    return AadstsError(code, 401, "invalid_client",
+                       f"No matching federated identity record found for presented assertion {what} '{value}'. "
+                       f"{extra}{_FIC_HINT}")
+
+
+def _key_not_in_metadata(kid: str, issuer: str) -> AadstsError:
+    return AadstsError(7000272, 401, "invalid_client",
+                       f"The certificate with identifier {kid} used to sign the federated credential could not be "
+                       f"found in the metadata of identity provider {issuer}. Please validate that your Identity "
+                       "Provider's metadata exposes the key used to sign the incoming token.")
+
+
+def _bad_signature() -> AadstsError:
+    return AadstsError(700027, 401, "invalid_client", "Client assertion failed signature validation.")
+
+
+def _entra_time(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+
+
+def _out_of_time_range(now: float, nbf: float, exp: float) -> AadstsError:
+    return AadstsError(700024, 401, "invalid_client",
+                       f"Client assertion is not within its valid time range. Current time: {_entra_time(now)}, "
+                       f"assertion valid from {_entra_time(nbf)}, expiry time of assertion {_entra_time(exp)}. "
+                       "Review the documentation at https://learn.microsoft.com/entra/identity-platform/"
+                       "certificate-credentials .")
+
+
+def _audiences(aud: Any) -> list[str]:
+    """`aud` is a string or a list of strings (Kubernetes always sends a list)."""
+    if isinstance(aud, str):
+        return [aud]
+    return [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
+
+
+def _is_federated(app: App, assertion: str) -> bool:
+    """An external token, not the app's own certificate assertion (that one names the client id as iss, has x5t)."""
+    try:
+        header, claims, _, _ = jose.parse(assertion)
+    except jose.JoseError:
+        return False  # the certificate path words the refusal
+    own = any(k in header for k in ("x5t", "x5t#S256", "x5c")) or claims.get("iss") == app.client_id
+    return not own
+
+
 class Issuer:
     """The issuer's state: tenants, apps, faults, counters. Thread-safe; served by `IssuerServer`."""
 
@@ -155,6 +237,11 @@ class Issuer:
         self._discovery_by_tenant: Counter[str] = Counter()  # tenant id (or unknown name) -> requests
         self._seen_jti: dict[str, float] = {}
         self.issued_tokens: list[str] = []  # every access token handed out (for leak scanners)
+        self.presented_assertions: list[str] = []  # every federated assertion received (ServiceAccount tokens, ditto)
+        self._trusted_cas: list[str] = []  # PEM; empty: the system's trust store
+        self._issuer_keys: dict[str, dict[str, rsa.RSAPublicKey]] = {}  # external issuer -> kid -> key (cache)
+        self._metadata_fetches: Counter[str] = Counter()  # external issuer -> discovery+JWKS fetches
+        self._federated_requests: Counter[str] = Counter()  # client id -> token requests with a federated assertion
 
     # --- registration -------------------------------------------------------------------------------------
     def add_tenant(self, tenant_id: str, *domains: str) -> None:
@@ -173,6 +260,7 @@ class Issuer:
         trusted_subject: tuple[str, x509.Certificate] | None = None,
         roles: dict[str, list[str]] | None = None,
         lifetime: int = 3599,
+        federated: Iterable[FederatedCredential] = (),
     ) -> App:
         self.add_tenant(tenant_id)
         app = App(
@@ -183,10 +271,27 @@ class Issuer:
             trusted_subjects=[trusted_subject] if trusted_subject else [],
             roles=dict(roles or {}),
             lifetime=lifetime,
+            federated=list(federated),
         )
         with self._lock:
             self._apps[(app.tenant_id, app.client_id)] = app
         return app
+
+    def set_federated(self, client_id: str, credentials: Iterable[FederatedCredential]) -> None:
+        """Replace the app's federated identity credentials (an empty list removes them all)."""
+        app = self.app(client_id)
+        with self._lock:
+            app.federated = list(credentials)
+
+    def add_federated(self, client_id: str, credential: FederatedCredential) -> None:
+        app = self.app(client_id)
+        with self._lock:
+            app.federated = [*app.federated, credential]
+
+    def trust_ca(self, pem: bytes) -> None:
+        """Trust this CA (PEM) when fetching an external issuer's metadata, instead of the system's trust store."""
+        with self._lock:
+            self._trusted_cas.append(pem.decode())
 
     def registered_secrets(self) -> list[str]:
         """Every client secret ever registered (for leak scanners)."""
@@ -231,6 +336,16 @@ class Issuer:
             if client_id is None:
                 return sum(self._token_requests.values())
             return self._token_requests[client_id.lower()]
+
+    def federated_requests(self, client_id: str) -> int:
+        """Token requests of this app that presented a federated assertion (also counted in token_requests)."""
+        with self._lock:
+            return self._federated_requests[client_id.lower()]
+
+    def metadata_fetches(self, issuer: str) -> int:
+        """How often the external issuer's discovery document (and then its JWKS) was fetched."""
+        with self._lock:
+            return self._metadata_fetches[issuer]
 
     @property
     def discovery_requests(self) -> int:
@@ -351,7 +466,13 @@ class Issuer:
                 raise canned_error(7000215, app, tid, app.client_id)
             return
         if form.get("client_assertion_type") == ASSERTION_TYPE and "client_assertion" in form:
-            self._verify_assertion(app, tid, form["client_assertion"])
+            if _is_federated(app, form["client_assertion"]):
+                with self._lock:
+                    self._federated_requests[app.client_id] += 1
+                    self.presented_assertions.append(form["client_assertion"])
+                self._verify_federated(app, form["client_assertion"])
+            else:
+                self._verify_assertion(app, tid, form["client_assertion"])
             return
         raise AadstsError(7000218, 401, "invalid_client",
                           "The request body must contain the following parameter: 'client_assertion' or "
@@ -412,6 +533,100 @@ class Issuer:
             if jti in self._seen_jti:
                 raise bad("Client assertion was already used (jti replayed).")
             self._seen_jti[jti] = float(exp) + CLOCK_SKEW
+
+    # --- workload identity federation --------------------------------------------------------------------------
+    def _verify_federated(self, app: App, assertion: str) -> None:
+        """Entra's checks of an external token: a record for its issuer, the issuer's key, time, subject, audience.
+
+        Nothing is fetched for an issuer no record of the app trusts. No replay check: the same federated token may
+        be exchanged many times while it is valid (Kubernetes projects one token file for an hour)."""
+        try:
+            header, claims, signing_input, signature = jose.parse(assertion)
+        except jose.JoseError:
+            raise _bad_signature() from None
+        iss, sub, auds = str(claims.get("iss", "")), str(claims.get("sub", "")), _audiences(claims.get("aud"))
+        with self._lock:
+            records = list(app.federated)
+        try:
+            if not records:
+                raise _no_record(iss, sub, ", ".join(auds))
+            records = [r for r in records if r.issuer == iss]
+            if not records:
+                raise _no_record_for(700211, "issuer", iss)
+            kid = str(header.get("kid", ""))
+            if header.get("alg") != "RS256" or not jose.verify_signature(
+                    "RS256", self._issuer_key(iss, kid), signing_input, signature):
+                raise _bad_signature()
+            left = self._check_time(claims)
+            records = self._match_subject(records, sub)
+            matched = next((a for a in auds if any(a in r.audiences for r in records)), None)
+            if matched is None:
+                raise _no_record_for(700212, "audience", ", ".join(auds))
+        except AadstsError as exc:
+            log.info("federated assertion for app %s refused: AADSTS%d (iss %s, sub %s, aud %s)",
+                     app.client_id, exc.code, iss, sub, ", ".join(auds))
+            raise
+        log.info("federated assertion for app %s: signature RS256 kid=%s verified with the JWKS of %s, iss matched, "
+                 "sub matched %s, aud matched %s, exp ok (%d s left), nbf ok",
+                 app.client_id, kid, iss, sub, matched, left)
+
+    @staticmethod
+    def _check_time(claims: dict[str, Any]) -> int:
+        """Seconds the assertion has left; AADSTS700024 outside exp/nbf (with Entra's skew)."""
+        now = time.time()
+        exp, nbf = claims.get("exp"), claims.get("nbf", 0)
+        nbf = nbf if isinstance(nbf, (int, float)) else 0
+        if not isinstance(exp, (int, float)) or exp + CLOCK_SKEW < now or nbf - CLOCK_SKEW > now:
+            raise _out_of_time_range(now, nbf, exp if isinstance(exp, (int, float)) else 0)
+        return int(exp - now)
+
+    @staticmethod
+    def _match_subject(records: list[FederatedCredential], sub: str) -> list[FederatedCredential]:
+        matching = [r for r in records if r.subject == sub]
+        if matching:
+            return matching
+        if any(r.subject.lower() == sub.lower() for r in records):  # Entra matches case-sensitively since 2024
+            raise _no_record_for(7002138, "subject", sub,
+                                 "The subject matches with case-insensitive comparison, but not with case-sensitive "
+                                 "comparison. ")
+        raise _no_record_for(700213, "subject", sub)
+
+    def _issuer_key(self, issuer: str, kid: str) -> rsa.RSAPublicKey:
+        """The issuer's signing key `kid`, from the cache or (unknown kid: the issuer rotated) freshly fetched."""
+        with self._lock:
+            key = self._issuer_keys.get(issuer, {}).get(kid)
+        if key is not None:
+            return key
+        keys = self._fetch_issuer_keys(issuer, kid)
+        with self._lock:
+            self._issuer_keys[issuer] = keys
+        if kid not in keys:
+            raise _key_not_in_metadata(kid, issuer)
+        return keys[kid]
+
+    def _fetch_issuer_keys(self, issuer: str, kid: str) -> dict[str, rsa.RSAPublicKey]:
+        """OIDC discovery as Entra does it: {issuer}/.well-known/openid-configuration, then its jwks_uri."""
+        with self._lock:
+            self._metadata_fetches[issuer] += 1
+            cas = "".join(self._trusted_cas)
+        ctx = ssl.create_default_context(cadata=cas) if cas else ssl.create_default_context()
+        # no proxy from the environment: the bed's issuers are local
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
+        try:
+            if not issuer.startswith("https://"):
+                raise ValueError("the issuer is not an https URL")
+            with opener.open(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=METADATA_TIMEOUT) as r:
+                config = json.loads(r.read())
+            if config.get("issuer") != issuer:
+                raise ValueError(f"the discovery document names issuer {config.get('issuer')!r}")
+            with opener.open(str(config["jwks_uri"]), timeout=METADATA_TIMEOUT) as r:
+                jwks = json.loads(r.read())
+            return {str(k["kid"]): jose.public_key_from_jwk(k) for k in jwks["keys"]
+                    if k.get("kty") == "RSA" and k.get("kid")}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Entra then cannot find the signing key in the issuer's metadata
+            log.info("metadata of federated issuer %s unavailable: %s", issuer, exc)
+            raise _key_not_in_metadata(kid, issuer) from None
 
     @staticmethod
     def _trusted_by_subject(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
+import urllib.error
+import urllib.request
 import uuid
+from typing import Any
 
 import pytest
 from kubernetes import client, watch
 
 from graphcred_testbed.bed import Bed, wait_for
-from graphcred_testbed.cluster import SA_ISSUER
 
 pytestmark = pytest.mark.bed
 
@@ -108,7 +111,7 @@ def test_token_request_returns_a_service_account_token(bed: Bed, namespace: str)
     resp = bed.core.create_namespaced_service_account_token("graph-reader", namespace, req)
     payload = resp.status.token.split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    assert claims["iss"] == SA_ISSUER
+    assert claims["iss"] == bed.control_plane.sa_issuer == bed.control_plane.server
     assert claims["aud"] == ["api://AzureADTokenExchange"]
     assert claims["sub"] == f"system:serviceaccount:{namespace}:graph-reader"
 
@@ -127,3 +130,57 @@ def test_namespace_deletion_completes(bed: Bed) -> None:
         return False
 
     wait_for(gone, timeout=60, what="namespace controller to finish deleting the namespace")
+
+
+def _anonymous_get(bed: Bed, url: str) -> tuple[int, Any]:
+    """GET with no credentials at all, trusting only the bed's CA, as Entra fetches an issuer's metadata."""
+    ctx = ssl.create_default_context(cafile=str(bed.control_plane.dir / "pki" / "ca.crt"))
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=ctx) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def test_issuer_discovery_is_served_anonymously_and_nothing_else(bed: Bed) -> None:
+    issuer = bed.control_plane.sa_issuer
+    status, config = _anonymous_get(bed, f"{issuer}/.well-known/openid-configuration")
+    assert status == 200
+    assert config["issuer"] == issuer
+    assert config["jwks_uri"] == f"{issuer}/openid/v1/jwks"
+    status, jwks = _anonymous_get(bed, config["jwks_uri"])
+    assert status == 200
+    assert [k["kty"] for k in jwks["keys"]] == ["RSA"] and jwks["keys"][0]["kid"]
+    for path in ("/api/v1/namespaces", "/api/v1/namespaces/default/secrets", "/apis"):
+        assert _anonymous_get(bed, f"{bed.control_plane.server}{path}")[0] in (401, 403), path
+
+
+def _bearer_post(bed: Bed, path: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    ctx = ssl.create_default_context(cafile=str(bed.control_plane.dir / "pki" / "ca.crt"))
+    req = urllib.request.Request(f"{bed.control_plane.server}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def _token(bed: Bed, namespace: str, name: str, audiences: list[str]) -> str:
+    req = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=audiences,
+                                                                             expiration_seconds=600))
+    token: str = bed.core.create_namespaced_service_account_token(name, namespace, req).status.token
+    return token
+
+
+def test_service_account_tokens_still_authenticate_in_cluster(bed: Bed, namespace: str) -> None:
+    bed.core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="in-cluster")))
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    path = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+    status, body = _bearer_post(bed, path, _token(bed, namespace, "in-cluster", []), review)  # the API's audience
+    assert status == 201
+    assert body["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:in-cluster"
+    # a token for Entra is no key to the apiserver: its audience is not the API's
+    entra = _token(bed, namespace, "in-cluster", ["api://AzureADTokenExchange"])
+    assert _bearer_post(bed, path, entra, review)[0] == 401

@@ -1,9 +1,13 @@
 """The Helm chart: lint, CRD identical to crds/, every documented option set accepted by the real apiserver
-(server-side dry run), least-privilege RBAC, and the operator really working with exactly that RBAC."""
+(server-side dry run), least-privilege RBAC (ServiceAccount access only with workloadIdentity.enabled), and the
+operator really working with exactly that RBAC, cluster-wide and in watchNamespaces mode."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from graphcred_testbed import issuer as bed_issuer
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.binaries import binary
 from graphcred_testbed.operator_process import OperatorProcess
@@ -31,6 +36,8 @@ OPTION_SETS: dict[str, list[str]] = {
                         "--set", "metrics.serviceMonitor.labels.release=prometheus"],
     "private-authority-ca": ["--set", "caBundle.configMapName=corp-ca", "--set", "caBundle.key=bundle.pem"],
     "workload-identity": ["--set", "workloadIdentity.enabled=true"],
+    "workload-identity-namespaced": ["--set", "workloadIdentity.enabled=true",
+                                     "--set", "watchNamespaces={team-a,team-b}"],
     "no-crds-no-service": ["--set", "crds.install=false", "--set", "metrics.service.enabled=false"],
     "scheduling": ["--set", "nodeSelector.kubernetes\\.io/os=linux",
                    "--set", "priorityClassName=system-cluster-critical",
@@ -59,8 +66,8 @@ def helm(*args: str) -> str:
     return out.stdout + out.stderr
 
 
-def render(*args: str) -> list[dict[str, Any]]:
-    text = helm("template", "graphcred", str(CHART), "--namespace", RELEASE_NS, *args)
+def render(*args: str, release: str = "graphcred") -> list[dict[str, Any]]:
+    text = helm("template", release, str(CHART), "--namespace", RELEASE_NS, *args)
     return [d for d in yaml.safe_load_all(text) if d]
 
 
@@ -146,46 +153,142 @@ def test_namespaced_rbac_uses_roles_only() -> None:
                   and d["metadata"]["name"] == "graphcred") == ["team-a", "team-b"]
 
 
-def test_service_account_tokens_only_with_workload_identity() -> None:
-    token = ("ClusterRole", "", "serviceaccounts/token", "create")
-    assert token not in _rules(render())
-    assert token in _rules(render(*OPTION_SETS["workload-identity"]))
+WORKLOAD_IDENTITY = {("", "serviceaccounts", v) for v in ("get", "list", "watch")} | \
+    {("", "serviceaccounts/token", "create")}
 
 
-def test_operator_works_with_exactly_the_charts_rbac(env: Env, release_namespace: str,
-                                                      operator_logdir: Path) -> None:
-    docs = [d for d in render() if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
-                                                 "RoleBinding")]
-    env.bed.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(docs))
+def _rules_by_scope(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str]]]:
+    """(apiGroup, resource, verb) granted, by where: "cluster" (ClusterRoles) or a Role's namespace."""
+    granted: dict[str, set[tuple[str, str, str]]] = {}
+    for doc in docs:
+        if doc["kind"] in ("ClusterRole", "Role"):
+            scope = "cluster" if doc["kind"] == "ClusterRole" else doc["metadata"]["namespace"]
+            granted.setdefault(scope, set()).update(
+                (group, resource, verb) for rule in doc["rules"] for group in rule["apiGroups"]
+                for resource in rule["resources"] for verb in rule["verbs"])
+    return granted
+
+
+def test_workload_identity_rbac_cluster_wide() -> None:
+    docs = render(*OPTION_SETS["workload-identity"])
+    assert _rules(docs) == CRD_READ | LEASES | {("ClusterRole", *r) for r in NAMESPACED | WORKLOAD_IDENTITY}
+
+
+def test_workload_identity_rbac_in_watch_namespaces_only() -> None:
+    by_scope = _rules_by_scope(render(*OPTION_SETS["workload-identity-namespaced"]))
+    assert by_scope["team-a"] == by_scope["team-b"] == NAMESPACED | WORKLOAD_IDENTITY
+    assert {r[1:] for r in CRD_READ} == by_scope["cluster"], "nothing but the CRD read cluster-wide"
+    assert {r[1:] for r in LEASES} == by_scope[RELEASE_NS], "the release namespace: the Lease only"
+    assert set(by_scope) == {"cluster", "team-a", "team-b", RELEASE_NS}
+
+
+@pytest.mark.parametrize("option_set", sorted(s for s in OPTION_SETS if not s.startswith("workload-identity")))
+def test_no_service_account_access_without_workload_identity(option_set: str) -> None:
+    """Not in any rule, and not in the text either (a wildcard or a stray comment would show there too)."""
+    docs = render(*OPTION_SETS[option_set])
+    assert not [r for r in _rules(docs) if r[2].startswith("serviceaccounts") or "*" in r[1:]]
+    text = yaml.safe_dump_all([d for d in docs if d["kind"] in ("ClusterRole", "Role")])
+    assert "serviceaccounts" not in text  # nor, so, serviceaccounts/token
+
+
+@pytest.mark.parametrize(("values", "expected"), [([], "false"), (OPTION_SETS["workload-identity"], "true")])
+def test_the_deployment_tells_the_operator_whether_workload_identity_is_on(values: list[str], expected: str) -> None:
+    [deploy] = [d for d in render(*values) if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GRAPHCRED_WORKLOAD_IDENTITY"] == expected
+    assert "GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES" not in env  # no host besides Entra's unless listed
+
+
+def test_allowed_authority_hosts_reach_the_operator() -> None:
+    [deploy] = [d for d in render(*OPTION_SETS["workload-identity"], "--set",
+                                  "workloadIdentity.authorityHosts={https://a.example,https://b.example:8443}")
+                if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES"] == "https://a.example,https://b.example:8443"
+
+
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+# an HTTP 403 however it is logged ("HTTP 403", "ApiException 403", "(403)"), not a port or time that holds "403"
+FORBIDDEN = re.compile(r"Forbidden|(?<![\d.:])403(?!\d)")
+
+
+@contextmanager
+def chart_operator(env: Env, logdir: Path, release: str, values: list[str], *args: str) -> Iterator[OperatorProcess]:
+    """The operator running as the chart's ServiceAccount with exactly the chart's RBAC for `values` (a release of
+    its own: no other release's grants apply), instead of the session's operator. Removes the grants afterwards."""
+    docs = [d for d in render(*values, release=release) if d["kind"] in RBAC_KINDS]
+    manifest = yaml.safe_dump_all(docs)
+    env.bed.kubectl("apply", "--server-side", "-f", "-", input=manifest)
+    [account] = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
     token = env.bed.core.create_namespaced_service_account_token(
-        "graphcred", RELEASE_NS, client.AuthenticationV1TokenRequest(
+        account, RELEASE_NS, client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))).status.token
-    kubeconfig = operator_logdir / "chart-sa.kubeconfig"
+    kubeconfig = logdir / f"chart-{release}.kubeconfig"
     cp = env.bed.control_plane
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "bed", "cluster": {"server": cp.server,
                                                  "certificate-authority": str(cp.dir / "pki" / "ca.crt")}}],
-        "users": [{"name": "graphcred", "user": {"token": token}}],
-        "contexts": [{"name": "bed", "context": {"cluster": "bed", "user": "graphcred"}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "bed", "context": {"cluster": "bed", "user": account}}],
         "current-context": "bed"}))
     env.operator.stop()
-    chart_op = OperatorProcess(env.bed, operator_logdir, "--leader-election",
-                               f"--leader-election-namespace={RELEASE_NS}", name="graphcred-chart-rbac",
-                               log_format="json")
+    chart_op = OperatorProcess(env.bed, logdir, "--leader-election", f"--leader-election-namespace={RELEASE_NS}",
+                               *args, name=f"graphcred-chart-{release}", log_format="json")
     chart_op.process.argv[chart_op.process.argv.index(f"--kubeconfig={env.bed.kubeconfig}")] = \
         f"--kubeconfig={kubeconfig}"
     try:
         chart_op.start()
+        yield chart_op
+        denied = FORBIDDEN.findall(chart_op.logs(this_run=True))
+        assert not denied, f"the chart's RBAC refused the operator something: {denied[:3]}"
+    finally:
+        chart_op.stop()
+        env.operator.start()
+        env.bed.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=manifest, check=False)
+
+
+def _scope(scope: str, env: Env) -> tuple[list[str], tuple[str, ...]]:
+    """Chart values and operator flags for watching the whole cluster, or only the test's namespace."""
+    if scope == "cluster":
+        return [], ()
+    return ["--set", f"watchNamespaces={{{env.namespace}}}"], (f"--namespace={env.namespace}",)
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_operator_works_with_exactly_the_charts_rbac(env: Env, release_namespace: str, operator_logdir: Path,
+                                                      scope: str) -> None:
+    values, args = _scope(scope, env)
+    with chart_operator(env, operator_logdir, f"rbac-{scope}", values, *args):
         app = env.secret_app("rbac", secret_name="cred")
         env.create("rbac", app, {"clientSecret": {"name": "cred"}})
         env.wait_ready("rbac", timeout=60)
         wait_for(lambda: ("Normal", "TokenIssued") in [(t, r) for t, r, _ in env.events("rbac")], timeout=15,
                  what="the TokenIssued event, posted with the chart's RBAC")
-        assert "Forbidden" not in chart_op.logs() and "403" not in chart_op.logs()
-    finally:
-        chart_op.stop()
-        env.operator.start()
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_workload_identity_works_with_exactly_the_charts_rbac(env: Env, release_namespace: str,
+                                                               operator_logdir: Path, scope: str) -> None:
+    """Reads the ServiceAccount, watches it (the annotation added later makes it Ready within seconds, not at the
+    needs-the-user retry minutes later) and requests its token, with the chart's rules and nothing more."""
+    values, args = _scope(scope, env)
+    account = "graph-reader"
+    app = env.register_app(federated=[bed_issuer.FederatedCredential(
+        issuer=env.bed.control_plane.sa_issuer, subject=f"system:serviceaccount:{env.namespace}:{account}",
+        audiences=["api://AzureADTokenExchange"])])
+    env.bed.core.create_namespaced_service_account(env.namespace, client.V1ServiceAccount(
+        metadata=client.V1ObjectMeta(name=account)))
+    with chart_operator(env, operator_logdir, f"wi-{scope}", ["--set", "workloadIdentity.enabled=true", *values],
+                        "--workload-identity", f"--workload-identity-authority={env.bed.authority_host}", *args):
+        env.create("wi", app, {"workloadIdentity": {"serviceAccountName": account}})
+        env.wait_condition("wi", "False", "ServiceAccountNotAuthorized", timeout=60)
+        env.bed.core.patch_namespaced_service_account(account, env.namespace, {"metadata": {"annotations": {
+            "azure.workload.identity/client-id": app.client_id}}})
+        env.wait_ready("wi", timeout=20)
+        token = env.token("wi-token")
+        assert token is not None
+        assert env.verified_claims(token)["appid"] == app.client_id
 
 
 def _leaf_keys(values: dict[str, Any], prefix: str = "") -> list[str]:

@@ -69,7 +69,7 @@ def test_valid_manifest_with_defaults_is_accepted(bed: Bed, namespace: str) -> N
     assert obj["spec"]["credential"]["clientSecret"]["key"] == "clientSecret"
 
 
-@pytest.mark.parametrize("example", ["client-secret.yaml", "certificate.yaml", "pod.yaml"])
+@pytest.mark.parametrize("example", ["client-secret.yaml", "certificate.yaml", "pod.yaml", "workload-identity.yaml"])
 def test_examples_are_accepted_by_the_apiserver(bed: Bed, namespace: str, example: str) -> None:
     result = bed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(ROOT / "examples" / example),
                          check=False)

@@ -106,10 +106,12 @@ def test_credential_problems_are_reported_without_calling_entra(env: Env, case: 
     assert "PRIVATE KEY" not in message
 
 
-def test_workload_identity_is_reported_as_not_supported(env: Env) -> None:
+def test_workload_identity_without_the_flag_is_reported_disabled(env: Env) -> None:
+    # the shared operator runs without --workload-identity: refused, naming how to enable it, waiting for a change
     app = env.register_app(secret="pw")
     env.create("wi", app, {"workloadIdentity": {"serviceAccountName": "default"}})
-    _assert_needs_user(env, "wi", app.client_id, "InvalidSpec", "not supported yet", 0, slow_retry=False)
+    _assert_needs_user(env, "wi", app.client_id, "WorkloadIdentityDisabled", "workloadIdentity.enabled=true", 0,
+                       slow_retry=False)
 
 
 def test_a_failing_credential_recovers_as_soon_as_its_secret_is_fixed(env: Env) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
+from graphcred_testbed.issuer import FederatedCredential
 from graphcred_testbed.operator_process import OperatorProcess
 from graphcred_testbed.pki import self_signed
 
@@ -19,7 +21,8 @@ pytestmark = pytest.mark.bed
 def _text_operator_scenario(env: Env, logdir: Path) -> OperatorProcess:
     """The main paths once more, under a text-format DEBUG operator."""
     env.operator.stop()
-    text_op = OperatorProcess(env.bed, logdir, "--token-timeout=3", name="graphcred-text",
+    text_op = OperatorProcess(env.bed, logdir, "--token-timeout=3", "--workload-identity",
+                              f"--workload-identity-authority={env.bed.authority_host}", name="graphcred-text",
                               log_format="text", log_level="DEBUG").start()
     pair = self_signed("leak-check")
     app = env.secret_app("leak-check", secret_name="ok", certificate=pair.cert)
@@ -28,8 +31,19 @@ def _text_operator_scenario(env: Env, logdir: Path) -> OperatorProcess:
     env.create("ok", app, {"clientSecret": {"name": "ok"}})
     env.create("wrong", app, {"clientSecret": {"name": "wrong"}})
     env.create("cert", app, {"certificate": {"name": "cert"}})
+    # workload identity: a ServiceAccount token presented, and one refused for another subject
+    federated = env.register_app(federated=[FederatedCredential(
+        env.bed.control_plane.sa_issuer, f"system:serviceaccount:{env.namespace}:reader")])
+    for account in ("reader", "stranger"):
+        env.bed.core.create_namespaced_service_account(env.namespace, client.V1ServiceAccount(
+            metadata=client.V1ObjectMeta(name=account,
+                                         annotations={"azure.workload.identity/client-id": federated.client_id})))
+    env.create("wi", federated, {"workloadIdentity": {"serviceAccountName": "reader"}})
+    env.create("wi-stranger", federated, {"workloadIdentity": {"serviceAccountName": "stranger"}})
     env.wait_ready("ok")
     env.wait_ready("cert")
+    env.wait_ready("wi")
+    env.wait_condition("wi-stranger", "False", "Unauthorized")
     env.wait_condition("wrong", "False", "Unauthorized")
     env.bed.issuer.fail(app.client_id, status=429, retry_after=1, times=1)
     env.patch_spec("ok", {"scopes": ["https://vault.azure.net/.default"]})
@@ -54,7 +68,12 @@ def test_no_secret_material_anywhere(env: Env, leak_corpus: LeakCorpus, operator
     assert sum(len(t) for t in texts) > 2_500, "and somewhere to look"
     corpus = "\n".join(texts)
     leaked_tokens = [t[:12] + "..." for t in tokens if t in corpus or t.split(".")[2] in corpus]
+    # ServiceAccount tokens the operator minted for workload identity (tests/e2e/test_workload_identity.py)
+    assertions = env.bed.issuer.presented_assertions
+    assert assertions, "the workload identity tests presented ServiceAccount tokens"
+    leaked_assertions = [a[:12] + "..." for a in assertions if a in corpus or a.split(".")[2] in corpus]
     leaked_secrets = [s.split("~")[0] + "~..." for s in secrets if s in corpus]
     assert not leaked_tokens, f"tokens found in logs/events/status: {leaked_tokens[:3]}"
     assert not leaked_secrets, f"client secrets found in logs/events/status: {leaked_secrets[:3]}"
+    assert not leaked_assertions, f"ServiceAccount tokens found in logs/events/status: {leaked_assertions[:3]}"
     assert "PRIVATE KEY" not in corpus

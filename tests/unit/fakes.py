@@ -167,3 +167,75 @@ def gac(name: str, spec: dict[str, Any], *, namespace: str = "ns", uid: str | No
 
 def secret_spec(tenant: str, client: str, secret: str = "cred", **extra: Any) -> dict[str, Any]:
     return {"tenantId": tenant, "clientId": client, "credential": {"clientSecret": {"name": secret}}, **extra}
+
+
+# --- workload identity (added for the reconciler's federation flow; the classes above are unchanged) ---------------
+CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
+
+
+class FakeKubeWithServiceAccounts(FakeKube):
+    """FakeKube plus ServiceAccounts and the TokenRequest API. Counts reads and TokenRequests; issues a distinct
+    JWT-shaped token per request (so a test can look for it in status, Events and logs); can fail TokenRequests
+    with an HTTP status as the apiserver would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.service_accounts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.service_account_reads = 0
+        self.token_requests: list[tuple[str, str, str]] = []  # (namespace, name, audience) of each TokenRequest
+        self.issued_service_account_tokens: list[str] = []
+        self.token_request_status: int | None = None  # answer TokenRequests with this HTTP error
+
+    def put_service_account(self, namespace: str, name: str, client_id: str | None = None,
+                            annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create or update (same uid) a ServiceAccount; `client_id`: its azure.workload.identity/client-id."""
+        with self._lock:
+            found = self.service_accounts.get((namespace, name))
+            uid = found["metadata"]["uid"] if found else str(uuid.uuid4())
+            wanted = dict(annotations or {})
+            if client_id is not None:
+                wanted[CLIENT_ID_ANNOTATION] = client_id
+            account = {"metadata": {"name": name, "namespace": namespace, "uid": uid,
+                                    "resourceVersion": self._next(), "annotations": wanted}}
+            self.service_accounts[(namespace, name)] = account
+            return copy.deepcopy(account)
+
+    def delete_service_account(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.service_accounts.pop((namespace, name), None)
+
+    def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.service_account_reads += 1
+            found = self.service_accounts.get((namespace, name))
+            return copy.deepcopy(found) if found else None
+
+    def request_service_account_token(self, namespace: str, name: str, audience: str) -> str:
+        from kubernetes.client import ApiException
+
+        with self._lock:
+            self.token_requests.append((namespace, name, audience))
+            if self.token_request_status is not None:
+                raise ApiException(status=self.token_request_status, reason="Refused")
+            if (namespace, name) not in self.service_accounts:
+                raise ApiException(status=404, reason="Not Found")
+            token = fake_jwt({"iss": "https://kubernetes.default.svc", "aud": [audience],
+                              "sub": f"system:serviceaccount:{namespace}:{name}", "jti": uuid.uuid4().hex})
+            self.issued_service_account_tokens.append(token)
+            return token
+
+
+@dataclass
+class FederatedFakeTokens(FakeTokens):
+    """FakeTokens that also records the client assertion each request presented (None: not a federation)."""
+
+    assertions: list[str | None] = field(default_factory=list)
+
+    def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+        self.assertions.append(getattr(material, "assertion", None))
+        return super().acquire(spec, material)
+
+
+def federated_spec(tenant: str, client: str, service_account: str = "reader", **extra: Any) -> dict[str, Any]:
+    return {"tenantId": tenant, "clientId": client,
+            "credential": {"workloadIdentity": {"serviceAccountName": service_account}}, **extra}

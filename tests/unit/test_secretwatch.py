@@ -1,6 +1,7 @@
-"""The Secret metadata watch's retry and list logic against a small scripted HTTP server that speaks the
-apiserver's list/watch wire format (the real kubernetes client talks to it). The bed tests cover the real
-apiserver; these cover answers the real one gives rarely: ERROR events, empty streams, expired continue tokens."""
+"""The metadata watch's retry and list logic against a small scripted HTTP server that speaks the apiserver's
+list/watch wire format (the real kubernetes client talks to it). The bed tests cover the real apiserver; these cover
+answers the real one gives rarely: ERROR events, empty streams, expired continue tokens; and that the same watch
+follows ServiceAccounts (workload identity) by the same rules."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
-from graphcred.secretwatch import KnownSecrets, SecretMetadataWatch, backoff
+from graphcred.secretwatch import KnownSecrets, MetadataWatch, SecretMetadataWatch, backoff
 from graphcred_testbed.bed import wait_for
 
 Answer = tuple[int, list[dict[str, Any]]]  # HTTP status, JSON documents (one body, or one watch event a line)
@@ -38,11 +39,13 @@ def _status(code: int, reason: str) -> dict[str, Any]:
 
 
 class FakeApiserver:
-    """Answers GET /api/v1/secrets: `on_list(query)` for lists, `on_watch(query)` for watches; records queries."""
+    """Answers any GET (the watch asks for /api/v1/secrets): `on_list(query)` for lists, `on_watch(query)` for
+    watches; records queries, and the path and Accept header of every request."""
 
     def __init__(self, on_list: Handler, on_watch: Handler) -> None:
         self.lists: list[dict[str, str]] = []
         self.watches: list[dict[str, str]] = []
+        self.requests: list[tuple[str, str]] = []  # (path, Accept)
         fake = self
 
         class RequestHandler(BaseHTTPRequestHandler):
@@ -50,6 +53,7 @@ class FakeApiserver:
 
             def do_GET(self) -> None:
                 query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                fake.requests.append((urlsplit(self.path).path, self.headers.get("Accept", "")))
                 watching = query.get("watch") == "true"
                 (fake.watches if watching else fake.lists).append(query)
                 status, docs = (fake.on_watch if watching else fake.on_list)(query)
@@ -198,3 +202,44 @@ def test_the_known_secrets_record_is_compact() -> None:
     size = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert size < 16 * 2**20, f"{size / 2**20:.1f} MiB for 50,000 Secrets"
+
+
+# --- the same watch over ServiceAccounts (workload identity: an annotation change wakes the credential) ----------
+@pytest.mark.parametrize(("namespace", "path"), [(None, "/api/v1/serviceaccounts"),
+                                                 ("ns", "/api/v1/namespaces/ns/serviceaccounts")])
+def test_a_service_account_watch_lists_and_watches_service_account_metadata(
+        serve: Callable[..., FakeApiserver], namespace: str | None, path: str) -> None:
+    def on_watch(_: dict[str, str]) -> Answer:
+        if len(fake.watches) > 1:
+            return 200, []
+        return 200, [{"type": "MODIFIED", "object": _secret("reader", "11")},
+                     {"type": "DELETED", "object": _secret("a", "12")}]
+
+    fake = serve(_one_page, on_watch)
+    events: Events = []
+    watch = MetadataWatch(fake.api(), lambda *e: events.append(e), namespace, resource="serviceaccounts").start()
+    try:
+        wait_for(lambda: len(events) >= 3, timeout=10, what="the list and two watch events")
+        assert events[:3] == [("ns", "a", "10", False), ("ns", "reader", "11", False), ("ns", "a", "12", True)]
+        assert {p for p, _ in fake.requests} == {path}, fake.requests
+        assert all("as=PartialObjectMetadata" in accept for _, accept in fake.requests), "metadata only"
+        assert watch._thread.name == f"serviceaccount-watch:{namespace or '*'}"
+    finally:
+        watch.stop()
+
+
+def test_the_secret_watch_still_asks_for_secrets(serve: Callable[..., FakeApiserver]) -> None:
+    fake = serve(_one_page, lambda _: (200, []))
+    watch, _ = _watch(fake)
+    try:
+        assert watch.ready.wait(10)
+        wait_for(lambda: fake.watches, timeout=5, what="the first watch request")
+        assert {p for p, _ in fake.requests} == {"/api/v1/secrets"}
+        assert SecretMetadataWatch is MetadataWatch
+    finally:
+        watch.stop()
+
+
+def test_an_unknown_resource_is_refused() -> None:
+    with pytest.raises(ValueError, match="configmaps"):
+        MetadataWatch(client.ApiClient(), lambda *e: None, resource="configmaps")

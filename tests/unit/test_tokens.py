@@ -4,6 +4,7 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +14,7 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from graphcred.credentials import ClientSecret
+from graphcred.credentials import ClientSecret, Federation
 from graphcred.logs import redact
 from graphcred.model import GraphAppCredentialSpec, Reason
 from graphcred.tokens import AcquisitionError, TokenClient, classify_error_response
@@ -207,3 +208,125 @@ def test_msal_never_logs_an_unparseable_body(caplog: pytest.LogCaptureFixture) -
         _acquire(token=(200, {"Content-Type": "application/json"}, GARBAGE))
         _acquire(token=_html(200))
     assert "SECRET-LOOKING-BODY" not in caplog.text
+
+
+# --- workload identity: the ServiceAccount token as client assertion, and Entra's federation refusals -----------
+SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQifQ.SA-TOKEN-SIGNATURE"
+FEDERATED_SPEC = {"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
+                  "credential": {"workloadIdentity": {"serviceAccountName": "reader"}}}
+
+
+class _Recording(_Canned):
+    """Also keeps the body of each token request, as the token endpoint would receive it."""
+
+    def __init__(self, discovery: Answer, token: Answer) -> None:
+        super().__init__(discovery, token)
+        self.posted: list[dict[str, list[str]]] = []
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if request.method == "POST":
+            body = request.body.decode() if isinstance(request.body, bytes) else str(request.body)
+            self.posted.append(urllib.parse.parse_qs(body))
+        return super().send(request, *args, **kwargs)
+
+
+def _federation(assertion: str | None = SA_TOKEN) -> Federation:
+    material = Federation(namespace="batch", service_account="reader", uid="uid-1",
+                          audience="api://AzureADTokenExchange", client_id=CLIENT)
+    return material.with_assertion(assertion) if assertion else material
+
+
+def _federated(token: Answer) -> tuple[TokenClient, _Recording, GraphAppCredentialSpec]:
+    client = TokenClient()
+    adapter = _Recording(DISCOVERY, token)
+    client.session.mount("https://", adapter)
+    return client, adapter, GraphAppCredentialSpec.model_validate(FEDERATED_SPEC)
+
+
+def test_the_service_account_token_is_sent_as_a_jwt_bearer_client_assertion(recwarn: pytest.WarningsRecorder
+                                                                            ) -> None:
+    client, adapter, spec = _federated(TOKEN)
+    token = client.acquire(spec, _federation())
+    assert token.access_token == "a.b.c"
+    [posted] = adapter.posted
+    assert posted["client_assertion"] == [SA_TOKEN]
+    assert posted["client_assertion_type"] == ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
+    assert posted["grant_type"] == ["client_credentials"] and posted["client_id"] == [CLIENT]
+    assert "client_secret" not in posted
+    assert not [w for w in recwarn if "client_assertion" in str(w.message)], "no static-assertion warning"
+
+
+def test_federation_material_without_a_token_is_a_bug_not_a_request() -> None:
+    client, adapter, spec = _federated(TOKEN)
+    with pytest.raises(TypeError):
+        client.acquire(spec, _federation(assertion=None))
+    assert adapter.posted == []
+
+
+@pytest.mark.parametrize(("code", "fragment"), [
+    (70021, "no federated identity credential of the app matches"),
+    (700211, "issuer"),
+    (700212, "audience"),
+    (700213, "subject"),
+    (7002138, "only in case"),
+])
+def test_federation_refusals_need_the_user_and_say_what_to_register(code: int, fragment: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    description = (f"AADSTS{code}: No matching federated identity record found for presented assertion. "
+                   f"Assertion Subject: 'system:serviceaccount:batch:reader'. ({SA_TOKEN})")
+    client, _, spec = _federated(_json(401, {"error": "invalid_client", "error_description": description,
+                                             "error_codes": [code]}))
+    with caplog.at_level(logging.DEBUG), pytest.raises(AcquisitionError) as caught:
+        client.acquire(spec, _federation())
+    err = caught.value
+    assert (err.reason, err.permanent, err.code) == (Reason.UNAUTHORIZED, True, code)
+    assert f"AADSTS{code}" in err.message and fragment in err.message
+    assert "subject system:serviceaccount:batch:reader and audience api://AzureADTokenExchange" in err.message
+    assert "/.well-known/openid-configuration" in err.message, "where to read the issuer"
+    assert SA_TOKEN not in err.message and SA_TOKEN not in str(err) and "SA-TOKEN" not in caplog.text
+
+
+def test_federation_hints_are_only_for_federation() -> None:
+    err = _acquire(token=_json(401, {"error": "invalid_client", "error_codes": [70021]}))
+    assert "AADSTS70021" in err.message and "system:serviceaccount" not in err.message
+
+
+class _Everywhere(_Recording):
+    """Mounted for every host (http and https): records which URLs were POSTed to."""
+
+    def __init__(self, discovery: Answer, token: Answer) -> None:
+        super().__init__(discovery, token)
+        self.urls: list[str] = []
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if request.method == "POST":
+            self.urls.append(str(request.url))
+        return super().send(request, *args, **kwargs)
+
+
+def test_a_service_account_token_is_never_sent_to_a_token_endpoint_on_another_host() -> None:
+    # the discovery document (a proxy's, a private endpoint's) names a token endpoint elsewhere
+    elsewhere = _json(200, {"token_endpoint": f"https://elsewhere.example/{TENANT}/oauth2/v2.0/token",
+                            "authorization_endpoint": f"{HOST}/{TENANT}/oauth2/v2.0/authorize",
+                            "issuer": f"{HOST}/{TENANT}/v2.0"})
+    client = TokenClient()
+    adapter = _Everywhere(elsewhere, TOKEN)
+    client.session.mount("https://", adapter)
+    spec = GraphAppCredentialSpec.model_validate(FEDERATED_SPEC)
+    with pytest.raises(AcquisitionError) as caught:
+        client.acquire(spec, _federation())
+    assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_NOT_ALLOWED, True)
+    assert "elsewhere.example" in caught.value.message and SA_TOKEN not in caught.value.message
+    assert adapter.urls == [], "nothing was POSTed anywhere"
+
+
+def test_a_token_request_is_never_re_sent_where_a_redirect_points() -> None:
+    moved = (307, {"Location": "http://plain.example/token", "Content-Type": "text/plain"}, b"moved")
+    client = TokenClient()
+    adapter = _Everywhere(DISCOVERY, moved)
+    client.session.mount("https://", adapter)
+    client.session.mount("http://", adapter)
+    spec = GraphAppCredentialSpec.model_validate(FEDERATED_SPEC)
+    with pytest.raises(AcquisitionError):
+        client.acquire(spec, _federation())
+    assert adapter.urls == [f"{HOST}/{TENANT}/oauth2/v2.0/token"], adapter.urls

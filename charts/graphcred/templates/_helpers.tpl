@@ -47,6 +47,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [events]
   verbs: [create, patch]
 {{- if .Values.workloadIdentity.enabled }}
+# Workload identity: read a credential's ServiceAccount (its client-id annotation), watch ServiceAccount metadata so
+# an annotation change wakes the credential, and request its short-lived token. Powerful (a token for any
+# ServiceAccount in scope), hence only with workloadIdentity.enabled.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [serviceaccounts/token]
   verbs: [create]

@@ -1,0 +1,123 @@
+"""The --workload-identity switch: from the command line or the chart's environment variable to the reconciler, and
+the ServiceAccount watch that exists only with it (the chart grants ServiceAccount access only then)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from graphcred import handlers
+from graphcred.cli import main
+from graphcred.config import RunConfig
+from graphcred.controller import Controller
+from graphcred.reconciler import Reconciler
+
+
+def _config(monkeypatch: pytest.MonkeyPatch, *argv: str) -> RunConfig:
+    seen: list[RunConfig] = []
+
+    def run(cfg: RunConfig) -> int:
+        seen.append(cfg)
+        return 0
+
+    monkeypatch.setattr("graphcred.runner.run", run)
+    assert main(["run", *argv]) == 0
+    return seen[0]
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    pytest.param((), None, False, id="off-by-default"),
+    pytest.param(("--workload-identity",), None, True, id="flag"),
+    pytest.param((), "true", True, id="chart-env"),
+    pytest.param((), "false", False, id="chart-env-off"),
+    pytest.param(("--no-workload-identity",), "true", False, id="flag-beats-env"),
+])
+def test_workload_identity_switch(monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...], env: str | None,
+                                  expected: bool) -> None:
+    if env is None:
+        monkeypatch.delenv("GRAPHCRED_WORKLOAD_IDENTITY", raising=False)
+    else:
+        monkeypatch.setenv("GRAPHCRED_WORKLOAD_IDENTITY", env)
+    assert _config(monkeypatch, *argv).workload_identity is expected
+
+
+def test_allowed_authority_hosts_from_flags_or_the_chart_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES", "https://Login.Example.net/, https://b.example:8443")
+    assert _config(monkeypatch).workload_identity_authorities == ("https://login.example.net",
+                                                                  "https://b.example:8443")
+    assert _config(monkeypatch, "--workload-identity-authority=https://c.example").workload_identity_authorities \
+        == ("https://c.example",)
+
+
+@pytest.mark.parametrize("bad", ["login.example.net", "http://login.example.net", "https://x.example/tenant"])
+def test_a_mistyped_authority_host_stops_the_operator_at_start(monkeypatch: pytest.MonkeyPatch, bad: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        _config(monkeypatch, f"--workload-identity-authority={bad}")
+    assert exited.value.code == 2 and "expected https://host[:port]" in capsys.readouterr().err
+
+
+class RecordedWatch:
+    """Stands in for MetadataWatch: records what would be watched, starts nothing."""
+
+    made: list[tuple[str, str | None, str]] = []
+
+    def __init__(self, api: client.ApiClient, callback: Any, namespace: str | None = None,
+                 resource: str = "secrets") -> None:
+        self.made.append((resource, namespace, callback.__name__))
+
+    def start(self) -> RecordedWatch:
+        return self
+
+
+@pytest.mark.parametrize(("namespaces", "workload_identity", "expected"), [
+    ((), False, [("secrets", None, "on_secret")]),
+    ((), True, [("secrets", None, "on_secret"), ("serviceaccounts", None, "on_service_account")]),
+    (("a", "b"), False, [("secrets", "a", "on_secret"), ("secrets", "b", "on_secret")]),
+    (("a", "b"), True, [("secrets", "a", "on_secret"), ("secrets", "b", "on_secret"),
+                        ("serviceaccounts", "a", "on_service_account"),
+                        ("serviceaccounts", "b", "on_service_account")]),
+])
+def test_service_accounts_are_watched_only_with_workload_identity(
+        monkeypatch: pytest.MonkeyPatch, namespaces: tuple[str, ...], workload_identity: bool,
+        expected: list[tuple[str, str | None, str]]) -> None:
+    monkeypatch.setattr(handlers, "MetadataWatch", RecordedWatch)
+    monkeypatch.setattr(RecordedWatch, "made", [])
+    cfg = RunConfig(namespaces=namespaces, workload_identity=workload_identity)
+
+    async def wire() -> None:
+        reconciler = Reconciler(None, None, lambda *a: None,  # type: ignore[arg-type]
+                                workload_identity=workload_identity)
+        assert reconciler.workload_identity is workload_identity
+        handlers._watches(client.ApiClient(), cfg, Controller(reconciler), asyncio.get_running_loop())
+
+    asyncio.run(wire())
+    assert RecordedWatch.made == expected
+
+
+def test_a_service_account_event_reaches_the_controller_on_its_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch calls back from its own thread; the controller runs on the event loop."""
+    callbacks: dict[str, Any] = {}
+
+    class Capturing(RecordedWatch):
+        def __init__(self, api: client.ApiClient, callback: Any, namespace: str | None = None,
+                     resource: str = "secrets") -> None:
+            callbacks[resource] = callback
+
+    monkeypatch.setattr(handlers, "MetadataWatch", Capturing)
+    events: list[tuple[str, str, str, bool]] = []
+
+    async def wire() -> None:
+        controller = Controller(Reconciler(None, None, lambda *a: None))  # type: ignore[arg-type]
+        monkeypatch.setattr(controller, "service_account_event", lambda *e: events.append(e))
+        handlers._watches(client.ApiClient(), RunConfig(workload_identity=True), controller,
+                          asyncio.get_running_loop())
+        await asyncio.to_thread(callbacks["serviceaccounts"], "ns", "reader", "7", False)
+        await asyncio.sleep(0)
+
+    asyncio.run(wire())
+    assert events == [("ns", "reader", "7", False)]
