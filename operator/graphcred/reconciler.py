@@ -109,6 +109,16 @@ def _retry(error: AcquisitionError | CredentialError) -> Retry:
     return Retry.NEEDS_USER if error.permanent else Retry.TRANSIENT
 
 
+def _consented(account: dict[str, Any], spec: GraphAppCredentialSpec, ref: WorkloadIdentityRef, namespace: str
+               ) -> Federation:
+    """The ServiceAccount as federation material if it consents to this spec's app (and tenant); else the pass ends
+    with the reason and message saying how to fix it."""
+    try:
+        return credentials.federation(account, ref, spec.client_id, namespace, spec.tenant_id)
+    except CredentialError as exc:
+        raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
+
+
 def describe_failure(what: str, exc: BaseException) -> str:
     """What failed, for status and logs: the API call and its HTTP status, never a response body (those can echo
     Secret data)."""
@@ -323,10 +333,7 @@ class Reconciler:
                           retry=Retry.NEEDS_USER)
         version = str(account["metadata"].get("resourceVersion", ""))
         mem.credential_version = version
-        try:
-            return credentials.federation(account, ref, spec.client_id, snap.namespace, spec.tenant_id), version
-        except CredentialError as exc:
-            raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
+        return _consented(account, spec, ref, snap.namespace), version
 
     async def _with_assertion(self, spec: GraphAppCredentialSpec, material: Material) -> Material:
         """For federation, a copy of the material carrying a ServiceAccount token made for this acquisition alone;
@@ -345,10 +352,7 @@ class Reconciler:
             raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {material.service_account} not found in "
                           f"namespace {material.namespace} (deleted or re-created since the pass began)",
                           retry=Retry.NEEDS_USER)
-        try:
-            credentials.federation(account, ref, spec.client_id, material.namespace, spec.tenant_id)
-        except CredentialError as exc:
-            raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
+        _consented(account, spec, ref, material.namespace)
         token = await self._service_account_call(
             "create ServiceAccount token", material.namespace, material.service_account,
             self.kube.request_service_account_token, material.namespace, material.service_account, material.audience)

@@ -78,6 +78,17 @@ def create(env: Env, name: str, app: App, service_account: str = "reader", **spe
     env.create(name, app, {"workloadIdentity": {"serviceAccountName": service_account}}, **spec)
 
 
+def ready_credential(env: Env) -> tuple[App, str]:
+    """A federated app, its consenting ServiceAccount "reader", and GraphAppCredential "wi" Ready: its token."""
+    app = federated_app(env)
+    service_account(env, "reader", app.client_id)
+    create(env, "wi", app)
+    env.wait_ready("wi")
+    token = env.token("wi-token")
+    assert token is not None
+    return app, token
+
+
 def token_requests(bed: Bed) -> int:
     """TokenRequests the apiserver has served (its own metrics): `create serviceaccounts/token`."""
     metrics = bed.kubectl("get", "--raw", "/metrics").stdout
@@ -154,11 +165,7 @@ def test_consent_added_later_is_noticed_within_seconds(wenv: Env) -> None:
 
 
 def test_a_deleted_service_account_is_not_ready_and_the_last_token_stays(wenv: Env) -> None:
-    app = federated_app(wenv)
-    service_account(wenv, "reader", app.client_id)
-    create(wenv, "wi", app)
-    wenv.wait_ready("wi")
-    token = wenv.token("wi-token")
+    _, token = ready_credential(wenv)
     wenv.bed.core.delete_namespaced_service_account("reader", wenv.namespace)
     obj = wenv.wait_condition("wi", "False", "CredentialNotFound", timeout=15)
     cond = obj["status"]["conditions"][0]
@@ -203,11 +210,7 @@ def test_sharing_follows_the_service_account(wenv: Env) -> None:
 
 
 def test_consent_withdrawn_is_noticed_within_seconds_and_the_last_token_stays(wenv: Env) -> None:
-    app = federated_app(wenv)
-    service_account(wenv, "reader", app.client_id)
-    create(wenv, "wi", app)
-    wenv.wait_ready("wi")
-    token = wenv.token("wi-token")
+    _, token = ready_credential(wenv)
     before = token_requests(wenv.bed)
     wenv.bed.core.patch_namespaced_service_account("reader", wenv.namespace,
                                                    {"metadata": {"annotations": {ANNOTATION: None}}})

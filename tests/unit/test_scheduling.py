@@ -51,6 +51,12 @@ class Rig:
     def emit(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:  # noqa: A002
         self.events.append((obj["metadata"]["name"], type, reason))
 
+    def listed(self, body: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        """`body` as a process listing it now sees it: with the status stored so far (and `annotations`)."""
+        name = body["metadata"]["name"]
+        metadata = {**body["metadata"], "annotations": annotations} if annotations else body["metadata"]
+        return {**body, "metadata": metadata, "status": self.kube.statuses[(NS, name)]}
+
     def add(self, body: dict[str, Any]) -> dict[str, Any]:
         self.kube.objects.add((NS, body["metadata"]["name"]))
         self.controller.observe(body)
@@ -458,16 +464,13 @@ def test_a_renew_request_made_during_a_leader_change_is_served_by_the_new_leader
         await rig.controller.stop()
         # the old leader is gone; the user asks for a renewal; a new leader lists the object
         new = rig.successor(seed=1)
-        new.controller.observe({**body, "metadata": {**body["metadata"], "annotations": {RENEW_ANNOTATION: "1"}},
-                                "status": rig.kube.statuses[(NS, "a")]})
+        new.controller.observe(rig.listed(body, {RENEW_ANNOTATION: "1"}))
         await until(lambda: new.tokens.requests == 1, what="the renew request served after the leader change")
         await until(lambda: rig.kube.statuses[(NS, "a")].get("lastRenewRequest") == "1", what="served, recorded")
         await new.controller.stop()
         # and a restart after that does not serve the same request again
         third = rig.successor(seed=2)
-        third.controller.observe({**body, "metadata": {**body["metadata"],
-                                                       "annotations": {RENEW_ANNOTATION: "1"}},
-                                  "status": rig.kube.statuses[(NS, "a")]})
+        third.controller.observe(rig.listed(body, {RENEW_ANNOTATION: "1"}))
         await asyncio.sleep(0.3)
         assert third.tokens.requests == 0
         await third.controller.stop()
@@ -483,7 +486,7 @@ def test_a_resumed_credential_reports_its_expiry_metric() -> None:
         await until(lambda: is_ready(rig, "a"), what="A Ready")
         await rig.controller.stop()
         new = rig.successor(seed=1)
-        new.controller.observe({**body, "status": rig.kube.statuses[(NS, "a")]})
+        new.controller.observe(rig.listed(body))
         await until(lambda: "graphcred_token_expiration_timestamp_seconds{" in new.metrics.exposition(),
                     what="the expiry series after a restart")
         assert new.tokens.requests == 0
