@@ -76,7 +76,8 @@ def backoff(failures: int, retry_after: float | None = None, rng: random.Random 
             base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
     """Seconds to wait after the n-th consecutive transient failure: exponential, jittered, honours Retry-After."""
     rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-    ceiling = min(cap, base * 2 ** max(failures - 1, 0))
+    # the exponent is bounded: past the cap it changes nothing, and 2 ** 1024 no longer fits in a float
+    ceiling = min(cap, base * 2 ** min(max(failures - 1, 0), 32))
     delay = ceiling * (0.5 + 0.5 * rng.random())
     return float(max(delay, retry_after or 0.0))
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +28,8 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
+
+from . import policy
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,10 @@ RESOURCES = {
 
 
 def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Delay before retrying after `failures` (1, 2, ...) failures in a row: exponential, capped, and jittered
-    between half and all of it, so that watches (and replicas) that failed together do not retry together."""
-    ceiling = min(cap, base * 2 ** min(failures - 1, 16))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+    """Delay before retrying after `failures` (1, 2, ...) failures in a row: the reconciler's exponential backoff,
+    jittered between half and all of it (watches and replicas that failed together do not retry together), with a
+    watch's shorter base and cap."""
+    return policy.backoff(failures, base=base, cap=cap)
 
 
 class KnownObjects:

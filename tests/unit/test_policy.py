@@ -94,3 +94,13 @@ def test_transient_retries_come_every_30_s_at_most_once_the_token_expired() -> N
     assert policy.retry_delay(Retry.TRANSIENT, 1, 86400.0, T0, None, rng) == policy.RETRY_AFTER_CAP
     valid = T0 + dt.timedelta(hours=1)
     assert (policy.retry_delay(Retry.TRANSIENT, 12, None, T0, valid, rng) or 0) > policy.EXPIRED_RETRY
+
+
+def test_backoff_after_days_of_failures_stays_at_its_cap() -> None:
+    # 2 ** failures overflowed a float after ~1,024 failures in a row (3.5 days at the 300 s cap): the pass that
+    # reports the failure raised instead, and so did its error report, and the worker died.
+    for failures in (1_024, 1_100, 100_000):
+        assert policy.BACKOFF_CAP / 2 <= policy.backoff(failures) <= policy.BACKOFF_CAP
+    delay = policy.retry_delay(policy.Retry.TRANSIENT, 5_000, None, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), None,
+                               random.Random(1))
+    assert delay is not None and delay <= policy.BACKOFF_CAP
