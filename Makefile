@@ -12,10 +12,10 @@ all: test
 
 # Exactly the locked versions, each checked against its hash (requirements/dev.txt: runtime + dev + build tools),
 # then graphcred and the test bed themselves, editable, with nothing resolved from the index.
-$(BIN)/.installed: requirements/dev.txt pyproject.toml testbed/pyproject.toml
+$(BIN)/.installed: requirements/dev.txt pyproject.toml testbed/pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --require-hashes -r requirements/dev.txt
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e . -e ./testbed
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . -e ./testbed -e ./clients/python
 	touch $@
 
 venv: $(BIN)/.installed
@@ -24,7 +24,7 @@ binaries:
 	@bash testbed/build-binaries.sh >/dev/null
 
 lint: venv
-	$(BIN)/ruff check operator testbed tests bench
+	$(BIN)/ruff check operator testbed clients tests bench
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests; that must fail, not pass silently.
@@ -50,7 +50,8 @@ soak: venv binaries
 LOCK := PIP_FIND_LINKS= $(BIN)/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe --strip-extras \
         --no-emit-find-links --no-emit-index-url
 lock: venv
-	$(LOCK) --extra dev --all-build-deps -o requirements/dev.txt pyproject.toml testbed/pyproject.toml
+	$(LOCK) --extra dev --all-build-deps -o requirements/dev.txt pyproject.toml testbed/pyproject.toml \
+	  clients/python/pyproject.toml
 	$(LOCK) -c requirements/dev.txt -o requirements/runtime.txt pyproject.toml
 	$(LOCK) -c requirements/dev.txt --only-build-deps --all-build-deps -o requirements/build.txt pyproject.toml
 
