@@ -14,7 +14,9 @@ import argparse
 import base64
 import contextlib
 import json
+import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +29,7 @@ from graphcred.jwt import b64url_decode
 
 from .bed import Bed, wait_for
 from .operator_process import OperatorProcess, install_crd
+from .volume import SecretVolume
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -75,7 +78,8 @@ def demo(hold: bool) -> int:
             print("decoded access_token header:", json.dumps(header))
             print("decoded access_token claims:", json.dumps(claims, indent=2))
             print(f"\nexpires_on: {base64.b64decode(data['expires_on']).decode()}; the operator refreshes at "
-                  "half-life. A pod reads it as in examples/pod.yaml.")
+                  "half-life.")
+            _consume(bed, data)
             if hold:
                 print(f"\nexport KUBECONFIG={bed.kubeconfig}\nbed and operator are up "
                       f"(operator log: {op.logfile}); Ctrl-C to stop", flush=True)
@@ -84,6 +88,21 @@ def demo(hold: bool) -> int:
                     signal.pause()
     print("demo stopped; nothing left running")
     return 0
+
+
+def _consume(bed: Bed, data: dict[str, str]) -> None:
+    """The last mile: examples/consumer/graph_daemon.py (the pod of examples/pod.yaml) reads the token Secret
+    mounted as the kubelet mounts it and lists users through the bed's Graph API with the Graph SDK."""
+    with tempfile.TemporaryDirectory(prefix="graphcred-demo-") as tmp:
+        volume = SecretVolume(Path(tmp) / "token")
+        volume.write({key: base64.b64decode(value) for key, value in data.items()})
+        print("\n$ python examples/consumer/graph_daemon.py --count 1   # the pod of examples/pod.yaml, with the "
+              "Secret mounted kubelet-style and the bed's Graph API for graph.microsoft.com", flush=True)
+        env = {**os.environ, "GRAPHCRED_TOKEN_DIR": str(volume.directory), "GRAPH_BASE_URL": bed.graph.base_url,
+               "GRAPH_CA_BUNDLE": str(bed.issuer_ca_file)}
+        run = subprocess.run([sys.executable, str(EXAMPLES / "consumer" / "graph_daemon.py"), "--count", "1"],
+                             env=env, capture_output=True, text=True, timeout=120, check=False)
+        print(run.stdout + run.stderr, end="", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The whole test bed in one object: the control plane, the token issuer, and API clients for both."""
+"""The whole test bed in one object: the control plane, the token issuer, the Graph API, and API clients."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 
 from .cluster import ControlPlane
+from .graph import GraphApi
 from .issuer import Issuer, IssuerServer
 from .pki import CertificateAuthority
 
@@ -32,7 +33,7 @@ def wait_for(
 
 
 class Bed:
-    """Control plane + issuer. `with Bed(dir) as bed:` starts both and stops both."""
+    """Control plane + issuer + Graph API. `with Bed(dir) as bed:` starts them all and stops them all."""
 
     def __init__(self, workdir: Path | None = None) -> None:
         self.control_plane = ControlPlane(workdir)
@@ -40,6 +41,7 @@ class Bed:
         self.issuer_ca_file = self.control_plane.dir / "issuer-ca.crt"
         self.issuer_ca_file.write_bytes(self.issuer_ca.cert_pem)
         self.issuer_server: IssuerServer | None = None
+        self.graph_api: GraphApi | None = None
         self.api: client.ApiClient | None = None
 
     @property
@@ -53,6 +55,12 @@ class Bed:
         return self.issuer_server.base_url
 
     @property
+    def graph(self) -> GraphApi:
+        """The bed's Microsoft Graph; its certificate is issued by `issuer_ca` (trust `issuer_ca_file`)."""
+        assert self.graph_api is not None, "bed not started"
+        return self.graph_api
+
+    @property
     def kubeconfig(self) -> Path:
         return self.control_plane.kubeconfig
 
@@ -61,8 +69,11 @@ class Bed:
         # federated assertions: the issuer fetches the apiserver's discovery document and JWKS, served with this CA
         self.issuer_server.issuer.trust_ca(self.control_plane.ca.cert_pem)
         try:
+            self.graph_api = GraphApi(self.issuer_ca, self.issuer_server.base_url, self.issuer_ca_file).start()
             self.control_plane.start()
         except Exception:
+            if self.graph_api is not None:
+                self.graph_api.stop()
             self.issuer_server.stop()
             raise
         self.api = config.new_client_from_config(str(self.kubeconfig))  # type: ignore[no-untyped-call]
@@ -72,6 +83,8 @@ class Bed:
         if self.api is not None:
             self.api.close()  # type: ignore[no-untyped-call]
         self.control_plane.stop()
+        if self.graph_api is not None:
+            self.graph_api.stop()
         if self.issuer_server is not None:
             self.issuer_server.stop()
 

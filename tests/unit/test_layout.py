@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -103,3 +104,34 @@ def test_the_image_locks_the_versions_the_tests_ran() -> None:
         differing = {name: (version, dev.get(name)) for name, version in pins(lock).items()
                      if dev.get(name) != version}
         assert differing == {}, f"requirements/{lock}.txt differs from requirements/dev.txt; run `make lock`"
+
+
+# The client distribution (clients/python) goes into consumers' images: azure-core and the standard library only.
+CLIENT = ROOT / "clients" / "python"
+
+
+def test_the_client_imports_only_azure_core_and_the_standard_library() -> None:
+    modules = sorted((CLIENT / "graphcred_client").rglob("*.py"))
+    assert len(modules) >= 4
+    allowed = set(sys.stdlib_module_names) | {"azure", "graphcred_client"}
+    offending = {str(m.relative_to(ROOT)): sorted(n for n in _imports(m) if n.split(".")[0] not in allowed)
+                 for m in modules}
+    assert {m: n for m, n in offending.items() if n} == {}
+    azure = {n for m in modules for n in _imports(m) if n.split(".")[0] == "azure"}
+    assert azure and all(n.startswith("azure.core") for n in azure), sorted(azure)
+    assert _declared(CLIENT / "pyproject.toml") == {"azure-core"}
+
+
+def test_the_client_wheel_holds_graphcred_client_alone(tmp_path: Path) -> None:
+    # Built from a clean copy: a stale build/ in the tree would put deleted modules into the wheel.
+    source = shutil.copytree(CLIENT, tmp_path / "src", ignore=shutil.ignore_patterns("build", "*.egg-info",
+                                                                                       "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path), str(source)], check=True, timeout=300, capture_output=True)
+    (wheel,) = tmp_path.glob("graphcred_client-*.whl")
+    files = zipfile.ZipFile(wheel).namelist()
+    top = {f.split("/")[0] for f in files}
+    assert top == {"graphcred_client", wheel.name.split("-py3")[0] + ".dist-info"}, sorted(top)
+    package = CLIENT / "graphcred_client"
+    assert {f.removeprefix("graphcred_client/") for f in files if f.startswith("graphcred_client/")} == \
+        {str(m.relative_to(package)) for m in package.rglob("*.py")} | {"py.typed"}

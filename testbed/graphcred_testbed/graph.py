@@ -1,0 +1,593 @@
+"""The bed's Microsoft Graph: a local HTTPS resource server that validates bearer tokens as Graph does.
+
+Routes (canned data, read only):
+  GET /v1.0/users                     application permission User.Read.All or Directory.Read.All ($top, $select)
+  GET /v1.0/users/{id | userPrincipalName}    the same permissions ($select)
+  GET /v1.0/users/{id}/messages       Mail.Read ($top, $skip, $select)
+
+Tokens are validated like a resource server validates Entra tokens: the signing keys come from the token's issuer's
+OIDC discovery document (`{iss}/.well-known/openid-configuration`, then its `jwks_uri`), fetched over HTTPS and cached
+by `kid`; an unknown `kid` triggers one refetch at most every `refetch_interval` seconds. Only issuers under the bed's
+issuer are trusted. Then: RS256 signature, lifetime, audience (Graph's), issuer, and the route's app roles.
+
+Answers are shaped as Graph's: OData JSON with `@odata.context` and `value`, `request-id`/`client-request-id` headers,
+and errors as `{"error": {"code", "message", "innerError": {...}}}` with a `WWW-Authenticate: Bearer` challenge on 401.
+Every request is recorded (method, path, status, the token's `uti`); the token itself is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import re
+import ssl
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import jose
+from .pki import CertificateAuthority
+
+log = logging.getLogger(__name__)
+
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+GRAPH_AUDIENCES = frozenset({"https://graph.microsoft.com", GRAPH_APP_ID})
+USER_ROLES = frozenset({"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
+MAIL_ROLES = frozenset({"Mail.Read", "Mail.ReadWrite"})
+DEFAULT_LEEWAY = 0.0  # seconds of clock skew allowed on exp/nbf: the bed's issuer and API share one clock
+# Microsoft.IdentityModel's ConfigurationManager refreshes on an unknown kid at most once per 5 minutes
+DEFAULT_REFETCH_INTERVAL = 300.0
+FAILED_FETCH_RETRY = 1.0  # seconds before a failed metadata fetch may be retried
+METADATA_TIMEOUT = 5.0
+SUCCESS_CONTENT_TYPE = ("application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;"
+                        "charset=utf-8")
+ERROR_CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class GraphCall:
+    """One request the API answered. `token_id` is the presented token's `uti` claim, never the token."""
+
+    method: str
+    path: str
+    status: int
+    token_id: str | None
+
+
+class GraphError(Exception):
+    """An answer in Graph's error format."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _unauthorized(message: str) -> GraphError:
+    return GraphError(401, "InvalidAuthenticationToken", message)
+
+
+def _bad_request(message: str, code: str = "BadRequest") -> GraphError:
+    return GraphError(400, code, message)
+
+
+# --- canned directory ---------------------------------------------------------------------------------------------
+DOMAIN = "contoso.onmicrosoft.com"
+
+
+def _user(given: str, surname: str, alias: str, job: str, office: str, phone: str | None) -> dict[str, Any]:
+    upn = f"{alias}@{DOMAIN}"
+    return {
+        "businessPhones": [phone] if phone else [],
+        "displayName": f"{given} {surname}",
+        "givenName": given,
+        "jobTitle": job,
+        "mail": upn,
+        "mobilePhone": None,
+        "officeLocation": office,
+        "preferredLanguage": "en-US",
+        "surname": surname,
+        "userPrincipalName": upn,
+        "id": str(uuid.uuid5(uuid.NAMESPACE_DNS, upn)),  # stable across runs, like a directory's object ids
+    }
+
+
+USERS: tuple[dict[str, Any], ...] = (
+    _user("Adele", "Vance", "AdeleV", "Retail Manager", "18/2111", "+1 425 555 0109"),
+    _user("Alex", "Wilber", "AlexW", "Marketing Assistant", "131/1104", "+1 858 555 0110"),
+    _user("Megan", "Bowen", "MeganB", "Marketing Manager", "12/1110", "+1 412 555 0109"),
+    _user("Lee", "Gu", "LeeG", "Director", "23/3101", "+1 913 555 0101"),
+    _user("Nestor", "Wilke", "NestorW", "Director", "36/2121", None),
+)
+
+
+def _address(user: Mapping[str, Any]) -> dict[str, Any]:
+    return {"emailAddress": {"name": user["displayName"], "address": user["mail"]}}
+
+
+def _message(n: int, to: Mapping[str, Any], sender: Mapping[str, Any], subject: str, received: str,
+             preview: str) -> dict[str, Any]:
+    return {
+        "id": base64.urlsafe_b64encode(f"graphcred-bed-message-{n}".encode()).decode(),
+        "createdDateTime": received,
+        "receivedDateTime": received,
+        "subject": subject,
+        "bodyPreview": preview,
+        "importance": "normal",
+        "isRead": n % 2 == 0,
+        "from": _address(sender),
+        "toRecipients": [_address(to)],
+    }
+
+
+_ADELE, _ALEX, _MEGAN, _LEE, _ = USERS
+MESSAGES: dict[str, tuple[dict[str, Any], ...]] = {  # user id -> mailbox, newest first
+    _ADELE["id"]: (
+        _message(1, _ADELE, _MEGAN, "Spring campaign: final numbers", "2026-03-12T09:14:03Z",
+                 "Adele, the final figures for the spring campaign are attached."),
+        _message(2, _ADELE, _LEE, "Store visit on Thursday", "2026-03-11T16:40:51Z",
+                 "Can we move the store visit to 10:00?"),
+        _message(3, _ADELE, _ALEX, "Shelf layout draft", "2026-03-10T08:02:27Z",
+                 "Here is the first draft of the new shelf layout."),
+    ),
+    _MEGAN["id"]: (
+        _message(4, _MEGAN, _ADELE, "Re: Spring campaign: final numbers", "2026-03-12T10:01:44Z",
+                 "Thanks Megan, looks great."),
+    ),
+}
+
+
+def find_user(key: str) -> dict[str, Any] | None:
+    """A user by object id or userPrincipalName (both case-insensitive, as in Entra)."""
+    key = key.lower()
+    return next((u for u in USERS if key in (u["id"], u["userPrincipalName"].lower())), None)
+
+
+# --- signing keys -------------------------------------------------------------------------------------------------
+class SigningKeys:
+    """The issuer's signing keys, discovered and cached as a resource server does.
+
+    Keys are cached by `kid`. A token signed with a `kid` not in the cache makes us refetch the issuer's metadata
+    (it may have rotated its keys), but at most once per `refetch_interval` seconds, so a flood of tokens with
+    made-up kids cannot hammer the issuer."""
+
+    def __init__(self, issuer_base_url: str, context: ssl.SSLContext, refetch_interval: float,
+                 monotonic: Callable[[], float]) -> None:
+        self.base = issuer_base_url.rstrip("/")
+        # no proxy from the environment: the bed's issuer is local
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                   urllib.request.HTTPSHandler(context=context))
+        self._interval = refetch_interval
+        self._monotonic = monotonic
+        self._lock = threading.Lock()  # held across a fetch, so concurrent unknown kids cause one fetch
+        self._keys: dict[str, rsa.RSAPublicKey] = {}
+        self._next_fetch: float | None = None  # monotonic time before which no fetch happens
+        self.fetches = 0
+
+    def trusts(self, iss: str, tid: Any) -> bool:
+        """Only the bed's issuer, in Entra's v2.0 form `{base}/{tid}/v2.0` for the token's own tenant."""
+        return isinstance(tid, str) and re.fullmatch(r"[A-Za-z0-9.-]+", tid) is not None and iss == self.issuer_for(tid)
+
+    def issuer_for(self, tid: str) -> str:
+        return f"{self.base}/{tid}/v2.0"
+
+    def key(self, iss: str, kid: str) -> rsa.RSAPublicKey | None:
+        with self._lock:
+            if kid in self._keys:
+                return self._keys[kid]
+            now = self._monotonic()
+            if self._next_fetch is not None and now < self._next_fetch:
+                return None
+            self._next_fetch = now + self._interval
+            self.fetches += 1
+            try:
+                self._keys = self._fetch(iss)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                # soon again, not after the full interval: one outage must not lock every caller out for minutes
+                self._next_fetch = now + min(self._interval, FAILED_FETCH_RETRY)
+                log.info("signing keys of %s unavailable: %s", iss, exc)
+                return None
+            return self._keys.get(kid)
+
+    def _fetch(self, iss: str) -> dict[str, rsa.RSAPublicKey]:
+        with self._opener.open(f"{iss}/.well-known/openid-configuration", timeout=METADATA_TIMEOUT) as r:
+            config = json.loads(r.read())
+        if config.get("issuer") != iss:
+            raise ValueError(f"the discovery document names issuer {config.get('issuer')!r}")
+        jwks_uri = str(config["jwks_uri"])
+        if not jwks_uri.startswith(self.base + "/"):
+            raise ValueError(f"jwks_uri {jwks_uri!r} is not on the trusted issuer")
+        with self._opener.open(jwks_uri, timeout=METADATA_TIMEOUT) as r:
+            jwks = json.loads(r.read())
+        return {str(k["kid"]): jose.public_key_from_jwk(k) for k in jwks["keys"]
+                if k.get("kty") == "RSA" and k.get("kid")}
+
+
+# --- token validation ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Caller:
+    """What a valid token says about its bearer."""
+
+    roles: frozenset[str]
+    app_only: bool
+
+
+def token_id(token: str) -> str | None:
+    """The token's `uti` claim (unverified), for the request record; None if there is none."""
+    try:
+        uti = jose.parse(token)[1].get("uti")
+    except jose.JoseError:
+        return None
+    return uti if isinstance(uti, str) and len(uti) <= 64 else None
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header; 401 as Graph answers when there is none."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized("Access token is empty.")
+    return token
+
+
+class TokenValidator:
+    """Entra access-token checks: form, algorithm, issuer (before any key is fetched from it), key, signature,
+    lifetime, audience. Messages are those Graph answers with where known (observed answers), else in their style."""
+
+    def __init__(self, keys: SigningKeys, leeway: float, clock: Callable[[], float]) -> None:
+        self._keys, self._leeway, self._clock = keys, leeway, clock
+
+    def validate(self, token: str) -> Caller:
+        if "." not in token:
+            raise _unauthorized("IDX14100: JWT is not well formed, there are no dots (.).")
+        if token.count(".") != 2:  # a JWE or worse: Graph takes signed tokens only
+            raise _unauthorized("Access token validation failure.")
+        try:
+            header, claims, signing_input, signature = jose.parse(token)
+        except jose.JoseError:
+            raise _unauthorized("Access token validation failure.") from None
+        if header.get("alg") != "RS256":  # never `none`, never a symmetric alg keyed with public material
+            raise _unauthorized("Access token validation failure. Invalid signature algorithm.")
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or not self._keys.trusts(iss, claims.get("tid")):
+            raise _unauthorized("Access token validation failure. Invalid issuer.")
+        key = self._keys.key(iss, str(header.get("kid", "")))
+        if key is None or not jose.verify_signature("RS256", key, signing_input, signature):
+            raise _unauthorized("Access token validation failure. Invalid signature.")
+        self._check_lifetime(claims)
+        if claims.get("aud") not in GRAPH_AUDIENCES:
+            raise _unauthorized("Access token validation failure. Invalid audience.")
+        roles = claims.get("roles")
+        roles = roles if isinstance(roles, list) else []
+        # app-only: Entra's `idtyp` optional claim says so; a delegated token carries `scp` instead of roles
+        app_only = claims.get("idtyp", "app") == "app" and "scp" not in claims
+        return Caller(frozenset(r for r in roles if isinstance(r, str)), app_only)
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        now, exp, nbf = self._clock(), claims.get("exp"), claims.get("nbf")
+        if not isinstance(exp, (int, float)):
+            raise _unauthorized("IDX10225: Lifetime validation failed. The token is missing an Expiration Time.")
+        if now > exp + self._leeway:
+            raise _unauthorized("Lifetime validation failed, the token is expired.")
+        if isinstance(nbf, (int, float)) and now + self._leeway < nbf:
+            raise _unauthorized("Access token has expired or is not yet valid.")
+
+
+def require(caller: Caller, roles: frozenset[str], denied: Callable[[], GraphError]) -> None:
+    if not caller.app_only or not caller.roles & roles:
+        raise denied()
+
+
+# Users are directory objects (Entra answers); messages are mailbox items (Exchange answers).
+def directory_denied() -> GraphError:
+    return GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+
+
+def mailbox_denied() -> GraphError:
+    return GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+
+
+# --- OData queries ------------------------------------------------------------------------------------------------
+def _option(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(f"${name}")
+    return values[-1] if values else None
+
+
+def _count(query: Mapping[str, list[str]], name: str, default: int, low: int, high: int) -> int:
+    raw = _option(query, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise _bad_request(f"Invalid value '{raw}' for query parameter '${name}'.")
+    return value
+
+
+def _selected(query: Mapping[str, list[str]]) -> list[str] | None:
+    raw = _option(query, "select")
+    return [p.strip() for p in raw.split(",") if p.strip()] if raw else None
+
+
+def _project(item: Mapping[str, Any], select: Sequence[str] | None, keep: Sequence[str] = ()) -> dict[str, Any]:
+    """$select: only the named properties (case-insensitive, as OData), plus `keep`; unknown names are left out."""
+    if select is None:
+        return dict(item)
+    wanted = {p.lower() for p in select} | {k.lower() for k in keep}
+    return {k: v for k, v in item.items() if k.lower() in wanted}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: GraphServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass  # the request line carries no token, but tests read their own output
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)  # keep the connection usable; nothing here takes a body
+        request_id = str(uuid.uuid4())
+        client_request_id = self.headers.get("client-request-id") or request_id
+        path = urlsplit(self.path).path
+        authorization = self.headers.get("Authorization")
+        uti = None
+        try:
+            token = bearer_token(authorization)
+            uti = token_id(token)
+            status, body = self.server.api.answer(self.command, self.path, token)
+            self._send(status, body, SUCCESS_CONTENT_TYPE, request_id, client_request_id)
+        except GraphError as err:
+            status = err.status
+            self._send(status, self._error_body(err, request_id, client_request_id), ERROR_CONTENT_TYPE,
+                       request_id, client_request_id, self.server.api.challenge if status == 401 else None)
+        except Exception:  # a bug here must still answer, as Graph's 500 does
+            log.exception("graph API failed on %s %s", self.command, path)
+            status = 500
+            failure = GraphError(500, "InternalServerError", "The bed's Graph API failed; see its log.")
+            self._send(status, self._error_body(failure, request_id, client_request_id), ERROR_CONTENT_TYPE,
+                       request_id, client_request_id)
+        self.server.api.record(GraphCall(self.command, path, status, uti))
+
+    @staticmethod
+    def _error_body(err: GraphError, request_id: str, client_request_id: str) -> dict[str, Any]:
+        date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return {"error": {"code": err.code, "message": err.message,
+                          "innerError": {"date": date, "request-id": request_id,
+                                         "client-request-id": client_request_id}}}
+
+    def _send(self, status: int, body: Mapping[str, Any], content_type: str, request_id: str,
+              client_request_id: str, challenge: str | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("OData-Version", "4.0")
+        self.send_header("Strict-Transport-Security", "max-age=31536000")
+        self.send_header("request-id", request_id)
+        self.send_header("client-request-id", client_request_id)
+        if challenge:
+            self.send_header("WWW-Authenticate", challenge)
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class GraphServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, api: GraphApi, certfile: Path, keyfile: Path, host: str) -> None:
+        super().__init__((host, 0), _Handler)
+        self.api = api
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(certfile, keyfile)
+        self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            if isinstance(request, ssl.SSLSocket):
+                request.settimeout(30)
+                request.do_handshake()  # here, in the request's thread, not in the accept loop
+            super().finish_request(request, client_address)
+        except (ssl.SSLError, OSError):
+            pass  # a client that hangs up mid-handshake is not our problem
+
+
+class GraphApi:
+    """The bed's Graph-protocol resource server. `GraphApi(ca, issuer_base_url).start()`; `stop()` when done.
+
+    `ca` issues the serving certificate (for 127.0.0.1 and localhost). The issuer's metadata is fetched over HTTPS
+    trusting `ca_file_for_issuer` (None: `ca` itself, as in the bed where one CA serves issuer and API).
+    `leeway`: seconds of clock skew tolerated on exp/nbf. `refetch_interval`: the least time between metadata fetches
+    caused by unknown kids. `clock` (wall time, for exp/nbf) and `monotonic` (for the refetch interval) let tests
+    move time."""
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        issuer_base_url: str,
+        ca_file_for_issuer: Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        leeway: float = DEFAULT_LEEWAY,
+        refetch_interval: float = DEFAULT_REFETCH_INTERVAL,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ca, self._host = ca, host
+        self.issuer_base_url = issuer_base_url.rstrip("/")
+        context = (ssl.create_default_context(cafile=str(ca_file_for_issuer)) if ca_file_for_issuer
+                   else ssl.create_default_context(cadata=ca.cert_pem.decode()))
+        self.keys = SigningKeys(self.issuer_base_url, context, refetch_interval, monotonic)
+        self._validator = TokenValidator(self.keys, leeway, clock)
+        # Graph's challenge, with the bed's issuer as the authorization server
+        self.challenge = (f'Bearer realm="", authorization_uri="{self.issuer_base_url}/common/oauth2/authorize", '
+                          f'client_id="{GRAPH_APP_ID}"')
+        self._lock = threading.Lock()
+        self._calls: list[GraphCall] = []
+        self._server: GraphServer | None = None
+        self._thread: threading.Thread | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> GraphApi:
+        self._tmp = tempfile.TemporaryDirectory(prefix="graphcred-graph-")
+        pair = self._ca.issue("graphcred-testbed-graph", server=True, hosts=(self._host, "localhost"))
+        crt, key = pair.write(Path(self._tmp.name), "graph")
+        self._server = GraphServer(self, crt, key, self._host)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="graphcred-graph", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> GraphApi:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:PORT`"""
+        assert self._server is not None, "graph API not started"
+        return f"{self._host}:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}"
+
+    @property
+    def base_url(self) -> str:
+        """The Graph service root, as `https://graph.microsoft.com/v1.0`."""
+        return f"{self.url}/v1.0"
+
+    # --- the request record ----------------------------------------------------------------------------------------
+    def record(self, call: GraphCall) -> None:
+        with self._lock:
+            self._calls.append(call)
+
+    def calls(self) -> list[GraphCall]:
+        with self._lock:
+            return list(self._calls)
+
+    # --- routes -------------------------------------------------------------------------------------------------
+    def answer(self, method: str, target: str, token: str) -> tuple[int, dict[str, Any]]:
+        """The status and body for an authenticated request; raises GraphError for every refusal."""
+        caller = self._validator.validate(token)  # first, as Graph's gateway authenticates before routing
+        split = urlsplit(target)
+        segments = [unquote(s) for s in split.path.split("/") if s]
+        if not segments or segments[0] != "v1.0":
+            raise _bad_request(f"Invalid version: {segments[0] if segments else ''}")
+        query = parse_qs(split.query, keep_blank_values=True)
+        route = segments[1:]
+        if route[:1] == ["me"]:
+            raise _bad_request("/me request is only valid with delegated authentication flow.")
+        if not route or route[0] != "users":
+            raise _bad_request(f"Resource not found for the segment '{route[0] if route else ''}'.")
+        if len(route) > 3 or (len(route) == 3 and route[2] != "messages"):
+            raise _bad_request(f"Resource not found for the segment '{route[-1]}'.")
+        if method != "GET":
+            raise GraphError(405, "Request_BadRequest", f"The bed's Graph API does not serve {method} requests.")
+        if len(route) == 1:
+            require(caller, USER_ROLES, directory_denied)
+            return 200, self._users(query)
+        if len(route) == 2:
+            require(caller, USER_ROLES, directory_denied)
+            return 200, self._user(route[1], query)
+        require(caller, MAIL_ROLES, mailbox_denied)
+        return 200, self._messages(route[1], query)
+
+    def _context(self, fragment: str, select: Sequence[str] | None) -> str:
+        return f"{self.base_url}/$metadata#{fragment}" + (f"({','.join(select)})" if select else "")
+
+    def _users(self, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        select, top = _selected(query), _count(query, "top", 100, 1, 999)
+        skip = self._skiptoken(_option(query, "skiptoken"))
+        page = USERS[skip:skip + top]
+        body: dict[str, Any] = {"@odata.context": self._context("users", select),
+                                "value": [_project(u, select) for u in page]}
+        if skip + top < len(USERS):
+            body["@odata.nextLink"] = self._next("users", query, "$skiptoken", self._token_for(skip + top))
+        return body
+
+    def _user(self, key: str, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        user = find_user(key)
+        if user is None:
+            raise GraphError(404, "Request_ResourceNotFound", f"Resource '{key}' does not exist or one of its "
+                             "queried reference-property objects are not present.")
+        select = _selected(query)
+        return {"@odata.context": self._context("users", select) + "/$entity", **_project(user, select)}
+
+    def _messages(self, key: str, query: Mapping[str, list[str]]) -> dict[str, Any]:
+        user = find_user(key)
+        if user is None:
+            raise GraphError(404, "Request_ResourceNotFound", f"Resource '{key}' does not exist or one of its "
+                             "queried reference-property objects are not present.")
+        select, top = _selected(query), _count(query, "top", 10, 1, 1000)
+        skip = _count(query, "skip", 0, 0, 1_000_000)
+        mailbox = MESSAGES.get(user["id"], ())
+        # a message's id comes back whatever was selected, as Graph does for Outlook items
+        body: dict[str, Any] = {"@odata.context": self._context(f"users('{key}')/messages", select),
+                                "value": [_project(m, select, keep=("id",)) for m in mailbox[skip:skip + top]]}
+        if skip + top < len(mailbox):
+            body["@odata.nextLink"] = self._next(f"users/{quote(key)}/messages", query, "$skip", str(skip + top))
+        return body
+
+    def _next(self, path: str, query: Mapping[str, list[str]], name: str, value: str) -> str:
+        kept = [(k, v[-1]) for k, v in query.items() if k not in (name, "$skiptoken", "$skip")]
+        params = "&".join(f"{k}={quote(v, safe=',')}" for k, v in [*kept, (name, value)])
+        return f"{self.base_url}/{path}?{params}"
+
+    @staticmethod
+    def _token_for(offset: int) -> str:
+        return base64.urlsafe_b64encode(f"graphcred-bed:{offset}".encode()).decode().rstrip("=")
+
+    @staticmethod
+    def _skiptoken(raw: str | None) -> int:
+        if raw is None:
+            return 0
+        try:
+            prefix, _, offset = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode().partition(":")
+            if prefix == "graphcred-bed" and int(offset) >= 0:
+                return int(offset)
+        except ValueError:
+            pass
+        raise _bad_request("Invalid $skiptoken.", code="Request_BadRequest")
