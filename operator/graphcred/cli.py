@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="an authority host (https://...) besides the clouds' own login hosts that may receive "
                      "ServiceAccount tokens, for credentials whose spec.authorityHost names it; repeat for several "
                      "(env GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES, comma-separated)")
+    run.add_argument("--watch-consumers", action=argparse.BooleanOptionalAction,
+                     default=(_env("WATCH_CONSUMERS", "false") or "").lower() in ("1", "true", "yes"),
+                     help="watch pods and warn about those that read a token Secret where no refresh reaches them "
+                     "(a subPath mount, env, envFrom): a Warning Event, status.unrefreshableConsumers, a metric; "
+                     "needs pods get/list/watch (the chart's consumerWarnings.enabled; env "
+                     "GRAPHCRED_WATCH_CONSUMERS)")
     run.add_argument("--leader-election-namespace",
                      default=_env("LEADER_ELECTION_NAMESPACE", os.environ.get("POD_NAMESPACE", "default")),
                      help="namespace of the Lease (env GRAPHCRED_LEADER_ELECTION_NAMESPACE, else POD_NAMESPACE)")
@@ -105,5 +111,5 @@ def main(argv: list[str] | None = None) -> int:
                     metrics_port=args.metrics_port, leader_election=args.leader_election,
                     leader_election_namespace=args.leader_election_namespace, lease_seconds=args.lease_duration,
                     workload_identity=args.workload_identity,
-                    workload_identity_authorities=tuple(authorities))
+                    workload_identity_authorities=tuple(authorities), watch_consumers=args.watch_consumers)
     return run(cfg)

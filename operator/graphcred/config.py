@@ -28,6 +28,8 @@ class RunConfig:
     workload_identity: bool = False
     # authority hosts besides the clouds' own login hosts that may receive ServiceAccount tokens
     workload_identity_authorities: tuple[str, ...] = field(default_factory=tuple)
+    # watch pods for consumers of token Secrets that never see a refresh (subPath, env, envFrom; needs that RBAC)
+    watch_consumers: bool = False
 
     @property
     def api_timeouts(self) -> tuple[float, float]:

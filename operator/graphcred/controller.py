@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import policy
+from .consumerreports import ConsumerReports
+from .consumers import SecretKey
 from .kube import Gone
 from .metrics import ready_states
 from .reconciler import KubeCallFailed, Memory, Reconciler, Snapshot
@@ -72,7 +74,7 @@ class _Worker:
 
 
 class Controller:
-    def __init__(self, reconciler: Reconciler, max_active: int = 64) -> None:
+    def __init__(self, reconciler: Reconciler, max_active: int = 64, *, watch_consumers: bool = False) -> None:
         self.reconciler = reconciler
         # Passes in progress at once. The I/O threads bound throughput anyway; this bounds memory in a burst
         # (10,000 new objects would otherwise each hold a rendered Secret while waiting for a thread).
@@ -86,6 +88,9 @@ class Controller:
         self._service_account_readers: dict[Key, set[Key]] = {}
         self._latest_account: dict[Key, str] = {}
         self._stopping = False
+        # --watch-consumers: pods reading token Secrets where no refresh reaches them (fed by handlers' pod watch)
+        self.consumers = ConsumerReports(self, reconciler.kube, reconciler.emit, reconciler.metrics,
+                                         reconciler._blocking, watching=watch_consumers)
         reconciler.metrics.track_states(
             lambda: ready_states(w.memory.last_status for w in list(self._workers.values())))
         reconciler.metrics.track_workers(self.worker_counts)
@@ -98,8 +103,27 @@ class Controller:
         live = sum(1 for w in list(self._workers.values()) if w.task is not None and not w.task.done())
         return live, len(self._workers) - live
 
+    # --- for the consumer reports and the pod watch ----------------------------------------------------------------
+    def writers_of(self, secret: SecretKey) -> Collection[Key]:
+        return self._writers.get(secret, ())
+
+    def snapshot_of(self, key: Key) -> Snapshot | None:
+        worker = self._workers.get(key)
+        return worker.snapshot if worker is not None else None
+
+    def token_secret_of(self, key: Key) -> SecretKey | None:
+        worker = self._workers.get(key)
+        return worker.indexed[1] if worker is not None else None
+
+    def writes_token_secret(self, namespace: str, name: str) -> bool:
+        """Does a credential write this Secret? Called from the pod watch's thread: one dict lookup (atomic in
+        CPython) while the loop may change the dict; an answer a moment old is corrected by the rescan that
+        follows every new token Secret."""
+        return (namespace, name) in self._writers
+
     def observe(self, body: Mapping[str, Any]) -> None:
         """A GraphAppCredential was listed, added or modified."""
+        self.consumers.start()  # here, in kopf's handling of an object: see ConsumerReports.start
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             self.forget(meta["namespace"], meta["name"])
@@ -154,7 +178,7 @@ class Controller:
         worker = self._workers.pop(key, None)
         self.reconciler.metrics.forget(namespace, name)
         if worker is not None:
-            self._unindex(key, worker)
+            self._unindex(key, worker, notify=True)
             if worker.task is not None:
                 worker.task.cancel()
 
@@ -204,12 +228,15 @@ class Controller:
         writes = (key[0], target) if target else None
         if (reads, writes) == worker.indexed:
             return
-        self._unindex(key, worker)
+        moved = writes != worker.indexed[1]
+        self._unindex(key, worker, notify=moved)
         if reads:
             self._readers.setdefault(reads, set()).add(key)
         if writes:
             self._writers.setdefault(writes, set()).add(key)
         worker.indexed = (reads, writes)
+        if moved and writes:
+            self.consumers.token_secret_added(key, writes)
 
     def _index_account(self, key: Key, worker: _Worker) -> None:
         name = _service_account_name(worker.snapshot.spec)
@@ -230,9 +257,12 @@ class Controller:
             del self._service_account_readers[account]
             self._latest_account.pop(account, None)
 
-    def _unindex(self, key: Key, worker: _Worker) -> None:
+    def _unindex(self, key: Key, worker: _Worker, *, notify: bool = False) -> None:
+        """Drop the object from the indexes; `notify`: tell the consumer reports it no longer writes its token
+        Secret (not when it is re-indexed at once with the same one)."""
         self._unindex_account(key, worker)
-        for index, secret in ((self._readers, worker.indexed[0]), (self._writers, worker.indexed[1])):
+        writes = worker.indexed[1]
+        for index, secret in ((self._readers, worker.indexed[0]), (self._writers, writes)):
             if secret is not None and secret in index:
                 index[secret].discard(key)
                 if not index[secret]:
@@ -240,6 +270,8 @@ class Controller:
                     if index is self._readers:
                         self._latest.pop(secret, None)
         worker.indexed = (None, None)
+        if notify and writes is not None:
+            self.consumers.token_secret_removed(key, writes)
 
     async def _run(self, key: Key, worker: _Worker) -> None:
         while True:
@@ -294,12 +326,13 @@ class Controller:
     def _drop(self, key: Key, worker: _Worker) -> None:
         if self._workers.get(key) is worker:
             del self._workers[key]
-            self._unindex(key, worker)
+            self._unindex(key, worker, notify=True)
             self.reconciler.metrics.forget(*key)
         # a dropped worker's own task returns: the loop below notices it is no longer registered
 
     async def stop(self) -> None:
         self._stopping = True
+        await self.consumers.stop()
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         self._workers.clear()
         for task in tasks:

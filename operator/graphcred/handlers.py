@@ -13,10 +13,12 @@ from kubernetes import client, config
 from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 
 from .config import RunConfig
+from .consumers import PodConsumer, PodKey
 from .controller import Controller
 from .kube import Kube
 from .metrics import Health, Metrics
 from .model import GROUP, PLURAL, VERSION
+from .podwatch import PodWatch
 from .reconciler import Reconciler
 from .secretwatch import MetadataWatch
 from .tokens import TokenClient
@@ -77,7 +79,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
                             token_concurrency=cfg.token_concurrency, metrics=metrics,
                             workload_identity=cfg.workload_identity,
                             federation_hosts=cfg.workload_identity_authorities)
-    controller = Controller(reconciler)
+    controller = Controller(reconciler, watch_consumers=cfg.watch_consumers)
     memo["controller"] = controller
 
     memo["watches"] = _watches(api, cfg, controller, loop)
@@ -89,25 +91,36 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
     memo["heartbeat"] = asyncio.create_task(heartbeat())
     health.ready.set()
-    log.info("graphcred started: watching %s; workload identity %s",
+    log.info("graphcred started: watching %s; workload identity %s; consumer warnings %s",
              ", ".join(cfg.namespaces) if cfg.namespaces else "all namespaces",
-             "enabled" if cfg.workload_identity else "disabled")
+             "enabled" if cfg.workload_identity else "disabled",
+             "enabled (watching pods)" if cfg.watch_consumers else "disabled")
 
 
 def _watches(api: client.ApiClient, cfg: RunConfig, controller: Controller,
              loop: asyncio.AbstractEventLoop) -> list[MetadataWatch]:
-    """Metadata watches feeding the controller: Secrets always; ServiceAccounts only with workload identity (the
-    RBAC grants them only then)."""
+    """Watches feeding the controller: Secrets (metadata) always; ServiceAccounts (metadata) only with workload
+    identity, and pods only with --watch-consumers (the RBAC grants them only then)."""
     def on_secret(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
         loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
 
     def on_service_account(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
         loop.call_soon_threadsafe(controller.service_account_event, namespace, name, resource_version, deleted)
 
+    def on_pod(namespace: str, name: str, consumer: PodConsumer | None) -> None:
+        loop.call_soon_threadsafe(controller.consumers.pod_changed, namespace, name, consumer)
+
+    def on_listed(namespace: str | None, seen: frozenset[PodKey]) -> None:
+        loop.call_soon_threadsafe(controller.consumers.listed, namespace, seen)
+
     namespaces = cfg.namespaces or (None,)
     watches = [MetadataWatch(api, on_secret, ns) for ns in namespaces]
     if cfg.workload_identity:
         watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts") for ns in namespaces]
+    if cfg.watch_consumers:
+        pods = [PodWatch(api, on_pod, on_listed, controller.writes_token_secret, ns) for ns in namespaces]
+        controller.consumers.attach(pods)
+        watches += pods
     return [watch.start() for watch in watches]
 
 

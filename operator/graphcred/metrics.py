@@ -39,6 +39,10 @@ class Metrics:
         self.failures = Gauge(
             "graphcred_consecutive_failures", "Consecutive failed acquisitions of each credential.",
             ["namespace", "name"], registry=self.registry)
+        self.consumers = Gauge(
+            "graphcred_unrefreshable_consumers",
+            "Pods reading each credential's token Secret where no refresh reaches them (subPath, env, envFrom); "
+            "only with --watch-consumers.", ["namespace", "name"], registry=self.registry)
         self.internal_errors = Counter(
             "graphcred_internal_errors", "Passes that failed unexpectedly (an API error, a bug), by error type.",
             ["type"], registry=self.registry)
@@ -70,7 +74,7 @@ class Metrics:
         self.failures.labels(namespace, name).set(failures)
 
     def forget(self, namespace: str, name: str) -> None:
-        for gauge in (self.expiration, self.failures):
+        for gauge in (self.expiration, self.failures, self.consumers):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
 

@@ -266,6 +266,13 @@ class GraphAppCredentialStatus(BaseModel):
     last_renew_request: str | None = Field(
         default=None, alias="lastRenewRequest",
         description="Value of the graphcred.io/renew-requested-at annotation last served with a new token.")
+    unrefreshable_consumers: int | None = Field(
+        default=None, alias="unrefreshableConsumers", ge=0,
+        description="Pods that read the token Secret where no refresh reaches them: through a subPath (or "
+        "subPathExpr) mount, env (secretKeyRef) or envFrom; each keeps its first token and fails when it expires. "
+        "Finished pods (Succeeded, Failed) do not count. Absent when there are none. Counted only by an operator "
+        "that watches pods (graphcred run --watch-consumers; the chart's consumerWarnings.enabled); each such pod "
+        "also gets a Warning Event (reason UnrefreshableConsumer) on this object.")
 
     def ready(self) -> Condition | None:
         return next((c for c in self.conditions if c.type == "Ready"), None)

@@ -138,9 +138,16 @@ def kept(previous: GraphAppCredentialStatus, credential_version: str) -> Report:
                   event_due(ready, True, Reason.TOKEN_ISSUED, ready.message))
 
 
+# Status fields another writer owns (the consumer reports: `consumerreports`): a pass neither writes nor removes
+# them, so the two writers never overwrite each other.
+WRITTEN_ELSEWHERE = frozenset({"unrefreshableConsumers"})
+
+
 def status_patch(before: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any] | None:
     """The merge patch turning the status `before` into `body`, None if they are equal. Keys that disappeared must
-    be sent as null to be removed."""
+    be sent as null to be removed. Fields WRITTEN_ELSEWHERE are left out, whatever either side holds."""
+    before = {k: v for k, v in (before or {}).items() if k not in WRITTEN_ELSEWHERE}
+    body = {k: v for k, v in body.items() if k not in WRITTEN_ELSEWHERE}
     if body == before:
         return None
-    return {**{k: None for k in before or {} if k not in body}, **body}
+    return {**{k: None for k in before if k not in body}, **body}

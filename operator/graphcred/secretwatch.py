@@ -53,6 +53,8 @@ RESOURCES = {
     "secrets": _Resource("secret", "Secrets", "list_namespaced_secret", "list_secret_for_all_namespaces"),
     "serviceaccounts": _Resource("serviceaccount", "ServiceAccounts", "list_namespaced_service_account",
                                  "list_service_account_for_all_namespaces"),
+    # whole objects, not metadata: only podwatch.PodWatch lists these (it needs the spec)
+    "pods": _Resource("pod", "Pods", "list_namespaced_pod", "list_pod_for_all_namespaces"),
 }
 
 
@@ -107,6 +109,9 @@ def _item(obj: dict[str, Any]) -> Item:
 
 
 class MetadataWatch:
+    accept_list = METADATA_ONLY  # what the list and the watch ask the apiserver for (subclasses: whole objects)
+    accept_watch = METADATA_ONLY_WATCH
+
     def __init__(self, api: client.ApiClient, callback: Callback, namespace: str | None = None,
                  server_timeout: int = 300, page_size: int = PAGE_SIZE, healthy_after: float = 10.0,
                  resource: str = "secrets") -> None:
@@ -141,25 +146,27 @@ class MetadataWatch:
         self._thread.join(timeout=5)
 
     # --- requests (tests subclass these to hold or count them) --------------------------------------------------
-    def _list_page(self, token: str | None) -> Any:
-        headers = {"Accept": METADATA_ONLY}
+    def _list_page(self, token: str | None, namespace: str | None = None) -> Any:
+        headers = {"Accept": self.accept_list}
         kwargs: dict[str, Any] = {"limit": self.page_size, "_request_timeout": LIST_TIMEOUT}
         if token:
             kwargs["_continue"] = token
-        return self._list(headers, kwargs)
+        return self._list(headers, kwargs, namespace)
 
     def _watch(self, resource_version: str) -> Any:
-        headers = {"Accept": METADATA_ONLY_WATCH}
+        headers = {"Accept": self.accept_watch}
         kwargs: dict[str, Any] = {"watch": True, "resource_version": resource_version,
                                   "allow_watch_bookmarks": True, "timeout_seconds": self.server_timeout,
                                   "_request_timeout": (10, self.server_timeout + 30)}
         return self._list(headers, kwargs)
 
-    def _list(self, headers: dict[str, str], kwargs: dict[str, Any]) -> Any:
-        """One list or watch request of the resource, in the namespace or all of them; the raw response."""
-        if self.namespace:
+    def _list(self, headers: dict[str, str], kwargs: dict[str, Any], namespace: str | None = None) -> Any:
+        """One list or watch request of the resource, in `namespace` (default: the watch's), or in all of them if
+        neither is set; the raw response."""
+        namespace = namespace or self.namespace
+        if namespace:
             method = getattr(self.core, self.resource.list_namespaced)
-            return method(self.namespace, _preload_content=False, _headers=headers, **kwargs)
+            return method(namespace, _preload_content=False, _headers=headers, **kwargs)
         return getattr(self.core, self.resource.list_all)(_preload_content=False, _headers=headers, **kwargs)
 
     # --- list -----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The Helm chart: lint, CRD identical to crds/, every documented option set accepted by the real apiserver
-(server-side dry run), least-privilege RBAC (ServiceAccount access only with workloadIdentity.enabled), and the
-operator really working with exactly that RBAC, cluster-wide and in watchNamespaces mode."""
+(server-side dry run), least-privilege RBAC (ServiceAccount access only with workloadIdentity.enabled, pod access
+only with consumerWarnings.enabled), and the operator really working with exactly that RBAC, cluster-wide and in
+watchNamespaces mode."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ OPTION_SETS: dict[str, list[str]] = {
     "private-authority-ca": ["--set", "caBundle.configMapName=corp-ca", "--set", "caBundle.key=bundle.pem"],
     "workload-identity": ["--set", "workloadIdentity.enabled=true"],
     "workload-identity-namespaced": ["--set", "workloadIdentity.enabled=true",
+                                     "--set", "watchNamespaces={team-a,team-b}"],
+    "consumer-warnings": ["--set", "consumerWarnings.enabled=true"],
+    "consumer-warnings-namespaced": ["--set", "consumerWarnings.enabled=true",
                                      "--set", "watchNamespaces={team-a,team-b}"],
     "no-crds-no-service": ["--set", "crds.install=false", "--set", "metrics.service.enabled=false"],
     "scheduling": ["--set", "nodeSelector.kubernetes\\.io/os=linux",
@@ -207,6 +211,37 @@ def test_allowed_authority_hosts_reach_the_operator() -> None:
     assert env["GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES"] == "https://a.example,https://b.example:8443"
 
 
+PODS = {("", "pods", v) for v in ("get", "list", "watch")}
+
+
+def test_consumer_warnings_rbac_cluster_wide() -> None:
+    docs = render(*OPTION_SETS["consumer-warnings"])
+    assert _rules(docs) == CRD_READ | LEASES | {("ClusterRole", *r) for r in NAMESPACED | PODS}
+
+
+def test_consumer_warnings_rbac_in_watch_namespaces_only() -> None:
+    by_scope = _rules_by_scope(render(*OPTION_SETS["consumer-warnings-namespaced"]))
+    assert by_scope["team-a"] == by_scope["team-b"] == NAMESPACED | PODS
+    assert {r[1:] for r in CRD_READ} == by_scope["cluster"], "nothing but the CRD read cluster-wide"
+    assert {r[1:] for r in LEASES} == by_scope[RELEASE_NS], "the release namespace: the Lease only"
+
+
+@pytest.mark.parametrize("option_set", sorted(s for s in OPTION_SETS if not s.startswith("consumer-warnings")))
+def test_no_pod_access_without_consumer_warnings(option_set: str) -> None:
+    """Not in any rule, and not in the text either (a wildcard or a stray comment would show there too)."""
+    docs = render(*OPTION_SETS[option_set])
+    assert not [r for r in _rules(docs) if r[2] == "pods" or "*" in r[1:]]
+    text = yaml.safe_dump_all([d for d in docs if d["kind"] in ("ClusterRole", "Role")])
+    assert "pods" not in text
+
+
+@pytest.mark.parametrize(("values", "expected"), [([], "false"), (OPTION_SETS["consumer-warnings"], "true")])
+def test_the_deployment_tells_the_operator_whether_consumer_warnings_are_on(values: list[str], expected: str) -> None:
+    [deploy] = [d for d in render(*values) if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GRAPHCRED_WATCH_CONSUMERS"] == expected
+
+
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 # an HTTP 403 however it is logged ("HTTP 403", "ApiException 403", "(403)"), not a port or time that holds "403"
 FORBIDDEN = re.compile(r"Forbidden|(?<![\d.:])403(?!\d)")
@@ -309,3 +344,36 @@ def test_every_value_is_documented() -> None:
     missing = [k for k in _leaf_keys(values) if f"`{k}`" not in readme]
     assert not missing, f"values missing from charts/graphcred/README.md: {missing}"
     assert text.count("# -- ") >= len(_leaf_keys(values)), "every value has a `# --` comment in values.yaml"
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_consumer_warnings_work_with_exactly_the_charts_rbac(env: Env, release_namespace: str,
+                                                             operator_logdir: Path, scope: str) -> None:
+    """Lists and watches pods (a pod created after the credential, and one created before it, found by a rescan of
+    its namespace) with the chart's rules and nothing more; chart_operator fails on any 403 in the log."""
+    values, args = _scope(scope, env)
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "spec": {"automountServiceAccountToken": False, "containers": [{"name": "app", "image": "app", "env": [
+               {"name": "T", "valueFrom": {"secretKeyRef": {"name": "rbac-token", "key": "access_token"}}}]}]}}
+    wait_for(lambda: _created(env, {**pod, "metadata": {"name": "before"}}), timeout=15, what="a pod created")
+    with chart_operator(env, operator_logdir, f"consumers-{scope}", ["--set", "consumerWarnings.enabled=true", *values],
+                        "--watch-consumers", *args):
+        app = env.secret_app("rbac", secret_name="cred")
+        env.create("rbac", app, {"clientSecret": {"name": "cred"}})
+        env.wait_ready("rbac", timeout=60)
+        env.bed.core.create_namespaced_pod(env.namespace, {**pod, "metadata": {"name": "after"}})
+        wait_for(lambda: len([r for _, r, _ in env.events("rbac") if r == "UnrefreshableConsumer"]) == 2, timeout=20,
+                 what="an UnrefreshableConsumer Event for each pod, found with the chart's RBAC")
+        wait_for(lambda: env.get("rbac")["status"].get("unrefreshableConsumers") == 2, timeout=10,
+                 what="the count patched with the chart's RBAC")
+
+
+def _created(env: Env, pod: dict[str, Any]) -> bool:
+    """Create the pod; False while the new namespace's default ServiceAccount is not there yet."""
+    try:
+        env.bed.core.create_namespaced_pod(env.namespace, pod)
+    except client.ApiException as exc:
+        if exc.status == 403 and "serviceaccount" in str(exc.body):
+            return False
+        raise
+    return True

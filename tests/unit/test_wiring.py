@@ -1,5 +1,6 @@
 """The --workload-identity switch: from the command line or the chart's environment variable to the reconciler, and
-the ServiceAccount watch that exists only with it (the chart grants ServiceAccount access only then)."""
+the ServiceAccount watch that exists only with it (the chart grants ServiceAccount access only then); the same for
+--watch-consumers and the pod watch."""
 
 from __future__ import annotations
 
@@ -121,3 +122,61 @@ def test_a_service_account_event_reaches_the_controller_on_its_loop(monkeypatch:
 
     asyncio.run(wire())
     assert events == [("ns", "reader", "7", False)]
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    pytest.param((), None, False, id="off-by-default"),
+    pytest.param(("--watch-consumers",), None, True, id="flag"),
+    pytest.param((), "true", True, id="chart-env"),
+    pytest.param((), "false", False, id="chart-env-off"),
+    pytest.param(("--no-watch-consumers",), "true", False, id="flag-beats-env"),
+])
+def test_watch_consumers_switch(monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...], env: str | None,
+                                expected: bool) -> None:
+    if env is None:
+        monkeypatch.delenv("GRAPHCRED_WATCH_CONSUMERS", raising=False)
+    else:
+        monkeypatch.setenv("GRAPHCRED_WATCH_CONSUMERS", env)
+    assert _config(monkeypatch, *argv).watch_consumers is expected
+
+
+class RecordedPodWatch:
+    """Stands in for PodWatch: records what would be watched, starts nothing."""
+
+    made: list[tuple[str | None, str, str]] = []
+
+    def __init__(self, api: client.ApiClient, on_pod: Any, on_listed: Any, relevant: Any,
+                 namespace: str | None = None) -> None:
+        self.namespace = namespace
+        self.made.append((namespace, on_pod.__name__, on_listed.__name__))
+
+    def start(self) -> RecordedPodWatch:
+        return self
+
+
+@pytest.mark.parametrize(("namespaces", "watch_consumers", "expected"), [
+    ((), False, []),
+    ((), True, [(None, "on_pod", "on_listed")]),
+    (("a", "b"), False, []),
+    (("a", "b"), True, [("a", "on_pod", "on_listed"), ("b", "on_pod", "on_listed")]),
+])
+def test_pods_are_watched_only_with_watch_consumers(monkeypatch: pytest.MonkeyPatch, namespaces: tuple[str, ...],
+                                                    watch_consumers: bool,
+                                                    expected: list[tuple[str | None, str, str]]) -> None:
+    monkeypatch.setattr(handlers, "MetadataWatch", RecordedWatch)
+    monkeypatch.setattr(handlers, "PodWatch", RecordedPodWatch)
+    monkeypatch.setattr(RecordedWatch, "made", [])
+    monkeypatch.setattr(RecordedPodWatch, "made", [])
+    cfg = RunConfig(namespaces=namespaces, watch_consumers=watch_consumers)
+
+    async def wire() -> Controller:
+        controller = Controller(Reconciler(None, None, lambda *a: None),  # type: ignore[arg-type]
+                                watch_consumers=watch_consumers)
+        handlers._watches(client.ApiClient(), cfg, controller, asyncio.get_running_loop())
+        return controller
+
+    controller = asyncio.run(wire())
+    assert RecordedPodWatch.made == expected
+    assert [r for r, _, _ in RecordedWatch.made if r == "pods"] == [], "no metadata watch of pods either"
+    assert len(controller.consumers.watches) == len(expected)
+    assert controller.consumers.watching is watch_consumers

@@ -57,4 +57,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [serviceaccounts/token]
   verbs: [create]
 {{- end }}
+{{- if .Values.consumerWarnings.enabled }}
+# Consumer warnings: list and watch pods to find those reading a token Secret through subPath, env or envFrom.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+{{- end }}
 {{- end -}}
