@@ -24,7 +24,7 @@ binaries:
 	@bash testbed/build-binaries.sh >/dev/null
 
 lint: venv
-	$(BIN)/ruff check operator testbed clients tests bench
+	$(BIN)/ruff check operator testbed clients tests bench examples
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests; that must fail, not pass silently.

@@ -52,7 +52,8 @@ def demo(hold: bool) -> int:
         spec = gac["spec"]
         bed.issuer.add_tenant(spec["tenantId"], "contoso-demo.onmicrosoft.com")
         bed.issuer.register_app(spec["tenantId"], spec["clientId"], secret=secret_doc["stringData"]["clientSecret"],
-                                roles={"https://graph.microsoft.com": ["Mail.Read", "User.Read.All"]}, lifetime=120)
+                                # exactly what the example declares: the demo must not grant what a user would lack
+                                roles={"https://graph.microsoft.com": list(spec["requiredRoles"])}, lifetime=120)
         print(f"registered the example app {spec['clientId']} in the issuer (tokens live 120 s to show refreshes)")
         with OperatorProcess(bed, bed.control_plane.dir, log_level="INFO") as op:
             bed.create_namespace("demo")

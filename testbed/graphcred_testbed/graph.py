@@ -21,6 +21,7 @@ import base64
 import datetime as dt
 import json
 import logging
+import math
 import re
 import ssl
 import tempfile
@@ -266,7 +267,8 @@ class TokenValidator:
         if key is None or not jose.verify_signature("RS256", key, signing_input, signature):
             raise _unauthorized("Access token validation failure. Invalid signature.")
         self._check_lifetime(claims)
-        if claims.get("aud") not in GRAPH_AUDIENCES:
+        aud = claims.get("aud")  # a string, or an array of them (RFC 7519 §4.1.3): one must name Graph
+        if not any(isinstance(a, str) and a in GRAPH_AUDIENCES for a in (aud if isinstance(aud, list) else [aud])):
             raise _unauthorized("Access token validation failure. Invalid audience.")
         roles = claims.get("roles")
         roles = roles if isinstance(roles, list) else []
@@ -275,13 +277,21 @@ class TokenValidator:
         return Caller(frozenset(r for r in roles if isinstance(r, str)), app_only)
 
     def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
-        now, exp, nbf = self._clock(), claims.get("exp"), claims.get("nbf")
-        if not isinstance(exp, (int, float)):
+        now, exp, nbf = self._clock(), _seconds(claims.get("exp")), _seconds(claims.get("nbf"))
+        if exp is None:
             raise _unauthorized("IDX10225: Lifetime validation failed. The token is missing an Expiration Time.")
+        if nbf is None and claims.get("nbf") is not None:  # NaN would pass every comparison
+            raise _unauthorized("Access token validation failure.")
         if now > exp + self._leeway:
             raise _unauthorized("Lifetime validation failed, the token is expired.")
-        if isinstance(nbf, (int, float)) and now + self._leeway < nbf:
+        if nbf is not None and now + self._leeway < nbf:
             raise _unauthorized("Access token has expired or is not yet valid.")
+
+
+def _seconds(value: Any) -> float | None:
+    """A NumericDate (RFC 7519 §2): a finite JSON number, not a boolean."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def require(caller: Caller, roles: frozenset[str], denied: Callable[[], GraphError]) -> None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
+
+# 9999-12-31T23:59:59Z, datetime's last second: a time beyond it (or NaN, Infinity) is garbled, not a time
+_LATEST = 253402300799
 
 
 class NotAJwt(ValueError):
@@ -58,4 +62,6 @@ def unverified_claims(token: str) -> Claims:
 
 
 def _seconds(value: object) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if math.isfinite(value) and 0 <= value <= _LATEST else None

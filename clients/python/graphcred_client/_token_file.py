@@ -16,11 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from azure.core.credentials import AccessTokenInfo
 from azure.core.exceptions import ClientAuthenticationError
@@ -39,7 +41,25 @@ _MAX_FILE = 1 << 20  # a Secret holds at most 1 MiB
 # so SDK clients that cache the token pick up a swapped file within a minute, not only in its last 5 minutes.
 RECHECK_SECONDS = 60
 
+# RFC 6750 §2.1 b64token: all an `Authorization: Bearer` header can carry (a JWT is a subset). Anything else (a line
+# break, a space) would make the HTTP library refuse the header with the whole header value in its error message.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
 _log = logging.getLogger("graphcred_client")
+_T = TypeVar("_T")
+
+
+class _Hidden(Generic[_T]):
+    """The file's bytes or token while they are checked: a traceback's frame locals (error reporters capture them)
+    show `<hidden>`, not the token."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: _T) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,15 @@ def _parse_expiry(text: str) -> int:
     if moment.tzinfo is None:
         raise ValueError("no UTC offset")
     return int(moment.timestamp())
+
+
+def _header_safe(raw: bytes) -> str:
+    """The token in the file, or "" if it is empty, not ASCII, or not something an Authorization header can carry."""
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return ""
+    return text if _B64TOKEN.fullmatch(text) else ""
 
 
 def _duration(seconds: float) -> str:
@@ -164,7 +193,7 @@ class TokenFile:
         token_path = Path(os.path.realpath(self.directory / TOKEN_KEY))
         with open(token_path, "rb") as file:
             stat = os.fstat(file.fileno())
-            raw = file.read(_MAX_FILE)
+            raw = _Hidden(file.read(_MAX_FILE))
         try:
             expiry_text: str | None = (token_path.parent / EXPIRY_KEY).read_text()
         except FileNotFoundError:
@@ -174,16 +203,15 @@ class TokenFile:
         version = _Version(link, stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
         return self._parse(version, raw, expiry_text)
 
-    def _parse(self, version: _Version, raw: bytes, expiry_text: str | None) -> CachedToken:
+    def _parse(self, version: _Version, raw: _Hidden[bytes], expiry_text: str | None) -> CachedToken:
         where = self.directory / TOKEN_KEY
+        token = _Hidden(_header_safe(raw.value))
+        if not token.value:
+            raise ClientAuthenticationError(
+                message=f"{where} holds no usable access token: empty, not ASCII, or with characters an HTTP "
+                "Authorization header cannot carry (a line break or a space inside it?).")
         try:
-            token = raw.decode("ascii").strip()
-        except UnicodeDecodeError:
-            token = ""
-        if not token:
-            raise ClientAuthenticationError(message=f"{where} holds no access token (empty or not ASCII).")
-        try:
-            claims: Claims | None = unverified_claims(token)
+            claims: Claims | None = unverified_claims(token.value)
         except NotAJwt:
             claims = None
         expiries = []
@@ -203,7 +231,7 @@ class TokenFile:
         if claims is None:
             _log.info("the token in %s is not a JWT: its audience and tenant cannot be checked", self.directory)
         # The earlier of the two, if both are there: never hand out a token past either.
-        cached = CachedToken(version=version, token=token, expires_on=min(expiries), claims=claims)
+        cached = CachedToken(version=version, token=token.value, expires_on=min(expiries), claims=claims)
         _log.debug("read the token in %s (expires %s)", self.directory, _rfc3339(cached.expires_on))
         return cached
 
