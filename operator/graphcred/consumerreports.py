@@ -2,11 +2,14 @@
 read: a Warning Event per pod, `status.unrefreshableConsumers`, and the gauge `graphcred_unrefreshable_consumers`.
 
 Runs on the event loop, fed by the pod watch's thread (through call_soon_threadsafe) and by the controller (which
-credential writes which Secret). One task reports, in batches: half a second after a change, and only once every
-pod watch has settled (its lists complete), so that at start a count is not cleared before the pods were listed.
+credential writes which Secret). One task reports, in batches: half a second after a change, and a credential only
+once the pod watch covering its namespace has settled (its lists complete), so that at start a count is not cleared
+before the pods were listed; a watch that cannot list one namespace holds back that namespace's reports only.
 
-- Events: each credential hears once about each pod (uid) in this process's life; a pod's later updates post
-  nothing. After a restart or a leader change the pods still there are reported again, once.
+- Events: each credential hears once about each group of pods (a controller's pods: a ReplicaSet of 1,000 is one
+  Event naming one pod and the count; an ownerless pod alone, by uid) while any of the group remains, in this
+  process's life; later updates post nothing. After a restart or a leader change each group is reported again,
+  once.
 - The status field belongs to this module alone: one merge patch of that one field, only when the count differs
   from the object's, which the reconciler's status patches leave alone (`reporting.status_patch`): neither
   overwrites the other. Absent means none. Without --watch-consumers no pod is watched, and a count left by an
@@ -113,8 +116,8 @@ class ConsumerReports:
             self._wake.set()
 
     # --- reporting ----------------------------------------------------------------------------------------------
-    def _settled(self) -> bool:
-        return all(watch.settled() for watch in self.watches)
+    def _settled(self, namespace: str) -> bool:
+        return all(watch.settled() for watch in self.watches if watch.namespace in (None, namespace))
 
     async def _run(self) -> None:
         failures = 0
@@ -122,9 +125,8 @@ class ConsumerReports:
             await self._wake.wait()
             await asyncio.sleep(SETTLE_SECONDS)
             self._wake.clear()
-            if not self._settled():
-                continue  # the list under way wakes this again when it completes (ConsumerReports.listed)
-            dirty, self._dirty = self._dirty, set()
+            dirty = {key for key in self._dirty if self._settled(key[0])}
+            self._dirty -= dirty  # the rest wait for their list under way, which wakes this (ConsumerReports.listed)
             failed = 0
             for key in sorted(dirty):
                 try:
@@ -147,8 +149,9 @@ class ConsumerReports:
         count = self.index.count(secret) if self.watching else 0
         if self.watching:
             self.metrics.consumers.labels(*key).set(count)
-            for pod, consumer in self.index.unwarned(secret, snap.uid):
-                message = warning_message(pod[0], pod[1], secret[1], consumer.findings)
+            for pod, consumer, pods in self.index.unwarned(secret, snap.uid):
+                message = warning_message(pod[0], pod[1], secret[1], consumer.findings, owner=consumer.owner,
+                                          pods=pods)
                 self.emit(snap.event_ref(), "Warning", REASON, message)
                 log.warning("%s/%s: %s: %s", key[0], key[1], REASON, message)
         wanted = count or None

@@ -6,14 +6,19 @@ secretKeyRef`, `envFrom[].secretRef`) are set once, when the container starts: s
 and fails when it expires. A plain volume mount of the Secret is fine. `optional: true` changes nothing: it only
 matters while the Secret is missing.
 
-`ConsumerIndex` holds what the pod watch found for the token Secrets in use: per pod its uid and findings (never its
-spec), per Secret the pods that read it, and which credentials were already warned about each pod.
+A regular init container runs to completion before the app starts, within seconds of reading the token: not
+flagged. A sidecar (an init container with `restartPolicy: Always`) runs as long as the pod: flagged.
+
+`ConsumerIndex` holds what the pod watch found for the token Secrets in use: per pod its uid, controller and findings
+(never its spec), per Secret the pods that read it, and which credentials were already warned about each group of
+pods (a controller's pods: one template, one mistake, one Event).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -37,7 +42,7 @@ class Finding:
 
     secret: str
     container: str
-    kind: str  # "container", "init container" or "ephemeral container"
+    kind: str  # "container", "sidecar container" or "ephemeral container"
     how: How
     detail: str = ""
 
@@ -59,11 +64,12 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class PodConsumer:
-    """A pod's findings about the token Secrets in use, and its uid (a re-created pod of the same name is another
-    pod)."""
+    """A pod's findings about the token Secrets in use, its uid (a re-created pod of the same name is another pod)
+    and its controller, "Kind/name" ("" if none): a ReplicaSet's 1,000 pods are one mistake, reported once."""
 
     uid: str
     findings: tuple[Finding, ...]
+    owner: str = ""
 
     def secrets(self) -> frozenset[str]:
         return frozenset(f.secret for f in self.findings)
@@ -81,33 +87,79 @@ def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _volume_secrets(spec: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """Volume name -> the Secrets it projects: `secret.secretName`, or `projected.sources[].secret.name`."""
-    volumes: dict[str, tuple[str, ...]] = {}
+def _top(path: str) -> str:
+    """A path's first component inside the volume ("./token/a" -> "token")."""
+    while path.startswith("./"):
+        path = path[2:]
+    return path.split("/", 1)[0]
+
+
+def _item_paths(source: Mapping[str, Any]) -> frozenset[str] | None:
+    """The top-level paths a projected source puts files at; None: not known from the spec (a Secret or ConfigMap
+    source without items projects every key it has)."""
+    if "path" in source:  # serviceAccountToken, clusterTrustBundle
+        return frozenset({_top(_str(source.get("path")))})
+    items = _list(source.get("items"))
+    return frozenset(_top(_str(item.get("path"))) for item in items) if items else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Volume:
+    """A volume that shows Secrets: a Secret volume, or a projected one (its sources, to tell which a subPath
+    reaches: a projected ConfigMap's file mounted by subPath is no token)."""
+
+    secrets: tuple[str, ...]
+    sources: tuple[tuple[str, frozenset[str] | None], ...] = ()  # projected: (Secret name or "", its top paths)
+
+    def secrets_at(self, sub_path: str | None) -> tuple[str, ...]:
+        """The Secrets a subPath of this volume may show (None: a subPathExpr, unknown until the pod runs)."""
+        if not self.sources or sub_path is None:
+            return self.secrets
+        top = _top(sub_path)
+        claimed = {p for secret, paths in self.sources if not secret and paths for p in paths}
+        return tuple(secret for secret, paths in self.sources if secret and (
+            top in paths if paths is not None else top not in claimed))
+
+
+def _volume_secrets(spec: Mapping[str, Any]) -> dict[str, _Volume]:
+    """Volume name -> the Secrets it shows: `secret.secretName`, or `projected.sources[].secret.name`."""
+    volumes: dict[str, _Volume] = {}
     for volume in _list(spec.get("volumes")):
-        names = [_str(_map(volume.get("secret")).get("secretName"))]
-        names += [_str(_map(source.get("secret")).get("name"))
-                  for source in _list(_map(volume.get("projected")).get("sources"))]
-        if any(names):
-            volumes[_str(volume.get("name"))] = tuple(n for n in names if n)
+        name = _str(volume.get("name"))
+        if secret := _str(_map(volume.get("secret")).get("secretName")):
+            volumes[name] = _Volume((secret,))
+            continue
+        sources = []
+        for source in _list(_map(volume.get("projected")).get("sources")):
+            for kind, body in source.items():
+                body = _map(body)
+                sources.append((_str(body.get("name")) if kind == "secret" else "", _item_paths(body)))
+        if any(secret for secret, _ in sources):
+            volumes[name] = _Volume(tuple(secret for secret, _ in sources if secret), tuple(sources))
     return volumes
 
 
 def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    for key, kind in (("initContainers", "init container"), ("containers", "container"),
-                      ("ephemeralContainers", "ephemeral container")):
+    """The containers that outlive their first token. A regular init container runs to completion before the app
+    starts; one with restartPolicy Always is a sidecar and runs as long as the pod."""
+    for container in _list(spec.get("initContainers")):
+        if container.get("restartPolicy") == "Always":
+            yield "sidecar container", container
+    for key, kind in (("containers", "container"), ("ephemeralContainers", "ephemeral container")):
         for container in _list(spec.get(key)):
             yield kind, container
 
 
-def _container_findings(kind: str, container: Mapping[str, Any], volumes: Mapping[str, tuple[str, ...]]
+def _container_findings(kind: str, container: Mapping[str, Any], volumes: Mapping[str, _Volume]
                         ) -> Iterator[Finding]:
     name = _str(container.get("name"))
     for mount in _list(container.get("volumeMounts")):
         how = How.SUB_PATH if mount.get("subPath") else How.SUB_PATH_EXPR if mount.get("subPathExpr") else None
         if how is None:
             continue  # a plain mount of the volume: updated in place, fine
-        for secret in volumes.get(_str(mount.get("name")), ()):
+        volume = volumes.get(_str(mount.get("name")))
+        sub_path = _str(mount.get("subPath")) if how == How.SUB_PATH else None
+        for secret in volume.secrets_at(sub_path) if volume is not None else ():
             yield Finding(secret, name, kind, how, _str(mount.get("mountPath")))
     for env in _list(container.get("env")):
         secret = _str(_map(_map(env.get("valueFrom")).get("secretKeyRef")).get("name"))
@@ -134,6 +186,15 @@ def finished(pod: Mapping[str, Any]) -> bool:
     return _str(_map(pod.get("status")).get("phase")) in FINISHED_PHASES
 
 
+def owner(meta: Mapping[str, Any]) -> str:
+    """The pod's controller as "Kind/name" (its ReplicaSet, StatefulSet, Job...), "" if none. Interned: a
+    controller's thousand pods share one string."""
+    for ref in _list(meta.get("ownerReferences")):
+        if ref.get("controller") is True:
+            return sys.intern(f"{_str(ref.get('kind'))}/{_str(ref.get('name'))}")
+    return ""
+
+
 def classify(pod: Mapping[str, Any], relevant: Callable[[str, str], bool]
              ) -> tuple[PodKey, PodConsumer | None] | None:
     """What a pod says about the Secrets `relevant(namespace, name)` accepts (the token Secrets in use): None if it
@@ -145,15 +206,20 @@ def classify(pod: Mapping[str, Any], relevant: Callable[[str, str], bool]
     if not findings:
         return None
     key = (namespace, _str(meta.get("name")))
-    return key, None if finished(pod) else PodConsumer(_str(meta.get("uid")), findings)
+    return key, None if finished(pod) else PodConsumer(_str(meta.get("uid")), findings, owner(meta))
 
 
-def warning_message(namespace: str, pod: str, secret: str, findings: Iterable[Finding]) -> str:
-    """The Warning Event about one pod reading `secret` where no refresh reaches it: who, how, why it will break,
-    what to do. Names only (pod, container, path, variable): never a value."""
+def warning_message(namespace: str, pod: str, secret: str, findings: Iterable[Finding], *, owner: str = "",
+                    pods: int = 1) -> str:
+    """The Warning Event about one pod (of `pods` of its controller `owner`) reading `secret` where no refresh
+    reaches it: who, how, why it will break, what to do. Names only (pod, container, path, variable): never a
+    value."""
     uses = [f for f in findings if f.secret == secret]
     first, others = uses[0], uses[1:]
-    text = f"pod {namespace}/{pod} {first.who()} reads {secret} through {first.how_text()}"
+    kind, _, name = owner.partition("/")
+    group = f" (one of {pods} pods of {kind} {name})" if owner and pods > 1 else f" (of {kind} {name})" if owner \
+        else ""
+    text = f"pod {namespace}/{pod}{group} {first.who()} reads {secret} through {first.how_text()}"
     also = [f"{f.who()} through {f.how_text()}" for f in others[:MAX_LISTED - 1]]
     if len(others) > len(also):
         also.append(f"{len(others) - len(also)} more")
@@ -167,36 +233,50 @@ def warning_message(namespace: str, pod: str, secret: str, findings: Iterable[Fi
     return f"{text}; it will keep the first token and fail when it expires ({why}); {fix}"
 
 
-@dataclass
-class _Record:
-    consumer: PodConsumer
-    warned: set[str] = field(default_factory=set)  # uids of the credentials already warned about this pod
+Group = tuple[str, str]  # namespace, controller ("Kind/name") or, ownerless, the pod's uid (never has a "/")
+
+
+def _group(pod: PodKey, consumer: PodConsumer) -> Group:
+    return pod[0], consumer.owner or consumer.uid
+
+
+class _GroupState:
+    """How many of a group's pods the index holds, and the credentials (uids) already warned about the group: a
+    tuple, as one credential writes a Secret almost always."""
+
+    __slots__ = ("members", "warned")
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.warned: tuple[str, ...] = ()
 
 
 class ConsumerIndex:
-    """The pods found reading token Secrets in use: pod -> (uid, findings, credentials warned), Secret -> pods.
-    Under 1 KiB a pod with one finding (measured: ~870 bytes); nothing is kept for a pod without findings."""
+    """The pods found reading token Secrets in use: pod -> (uid, owner, findings), Secret -> pods, and per group of
+    pods (a controller's, else the pod alone) the credentials warned about it, kept while any of its pods is.
+    Under 1 KiB a pod with one finding; nothing is kept for a pod without findings."""
 
     def __init__(self) -> None:
-        self._pods: dict[PodKey, _Record] = {}
+        self._pods: dict[PodKey, PodConsumer] = {}
         self._by_secret: dict[SecretKey, set[PodKey]] = {}
+        self._groups: dict[Group, _GroupState] = {}
 
     def __len__(self) -> int:
         return len(self._pods)
 
     def put(self, pod: PodKey, consumer: PodConsumer | None) -> set[SecretKey]:
         """Record the pod's findings (None: it is gone or finished). Returns the Secrets whose consumers changed.
-        The same pod (uid) keeps its warnings; a re-created one starts afresh."""
+        A group keeps its warnings while any of its pods remains: a re-created ownerless pod starts afresh."""
         old = self._pods.get(pod)
         if consumer is None:
             return self.remove(pod)
-        if old is not None and old.consumer == consumer:
+        if old == consumer:
             return set()
-        before = old.consumer.secrets() if old is not None else frozenset()
-        record = _Record(consumer)
-        if old is not None and old.consumer.uid == consumer.uid:
-            record.warned = old.warned
-        self._pods[pod] = record
+        before = old.secrets() if old is not None else frozenset()
+        self._join(_group(pod, consumer))
+        if old is not None:
+            self._leave(_group(pod, old))
+        self._pods[pod] = consumer
         namespace = pod[0]
         for secret in before - consumer.secrets():
             self._unlink((namespace, secret), pod)
@@ -208,10 +288,24 @@ class ConsumerIndex:
         old = self._pods.pop(pod, None)
         if old is None:
             return set()
-        changed = {(pod[0], s) for s in old.consumer.secrets()}
+        self._leave(_group(pod, old))
+        changed = {(pod[0], s) for s in old.secrets()}
         for secret in changed:
             self._unlink(secret, pod)
         return changed
+
+    def _join(self, group: Group) -> None:
+        state = self._groups.get(group)
+        if state is None:
+            state = self._groups[group] = _GroupState()
+        state.members += 1
+
+    def _leave(self, group: Group) -> None:
+        state = self._groups.get(group)
+        if state is not None:
+            state.members -= 1
+            if state.members <= 0:
+                del self._groups[group]  # its warnings go with it: a group seen again is reported again
 
     def _unlink(self, secret: SecretKey, pod: PodKey) -> None:
         pods = self._by_secret.get(secret)
@@ -223,9 +317,9 @@ class ConsumerIndex:
     def drop_secret(self, secret: SecretKey) -> None:
         """Forget the consumers of a Secret no credential writes any more (their pods keep other findings)."""
         for pod in list(self._by_secret.get(secret, ())):
-            record = self._pods[pod]
-            rest = tuple(f for f in record.consumer.findings if f.secret != secret[1])
-            self.put(pod, PodConsumer(record.consumer.uid, rest) if rest else None)  # same uid: warnings kept
+            old = self._pods[pod]
+            rest = tuple(f for f in old.findings if f.secret != secret[1])
+            self.put(pod, PodConsumer(old.uid, rest, old.owner) if rest else None)
 
     def retain(self, namespace: str | None, seen: Iterable[PodKey]) -> set[SecretKey]:
         """After a complete list of `namespace` (None: all): drop the pods it did not see (deleted, finished or no
@@ -239,13 +333,16 @@ class ConsumerIndex:
     def count(self, secret: SecretKey) -> int:
         return len(self._by_secret.get(secret, ()))
 
-    def unwarned(self, secret: SecretKey, credential_uid: str) -> list[tuple[PodKey, PodConsumer]]:
-        """The pods reading `secret` that the credential `credential_uid` was not warned about yet, each marked as
-        warned now: every credential hears once about each pod."""
-        due = []
+    def unwarned(self, secret: SecretKey, credential_uid: str) -> list[tuple[PodKey, PodConsumer, int]]:
+        """One pod of each group reading `secret` that the credential `credential_uid` was not warned about yet,
+        with the number of the group's pods reading it; each group marked as warned now."""
+        groups: dict[Group, list[PodKey]] = {}
         for pod in sorted(self._by_secret.get(secret, ())):
-            record = self._pods[pod]
-            if credential_uid not in record.warned:
-                record.warned.add(credential_uid)
-                due.append((pod, record.consumer))
+            groups.setdefault(_group(pod, self._pods[pod]), []).append(pod)
+        due = []
+        for group, pods in groups.items():
+            state = self._groups[group]
+            if credential_uid not in state.warned:
+                state.warned += (credential_uid,)
+                due.append((pods[0], self._pods[pods[0]], len(pods)))
         return due

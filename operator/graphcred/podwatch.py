@@ -1,7 +1,8 @@
 """With --watch-consumers: follow pods, to find those that read a token Secret where no refresh reaches it.
 
-Built on `secretwatch.MetadataWatch`: the same paged list (500 a page, an expired continue token starts over),
-resume from the last resourceVersion, relist after "410 Gone", and jittered backoff after every failure. Pods are
+Built on `secretwatch.MetadataWatch`: the same paged list (an expired continue token starts over; 100 pods a page,
+not 500: they come whole), resume from the last resourceVersion, relist after "410 Gone", and jittered backoff
+after every failure. Pods are
 listed and watched whole (their spec is what matters), and each is classified (`consumers.classify`) as it is read,
 then dropped: the watch keeps no pod, only the current page while it reads it. A pod that reads no token Secret in
 use (`relevant(namespace, secret)`: a credential writes it) costs that classification and nothing else; the others
@@ -26,7 +27,7 @@ from typing import Any
 from kubernetes import client
 
 from .consumers import PodConsumer, PodKey, classify
-from .secretwatch import PAGE_SIZE, MetadataWatch, WatchInterrupted
+from .secretwatch import MetadataWatch, WatchInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ PodCallback = Callable[[str, str, PodConsumer | None], None]  # namespace, name,
 ListedCallback = Callable[[str | None, frozenset[PodKey]], None]  # namespace listed (None: all), pods found
 Relevant = Callable[[str, str], bool]  # (namespace, Secret name): is it a token Secret in use?
 WHOLE_OBJECTS = "application/json"
+# Pods come whole (4-15 KiB each with managedFields, probes, env and status), parsed at ~6x their JSON: 100 a page
+# keeps a page near 3 MiB where 500 cost 15-40 MiB, once per watched namespace at start, against a 256 MiB limit.
+POD_PAGE_SIZE = 100
 
 
 def _ignored(*_: Any) -> None:
@@ -45,7 +49,7 @@ class PodWatch(MetadataWatch):
     accept_watch = WHOLE_OBJECTS
 
     def __init__(self, api: client.ApiClient, on_pod: PodCallback, on_listed: ListedCallback, relevant: Relevant,
-                 namespace: str | None = None, server_timeout: int = 300, page_size: int = PAGE_SIZE,
+                 namespace: str | None = None, server_timeout: int = 300, page_size: int = POD_PAGE_SIZE,
                  healthy_after: float = 10.0) -> None:
         super().__init__(api, _ignored, namespace, server_timeout=server_timeout, page_size=page_size,
                          healthy_after=healthy_after, resource="pods")

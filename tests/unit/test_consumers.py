@@ -103,11 +103,12 @@ ENV_FROM = Finding(TOKEN, "app", "container", How.ENV_FROM)
     pytest.param(_pod("p", containers=[_env_from()]), (ENV_FROM,), id="envFrom"),
     pytest.param(_pod("p", containers=[_env_from(optional=True, prefix="GRAPH_")]),
                  (Finding(TOKEN, "app", "container", How.ENV_FROM, "GRAPH_"),), id="envFrom-optional-prefixed"),
-    pytest.param(_pod("p", initContainers=[_env(name="setup")]),
-                 (Finding(TOKEN, "setup", "init container", How.ENV, "ACCESS_TOKEN"),), id="init-container"),
+    pytest.param(_pod("p", initContainers=[_env(name="setup")]), (), id="init-container-runs-once-at-start"),
     pytest.param(_pod("p", volumes=[_secret_volume()],
                       initContainers=[_mounting({"mountPath": "/t", "subPath": "access_token"}, name="setup")]),
-                 (Finding(TOKEN, "setup", "init container", How.SUB_PATH, "/t"),), id="init-container-subPath"),
+                 (), id="init-container-subPath-runs-once-at-start"),
+    pytest.param(_pod("p", initContainers=[{**_env(name="proxy"), "restartPolicy": "Always"}]),
+                 (Finding(TOKEN, "proxy", "sidecar container", How.ENV, "ACCESS_TOKEN"),), id="sidecar-container"),
     pytest.param(_pod("p", ephemeralContainers=[_env_from(name="debug")]),
                  (Finding(TOKEN, "debug", "ephemeral container", How.ENV_FROM),), id="ephemeral-container"),
     pytest.param(_pod("p", volumes="junk", containers=[{"name": "app", "env": [None, {"valueFrom": 3}],
@@ -122,8 +123,8 @@ def test_every_way_at_once_in_the_specs_order_without_duplicates() -> None:
     app = {**_mounting({"mountPath": "/etc/token", "subPath": "access_token"}),
            "env": _env()["env"] * 2, "envFrom": _env_from()["envFrom"]}
     findings = unrefreshable(_pod("p", volumes=[_secret_volume()], containers=[app],
-                                  initContainers=[_env(name="setup")])["spec"])
-    assert findings == (Finding(TOKEN, "setup", "init container", How.ENV, "ACCESS_TOKEN"), SUB_PATH, ENV, ENV_FROM)
+                                  initContainers=[{**_env(name="setup"), "restartPolicy": "Always"}])["spec"])
+    assert findings == (Finding(TOKEN, "setup", "sidecar container", How.ENV, "ACCESS_TOKEN"), SUB_PATH, ENV, ENV_FROM)
 
 
 def test_only_the_token_secrets_in_use_count() -> None:
@@ -163,12 +164,12 @@ def test_the_index_counts_per_secret_and_warns_once_per_pod_and_credential() -> 
     assert index.put((NS, "a"), PodConsumer("u-a", (SUB_PATH,))) == {(NS, TOKEN)}
     index.put((NS, "b"), PodConsumer("u-b", (ENV, Finding("other", "app", "container", How.ENV, "X"))))
     assert index.count((NS, TOKEN)) == 2 and index.count((NS, "other")) == 1
-    assert [p for p, _ in index.unwarned((NS, TOKEN), "cred-1")] == [(NS, "a"), (NS, "b")]
+    assert [p for p, *_ in index.unwarned((NS, TOKEN), "cred-1")] == [(NS, "a"), (NS, "b")]
     assert index.unwarned((NS, TOKEN), "cred-1") == []
     assert index.put((NS, "a"), PodConsumer("u-a", (SUB_PATH,))) == set(), "an update that changed nothing"
-    assert [p for p, _ in index.unwarned((NS, TOKEN), "cred-2")] == [(NS, "a"), (NS, "b")], "a new credential"
+    assert [p for p, *_ in index.unwarned((NS, TOKEN), "cred-2")] == [(NS, "a"), (NS, "b")], "a new credential"
     index.put((NS, "a"), PodConsumer("u-a2", (SUB_PATH,)))  # deleted and re-created under the same name
-    assert [p for p, _ in index.unwarned((NS, TOKEN), "cred-1")] == [(NS, "a")]
+    assert [p for p, *_ in index.unwarned((NS, TOKEN), "cred-1")] == [(NS, "a")]
     assert index.put((NS, "a"), None) == {(NS, TOKEN)}
     assert index.count((NS, TOKEN)) == 1
     index.drop_secret((NS, TOKEN))
