@@ -1,5 +1,9 @@
 # graphcred image: multi-stage, slim Python base, non-root, read-only-root-filesystem friendly.
-# Pin the base by digest in your own builds (docker buildx imagetools inspect python:3.11.13-slim-bookworm).
+# The base by tag; releases build from it pinned by digest: .github/workflows/release.yaml reads this default,
+# resolves it (docker buildx imagetools inspect IMAGE --format '{{ .Manifest.Digest }}') and passes
+# --build-arg PYTHON_IMAGE=IMAGE@sha256:..., recorded in the org.opencontainers.image.base.* labels. Do the same in
+# your own builds. Resolved at release time rather than written here, each release takes the newest rebuild of this
+# tag (Debian and CPython security fixes) and still records exactly which one it used.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build

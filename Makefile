@@ -23,9 +23,11 @@ venv: $(BIN)/.installed
 binaries:
 	@bash testbed/build-binaries.sh >/dev/null
 
+# actionlint (the release workflow) is built once from the Go module proxy and cached, like the test bed's binaries.
 lint: venv
 	$(BIN)/ruff check operator testbed clients tests bench examples
 	$(BIN)/mypy
+	bash scripts/actionlint.sh
 
 # pytest exits 5 when it collected no tests; that must fail, not pass silently.
 test: lint binaries
