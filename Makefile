@@ -57,5 +57,10 @@ lock: venv
 	$(LOCK) -c requirements/dev.txt -o requirements/runtime.txt pyproject.toml
 	$(LOCK) -c requirements/dev.txt --only-build-deps --all-build-deps -o requirements/build.txt pyproject.toml
 
+# Regenerate the CRD and the chart's copy from operator/graphcred/model.py (tests fail when they drift).
+crd: venv
+	$(BIN)/python -m graphcred crd > crds/graphappcredentials.yaml
+	$(BIN)/python -m graphcred crd --helm > charts/graphcred/templates/crd.yaml
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

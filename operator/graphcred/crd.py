@@ -18,6 +18,7 @@ from . import model
 _KEEP = {
     "type", "properties", "items", "required", "description", "pattern", "enum", "default", "format",
     "minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "x-kubernetes-validations",
+    "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }
 
 
@@ -58,12 +59,33 @@ def openapi_schema(cls: type[BaseModel], mode: JsonSchemaMode = "validation") ->
     return _structural(schema, schema.get("$defs", {}))
 
 
+_READY = '.status.conditions[?(@.type=="Ready")]'
+
+# `kubectl get gac` shows the first five; `-o wide` adds the priority-1 columns after Age (as `kubectl get pods -o
+# wide` does), the free-text message last. Times are strings (RFC 3339): a `date` column prints an age, and a
+# future time as "<invalid>".
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status",
+     "description": "True while the token Secret holds a valid token for this spec."},
+    {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason", "description": "Why, in one word."},
+    {"name": "Expires", "type": "string", "jsonPath": ".status.expiresOn",
+     "description": "When the token in the Secret expires."},
+    {"name": "Secret", "type": "string", "jsonPath": ".status.secretName", "description": "The token Secret."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Refresh At", "type": "string", "jsonPath": ".status.refreshAt", "priority": 1,
+     "description": "When graphcred next acquires a token or retries."},
+    {"name": "Audience", "type": "string", "jsonPath": ".status.audience", "priority": 1,
+     "description": "The token's aud claim."},
+    {"name": "Message", "type": "string", "jsonPath": f"{_READY}.message", "priority": 1,
+     "description": "What happened and what to do about it."},
+]
+
+
 def crd() -> dict[str, Any]:
     spec = openapi_schema(model.GraphAppCredentialSpec)
     status = openapi_schema(model.GraphAppCredentialStatus, mode="serialization")
     # Defaults belong to the operator for status; the apiserver must not invent status fields.
     _strip_defaults(status)
-    ready = '.status.conditions[?(@.type=="Ready")]'
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -87,13 +109,7 @@ def crd() -> dict[str, Any]:
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
-                    {"name": "Reason", "type": "string", "jsonPath": f"{ready}.reason"},
-                    {"name": "Expires", "type": "string", "jsonPath": ".status.expiresOn"},
-                    {"name": "Secret", "type": "string", "jsonPath": ".status.secretName"},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
+                "additionalPrinterColumns": PRINTER_COLUMNS,
                 "schema": {"openAPIV3Schema": {
                     "type": "object",
                     "description": "An Entra ID app-only token, kept fresh in a Secret by graphcred.",

@@ -13,7 +13,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 GROUP = "graphcred.io"
 VERSION = "v1alpha1"
@@ -225,16 +225,50 @@ class Reason(StrEnum):
     AUTHORITY_NOT_ALLOWED = "AuthorityNotAllowed"
 
 
+# metav1.Condition's limits (k8s.io/apimachinery/pkg/apis/meta/v1 types.go, as controller-gen renders them), so
+# kubectl, kstatus and other tools read graphcred's conditions as they read anyone's.
+CONDITION_TYPE_PATTERN = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                          r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$")
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+CONDITION_MESSAGE_MAX = 32768
+
+
 class Condition(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, frozen=True)
+    """One aspect of the credential's state, shaped as metav1.Condition. graphcred writes the Ready condition."""
+
+    # The schema requires what metav1.Condition requires (the operator always writes all five); reading stays
+    # lenient about lastTransitionTime for conditions stored under an older, looser CRD.
+    model_config = ConfigDict(populate_by_name=True, frozen=True, json_schema_extra={
+        "required": ["type", "status", "reason", "message", "lastTransitionTime"]})
 
     # Other controllers and tools may add conditions of their own; they must not break reading ours.
-    type: str = "Ready"
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
-    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+    type: str = Field(default="Ready", max_length=316, pattern=CONDITION_TYPE_PATTERN,
+                      description="Condition type, the list's key: Ready (graphcred's), or another tool's type in "
+                      "CamelCase or foo.example.com/CamelCase.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN,
+                        description="Why, in one CamelCase word, for programs and alerts: TokenIssued when Ready; "
+                        "else the failure, e.g. CredentialNotFound, Unauthorized, MissingRoles, "
+                        "AuthorityUnavailable, Throttled (docs/troubleshooting.md lists them all).")
+    message: str = Field(default="", max_length=CONDITION_MESSAGE_MAX,
+                         description="For people: what happened and what to do about it. Never a token or a "
+                         "secret.")
+    observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0,
+                                            json_schema_extra={"format": "int64"},
+                                            description="metadata.generation of the spec this condition was set "
+                                            "for: older than the object's generation means not yet reconciled.")
+    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime",
+                                             json_schema_extra={"format": "date-time"},
+                                             description="When status last changed (True/False), RFC 3339 UTC; "
+                                             "a change of reason alone keeps it.")
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _fit(cls, value: object) -> object:
+        # An unexpectedly long message (a server's error text) is cut, never a status write the apiserver refuses.
+        if isinstance(value, str) and len(value) > CONDITION_MESSAGE_MAX:
+            return value[:CONDITION_MESSAGE_MAX - 1] + "…"
+        return value
 
 
 class GraphAppCredentialStatus(BaseModel):
@@ -242,19 +276,43 @@ class GraphAppCredentialStatus(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, frozen=True)
 
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = Field(default=None, alias="observedGeneration")
-    secret_name: str | None = Field(default=None, alias="secretName")
-    expires_on: str | None = Field(default=None, alias="expiresOn",
-                                   json_schema_extra={"format": "date-time"})
-    refresh_at: str | None = Field(default=None, alias="refreshAt", json_schema_extra={"format": "date-time"})
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="The credential's conditions, one per type. Ready is True while the token Secret holds an "
+        "unexpired token acquired for this spec with every required role; False with a reason and a message "
+        "saying what to fix otherwise.",
+        # A list-map keyed by type: the apiserver refuses two conditions of one type, and server-side apply
+        # merges per type, so another tool can own its own condition beside Ready.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0,
+                                            json_schema_extra={"format": "int64"},
+                                            description="metadata.generation of the spec this status was written "
+                                            "for.")
+    secret_name: str | None = Field(default=None, alias="secretName",
+                                    description="Name of the token Secret (same namespace): keys access_token, "
+                                    "token_type, expires_on and authorization.")
+    expires_on: str | None = Field(default=None, alias="expiresOn", json_schema_extra={"format": "date-time"},
+                                   description="When the token in the Secret expires, RFC 3339 UTC.")
+    refresh_at: str | None = Field(default=None, alias="refreshAt", json_schema_extra={"format": "date-time"},
+                                   description="When graphcred next acquires a token, or retries after a failure, "
+                                   "RFC 3339 UTC. Absent while it waits for the spec to change.")
     last_refresh_time: str | None = Field(default=None, alias="lastRefreshTime",
-                                          json_schema_extra={"format": "date-time"})
-    consecutive_failures: int = Field(default=0, alias="consecutiveFailures")
-    roles: list[str] = Field(default_factory=list)
-    audience: str | None = None
-    tenant_id: str | None = Field(default=None, alias="tenantId")
-    app_id: str | None = Field(default=None, alias="appId")
+                                          json_schema_extra={"format": "date-time"},
+                                          description="When the token in the Secret was acquired, RFC 3339 UTC.")
+    consecutive_failures: int = Field(default=0, alias="consecutiveFailures", ge=0,
+                                      description="Failed attempts since the last token was acquired; 0 after a "
+                                      "success.")
+    roles: list[str] = Field(default_factory=list,
+                             description="Application permissions granted to the app: the roles claim of the token "
+                             "in the Secret. Compared with spec.requiredRoles.")
+    audience: str | None = Field(default=None,
+                                 description="Resource the token is for: its aud claim, e.g. "
+                                 "https://graph.microsoft.com.")
+    tenant_id: str | None = Field(default=None, alias="tenantId",
+                                  description="Tenant that issued the token: its tid claim (a GUID, also when "
+                                  "spec.tenantId is a domain).")
+    app_id: str | None = Field(default=None, alias="appId",
+                               description="Application the token was issued to: its appid (or azp) claim.")
     credential_version: str | None = Field(
         default=None, alias="credentialVersion",
         description="resourceVersion of the credential Secret (or, for workloadIdentity, the ServiceAccount) the "
@@ -273,6 +331,21 @@ class GraphAppCredentialStatus(BaseModel):
         "Finished pods (Succeeded, Failed) do not count. Absent when there are none. Counted only by an operator "
         "that watches pods (graphcred run --watch-consumers; the chart's consumerWarnings.enabled); each such pod "
         "also gets a Warning Event (reason UnrefreshableConsumer) on this object.")
+
+    @field_validator("conditions", mode="before")
+    @classmethod
+    def _conforming(cls, value: object) -> object:
+        # A condition another tool stored under an older, looser CRD that this schema refuses is left out (and so
+        # never written back for the apiserver to refuse): it must not cost the whole status.
+        if not isinstance(value, list):
+            return value
+        kept = []
+        for item in value:
+            try:
+                kept.append(Condition.model_validate(item))
+            except ValidationError:
+                continue
+        return kept
 
     def ready(self) -> Condition | None:
         return next((c for c in self.conditions if c.type == "Ready"), None)

@@ -558,9 +558,16 @@ class Reconciler:
         return delay
 
     def _previous(self, snap: Snapshot, mem: Memory) -> GraphAppCredentialStatus:
-        raw = mem.last_status if mem.last_status is not None else snap.status
+        """The status this pass starts from: what this process last wrote (newer than a watch event may be), with
+        the conditions of other types as the object last seen holds them: other tools add their own, and the merge
+        patch that writes Ready replaces the whole list, so they must come from the object, not from our memory."""
+        raw = dict(mem.last_status if mem.last_status is not None else snap.status or {})
+        ours = [c for c in raw.get("conditions") or [] if isinstance(c, dict) and c.get("type") == "Ready"]
+        theirs = [c for c in (snap.status or {}).get("conditions") or []
+                  if isinstance(c, dict) and c.get("type") != "Ready"]
+        raw["conditions"] = ours + theirs
         try:
-            return GraphAppCredentialStatus.model_validate(raw or {})
+            return GraphAppCredentialStatus.model_validate(raw)
         except ValidationError:
             return GraphAppCredentialStatus()
 

@@ -45,13 +45,13 @@ class Report:
 def ready_condition(previous: GraphAppCredentialStatus, ready: bool, reason: Reason, message: str,
                     generation: int, now: dt.datetime) -> list[Condition]:
     """The new Ready condition, first; conditions of other types (other tools') are kept as they are.
-    lastTransitionTime moves only when Ready's status flips (or there was no Ready yet)."""
+    lastTransitionTime moves only when Ready's status flips (or there was no Ready yet, or one without a time: the
+    CRD requires it)."""
     before = previous.ready()
     status: Literal["True", "False"] = "True" if ready else "False"
-    changed = before is None or before.status != status
+    kept = before.last_transition_time if before is not None and before.status == status else None
     cond = Condition(status=status, reason=reason.value, message=message, observed_generation=generation,
-                     last_transition_time=rfc3339(now) if changed or before is None
-                     else before.last_transition_time)
+                     last_transition_time=kept or rfc3339(now))
     return [cond, *(c for c in previous.conditions if c.type != "Ready")]
 
 

@@ -190,7 +190,9 @@ class ControlPlane:
         self.processes["kube-controller-manager"] = Process("kube-controller-manager", [
             binary("kube-controller-manager"),
             f"--kubeconfig={self.kubeconfig}",
-            "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller",
+            # clusterrole-aggregation: fills view/edit/admin from roles labelled aggregate-to-* (the chart's)
+            "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,"
+            "clusterrole-aggregation-controller",
             "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false",
             f"--root-ca-file={pki / 'ca.crt'}",
             "--concurrent-gc-syncs=10",

@@ -1,14 +1,19 @@
 """The Helm chart: lint, CRD identical to crds/, every documented option set accepted by the real apiserver
 (server-side dry run), least-privilege RBAC (ServiceAccount access only with workloadIdentity.enabled, pod access
 only with consumerWarnings.enabled), and the operator really working with exactly that RBAC, cluster-wide and in
-watchNamespaces mode."""
+watchNamespaces mode. The values schema (bad values refused by helm itself, every documented example accepted),
+kubeVersion, the view/edit/admin aggregated roles on the bed, the PodDisruptionBudget and the NetworkPolicy."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,18 @@ OPTION_SETS: dict[str, list[str]] = {
                             ".podAffinityTerm.topologyKey=kubernetes.io/hostname"],
     "existing-service-account": ["--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops",
                                  "--set", "rbac.create=false"],
+    "no-aggregated-roles": ["--set", "rbac.aggregateToDefaultRoles=false"],
+    "pdb-one-replica": ["--set", "podDisruptionBudget.enabled=true", "--set", "podDisruptionBudget.maxUnavailable=50%",
+                        "--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget"],
+    "network-policy": ["--set", "networkPolicy.enabled=true"],
+    "network-policy-narrowed": [
+        "--set", "networkPolicy.enabled=true", "--set", "metrics.port=9090",
+        "--set", "networkPolicy.apiServer.ports={6443}",
+        "--set-json", 'networkPolicy.apiServer.to=[{"ipBlock":{"cidr":"10.0.0.1/32"}}]',
+        "--set-json", 'networkPolicy.dns.to=[{"ipBlock":{"cidr":"169.254.20.10/32"}}]',
+        "--set-json", 'networkPolicy.tokenEndpoint.to=[{"ipBlock":{"cidr":"0.0.0.0/0","except":["10.0.0.0/8"]}}]',
+        "--set-json", 'networkPolicy.metrics.from=[{"namespaceSelector":{"matchLabels":'
+                      '{"kubernetes.io/metadata.name":"monitoring"}}}]'],
 }
 
 SERVICE_MONITOR_CRD = {
@@ -64,14 +81,28 @@ SERVICE_MONITOR_CRD = {
 }
 
 
+@cache
+def bed_kube_version() -> str:
+    """The bed's kube-apiserver version (v1.37.2): what the chart is rendered for. Without a cluster, helm assumes
+    the version its build was stamped with (v1.20 for the bed's helm, built without release ldflags), which the
+    chart's kubeVersion refuses."""
+    out = subprocess.run([binary("kube-apiserver"), "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
+
+
+def helm_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary("helm"), *args], capture_output=True, text=True, check=False, env=env)
+
+
 def helm(*args: str) -> str:
-    out = subprocess.run([binary("helm"), *args], capture_output=True, text=True, check=False)
+    out = helm_run(*args)
     assert out.returncode == 0, out.stderr
     return out.stdout + out.stderr
 
 
 def render(*args: str, release: str = "graphcred") -> list[dict[str, Any]]:
-    text = helm("template", release, str(CHART), "--namespace", RELEASE_NS, *args)
+    text = helm("template", release, str(CHART), "--namespace", RELEASE_NS, "--kube-version", bed_kube_version(),
+                *args)
     return [d for d in yaml.safe_load_all(text) if d]
 
 
@@ -93,7 +124,7 @@ def release_namespace(bed: Bed) -> str:
 
 
 def test_helm_lint_is_clean() -> None:
-    out = helm("lint", "--strict", str(CHART))
+    out = helm("lint", "--strict", "--kube-version", bed_kube_version(), str(CHART))
     assert "0 chart(s) failed" in out
 
 
@@ -124,11 +155,17 @@ def test_restricted_security_context_by_default() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def _user_facing(doc: dict[str, Any]) -> bool:
+    """A ClusterRole aggregated into view/edit/admin: granted to users bound to those, not to the operator."""
+    labels = doc["metadata"].get("labels") or {}
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels)
+
+
 def _rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
-    """(kind of role, apiGroup, resource, verb) for every rule the chart grants."""
+    """(kind of role, apiGroup, resource, verb) for every rule the chart grants the operator."""
     granted = set()
     for doc in docs:
-        if doc["kind"] in ("ClusterRole", "Role"):
+        if doc["kind"] in ("ClusterRole", "Role") and not _user_facing(doc):
             for rule in doc["rules"]:
                 for group in rule["apiGroups"]:
                     for resource in rule["resources"]:
@@ -162,10 +199,10 @@ WORKLOAD_IDENTITY = {("", "serviceaccounts", v) for v in ("get", "list", "watch"
 
 
 def _rules_by_scope(docs: list[dict[str, Any]]) -> dict[str, set[tuple[str, str, str]]]:
-    """(apiGroup, resource, verb) granted, by where: "cluster" (ClusterRoles) or a Role's namespace."""
+    """(apiGroup, resource, verb) granted the operator, by where: "cluster" (ClusterRoles) or a Role's namespace."""
     granted: dict[str, set[tuple[str, str, str]]] = {}
     for doc in docs:
-        if doc["kind"] in ("ClusterRole", "Role"):
+        if doc["kind"] in ("ClusterRole", "Role") and not _user_facing(doc):
             scope = "cluster" if doc["kind"] == "ClusterRole" else doc["metadata"]["namespace"]
             granted.setdefault(scope, set()).update(
                 (group, resource, verb) for rule in doc["rules"] for group in rule["apiGroups"]
@@ -377,3 +414,299 @@ def _created(env: Env, pod: dict[str, Any]) -> bool:
             return False
         raise
     return True
+
+
+# --- issue 11 item 5: values schema, kubeVersion, aggregated roles, PodDisruptionBudget, NetworkPolicy -------------
+
+SCHEMA_ERROR = "values don't meet the specifications of the schema(s)"
+
+# (values, what helm must say): each would otherwise render, and each but the last two reach the operator as a bad
+# env var or a pod the apiserver refuses only at install, or not at all (a typo'd key is silently ignored).
+REFUSED = [
+    (["--set", "leaderElection.leaseDuration=15s"], "at '/leaderElection/leaseDuration': got string, want integer"),
+    (["--set", "leaderElection.leaseDurationSeconds=15"],
+     "at '/leaderElection': additional properties 'leaseDurationSeconds' not allowed"),
+    (["--set", "watchNamespace={team-a}"], "additional properties 'watchNamespace' not allowed"),
+    (["--set", "watchNamespaces=team-a"], "at '/watchNamespaces': got string, want array"),
+    (["--set", "watchNamespaces={Team_A}"], "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
+    (["--set", "tokenTimeout=30s"], "at '/tokenTimeout'"),
+    (["--set", "apiTimeout=0"], "at '/apiTimeout'"),
+    (["--set", "tokenConcurrency=0"], "at '/tokenConcurrency': minimum: got 0, want 1"),
+    (["--set", "logLevel=TRACE"], "at '/logLevel': value must be one of"),
+    (["--set", "logFormat=yaml"], "at '/logFormat': value must be one of"),
+    (["--set", "metrics.port=0"], "at '/metrics/port': minimum: got 0, want 1"),
+    (["--set", "metrics.serviceMonitor.interval=30"], "at '/metrics/serviceMonitor/interval': got number, want string"),
+    (["--set", "podLabels.version=2"], "at '/podLabels/version': got number, want string"),
+    (["--set", "workloadIdentity.authorityHosts={login.example.com}"],
+     "at '/workloadIdentity/authorityHosts/0': 'login.example.com' does not match pattern"),
+    (["--set", "podDisruptionBudget.minAvailable=1"],
+     "at '/podDisruptionBudget': additional properties 'minAvailable' not allowed"),
+    (["--set", "podDisruptionBudget.maxUnavailable=one"], "at '/podDisruptionBudget/maxUnavailable'"),
+    (["--set", "podDisruptionBudget.unhealthyPodEvictionPolicy=Never"],
+     "at '/podDisruptionBudget/unhealthyPodEvictionPolicy': value must be one of"),
+    # a rule without ports would allow every port
+    (["--set", "networkPolicy.enabled=true", "--set-json", "networkPolicy.apiServer.ports=[]"],
+     "at '/networkPolicy/apiServer/ports': minItems: got 0, want 1"),
+    (["--set-json", 'networkPolicy.metrics.from=[{"ipblock":{"cidr":"10.0.0.0/8"}}]'],
+     "at '/networkPolicy/metrics/from/0': additional properties 'ipblock' not allowed"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), REFUSED, ids=[" ".join(v[1::2]) for v, _ in REFUSED])
+def test_schema_refuses_a_bad_value_before_anything_renders(values: list[str], message: str) -> None:
+    out = helm_run("template", "graphcred", str(CHART), "--kube-version", bed_kube_version(), *values)
+    assert out.returncode == 1, out.stdout[:200]
+    assert SCHEMA_ERROR in out.stderr and message in out.stderr, out.stderr
+    assert not out.stdout, "nothing rendered"
+
+
+def _helm_env(tmp_path: Path, bed: Bed) -> dict[str, str]:
+    """helm against the bed's apiserver, with a home of its own (helm's directories, client-go's discovery cache)."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(bed.kubeconfig),
+            **{f"HELM_{d}_HOME": str(tmp_path / d.lower()) for d in ("CONFIG", "CACHE", "DATA")}}
+
+
+def test_helm_install_refuses_a_duration_for_the_lease_seconds(bed: Bed, release_namespace: str,
+                                                               tmp_path: Path) -> None:
+    """`helm install` against the real apiserver (which reports v1.37.x: kubeVersion passes) stops at the schema:
+    no release, no Deployment; the operator would otherwise crash-loop on GRAPHCRED_LEASE_DURATION=15s."""
+    out = helm_run("install", "lease", str(CHART), "--namespace", RELEASE_NS, "--set", "crds.install=false",
+                   "--set", "leaderElection.leaseDuration=15s", env=_helm_env(tmp_path, bed))
+    assert out.returncode == 1
+    assert out.stderr == (f"Error: INSTALLATION FAILED: {SCHEMA_ERROR} in the following chart(s):\ngraphcred:\n"
+                          "- at '/leaderElection/leaseDuration': got string, want integer\n\n"), out.stderr
+    assert not bed.core.list_namespaced_secret(RELEASE_NS, label_selector="owner=helm,name=lease").items
+    assert not client.AppsV1Api(bed.api).list_namespaced_deployment(
+        RELEASE_NS, label_selector="app.kubernetes.io/instance=lease").items
+
+
+def _values_keys(values: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in values.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict) and key not in OPEN_OBJECTS:
+            keys |= _values_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _schema_keys(schema: dict[str, Any], node: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, sub in node.get("properties", {}).items():
+        keys.add(prefix + key)
+        if "$ref" in sub:
+            sub = schema["definitions"][sub["$ref"].rsplit("/", 1)[1]]
+        if sub.get("additionalProperties") is False:
+            keys |= _schema_keys(schema, sub, f"{prefix}{key}.")
+    return keys
+
+
+# Kubernetes objects passed through as they are (the apiserver checks them), and label/annotation maps.
+OPEN_OBJECTS = ("podSecurityContext", "securityContext", "affinity", "nodeSelector", "podAnnotations", "podLabels",
+                "annotations", "labels", "requests", "limits")
+
+
+def test_the_schema_describes_exactly_the_values() -> None:
+    """Every key of values.yaml has a schema entry (a value added without one is refused by the schema itself), and
+    the schema knows no key values.yaml lacks, but for `global` (what a parent chart passes) and resources.claims."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    values = _values_keys(yaml.safe_load((CHART / "values.yaml").read_text()))
+    described = _schema_keys(schema, schema)
+    assert not values - described, f"values without a schema entry: {sorted(values - described)}"
+    assert described - values == {"global", "resources.claims"}, sorted(described - values)
+
+
+def _documented_examples() -> list[tuple[str, list[str]]]:
+    """Every `--set`/`--set-string`/`--set-json` example in the docs (inline code or a command, continuation lines
+    joined), and every ```yaml block in the chart's README (values files), as helm arguments. ```console blocks are
+    transcripts (they may show a refusal) and are left out."""
+    examples: list[tuple[str, list[str]]] = []
+    for doc in [ROOT / "README.md", CHART / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```console\n.*?```", "", doc.read_text(), flags=re.S)
+        snippets = re.findall(r"`([^`\n]*--set[^`\n]*)`", text)
+        snippets += [line for line in text.replace("\\\n", " ").splitlines()
+                     if "--set" in line and not line.lstrip().startswith("|") and "`" not in line]
+        for snippet in snippets:
+            words = [*shlex.split(snippet), ""]
+            args = [a for w, value in pairwise(words)
+                    if w in ("--set", "--set-string", "--set-json") and "=" in value for a in (w, value)]
+            if args:  # not a flag named in prose
+                examples.append((f"{doc.relative_to(ROOT)}: {snippet.strip()[:60]}", args))
+        if doc == CHART / "README.md":
+            for n, block in enumerate(re.findall(r"```yaml\n(.*?)```", text, re.S)):
+                examples.append((f"{doc.relative_to(ROOT)}: yaml block {n + 1}", ["--values", f"yaml:{block}"]))
+    return examples
+
+
+DOCUMENTED = _documented_examples()
+
+
+@pytest.mark.parametrize("example", [args for _, args in DOCUMENTED], ids=[name for name, _ in DOCUMENTED])
+def test_documented_examples_pass_the_schema_and_the_apiserver(bed: Bed, release_namespace: str, tmp_path: Path,
+                                                               example: list[str]) -> None:
+    args = list(example)
+    if args[:1] == ["--values"]:
+        values_file = tmp_path / "values.yaml"
+        values_file.write_text(args[1].removeprefix("yaml:"))
+        args = ["--values", str(values_file)]
+    manifest = yaml.safe_dump_all(render(*args))
+    result = bed.kubectl("apply", "--dry-run=server", "--server-side", "--field-manager=helm-dry-run",
+                         "-f", "-", input=manifest, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_docs_have_examples_for_the_new_values() -> None:
+    """The examples above really cover the schema's new parts (an extraction that found nothing would pass)."""
+    flat = " ".join(a for _, args in DOCUMENTED for a in args)
+    for key in ("networkPolicy.enabled", "networkPolicy.apiServer.to", "networkPolicy.metrics.from",
+                "podDisruptionBudget", "rbac.aggregateToDefaultRoles", "watchNamespaces", "leaderElection"):
+        assert key in flat, key
+
+
+def test_kube_version_floor_is_enforced() -> None:
+    """Chart.yaml's kubeVersion ">=1.N.0-0": 1.N.0 renders, 1.(N-1) is refused with helm's message, and so is
+    the v1.20 a helm without a cluster assumes; the tested version is inside the range."""
+    floor = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    match = re.fullmatch(r">=1\.(\d+)\.0-0", floor)
+    assert match, floor
+    minor = int(match[1])
+    assert int(bed_kube_version().split(".")[1]) >= minor
+    assert helm_run("template", "graphcred", str(CHART), "--kube-version", f"1.{minor}.0").returncode == 0
+    for old in (f"1.{minor - 1}.9", "1.20.0"):
+        out = helm_run("template", "graphcred", str(CHART), "--kube-version", old)
+        assert out.returncode == 1
+        assert f"chart requires kubeVersion: {floor} which is incompatible with Kubernetes v{old}" in out.stderr
+
+
+AGGREGATED_VIEW = {("graphcred.io", r, v) for r in ("graphappcredentials", "graphappcredentials/status")
+                   for v in ("get", "list", "watch")}
+AGGREGATED_EDIT = {("graphcred.io", "graphappcredentials", v)
+                   for v in ("create", "update", "patch", "delete", "deletecollection")}
+
+
+def _aggregated(docs: list[dict[str, Any]]) -> dict[frozenset[str], set[tuple[str, str, str]]]:
+    """Rules of the user-facing ClusterRoles, by the set of built-in roles each is aggregated into."""
+    out: dict[frozenset[str], set[tuple[str, str, str]]] = {}
+    for doc in docs:
+        if doc["kind"] == "ClusterRole" and _user_facing(doc):
+            into = frozenset(k.rsplit("aggregate-to-", 1)[1] for k, v in doc["metadata"]["labels"].items()
+                             if "aggregate-to-" in k and v == "true")
+            out[into] = {(g, r, v) for rule in doc["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                         for v in rule["verbs"]}
+    return out
+
+
+@pytest.mark.parametrize("option_set", ["defaults", "namespaced"])
+def test_aggregated_roles_grant_exactly_gac_access(option_set: str) -> None:
+    assert _aggregated(render(*OPTION_SETS[option_set])) == {
+        frozenset({"view", "edit", "admin"}): AGGREGATED_VIEW, frozenset({"edit", "admin"}): AGGREGATED_EDIT}
+
+
+@pytest.mark.parametrize("option_set", ["no-aggregated-roles", "existing-service-account"])
+def test_no_aggregated_roles_when_off_or_without_rbac(option_set: str) -> None:
+    assert not _aggregated(render(*OPTION_SETS[option_set]))
+
+
+def _can(bed: Bed, user: str, verb: str, resource: str, namespace: str, *flags: str) -> bool:
+    result = bed.kubectl("auth", "can-i", verb, resource, "--namespace", namespace, "--as", user, *flags, check=False)
+    answer: str = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stderr
+    return answer == "yes"
+
+
+GAC = "graphappcredentials.graphcred.io"
+
+
+def test_view_edit_and_admin_users_get_gac_access(bed: Bed, release_namespace: str, namespace: str,
+                                                  tmp_path: Path) -> None:
+    """helm install (CRD left to the session) on the bed; users bound to the built-in roles in one namespace: the
+    clusterrole-aggregation controller gives them GraphAppCredential access, no more, and none elsewhere."""
+    helm_env = _helm_env(tmp_path, bed)
+    installed = helm_run("install", "aggregate", str(CHART), "--namespace", RELEASE_NS, "--set", "crds.install=false",
+                         env=helm_env)
+    assert installed.returncode == 0, installed.stderr
+    try:
+        for user, role in (("viewer", "view"), ("editor", "edit"), ("owner", "admin")):
+            bed.kubectl("create", "rolebinding", user, f"--clusterrole={role}", f"--user={user}", "-n", namespace)
+        wait_for(lambda: _can(bed, "viewer", "list", GAC, namespace) and _can(bed, "editor", "create", GAC, namespace),
+                 timeout=30, what="the aggregated rules in view and edit")
+        for verb in ("get", "list", "watch"):
+            assert _can(bed, "viewer", verb, GAC, namespace)
+        for verb in ("create", "update", "patch", "delete", "deletecollection"):
+            assert not _can(bed, "viewer", verb, GAC, namespace)
+            assert _can(bed, "editor", verb, GAC, namespace)
+            assert _can(bed, "owner", verb, GAC, namespace)
+        assert not _can(bed, "owner", "update", GAC, namespace, "--subresource=status"), "status is the operator's"
+        assert _can(bed, "viewer", "get", GAC, namespace, "--subresource=status")
+        assert not _can(bed, "viewer", "get", "secrets", namespace), "view still reads no Secret"
+        assert not _can(bed, "editor", "list", GAC, RELEASE_NS), "only where the binding is"
+        gac = yaml.safe_dump({"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
+                              "metadata": {"name": "by-editor", "namespace": namespace},
+                              "spec": {"tenantId": "contoso.onmicrosoft.com",
+                                       "clientId": "00000000-0000-0000-0000-000000000001",
+                                       "credential": {"clientSecret": {"name": "app"}}}})
+        denied = bed.kubectl("create", "--as=viewer", "-f", "-", input=gac, check=False)
+        assert denied.returncode == 1 and "Forbidden" in denied.stderr, denied.stderr
+        bed.kubectl("create", "--as=editor", "-f", "-", input=gac)
+        listed = bed.kubectl("get", "gac", "-n", namespace, "--as=viewer", "-o", "name")
+        assert listed.stdout.split() == ["graphappcredential.graphcred.io/by-editor"]
+    finally:
+        uninstalled = helm_run("uninstall", "aggregate", "--namespace", RELEASE_NS, env=helm_env)
+    assert uninstalled.returncode == 0, uninstalled.stderr
+    wait_for(lambda: not _can(bed, "viewer", "list", GAC, namespace), timeout=30,
+             what="view losing the rules once the release is gone")
+
+
+def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    [doc] = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([], None),
+    (["--set", "replicaCount=2"], {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}),
+    (["--set", "podDisruptionBudget.enabled=true"], {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}),
+    (OPTION_SETS["pdb-one-replica"], {"maxUnavailable": "50%", "unhealthyPodEvictionPolicy": "IfHealthyBudget"}),
+])
+def test_pod_disruption_budget(values: list[str], expected: dict[str, Any] | None) -> None:
+    """With several replicas (or asked for): one pod down at a time, and a never-Ready (crash-looping) pod may always
+    be evicted so it cannot hold up a node drain. Selects exactly the Deployment's pods."""
+    docs = render(*values)
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    if expected is None:
+        assert not pdbs
+        return
+    [pdb] = pdbs
+    spec = dict(pdb["spec"])
+    assert spec.pop("selector") == _one(docs, "Deployment")["spec"]["selector"]
+    assert spec == expected, "maxUnavailable, never minAvailable (with one replica that would block every drain)"
+
+
+def test_network_policy_defaults() -> None:
+    docs = render(*OPTION_SETS["network-policy"])
+    policy = _one(docs, "NetworkPolicy")["spec"]
+    assert policy["podSelector"] == _one(docs, "Deployment")["spec"]["selector"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    kube_dns = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                 "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}]
+    assert policy["egress"] == [
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}], "to": kube_dns},
+        {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]},
+        {"ports": [{"port": 443, "protocol": "TCP"}]},
+    ], "DNS, the Kubernetes API and the token endpoint; nothing else"
+    assert not [d for d in render() if d["kind"] == "NetworkPolicy"], "opt-in"
+
+
+def test_network_policy_narrowed() -> None:
+    policy = _one(render(*OPTION_SETS["network-policy-narrowed"]), "NetworkPolicy")["spec"]
+    assert policy["ingress"] == [{"ports": [{"port": 9090, "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}]
+    assert policy["egress"] == [
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+         "to": [{"ipBlock": {"cidr": "169.254.20.10/32"}}]},
+        {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]},
+        {"ports": [{"port": 443, "protocol": "TCP"}],
+         "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]},
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,10 @@ import pytest
 import yaml
 
 from graphcred.crd import crd_yaml
-from graphcred_testbed.bed import Bed
+from graphcred.model import GROUP, KIND, PLURAL, VERSION
+from graphcred_testbed.bed import Bed, wait_for
+
+from ..helpers import Env
 
 pytestmark = pytest.mark.bed
 
@@ -82,3 +87,167 @@ def test_cli_prints_the_crd() -> None:
 
     out = subprocess.run([sys.executable, "-m", "graphcred", "crd"], capture_output=True, text=True, check=True)
     assert out.stdout == crd_yaml()
+
+
+# --- what `kubectl explain` and `kubectl get` show ------------------------------------------------------------------
+_FIELD = re.compile(r"^  (\w+)\t<")
+
+
+def _explain(bed: Bed, path: str) -> str:
+    """`kubectl explain path`: the apiserver publishes a CRD's OpenAPI a moment after it is Established."""
+    def probe() -> str | None:
+        result = bed.kubectl("explain", path, check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    return wait_for(probe, timeout=30, what=f"kubectl explain {path}")
+
+
+def _explained(text: str) -> tuple[str, dict[str, str]]:
+    """kubectl explain's output: the field's description, and each sub-field's description by name."""
+    description: list[str] = []
+    fields: dict[str, list[str]] = {}
+    section, current = "", ""
+    for line in text.splitlines():
+        if line in ("DESCRIPTION:", "FIELDS:"):
+            section = line
+        elif section == "DESCRIPTION:" and line.startswith("    "):
+            description.append(line.strip())
+        elif section == "FIELDS:" and (match := _FIELD.match(line)):
+            current = match.group(1)
+            fields[current] = []
+        elif section == "FIELDS:" and current and line.startswith("    "):
+            fields[current].append(line.strip())
+    return " ".join(description).strip(), {name: " ".join(words) for name, words in fields.items()}
+
+
+def _objects(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every object in the schema with fields of its own (list items included), by its `kubectl explain` path."""
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        node = sub.get("items", {}) if sub.get("type") == "array" else sub
+        if "properties" in node:
+            yield from _objects(node, f"{path}.{name}")
+
+
+def test_kubectl_explain_describes_every_status_field(bed: Bed) -> None:
+    served = json.loads(bed.kubectl("get", "crd", f"{PLURAL}.{GROUP}", "-o", "json").stdout)
+    status = served["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    paths = dict(_objects(status, "gac.status"))
+    assert {"gac.status", "gac.status.conditions"} <= set(paths)
+    for path, node in paths.items():
+        description, fields = _explained(_explain(bed, path))
+        assert description and description != "<empty>", f"{path} has no description"
+        assert set(fields) == set(node["properties"]), path  # every field was read from the output
+        undescribed = sorted(name for name, text in fields.items() if text in ("", "<no description>"))
+        assert not undescribed, f"{path}: no description for {undescribed}"
+
+
+_COLUMN = re.compile(r"\S+(?: \S+)*")  # a header: words one space apart ("REFRESH AT"); columns are 3+ apart
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    """kubectl's table as rows of header -> cell, cut where each header starts (a message cell holds spaces)."""
+    header, *rows = text.rstrip("\n").splitlines()
+    columns = [(m.group(), m.start()) for m in _COLUMN.finditer(header)]
+    ends = [start for _, start in columns[1:]] + [None]
+    return [{name: row[start:end].strip() for (name, start), end in zip(columns, ends, strict=True)} for row in rows]
+
+
+def _ready_credential(env: Env, name: str = "app") -> None:
+    app = env.secret_app(f"{name}-secret", secret_name=f"{name}-cred")
+    env.create(name, app, {"clientSecret": {"name": f"{name}-cred"}})
+    env.wait_ready(name)
+
+
+def _rows(env: Env, name: str, *args: str) -> tuple[dict[str, str], str]:
+    out = env.bed.kubectl("get", "gac", name, "-n", env.namespace, *args).stdout
+    [row] = _table(out)
+    return row, out
+
+
+def test_get_shows_the_ready_summary_and_wide_adds_refresh_audience_and_message(env: Env) -> None:
+    _ready_credential(env)
+    plain, _ = _rows(env, "app")
+    wide, out = _rows(env, "app", "-o", "wide")
+    status = env.get("app")["status"]
+    ready = env.ready_condition("app")
+    assert ready is not None
+    assert list(plain) == ["NAME", "READY", "REASON", "EXPIRES", "SECRET", "AGE"]
+    assert list(wide) == [*plain, "REFRESH AT", "AUDIENCE", "MESSAGE"]
+    assert {k: v for k, v in wide.items() if k != "AGE"} == {
+        "NAME": "app", "READY": "True", "REASON": "TokenIssued", "EXPIRES": status["expiresOn"],
+        "SECRET": "app-token", "REFRESH AT": status["refreshAt"], "AUDIENCE": "https://graph.microsoft.com",
+        "MESSAGE": ready["message"]}
+    assert "valid until" in wide["MESSAGE"]
+    token = env.token("app-token")
+    assert token and token not in out
+
+
+def test_the_ready_condition_is_replaced_never_duplicated(env: Env) -> None:
+    """The operator's status writes (merge patches) pass the list-map schema; Ready stays one entry as it flips."""
+    _ready_credential(env)
+    first = env.ready_condition("app")
+    assert first is not None
+    env.bed.core.delete_namespaced_secret("app-cred", env.namespace)
+    failed = env.wait_condition("app", "False", "CredentialNotFound")["status"]["conditions"]
+    assert [c["type"] for c in failed] == ["Ready"]
+    assert failed[0]["lastTransitionTime"] >= first["lastTransitionTime"]
+    wide, out = _rows(env, "app", "-o", "wide")
+    assert (wide["READY"], wide["REASON"], wide["MESSAGE"]) == ("False", "CredentialNotFound", failed[0]["message"])
+    assert "app-cred" in wide["MESSAGE"]  # says which Secret to create
+    assert env.sv("app-secret") not in out
+    env.client_secret("app-cred", "app-secret")
+    again = env.wait_ready("app")["status"]["conditions"]
+    assert [(c["type"], c["status"]) for c in again] == [("Ready", "True")]
+    assert again[0]["lastTransitionTime"] >= failed[0]["lastTransitionTime"]
+
+
+# --- conditions: metav1.Condition fields, a list-map keyed by type --------------------------------------------------
+_WHEN = "2026-01-01T00:00:00Z"
+
+
+def _condition(**fields: Any) -> dict[str, Any]:
+    base = {"type": "Ready", "status": "True", "reason": "TokenIssued", "message": "", "lastTransitionTime": _WHEN}
+    return {k: v for k, v in {**base, **fields}.items() if v is not None}
+
+
+REFUSED_CONDITIONS = {
+    "two Ready conditions": ([_condition(), _condition(status="False")], 'Duplicate value: {"type":"Ready"}'),
+    "no type": ([_condition(type=None)], "status.conditions[0].type: Required value"),
+    "no lastTransitionTime": ([_condition(lastTransitionTime=None)], "lastTransitionTime: Required value"),
+    "lastTransitionTime not a date-time": ([_condition(lastTransitionTime="yesterday")], "type date-time"),
+    "no message": ([_condition(message=None)], "status.conditions[0].message: Required value"),
+    "reason not CamelCase": ([_condition(reason="token issued")], "status.conditions[0].reason"),
+    "status not True/False/Unknown": ([_condition(status="Yes")], "status.conditions[0].status"),
+}
+
+
+def _credential(bed: Bed, namespace: str) -> None:
+    manifest = _manifest(authorityHost=bed.authority_host)
+    manifest["metadata"]["name"] = "conds"
+    bed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_CONDITIONS))
+def test_the_apiserver_refuses_malformed_conditions(bed: Bed, namespace: str, case: str) -> None:
+    conditions, expected = REFUSED_CONDITIONS[case]
+    _credential(bed, namespace)
+    result = bed.kubectl("patch", "gac", "conds", "-n", namespace, "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"conditions": conditions}}), check=False)
+    assert result.returncode != 0, f"{case}: accepted"
+    assert expected in result.stderr, result.stderr
+
+
+def test_another_tool_applies_its_own_condition_beside_ready(bed: Bed, namespace: str) -> None:
+    """Server-side apply merges conditions by type: a tool owns its condition without taking Ready's."""
+    _credential(bed, namespace)
+    bed.kubectl("patch", "gac", "conds", "-n", namespace, "--subresource=status", "--type=merge",
+                "-p", json.dumps({"status": {"conditions": [_condition()]}}))
+    audited = _condition(type="example.com/Audited", reason="Checked", message="reviewed")
+    applied = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": "conds"},
+               "status": {"conditions": [audited]}}
+    result = bed.kubectl("apply", "--server-side", "--subresource=status", "--field-manager=auditor", "-o", "json",
+                         "-n", namespace, "-f", "-", input=json.dumps(applied), check=False)
+    assert result.returncode == 0, result.stderr
+    conditions = json.loads(result.stdout)["status"]["conditions"]
+    assert sorted(c["type"] for c in conditions) == ["Ready", "example.com/Audited"]

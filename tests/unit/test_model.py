@@ -1,12 +1,24 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from graphcred.model import GraphAppCredentialSpec, parse_duration
+from graphcred.crd import PRINTER_COLUMNS, crd
+from graphcred.model import (
+    CONDITION_MESSAGE_MAX,
+    CONDITION_REASON_PATTERN,
+    Condition,
+    GraphAppCredentialSpec,
+    GraphAppCredentialStatus,
+    Reason,
+    parse_duration,
+)
 from graphcred.reconciler import spec_error_message
 
 TENANT, CLIENT = str(uuid.uuid4()), str(uuid.uuid4())
@@ -59,3 +71,60 @@ def test_durations() -> None:
     assert spec(refreshBeforeExpiry="10m").refresh_before() == dt.timedelta(minutes=10)
     with pytest.raises(ValueError, match="Go duration"):
         parse_duration("10 minutes")
+
+
+# --- the status schema the CRD publishes ----------------------------------------------------------------------------
+def _status_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    return schema
+
+
+def _undescribed(node: dict[str, Any], path: str) -> Iterator[str]:
+    if not node.get("description"):
+        yield path
+    for name, sub in node.get("properties", {}).items():
+        yield from _undescribed(sub, f"{path}.{name}")
+    items = node.get("items", {})
+    for name, sub in items.get("properties", {}).items():
+        yield from _undescribed(sub, f"{path}[].{name}")
+
+
+def test_every_status_field_has_a_description() -> None:
+    assert list(_undescribed(_status_schema(), "status")) == []
+
+
+def test_conditions_are_metav1_conditions_in_a_list_map_keyed_by_type() -> None:
+    conditions = _status_schema()["properties"]["conditions"]
+    assert (conditions["x-kubernetes-list-type"], conditions["x-kubernetes-list-map-keys"]) == ("map", ["type"])
+    item = conditions["items"]
+    assert sorted(item["required"]) == ["lastTransitionTime", "message", "reason", "status", "type"]
+    fields = item["properties"]
+    assert sorted(fields) == ["lastTransitionTime", "message", "observedGeneration", "reason", "status", "type"]
+    assert fields["lastTransitionTime"]["format"] == "date-time"
+    assert fields["status"]["enum"] == ["True", "False", "Unknown"]
+    assert (fields["observedGeneration"]["format"], fields["observedGeneration"]["minimum"]) == ("int64", 0)
+    assert fields["message"]["maxLength"] == CONDITION_MESSAGE_MAX
+    assert all(re.fullmatch(CONDITION_REASON_PATTERN, reason.value) for reason in Reason)
+
+
+def test_a_long_message_is_cut_to_what_the_crd_accepts() -> None:
+    condition = Condition(status="False", reason="Unauthorized", message="x" * 100_000)
+    assert len(condition.message) == CONDITION_MESSAGE_MAX
+    assert condition.message.endswith("…")
+    assert Condition(status="True", reason="TokenIssued", message="short").message == "short"
+
+
+def test_wide_columns_follow_the_default_ones() -> None:
+    columns = [(c["name"], c.get("priority", 0)) for c in PRINTER_COLUMNS]
+    assert columns == [("Ready", 0), ("Reason", 0), ("Expires", 0), ("Secret", 0), ("Age", 0),
+                       ("Refresh At", 1), ("Audience", 1), ("Message", 1)]
+
+
+def test_a_condition_stored_under_the_older_crd_that_the_schema_refuses_is_left_out_alone() -> None:
+    ready = {"type": "Ready", "status": "True", "reason": "TokenIssued", "message": "ok",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    status = GraphAppCredentialStatus.model_validate({
+        "conditions": [ready, {"type": "Synced", "status": "True", "reason": "in sync"}],  # a reason with spaces
+        "expiresOn": "2026-01-01T01:00:00Z", "issuedFor": "abc"})
+    assert status.to_k8s()["conditions"] == [ready]
+    assert (status.expires_on, status.issued_for) == ("2026-01-01T01:00:00Z", "abc")

@@ -225,3 +225,10 @@ def test_status_patch_is_none_without_a_change_and_removes_vanished_keys_with_nu
     assert reporting.status_patch(before, after) == {**after, "refreshAt": None, "legacyField": None}
     assert reporting.status_patch(None, body) == body
     assert reporting.status_patch({}, body) == body
+
+
+def test_a_ready_condition_without_a_transition_time_gets_one() -> None:
+    # Someone else's Ready without lastTransitionTime (the CRD requires it now): the operator's write supplies it.
+    previous = _status(conditions=[{"type": "Ready", "status": "True", "reason": "TokenIssued"}])
+    [ready] = reporting.ready_condition(previous, True, Reason.TOKEN_ISSUED, "ok", 2, T0)
+    assert ready.last_transition_time == "2026-11-25T12:00:00Z"

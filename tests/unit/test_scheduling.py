@@ -325,6 +325,26 @@ def test_other_conditions_in_status_do_not_break_resume() -> None:
 
 
 
+def test_a_condition_another_tool_added_survives_the_next_status_write() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        audited = {"type": "example.com/Audited", "status": "True", "reason": "Checked", "message": "ok",
+                   "lastTransitionTime": "2026-11-26T00:00:00Z"}
+        status = rig.status("a")
+        rig.kube.statuses[(NS, "a")] = {**status, "conditions": [*status["conditions"], audited]}
+        before = rig.kube.token_in(NS, "a-token")
+        rig.controller.observe(rig.listed(body, {RENEW_ANNOTATION: "1"}))  # the watch event carries its status
+        await until(lambda: rig.kube.token_in(NS, "a-token") != before, what="a new token after the renew request")
+        await until(lambda: is_ready(rig, "a"), what="A Ready again")
+        assert audited in rig.status("a")["conditions"]
+        await rig.controller.stop()
+
+    run(scenario)
+
+
 def test_an_apiserver_outage_is_reported_but_logged_as_a_warning(caplog: Any) -> None:
     from urllib3.exceptions import MaxRetryError
 
