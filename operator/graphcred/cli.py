@@ -1,13 +1,16 @@
-"""The `graphcred` command: `run` the operator, print the `crd`."""
+"""The `graphcred` command: `run` the operator, print the `crd`; for operations `status`, `renew` and `inspect
+secret` (ops.py), also as the kubectl plugin `kubectl graphcred ...` (the `kubectl-graphcred` console script)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
+from .secret import RENEW_ANNOTATION
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -21,8 +24,61 @@ def _positive(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphcred", description="Keeps Entra ID app-only tokens fresh in "
+def _seconds(text: str) -> float:
+    """A timeout: seconds (90) or a Go duration (90s, 2m)."""
+    from .model import parse_duration
+
+    try:
+        value = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text).total_seconds()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or a duration such as 90s or 2m, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def _cluster_options() -> argparse.ArgumentParser:
+    """The flags kubectl users expect, for the commands that talk to the cluster as the user."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    options.add_argument("--context", help="kubeconfig context (default: the current context)")
+    options.add_argument("--namespace", "-n", help="namespace (default: the context's, else default)")
+    return options
+
+
+def _ops_parsers(sub: Any) -> None:
+    cluster = _cluster_options()
+    status = sub.add_parser("status", parents=[cluster], help="show a GraphAppCredential's condition, token, "
+                            "consumers and recent Events",
+                            description="Show a GraphAppCredential: its Ready condition, the token's expiry and "
+                            "next refresh, roles and audience, the pods that read its token Secret (and which of "
+                            "them never see a refresh), and its recent Events.")
+    status.add_argument("name", help="the GraphAppCredential")
+    status.add_argument("--output", "-o", choices=("text", "json"), default="text", help="output format")
+    renew = sub.add_parser("renew", parents=[cluster], help="acquire a new token now",
+                           description=f"Ask the operator to acquire a new token at once (sets {RENEW_ANNOTATION}), "
+                           "e.g. after admin consent was granted or the app was fixed in Entra, and wait for the "
+                           "answer. Exit codes: 0 renewed, 1 not renewed or not Ready, 2 usage, 3 no answer in "
+                           "time, 4 cluster error.")
+    renew.add_argument("names", nargs="*", metavar="NAME", help="the GraphAppCredentials")
+    renew.add_argument("--all", action="store_true", dest="all_objects", help="every GraphAppCredential in the "
+                       "namespace (with -A: in every namespace)")
+    renew.add_argument("--selector", "-l", help="those matching this label selector")
+    renew.add_argument("--all-namespaces", "-A", action="store_true", help="with --all or -l: in every namespace")
+    renew.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                       help="wait until the operator served the request and print the new expiry (default: wait)")
+    renew.add_argument("--timeout", type=_seconds, default=60.0, help="how long to wait (default 60s)")
+    inspect = sub.add_parser("inspect", help="decode what a Secret holds")
+    what = inspect.add_subparsers(dest="what", required=True)
+    secret = what.add_parser("secret", parents=[cluster], help="decoded JWT header and claims of a token Secret",
+                             description="Decode the access token in a token Secret: its header and claims "
+                             "(audience, roles, expiry, tenant, app...). Never the token or its signature.")
+    secret.add_argument("name", help="the token Secret")
+    secret.add_argument("--output", "-o", choices=("text", "json"), default="text", help="output format")
+
+
+def _parser(prog: str = "graphcred") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Keeps Entra ID app-only tokens fresh in "
                                      "Kubernetes Secrets.")
     parser.add_argument("--version", action="version", version=f"graphcred {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
                      "(env GRAPHCRED_LEASE_DURATION)")
     crd = sub.add_parser("crd", help="print the GraphAppCredential CRD (YAML)")
     crd.add_argument("--helm", action="store_true", help="as the chart's templates/crd.yaml")
+    _ops_parsers(sub)
     return parser
 
 
@@ -87,8 +144,38 @@ def _authority_host(value: str) -> str:
     return f"https://{parts.netloc.lower()}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _ops(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from . import ops
+
+    if args.command == "renew":
+        chosen = sum((bool(args.names), args.all_objects, args.selector is not None))
+        if chosen != 1:
+            parser.error("renew: give NAMEs, --all or --selector (one of them)")
+        if args.all_namespaces and args.names:
+            parser.error("renew: -A goes with --all or --selector, not with names")
+    try:
+        cluster = ops.Cluster.connect(args.kubeconfig, args.context, args.namespace)
+        if args.command == "status":
+            return ops.status(cluster, args.name, output=args.output, out=sys.stdout)
+        if args.command == "renew":
+            return ops.renew(cluster, args.names, selector=args.selector, all_namespaces=args.all_namespaces,
+                             wait=args.wait, timeout=args.timeout, out=sys.stdout, err=sys.stderr)
+        return ops.inspect_secret(cluster, args.name, output=args.output, out=sys.stdout, err=sys.stderr)
+    except ops.OpsError as exc:
+        sys.stderr.write(f"{parser.prog}: {exc}\n")
+        return exc.code
+
+
+def kubectl_main(argv: list[str] | None = None) -> int:
+    """`kubectl graphcred ...`: kubectl runs the `kubectl-graphcred` executable it finds on PATH."""
+    return main(argv, prog="kubectl graphcred")
+
+
+def main(argv: list[str] | None = None, prog: str = "graphcred") -> int:
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    if args.command in ("status", "renew", "inspect"):
+        return _ops(parser, args)
     if args.command == "crd":
         from .crd import crd_helm_template, crd_yaml
 
@@ -103,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         authorities = [_authority_host(a) for a in authorities]
     except ValueError as exc:
-        _parser().error(str(exc))
+        parser.error(str(exc))
     cfg = RunConfig(kubeconfig=args.kubeconfig, namespaces=tuple(n.strip() for n in namespaces),
                     ca_bundle=args.ca_bundle, log_format=args.log_format, log_level=args.log_level,
                     token_concurrency=args.token_concurrency, token_timeout=args.token_timeout,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import kopf
 import urllib3
@@ -15,6 +15,7 @@ from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 from .config import RunConfig
 from .consumers import PodConsumer, PodKey
 from .controller import Controller
+from .events import EventRecorder, instance_name
 from .kube import Kube
 from .metrics import Health, Metrics
 from .model import GROUP, PLURAL, VERSION
@@ -24,10 +25,6 @@ from .secretwatch import MetadataWatch
 from .tokens import TokenClient
 
 log = logging.getLogger(__name__)
-
-
-def _emit(obj: dict[str, Any], type: str, reason: str, message: str) -> None:  # noqa: A002
-    kopf.event(cast(kopf.Body, obj), type=type, reason=reason, message=message)
 
 
 def api_client(cfg: RunConfig) -> client.ApiClient:
@@ -50,7 +47,9 @@ def api_client(cfg: RunConfig) -> client.ApiClient:
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg: RunConfig = memo["config"]
-    # Events are posted explicitly on condition transitions; kopf's log-to-event posting would leak log noise.
+    # Events are posted by graphcred itself (events.py), on condition transitions: kopf posts none, not even
+    # from its logs.
+    settings.posting.enabled = False
     settings.posting.level = logging.CRITICAL + 1
     # kopf's aiohttp sockets have no TCP keepalive: the client timeout is what notices a dead watch stream, so
     # keep it short (a watch resumes from its resourceVersion: no re-list).
@@ -75,7 +74,11 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout))
     metrics: Metrics = memo["metrics"]
     health: Health = memo["health"]
-    reconciler = Reconciler(Kube(api, timeout=cfg.api_timeouts), tokens, _emit, run_blocking=run_blocking,
+    kube = Kube(api, timeout=cfg.api_timeouts)
+    events = EventRecorder(kube, run_blocking, instance=instance_name())
+    events.start()
+    memo["events"] = events
+    reconciler = Reconciler(kube, tokens, events, run_blocking=run_blocking,
                             token_concurrency=cfg.token_concurrency, metrics=metrics,
                             workload_identity=cfg.workload_identity,
                             federation_hosts=cfg.workload_identity_authorities)
@@ -144,6 +147,9 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     controller: Controller | None = memo.get("controller")
     if controller is not None:
         await controller.stop()
+    events: EventRecorder | None = memo.get("events")
+    if events is not None:
+        await events.stop()  # after the workers: their last Events go out too
     executor: ThreadPoolExecutor | None = memo.get("executor")
     if executor is not None:
         executor.shutdown(wait=False, cancel_futures=True)

@@ -1,5 +1,5 @@
-"""Kubernetes API I/O for the reconciler: Secrets, ServiceAccounts (and their tokens, for workload identity) and
-the GraphAppCredential status. Blocking; run in threads.
+"""Kubernetes API I/O for the reconciler: Secrets, ServiceAccounts (and their tokens, for workload identity), the
+GraphAppCredential status and Events. Blocking; run in threads.
 
 Raw JSON (`_preload_content=False`) instead of the client's model classes: cheaper per call, and Secret data is
 read, used and dropped without lingering model objects.
@@ -117,6 +117,22 @@ class Kube:
             if exc.status == 404:
                 raise Gone(f"{namespace}/{name}") from None
             raise
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        _body(self.core.create_namespaced_event(namespace, cast(Any, body), _preload_content=False,
+                                                _request_timeout=self.timeout))
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        """Merge-patch an Event; False if it no longer exists (the apiserver drops Events after --event-ttl)."""
+        try:
+            _body(self.core.patch_namespaced_event(name, namespace, patch, _preload_content=False,
+                                                   _content_type="application/merge-patch+json",
+                                                   _request_timeout=self.timeout))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete a Secret, only the very one that was read (uid precondition); gone already is fine."""

@@ -153,7 +153,7 @@ def test_the_warning_names_pod_container_secret_and_the_way_out() -> None:
 def test_a_pod_with_many_uses_gets_one_bounded_message() -> None:
     uses = [Finding(TOKEN, f"c{i}", "container", How.ENV, f"VAR_{i}") for i in range(40)] + [SUB_PATH]
     message = warning_message(NS, "big", TOKEN, [*uses, Finding("other", "x", "container", How.ENV, "OTHER")])
-    assert len(message) < 1024, "kopf cuts Event messages at 1024 characters"
+    assert len(message) < 1024, "the apiserver refuses longer Event messages (events.py would cut it)"
     assert "container c0 reads mail-token" in message and "37 more" in message and "OTHER" not in message
     assert "without subPath and read the file instead of environment variables" in message
 

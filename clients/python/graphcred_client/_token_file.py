@@ -140,6 +140,7 @@ class TokenFile:
                 message=f"The resource answered with a claims challenge (Conditional Access or Continuous Access "
                 f"Evaluation), which a token read from {self.directory} cannot satisfy: only a new token request "
                 "by graphcred can. graphcred requests a new token at its next refresh; to request one now: "
+                "`graphcred renew <name>`, or: "
                 'kubectl annotate gac <name> graphcred.io/renew-requested-at="$(date +%s)" --overwrite')
         return tuple((scope, scope_resource(scope)) for scope in scopes)
 

@@ -1,0 +1,225 @@
+"""The Event recorder: what it posts (component graphcred, the pod as instance), repeats counted on the Event posted
+first, and never in the way of a pass (queued, bounded, failures logged). Against the real apiserver:
+tests/e2e/test_events.py."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import threading
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from kubernetes.client import ApiException
+
+from graphcred.events import EventRecorder, event_body, event_name, instance_name
+from graphcred.metrics import Metrics
+from graphcred.reconciler import Memory, Reconciler, Snapshot
+from graphcred.sharing import SharedTokens
+
+from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
+
+T0 = dt.datetime(2025, 11, 25, 18, 0, 0, 123456, tzinfo=dt.UTC)
+REF = {"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
+       "metadata": {"name": "mail", "namespace": "team-a", "uid": "u-1"}}
+
+
+class FakeEvents:
+    """The Event calls of Kube, in memory: Events by name; `failures` raised by the next create calls."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, dict[str, Any]] = {}
+        self.failures: list[Exception] = []
+        self.calls = 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        self.calls += 1
+        if not self.gate.wait(timeout=10):
+            raise TimeoutError("gate")
+        if self.failures:
+            raise self.failures.pop(0)
+        assert body["metadata"]["namespace"] == namespace
+        self.events[body["metadata"]["name"]] = body
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        self.calls += 1
+        if name not in self.events:
+            return False
+        self.events[name].update(patch)
+        return True
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+def _recorder(api: FakeEvents, **kwargs: Any) -> EventRecorder:
+    return EventRecorder(api, _in_thread, instance="graphcred-7d9f-x2x4q", clock=lambda: T0,
+                         retry_delays=(0.01, 0.01), **kwargs)
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_the_instance_is_the_pod_else_the_host() -> None:
+    assert instance_name({"POD_NAME": "graphcred-7d9f-x2x4q"}, lambda: "node-1") == "graphcred-7d9f-x2x4q"
+    assert instance_name({}, lambda: "laptop") == "laptop"
+    assert len(instance_name({"POD_NAME": "p" * 300})) == 128
+
+
+def test_an_event_names_graphcred_and_its_instance_in_both_apis_fields() -> None:
+    body = event_body(REF, "Warning", "Unauthorized", "x" * 5000, name="mail.1", instance="pod-1", at=T0)
+    assert body["involvedObject"] == {"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
+                                      "name": "mail", "namespace": "team-a", "uid": "u-1"}
+    assert body["source"] == {"component": "graphcred", "host": "pod-1"}
+    assert (body["reportingComponent"], body["reportingInstance"]) == ("graphcred", "pod-1")
+    assert body["action"] == "AcquireToken"
+    assert (body["firstTimestamp"], body["eventTime"]) == ("2025-11-25T18:00:00Z", "2025-11-25T18:00:00.123456Z")
+    assert len(body["message"]) == 1024 and body["message"].endswith("...")
+    assert event_body(REF, "Warning", "UnrefreshableConsumer", "m", name="n", instance="i", at=T0)["action"] \
+        == "CheckConsumers"
+    assert event_name("mail", 255) == "mail.ff"
+    assert len(event_name("a" * 253, 2**62)) == 253
+
+
+def test_a_repeat_counts_on_the_event_posted_first() -> None:
+    api = FakeEvents()
+
+    async def scenario() -> None:
+        recorder = _recorder(api)
+        recorder.start()
+        for _ in range(3):
+            recorder(REF, "Warning", "Unauthorized", "AADSTS7000215")
+        recorder(REF, "Normal", "TokenIssued", "token issued")
+        await recorder.stop()
+
+    run(scenario)
+    assert sorted((e["reason"], e["count"]) for e in api.events.values()) == [("TokenIssued", 1),
+                                                                             ("Unauthorized", 3)]
+
+
+def test_a_repeat_of_an_event_gone_meanwhile_is_posted_anew() -> None:
+    api = FakeEvents()
+
+    async def scenario() -> None:
+        recorder = _recorder(api)
+        recorder.start()
+        recorder(REF, "Warning", "Unauthorized", "m")
+        await asyncio.sleep(0.1)
+        api.events.clear()  # the apiserver's event TTL
+        recorder(REF, "Warning", "Unauthorized", "m")
+        await recorder.stop()
+
+    run(scenario)
+    assert [e["count"] for e in api.events.values()] == [1]
+
+
+def test_what_is_remembered_for_counting_is_bounded() -> None:
+    api = FakeEvents()
+
+    async def scenario() -> None:
+        recorder = _recorder(api, cache_size=2)
+        recorder.start()
+        for message in ("a", "b", "c", "a"):  # "a" was forgotten: a new Event, not a count
+            recorder(REF, "Normal", "TokenIssued", message)
+        await recorder.stop()
+        assert len(recorder._posted) == 2
+
+    run(scenario)
+    assert sorted((e["message"], e["count"]) for e in api.events.values()) == [("a", 1), ("a", 1), ("b", 1), ("c", 1)]
+
+
+def test_a_failing_post_is_retried_only_when_the_apiserver_may_recover_and_never_raises(
+        caplog: pytest.LogCaptureFixture) -> None:
+    api = FakeEvents()
+
+    async def scenario() -> None:
+        recorder = _recorder(api)
+        recorder.start()
+        api.failures = [ApiException(status=503), ApiException(status=500)]
+        recorder(REF, "Normal", "TokenIssued", "third time lucky")
+        await recorder.stop()
+        assert (api.calls, recorder.lost) == (3, 0)
+        api.calls = 0
+        recorder = _recorder(api)
+        recorder.start()
+        api.failures = [ApiException(status=403, reason="Forbidden")]
+        recorder(REF, "Normal", "TokenIssued", "refused")
+        api.failures += [ConnectionError(), ConnectionError(), ConnectionError()]
+        recorder(REF, "Normal", "TokenIssued", "unreachable")
+        await recorder.stop()
+        assert (api.calls, recorder.lost) == (4, 2)  # 403: once; no connection: three attempts
+
+    with caplog.at_level(logging.DEBUG, logger="graphcred.events"):
+        run(scenario)
+    assert [e["message"] for e in api.events.values()] == ["third time lucky"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["team-a/mail: Event TokenIssued not posted (post Event failed: HTTP 403 Forbidden); until "
+                        "one is posted again, further losses are logged at DEBUG"]
+
+
+def test_posting_never_blocks_the_caller_and_a_full_queue_drops() -> None:
+    api = FakeEvents()
+
+    async def scenario() -> None:
+        recorder = _recorder(api, queue_size=2)
+        recorder.start()
+        api.gate.clear()  # the apiserver hangs
+        recorder(REF, "Normal", "TokenIssued", "m0")
+        await asyncio.sleep(0.05)  # in the poster's hands, waiting for the answer
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(1, 10):
+            recorder(REF, "Normal", "TokenIssued", f"m{i}")
+        assert loop.time() - started < 0.05
+        assert recorder.lost == 7  # two queued, seven dropped
+        api.gate.set()
+        await recorder.stop()
+
+    run(scenario)
+    assert sorted(e["message"] for e in api.events.values()) == ["m0", "m1", "m2"]
+
+
+def test_events_from_another_thread_reach_the_loop() -> None:
+    api = FakeEvents()
+
+    async def scenario() -> None:
+        recorder = _recorder(api)
+        recorder.start()
+        await asyncio.to_thread(recorder, REF, "Warning", "UnrefreshableConsumer", "from the pod watch")
+        await asyncio.sleep(0.05)
+        await recorder.stop()
+
+    run(scenario)
+    assert [e["reason"] for e in api.events.values()] == ["UnrefreshableConsumer"]
+
+
+def test_a_pass_completes_when_no_event_can_be_posted() -> None:
+    """The reconciler emits from its path: an apiserver refusing every Event changes nothing for the token."""
+    api = FakeEvents()
+    api.failures = [ApiException(status=500)] * 100
+
+    async def scenario() -> None:
+        clock = Clock()
+        kube = FakeKube()
+        kube.put_client_secret("ns", "cred", "s3cret")
+        recorder = _recorder(api)
+        recorder.start()
+        reconciler = Reconciler(kube, FakeTokens(clock), recorder,  # type: ignore[arg-type]
+                                clock=clock, rng=random.Random(0), metrics=Metrics(), shared=SharedTokens(clock=clock))
+        body = gac("mail", secret_spec(str(uuid.uuid4()), str(uuid.uuid4())))
+        kube.objects.add(("ns", "mail"))
+        delay = await reconciler.reconcile(Snapshot.of(body), Memory())
+        assert delay is not None and delay > 0
+        assert kube.ready("ns", "mail") is not None and kube.ready("ns", "mail")["status"] == "True"
+        await recorder.stop(timeout=0.1)
+
+    run(scenario)
+    assert api.events == {}

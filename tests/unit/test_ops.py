@@ -1,0 +1,262 @@
+"""What `graphcred status`, `renew` and `inspect secret` show, from API objects as the apiserver returns them (the
+same commands against the real bed: tests/e2e/test_cli.py)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import secrets
+from typing import Any
+
+import pytest
+
+from graphcred import opsview
+from graphcred.cli import main
+from graphcred.ops import renew_value
+
+NOW = dt.datetime(2025, 11, 25, 18, 0, 0, tzinfo=dt.UTC)
+RENEW = "graphcred.io/renew-requested-at"
+
+
+def _b64url(obj: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def _jwt(claims: dict[str, Any]) -> tuple[str, str]:
+    """A token shaped like Entra's (header, claims, a random signature) and its signature."""
+    signature = base64.urlsafe_b64encode(secrets.token_bytes(64)).rstrip(b"=").decode()
+    header = {"typ": "JWT", "alg": "RS256", "kid": "k1"}
+    return f"{_b64url(header)}.{_b64url(claims)}.{signature}", signature
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _credential(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "mail", "namespace": "team-a", "uid": "u1", "generation": 2,
+                     "creationTimestamp": "2025-11-25T17:00:00Z", "annotations": {}},
+        "spec": {"tenantId": "t-spec", "clientId": "c-spec", "scopes": ["https://graph.microsoft.com/.default"]},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "TokenIssued",
+                                   "message": "token issued", "observedGeneration": 2,
+                                   "lastTransitionTime": "2025-11-25T17:48:00Z"}],
+                   "secretName": "mail-token", "expiresOn": "2025-11-25T18:47:00Z",
+                   "refreshAt": "2025-11-25T18:17:30Z", "lastRefreshTime": "2025-11-25T17:48:00Z",
+                   "consecutiveFailures": 0, "roles": ["Mail.Send", "User.Read.All"],
+                   "audience": "https://graph.microsoft.com", "tenantId": "t1", "appId": "a1", **status},
+    }
+
+
+def _pod(name: str, containers: list[dict[str, Any]], volumes: list[dict[str, Any]] | None = None,
+         phase: str = "Running") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"containers": containers, "volumes": volumes or []},
+            "status": {"phase": phase}}
+
+
+TOKEN_VOLUME = {"name": "token", "secret": {"secretName": "mail-token"}}
+PODS = [
+    _pod("web", [{"name": "app", "volumeMounts": [{"name": "token", "mountPath": "/var/run/token"}]}], [TOKEN_VOLUME]),
+    _pod("projected", [{"name": "app", "volumeMounts": [{"name": "all", "mountPath": "/etc/all"}]}],
+         [{"name": "all", "projected": {"sources": [{"configMap": {"name": "x"}},
+                                                    {"secret": {"name": "mail-token"}}]}}]),
+    _pod("legacy", [{"name": "app", "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "mail-token", "key": "access_token"}}}]}]),
+    _pod("pinned", [{"name": "app", "volumeMounts": [{"name": "token", "mountPath": "/etc/t",
+                                                      "subPath": "access_token"}]}], [TOKEN_VOLUME]),
+    _pod("done", [{"name": "app", "envFrom": [{"secretRef": {"name": "mail-token"}}]}], phase="Succeeded"),
+    _pod("other", [{"name": "app", "volumeMounts": [{"name": "o", "mountPath": "/o"}]}],
+         [{"name": "o", "secret": {"secretName": "other-token"}}]),
+    _pod("unmounted", [{"name": "app"}], [TOKEN_VOLUME]),
+]
+
+
+# --- consumers ----------------------------------------------------------------------------------------------------
+def test_consumers_are_the_pods_reading_the_token_secret_with_those_no_refresh_reaches_marked() -> None:
+    consumers = {c.pod: c for c in opsview.secret_consumers(PODS, "mail-token")}
+    # a finished pod reads nothing any more; another Secret's reader and a volume no container mounts are no use
+    assert sorted(consumers) == ["legacy", "pinned", "projected", "web"]
+    assert [(u.how, u.detail, u.refreshed) for u in consumers["web"].uses] == [("volume", "/var/run/token", True)]
+    assert [(u.how, u.refreshed) for u in consumers["projected"].uses] == [("volume", True)]
+    assert [(u.how, u.detail, u.refreshed) for u in consumers["legacy"].uses] == [("env", "TOKEN", False)]
+    assert [(u.how, u.detail, u.refreshed) for u in consumers["pinned"].uses] == [("subPath", "/etc/t", False)]
+    assert [c.pod for c in consumers.values() if c.stale] == ["legacy", "pinned"]
+
+
+# --- status -------------------------------------------------------------------------------------------------------
+def _event(reason: str, at: str, *, type: str = "Normal", count: int = 1, message: str = "m",  # noqa: A002
+           component: str = "graphcred", host: str = "graphcred-7d9f-x") -> dict[str, Any]:
+    return {"type": type, "reason": reason, "message": message, "lastTimestamp": at, "count": count,
+            "source": {"component": component, "host": host}, "reportingComponent": component,
+            "reportingInstance": host}
+
+
+def test_recent_events_are_newest_first_and_bounded() -> None:
+    events = [_event(f"R{i}", f"2025-11-25T17:{i:02d}:00Z") for i in range(15)]
+    # events.k8s.io-shaped (series, eventTime only) and kopf-shaped (no host) Events read too
+    events.append({"type": "Warning", "reason": "Series", "eventTime": "2025-11-25T16:00:00.000000Z",
+                   "series": {"count": 4, "lastObservedTime": "2025-11-25T17:59:30.123456Z"},
+                   "reportingComponent": "graphcred", "reportingInstance": "p"})
+    events.append({"type": "Normal", "reason": "Old", "lastTimestamp": "2025-11-25T10:00:00Z",
+                   "source": {"component": "kopf"}})
+    lines = opsview.recent_events(events)
+    assert [e.reason for e in lines] == ["Series", *[f"R{i}" for i in range(14, 5, -1)]]
+    assert (lines[0].count, lines[0].source) == (4, "graphcred/p")
+    assert opsview.event_line(events[-1]).source == "kopf"
+
+
+def test_status_text_shows_condition_times_token_consumers_and_events() -> None:
+    events = [_event("Unauthorized", "2025-11-25T17:40:00Z", type="Warning", message="AADSTS7000215: invalid"),
+              _event("TokenIssued", "2025-11-25T17:48:00Z", count=2, message="token issued")]
+    view = opsview.status_view(_credential(), events, PODS)
+    text = opsview.render_status(view, NOW)
+    assert "Ready:          True, TokenIssued, since 2025-11-25T17:48:00Z (12m ago)" in text
+    assert "Expires:      2025-11-25T18:47:00Z (in 47m)" in text
+    assert "Next refresh: 2025-11-25T18:17:30Z (in 17m)" in text
+    assert "Roles:        Mail.Send, User.Read.All" in text
+    assert "Audience:     https://graph.microsoft.com" in text
+    assert "Tenant:       t1" in text and "App:          a1" in text
+    assert "Secret:       mail-token" in text
+    lines = text.splitlines()
+    assert "container app: environment variable TOKEN  -- never sees a refresh" in text
+    assert "container app: volume mount at /var/run/token" in text
+    assert not [line for line in lines if "/var/run/token" in line and "never" in line]
+    events_at = lines.index("Events (newest first):")
+    assert "TokenIssued" in lines[events_at + 2] and "12m (x2)" in lines[events_at + 2]
+    assert "Unauthorized" in lines[events_at + 3] and "graphcred/graphcred-7d9f-x" in lines[events_at + 3]
+
+
+def test_status_says_what_is_not_known_yet() -> None:
+    obj = _credential()
+    obj["status"] = {}
+    obj["metadata"]["annotations"] = {RENEW: "2025-11-25T17:59:00.000001Z"}
+    text = opsview.render_status(opsview.status_view(obj, [], None, "cannot tell (list pods: HTTP 403 Forbidden)"),
+                                 NOW)
+    assert "Ready:          Unknown (no status yet: is the operator running" in text
+    assert "Secret:       mail-token" in text  # the default name, before any status
+    assert "Renew:          requested 2025-11-25T17:59:00.000001Z (not served yet)" in text
+    assert "cannot tell (list pods: HTTP 403 Forbidden)" in text
+    assert "Events:         none" in text
+
+
+def test_status_notes_a_condition_for_an_older_generation() -> None:
+    obj = _credential()
+    obj["metadata"]["generation"] = 3
+    text = opsview.render_status(opsview.status_view(obj), NOW)
+    assert "reported for generation 2; the spec is at generation 3" in text
+
+
+def test_status_json_has_the_same_facts_for_scripts() -> None:
+    doc = opsview.status_json(opsview.status_view(_credential(lastRenewRequest="r1"), [], PODS), NOW)
+    json.dumps(doc)  # serialisable as is
+    assert doc["ready"]["status"] == "True" and doc["secondsLeft"] == 47 * 60
+    assert doc["roles"] == ["Mail.Send", "User.Read.All"] and doc["lastRenewRequest"] == "r1"
+    assert not doc["renewPending"]
+    stale = [c["pod"] for c in doc["consumers"] if any(not u["refreshed"] for u in c["uses"])]
+    assert stale == ["legacy", "pinned"]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (119, "119s"), (720, "12m"), (3 * 3600 + 300, "3h5m"),
+                                               (12 * 3600 + 60, "12h"), (3 * 86400, "3d")])
+def test_spans_read_like_kubectl_ages(seconds: float, text: str) -> None:
+    assert opsview.span(seconds) == text
+
+
+# --- renew --------------------------------------------------------------------------------------------------------
+def test_a_renew_request_is_pending_until_served_or_failed() -> None:
+    value = renew_value(NOW)
+    assert value == "2025-11-25T18:00:00.000000Z"
+    waiting = _credential(lastRenewRequest="older")
+    assert opsview.renew_result(waiting, value, 0, NOW) is None
+    served = opsview.renew_result(_credential(lastRenewRequest=value), value, 0, NOW)
+    assert served is not None and served.ok and "expires 2025-11-25T18:47:00Z (in 47m)" in served.message
+    missing_roles = _credential(lastRenewRequest=value)
+    missing_roles["status"]["conditions"][0].update(status="False", reason="MissingRoles", message="no Mail.Send")
+    result = opsview.renew_result(missing_roles, value, 0, NOW)
+    assert result is not None and not result.ok and "renewed, but not Ready: MissingRoles: no Mail.Send" in \
+        result.message
+    failed = _credential(consecutiveFailures=4)
+    failed["status"]["conditions"][0].update(status="False", reason="Unauthorized", message="AADSTS7000215")
+    assert opsview.renew_result(failed, value, 4, NOW) is None  # the failures seen before the request
+    result = opsview.renew_result(failed, value, 3, NOW)
+    assert result is not None and not result.ok and result.message == "not renewed: Unauthorized: AADSTS7000215"
+
+
+# --- inspect secret -----------------------------------------------------------------------------------------------
+CLAIMS = {"aud": "https://graph.microsoft.com", "iss": "https://login.example/t1/v2.0", "iat": 1764090000,
+          "nbf": 1764090000, "exp": 1764093600, "tid": "t1", "appid": "a1", "roles": ["Mail.Send"], "uti": "u"}
+
+
+def _token_secret(token: str, **extra: str) -> dict[str, Any]:
+    data = {"access_token": _b64(token), "token_type": _b64("Bearer"), "expires_on": _b64("2025-11-25T18:47:00Z"),
+            "authorization": _b64(f"Bearer {token}"), **{k: _b64(v) for k, v in extra.items()}}
+    return {"metadata": {"name": "mail-token", "namespace": "team-a",
+                         "annotations": {"graphcred.io/credential": "mail"}}, "type": "Opaque", "data": data}
+
+
+def test_inspect_shows_header_and_claims_never_the_token_or_its_signature() -> None:
+    token, signature = _jwt(CLAIMS)
+    view = opsview.token_view(_token_secret(token, **{".env": f"TOKEN={token}", "config.json": f'{{"t":"{token}"}}'}))
+    text = opsview.render_token(view, dt.datetime(2025, 11, 25, 17, 0, tzinfo=dt.UTC))
+    as_json = json.dumps(opsview.token_json(view))
+    for shown in (text, as_json, repr(view)):
+        assert token not in shown and signature not in shown and "Bearer" not in shown
+        assert token.split(".")[1] not in shown  # not even the encoded claims
+    assert "Written by:   GraphAppCredential mail" in text
+    assert "Keys:         .env, access_token, authorization, config.json, expires_on, token_type (values not shown)" \
+        in text
+    assert "alg:" in text and "RS256" in text and "kid:" in text
+    assert "roles:" in text and '["Mail.Send"]' in text
+    assert "exp:   1764093600 (2025-11-25T18:00:00Z, in 1h)" in text
+    assert opsview.token_json(view)["claims"] == CLAIMS
+
+
+def test_inspect_reads_the_authorization_key_when_it_is_the_only_one() -> None:
+    token, _ = _jwt(CLAIMS)
+    secret = _token_secret(token)
+    secret["data"] = {"authorization": secret["data"]["authorization"]}
+    view = opsview.token_view(secret)
+    assert view.source_key == "authorization" and view.claims["tid"] == "t1"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({}, "no access_token or authorization key"),
+    ({"access_token": "not base64!"}, "not base64-encoded UTF-8"),
+    ({"access_token": _b64("opaque-token-value")}, "does not hold a JWT (1 dot-separated parts, not 3)"),
+    ({"access_token": _b64("a.b.c.d.e")}, "encrypted token (JWE)"),
+    ({"access_token": _b64("bm90IGpzb24.e30.c2ln")}, "header is not base64url-encoded JSON"),
+    ({"access_token": _b64(f"{_b64url({'alg': 'RS256'})}.WzFd.c2ln")}, "payload is not a JSON object"),
+])
+def test_inspect_refuses_what_it_cannot_decode_without_echoing_it(data: dict[str, str], message: str) -> None:
+    with pytest.raises(opsview.InspectError) as refused:
+        opsview.token_view({"metadata": {"name": "s", "namespace": "n"}, "data": data})
+    said = str(refused.value)
+    assert message in said
+    assert not [value for value in data.values() if value in said]
+    assert "opaque-token-value" not in said and "bm90IGpzb24" not in said
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [["renew"], ["renew", "a", "--all"], ["renew", "--all", "-l", "x=y"],
+                                  ["renew", "a", "-A"], ["renew", "a", "--timeout", "0"],
+                                  ["renew", "a", "--timeout", "soon"], ["status"], ["inspect", "pod", "x"],
+                                  ["status", "x", "-o", "yaml"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_no_kubeconfig_is_a_cluster_error_exit_4(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "x", "--kubeconfig", str(tmp_path / "missing")]) == 4
+    assert "cannot load the kubeconfig" in capsys.readouterr().err
+
+
+def test_the_kubectl_plugin_names_itself_as_kubectl_shows_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from graphcred.cli import kubectl_main
+
+    with pytest.raises(SystemExit):
+        kubectl_main(["status", "--help"])
+    assert capsys.readouterr().out.startswith("usage: kubectl graphcred status")
