@@ -22,6 +22,7 @@ venv: $(BIN)/.installed
 
 binaries:
 	@bash testbed/build-binaries.sh >/dev/null
+	@bash scripts/promtool.sh --path >/dev/null  # the alert-rule tests' promtool, cached likewise
 
 # actionlint (the release workflow) is built once from the Go module proxy and cached, like the test bed's binaries.
 lint: venv

@@ -94,6 +94,9 @@ class Controller:
         reconciler.metrics.track_states(
             lambda: ready_states(w.memory.last_status for w in list(self._workers.values())))
         reconciler.metrics.track_workers(self.worker_counts)
+        reconciler.metrics.track_credentials(lambda: [
+            (key[0], key[1], w.memory.last_status if w.memory.last_status is not None else w.snapshot.status)
+            for key, w in list(self._workers.items())])
 
     def __len__(self) -> int:
         return len(self._workers)

@@ -1,11 +1,14 @@
 """Prometheus metrics, and the small HTTP server for /metrics, /healthz and /readyz.
 
 Names follow cert-manager's lead where they mean the same (`..._expiration_timestamp_seconds`).
+Per-credential Ready and next-refresh series are computed at scrape time from the workers' last written status, so
+a credential has exactly one `graphcred_credential_ready` series (its current reason) and none once it is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -18,6 +21,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
+
+CredentialStatus = tuple[str, str, Mapping[str, Any] | None]
+"""(namespace, name, the status last written or seen: None before the first)."""
 
 
 class Metrics:
@@ -51,8 +57,10 @@ class Metrics:
             "registered, and were restarted.", registry=self.registry)
         self._states: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._workers: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self._credentials: Callable[[], Iterable[CredentialStatus]] = lambda: ()
         self.registry.register(_ReadyCollector(lambda: self._states()))
         self.registry.register(_WorkersCollector(lambda: self._workers()))
+        self.registry.register(_CredentialCollector(lambda: self._credentials()))
 
     def exposition(self) -> str:
         return generate_latest(self.registry).decode()
@@ -64,6 +72,10 @@ class Metrics:
     def track_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Where to read each credential's (ready status, reason) from at scrape time."""
         self._states = states
+
+    def track_credentials(self, statuses: Callable[[], Iterable[CredentialStatus]]) -> None:
+        """Where to read each registered credential's (namespace, name, status) from at scrape time."""
+        self._credentials = statuses
 
     def failed(self, reason: str) -> None:
         self.acquisitions.labels("failure", reason).inc()
@@ -77,6 +89,42 @@ class Metrics:
         for gauge in (self.expiration, self.failures, self.consumers):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
+
+
+class _CredentialCollector(Collector):
+    """`graphcred_credential_ready` and `graphcred_credential_next_refresh_timestamp_seconds`, one series per
+    registered credential. Labels are bounded: the reason is one of the operator's condition reasons (or Pending
+    before the first pass); the message, which may name anything, is never a label."""
+
+    def __init__(self, statuses: Callable[[], Iterable[CredentialStatus]]) -> None:
+        self._statuses = statuses
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        ready = GaugeMetricFamily(
+            "graphcred_credential_ready", "1 if the credential's Ready condition is True, else 0; the reason is the "
+            "condition's (Pending before the first pass).", labels=["namespace", "name", "reason"])
+        refresh = GaugeMetricFamily(
+            "graphcred_credential_next_refresh_timestamp_seconds", "When (Unix time) the operator next acquires a "
+            "token for the credential: the scheduled refresh, or the next retry after a failure.",
+            labels=["namespace", "name"])
+        for namespace, name, status in sorted(self._statuses(), key=lambda s: (s[0], s[1])):
+            state, reason = next(iter(ready_states([status])))
+            ready.add_metric([namespace, name, reason], 1.0 if state == "True" else 0.0)
+            at = _timestamp((status or {}).get("refreshAt"))
+            if at is not None:
+                refresh.add_metric([namespace, name], at)
+        yield ready
+        yield refresh
+
+
+def _timestamp(value: Any) -> float | None:
+    """An RFC 3339 status time as Unix seconds; None when absent or unreadable (a series is then left out)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 class _WorkersCollector(Collector):

@@ -378,9 +378,19 @@ def test_every_value_is_documented() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     readme = (CHART / "README.md").read_text()
     text = (CHART / "values.yaml").read_text()
-    missing = [k for k in _leaf_keys(values) if f"`{k}`" not in readme]
+    alert = re.compile(r"metrics\.prometheusRule\.alerts\.([A-Za-z]+)\.(enabled|for|severity)")
+
+    def documented(key: str) -> bool:  # per-alert keys: one `<Alert>` row, and each alert named in it
+        match = alert.fullmatch(key)
+        if match:
+            return "`metrics.prometheusRule.alerts.<Alert>`" in readme and f"`{match.group(1)}`" in readme
+        return f"`{key}`" in readme
+
+    missing = [k for k in _leaf_keys(values) if not documented(k)]
     assert not missing, f"values missing from charts/graphcred/README.md: {missing}"
-    assert text.count("# -- ") >= len(_leaf_keys(values)), "every value has a `# --` comment in values.yaml"
+    # the per-alert keys share the one comment above `alerts:`
+    commented = [k for k in _leaf_keys(values) if not alert.fullmatch(k)]
+    assert text.count("# -- ") >= len(commented) + 1, "every value has a `# --` comment in values.yaml"
 
 
 @pytest.mark.parametrize("scope", ["cluster", "namespaced"])
@@ -710,3 +720,102 @@ def test_network_policy_narrowed() -> None:
         {"ports": [{"port": 443, "protocol": "TCP"}],
          "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]},
     ]
+
+
+# --- monitoring (issue 11, item 4): ServiceMonitor knobs, PrometheusRule, Grafana dashboard -------------------------
+# Render-only: the Prometheus Operator's CRDs are not on the bed (no network to fetch them), so their schemas are not
+# checked here; the alerts themselves are proven with promtool in test_alerts.py.
+def test_service_monitor_knobs() -> None:
+    docs = render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.serviceMonitor.scrapeTimeout=10s",
+                  "--set", "metrics.serviceMonitor.honorLabels=false",
+                  "--set", "metrics.serviceMonitor.additionalLabels.release=prometheus",
+                  "--set", "metrics.serviceMonitor.labels.team=platform",
+                  "--set-json", 'metrics.serviceMonitor.relabelings=[{"targetLabel":"cluster","replacement":"c1"}]',
+                  "--set-json", 'metrics.serviceMonitor.metricRelabelings=[{"action":"drop",'
+                                '"sourceLabels":["__name__"],"regex":"python_gc_.*"}]')
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    assert {"release": "prometheus", "team": "platform"}.items() <= monitor["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint == {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s",
+                        "honorLabels": False, "relabelings": [{"targetLabel": "cluster", "replacement": "c1"}],
+                        "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"],
+                                               "regex": "python_gc_.*"}]}
+
+
+def test_service_monitor_honors_the_credentials_namespace_label_by_default() -> None:
+    (monitor,) = [d for d in render("--set", "metrics.serviceMonitor.enabled=true") if d["kind"] == "ServiceMonitor"]
+    assert monitor["spec"]["endpoints"][0] == {"port": "metrics", "path": "/metrics", "interval": "30s",
+                                               "honorLabels": True}
+
+
+@pytest.mark.parametrize("bad", ["metrics.serviceMonitor.scrapeTimeout=10 seconds",
+                                 "metrics.prometheusRule.alerts.GraphcredDown.for=soon",
+                                 "metrics.prometheusRule.alerts.GraphcredTypo.for=5m",
+                                 "metrics.prometheusRule.refreshFailingThreshold=0",
+                                 "metrics.grafanaDashboard.enable=true"])
+def test_monitoring_values_are_checked_by_the_schema(bad: str) -> None:
+    out = helm_run("template", "g", str(CHART), "--kube-version", bed_kube_version(), "--set", bad)
+    assert out.returncode != 0 and "values don't meet the specifications of the schema" in out.stderr, out.stderr
+
+
+def test_prometheus_rule_is_opt_in_and_overridable() -> None:
+    assert not [d for d in render() if d["kind"] in ("PrometheusRule", "ConfigMap")]
+    docs = render("--set", "metrics.prometheusRule.enabled=true",
+                  "--set", "metrics.prometheusRule.additionalLabels.release=prometheus",
+                  "--set", "metrics.prometheusRule.additionalRuleLabels.team=platform",
+                  "--set", "metrics.prometheusRule.alerts.GraphcredDown.for=2m",
+                  "--set", "metrics.prometheusRule.alerts.GraphcredDown.severity=page",
+                  "--set", "metrics.prometheusRule.alerts.GraphcredUnrefreshableConsumer.enabled=false",
+                  "--set", "metrics.prometheusRule.refreshFailingThreshold=3")
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(alerts) == {"GraphcredCredentialNotReady", "GraphcredTokenExpiresSoon", "GraphcredRefreshFailing",
+                           "GraphcredWorkerDead", "GraphcredDown"}
+    assert alerts["GraphcredDown"]["for"] == "2m"
+    assert alerts["GraphcredDown"]["labels"] == {"severity": "page", "team": "platform"}
+    assert alerts["GraphcredDown"]["expr"] == 'absent(up{job="graphcred-metrics"} == 1)'  # the metrics Service
+    assert alerts["GraphcredRefreshFailing"]["expr"].endswith(">= 3")
+
+
+def dashboard(*extra: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    (configmap,) = [d for d in render("--set", "metrics.grafanaDashboard.enabled=true", *extra)
+                    if d["kind"] == "ConfigMap"]
+    return configmap, json.loads(configmap["data"]["graphcred.json"])
+
+
+def test_grafana_dashboard_configmap_for_the_sidecar() -> None:
+    configmap, board = dashboard("--set", "metrics.grafanaDashboard.namespace=monitoring",
+                                 "--set", "metrics.grafanaDashboard.annotations.grafana_folder=Platform")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Platform"}
+    assert board["uid"] == "graphcred" and board["panels"]
+    titles = " ".join(p["title"] for p in board["panels"]).lower()
+    for topic in ("reason", "expiry", "refresh failures", "latency", "consumers"):
+        assert topic in titles, topic
+
+
+def test_every_dashboard_query_names_a_metric_the_operator_exposes(env: Env) -> None:
+    """Scraped from a running operator with a credential: a renamed metric breaks the dashboard, and this."""
+    app = env.secret_app("pw", secret_name="cred")
+    env.create("scraped", app, {"clientSecret": {"name": "cred"}})
+    env.wait_ready("scraped")
+    text = requests_get(env.operator.metrics_url() + "/metrics")
+    families = set(re.findall(r"^# TYPE (\w+) (\w+)$", text, re.M))
+    exposed = {name for name, _ in families}
+    exposed |= {f"{n}{s}" for n, kind in families for s in ("_total", "_bucket", "_count", "_sum")
+                if kind in ("counter", "histogram")}
+    _, board = dashboard()
+    queries = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    queries += [v["definition"] for v in board["templating"]["list"] if "definition" in v]
+    used = {m for q in queries for m in re.findall(r"\bgraphcred_\w+", q)}
+    assert len(used) >= 8 and not used - exposed, sorted(used - exposed)
+
+
+def requests_get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body: bytes = resp.read()
+    return body.decode()
