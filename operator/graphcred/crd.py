@@ -19,7 +19,30 @@ _KEEP = {
     "type", "properties", "items", "required", "description", "pattern", "enum", "default", "format",
     "minLength", "maxLength", "minItems", "maxItems", "minimum", "maximum", "x-kubernetes-validations",
     "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "maxProperties",
 }
+
+
+def _map_values(node: dict[str, Any]) -> dict[str, Any]:
+    """A map (dict[str, X] in the models): a CRD has no patternProperties or propertyNames, so the values' schema
+    becomes additionalProperties and the rules on keys become CEL rules."""
+    patterns = node.get("patternProperties") or {}
+    if len(patterns) > 1:
+        raise ValueError(f"cannot express patternProperties {patterns} structurally")
+    values = next(iter(patterns.values()), None) or node.get("additionalProperties")
+    if not isinstance(values, dict):
+        return node
+    rules = list(node.get("x-kubernetes-validations", []))
+    for pattern in patterns:
+        rules.append({"rule": f"self.all(k, k.matches(r'{pattern}'))", "message": f"keys must match {pattern}"})
+    names = node.get("propertyNames") or {}
+    if "maxLength" in names:
+        rules.append({"rule": f"self.all(k, size(k) <= {names['maxLength']})",
+                      "message": f"keys must be at most {names['maxLength']} characters"})
+    if names.get("minLength", 0) > 0:
+        rules.append({"rule": "self.all(k, size(k) > 0)", "message": "keys must not be empty"})
+    rest = {k: v for k, v in node.items() if k not in ("patternProperties", "propertyNames", "additionalProperties")}
+    return {**rest, "additionalProperties": values, **({"x-kubernetes-validations": rules} if rules else {})}
 
 
 def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -35,8 +58,12 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         # Optional fields: drop the null branch; absent is how "unset" is spelled in Kubernetes.
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         return _structural({**others[0], **rest}, defs)
+    if node.get("type") == "object" and "properties" not in node:
+        node = _map_values(node)
     out: dict[str, Any] = {}
     for key, value in node.items():
+        if key == "additionalProperties" and isinstance(value, dict):
+            out[key] = _structural(value, defs)
         if key not in _KEEP:
             continue
         if key == "properties":
@@ -142,7 +169,8 @@ def crd_yaml() -> str:
 
 def crd_helm_template() -> str:
     """The chart's templates/crd.yaml: the same CRD, behind `crds.install`, optionally kept on uninstall."""
-    body = yaml.safe_dump(crd(), sort_keys=False, width=120)
+    # Helm would evaluate a {{ in the schema's descriptions (secretTemplate's examples): print it literally
+    body = yaml.safe_dump(crd(), sort_keys=False, width=120).replace("{{", '{{ "{{" }}')
     name_line = f"  name: {model.PLURAL}.{model.GROUP}\n"
     keep = ("  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n"
             "  {{- end }}\n")

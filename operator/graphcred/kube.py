@@ -14,6 +14,7 @@ from typing import Any, cast
 from kubernetes import client
 
 from .model import GROUP, PLURAL, VERSION
+from .secret import FIELD_MANAGER
 
 
 def _body(resp: Any) -> bytes:
@@ -85,22 +86,24 @@ class Kube:
         return token
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> str:
-        """Returns the new resourceVersion."""
+        """Create only if absent (else Conflict). Returns the new resourceVersion."""
         try:
-            resp = self.core.create_namespaced_secret(namespace, cast(Any, body), _preload_content=False,
-                                                     _request_timeout=self.timeout)
+            resp = self.core.create_namespaced_secret(namespace, cast(Any, body), field_manager=FIELD_MANAGER,
+                                                     _preload_content=False, _request_timeout=self.timeout)
         except client.ApiException as exc:
             if exc.status == 409:
                 raise Conflict(body["metadata"]["name"]) from None
             raise
         return _resource_version(resp)
 
-    def replace_secret(self, namespace: str, name: str, body: dict[str, Any], resource_version: str) -> str:
-        """Replace only if unchanged since `resource_version` (else Conflict). Returns the new resourceVersion."""
-        body = {**body, "metadata": {**body["metadata"], "resourceVersion": resource_version}}
+    def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> str:
+        """A JSON merge patch: it changes the keys it names and nothing else (others' labels, annotations,
+        finalizers and keys stay). `patch` carries metadata.resourceVersion, so it applies only if the Secret is
+        unchanged since (else Conflict, also if it is gone). Returns the new resourceVersion."""
         try:
-            resp = self.core.replace_namespaced_secret(name, namespace, cast(Any, body), _preload_content=False,
-                                                      _request_timeout=self.timeout)
+            resp = self.core.patch_namespaced_secret(name, namespace, cast(Any, patch), field_manager=FIELD_MANAGER,
+                                                    _content_type="application/merge-patch+json",
+                                                    _preload_content=False, _request_timeout=self.timeout)
         except client.ApiException as exc:
             if exc.status in (409, 404):
                 raise Conflict(name) from None
@@ -143,4 +146,17 @@ class Kube:
         except client.ApiException as exc:
             if exc.status in (404, 409):
                 return
+            raise
+
+    def delete_secret_unchanged(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
+        """Delete a Secret only if it is still the very one read, unchanged (Conflict otherwise); gone is fine."""
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid, resource_version=resource_version))
+        try:
+            _body(self.core.delete_namespaced_secret(name, namespace, body=body, _preload_content=False,
+                                                     _request_timeout=self.timeout))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status == 409:
+                raise Conflict(name) from None
             raise

@@ -13,7 +13,9 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .template import FIELDS, FILTERS, MAX_TEMPLATE_CHARS, TemplateError, compile_template
 
 GROUP = "graphcred.io"
 VERSION = "v1alpha1"
@@ -122,6 +124,125 @@ class Credential(_Strict):
         return None
 
 
+# --- spec.secretTemplate ---------------------------------------------------------------------------------------
+# The keys graphcred always writes into the token Secret (DESIGN §2); a template can add keys, never replace these.
+TOKEN_KEYS = ("access_token", "token_type", "expires_on", "authorization")
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+# Label and annotation keys that are graphcred's own: a template may not set them (tools rely on their meaning).
+RESERVED_KEY_HINT = f"{MANAGED_BY_LABEL} and keys under {GROUP}/ are graphcred's own"
+# A qualified name (Kubernetes label and annotation keys): an optional DNS-subdomain prefix and '/', then a name.
+QUALIFIED_NAME_PATTERN = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                          r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+SECRET_TYPE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?$"
+DEFAULT_SECRET_TYPE = "Opaque"
+BASIC_AUTH_TYPE = "kubernetes.io/basic-auth"
+MAX_TEMPLATE_KEYS = 32
+MAX_TEMPLATE_ANNOTATION_BYTES = 64 * 1024  # the apiserver allows 256 KiB for all of a Secret's annotations
+_CEL_RESERVED = f"!self.exists(k, k == '{MANAGED_BY_LABEL}' || k.matches(r'^([^/]*[.])?graphcred[.]io/'))"
+_SPECIAL_TYPE_HINT = (f"is one Kubernetes treats specially; use {DEFAULT_SECRET_TYPE}, {BASIC_AUTH_TYPE} or a type of "
+                      "your own such as example.com/graph-token")
+_CEL_ORDINARY_TYPE = (f"self == '{BASIC_AUTH_TYPE}' || !(self.startsWith('kubernetes.io/') "
+                      "|| self.startsWith('k8s.io/') || self.contains('.kubernetes.io/'))")
+_CEL_BASIC_AUTH = (f"!has(self.type) || self.type != '{BASIC_AUTH_TYPE}' "
+                   "|| (has(self.data) && ('username' in self.data || 'password' in self.data))")
+
+
+def _reserved(key: str) -> bool:
+    prefix = key.split("/", 1)[0] if "/" in key else ""
+    return key == MANAGED_BY_LABEL or prefix == GROUP or prefix.endswith(f".{GROUP}")
+
+
+def _refuse_reserved(keys: dict[str, str]) -> dict[str, str]:
+    taken = sorted(k for k in keys if _reserved(k))
+    if taken:
+        raise ValueError(f"{', '.join(taken)}: {RESERVED_KEY_HINT} and cannot be set by secretTemplate")
+    return keys
+
+
+def _template(source: str) -> str:
+    try:
+        compile_template(source)
+    except TemplateError as exc:
+        raise ValueError(str(exc)) from None
+    return source
+
+
+QualifiedName = Annotated[str, Field(max_length=317, pattern=QUALIFIED_NAME_PATTERN)]
+TemplateText = Annotated[str, Field(max_length=MAX_TEMPLATE_CHARS), AfterValidator(_template)]
+SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN)]
+
+
+class SecretTemplateMetadata(_Strict):
+    """Labels and annotations graphcred adds to the token Secret (static: metadata is not secret)."""
+
+    labels: dict[QualifiedName, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict, max_length=MAX_TEMPLATE_KEYS,
+        description=f"Labels to add to the token Secret. {RESERVED_KEY_HINT}.",
+        json_schema_extra=_cel(_CEL_RESERVED, f"{RESERVED_KEY_HINT} and cannot be set by secretTemplate"))
+    annotations: dict[QualifiedName, Annotated[str, Field(max_length=16384)]] = Field(
+        default_factory=dict, max_length=MAX_TEMPLATE_KEYS,
+        description=f"Annotations to add to the token Secret. {RESERVED_KEY_HINT}.",
+        json_schema_extra=_cel(_CEL_RESERVED, f"{RESERVED_KEY_HINT} and cannot be set by secretTemplate"))
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        return _refuse_reserved(value)
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations_allowed(cls, value: dict[str, str]) -> dict[str, str]:
+        if sum(len(k.encode()) + len(v.encode()) for k, v in value.items()) > MAX_TEMPLATE_ANNOTATION_BYTES:
+            raise ValueError(f"annotations total more than {MAX_TEMPLATE_ANNOTATION_BYTES} bytes")
+        return _refuse_reserved(value)
+
+
+class SecretTemplate(_Strict):
+    """How the token Secret looks besides its four token keys: labels, annotations, type and extra keys."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_CEL_BASIC_AUTH, f"type {BASIC_AUTH_TYPE} needs data.username "
+                                                     "or data.password"))
+    metadata: SecretTemplateMetadata = Field(default_factory=SecretTemplateMetadata)
+    type: str = Field(default=DEFAULT_SECRET_TYPE, max_length=253, pattern=SECRET_TYPE_PATTERN,
+                      description="Type of the token Secret: Opaque (default), kubernetes.io/basic-auth (data must "
+                      "render username or password) or a type of your own such as example.com/graph-token. "
+                      "Changing it deletes and re-creates the Secret (the type of a Secret is immutable).",
+                      json_schema_extra=_cel(_CEL_ORDINARY_TYPE, f"this type {_SPECIAL_TYPE_HINT}"))
+    data: dict[SecretKey, TemplateText] = Field(
+        default_factory=dict, max_length=MAX_TEMPLATE_KEYS,
+        description="Extra keys of the token Secret, each a template rendered from the token, e.g. "
+        "'Authorization: Bearer {{ .accessToken }}'. Fields: " + ", ".join("." + f for f in FIELDS)
+        + "; filters: " + ", ".join(FILTERS) + ". The keys " + ", ".join(TOKEN_KEYS) + " are always graphcred's.",
+        json_schema_extra=_cel(f"!self.exists(k, k in {list(TOKEN_KEYS)})",
+                               f"the keys {', '.join(TOKEN_KEYS)} are graphcred's own token keys"))
+
+    @field_validator("data")
+    @classmethod
+    def _not_token_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        shadowed = [k for k in TOKEN_KEYS if k in value]
+        if shadowed:
+            raise ValueError(f"{', '.join(shadowed)}: graphcred's own token keys cannot be set by secretTemplate")
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _ordinary_type(cls, value: str) -> str:
+        # The apiserver gives kubernetes.io/* types (and bootstrap tokens) meanings of their own: a token
+        # controller filling or deleting the Secret, node bootstrap credentials, required keys of other formats.
+        if value != BASIC_AUTH_TYPE and (value.startswith("kubernetes.io/") or value.startswith("k8s.io/")
+                                         or ".kubernetes.io/" in value):
+            raise ValueError(f"type {value} {_SPECIAL_TYPE_HINT}")
+        return value
+
+    @model_validator(mode="after")
+    def _basic_auth_keys(self) -> SecretTemplate:
+        # the apiserver refuses a basic-auth Secret without either key; say so before any token is requested
+        if self.type == BASIC_AUTH_TYPE and not ({"username", "password"} & set(self.data)):
+            raise ValueError(f"type {BASIC_AUTH_TYPE} needs data.username or data.password")
+        return self
+
+
 class GraphAppCredentialSpec(_Strict):
     """Which Entra app to get an app-only token for, with which credential, and where to put it."""
 
@@ -158,6 +279,10 @@ class GraphAppCredentialSpec(_Strict):
         default_factory=list, alias="requiredRoles", max_length=64,
         description="Ready only if the token's roles claim holds all of these application permissions.",
     )
+    secret_template: SecretTemplate | None = Field(
+        default=None, alias="secretTemplate",
+        description="Extra labels, annotations and keys of the token Secret, and its type. Labels, annotations, "
+        "finalizers and keys other tools add to the Secret are kept either way.")
 
     @field_validator("tenant_id", "client_id")
     @classmethod

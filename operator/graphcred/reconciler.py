@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import logging
 import random
 import time
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from . import credentials, policy, reporting
 from .breaker import Breaker
 from .credentials import CredentialError, Federation, Material
+from .jwt import unverified_claims
 from .kube import Conflict, Gone, Kube
 from .metrics import Metrics
 from .model import (
@@ -34,8 +36,26 @@ from .model import (
     WorkloadIdentityRef,
 )
 from .policy import Retry
-from .secret import Owner, is_ours, parse_rfc3339, render, rfc3339, stored_expiry
+from .secret import (
+    Owner,
+    TemplateKeys,
+    TokenFacts,
+    adopted_references,
+    is_ours,
+    left_by_namesake,
+    parse_rfc3339,
+    render,
+    retyped,
+    rfc3339,
+    secret_type,
+    stored_expiry,
+    stored_token,
+    template_keys,
+    update_patch,
+    written_template_keys,
+)
 from .sharing import SharedTokens, share_key
+from .template import TemplateError
 from .tokens import AcquisitionError, Token, TokenClient
 
 log = logging.getLogger(__name__)
@@ -58,8 +78,17 @@ class Memory:
     credential_secret: str | None = None
     credential_version: str | None = None
     target_secret: str | None = None
-    # resourceVersion of the token Secret as we last wrote it: a refresh replaces it without reading it first
+    # resourceVersion of the token Secret as we last wrote it: a refresh patches it without reading it first
     written_version: str | None = None
+    # ... and the type and the template keys (names only) written then: the patch removes keys no longer rendered
+    written_type: str | None = None
+    written_keys: TemplateKeys | None = None
+    # labels and annotations of other tools to put on the token Secret when it is created again (after a change of
+    # its type had to wait for other tools' finalizers)
+    carried: dict[str, dict[str, str]] | None = None
+    # digest of the spec without its secretTemplate, as last reported Ready (in memory only): a change of the
+    # template alone renders the Secret again from the token in it
+    settled_spec: str | None = None
     material: str | None = None  # fingerprint (a digest) of the credential material the token was acquired with
     issued_for: str | None = None  # this pass's spec digest (GraphAppCredentialSpec.issued_for)
     renew_requested: bool = False  # the renew annotation changed: acquire a new token, no reuse
@@ -93,6 +122,24 @@ class Snapshot:
     def event_ref(self) -> dict[str, Any]:
         return {"apiVersion": API_VERSION, "kind": KIND,
                 "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid}}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The token Secret as far as writing it needs. `secret`: as read (metadata, type, data); None when this process
+    wrote it last and skipped the read (a change by anyone since then surfaces as a Conflict on the next write)."""
+
+    resource_version: str
+    secret: dict[str, Any] | None
+
+
+def _read_target(secret: dict[str, Any] | None) -> Target | None:
+    return Target(str(secret["metadata"]["resourceVersion"]), secret) if secret is not None else None
+
+
+def token_spec(spec: GraphAppCredentialSpec) -> str:
+    """Digest of everything in the spec but secretTemplate: what the token and the Ready verdict depend on."""
+    return hashlib.sha256(spec.model_dump_json(exclude={"secret_template"}).encode()).hexdigest()[:16]
 
 
 class Outcome(Exception):
@@ -233,14 +280,21 @@ class Reconciler:
             mem.required_roles = tuple(spec.required_roles)
             mem.credential_secret = spec.credential.secret_name
             if mem.target_secret != secret_name:
-                mem.target_secret, mem.written_version = secret_name, None
+                mem.target_secret, mem.written_version, mem.carried = secret_name, None, None
             material, credential_version = await self._material(snap, spec, mem, now)
             fingerprint = material.fingerprint()
             existing = await self._target(snap, mem, secret_name)
             previous = _upgraded(self._previous(snap, mem), spec, secret_name, mem.issued_for)
-            if self._keep(snap, mem, previous, existing, fingerprint, credential_version, renew, now):
-                mem.material = fingerprint
+            if self._keep(snap.generation, mem, previous, existing, fingerprint, credential_version, renew, now):
+                mem.material, mem.settled_spec = fingerprint, token_spec(spec)
                 return await self._kept(snap, mem, previous, credential_version, now)
+            stored = await self._template_only(snap, mem, spec, secret_name, previous, existing, fingerprint,
+                                               credential_version, renew, now)
+            if stored is not None:
+                token, target = stored
+                mem.written_version = await self._write_secret(snap, mem, spec, secret_name, target, token)
+                mem.material = fingerprint
+                return await self._rerendered(snap, mem, previous, secret_name, now)
             current = self._current_issue(mem, previous)
             # while roles are missing, each check needs a new token: consent shows only in new tokens
             token, shared = await self._acquire(spec, material, reuse=mem.missing_roles_checks == 0 and not renew,
@@ -251,7 +305,7 @@ class Reconciler:
             if shared and current is not None and token.issued_at <= current:  # the very token already written
                 raise Outcome(Reason.AUTHORITY_UNAVAILABLE, "no newer token than the one in the Secret; retrying",
                               retry=Retry.TRANSIENT)
-            mem.written_version = await self._write_secret(snap, secret_name, existing, token)
+            mem.written_version = await self._write_secret(snap, mem, spec, secret_name, existing, token)
             mem.material, mem.token_issued_at = fingerprint, token.issued_at
             log.debug("%s/%s: Secret %s %s", snap.namespace, snap.name, secret_name,
                       "created" if existing is None else "updated")
@@ -386,22 +440,21 @@ class Reconciler:
         issued = parse_rfc3339(previous.last_refresh_time)
         return issued + dt.timedelta(seconds=1) if issued is not None else None
 
-    def _keep(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus,
-              existing: dict[str, Any] | None, fingerprint: str, credential_version: str, renew: bool,
-              now: dt.datetime) -> bool:
+    def _keep(self, generation: int, mem: Memory, previous: GraphAppCredentialStatus, existing: Target | None,
+              fingerprint: str, credential_version: str, renew: bool, now: dt.datetime) -> bool:
         """Nothing the token depends on changed and its refresh is not due: keep it (after a restart, a
         metadata-only change of the credential Secret, a wake-up that changed nothing)."""
         if existing is None:
             return False
-        if mem.written_version is not None and "annotations" not in existing["metadata"]:
+        if existing.secret is None:
             secret_expiry = parse_rfc3339(previous.expires_on)  # our own write, unchanged since
         else:
-            secret_expiry = stored_expiry(existing["metadata"])
+            secret_expiry = stored_expiry(existing.secret["metadata"])
         # In memory: the material's fingerprint; after a restart, the credential Secret's resourceVersion.
         unchanged = (mem.material == fingerprint if mem.material is not None
                      else previous.credential_version == credential_version)
         assert mem.issued_for is not None
-        return policy.may_keep(now, previous, generation=snap.generation, issued_for=mem.issued_for,
+        return policy.may_keep(now, previous, generation=generation, issued_for=mem.issued_for,
                                secret_expiry=secret_expiry, material_unchanged=unchanged, renew=renew)
 
     async def _kept(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus, credential_version: str,
@@ -417,19 +470,44 @@ class Reconciler:
             mem.last_status = previous.to_k8s()
         return max((refresh - now).total_seconds(), 0.0)
 
-    async def _target(self, snap: Snapshot, mem: Memory, name: str) -> dict[str, Any] | None:
-        """The token Secret as far as writing it needs: None if absent, else (at least) its metadata.
+    async def _target(self, snap: Snapshot, mem: Memory, name: str) -> Target | None:
+        """The token Secret as far as writing it needs: None if absent.
         After our own write its resourceVersion is known and the read is skipped: a change by anyone else since
-        then surfaces as a conflict on replace."""
+        then surfaces as a conflict on the patch."""
         if mem.written_version is not None:
-            return {"metadata": {"resourceVersion": mem.written_version}}
+            return Target(mem.written_version, None)
         existing = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
         if existing is not None and not is_ours(existing["metadata"], snap.owner):
             raise Outcome(Reason.SECRET_CONFLICT,
                           f"Secret {name} exists and is not controlled by this GraphAppCredential; "
                           "graphcred never modifies it: delete it or choose another spec.secretName",
                           retry=Retry.NEEDS_USER)
-        return existing
+        return _read_target(existing)
+
+    async def _template_only(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, name: str,
+                             previous: GraphAppCredentialStatus, existing: Target | None, fingerprint: str,
+                             credential_version: str, renew: bool, now: dt.datetime) -> tuple[Token, Target] | None:
+        """Only spec.secretTemplate changed since the token in the Secret was reported Ready: that token, read back
+        from the Secret, to render the Secret again. A template is presentation: the token it shows is still the one
+        the spec asks for, so none is requested (a template fix applies even while Entra is unreachable). None:
+        acquire as usual (anything else changed, the token is due, or this process did not see it Ready)."""
+        if (existing is None or previous.observed_generation is None or previous.observed_generation == snap.generation
+                or mem.settled_spec is None or mem.settled_spec != token_spec(spec)
+                or not self._keep(previous.observed_generation, mem, previous, existing, fingerprint,
+                                  credential_version, renew, now)):
+            return None
+        secret = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
+        expires, issued = parse_rfc3339(previous.expires_on), parse_rfc3339(previous.last_refresh_time)
+        access_token = stored_token(secret) if secret is not None else None
+        if (secret is None or access_token is None or not is_ours(secret["metadata"], snap.owner)
+                or expires is None or issued is None or stored_expiry(secret["metadata"]) != expires):
+            return None
+        try:
+            claims = unverified_claims(access_token)
+        except ValueError:
+            return None
+        token = Token(access_token, expires, mem.token_issued_at or issued, claims)
+        return token, Target(str(secret["metadata"]["resourceVersion"]), secret)
 
     async def _acquire(self, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool,
                        newer_than: dt.datetime | None) -> tuple[Token, bool]:
@@ -488,26 +566,85 @@ class Reconciler:
         if hold is not None:
             raise _Held(hold.reason, hold.message, permanent=False, retry_after=hold.seconds)
 
-    async def _write_secret(self, snap: Snapshot, name: str, existing: dict[str, Any] | None, token: Token
-                            ) -> str:
-        """Create or replace the token Secret; returns its new resourceVersion."""
-        body = render(name, snap.owner, token.access_token, token.expires_on)
+    async def _write_secret(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, name: str,
+                            existing: Target | None, token: Token) -> str:
+        """Create the token Secret, or patch graphcred's keys into it (others' labels, annotations, finalizers and
+        keys stay); returns its new resourceVersion."""
+        body = self._body(snap, spec, name, token)
         try:
-            if existing is None:
-                return await self._kube("create Secret", self.kube.create_secret, snap.namespace, body)
-            return await self._kube("replace Secret", self.kube.replace_secret, snap.namespace, name, body,
-                                    existing["metadata"]["resourceVersion"])
+            return await self._put(snap, mem, name, existing, body)
         except Conflict:
-            # Someone wrote the Secret between our read and write: only retry if it is (still) ours.
+            # Someone wrote the Secret since we read or wrote it: only retry if it is (still) ours.
             current = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
             if current is not None and not is_ours(current["metadata"], snap.owner):
                 raise Outcome(Reason.SECRET_CONFLICT,
                               f"Secret {name} was created by someone else; graphcred never modifies it",
                               retry=Retry.NEEDS_USER) from None
-            if current is None:
-                return await self._kube("create Secret", self.kube.create_secret, snap.namespace, body)
-            return await self._kube("replace Secret", self.kube.replace_secret, snap.namespace, name, body,
-                                    current["metadata"]["resourceVersion"])
+            return await self._put(snap, mem, name, _read_target(current), body)
+
+    @staticmethod
+    def _body(snap: Snapshot, spec: GraphAppCredentialSpec, name: str, token: Token) -> dict[str, Any]:
+        facts = TokenFacts(token.access_token, token.expires_on,
+                           tenant_id=token.claims.tenant_id or spec.tenant_id,
+                           client_id=token.claims.app_id or spec.client_id,
+                           audience=token.claims.audience or spec.scopes[0].removesuffix("/.default"))
+        try:
+            return render(name, snap.owner, token.access_token, token.expires_on, template=spec.secret_template,
+                          facts=facts)
+        except TemplateError as exc:  # its message names the key and the problem, never a value
+            raise Outcome(Reason.INVALID_SPEC, str(exc), retry=Retry.ON_CHANGE) from None
+
+    async def _put(self, snap: Snapshot, mem: Memory, name: str, existing: Target | None, body: dict[str, Any]
+                   ) -> str:
+        if existing is None:
+            if mem.carried:
+                body = retyped(body, {"metadata": mem.carried}, TemplateKeys())
+            version = await self._kube("create Secret", self.kube.create_secret, snap.namespace, body)
+            mem.carried = None
+        else:
+            secret = existing.secret
+            if secret is None and mem.written_type != body["type"]:
+                # our own write, but of another type: read it to replace it
+                secret = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
+                if secret is None or not is_ours(secret["metadata"], snap.owner):
+                    raise Conflict(name)
+            if secret is not None and secret_type(secret) != body["type"]:
+                version = await self._retype(snap, mem, name, secret, body)
+            else:
+                meta = secret["metadata"] if secret is not None else None
+                before = written_template_keys(meta) if meta is not None else mem.written_keys or TemplateKeys()
+                # a deleted namesake's Secret: its controller reference is replaced by ours
+                adopted = (adopted_references(meta, snap.owner) if meta is not None
+                           and left_by_namesake(meta, snap.owner) else None)
+                patch = update_patch(body, existing.resource_version, before, owner_references=adopted)
+                version = await self._kube("patch Secret", self.kube.patch_secret, snap.namespace, name, patch)
+        mem.written_type, mem.written_keys = body["type"], template_keys(body)
+        return version
+
+    async def _retype(self, snap: Snapshot, mem: Memory, name: str, secret: dict[str, Any], body: dict[str, Any]
+                      ) -> str:
+        """The type of a Secret cannot change: delete it (only if unchanged since it was read) and create it with
+        the new type, carrying over the labels and annotations of other tools."""
+        meta = secret["metadata"]
+        change = f"to change its type from {secret_type(secret)} to {body['type']}"
+        replacement = retyped(body, secret, written_template_keys(meta))
+        mem.written_version = None  # whatever happens next, the Secret must be read again
+        if not meta.get("deletionTimestamp"):
+            await self._kube("delete Secret", self.kube.delete_secret_unchanged, snap.namespace, name,
+                             str(meta.get("uid", "")), str(meta["resourceVersion"]))
+            log.info("%s/%s: deleted Secret %s %s (a Secret's type is immutable)", snap.namespace, snap.name, name,
+                     change)
+            try:
+                return await self._kube("create Secret", self.kube.create_secret, snap.namespace, replacement)
+            except Conflict:
+                pass  # still there: finalizers hold it
+        # The Secret watch wakes this object once the Secret is gone; its last token stays valid until then.
+        mem.carried = {part: {k: v for k, v in replacement["metadata"][part].items() if k not in body["metadata"][part]}
+                       for part in ("labels", "annotations")}
+        finalizers = ", ".join(str(f) for f in meta.get("finalizers") or []) or "its deletion to finish"
+        raise Outcome(Reason.SECRET_CONFLICT,
+                      f"Secret {name} is being deleted {change} and waits for {finalizers}; graphcred creates it "
+                      "again once it is gone", retry=Retry.NEEDS_USER)
 
     async def _remove_old_secret(self, snap: Snapshot, old: str | None, new: str) -> None:
         """After spec.secretName changed: the old token Secret would stay valid and never be refreshed. Delete it
@@ -524,7 +661,7 @@ class Reconciler:
     # --- reporting: decided by `reporting`, written here ------------------------------------------------------
     async def _issued(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, secret_name: str,
                       token: Token, credential_version: str, renewed: bool) -> float:
-        mem.failures = 0
+        mem.failures, mem.settled_spec = 0, token_spec(spec)
         previous = self._previous(snap, mem)
         verdict = policy.issued_verdict(token.claims.roles, spec.required_roles, secret_name, token.expires_on)
         now = self._clock()
@@ -543,6 +680,23 @@ class Reconciler:
             issued_for=mem.issued_for, renewed=renewed, renew_value=mem.renew_value, verdict=verdict, now=now)
         await self._report(snap, mem, report)
         log.debug("%s/%s: next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
+        return max((refresh - now).total_seconds(), 0.0)
+
+    async def _rerendered(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus, secret_name: str,
+                          now: dt.datetime) -> float:
+        """The Secret was rendered again with the same token for a new generation (only secretTemplate changed):
+        the status describes the same token, now for this generation."""
+        ready = previous.ready()
+        refresh = parse_rfc3339(previous.refresh_at)
+        assert ready is not None and refresh is not None  # _template_only: the token was Ready, refresh not due
+        status = previous.model_copy(update={
+            "conditions": reporting.ready_condition(previous, True, Reason.TOKEN_ISSUED, ready.message,
+                                                    snap.generation, now),
+            "observed_generation": snap.generation,
+        })
+        await self._report(snap, mem, reporting.Report(status, True, Reason.TOKEN_ISSUED, ready.message, None))
+        log.info("%s/%s: Secret %s rendered again for generation %d (spec.secretTemplate changed); token kept",
+                 snap.namespace, snap.name, secret_name, snap.generation)
         return max((refresh - now).total_seconds(), 0.0)
 
     async def _failed(self, snap: Snapshot, mem: Memory, outcome: Outcome) -> float | None:

@@ -177,7 +177,7 @@ def _rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
 NAMESPACED = {("graphcred.io", "graphappcredentials", v) for v in ("get", "list", "watch")} | \
     {("graphcred.io", "graphappcredentials/status", v) for v in ("get", "patch", "update")} | \
     {("graphcred.io", "graphappcredentials/finalizers", "update")} | \
-    {("", "secrets", v) for v in ("get", "list", "watch", "create", "update", "delete")} | \
+    {("", "secrets", v) for v in ("get", "list", "watch", "create", "patch", "delete")} | \
     {("", "events", v) for v in ("create", "patch")}
 CRD_READ = {("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
 LEASES = {("Role", "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}

@@ -78,17 +78,21 @@ class FakeKube:
             self.writes += 1
             stored = copy.deepcopy(body)
             stored["metadata"]["resourceVersion"] = rv = self._next()
+            _record_fields(stored, body)
             self.secrets[key] = stored
             return rv
 
-    def replace_secret(self, namespace: str, name: str, body: dict[str, Any], resource_version: str) -> str:
+    def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> str:
+        """A JSON merge patch (RFC 7386) guarded by the resourceVersion it carries, as the apiserver applies it."""
         with self._lock:
             current = self.secrets.get((namespace, name))
-            if current is None or current["metadata"]["resourceVersion"] != resource_version:
+            wanted = patch.get("metadata", {}).get("resourceVersion")
+            if current is None or (wanted is not None and current["metadata"]["resourceVersion"] != wanted):
                 raise Conflict(name)
             self.writes += 1
-            stored = copy.deepcopy(body)
+            stored = _merge(copy.deepcopy(current), patch)
             stored["metadata"]["resourceVersion"] = rv = self._next()
+            _record_fields(stored, patch)
             self.secrets[(namespace, name)] = stored
             return rv
 
@@ -96,6 +100,16 @@ class FakeKube:
         with self._lock:
             self.deletes.append((namespace, name))
             self.secrets.pop((namespace, name), None)
+
+    def delete_secret_unchanged(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
+        with self._lock:
+            current = self.secrets.get((namespace, name))
+            if current is None:
+                return
+            if current["metadata"]["resourceVersion"] != resource_version:
+                raise Conflict(name)
+            self.deletes.append((namespace, name))
+            del self.secrets[(namespace, name)]
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         with self._lock:
@@ -115,6 +129,34 @@ class FakeKube:
             if cond["type"] == "Ready":
                 return dict(cond)
         return None
+
+
+def _record_fields(stored: dict[str, Any], written: dict[str, Any]) -> None:
+    """managedFields as the apiserver keeps them for the writer (field manager graphcred: the only writer through
+    this fake), simplified: a key written with a value is the writer's, a key written as null is nobody's."""
+    fields = next((e["fieldsV1"] for e in stored["metadata"].get("managedFields", []) if e["manager"] == "graphcred"),
+                  {"f:data": {}, "f:metadata": {"f:labels": {}, "f:annotations": {}}})
+    for where, node in ((fields["f:data"], written.get("data") or {}),
+                        (fields["f:metadata"]["f:labels"], written["metadata"].get("labels") or {}),
+                        (fields["f:metadata"]["f:annotations"], written["metadata"].get("annotations") or {})):
+        for key, value in node.items():
+            if value is None:
+                where.pop(f"f:{key}", None)
+            else:
+                where[f"f:{key}"] = {}
+    stored["metadata"]["managedFields"] = [{"manager": "graphcred", "operation": "Update", "fieldsV1": fields}]
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(merged.get(key), value)
+    return merged
 
 
 def fake_jwt(claims: dict[str, Any]) -> str:

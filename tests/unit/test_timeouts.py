@@ -103,7 +103,8 @@ def test_every_kube_call_has_a_timeout(api: client.ApiClient) -> None:
     calls: list[Callable[[], Any]] = [
         lambda: kube.read_secret("ns", "s"),
         lambda: kube.create_secret("ns", body),
-        lambda: kube.replace_secret("ns", "s", body, "1"),
+        lambda: kube.patch_secret("ns", "s", {"metadata": {"resourceVersion": "1"}}),
+        lambda: kube.delete_secret_unchanged("ns", "s", "uid", "1"),
         lambda: kube.patch_status("ns", "c", {"secretName": "s"}),
     ]
     for call in calls:

@@ -42,7 +42,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [update]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, list, watch, create, update, delete]  # delete: only its own old token Secret after spec.secretName changed
+  # patch: token Secrets are patched (merge patch), so what other tools add survives; delete: only its own old
+  # token Secret after spec.secretName changed, or to re-create it when spec.secretTemplate.type changed
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
