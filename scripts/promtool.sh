@@ -7,28 +7,13 @@
 # Usage: scripts/promtool.sh [promtool args...]; scripts/promtool.sh --path prints the binary's path (building it).
 set -euo pipefail
 PROMETHEUS_VERSION=v0.316.0
-cache=${GRAPHCRED_CACHE:-$HOME/.cache/graphcred}
-bin="$cache/bin/promtool-$PROMETHEUS_VERSION"
-
-if [ ! -x "$bin/promtool" ]; then
-  command -v go >/dev/null || { echo "promtool.sh: Go is required to build promtool" >&2; exit 1; }
-  echo "promtool.sh: building promtool $PROMETHEUS_VERSION (once; cached in $bin)" >&2
-  t0=$SECONDS
-  # Built into a scratch directory and moved into place whole, so a concurrent or interrupted run never sees half
-  # a binary.
-  mkdir -p "$cache/bin"
-  tmp=$(mktemp -d "$cache/bin/.promtool.XXXXXX")
-  trap 'rm -rf "$tmp"' EXIT
-  GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath" \
-    go install -tags remove_all_sd -ldflags='-s -w' "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
-  mv -T "$tmp" "$bin" 2>/dev/null || [ -x "$bin/promtool" ]  # another run may have won the race: fine
-  rm -rf "$tmp"
-  trap - EXIT
-  echo "promtool.sh: built promtool in $((SECONDS - t0)) s" >&2
-fi
+# shellcheck source=scripts/go-install-cached.sh
+. "$(dirname "$0")/go-install-cached.sh"
+promtool=$(go_install_cached promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool \
+  -tags remove_all_sd)
 
 if [ "${1:-}" = "--path" ]; then
-  echo "$bin/promtool"
+  echo "$promtool"
   exit 0
 fi
-exec "$bin/promtool" "$@"
+exec "$promtool" "$@"

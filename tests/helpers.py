@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -14,11 +17,30 @@ from kubernetes import client
 from graphcred.model import GROUP, PLURAL, VERSION
 from graphcred_testbed import jose
 from graphcred_testbed.bed import Bed, wait_for
-from graphcred_testbed.issuer import App
+from graphcred_testbed.graph import GraphApi
+from graphcred_testbed.issuer import App, IssuerServer
 from graphcred_testbed.operator_process import OperatorProcess
-from graphcred_testbed.pki import KeyPair
+from graphcred_testbed.pki import CertificateAuthority, KeyPair
 
 GRAPH = "https://graph.microsoft.com"
+
+
+@contextlib.contextmanager
+def issuer_and_graph(directory: Path) -> Iterator[tuple[IssuerServer, GraphApi, Path]]:
+    """A private token issuer and Graph API (no control plane) served with one new CA, whose file is written to
+    `directory`: (issuer, Graph API, CA file)."""
+    ca = CertificateAuthority()
+    ca_file = directory / "ca.crt"
+    ca_file.write_bytes(ca.cert_pem)
+    issuer = IssuerServer(ca).start()
+    try:
+        api = GraphApi(ca, issuer.base_url, ca_file).start()
+        try:
+            yield issuer, api, ca_file
+        finally:
+            api.stop()
+    finally:
+        issuer.stop()
 
 
 @dataclass

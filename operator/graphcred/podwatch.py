@@ -17,7 +17,6 @@ it and resumed afterwards from its resourceVersion; the events it replays bring 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -154,16 +153,9 @@ class PodWatch(MetadataWatch):
                    ) -> tuple[list[tuple[PodKey, PodConsumer | None]], str, str, int]:
         """One page, classified: the pods that read a token Secret in use, the list's resourceVersion, the next
         continue token, and how many pods the page held. The parsed page lives only inside this call."""
-        self._response = response = self._list_page(token, namespace)
-        try:
-            body = json.loads(response.data)
-        finally:
-            self._response = None
-            response.release_conn()
-        meta = body.get("metadata") or {}
-        items: list[dict[str, Any]] = body.get("items") or []
+        items, version, next_token = self._fetch_page(token, namespace)
         found = [c for c in (classify(pod, self.relevant) for pod in items) if c is not None]
-        return found, str(meta.get("resourceVersion") or ""), str(meta.get("continue") or ""), len(items)
+        return found, version, next_token, len(items)
 
     def _watch(self, resource_version: str) -> Any:
         response = super()._watch(resource_version)

@@ -170,18 +170,24 @@ class MetadataWatch:
         return getattr(self.core, self.resource.list_all)(_preload_content=False, _headers=headers, **kwargs)
 
     # --- list -----------------------------------------------------------------------------------------------
-    def _read_page(self, token: str | None) -> tuple[list[Item], str, str]:
-        """One page: its items (namespace, name, resourceVersion only), the list's resourceVersion, the next
-        continue token. The parsed page lives only inside this call."""
-        self._response = response = self._list_page(token)
+    def _fetch_page(self, token: str | None, namespace: str | None = None
+                    ) -> tuple[list[dict[str, Any]], str, str]:
+        """One page, parsed: its items, the list's resourceVersion, the next continue token. The response is
+        released at once (and `stop()` can cut it while it is read); callers keep only what they need of the items."""
+        self._response = response = self._list_page(token, namespace)
         try:
             body = json.loads(response.data)
         finally:
             self._response = None
             response.release_conn()
         meta = body.get("metadata") or {}
-        return ([_item(obj) for obj in body.get("items") or ()], str(meta.get("resourceVersion") or ""),
-                str(meta.get("continue") or ""))
+        return body.get("items") or [], str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
+
+    def _read_page(self, token: str | None) -> tuple[list[Item], str, str]:
+        """One page: its items (namespace, name, resourceVersion only), the list's resourceVersion, the next
+        continue token. The parsed page lives only inside this call."""
+        items, version, next_token = self._fetch_page(token)
+        return [_item(obj) for obj in items], version, next_token
 
     def _relist(self) -> str:
         """List every object, page by page. Reports the objects new or changed since the last list (all of them

@@ -16,21 +16,14 @@ import requests
 from graphcred_testbed import jose
 from graphcred_testbed.graph import GraphApi
 from graphcred_testbed.issuer import IssuerServer
-from graphcred_testbed.pki import CertificateAuthority
 
-GRAPH = "https://graph.microsoft.com"
+from ..helpers import GRAPH, issuer_and_graph
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[IssuerServer, GraphApi, Path]]:
-    ca = CertificateAuthority()
-    ca_file = tmp_path_factory.mktemp("ca") / "ca.crt"
-    ca_file.write_bytes(ca.cert_pem)
-    issuer = IssuerServer(ca).start()
-    api = GraphApi(ca, issuer.base_url, ca_file).start()
-    yield issuer, api, ca_file
-    api.stop()
-    issuer.stop()
+    with issuer_and_graph(tmp_path_factory.mktemp("ca")) as started:
+        yield started
 
 
 def _signed(issuer: IssuerServer, **changes: Any) -> str:

@@ -18,23 +18,17 @@ import yaml
 from graphcred.httpsession import PinnedCASession
 from graphcred_testbed.graph import GraphApi
 from graphcred_testbed.issuer import IssuerServer
-from graphcred_testbed.pki import CertificateAuthority
 from graphcred_testbed.volume import SecretVolume
 
+from ..helpers import GRAPH, issuer_and_graph
+
 ROOT = Path(__file__).resolve().parents[2]
-GRAPH = "https://graph.microsoft.com"
 
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[tuple[IssuerServer, GraphApi, Path]]:
-    ca = CertificateAuthority()
-    ca_file = tmp_path / "ca.crt"
-    ca_file.write_bytes(ca.cert_pem)
-    issuer = IssuerServer(ca).start()
-    api = GraphApi(ca, issuer.base_url, ca_file).start()
-    yield issuer, api, ca_file
-    api.stop()
-    issuer.stop()
+    with issuer_and_graph(tmp_path) as started:
+        yield started
 
 
 def test_the_example_pod_works_with_the_roles_the_example_credential_declares(
