@@ -53,6 +53,15 @@ class LeakCorpus:
     texts: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set)
 
+    def collect(self, env: Env) -> None:
+        """What `env`'s test left: its secret values, and the Events and objects (with their status) in its
+        namespace. Called before the namespace (and its Events) is deleted."""
+        self.secrets.update(env._values.values())
+        for event in env.bed.core.list_namespaced_event(env.namespace).items:
+            self.texts.append(f"event {event.reason}: {event.message}")
+        for obj in env.bed.custom.list_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL)["items"]:
+            self.texts.append(json.dumps(obj))
+
 
 @pytest.fixture(scope="session")
 def leak_corpus() -> LeakCorpus:
@@ -64,9 +73,4 @@ def env(bed: Bed, namespace: str, operator: OperatorProcess, leak_corpus: LeakCo
     """The bed, a namespace and a running operator: what an end-to-end test needs."""
     e = Env(bed, namespace, operator)
     yield e
-    # Collect before the namespace (and its Events) is deleted.
-    leak_corpus.secrets.update(e._values.values())
-    for event in bed.core.list_namespaced_event(namespace).items:
-        leak_corpus.texts.append(f"event {event.reason}: {event.message}")
-    for obj in bed.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
-        leak_corpus.texts.append(json.dumps(obj))
+    leak_corpus.collect(e)

@@ -18,6 +18,7 @@ from .test_consumer_warnings import (  # noqa: F401 - fixtures
     consumers_operator,
     count,
     ready_credential,
+    submit_pod,
     warnings,
 )
 
@@ -43,17 +44,7 @@ def owned_pod(env: Env, name: str, owner: dict[str, Any]) -> None:
             "spec": {"automountServiceAccountToken": False, "containers": [
                 {"name": "app", "image": "registry.example/app:1", "env": [{"name": "ACCESS_TOKEN", "valueFrom": {
                     "secretKeyRef": {"name": "mail-token", "key": "access_token"}}}]}]}}
-
-    def attempt() -> bool | None:
-        try:
-            env.bed.core.create_namespaced_pod(env.namespace, body)
-        except client.ApiException as exc:
-            if exc.status == 403 and "serviceaccount" in str(exc.body):
-                return None  # a new namespace: its default ServiceAccount is not there yet
-            raise
-        return True
-
-    wait_for(attempt, timeout=15, what=f"pod {name} created")
+    submit_pod(env, body)
 
 
 def test_a_replicasets_flagged_pods_get_one_event_naming_the_count(cenv: Env) -> None:  # noqa: F811

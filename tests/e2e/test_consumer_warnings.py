@@ -10,7 +10,6 @@ them: two operators must not reconcile the same objects) and start it again afte
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import requests
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
-from graphcred.model import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess
 
@@ -50,11 +48,7 @@ def consumers_operator(bed: Bed, operator: OperatorProcess, operator_logdir: Pat
 def cenv(bed: Bed, namespace: str, consumers_operator: OperatorProcess, leak_corpus: LeakCorpus) -> Iterator[Env]:
     e = Env(bed, namespace, consumers_operator)
     yield e
-    leak_corpus.secrets.update(e._values.values())
-    for event in bed.core.list_namespaced_event(namespace).items:
-        leak_corpus.texts.append(f"event {event.reason}: {event.message}")
-    for obj in bed.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
-        leak_corpus.texts.append(json.dumps(obj))
+    leak_corpus.collect(e)
 
 
 def ready_credential(env: Env, name: str = "mail") -> str:
@@ -68,9 +62,14 @@ def ready_credential(env: Env, name: str = "mail") -> str:
 
 
 def create_pod(env: Env, name: str, container: dict[str, Any], volumes: list[dict[str, Any]] | None = None) -> None:
-    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"automountServiceAccountToken": False, "volumes": volumes or [],
-                     "containers": [{"name": "app", "image": "registry.example/app:1", **container}]}}
+    submit_pod(env, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                     "spec": {"automountServiceAccountToken": False, "volumes": volumes or [],
+                              "containers": [{"name": "app", "image": "registry.example/app:1", **container}]}})
+
+
+def submit_pod(env: Env, body: dict[str, Any]) -> None:
+    """Create the pod `body` in env's namespace, waiting for the namespace's default ServiceAccount if need be."""
+    name = body["metadata"]["name"]
 
     def attempt() -> bool | None:
         try:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.model import GROUP, VERSION
 from graphcred_testbed import jose
 from graphcred_testbed.bed import Bed
 from graphcred_testbed.issuer import App, FederatedCredential
@@ -51,10 +51,7 @@ def wi_operator(bed: Bed, operator: OperatorProcess, operator_logdir: Path) -> I
 def wenv(bed: Bed, namespace: str, wi_operator: OperatorProcess, leak_corpus: LeakCorpus) -> Iterator[Env]:
     e = Env(bed, namespace, wi_operator)
     yield e
-    for event in bed.core.list_namespaced_event(namespace).items:
-        leak_corpus.texts.append(f"event {event.reason}: {event.message}")
-    for obj in bed.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]:
-        leak_corpus.texts.append(json.dumps(obj))
+    leak_corpus.collect(e)
 
 
 def _subject(namespace: str, name: str) -> str:
