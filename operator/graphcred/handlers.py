@@ -22,6 +22,7 @@ from .model import GROUP, PLURAL, VERSION
 from .podwatch import PodWatch
 from .reconciler import Reconciler
 from .secretwatch import MetadataWatch
+from .stopflag import StopFlag
 from .tokens import TokenClient
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,9 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     executor: ThreadPoolExecutor | None = memo.get("executor")
     if executor is not None:
         executor.shutdown(wait=False, cancel_futures=True)
+    stop: StopFlag | None = memo.get("stop")
+    if stop is not None:
+        stop.set()  # kopf's waiter for it is a task that would otherwise hold the exit for 5 s ("hung tasks")
 
 
 @kopf.on.login()

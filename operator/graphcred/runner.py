@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 
@@ -15,18 +16,22 @@ from . import handlers  # noqa: F401 - registers the handlers
 from .config import RunConfig
 from .logs import configure
 from .metrics import Health, Metrics, serve
+from .stopflag import StopFlag
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: RunConfig) -> int:
     configure(cfg.log_format, cfg.log_level)
+    # Until kopf installs its own handler, SIGTERM (a rollout, a scale-down) ends the process cleanly: a standby
+    # just leaves, a leader still releases its Lease on the way out (the `finally` below).
+    signal.signal(signal.SIGTERM, _terminate)
     if cfg.kubeconfig:
         os.environ["KUBECONFIG"] = cfg.kubeconfig  # for kopf's own login
     metrics, health = Metrics(), Health()
     if cfg.metrics_port >= 0:
         serve(cfg.metrics_port, metrics, health)
-    stop = threading.Event()
+    stop = StopFlag()
     lost = threading.Event()
     elector = None
     if cfg.leader_election:
@@ -57,15 +62,20 @@ def run(cfg: RunConfig) -> int:
             timer.start()
 
         elector.keep_renewing(on_lost)
+    memo = kopf.Memo(config=cfg, metrics=metrics, health=health, stop=stop)
+
+    async def operate() -> None:
+        await kopf.operator(
+            clusterwide=not cfg.namespaces,
+            namespaces=list(cfg.namespaces),
+            standalone=True,  # exclusivity comes from the Lease, not from kopf's peering objects
+            stop_flag=stop.bind(),
+            memo=memo,
+        )
+
     try:
         with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-            kopf.run(
-                clusterwide=not cfg.namespaces,
-                namespaces=list(cfg.namespaces),
-                standalone=True,  # exclusivity comes from the Lease, not from kopf's peering objects
-                stop_flag=stop,
-                memo=kopf.Memo(config=cfg, metrics=metrics, health=health),
-            )
+            asyncio.run(operate())  # what kopf.run does, with a stop flag awaited on the loop
     finally:
         if elector is not None and not lost.is_set():
             elector.release()
@@ -73,6 +83,11 @@ def run(cfg: RunConfig) -> int:
         log.error("lost leadership: exiting so that a restart comes back as a standby")
         return 1
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    log.info("SIGTERM received before the operator started: exiting")
+    raise SystemExit(0)
 
 
 def _exit_lost() -> None:

@@ -99,3 +99,33 @@ def test_a_standby_stays_alive_and_ready_while_the_leader_holds_the_lease(env: E
         for r in replicas:
             r.stop()
         env.operator.start()
+
+
+def test_a_leader_stopped_by_sigterm_exits_and_hands_the_lease_over_at_once(env: Env, operator_logdir: Path) -> None:
+    """A rollout SIGTERMs the leader: it must exit by itself (not wait for the kubelet's SIGKILL) and release the
+    Lease, so that the standby takes over now rather than when a 30 s Lease runs out."""
+    env.operator.stop()  # the session operator would be a third actor
+    args = ("--leader-election", f"--leader-election-namespace={env.namespace}", "--lease-duration=30")
+    replicas = [OperatorProcess(env.bed, operator_logdir, *args, name=f"rollout-{i}", log_format="json")
+                for i in range(2)]
+    try:
+        for r in replicas:
+            r.start()
+        leader_id = wait_for(lambda: _holder(env), timeout=30, what="a leader")
+        leader = next(r for r in replicas if str(r.process.popen.pid) in leader_id)  # type: ignore[union-attr]
+        standby = next(r for r in replicas if r is not leader)
+        wait_for(lambda: "graphcred started" in leader.logs(this_run=True), timeout=30, what="the leader to start")
+        popen = leader.process.popen
+        assert popen is not None
+        popen.terminate()
+        # well inside the kubelet's default 30 s grace period
+        wait_for(lambda: popen.poll() is not None, timeout=10, what="the leader to exit after SIGTERM")
+        assert popen.returncode == 0, leader.process.tail()
+        assert "released the Lease" in leader.logs(this_run=True)
+        new_id = wait_for(lambda: (h := _holder(env)) and h != leader_id and h, timeout=15,
+                          what="the standby to take the released Lease (an unreleased one lasts 30 s)")
+        assert str(standby.process.popen.pid) in new_id  # type: ignore[union-attr]
+    finally:
+        for r in replicas:
+            r.stop()
+        env.operator.start()
