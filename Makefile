@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 SOAK_ARGS ?= --minutes 20 --seed 1
 
-.PHONY: all venv binaries lint test demo bench soak lock crd clean
+.PHONY: all venv binaries binaries-compat lint test test-compat demo bench soak lock crd clean
 
 all: test
 
@@ -24,6 +24,10 @@ binaries:
 	@bash testbed/build-binaries.sh >/dev/null
 	@bash scripts/promtool.sh --path >/dev/null  # the alert-rule tests' promtool, cached likewise
 
+# The compat bed's kube-apiserver: the oldest supported minor (Chart.yaml's kubeVersion floor), cached likewise.
+binaries-compat:
+	@bash testbed/build-binaries.sh compat >/dev/null
+
 # actionlint (the release workflow) is built once from the Go module proxy and cached, like the test bed's binaries.
 lint: venv
 	$(BIN)/ruff check operator testbed clients tests bench examples
@@ -31,9 +35,16 @@ lint: venv
 	bash scripts/actionlint.sh
 
 # pytest exits 5 when it collected no tests; that must fail, not pass silently.
+# The whole suite, then the `compat` tests on the oldest supported kube-apiserver (scripts/test.sh); pytest's
+# exit code 5 (no tests collected) fails. `make test PYTEST_ARGS=...` runs only the selected tests.
 test: lint binaries
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	@bash scripts/test.sh $(BIN) $(PYTEST_ARGS)
+
+# The tests marked `compat` (the CRD, the chart's dry runs and installs, the core end-to-end tests) again, on a bed
+# whose kube-apiserver is the oldest supported minor: what proves the chart's kubeVersion floor. Run by .ci/run.
+test-compat: venv binaries-compat
+	@GRAPHCRED_TESTBED_KUBE=compat $(BIN)/pytest -m compat $(PYTEST_ARGS) tests/e2e; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-compat: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 demo: venv binaries
 	$(BIN)/python -m graphcred_testbed demo

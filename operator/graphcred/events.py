@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -123,6 +124,17 @@ def _retriable(exc: BaseException) -> bool:
     return True  # no answer at all: the connection, a timeout
 
 
+def _namespace_terminating(exc: BaseException) -> bool:
+    """The apiserver refuses every create in a namespace being deleted (403 with cause NamespaceTerminating)."""
+    if getattr(exc, "status", None) != 403:
+        return False
+    try:
+        causes = json.loads(getattr(exc, "body", None) or "{}").get("details", {}).get("causes") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -202,6 +214,12 @@ class EventRecorder:
                 log.info("posting Events again (%d not posted so far)", self.lost)
             return
         assert error is not None
+        if _namespace_terminating(error):
+            # the credential's namespace is being deleted: no failure (client-go's recorder drops these quietly too)
+            obj = involved_object(pending.ref)
+            log.debug("%s/%s: Event %s not posted: the namespace is being deleted", obj["namespace"], obj["name"],
+                      pending.reason)
+            return
         self._lose(pending, describe_failure("post Event", error))
 
     def _send(self, pending: _Pending) -> None:

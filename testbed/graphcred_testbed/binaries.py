@@ -1,6 +1,9 @@
 """Locate (and on first use, build) the test bed's binaries: etcd, kube-apiserver, kube-controller-manager,
 kubectl and helm. They are built from the Go module proxy by `testbed/build-binaries.sh` into a cache outside
-the repository; `GRAPHCRED_TESTBED_BIN` points at a ready directory instead."""
+the repository; `GRAPHCRED_TESTBED_BIN` points at a ready directory instead.
+
+`GRAPHCRED_TESTBED_KUBE=compat` selects the compat bed (`make test-compat`): the oldest supported kube-apiserver
+minor, the floor of the chart's kubeVersion, with the current etcd, controller manager, kubectl and helm."""
 
 from __future__ import annotations
 
@@ -10,11 +13,20 @@ from functools import cache
 from pathlib import Path
 
 NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+FLAVOURS = ("current", "compat")
 
 
 def _build_script() -> Path:
     # testbed/graphcred_testbed/binaries.py -> testbed/build-binaries.sh (the package is installed editable)
     return Path(__file__).resolve().parents[1] / "build-binaries.sh"
+
+
+def kube_flavour() -> str:
+    """Which Kubernetes the bed runs: "current" (the default) or "compat" (GRAPHCRED_TESTBED_KUBE)."""
+    flavour = os.environ.get("GRAPHCRED_TESTBED_KUBE") or "current"
+    if flavour not in FLAVOURS:
+        raise RuntimeError(f"GRAPHCRED_TESTBED_KUBE={flavour!r}: expected one of {', '.join(FLAVOURS)}")
+    return flavour
 
 
 @cache
@@ -30,7 +42,7 @@ def binary_dir() -> Path:
                 "holding etcd, kube-apiserver, kube-controller-manager, kubectl and helm"
             )
         # stderr passes through so the (long) first build shows its progress
-        out = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True)
+        out = subprocess.run(["bash", str(script), kube_flavour()], check=True, stdout=subprocess.PIPE, text=True)
         directory = Path(out.stdout.strip().splitlines()[-1])
     missing = [n for n in NAMES if not (directory / n).exists()]
     if missing:
@@ -40,3 +52,15 @@ def binary_dir() -> Path:
 
 def binary(name: str) -> str:
     return str(binary_dir() / name)
+
+
+@cache
+def kube_version() -> str:
+    """The bed's kube-apiserver version, e.g. "v1.37.2" (what `--version` prints)."""
+    out = subprocess.run([binary("kube-apiserver"), "--version"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
+
+
+def kube_minor() -> int:
+    """The bed's kube-apiserver minor version, e.g. 37: tests of features newer than the compat floor check it."""
+    return int(kube_version().lstrip("v").split(".")[1])

@@ -12,7 +12,6 @@ import shlex
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from kubernetes import client
 
 from graphcred_testbed import issuer as bed_issuer
 from graphcred_testbed.bed import Bed, wait_for
-from graphcred_testbed.binaries import binary
+from graphcred_testbed.binaries import binary, kube_version
 from graphcred_testbed.operator_process import OperatorProcess
 
 from ..helpers import Env
@@ -81,13 +80,11 @@ SERVICE_MONITOR_CRD = {
 }
 
 
-@cache
 def bed_kube_version() -> str:
-    """The bed's kube-apiserver version (v1.37.2): what the chart is rendered for. Without a cluster, helm assumes
-    the version its build was stamped with (v1.20 for the bed's helm, built without release ldflags), which the
-    chart's kubeVersion refuses."""
-    out = subprocess.run([binary("kube-apiserver"), "--version"], capture_output=True, text=True, check=True)
-    return out.stdout.split()[-1]
+    """The bed's kube-apiserver version (v1.37.2, or the floor's on the compat bed): what the chart is rendered for.
+    Without a cluster, helm assumes the version its build was stamped with (v1.20 for the bed's helm, built without
+    release ldflags), which the chart's kubeVersion refuses."""
+    return kube_version()
 
 
 def helm_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -123,6 +120,7 @@ def release_namespace(bed: Bed) -> str:
     return RELEASE_NS
 
 
+@pytest.mark.compat
 def test_helm_lint_is_clean() -> None:
     out = helm("lint", "--strict", "--kube-version", bed_kube_version(), str(CHART))
     assert "0 chart(s) failed" in out
@@ -135,6 +133,7 @@ def test_chart_crd_is_the_committed_crd() -> None:
     assert not [d for d in render("--set", "crds.install=false") if d["kind"] == "CustomResourceDefinition"]
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("option_set", sorted(OPTION_SETS))
 def test_option_set_is_accepted_by_the_apiserver(bed: Bed, release_namespace: str, option_set: str) -> None:
     manifest = yaml.safe_dump_all(render(*OPTION_SETS[option_set]))
@@ -327,7 +326,8 @@ def _scope(scope: str, env: Env) -> tuple[list[str], tuple[str, ...]]:
     return ["--set", f"watchNamespaces={{{env.namespace}}}"], (f"--namespace={env.namespace}",)
 
 
-@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+# on the compat bed cluster-wide only: the namespaced case differs in Roles, not in what the apiserver version decides
+@pytest.mark.parametrize("scope", [pytest.param("cluster", marks=pytest.mark.compat), "namespaced"])
 def test_operator_works_with_exactly_the_charts_rbac(env: Env, release_namespace: str, operator_logdir: Path,
                                                       scope: str) -> None:
     values, args = _scope(scope, env)
@@ -476,9 +476,10 @@ def _helm_env(tmp_path: Path, bed: Bed) -> dict[str, str]:
             **{f"HELM_{d}_HOME": str(tmp_path / d.lower()) for d in ("CONFIG", "CACHE", "DATA")}}
 
 
+@pytest.mark.compat
 def test_helm_install_refuses_a_duration_for_the_lease_seconds(bed: Bed, release_namespace: str,
                                                                tmp_path: Path) -> None:
-    """`helm install` against the real apiserver (which reports v1.37.x: kubeVersion passes) stops at the schema:
+    """`helm install` against the real apiserver (its version passes kubeVersion) stops at the schema:
     no release, no Deployment; the operator would otherwise crash-loop on GRAPHCRED_LEASE_DURATION=15s."""
     out = helm_run("install", "lease", str(CHART), "--namespace", RELEASE_NS, "--set", "crds.install=false",
                    "--set", "leaderElection.leaseDuration=15s", env=_helm_env(tmp_path, bed))
@@ -552,6 +553,7 @@ def _documented_examples() -> list[tuple[str, list[str]]]:
 DOCUMENTED = _documented_examples()
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("example", [args for _, args in DOCUMENTED], ids=[name for name, _ in DOCUMENTED])
 def test_documented_examples_pass_the_schema_and_the_apiserver(bed: Bed, release_namespace: str, tmp_path: Path,
                                                                example: list[str]) -> None:
@@ -574,19 +576,49 @@ def test_the_docs_have_examples_for_the_new_values() -> None:
         assert key in flat, key
 
 
-def test_kube_version_floor_is_enforced() -> None:
-    """Chart.yaml's kubeVersion ">=1.N.0-0": 1.N.0 renders, 1.(N-1) is refused with helm's message, and so is
-    the v1.20 a helm without a cluster assumes; the tested version is inside the range."""
+def chart_floor() -> tuple[str, int]:
+    """Chart.yaml's kubeVersion (">=1.N.0-0", the only form used) and its minor N."""
     floor = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
     match = re.fullmatch(r">=1\.(\d+)\.0-0", floor)
     assert match, floor
-    minor = int(match[1])
+    return floor, int(match[1])
+
+
+@pytest.mark.compat
+def test_kube_version_floor_is_enforced() -> None:
+    """Chart.yaml's kubeVersion ">=1.N.0-0": 1.N.0 renders, 1.(N-1) is refused with helm's message, and so is
+    the v1.20 a helm without a cluster assumes; the tested version is inside the range."""
+    floor, minor = chart_floor()
     assert int(bed_kube_version().split(".")[1]) >= minor
     assert helm_run("template", "graphcred", str(CHART), "--kube-version", f"1.{minor}.0").returncode == 0
     for old in (f"1.{minor - 1}.9", "1.20.0"):
         out = helm_run("template", "graphcred", str(CHART), "--kube-version", old)
         assert out.returncode == 1
         assert f"chart requires kubeVersion: {floor} which is incompatible with Kubernetes v{old}" in out.stderr
+
+
+def test_the_compat_bed_builds_the_charts_floor() -> None:
+    """`make test-compat` proves the floor only if its kube-apiserver is the floor's minor: build-binaries.sh's
+    COMPAT_KUBE_VERSION, the k8s.io/kubernetes its module requires, and every staging module pinned to match."""
+    script = (ROOT / "testbed" / "build-binaries.sh").read_text()
+    found = re.search(r"^COMPAT_KUBE_VERSION=v1\.(\d+)\.(\d+)\b", script, re.M)
+    assert found, "COMPAT_KUBE_VERSION in testbed/build-binaries.sh"
+    minor, patch = int(found[1]), int(found[2])
+    assert minor == chart_floor()[1], "the compat bed must run the chart's kubeVersion floor"
+    go_mod = (ROOT / "testbed" / "go" / "kube-compat" / "go.mod").read_text()
+    assert re.search(rf"^\tk8s\.io/kubernetes v1\.{minor}\.{patch} ", go_mod, re.M), "kube-compat/go.mod's kubernetes"
+    pins = re.findall(r"^\t(k8s\.io/[\w-]+) => k8s\.io/[\w-]+ (v\S+)$", go_mod, re.M)
+    assert len(pins) > 20 and {v for _, v in pins} == {f"v0.{minor}.{patch}"}, pins
+
+
+@pytest.mark.compat
+def test_the_apiserver_keeps_the_pdbs_unhealthy_pod_eviction_policy(bed: Bed, release_namespace: str) -> None:
+    """The field is beta before 1.31: were its feature gate off, the apiserver would drop it without an error, and the
+    server-side dry run above would pass anyway. The object the apiserver returns still has it."""
+    [pdb] = [d for d in render(*OPTION_SETS["pdb-one-replica"]) if d["kind"] == "PodDisruptionBudget"]
+    result = bed.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(pdb), check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["spec"]["unhealthyPodEvictionPolicy"] == "IfHealthyBudget"
 
 
 AGGREGATED_VIEW = {("graphcred.io", r, v) for r in ("graphappcredentials", "graphappcredentials/status")
@@ -628,6 +660,7 @@ def _can(bed: Bed, user: str, verb: str, resource: str, namespace: str, *flags: 
 GAC = "graphappcredentials.graphcred.io"
 
 
+@pytest.mark.compat
 def test_view_edit_and_admin_users_get_gac_access(bed: Bed, release_namespace: str, namespace: str,
                                                   tmp_path: Path) -> None:
     """helm install (CRD left to the session) on the bed; users bound to the built-in roles in one namespace: the

@@ -15,7 +15,7 @@ from graphcred_testbed.pki import CertificateAuthority, self_signed
 
 from ..helpers import GRAPH, Env
 
-pytestmark = pytest.mark.bed
+pytestmark = [pytest.mark.bed, pytest.mark.compat]  # make test-compat runs it all
 
 
 def _assert_token_secret(env: Env, name: str, secret_name: str, *, roles: list[str], client_id: str) -> None:
@@ -60,7 +60,9 @@ def test_client_secret_credential_yields_a_verified_token_secret(env: Env) -> No
     assert header.split() == ["NAME", "READY", "REASON", "EXPIRES", "SECRET", "AGE"]
     assert row.split()[:3] == ["mail", "True", "TokenIssued"]
     assert row.split()[3] == env.get("mail")["status"]["expiresOn"]
-    assert ("Normal", "TokenIssued") in [(t, r) for t, r, _ in env.events("mail")]
+    # Events are posted from a queue after the status is written: wait, do not race the poster
+    wait_for(lambda: ("Normal", "TokenIssued") in [(t, r) for t, r, _ in env.events("mail")], timeout=10,
+             what="the TokenIssued Event")
     assert env.bed.issuer.token_requests(app.client_id) == 1
 
 
@@ -128,7 +130,8 @@ def test_required_roles_gate_ready_until_consent_is_granted(env: Env) -> None:
     obj = env.wait_condition("consent", "False", "MissingRoles")
     message = obj["status"]["conditions"][0]["message"]
     assert "Mail.Read" in message and "User.Read.All" not in message
-    assert ("Warning", "MissingRoles") in [(t, r) for t, r, _ in env.events("consent")]
+    wait_for(lambda: ("Warning", "MissingRoles") in [(t, r) for t, r, _ in env.events("consent")], timeout=10,
+             what="the MissingRoles Event (posted from a queue after the status)")
     # An admin grants the permission and consents: the next token carries the role.
     app.roles[GRAPH] = ["User.Read.All", "Mail.Read"]
     obj = env.wait_ready("consent", timeout=60)

@@ -31,7 +31,8 @@ def test_fixed_in_entra_then_renew_requested_is_ready_at_once(env: Env) -> None:
     env.bed.custom.patch_namespaced_custom_object("graphcred.io", "v1alpha1", env.namespace, "graphappcredentials",
                                                   "renew", {"metadata": {"annotations": {RENEW: "again"}}})
     wait_for(lambda: env.token("renew-token") not in (None, first), timeout=10, what="a renewed token")
-    assert any(r == "TokenIssued" and "renewed on request" in m for _, r, m in env.events("renew"))
+    wait_for(lambda: any(r == "TokenIssued" and "renewed on request" in m for _, r, m in env.events("renew")),
+             timeout=10, what="the TokenIssued Event of the renewal (Events are posted from a queue)")
 
 
 def test_a_new_client_that_cannot_get_a_token_is_not_reported_ready(env: Env) -> None:

@@ -209,6 +209,7 @@ def test_the_azure_devops_example_answers_git_credential_fill(env: Env, tmp_path
     same(answer.get("password"), token, "the password in git's credential answer")
 
 
+@pytest.mark.compat  # the secretTemplate examples pass the oldest Kubernetes' CRD validation too
 def test_the_examples_are_accepted_by_the_apiserver(env: Env) -> None:
     result = env.bed.kubectl("apply", "--dry-run=server", "-n", env.namespace, "-f", str(EXAMPLE), check=False)
     assert result.returncode == 0, result.stderr
@@ -264,6 +265,7 @@ def test_a_bad_template_is_invalid_spec_naming_the_key_before_any_token_request(
     no_token_in_reports(env, "good", [before["access_token"]])
 
 
+@pytest.mark.compat  # the CRD's secretTemplate rules (CEL over map keys) on the oldest Kubernetes
 def test_the_apiserver_refuses_graphcreds_own_keys_in_a_template(env: Env) -> None:
     app = env.secret_app("s")
     for template, rule in [

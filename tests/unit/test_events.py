@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import random
 import threading
@@ -162,6 +163,40 @@ def test_a_failing_post_is_retried_only_when_the_apiserver_may_recover_and_never
     assert [e["message"] for e in api.events.values()] == ["third time lucky"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["team-a/mail: Event TokenIssued not posted (post Event failed: HTTP 403 Forbidden); until "
+                        "one is posted again, further losses are logged at DEBUG"]
+
+
+def _terminating(namespace: str) -> ApiException:
+    """The apiserver's answer to a create in a namespace being deleted (its namespace lifecycle admission)."""
+    exc = ApiException(status=403, reason="Forbidden")
+    exc.body = json.dumps({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+        "message": f"events is forbidden: unable to create new content in namespace {namespace} because it is "
+                   "being terminated",
+        "details": {"kind": "events", "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace",
+                                                   "message": f"namespace {namespace} is being terminated"}]}})
+    return exc
+
+
+def test_an_event_for_a_namespace_being_deleted_is_dropped_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A credential in a namespace being deleted still gets passes (its last ones): their Events cannot be posted
+    there, and that is no failure worth a warning (client-go's recorder drops them at V(5) too)."""
+    api = FakeEvents()
+
+    async def scenario() -> None:
+        recorder = _recorder(api)
+        recorder.start()
+        api.failures = [_terminating("team-a")]
+        recorder(REF, "Normal", "TokenIssued", "too late")
+        api.failures += [ApiException(status=403, reason="Forbidden")]
+        recorder(REF, "Warning", "Unauthorized", "a real refusal")
+        await recorder.stop()
+        assert (api.calls, recorder.lost) == (2, 1)  # neither retried; only the real refusal counts as lost
+
+    with caplog.at_level(logging.DEBUG, logger="graphcred.events"):
+        run(scenario)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["team-a/mail: Event Unauthorized not posted (post Event failed: HTTP 403 Forbidden); until "
                         "one is posted again, further losses are logged at DEBUG"]
 
 
