@@ -28,6 +28,10 @@ nice -n 19 bash testbed/build-binaries.sh compat >"$log" 2>&1 &
 build=$!
 set +m
 trap 'kill -- -$build 2>/dev/null' EXIT
+# bash runs no EXIT trap when a signal kills it: turn them into exits (make passes SIGTERM on, e.g. a CI cancel)
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 "$bin/pytest"
 rc=$?
@@ -40,7 +44,8 @@ if ! wait $build; then
   echo "make test: building the compat kube-apiserver failed" >&2
   exit 1
 fi
-echo "== the compat tests on kube-apiserver $(bash testbed/build-binaries.sh compat 2>/dev/null | tail -1 | xargs basename)" >&2
+compat_bin=$(bash testbed/build-binaries.sh compat 2>/dev/null | tail -1)
+echo "== the compat tests on $("$compat_bin/kube-apiserver" --version)" >&2
 GRAPHCRED_TESTBED_KUBE=compat "$bin/pytest" -m compat tests/e2e
 rc=$?
 [ $rc -eq 5 ] && no_tests "-m compat"

@@ -34,49 +34,51 @@ def run(cfg: RunConfig) -> int:
     stop = StopFlag()
     lost = threading.Event()
     elector = None
-    if cfg.leader_election:
-        from .handlers import api_client
-        from .leader import LeaseElector
+    try:  # from the election on: a SIGTERM anywhere in it still releases a Lease this process holds
+        if cfg.leader_election:
+            from .handlers import api_client
+            from .leader import LeaseElector
 
-        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-        elector = LeaseElector(api_client(cfg), cfg.leader_election_namespace, cfg.leader_election_name,
-                               identity, lease_seconds=cfg.lease_seconds)
+            identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+            elector = LeaseElector(api_client(cfg), cfg.leader_election_namespace, cfg.leader_election_name,
+                                   identity, lease_seconds=cfg.lease_seconds)
 
-        def standing_by(reached: bool) -> None:
-            health.tick()  # the election loop is this process's progress until it leads
-            if reached:
-                health.ready.set()  # it can take over
+            def standing_by(reached: bool) -> None:
+                health.tick()  # the election loop is this process's progress until it leads
+                if reached:
+                    health.ready.set()  # it can take over
 
-        if not elector.wait_until_leader(tick=standing_by):
-            return 0
+            if not elector.wait_until_leader(tick=standing_by):
+                return 0
 
-        grace = (elector.lease_seconds - elector.renew_deadline) / 2
+            grace = (elector.lease_seconds - elector.renew_deadline) / 2
 
-        def on_lost() -> None:
-            lost.set()
-            stop.set()
-            # kopf stops gracefully, but a standby may take the Lease (lease - renew deadline) from now: whatever
-            # is still running by half that time is cut off, as a SIGKILL would.
-            timer = threading.Timer(grace, _exit_lost)
-            timer.daemon = True
-            timer.start()
+            def on_lost() -> None:
+                lost.set()
+                stop.set()
+                # kopf stops gracefully, but a standby may take the Lease (lease - renew deadline) from now: whatever
+                # is still running by half that time is cut off, as a SIGKILL would.
+                timer = threading.Timer(grace, _exit_lost)
+                timer.daemon = True
+                timer.start()
 
-        elector.keep_renewing(on_lost)
-    memo = kopf.Memo(config=cfg, metrics=metrics, health=health, stop=stop)
+            elector.keep_renewing(on_lost)
+        memo = kopf.Memo(config=cfg, metrics=metrics, health=health, stop=stop)
 
-    async def operate() -> None:
-        await kopf.operator(
-            clusterwide=not cfg.namespaces,
-            namespaces=list(cfg.namespaces),
-            standalone=True,  # exclusivity comes from the Lease, not from kopf's peering objects
-            stop_flag=stop.bind(),
-            memo=memo,
-        )
+        async def operate() -> None:
+            await kopf.operator(
+                clusterwide=not cfg.namespaces,
+                namespaces=list(cfg.namespaces),
+                standalone=True,  # exclusivity comes from the Lease, not from kopf's peering objects
+                stop_flag=stop.bind(),
+                memo=memo,
+            )
 
-    try:
         with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
             asyncio.run(operate())  # what kopf.run does, with a stop flag awaited on the loop
     finally:
+        # asyncio.run has restored SIGTERM's default action: a second SIGTERM must not cut the release short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if elector is not None and not lost.is_set():
             elector.release()
     if lost.is_set():
@@ -86,8 +88,7 @@ def run(cfg: RunConfig) -> int:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    log.info("SIGTERM received before the operator started: exiting")
-    raise SystemExit(0)
+    raise SystemExit(0)  # no logging here: the signal may have interrupted a write to the log
 
 
 def _exit_lost() -> None:

@@ -32,6 +32,10 @@ def kube_flavour() -> str:
 @cache
 def binary_dir() -> Path:
     configured = os.environ.get("GRAPHCRED_TESTBED_BIN")
+    if configured and kube_flavour() == "compat":
+        # one directory cannot be both beds: the compat tests would quietly run on whatever it holds
+        raise RuntimeError("GRAPHCRED_TESTBED_BIN and GRAPHCRED_TESTBED_KUBE=compat together: unset the first "
+                           "(the compat bed comes from `testbed/build-binaries.sh compat`)")
     if configured:
         directory = Path(configured)
     else:

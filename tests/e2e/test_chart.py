@@ -22,7 +22,7 @@ from kubernetes import client
 
 from graphcred_testbed import issuer as bed_issuer
 from graphcred_testbed.bed import Bed, wait_for
-from graphcred_testbed.binaries import binary, kube_version
+from graphcred_testbed.binaries import binary, kube_flavour, kube_version
 from graphcred_testbed.operator_process import OperatorProcess
 
 from ..helpers import Env
@@ -595,6 +595,18 @@ def test_kube_version_floor_is_enforced() -> None:
         out = helm_run("template", "graphcred", str(CHART), "--kube-version", old)
         assert out.returncode == 1
         assert f"chart requires kubeVersion: {floor} which is incompatible with Kubernetes v{old}" in out.stderr
+
+
+@pytest.mark.compat
+def test_the_bed_serves_the_kubernetes_it_claims(bed: Bed) -> None:
+    """The running apiserver's own /version: the floor's minor on the compat bed (or the compat tests would prove
+    nothing while passing), the current version otherwise."""
+    served = client.VersionApi(bed.api).get_code().git_version
+    if kube_flavour() == "compat":
+        _, minor = chart_floor()
+        assert served.startswith(f"v1.{minor}."), f"the compat bed serves {served}, not the chart's floor 1.{minor}"
+    else:
+        assert served == kube_version()
 
 
 def test_the_compat_bed_builds_the_charts_floor() -> None:
