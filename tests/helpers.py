@@ -155,3 +155,39 @@ class Env:
         assert jose.verify_signature("RS256", jose.public_key_from_jwk(key), signing_input, signature)
         assert claims["iss"] == config["issuer"]
         return claims
+
+
+def lease_holder(env: Env, name: str = "graphcred-leader") -> str | None:
+    """The identity holding the leader-election Lease in the test's namespace, if any."""
+    try:
+        lease = client.CoordinationV1Api(env.bed.api).read_namespaced_lease(name, env.namespace)
+    except client.ApiException:
+        return None
+    holder: str | None = lease.spec.holder_identity
+    return holder
+
+
+@dataclass
+class Replicas:
+    leader_id: str
+    leader: OperatorProcess
+    standby: OperatorProcess
+
+
+@contextlib.contextmanager
+def two_replicas(env: Env, logdir: Path, name: str, *args: str) -> Iterator[Replicas]:
+    """Two operators electing a leader in the test's namespace, instead of the session's operator (which would be
+    a third actor); yields once one holds the Lease. Stops both and restarts the session's operator afterwards."""
+    env.operator.stop()
+    argv = ("--leader-election", f"--leader-election-namespace={env.namespace}", *args)
+    replicas = [OperatorProcess(env.bed, logdir, *argv, name=f"{name}-{i}", log_format="json") for i in range(2)]
+    try:
+        for r in replicas:
+            r.start()
+        leader_id = wait_for(lambda: lease_holder(env), timeout=30, what="a leader")
+        leader = next(r for r in replicas if str(r.process.popen.pid) in leader_id)  # type: ignore[union-attr]
+        yield Replicas(leader_id, leader, next(r for r in replicas if r is not leader))
+    finally:
+        for r in replicas:
+            r.stop()
+        env.operator.start()

@@ -9,26 +9,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from kubernetes import client
 
 from graphcred.leader import LeaseElector
 from graphcred_testbed.bed import wait_for
-from graphcred_testbed.operator_process import OperatorProcess
 
-from ..helpers import Env
+from ..helpers import Env, lease_holder, two_replicas
 
 pytestmark = pytest.mark.bed
 
 LEASE = "graphcred-leader"
-
-
-def _holder(env: Env) -> str | None:
-    try:
-        lease = client.CoordinationV1Api(env.bed.api).read_namespaced_lease(LEASE, env.namespace)
-    except client.ApiException:
-        return None
-    holder: str | None = lease.spec.holder_identity
-    return holder
 
 
 class Monotonic:
@@ -50,7 +39,7 @@ def test_a_standby_with_its_wall_clock_ahead_does_not_take_a_lease_renewed_a_mom
                            clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20), monotonic=mono)
     time.sleep(1)  # the Lease was renewed a second ago
     assert not standby.try_acquire_or_renew(), "a standby 20 s ahead took a Lease renewed 1 s ago"
-    assert _holder(env) == "leader"
+    assert lease_holder(env) == "leader"
     # The leader keeps renewing: each renewal restarts the standby's count, on the standby's own clock.
     for _ in range(3):
         mono.now += 10
@@ -61,22 +50,14 @@ def test_a_standby_with_its_wall_clock_ahead_does_not_take_a_lease_renewed_a_mom
     assert not standby.try_acquire_or_renew(), "took the Lease before it expired by the standby's own clock"
     mono.now += 1.5
     assert standby.try_acquire_or_renew(), "did not take a Lease unrenewed for longer than its duration"
-    assert _holder(env) == "standby"
+    assert lease_holder(env) == "standby"
     # ... and the old leader, if it comes back, finds it taken
     assert not leader.try_acquire_or_renew()
 
 
 def test_a_standby_stays_alive_and_ready_while_the_leader_holds_the_lease(env: Env, operator_logdir: Path) -> None:
-    env.operator.stop()  # the session operator would be a third actor
-    args = ("--leader-election", f"--leader-election-namespace={env.namespace}", "--lease-duration=6")
-    replicas = [OperatorProcess(env.bed, operator_logdir, *args, name=f"standby-{i}", log_format="json")
-                for i in range(2)]
-    try:
-        for r in replicas:
-            r.start()
-        leader_id = wait_for(lambda: _holder(env), timeout=30, what="a leader")
-        leader = next(r for r in replicas if str(r.process.popen.pid) in leader_id)  # type: ignore[union-attr]
-        standby = next(r for r in replicas if r is not leader)
+    with two_replicas(env, operator_logdir, "standby", "--lease-duration=6") as replicas:
+        leader_id, leader, standby = replicas.leader_id, replicas.leader, replicas.standby
         urls = {"leader": leader.metrics_url(), "standby": standby.metrics_url()}
         for base in urls.values():
             wait_for(lambda: requests.get(f"{base}/readyz", timeout=5).status_code == 200,  # noqa: B023
@@ -86,7 +67,7 @@ def test_a_standby_stays_alive_and_ready_while_the_leader_holds_the_lease(env: E
         # The kubelet probes every 10 s and restarts after 3 failures; /healthz goes stale 30 s after the last sign
         # of progress (Health.stale_after): check every 2 s for 1.5 times that, seven 6 s Lease periods.
         while (elapsed := time.monotonic() - started) < 45:
-            assert _holder(env) == leader_id, "the leader lost its Lease"
+            assert lease_holder(env) == leader_id, "the leader lost its Lease"
             for role, base in urls.items():
                 for probe in ("healthz", "readyz"):
                     code = requests.get(f"{base}/{probe}", timeout=5).status_code
@@ -96,25 +77,13 @@ def test_a_standby_stays_alive_and_ready_while_the_leader_holds_the_lease(env: E
             time.sleep(2)
         assert polls >= 15
         assert "became leader" not in standby.logs(this_run=True)
-    finally:
-        for r in replicas:
-            r.stop()
-        env.operator.start()
 
 
 def test_a_leader_stopped_by_sigterm_exits_and_hands_the_lease_over_at_once(env: Env, operator_logdir: Path) -> None:
     """A rollout SIGTERMs the leader: it must exit by itself (not wait for the kubelet's SIGKILL) and release the
     Lease, so that the standby takes over now rather than when a 30 s Lease runs out."""
-    env.operator.stop()  # the session operator would be a third actor
-    args = ("--leader-election", f"--leader-election-namespace={env.namespace}", "--lease-duration=30")
-    replicas = [OperatorProcess(env.bed, operator_logdir, *args, name=f"rollout-{i}", log_format="json")
-                for i in range(2)]
-    try:
-        for r in replicas:
-            r.start()
-        leader_id = wait_for(lambda: _holder(env), timeout=30, what="a leader")
-        leader = next(r for r in replicas if str(r.process.popen.pid) in leader_id)  # type: ignore[union-attr]
-        standby = next(r for r in replicas if r is not leader)
+    with two_replicas(env, operator_logdir, "rollout", "--lease-duration=30") as replicas:
+        leader_id, leader, standby = replicas.leader_id, replicas.leader, replicas.standby
         wait_for(lambda: "graphcred started" in leader.logs(this_run=True), timeout=30, what="the leader to start")
         popen = leader.process.popen
         assert popen is not None
@@ -123,10 +92,6 @@ def test_a_leader_stopped_by_sigterm_exits_and_hands_the_lease_over_at_once(env:
         wait_for(lambda: popen.poll() is not None, timeout=10, what="the leader to exit after SIGTERM")
         assert popen.returncode == 0, leader.process.tail()
         assert "released the Lease" in leader.logs(this_run=True)
-        new_id = wait_for(lambda: (h := _holder(env)) and h != leader_id and h, timeout=15,
+        new_id = wait_for(lambda: (h := lease_holder(env)) and h != leader_id and h, timeout=15,
                           what="the standby to take the released Lease (an unreleased one lasts 30 s)")
         assert str(standby.process.popen.pid) in new_id  # type: ignore[union-attr]
-    finally:
-        for r in replicas:
-            r.stop()
-        env.operator.start()

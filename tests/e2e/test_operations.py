@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from kubernetes import client
 
 from graphcred.secret import parse_rfc3339
 from graphcred_testbed.bed import wait_for
-from graphcred_testbed.operator_process import OperatorProcess
 
-from ..helpers import Env
+from ..helpers import Env, lease_holder, two_replicas
 
 pytestmark = pytest.mark.bed
 
@@ -61,26 +59,9 @@ def test_metrics_and_health_endpoints(env: Env) -> None:
         or line.startswith(("graphcred_credentials", "graphcred_token_acquisitions_total"))))
 
 
-def _holder(env: Env, namespace: str) -> str | None:
-    try:
-        lease = client.CoordinationV1Api(env.bed.api).read_namespaced_lease("graphcred-leader", namespace)
-    except client.ApiException:
-        return None
-    return lease.spec.holder_identity
-
-
 def test_two_replicas_one_acts_and_the_other_takes_over(env: Env, operator_logdir: Path) -> None:
-    env.operator.stop()  # the session operator would be a third actor
-    args = ("--leader-election", f"--leader-election-namespace={env.namespace}", "--lease-duration=6",
-            "--token-timeout=3")
-    replicas = [OperatorProcess(env.bed, operator_logdir, *args, name=f"replica-{i}", log_format="json")
-                for i in range(2)]
-    try:
-        for r in replicas:
-            r.start()
-        leader_id = wait_for(lambda: _holder(env, env.namespace), timeout=30, what="a leader")
-        leader = next(r for r in replicas if str(r.process.popen.pid) in leader_id)  # type: ignore[union-attr]
-        standby = next(r for r in replicas if r is not leader)
+    with two_replicas(env, operator_logdir, "replica", "--lease-duration=6", "--token-timeout=3") as replicas:
+        leader_id, leader, standby = replicas.leader_id, replicas.leader, replicas.standby
         app = env.secret_app("ha", secret_name="cred", lifetime=3600)
         names = [f"ha{i}" for i in range(5)]
         for name in names:
@@ -94,7 +75,7 @@ def test_two_replicas_one_acts_and_the_other_takes_over(env: Env, operator_logdi
 
         leader.kill()
         killed = time.monotonic()
-        wait_for(lambda: _holder(env, env.namespace) not in (None, leader_id), timeout=30, interval=0.1,
+        wait_for(lambda: lease_holder(env) not in (None, leader_id), timeout=30, interval=0.1,
                  what="the standby to take the Lease")
         env.create("after", app, {"clientSecret": {"name": "cred"}})
         env.wait_ready("after", timeout=30)
@@ -106,10 +87,6 @@ def test_two_replicas_one_acts_and_the_other_takes_over(env: Env, operator_logdi
         assert re.search(r"became leader", standby.logs())
         print(f"\nHA takeover after SIGKILL of the leader (lease 6 s): new credential Ready {takeover:.1f} s "
               "after the kill")
-    finally:
-        for r in replicas:
-            r.stop()
-        env.operator.start()
 
 
 def test_an_apiserver_restart_is_logged_as_warnings_while_credentials_keep_refreshing(env: Env) -> None:
