@@ -41,7 +41,8 @@ test: lint binaries
 	@bash scripts/test.sh $(BIN) $(PYTEST_ARGS)
 
 # The tests marked `compat` (the CRD, the chart's dry runs and installs, the core end-to-end tests) again, on a bed
-# whose kube-apiserver is the oldest supported minor: what proves the chart's kubeVersion floor. Run by .ci/run.
+# whose kube-apiserver is the oldest supported minor: what proves the chart's kubeVersion floor. `make test` ends
+# with them.
 test-compat: venv binaries-compat
 	@GRAPHCRED_TESTBED_KUBE=compat bash scripts/test.sh $(BIN) -m compat $(PYTEST_ARGS) tests/e2e
 
