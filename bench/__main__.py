@@ -2,8 +2,8 @@
 
   python -m bench bed-start            control-plane start time (3 runs)
   python -m bench latency [--n 20]     create-to-Ready latency, one at a time: client secret vs workload identity
-  python -m bench scale [--n 100 --n 1000] [--lifetime 30] [--steady 60]
-                                       N credentials against the bare cost of the job (see bench/scale.py)
+  python -m bench scale [--n 100 --n 1000] [--per-app 1 --per-app 10] [--lifetime 30] [--steady 60]
+                                       N credentials, K per app, against the bare cost of the job (see bench/scale.py)
   python -m bench secretwatch [--secrets 50000] [--old FILE]
                                        operator memory and first-list time with N unrelated Secrets
 """
@@ -95,6 +95,8 @@ def main() -> None:
     lat.add_argument("--n", type=int, default=20)
     sc = sub.add_parser("scale")
     sc.add_argument("--n", type=int, action="append", help="credentials (repeat; default 100 and 1000; 10000 fits)")
+    sc.add_argument("--per-app", type=int, action="append", metavar="K",
+                    help="credentials per app and credential Secret (repeat to compare; default 1: each its own)")
     sc.add_argument("--lifetime", type=int, default=30, help="token lifetime in seconds (short: many refreshes)")
     sc.add_argument("--steady", type=float, default=60.0, help="steady-state window in seconds")
     sc.add_argument("--out", type=Path, help="also write the table here")
@@ -105,7 +107,9 @@ def main() -> None:
     if args.what == "scale":
         from .scale import main as scale
 
-        scale(args.n or [100, 1000], args.lifetime, args.steady, args.out)
+        if any(k < 1 for k in args.per_app or ()):
+            parser.error("--per-app must be at least 1")
+        scale(args.n or [100, 1000], args.per_app or [1], args.lifetime, args.steady, args.out)
         return
     if args.what == "secretwatch":
         from .secretwatch import main as secretwatch

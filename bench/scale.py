@@ -1,21 +1,30 @@
 """Scale benchmark: N GraphAppCredentials on the real bed, against the bare cost of the job.
 
-For each N: a fresh bed; N/10 namespaces, each with its own Entra app and client-secret Secret, and ten
-credentials using it. Reports
+For each N and each K (`--per-app`): a fresh bed; N/K namespaces, each with its own Entra app and client-secret
+Secret, and K credentials using it (K=1, the default: every credential its own app, as in most clusters; K=10: ten
+credentials share an app, so they share token requests and credential reads). Reports
 - convergence: first create until every credential is Ready (its Secret written);
 - the bare job in the same run: an asyncio script doing N token requests (msal, a fresh client each) and N Secret
   creates with the same concurrency; and the ratio;
-- token requests and apiserver requests per credential;
+- token requests and apiserver requests per credential, and the apiserver requests by resource and verb;
 - create-to-Ready latency p50/p99 (seen by a watch);
 - steady state over several refresh cycles of short-lived tokens: operator CPU seconds, token requests and Secret
-  writes per refresh;
+  writes per refresh. Counted per refresh, not as totals over the window: after a burst the credentials refresh in
+  waves, and a wave in flight at the window's edge has its token requests counted (the issuer counts on arrival)
+  but not yet its Secret writes (seconds later under load), which read as extra token requests where there were
+  none. So each token request in the window is paired with the Secret writes of its app that follow it (seen by a
+  watch, until the app's next token request, or a few seconds past the window): a refresh is a token request
+  followed by writes; a token request followed by none is an extra one;
 - operator peak RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import json
+import os
 import re
 import ssl
 import statistics
@@ -24,7 +33,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,30 +42,35 @@ import msal
 from kubernetes import client, watch
 
 from graphcred.httpsession import PinnedCASession
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.model import GROUP, MANAGED_BY_LABEL, PLURAL, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
-PER_NAMESPACE = 10
 CONCURRENCY = 16
+SETTLE = 10.0  # seconds past the steady window for the writes of refreshes in flight at its end
 GRAPH = "https://graph.microsoft.com/.default"
 
 
 @dataclass
 class Result:
     n: int
+    per_app: int = 1
     converge: float = 0.0
     bare: float = 0.0
     token_requests: int = 0
     api_requests: int = 0
+    api_breakdown: dict[str, int] = field(default_factory=dict)  # "resource[/subresource] VERB" -> requests
     latencies: list[float] = field(default_factory=list)
     steady_window: float = 0.0
     steady_cpu: float = 0.0
     steady_token_requests: int = 0
-    steady_secret_writes: int = 0
+    steady_unused_requests: int = 0  # token requests no Secret write of their app followed
+    steady_secret_writes: int = 0  # seen by a watch
+    steady_write_requests: int = 0  # Secret PATCH/PUT requests counted by the apiserver (conflicts included)
     steady_status_patches: int = 0
     lifetime: int = 0
     rss_mib: float = 0.0
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average when the run began and when it ended
 
     def rows(self) -> list[tuple[str, str]]:
         lat = sorted(self.latencies)
@@ -64,25 +78,30 @@ class Result:
         p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan")
         refreshes = self.steady_secret_writes or 1
         return [
-            ("credentials", f"{self.n}"),
+            ("credentials", f"{self.n} ({self.per_app} per app)"),
             ("convergence (all Ready)", f"{self.converge:.1f} s"),
             ("bare asyncio job (N tokens + N Secrets)", f"{self.bare:.1f} s"),
             ("ratio operator / bare", f"{self.converge / self.bare:.2f}x"),
             ("token requests per credential", f"{self.token_requests / self.n:.2f}"),
             ("apiserver requests per credential (incl. the bench's create)", f"{self.api_requests / self.n:.2f}"),
+            ("... of them the operator's (all but the bench's create)", f"{self.api_requests / self.n - 1:.2f}"),
             ("create-to-Ready latency p50 / p99", f"{p50 * 1000:.0f} ms / {p99 * 1000:.0f} ms"),
             ("steady state: window, token lifetime", f"{self.steady_window:.0f} s, {self.lifetime} s"),
             ("steady state: operator CPU seconds",
              f"{self.steady_cpu:.1f} s ({100 * self.steady_cpu / max(self.steady_window, 1):.0f}% of a core)"),
             ("steady state: Secret writes (refreshes)", f"{self.steady_secret_writes}"),
-            ("steady state: token requests per refresh", f"{self.steady_token_requests / refreshes:.2f}"),
+            ("steady state: token requests per refresh of an app (1 token, per_app writes)",
+             f"{self.steady_token_requests / max(self.steady_token_requests - self.steady_unused_requests, 1):.2f} "
+             f"({self.steady_unused_requests} of {self.steady_token_requests} wrote nothing)"),
+            ("steady state: Secret write requests per refresh", f"{self.steady_write_requests / refreshes:.2f}"),
             ("steady state: status patches per refresh", f"{self.steady_status_patches / refreshes:.2f}"),
             ("operator peak RSS", f"{self.rss_mib:.0f} MiB"),
+            ("load average (1 min), start / end", f"{self.load[0]:.1f} / {self.load[1]:.1f}"),
         ]
 
 
 def _apiserver_requests(bed: Bed) -> Counter[tuple[str, str]]:
-    """apiserver_request_total summed by (resource, verb), from the apiserver's own /metrics."""
+    """apiserver_request_total summed by (resource[/subresource], verb), from the apiserver's own /metrics."""
     pki = bed.control_plane.dir / "pki"
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(pki / "admin.crt", pki / "admin.key")
@@ -92,7 +111,8 @@ def _apiserver_requests(bed: Bed) -> Counter[tuple[str, str]]:
     for line in text.splitlines():
         if line.startswith("apiserver_request_total{"):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            counts[(labels.get("resource", ""), labels.get("verb", ""))] += int(float(line.rsplit(" ", 1)[1]))
+            resource = "/".join(part for part in (labels.get("resource", ""), labels.get("subresource", "")) if part)
+            counts[(resource, labels.get("verb", ""))] += int(float(line.rsplit(" ", 1)[1]))
     return counts
 
 
@@ -106,10 +126,11 @@ def _proc_stats(pid: int) -> tuple[float, float]:
     return cpu, hwm / 1024
 
 
-def _setup(bed: Bed, n: int, lifetime: int) -> list[tuple[str, str, str, str]]:
-    """Namespaces, apps and credential Secrets. Returns (namespace, tenant, client id, secret) per namespace."""
-    spaces = []
-    for i in range((n + PER_NAMESPACE - 1) // PER_NAMESPACE):
+def _setup(bed: Bed, n: int, per_app: int, lifetime: int) -> list[tuple[str, str, str, str]]:
+    """Namespaces, apps and credential Secrets, one of each per `per_app` credentials. Returns (namespace, tenant,
+    client id, secret) per namespace, once the controller-manager has finished its work on the new namespaces
+    (their default ServiceAccounts), so that none of it falls into what is measured."""
+    def space(i: int) -> tuple[str, str, str, str]:
         ns = f"bench-{i}"
         bed.create_namespace(ns)
         tenant = str(uuid.uuid4())
@@ -117,11 +138,20 @@ def _setup(bed: Bed, n: int, lifetime: int) -> list[tuple[str, str, str, str]]:
         app = bed.issuer.register_app(tenant, secret=secret, lifetime=lifetime)
         bed.core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="app"),
                                                               string_data={"clientSecret": secret}))
-        spaces.append((ns, tenant, app.client_id, secret))
+        return ns, tenant, app.client_id, secret
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        spaces = list(pool.map(space, range((n + per_app - 1) // per_app)))
+
+    def accounts_made() -> bool:
+        listed = bed.core.list_service_account_for_all_namespaces(field_selector="metadata.name=default")
+        return sum(1 for sa in listed.items if sa.metadata.namespace.startswith("bench-")) >= len(spaces)
+
+    wait_for(accounts_made, timeout=600, interval=1.0, what="the default ServiceAccount in every bench namespace")
     return spaces
 
 
-async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int) -> float:
+async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int, per_app: int) -> float:
     """The job without an operator: N token requests and N Secret creates, CONCURRENCY at a time."""
     session = PinnedCASession(str(bed.issuer_ca_file))
     pool = ThreadPoolExecutor(CONCURRENCY)
@@ -140,7 +170,7 @@ async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int) -> fl
                                                               string_data={"access_token": tok}))
 
     async def one(i: int) -> None:
-        ns, tenant, client_id, secret = spaces[i // PER_NAMESPACE]
+        ns, tenant, client_id, secret = spaces[i // per_app]
         async with slots:
             tok = await loop.run_in_executor(pool, token, tenant, client_id, secret)
             await loop.run_in_executor(pool, write, ns, f"bare-{i}", tok)
@@ -151,12 +181,89 @@ async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int) -> fl
     return time.monotonic() - t0
 
 
-def run_one(n: int, lifetime: int, steady: float) -> Result:
-    result = Result(n=n, lifetime=lifetime)
+class _SecretWrites:
+    """Watches the token Secrets (graphcred's label) and notes when each was written: (namespace, time)."""
+
+    def __init__(self, bed: Bed) -> None:
+        self.bed = bed
+        self.writes: list[tuple[str, float]] = []
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._selector = f"{MANAGED_BY_LABEL}=graphcred"
+
+    def start(self) -> None:
+        listed = self.bed.core.list_secret_for_all_namespaces(label_selector=self._selector, limit=1)
+        self._version = listed.metadata.resource_version
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(Exception):  # ends with the bed, at the latest
+            self._follow()
+
+    def _follow(self) -> None:
+        # no timeout_seconds: with one the client does not resume a stream the apiserver ends (it closes the
+        # watches of slow readers); without, it resumes from the last resourceVersion
+        for event in self._watch.stream(self.bed.core.list_secret_for_all_namespaces, label_selector=self._selector,
+                                        resource_version=self._version, deserialize=False):
+            if event["type"] == "MODIFIED":
+                self.writes.append((event["object"]["metadata"]["namespace"], time.monotonic()))
+
+    def stop(self) -> None:
+        self._watch.stop()  # the stream ends at its next event: a refresh comes within seconds
+
+
+def _unused_requests(requests: list[tuple[str, float]], writes: list[tuple[str, float]], app_of: dict[str, str],
+                     window: tuple[float, float]) -> tuple[int, int]:
+    """(token requests in the window, how many of them no write of their app's Secrets followed before the app's
+    next token request). `requests` and `writes` run past the window's end: the refreshes in flight there."""
+    by_app: dict[str, list[float]] = defaultdict(list)
+    for client_id, at in requests:
+        by_app[client_id].append(at)
+    written: dict[str, list[float]] = defaultdict(list)
+    for namespace, at in writes:
+        written[app_of[namespace]].append(at)
+    counted = unused = 0
+    for client_id, times in by_app.items():
+        times.sort()
+        stamps = sorted(written[client_id])
+        for i, at in enumerate(times):
+            if not window[0] <= at <= window[1]:
+                continue
+            counted += 1
+            following = bisect.bisect_right(stamps, at)
+            until = times[i + 1] if i + 1 < len(times) else float("inf")
+            if following == len(stamps) or stamps[following] >= until:
+                unused += 1
+    return counted, unused
+
+
+def _secret_writes(counts: Counter[tuple[str, str]]) -> int:
+    return counts[("secrets", "PATCH")] + counts[("secrets", "PUT")]  # a refresh patches; PUT: older operators
+
+
+def _events_posted(bed: Bed, before: Counter[tuple[str, str]], n: int, quiet: float = 10.0,
+                   deadline: float = 120.0) -> Counter[tuple[str, str]]:
+    """Event requests since `before`, once N Events were created or none came for `quiet` seconds (some may be
+    dropped by the operator's bounded queue)."""
+    def events() -> Counter[tuple[str, str]]:
+        return Counter({key: count for key, count in (_apiserver_requests(bed) - before).items() if key[0] == "events"})
+
+    end, last, counts, since = time.monotonic() + deadline, -1, events(), time.monotonic()
+    while counts[("events", "POST")] < n and time.monotonic() < end and time.monotonic() - since < quiet:
+        time.sleep(0.5)
+        counts = events()
+        if counts[("events", "POST")] != last:
+            last, since = counts[("events", "POST")], time.monotonic()
+    return counts
+
+
+def run_one(n: int, per_app: int, lifetime: int, steady: float) -> Result:
+    result = Result(n=n, per_app=per_app, lifetime=lifetime)
+    result.load = (os.getloadavg()[0], 0.0)
     with tempfile.TemporaryDirectory() as d, Bed(Path(d)) as bed:
         install_crd(bed)
-        spaces = _setup(bed, n, lifetime)
-        result.bare = asyncio.run(_bare(bed, spaces, n))
+        spaces = _setup(bed, n, per_app, lifetime)
+        result.bare = asyncio.run(_bare(bed, spaces, n, per_app))
         before_tokens = bed.issuer.token_requests()
         with OperatorProcess(bed, Path(d), log_level="WARNING") as op:
             wait_for(lambda: "Initial authentication" in op.logs() or op.process.alive(), timeout=30)
@@ -167,9 +274,12 @@ def run_one(n: int, lifetime: int, steady: float) -> Result:
             done = threading.Event()
 
             def watcher() -> None:
+                # From the list's resourceVersion, no timeout_seconds: a stream the apiserver ends (it closes the
+                # watches of slow readers) is resumed where it was, not left ended with credentials unseen.
                 w = watch.Watch()
+                version = bed.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["metadata"]["resourceVersion"]
                 for event in w.stream(bed.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
-                                      timeout_seconds=600):
+                                      resource_version=version):
                     obj = event["object"]
                     key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
                     conds = (obj.get("status") or {}).get("conditions") or []
@@ -184,7 +294,7 @@ def run_one(n: int, lifetime: int, steady: float) -> Result:
             time.sleep(0.5)
 
             def create(i: int) -> None:
-                ns, tenant, client_id, _ = spaces[i // PER_NAMESPACE]
+                ns, tenant, client_id, _ = spaces[i // per_app]
                 name = f"c{i}"
                 created[f"{ns}/{name}"] = time.monotonic()
                 bed.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
@@ -200,35 +310,61 @@ def run_one(n: int, lifetime: int, steady: float) -> Result:
             result.latencies = [ready[k] - created[k] for k in created if k in ready]
             result.token_requests = bed.issuer.token_requests() - before_tokens
             api_after = _apiserver_requests(bed)
-            result.api_requests = sum((api_after - api_before).values()) - 0
+            during = api_after - api_before
+            # Events are posted from a queue behind the passes: count them once every new credential's is out
+            posted = _events_posted(bed, api_before, n)
+            during = Counter({key: count for key, count in during.items() if key[0] != "events"}) + posted
+            result.api_requests = sum(during.values())
+            result.api_breakdown = {f"{resource} {verb}": count for (resource, verb), count in sorted(during.items())}
             # steady state: several refresh cycles with the operator alone
             pid = op.process.popen.pid  # type: ignore[union-attr]
+            writes = _SecretWrites(bed)
+            writes.start()
+            bed.issuer.record_token_requests()
             cpu0, _ = _proc_stats(pid)
-            tok0, api0 = bed.issuer.token_requests(), _apiserver_requests(bed)
+            api0, start = _apiserver_requests(bed), time.monotonic()
             time.sleep(steady)
             cpu1, rss = _proc_stats(pid)
-            api1 = _apiserver_requests(bed)
-            result.steady_window = steady
+            api1, end = _apiserver_requests(bed), time.monotonic()
+            time.sleep(SETTLE)  # the refreshes in flight at the end: their writes show their token requests were used
+            writes.stop()
+            result.steady_window = end - start
             result.steady_cpu = cpu1 - cpu0
-            result.steady_token_requests = bed.issuer.token_requests() - tok0
-            result.steady_secret_writes = api1[("secrets", "PUT")] - api0[("secrets", "PUT")]
-            result.steady_status_patches = api1[("graphappcredentials", "PATCH")] - \
-                api0[("graphappcredentials", "PATCH")]
+            result.steady_token_requests, result.steady_unused_requests = _unused_requests(
+                bed.issuer.token_request_log(), list(writes.writes), {ns: app for ns, _, app, _ in spaces},
+                (start, end))
+            result.steady_secret_writes = sum(1 for _, at in writes.writes if start <= at <= end)
+            result.steady_write_requests = _secret_writes(api1) - _secret_writes(api0)
+            result.steady_status_patches = api1[("graphappcredentials/status", "PATCH")] - \
+                api0[("graphappcredentials/status", "PATCH")]
             result.rss_mib = rss
+    result.load = (result.load[0], os.getloadavg()[0])
     return result
 
 
-def main(ns: list[int], lifetime: int, steady: float, out: Path | None) -> None:
+def _breakdown(results: list[Result], header: list[str]) -> list[str]:
+    """apiserver requests per credential while converging, by resource and verb (the bench's own create is
+    `graphappcredentials POST`; its watch `graphappcredentials WATCH`)."""
+    keys = sorted({key for r in results for key in r.api_breakdown})
+    table = ["| " + " | ".join(["apiserver requests per credential", *header[1:]]) + " |",
+             "|" + "---|" * len(header)]
+    for key in keys:
+        table.append("| " + " | ".join([key, *[f"{r.api_breakdown.get(key, 0) / r.n:.3f}" for r in results]]) + " |")
+    return table
+
+
+def main(ns: list[int], per_app: list[int], lifetime: int, steady: float, out: Path | None) -> None:
     results = []
     for n in ns:
-        print(f"bench: N={n} ...", flush=True)
-        results.append(run_one(n, lifetime, steady))
-    header = ["metric", *[f"N={r.n}" for r in results]]
+        for k in per_app:
+            print(f"bench: N={n}, {k} per app ...", flush=True)
+            results.append(run_one(n, k, lifetime, steady))
+    header = ["metric", *[f"N={r.n}, {r.per_app} per app" for r in results]]
     rows = [r.rows() for r in results]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, (label, _) in enumerate(rows[0]):
         table.append("| " + " | ".join([label, *[r[i][1] for r in rows]]) + " |")
-    text = "\n".join(table)
+    text = "\n".join([*table, "", *_breakdown(results, header)])
     print(text)
     if out:
         out.write_text(text + "\n" + json.dumps([r.__dict__ | {"latencies": None} for r in results]) + "\n")

@@ -10,8 +10,12 @@ and instance (settings.posting) but not the host, sets the action to "Action?" a
   apiserver's --event-ttl, an hour by default) is posted anew. Not done: client-go's folding of similar messages
   and its per-object spam filter: graphcred posts on transitions only, never in a loop.
 - Never in the way of a pass: calling the recorder only queues (bounded; beyond it Events are dropped and
-  counted); one task posts them, one at a time, through the I/O threads; a failed post is retried twice if the
-  apiserver may recover (5xx, 429, no connection), then logged, never raised.
+  counted); a few posters post them through the `run_blocking` it is given (in the operator threads of their own,
+  not the passes' I/O threads), each Event of one object by the same poster, in order (so repeats are counted and
+  an object's Events land in order). Several posters: one at a time, with the apiserver and the event loop busy
+  with thousands of refreshing credentials, posted five to ten Events a second and trailed a burst's Ready
+  statuses by minutes (bench/scale.py, N=1000). A failed post is retried twice if the apiserver may recover (5xx,
+  429, no connection), then logged, never raised.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +45,7 @@ MAX_NAME = 253
 QUEUE_SIZE = 1024
 CACHE_SIZE = 4096  # Events remembered for counting repeats (client-go's recorder: the same)
 RETRY_DELAYS = (1.0, 2.0)
+POSTERS = 4  # Events posted at once (the operator gives them as many threads)
 # what was done when the Event happened; every reason but the consumer warning is about acquiring the token
 ACTIONS = {"UnrefreshableConsumer": "CheckConsumers"}
 DEFAULT_ACTION = "AcquireToken"
@@ -144,14 +151,17 @@ class EventRecorder:
 
     def __init__(self, api: EventApi, run_blocking: Callable[..., Awaitable[Any]], *, instance: str,
                  clock: Callable[[], dt.datetime] = _now, queue_size: int = QUEUE_SIZE,
-                 cache_size: int = CACHE_SIZE, retry_delays: Sequence[float] = RETRY_DELAYS) -> None:
+                 cache_size: int = CACHE_SIZE, retry_delays: Sequence[float] = RETRY_DELAYS,
+                 posters: int = POSTERS) -> None:
         self.api = api
         self.instance = instance[:MAX_INSTANCE]
         self._run_blocking = run_blocking
         self._clock = clock
         self._queue_size, self._cache_size, self._retry_delays = queue_size, cache_size, tuple(retry_delays)
+        self._posters = posters
+        self._cache = threading.Lock()  # the posters' threads share what is remembered for counting repeats
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[_Pending] | None = None
+        self._queues: list[asyncio.Queue[_Pending]] = []  # one a poster, `queue_size` each
         self._task: asyncio.Task[None] | None = None
         self._posted: OrderedDict[tuple[str, ...], _Posted] = OrderedDict()
         self._last_nanos = 0
@@ -160,7 +170,7 @@ class EventRecorder:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue(self._queue_size)
+        self._queues = [asyncio.Queue(self._queue_size) for _ in range(self._posters)]
         self._task = asyncio.create_task(self._run(), name="graphcred:events")
 
     def __call__(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:  # noqa: A002
@@ -180,22 +190,27 @@ class EventRecorder:
             loop.call_soon_threadsafe(self._put, pending)
 
     def _put(self, pending: _Pending) -> None:
-        if self._queue is None or self._task is None or self._task.done():
+        if not self._queues or self._task is None or self._task.done():
             self._lose(pending, "stopped")
             return
+        obj = involved_object(pending.ref)
+        shard = zlib.crc32(f"{obj['namespace']}/{obj['name']}".encode()) % len(self._queues)  # one object, one poster
+        queue = self._queues[shard]
         try:
-            self._queue.put_nowait(pending)
+            queue.put_nowait(pending)
         except asyncio.QueueFull:
             self._lose(pending, f"{self._queue_size} Events waiting")
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        await asyncio.gather(*(self._poster(queue) for queue in self._queues))
+
+    async def _poster(self, queue: asyncio.Queue[_Pending]) -> None:
         while True:
-            pending = await self._queue.get()
+            pending = await queue.get()
             try:
                 await self._post(pending)
             finally:
-                self._queue.task_done()
+                queue.task_done()
 
     async def _post(self, pending: _Pending) -> None:
         error: BaseException | None = None
@@ -223,22 +238,29 @@ class EventRecorder:
         self._lose(pending, describe_failure("post Event", error))
 
     def _send(self, pending: _Pending) -> None:
-        """One Event to the apiserver: a repeat updates the Event posted first. In an I/O thread; one at a time."""
+        """One Event to the apiserver: a repeat updates the Event posted first. In a thread; the Events of one
+        object one at a time (their poster's), others' at the same time."""
         key = pending.key()
         namespace = key[0]
-        posted = self._posted.get(key)
+        with self._cache:
+            posted = self._posted.get(key)
+            count = posted.count if posted is not None else 0
         if posted is not None and self.api.patch_event(namespace, posted.name, {
-                "count": posted.count + 1, "lastTimestamp": _time(pending.at)}):
-            posted.count += 1
-            self._posted.move_to_end(key)
+                "count": count + 1, "lastTimestamp": _time(pending.at)}):
+            with self._cache:
+                posted.count = count + 1
+                if key in self._posted:
+                    self._posted.move_to_end(key)
             return
-        name = event_name(key[1], self._nanos(pending.at))
+        with self._cache:
+            name = event_name(key[1], self._nanos(pending.at))
         self.api.create_event(namespace, event_body(pending.ref, pending.type, pending.reason, pending.message,
                                                     name=name, instance=self.instance, at=pending.at))
-        self._posted[key] = _Posted(name, 1)
-        self._posted.move_to_end(key)
-        while len(self._posted) > self._cache_size:
-            self._posted.popitem(last=False)
+        with self._cache:
+            self._posted[key] = _Posted(name, 1)
+            self._posted.move_to_end(key)
+            while len(self._posted) > self._cache_size:
+                self._posted.popitem(last=False)
 
     def _nanos(self, at: dt.datetime) -> int:
         """The Event's time in nanoseconds, made unique: two Events of one object in one instant get two names."""
@@ -256,11 +278,11 @@ class EventRecorder:
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Post what is queued, for at most `timeout` seconds, then stop."""
-        task, queue = self._task, self._queue
-        if task is None or queue is None:
+        task, queues = self._task, self._queues
+        if task is None or not queues:
             return
         if not task.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queue.join(), timeout)
+                await asyncio.wait_for(asyncio.gather(*(queue.join() for queue in queues)), timeout)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

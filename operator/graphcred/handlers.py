@@ -15,13 +15,13 @@ from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 from .config import RunConfig
 from .consumers import PodConsumer, PodKey
 from .controller import Controller
-from .events import EventRecorder, instance_name
+from .events import POSTERS, EventRecorder, instance_name
 from .kube import Kube
 from .metrics import Health, Metrics
 from .model import GROUP, PLURAL, VERSION
 from .podwatch import PodWatch
 from .reconciler import Reconciler
-from .secretwatch import MetadataWatch
+from .secretwatch import Directory, MetadataWatch
 from .stopflag import StopFlag
 from .tokens import TokenClient
 
@@ -35,8 +35,9 @@ def api_client(cfg: RunConfig) -> client.ApiClient:
             config_file=cfg.kubeconfig, client_configuration=configuration)
     else:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    # every I/O thread may hold a connection (API and token threads share the executor): no "pool is full" churn
-    configuration.connection_pool_maxsize = cfg.api_concurrency + cfg.token_concurrency
+    # every I/O thread may hold a connection (API and token threads share the executor; Events have their own):
+    # no "pool is full" churn
+    configuration.connection_pool_maxsize = cfg.api_concurrency + cfg.token_concurrency + POSTERS
     # TCP keepalive notices a peer that vanished (a half-open connection) on idle sockets and watches: probes
     # after 30 s idle, dead after 3 unanswered probes 10 s apart. Calls have their own timeouts (kube.py).
     configuration.socket_options = tcp_keepalive_socket_options(idle=30, interval=10, count=3)
@@ -71,12 +72,21 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     async def run_blocking(fn: Any, *args: Any) -> Any:
         return await loop.run_in_executor(executor, fn, *args)
 
+    # Events are posted from threads of their own: queued behind the passes' calls in the shared threads, each
+    # waited its turn and, while thousands of credentials refreshed, a burst's Events trailed its Ready statuses
+    # by minutes (bench/scale.py, N=1000, one credential per app).
+    event_thread = ThreadPoolExecutor(max_workers=POSTERS, thread_name_prefix="graphcred-events")
+    memo["event_thread"] = event_thread
+
+    async def post_event(fn: Any, *args: Any) -> Any:
+        return await loop.run_in_executor(event_thread, fn, *args)
+
     api = api_client(cfg)
     tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout))
     metrics: Metrics = memo["metrics"]
     health: Health = memo["health"]
     kube = Kube(api, timeout=cfg.api_timeouts)
-    events = EventRecorder(kube, run_blocking, instance=instance_name())
+    events = EventRecorder(kube, post_event, instance=instance_name())
     events.start()
     memo["events"] = events
     reconciler = Reconciler(kube, tokens, events, run_blocking=run_blocking,
@@ -103,8 +113,9 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
 
 def _watches(api: client.ApiClient, cfg: RunConfig, controller: Controller,
              loop: asyncio.AbstractEventLoop) -> list[MetadataWatch]:
-    """Watches feeding the controller: Secrets (metadata) always; ServiceAccounts (metadata) only with workload
-    identity, and pods only with --watch-consumers (the RBAC grants them only then)."""
+    """Watches feeding the controller: Secrets (metadata) always, also telling the reconciler which Secrets exist;
+    ServiceAccounts (metadata) only with workload identity, and pods only with --watch-consumers (the RBAC grants
+    them only then)."""
     def on_secret(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
         loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
 
@@ -119,6 +130,10 @@ def _watches(api: client.ApiClient, cfg: RunConfig, controller: Controller,
 
     namespaces = cfg.namespaces or (None,)
     watches = [MetadataWatch(api, on_secret, ns) for ns in namespaces]
+    directory = Directory()
+    for watch in watches:
+        directory.add(watch)
+    controller.reconciler.secrets = directory
     if cfg.workload_identity:
         watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts") for ns in namespaces]
     if cfg.watch_consumers:
@@ -151,9 +166,10 @@ async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
     events: EventRecorder | None = memo.get("events")
     if events is not None:
         await events.stop()  # after the workers: their last Events go out too
-    executor: ThreadPoolExecutor | None = memo.get("executor")
-    if executor is not None:
-        executor.shutdown(wait=False, cancel_futures=True)
+    for name in ("executor", "event_thread"):
+        executor: ThreadPoolExecutor | None = memo.get(name)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
     stop: StopFlag | None = memo.get("stop")
     if stop is not None:
         stop.set()  # kopf's waiter for it is a task that would otherwise hold the exit for 5 s ("hung tasks")

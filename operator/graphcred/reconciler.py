@@ -9,6 +9,7 @@ functions of `reporting`; the reconciler only writes it, in order: metrics, stat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -36,6 +37,7 @@ from .model import (
     WorkloadIdentityRef,
 )
 from .policy import Retry
+from .reads import SharedReads
 from .secret import (
     Owner,
     TemplateKeys,
@@ -54,6 +56,7 @@ from .secret import (
     update_patch,
     written_template_keys,
 )
+from .secretwatch import Directory, Seen
 from .sharing import SharedTokens, share_key
 from .template import TemplateError
 from .tokens import AcquisitionError, Token, TokenClient
@@ -188,6 +191,11 @@ def _upgraded(status: GraphAppCredentialStatus, spec: GraphAppCredentialSpec, se
     return status
 
 
+def _not_ours(name: str) -> Outcome:
+    return Outcome(Reason.SECRET_CONFLICT, f"Secret {name} exists and is not controlled by this GraphAppCredential; "
+                   "graphcred never modifies it: delete it or choose another spec.secretName", retry=Retry.NEEDS_USER)
+
+
 class _Held(AcquisitionError):
     """Not asked at all: the authority's circuit breaker is open."""
 
@@ -253,6 +261,9 @@ class Reconciler:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self.breaker = Breaker(self._rng)
+        # What the Secret watch knows (set by the wiring once the watches exist): reads it answers are skipped
+        self.secrets: Directory | None = None
+        self.credential_reads = SharedReads()
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         result: T = await self._run_blocking(fn, *args)
@@ -270,6 +281,10 @@ class Reconciler:
 
     async def reconcile(self, snap: Snapshot, mem: Memory) -> float | None:
         """One pass. Returns seconds until the next pass, or None to wait for a change."""
+        async with contextlib.AsyncExitStack() as held:  # the credential Secret read, shared while the pass runs
+            return await self._pass(snap, mem, held)
+
+    async def _pass(self, snap: Snapshot, mem: Memory, held: contextlib.AsyncExitStack) -> float | None:
         now = self._clock()
         renew, mem.renew_requested = mem.renew_requested, False
         mem.issued_for, mem.required_roles = None, None
@@ -281,7 +296,7 @@ class Reconciler:
             mem.credential_secret = spec.credential.secret_name
             if mem.target_secret != secret_name:
                 mem.target_secret, mem.written_version, mem.carried = secret_name, None, None
-            material, credential_version = await self._material(snap, spec, mem, now)
+            material, credential_version = await self._material(snap, spec, mem, now, held)
             fingerprint = material.fingerprint()
             existing = await self._target(snap, mem, secret_name)
             previous = _upgraded(self._previous(snap, mem), spec, secret_name, mem.issued_for)
@@ -299,7 +314,8 @@ class Reconciler:
             # while roles are missing, each check needs a new token: consent shows only in new tokens
             token, shared = await self._acquire(spec, material, reuse=mem.missing_roles_checks == 0 and not renew,
                                                 newer_than=current)
-            del material  # the credential is not kept between passes
+            del material  # the credential is not kept between passes, nor the read it came from
+            await held.aclose()
             log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
                       spec.authority_base(), rfc3339(token.expires_on))
             if shared and current is not None and token.issued_at <= current:  # the very token already written
@@ -350,24 +366,26 @@ class Reconciler:
                           retry=Retry.ON_CHANGE)
         return spec
 
-    async def _material(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory, now: dt.datetime
-                        ) -> tuple[Material, str]:
+    async def _material(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory, now: dt.datetime,
+                        held: contextlib.AsyncExitStack) -> tuple[Material, str]:
         if spec.credential.workload_identity is not None:
             return await self._federation(snap, spec, spec.credential.workload_identity, mem)
         name = spec.credential.secret_name
         assert name is not None  # a Secret for every other kind of credential
-        secret = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
+        secret = await held.enter_async_context(self.credential_reads.read(
+            (snap.namespace, name), lambda: self._kube("read Secret", self.kube.read_secret, snap.namespace, name),
+            self._seen(snap.namespace, name)))
         if secret is None:
             mem.credential_version = ""
             raise Outcome(Reason.CREDENTIAL_NOT_FOUND,
                           f"Secret {name} not found in namespace {snap.namespace}", retry=Retry.NEEDS_USER)
-        version = str(secret["metadata"].get("resourceVersion", ""))
+        version = secret.version
         mem.credential_version = version
         try:
             if spec.credential.client_secret is not None:
-                return credentials.client_secret(secret.get("data"), spec.credential.client_secret), version
+                return credentials.client_secret(secret.data, spec.credential.client_secret), version
             assert spec.credential.certificate is not None
-            return credentials.certificate(secret.get("data"), spec.credential.certificate, now), version
+            return credentials.certificate(secret.data, spec.credential.certificate, now), version
         except CredentialError as exc:
             if exc.usable_from is not None:
                 wait = (exc.usable_from - now).total_seconds() + 1.0
@@ -470,18 +488,22 @@ class Reconciler:
             mem.last_status = previous.to_k8s()
         return max((refresh - now).total_seconds(), 0.0)
 
+    def _seen(self, namespace: str, name: str) -> Seen | None:
+        return self.secrets.lookup(namespace, name) if self.secrets is not None else None
+
     async def _target(self, snap: Snapshot, mem: Memory, name: str) -> Target | None:
         """The token Secret as far as writing it needs: None if absent.
         After our own write its resourceVersion is known and the read is skipped: a change by anyone else since
-        then surfaces as a conflict on the patch."""
+        then surfaces as a conflict on the patch. A Secret the watch has never seen is not read either (a new
+        credential's): it is created, and if it exists after all, AlreadyExists has it read then (`_write_secret`)."""
         if mem.written_version is not None:
             return Target(mem.written_version, None)
+        seen = self._seen(snap.namespace, name)
+        if seen is not None and seen.version is None:
+            return None
         existing = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
         if existing is not None and not is_ours(existing["metadata"], snap.owner):
-            raise Outcome(Reason.SECRET_CONFLICT,
-                          f"Secret {name} exists and is not controlled by this GraphAppCredential; "
-                          "graphcred never modifies it: delete it or choose another spec.secretName",
-                          retry=Retry.NEEDS_USER)
+            raise _not_ours(name)
         return _read_target(existing)
 
     async def _template_only(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, name: str,
@@ -574,9 +596,12 @@ class Reconciler:
         try:
             return await self._put(snap, mem, name, existing, body)
         except Conflict:
-            # Someone wrote the Secret since we read or wrote it: only retry if it is (still) ours.
+            # Someone wrote the Secret since we read or wrote it, or it exists though we saw none (AlreadyExists):
+            # only write if it is ours.
             current = await self._kube("read Secret", self.kube.read_secret, snap.namespace, name)
             if current is not None and not is_ours(current["metadata"], snap.owner):
+                if existing is None:
+                    raise _not_ours(name) from None
                 raise Outcome(Reason.SECRET_CONFLICT,
                               f"Secret {name} was created by someone else; graphcred never modifies it",
                               retry=Retry.NEEDS_USER) from None

@@ -13,6 +13,7 @@ tens of thousands of Secrets costs one page of memory at a time, not the whole l
 starts the list over. Reconnects resume from the last resourceVersion; a "410 Gone" lists again, and because the
 watch keeps a compact record of the Secrets it knows, a Secret deleted while it was away is reported deleted.
 Every failure (an exception, an ERROR event, a stream that ends at once) backs off, with jitter, before retrying.
+That record also answers the reconciler (`Directory`): whether a Secret exists, so that a read can be skipped.
 """
 
 from __future__ import annotations
@@ -88,11 +89,44 @@ class KnownObjects:
     def pop(self, namespace: str, name: str) -> str | None:
         return self._versions.pop(f"{namespace}/{name}", None)
 
+    def get(self, namespace: str, name: str) -> str | None:
+        return self._versions.get(f"{namespace}/{name}")
+
     def update(self, other: KnownObjects) -> None:
         self._versions.update(other._versions)
 
 
 KnownSecrets = KnownObjects  # its name before ServiceAccounts were watched too
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a watch knows of one object: its resourceVersion as last seen, None if it has not seen it (absent)."""
+
+    version: str | None
+
+
+class Directory:
+    """What the Secret watches know of Secrets, for the reconciler: whether one exists, and its resourceVersion.
+
+    Lets a pass skip reads whose answer the watch already has: no read of a token Secret that does not exist
+    before creating it, no second read of a credential Secret whose version a running pass has read. An answer can
+    be a moment old (the watch lags the apiserver); every use is safe against that: a create that finds the Secret
+    after all answers AlreadyExists and is read then, and a credential Secret's newer version wakes its readers.
+    Read on the event loop while the watch threads write: single dict lookups, atomic in CPython."""
+
+    def __init__(self) -> None:
+        self._watches: list[MetadataWatch] = []
+
+    def add(self, watch: MetadataWatch) -> None:
+        self._watches.append(watch)
+
+    def lookup(self, namespace: str, name: str) -> Seen | None:
+        """What the watch of `namespace` knows of Secret `name`; None if no watch has a whole list of it now."""
+        for watch in self._watches:
+            if watch.namespace in (None, namespace):
+                return watch.seen(namespace, name)
+        return None
 
 
 class WatchInterrupted(Exception):
@@ -132,6 +166,7 @@ class MetadataWatch:
         self._thread = threading.Thread(target=self._run, name=f"{self.resource.label}-watch:{namespace or '*'}",
                                         daemon=True)
         self.ready = threading.Event()  # set once the first list has been read
+        self._listing = True  # a list is being read: `_known` is incomplete (it is emptied as the list is compared)
 
     def start(self) -> MetadataWatch:
         self._thread.start()
@@ -144,6 +179,13 @@ class MetadataWatch:
             with contextlib.suppress(Exception):  # best effort to unblock the reader
                 response.shutdown()
         self._thread.join(timeout=5)
+
+    def seen(self, namespace: str, name: str) -> Seen | None:
+        """What the watch knows of one object; None while it has no whole list (before the first, during a new
+        one): an object it has not seen may exist then."""
+        if self._listing:
+            return None
+        return Seen(self._known.get(namespace, name))
 
     # --- requests (tests subclass these to hold or count them) --------------------------------------------------
     def _list_page(self, token: str | None, namespace: str | None = None) -> Any:
@@ -194,6 +236,7 @@ class MetadataWatch:
         the first time) and, as deleted, those known before and absent now (deleted while the watch was away).
         Returns the list's resourceVersion."""
         started = time.monotonic()
+        self._listing = True
         previous, fresh = self._known, KnownObjects()
         token: str | None = None
         version, pages = "", 0
@@ -218,6 +261,7 @@ class MetadataWatch:
         log.info("%s watch: listed %d %s in %d page(s) in %.1f s; %d gone since the last list", self.resource.label,
                  len(fresh), self.resource.plural, pages, time.monotonic() - started, len(previous))
         self._known = fresh
+        self._listing = False
         return version
 
     # --- watch ----------------------------------------------------------------------------------------------

@@ -233,6 +233,7 @@ class Issuer:
         self._discovery_faults: dict[str, list[Fault]] = {}  # tenant (as in the URL, or its id) -> faults
         self._global_faults: list[Fault] = []  # every token request, after the per-app faults
         self._token_requests: Counter[str] = Counter()
+        self._request_log: list[tuple[str, float]] | None = None  # (client id, monotonic time), once recording
         self._discovery_requests = 0
         self._discovery_by_tenant: Counter[str] = Counter()  # tenant id (or unknown name) -> requests
         self._seen_jti: dict[str, float] = {}
@@ -336,6 +337,16 @@ class Issuer:
             if client_id is None:
                 return sum(self._token_requests.values())
             return self._token_requests[client_id.lower()]
+
+    def record_token_requests(self) -> None:
+        """From now on, also note when each token request arrives (for `token_request_log`; off by default)."""
+        with self._lock:
+            self._request_log = []
+
+    def token_request_log(self) -> list[tuple[str, float]]:
+        """(client id, time.monotonic()) of every token request since `record_token_requests`."""
+        with self._lock:
+            return list(self._request_log or [])
 
     def federated_requests(self, client_id: str) -> int:
         """Token requests of this app that presented a federated assertion (also counted in token_requests)."""
@@ -735,6 +746,8 @@ class _Handler(BaseHTTPRequestHandler):
         client_id = form.get("client_id", "").lower()
         with issuer._lock:
             issuer._token_requests[client_id] += 1
+            if issuer._request_log is not None:
+                issuer._request_log.append((client_id, time.monotonic()))
         fault = issuer._take_fault(client_id)
         if fault is not None and self._answer_fault(fault, parts[0], client_id):
             return

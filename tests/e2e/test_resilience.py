@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
+from kubernetes import watch
 
+from graphcred.model import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env
@@ -75,3 +78,31 @@ def test_apiserver_restart_is_survived(env: Env) -> None:
                                          {"stringData": {"clientSecret": env.sv("apiserver-rotated")}})
     wait_for(lambda: all(env.token(f"{n}-token") != t for n, t in tokens.items()), timeout=10,
              what="both credentials re-acquiring after their Secret was rotated")
+
+
+def test_a_token_secret_whose_status_was_lost_is_adopted_after_a_restart_never_blanked(env: Env) -> None:
+    """The operator died after writing the token Secret and before writing the status. The next process finds the
+    Secret (the watch lists it, or its create answers AlreadyExists) and patches its new token in: the same
+    Secret (uid), another tool's label kept, and no version of it without a token meanwhile."""
+    app = env.secret_app("adopt", secret_name="cred")
+    env.create("adopt", app, {"clientSecret": {"name": "cred"}})
+    env.wait_ready("adopt")
+    env.operator.stop()
+    env.bed.core.patch_namespaced_secret("adopt-token", env.namespace, {"metadata": {"labels": {"tool": "kept"}}})
+    env.bed.custom.patch_namespaced_custom_object_status(GROUP, VERSION, env.namespace, PLURAL, "adopt",
+                                                         {"status": None})
+    before = env.secret("adopt-token")
+    assert before is not None and not env.get("adopt").get("status")
+    env.operator.start()
+    env.wait_ready("adopt")
+    # every version of the Secret since the restart: a watch from the version read before it replays them all
+    versions = [(event["type"], bool((event["object"].data or {}).get("access_token")))
+                for event in watch.Watch().stream(env.bed.core.list_namespaced_secret, env.namespace,
+                                                  field_selector="metadata.name=adopt-token",
+                                                  resource_version=before.metadata.resource_version,
+                                                  timeout_seconds=2)]
+    after = env.secret("adopt-token")
+    assert after is not None and after.metadata.uid == before.metadata.uid, "the Secret was re-created"
+    assert after.metadata.labels["tool"] == "kept"
+    assert base64.b64decode(after.data["access_token"]) != base64.b64decode(before.data["access_token"])
+    assert versions and all(kind == "MODIFIED" and token for kind, token in versions), versions

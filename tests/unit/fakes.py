@@ -45,6 +45,7 @@ class FakeKube:
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
         self.objects: set[tuple[str, str]] = set()  # GraphAppCredentials that exist (for patch_status)
         self.writes = 0
+        self.reads: list[tuple[str, str]] = []  # every read_secret, in order
         self.deletes: list[tuple[str, str]] = []
         self._rv = 100
         self._lock = threading.Lock()
@@ -67,6 +68,7 @@ class FakeKube:
 
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
+            self.reads.append((namespace, name))
             found = self.secrets.get((namespace, name))
             return copy.deepcopy(found) if found else None
 

@@ -12,6 +12,7 @@ import random
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -258,3 +259,43 @@ def test_a_pass_completes_when_no_event_can_be_posted() -> None:
 
     run(scenario)
     assert api.events == {}
+
+
+def test_several_objects_events_are_posted_at_once_each_objects_in_order() -> None:
+    """With thousands of credentials refreshing, the apiserver and the event loop answer slowly, and one post at a
+    time trailed a burst's Ready statuses by minutes (bench/scale.py, N=1000). Several objects' Events are under
+    way at once; one object's still land one after the other, in order."""
+    api = FakeEvents()
+    loop_free = asyncio.Event()
+    in_flight: list[int] = [0, 0]  # now, most at once
+    threads = ThreadPoolExecutor(max_workers=4)  # as the operator posts them: threads of their own
+    names = [f"c{i}" for i in range(16)]
+
+    async def slow_answer(fn: Callable[..., Any], *args: Any) -> Any:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(threads, fn, *args)
+            await loop_free.wait()  # the answer comes only later
+            return result
+        finally:
+            in_flight[0] -= 1
+
+    async def scenario() -> None:
+        recorder = EventRecorder(api, slow_answer, instance="i", clock=lambda: T0)
+        recorder.start()
+        for reason in ("Unauthorized", "TokenIssued"):
+            for name in names:
+                recorder({**REF, "metadata": {**REF["metadata"], "name": name}}, "Normal", reason, "m")
+        deadline = asyncio.get_running_loop().time() + 5
+        while in_flight[1] < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert in_flight[1] >= 2, f"{in_flight[1]} post(s) under way at once"
+        loop_free.set()
+        await recorder.stop(timeout=10)
+
+    run(scenario)
+    threads.shutdown()
+    for name in names:
+        posted = [e["reason"] for e in api.events.values() if e["involvedObject"]["name"] == name]
+        assert posted == ["Unauthorized", "TokenIssued"], (name, posted)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
-from graphcred.secretwatch import KnownSecrets, MetadataWatch, SecretMetadataWatch, backoff
+from graphcred.secretwatch import Directory, KnownSecrets, MetadataWatch, SecretMetadataWatch, Seen, backoff
 from graphcred_testbed.bed import wait_for
 
 Answer = tuple[int, list[dict[str, Any]]]  # HTTP status, JSON documents (one body, or one watch event a line)
@@ -243,3 +243,62 @@ def test_the_secret_watch_still_asks_for_secrets(serve: Callable[..., FakeApiser
 def test_an_unknown_resource_is_refused() -> None:
     with pytest.raises(ValueError, match="configmaps"):
         MetadataWatch(client.ApiClient(), lambda *e: None, resource="configmaps")
+
+
+def test_the_watch_answers_what_it_has_seen_only_with_a_whole_list(serve: Callable[..., FakeApiserver]) -> None:
+    """The reconciler skips reading a Secret the watch has never seen: only once the watch has listed them all (and
+    not while it lists again: its record is incomplete then)."""
+    second_page, relisting = threading.Event(), threading.Event()
+    watches: list[int] = []
+
+    def on_list(query: dict[str, str]) -> Answer:
+        if query.get("continue") == "p2":
+            second_page.wait(5)
+            return 200, [_items(["b"])]
+        if len(fake.lists) > 2:  # the list after 410: held until the test looked
+            relisting.wait(5)
+        return 200, [_items(["a"], cont="p2")]
+
+    def on_watch(_: dict[str, str]) -> Answer:
+        watches.append(1)
+        if len(watches) == 1:
+            return 200, [{"type": "ADDED", "object": _secret("c", "12")},
+                         {"type": "DELETED", "object": _secret("a", "13")},
+                         {"type": "ERROR", "object": _status(410, "Expired")}]
+        time.sleep(0.5)
+        return 200, []
+
+    fake = serve(on_list, on_watch)
+    watch, _ = _watch(fake)
+    directory = Directory()
+    directory.add(watch)
+    try:
+        wait_for(lambda: fake.lists, timeout=5, what="the first page")
+        assert watch.seen("ns", "a") is None and directory.lookup("ns", "zz") is None, "answered mid-list"
+        second_page.set()
+        assert watch.ready.wait(5)
+        wait_for(lambda: len(fake.lists) >= 3, timeout=5, what="the relist after 410")
+        assert directory.lookup("ns", "c") is None, "answered during a relist"
+        relisting.set()
+        wait_for(lambda: directory.lookup("ns", "b") is not None, timeout=5, what="the relist to end")
+        assert directory.lookup("ns", "b") == Seen("10") and directory.lookup("ns", "zz") == Seen(None)
+    finally:
+        watch.stop()
+
+
+def test_the_directory_asks_the_watch_of_the_namespace() -> None:
+    class Watch:
+        def __init__(self, namespace: str | None) -> None:
+            self.namespace = namespace
+
+        def seen(self, namespace: str, name: str) -> Seen | None:
+            return Seen(f"{self.namespace}:{namespace}/{name}")
+
+    directory = Directory()
+    for namespace in ("a", "b"):
+        directory.add(Watch(namespace))  # type: ignore[arg-type]
+    assert directory.lookup("b", "x") == Seen("b:b/x")
+    assert directory.lookup("c", "x") is None, "no watch of that namespace: nothing known"
+    everywhere = Directory()
+    everywhere.add(Watch(None))  # type: ignore[arg-type]
+    assert everywhere.lookup("c", "x") == Seen("None:c/x")

@@ -1,0 +1,206 @@
+"""Reads the Secret watch makes unnecessary (issue 13): no read of a token Secret the watch has never seen before it
+is created, and one read of a credential Secret for the passes running at once. With the real Controller,
+Reconciler and SharedTokens over the in-memory Kube (its reads counted) and a watch whose record the test sets,
+lagging the cluster where a test needs the race. The bed tests cover the real watch end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from typing import Any
+
+from graphcred.credentials import ClientSecret, Material
+from graphcred.model import GraphAppCredentialSpec
+from graphcred.secret import Owner, render
+from graphcred.secretwatch import Directory, Seen
+from graphcred.tokens import Token
+
+from .fakes import FakeKube, gac, secret_spec
+from .test_scheduling import NS, TENANT, Rig, closed, is_ready, run, until
+
+
+class Watched(Directory):
+    """The Secret watch as the reconciler sees it: the versions it has seen, copied from the cluster by `sync`
+    (a test that wants it to lag does not sync); `listed=False`: before its first whole list."""
+
+    def __init__(self, kube: FakeKube, *, listed: bool = True) -> None:
+        super().__init__()
+        self.kube, self.listed = kube, listed
+        self.versions: dict[tuple[str, str], str] = {}
+        self.sync()
+
+    def sync(self) -> None:
+        self.versions = {key: str(s["metadata"]["resourceVersion"]) for key, s in self.kube.secrets.items()}
+
+    def lookup(self, namespace: str, name: str) -> Seen | None:
+        return Seen(self.versions.get((namespace, name))) if self.listed else None
+
+
+def watched_rig(*, listed: bool = True) -> tuple[Rig, Watched]:
+    rig = Rig()
+    watched = Watched(rig.kube, listed=listed)
+    rig.reconciler.secrets = watched
+    return rig, watched
+
+
+def reads_of(rig: Rig, name: str) -> int:
+    return rig.kube.reads.count((NS, name))
+
+
+def conflict(rig: Rig, name: str) -> bool:
+    return (rig.ready(name) or {}).get("reason") == "SecretConflict"
+
+
+def test_a_new_credential_creates_its_token_secret_without_reading_it_first() -> None:
+    rig, _ = watched_rig()
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="Ready")
+        await rig.controller.stop()
+
+    run(scenario)
+    assert rig.kube.reads == [(NS, "cred")]
+    assert rig.kube.token_in(NS, "a-token")
+
+
+def test_before_the_watch_has_a_whole_list_the_token_secret_is_read_first() -> None:
+    rig, _ = watched_rig(listed=False)
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="Ready")
+        await rig.controller.stop()
+
+    run(scenario)
+    assert reads_of(rig, "a-token") == 1
+
+
+def test_a_secret_of_another_owner_found_on_create_is_a_conflict_and_left_alone() -> None:
+    """The watch has not seen it yet (created a moment before the credential): the create answers AlreadyExists,
+    the Secret is read then, and it is not ours."""
+    rig, _ = watched_rig()
+    theirs = render("a-token", Owner("other", NS, str(uuid.uuid4())), "theirs", rig.clock.now)
+    theirs["metadata"]["ownerReferences"] = []
+    rig.kube.create_secret(NS, theirs)
+    before = dict(rig.kube.secrets[(NS, "a-token")])
+    writes = rig.kube.writes
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: conflict(rig, "a"), what="a SecretConflict")
+        await rig.controller.stop()
+
+    run(scenario)
+    assert rig.kube.secrets[(NS, "a-token")] == before and rig.kube.writes == writes
+    message = (rig.ready("a") or {})["message"]
+    assert "exists and is not controlled by this GraphAppCredential" in message, message
+    assert ("a", "Warning", "SecretConflict") in rig.events
+
+
+def test_our_secret_found_on_create_after_a_restart_is_adopted_and_never_blanked() -> None:
+    """A process created the token Secret and died before writing the status; another tool has since added a label
+    and a key. The next process finds it on create (its watch has not seen it yet): it patches the new token in,
+    keeping the tool's label and key, never deleting or emptying the Secret."""
+    rig, _ = watched_rig()
+    uid = str(uuid.uuid4())
+    rig.kube.create_secret(NS, render("a-token", Owner("a", NS, uid), "old-token", rig.clock.now))
+    stored = rig.kube.secrets[(NS, "a-token")]
+    stored["metadata"]["labels"]["tool"] = "kept"  # another tool's writes (not graphcred's field manager)
+    stored["data"]["tool-key"] = base64.b64encode(b"kept").decode()
+    writes = rig.kube.writes
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4())), uid=uid))
+        await until(lambda: is_ready(rig, "a"), what="Ready over its own Secret")
+        await rig.controller.stop()
+
+    run(scenario)
+    secret = rig.kube.secrets[(NS, "a-token")]
+    token = rig.kube.token_in(NS, "a-token")
+    assert token and token != "old-token"
+    assert secret["metadata"]["labels"]["tool"] == "kept" and "tool-key" in secret["data"]
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert rig.kube.deletes == [] and rig.kube.writes == writes + 1  # one patch: never re-created, never emptied
+    assert reads_of(rig, "a-token") == 1  # read once, after AlreadyExists
+
+
+def test_credentials_of_one_app_created_together_read_its_secret_once() -> None:
+    rig, _ = watched_rig()
+    client_id = str(uuid.uuid4())
+
+    async def scenario() -> None:
+        with closed(rig.tokens.gate):  # the passes run at once, as in a burst
+            for i in range(10):
+                rig.add(gac(f"c{i}", secret_spec(TENANT, client_id)))
+            await until(lambda: rig.tokens.entered.is_set(), what="the token request")
+        await until(lambda: all(is_ready(rig, f"c{i}") for i in range(10)), what="all Ready")
+        await rig.controller.stop()
+
+    run(scenario)
+    assert reads_of(rig, "cred") == 1 and rig.tokens.requests == 1
+    assert not any(name.endswith("-token") for _, name in rig.kube.reads)
+    assert len(rig.reconciler.credential_reads) == 0, "a read outlived the passes that held it"
+
+
+def test_a_pass_after_a_rotation_reads_the_credential_secret_again() -> None:
+    """A pass holds the read of the old version while it waits for its token; a pass starting after the watch saw
+    the new version does not take that read: it reads, and acquires with the new secret."""
+    rig, watched = watched_rig()
+    used: dict[str, list[str]] = {}
+    acquire = rig.tokens.acquire
+
+    def recording(spec: GraphAppCredentialSpec, material: Material) -> Token:
+        used.setdefault(spec.client_id, []).append(material.fingerprint())
+        return acquire(spec, material)
+
+    rig.tokens.acquire = recording  # type: ignore[method-assign]
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def scenario() -> None:
+        with closed(rig.tokens.gate):
+            rig.add(gac("a", secret_spec(TENANT, first)))
+            await until(lambda: rig.tokens.entered.is_set(), what="a's token request")
+            rig.kube.put_client_secret(NS, "cred", "rotated")
+            watched.sync()
+            rig.controller.secret_event(NS, "cred", watched.versions[(NS, "cred")], False)
+            rig.add(gac("b", secret_spec(TENANT, second)))
+            await until(lambda: reads_of(rig, "cred") == 2, what="b's own read")
+        await until(lambda: is_ready(rig, "a") and is_ready(rig, "b"), what="both Ready")
+        await until(lambda: len(used.get(first, ())) == 2, what="a again, with the rotated secret")
+        await rig.controller.stop()
+
+    run(scenario)
+    rotated = ClientSecret("rotated").fingerprint()
+    assert used[second] == [rotated]
+    assert used[first][-1] == rotated
+
+
+def test_a_cancelled_pass_leaves_the_shared_read_to_the_others() -> None:
+    from graphcred.reads import SharedReads
+
+    async def scenario() -> None:
+        reads = SharedReads()
+        answer: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+
+        async def fetch() -> dict[str, Any] | None:
+            return await answer
+
+        async def hold(results: list[str]) -> None:
+            async with reads.read((NS, "cred"), fetch, None) as secret:
+                assert secret is not None
+                results.append(secret.version)
+
+        got: list[str] = []
+        cancelled = asyncio.create_task(hold([]))
+        waiting = asyncio.create_task(hold(got))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        answer.set_result({"metadata": {"resourceVersion": "7", "annotations": {"copy": "of data"}},
+                           "data": {"clientSecret": "eA=="}})
+        await waiting
+        assert got == ["7"] and reads.reads == 1 and len(reads) == 0
+
+    run(scenario)
