@@ -4,6 +4,10 @@
   python -m bench latency [--n 20]     create-to-Ready latency, one at a time: client secret vs workload identity
   python -m bench scale [--n 100 --n 1000] [--per-app 1 --per-app 10] [--lifetime 30] [--steady 60]
                                        N credentials, K per app, against the bare cost of the job (see bench/scale.py)
+  python -m bench restart [--n 10000] [--per-app 1] [--lifetime 3600] [--profile DIR]
+                                       N Ready credentials: the operator killed and started again, and a leader
+                                       change with two replicas (see bench/restart.py)
+  python -m bench profile FILE...      summarise py-spy profiles written by --profile
   python -m bench secretwatch [--secrets 50000] [--old FILE]
                                        operator memory and first-list time with N unrelated Secrets
 """
@@ -100,6 +104,15 @@ def main() -> None:
     sc.add_argument("--lifetime", type=int, default=30, help="token lifetime in seconds (short: many refreshes)")
     sc.add_argument("--steady", type=float, default=60.0, help="steady-state window in seconds")
     sc.add_argument("--out", type=Path, help="also write the table here")
+    sc.add_argument("--profile", type=Path, metavar="DIR",
+                    help="py-spy profiles of the operator while converging and in steady state, into DIR")
+    rs = sub.add_parser("restart")
+    rs.add_argument("--n", type=int, action="append", help="credentials (repeat; default 10000)")
+    rs.add_argument("--per-app", type=int, action="append", metavar="K", help="credentials per app (default 1)")
+    rs.add_argument("--lifetime", type=int, default=3600, help="token lifetime: long, so that every token is valid")
+    rs.add_argument("--profile", type=Path, metavar="DIR", help="py-spy profiles of each phase, into DIR")
+    pr = sub.add_parser("profile")
+    pr.add_argument("files", type=Path, nargs="+")
     sw = sub.add_parser("secretwatch")
     sw.add_argument("--secrets", type=int, default=50_000, help="unrelated Secrets in the cluster")
     sw.add_argument("--old", type=Path, help="also run the operator with this secretwatch.py, for comparison")
@@ -109,7 +122,20 @@ def main() -> None:
 
         if any(k < 1 for k in args.per_app or ()):
             parser.error("--per-app must be at least 1")
-        scale(args.n or [100, 1000], args.per_app or [1], args.lifetime, args.steady, args.out)
+        scale(args.n or [100, 1000], args.per_app or [1], args.lifetime, args.steady, args.out, args.profile)
+        return
+    if args.what == "restart":
+        from .restart import main as restart
+
+        if any(k < 1 for k in args.per_app or ()):
+            parser.error("--per-app must be at least 1")
+        restart(args.n or [10_000], args.per_app or [1], args.lifetime, args.profile)
+        return
+    if args.what == "profile":
+        from .profile import summary
+
+        for path in args.files:
+            print(summary(path))
         return
     if args.what == "secretwatch":
         from .secretwatch import main as secretwatch

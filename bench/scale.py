@@ -46,6 +46,8 @@ from graphcred.model import GROUP, MANAGED_BY_LABEL, PLURAL, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
+from .profile import Profile, summary
+
 CONCURRENCY = 16
 SETTLE = 10.0  # seconds past the steady window for the writes of refreshes in flight at its end
 GRAPH = "https://graph.microsoft.com/.default"
@@ -61,6 +63,7 @@ class Result:
     api_requests: int = 0
     api_breakdown: dict[str, int] = field(default_factory=dict)  # "resource[/subresource] VERB" -> requests
     latencies: list[float] = field(default_factory=list)
+    converge_cpu: float = 0.0  # operator CPU seconds from the first create until all Ready
     steady_window: float = 0.0
     steady_cpu: float = 0.0
     steady_token_requests: int = 0
@@ -82,6 +85,8 @@ class Result:
             ("convergence (all Ready)", f"{self.converge:.1f} s"),
             ("bare asyncio job (N tokens + N Secrets)", f"{self.bare:.1f} s"),
             ("ratio operator / bare", f"{self.converge / self.bare:.2f}x"),
+            ("operator CPU seconds while converging",
+             f"{self.converge_cpu:.1f} s ({100 * self.converge_cpu / max(self.converge, 0.1):.0f}% of a core)"),
             ("token requests per credential", f"{self.token_requests / self.n:.2f}"),
             ("apiserver requests per credential (incl. the bench's create)", f"{self.api_requests / self.n:.2f}"),
             ("... of them the operator's (all but the bench's create)", f"{self.api_requests / self.n - 1:.2f}"),
@@ -257,7 +262,7 @@ def _events_posted(bed: Bed, before: Counter[tuple[str, str]], n: int, quiet: fl
     return counts
 
 
-def run_one(n: int, per_app: int, lifetime: int, steady: float) -> Result:
+def run_one(n: int, per_app: int, lifetime: int, steady: float, profile_dir: Path | None = None) -> Result:
     result = Result(n=n, per_app=per_app, lifetime=lifetime)
     result.load = (os.getloadavg()[0], 0.0)
     with tempfile.TemporaryDirectory() as d, Bed(Path(d)) as bed:
@@ -302,10 +307,16 @@ def run_one(n: int, per_app: int, lifetime: int, steady: float) -> Result:
                     "spec": {"tenantId": tenant, "clientId": client_id, "authorityHost": bed.authority_host,
                              "credential": {"clientSecret": {"name": "app"}}}})
 
+            pid = op.process.popen.pid  # type: ignore[union-attr]
+            prof = Profile(pid, profile_dir / "converge.raw") if profile_dir else None
+            cpu_start, _ = _proc_stats(pid)
             t0 = time.monotonic()
             with ThreadPoolExecutor(CONCURRENCY) as pool:
                 list(pool.map(create, range(n)))
-            done.wait(900)
+            done.wait(1800)
+            result.converge_cpu = _proc_stats(pid)[0] - cpu_start
+            if prof is not None:
+                prof.stop()
             result.converge = max(ready.values()) - t0
             result.latencies = [ready[k] - created[k] for k in created if k in ready]
             result.token_requests = bed.issuer.token_requests() - before_tokens
@@ -317,13 +328,15 @@ def run_one(n: int, per_app: int, lifetime: int, steady: float) -> Result:
             result.api_requests = sum(during.values())
             result.api_breakdown = {f"{resource} {verb}": count for (resource, verb), count in sorted(during.items())}
             # steady state: several refresh cycles with the operator alone
-            pid = op.process.popen.pid  # type: ignore[union-attr]
             writes = _SecretWrites(bed)
             writes.start()
             bed.issuer.record_token_requests()
             cpu0, _ = _proc_stats(pid)
             api0, start = _apiserver_requests(bed), time.monotonic()
+            prof = Profile(pid, profile_dir / "steady.raw") if profile_dir else None
             time.sleep(steady)
+            if prof is not None:
+                prof.stop()
             cpu1, rss = _proc_stats(pid)
             api1, end = _apiserver_requests(bed), time.monotonic()
             time.sleep(SETTLE)  # the refreshes in flight at the end: their writes show their token requests were used
@@ -353,12 +366,18 @@ def _breakdown(results: list[Result], header: list[str]) -> list[str]:
     return table
 
 
-def main(ns: list[int], per_app: list[int], lifetime: int, steady: float, out: Path | None) -> None:
+def main(ns: list[int], per_app: list[int], lifetime: int, steady: float, out: Path | None,
+         profile_dir: Path | None = None) -> None:
     results = []
+    profiles: list[Path] = []
     for n in ns:
         for k in per_app:
             print(f"bench: N={n}, {k} per app ...", flush=True)
-            results.append(run_one(n, k, lifetime, steady))
+            where = profile_dir / f"scale-n{n}-k{k}" if profile_dir else None
+            if where:
+                where.mkdir(parents=True, exist_ok=True)
+            results.append(run_one(n, k, lifetime, steady, where))
+            profiles += sorted(where.glob("*.raw")) if where else []
     header = ["metric", *[f"N={r.n}, {r.per_app} per app" for r in results]]
     rows = [r.rows() for r in results]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -366,5 +385,7 @@ def main(ns: list[int], per_app: list[int], lifetime: int, steady: float, out: P
         table.append("| " + " | ".join([label, *[r[i][1] for r in rows]]) + " |")
     text = "\n".join([*table, "", *_breakdown(results, header)])
     print(text)
+    for path in profiles:
+        print(summary(path))
     if out:
         out.write_text(text + "\n" + json.dumps([r.__dict__ | {"latencies": None} for r in results]) + "\n")
