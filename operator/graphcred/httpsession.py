@@ -10,7 +10,9 @@ settings cannot undo the bundle.
 Discovery: one application object per acquisition keeps tokens and assertions fresh, but must not mean one
 discovery request per acquisition, so openid-configuration is cached here, per URL, for a day. Only a parsed
 document with an https `token_endpoint` is cached (a proxy's `200 <html>` must not poison a tenant), and a failure
-of the request that followed a cached document evicts it, so the next attempt asks again.
+of the request that followed a cached document evicts it, so the next attempt asks again. What is kept is the
+document's bytes and media type, not the response object (about 10 KiB each, with its request, headers and cookie
+jar: 100 MB at 10,000 tenants), and at most `DISCOVERY_ENTRIES` of them, the least recently used going first.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read: a stuck token endpoint must not stall a worker forever
 DISCOVERY_TTL = 24 * 3600.0  # what msal itself caches openid-configuration for
+DISCOVERY_ENTRIES = 16_384  # tenants (authority URLs) remembered; each costs its document, a few KiB
 _DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 # Answers that say "later", not "wrong address": the cached discovery that led to them stays.
 _LATER = frozenset({408, 425, 429})
@@ -48,6 +52,24 @@ class LastResponse:
     json_object: bool = True  # the body parsed as a JSON object (an OAuth answer, not a proxy's page)
     content_type: str = ""  # media type only, e.g. "text/html"
     discovery: bool = False  # the answer to an openid-configuration request
+
+
+@dataclass(frozen=True)
+class _Discovery:
+    """A cached openid-configuration answer: what msal reads of it, nothing else."""
+
+    expires: float  # time.monotonic()
+    content: bytes
+    content_type: str
+
+    def response(self, url: str) -> requests.Response:
+        """A response of its own for each use: msal (or anyone) may read or close it."""
+        response = requests.Response()
+        response.status_code, response.reason, response.url = 200, "OK", url
+        response._content = self.content  # how requests itself stores a body it has read
+        response.headers["Content-Type"] = self.content_type
+        response.encoding = "utf-8"
+        return response
 
 
 def _body(response: requests.Response) -> Any:
@@ -138,7 +160,7 @@ class PinnedCASession(requests.Session):
         self.verify = True
         self.mount("https://", _TrustAdapter(trust_context(ca_bundle)))
         self.mount("http://", HTTPAdapter(max_retries=0, pool_maxsize=32))
-        self._discovery: dict[str, tuple[float, requests.Response]] = {}
+        self._discovery: OrderedDict[str, _Discovery] = OrderedDict()  # oldest use first
         self._lock = threading.Lock()
         self._last = threading.local()
 
@@ -169,9 +191,11 @@ class PinnedCASession(requests.Session):
         if discovery:
             with self._lock:
                 cached = self._discovery.get(key)
-            if cached and cached[0] > time.monotonic():
+                if cached is not None:
+                    self._discovery.move_to_end(key)
+            if cached is not None and cached.expires > time.monotonic():
                 self._last.cached = key
-                return cached[1]
+                return cached.response(key)
         try:
             response = super().request(method, url, *args, **kwargs)
         except requests.exceptions.RequestException:
@@ -184,8 +208,13 @@ class PinnedCASession(requests.Session):
             response.headers.get("Content-Type", "").split(";")[0].strip().lower(), discovery)
         if discovery:
             if response.status_code == 200 and usable_discovery(body):
+                entry = _Discovery(time.monotonic() + DISCOVERY_TTL, response.content,
+                                   response.headers.get("Content-Type", "application/json"))
                 with self._lock:
-                    self._discovery[key] = (time.monotonic() + DISCOVERY_TTL, response)
+                    self._discovery[key] = entry
+                    self._discovery.move_to_end(key)
+                    while len(self._discovery) > DISCOVERY_ENTRIES:
+                        self._discovery.popitem(last=False)
         elif self._unusable(response.status_code, body):
             self._evict_cached()
         return response

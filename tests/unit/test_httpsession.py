@@ -111,6 +111,53 @@ def test_only_a_usable_document_is_cached(authority: _Authority, answer: tuple[i
     assert authority.hits[DISCOVERY] == 2
 
 
+def _tenant(i: int) -> str:
+    return f"/t{i}/v2.0/.well-known/openid-configuration"
+
+
+def test_discovery_is_cached_for_the_most_recently_used_tenants_only(authority: _Authority,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounded: a cluster with more tenants than the cache holds refetches the least recently used one, it does
+    not grow without end."""
+    monkeypatch.setattr("graphcred.httpsession.DISCOVERY_ENTRIES", 3)
+    session = PinnedCASession()
+    for i in range(4):
+        authority.script[_tenant(i)] = [_doc()]
+    for i in (0, 1, 2, 0, 3):  # 0 used again: 1 is then the oldest, and goes when 3 comes
+        session.get(authority.base + _tenant(i)).json()
+    for i in (0, 2, 3, 1):
+        session.get(authority.base + _tenant(i))
+    assert [authority.hits[_tenant(i)] for i in range(4)] == [1, 2, 1, 1]
+
+
+def test_a_cached_document_costs_its_bytes_not_a_response(authority: _Authority) -> None:
+    """At 10,000 tenants the cached responses (request, headers, cookie jar) cost 100 MB; the documents 20 MB."""
+    import gc
+    import tracemalloc
+
+    n = 200
+    document = _doc()
+    for i in range(n):
+        authority.script[_tenant(i)] = [document]
+    session = PinnedCASession()
+    session.get(authority.base + _tenant(0))  # connection and first-use allocations outside the count
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1, n):
+            session.get(authority.base + _tenant(i))
+        gc.collect()
+        each = (tracemalloc.get_traced_memory()[0] - before) / (n - 1)
+    finally:
+        tracemalloc.stop()
+    assert each < 1024 + 2 * len(document[2]), f"{each:.0f} bytes a cached document of {len(document[2])}"
+    again = session.get(authority.base + _tenant(5))
+    assert again.json() == json.loads(document[2]) and again.headers["Content-Type"] == "application/json"
+    assert session.get(authority.base + _tenant(5)).json() == again.json(), "each use gets a response of its own"
+    assert authority.hits[_tenant(5)] == 1
+
+
 def _cache_https_document(session: PinnedCASession, authority: _Authority) -> None:
     authority.script[DISCOVERY] = [_doc()]
     _discover(session, authority)
