@@ -37,12 +37,15 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msal
 from kubernetes import client, watch
+from kubernetes.watch.watch import iter_resp_lines
 
 from graphcred.httpsession import PinnedCASession
 from graphcred.model import GROUP, MANAGED_BY_LABEL, PLURAL, VERSION
+from graphcred.secretwatch import METADATA_ONLY_WATCH
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
@@ -69,6 +72,7 @@ class Result:
     steady_token_requests: int = 0
     steady_unused_requests: int = 0  # token requests no Secret write of their app followed
     steady_secret_writes: int = 0  # seen by a watch
+    steady_writes_missed: str = ""  # why the watch of writes stopped early (then the writes counted are too few)
     steady_write_requests: int = 0  # Secret PATCH/PUT requests counted by the apiserver (conflicts included)
     steady_status_patches: int = 0
     lifetime: int = 0
@@ -94,7 +98,9 @@ class Result:
             ("steady state: window, token lifetime", f"{self.steady_window:.0f} s, {self.lifetime} s"),
             ("steady state: operator CPU seconds",
              f"{self.steady_cpu:.1f} s ({100 * self.steady_cpu / max(self.steady_window, 1):.0f}% of a core)"),
-            ("steady state: Secret writes (refreshes)", f"{self.steady_secret_writes}"),
+            ("steady state: Secret writes (refreshes)", f"{self.steady_secret_writes}" + (
+                f" INCOMPLETE: the watch of writes stopped ({self.steady_writes_missed})"
+                if self.steady_writes_missed else "")),
             ("steady state: token requests per refresh of an app (1 token, per_app writes)",
              f"{self.steady_token_requests / max(self.steady_token_requests - self.steady_unused_requests, 1):.2f} "
              f"({self.steady_unused_requests} of {self.steady_token_requests} wrote nothing)"),
@@ -187,12 +193,18 @@ async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int, per_a
 
 
 class _SecretWrites:
-    """Watches the token Secrets (graphcred's label) and notes when each was written: (namespace, time)."""
+    """Watches the token Secrets (graphcred's label; metadata only) and notes when each was written: (namespace,
+    time). The apiserver ends the watches of slow readers: the stream is resumed from the last resourceVersion seen
+    (the kubernetes client's Watch, undeserialized, resumes from the first one and counts every write again, and
+    fails on an ERROR event with a KeyError). A watch that cannot go on (410 Gone, a failed request) notes why in
+    `failure`: the writes after it are not seen."""
 
     def __init__(self, bed: Bed) -> None:
         self.bed = bed
         self.writes: list[tuple[str, float]] = []
-        self._watch = watch.Watch()
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._response: Any = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._selector = f"{MANAGED_BY_LABEL}=graphcred"
 
@@ -202,19 +214,43 @@ class _SecretWrites:
         self._thread.start()
 
     def _run(self) -> None:
-        with contextlib.suppress(Exception):  # ends with the bed, at the latest
-            self._follow()
+        try:
+            while not self._stop.is_set():
+                self._follow()
+        except Exception as exc:  # noted for the table (its type and HTTP status, never a body)
+            if not self._stop.is_set():
+                status = getattr(exc, "status", None)
+                self.failure = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__} {status or ''}"
+                self.failure = self.failure.rstrip()
 
     def _follow(self) -> None:
-        # no timeout_seconds: with one the client does not resume a stream the apiserver ends (it closes the
-        # watches of slow readers); without, it resumes from the last resourceVersion
-        for event in self._watch.stream(self.bed.core.list_secret_for_all_namespaces, label_selector=self._selector,
-                                        resource_version=self._version, deserialize=False):
-            if event["type"] == "MODIFIED":
-                self.writes.append((event["object"]["metadata"]["namespace"], time.monotonic()))
+        self._response = response = self.bed.core.list_secret_for_all_namespaces(
+            label_selector=self._selector, watch=True, resource_version=self._version, allow_watch_bookmarks=True,
+            _preload_content=False, _headers={"Accept": METADATA_ONLY_WATCH})
+        try:
+            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                if self._stop.is_set():
+                    return
+                if not line:
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise RuntimeError(f"ERROR event {obj.get('code')} {obj.get('reason') or ''}".rstrip())
+                self._version = obj["metadata"]["resourceVersion"]
+                if event["type"] == "MODIFIED":
+                    self.writes.append((obj["metadata"]["namespace"], time.monotonic()))
+        finally:
+            self._response = None
+            response.release_conn()
 
     def stop(self) -> None:
-        self._watch.stop()  # the stream ends at its next event: a refresh comes within seconds
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):  # best effort: the stream also ends at its next event
+                response.shutdown()
+        self._thread.join(timeout=5)
 
 
 def _unused_requests(requests: list[tuple[str, float]], writes: list[tuple[str, float]], app_of: dict[str, str],
@@ -341,6 +377,7 @@ def run_one(n: int, per_app: int, lifetime: int, steady: float, profile_dir: Pat
             api1, end = _apiserver_requests(bed), time.monotonic()
             time.sleep(SETTLE)  # the refreshes in flight at the end: their writes show their token requests were used
             writes.stop()
+            result.steady_writes_missed = writes.failure or ""
             result.steady_window = end - start
             result.steady_cpu = cpu1 - cpu0
             result.steady_token_requests, result.steady_unused_requests = _unused_requests(

@@ -2,12 +2,12 @@
 
 Credentials of one app name one credential Secret; created together (a namespace applied at once, an operator
 start), their passes run together and each would read it. Here a read is shared while it is in flight and for as
-long as a pass that took it is still running: a pass starting meanwhile takes it unless the Secret watch has seen
-another version since (then it reads anew). Nothing is cached beyond that: a pass lets go of its read when it drops
-the credential material (after its token request, or when it ends), and once the last pass holding a read lets go,
-the read is dropped: no Secret data outlives the passes that need it. Of the answer only the resourceVersion and
-the data are kept, not the rest of the metadata (annotations such as kubectl's last-applied-configuration can
-hold a copy of the data).
+long as a pass that took it is still running: a pass starting meanwhile takes it unless what the Secret watch
+knows of the Secret changed since (then it reads anew: a read in flight may have been answered before that
+change). Nothing is cached beyond that: a pass lets go of its read when it drops the credential material (after
+its token request, or when it ends), and once the last pass holding a read lets go, the read is dropped: no Secret
+data outlives the passes that need it. Of the answer only the resourceVersion and the data are kept, not the rest
+of the metadata (annotations such as kubectl's last-applied-configuration can hold a copy of the data).
 """
 
 from __future__ import annotations
@@ -37,13 +37,15 @@ Fetch = Callable[[], Awaitable[dict[str, Any] | None]]
 @dataclass
 class _Read:
     task: asyncio.Task[CredentialSecret | None]
+    seen: Seen | None  # what the watch knew when the read began
     holders: int = 0
 
     def current(self, seen: Seen | None) -> bool:
-        """May a pass starting now take this read? In flight: yes (it answers as of now or later). Done: if the
-        watch has seen the same version since (or the same absence); not if the watch cannot say."""
+        """May a pass starting now take this read? In flight: if the watch knows what it knew when the read began
+        (the apiserver may have answered already, before a change the watch has seen since, the answer still on
+        its way). Done: if the watch has seen the same version since (or the same absence); not if it cannot say."""
         if not self.task.done():
-            return True
+            return seen == self.seen
         if seen is None or self.task.cancelled() or self.task.exception() is not None:
             return False
         result = self.task.result()
@@ -74,7 +76,7 @@ class SharedReads:
             # a new read; an older one stays with the passes holding it, unreachable for new ones
             task = asyncio.get_running_loop().create_task(_trimmed(fetch), name=f"read:{key[0]}/{key[1]}")
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # no "never retrieved" warning
-            entry = self._reads[key] = _Read(task)
+            entry = self._reads[key] = _Read(task, seen)
             self.reads += 1
         entry.holders += 1
         try:

@@ -113,7 +113,8 @@ class Directory:
     before creating it, no second read of a credential Secret whose version a running pass has read. An answer can
     be a moment old (the watch lags the apiserver); every use is safe against that: a create that finds the Secret
     after all answers AlreadyExists and is read then, and a credential Secret's newer version wakes its readers.
-    Read on the event loop while the watch threads write: single dict lookups, atomic in CPython."""
+    Read on the event loop while the watch threads write: single dict lookups, atomic in CPython, checked against
+    a list beginning meanwhile (`MetadataWatch.seen`)."""
 
     def __init__(self) -> None:
         self._watches: list[MetadataWatch] = []
@@ -182,10 +183,16 @@ class MetadataWatch:
 
     def seen(self, namespace: str, name: str) -> Seen | None:
         """What the watch knows of one object; None while it has no whole list (before the first, during a new
-        one): an object it has not seen may exist then."""
+        one): an object it has not seen may exist then. Called from the event loop while the watch thread runs: a
+        list that began (or ran) between the check and the lookup empties the record it looked in, so both are
+        checked again after it."""
+        known = self._known
         if self._listing:
             return None
-        return Seen(self._known.get(namespace, name))
+        version = known.get(namespace, name)
+        if self._listing or self._known is not known:
+            return None
+        return Seen(version)
 
     # --- requests (tests subclass these to hold or count them) --------------------------------------------------
     def _list_page(self, token: str | None, namespace: str | None = None) -> Any:

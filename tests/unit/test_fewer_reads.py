@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 import uuid
 from typing import Any
 
 from graphcred.credentials import ClientSecret, Material
 from graphcred.model import GraphAppCredentialSpec
+from graphcred.reads import Fetch, Key
 from graphcred.secret import Owner, render
 from graphcred.secretwatch import Directory, Seen
 from graphcred.tokens import Token
@@ -276,3 +278,57 @@ def test_a_resumed_credential_reads_its_secret_when_it_changes() -> None:
         assert new.tokens.requests == 1
 
     run(scenario)
+
+def test_a_pass_after_a_rotation_does_not_take_a_read_answered_before_it() -> None:
+    """A's read of the credential Secret was answered before the rotation, its answer still on the way to the loop
+    (the I/O threads and the loop busy in a burst). B starts after the watch saw the new version: it must not take
+    that read in flight, or B asks for a token with the secret the user just replaced (refused once it is revoked
+    in Entra: a Warning and Ready=False for a credential that was never wrong)."""
+    rig, watched = watched_rig()
+    used: dict[str, list[str]] = {}
+    acquire = rig.tokens.acquire
+
+    def recording(spec: GraphAppCredentialSpec, material: Material) -> Token:
+        used.setdefault(spec.client_id, []).append(material.fingerprint())
+        return acquire(spec, material)
+
+    rig.tokens.acquire = recording  # type: ignore[method-assign]
+    real_read = rig.kube.read_secret
+    answered, delivered = threading.Event(), threading.Event()
+
+    def answered_then_delayed(namespace: str, name: str) -> dict[str, Any] | None:
+        secret = real_read(namespace, name)
+        if name == "cred" and not answered.is_set():
+            answered.set()
+            delivered.wait(5)  # served before the rotation, delivered after it
+        return secret
+
+    rig.kube.read_secret = answered_then_delayed  # type: ignore[method-assign]
+    reads = rig.reconciler.credential_reads
+    shared_read = reads.read
+    asked: list[Seen | None] = []
+
+    def noting(key: Key, fetch: Fetch, seen: Seen | None) -> Any:
+        asked.append(seen)
+        return shared_read(key, fetch, seen)
+
+    reads.read = noting  # type: ignore[method-assign]
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    rotated = ClientSecret("rotated").fingerprint()
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, first)))
+        await until(answered.is_set, what="a's read answered")
+        rig.kube.put_client_secret(NS, "cred", "rotated")
+        watched.sync()
+        rig.controller.secret_event(NS, "cred", watched.versions[(NS, "cred")], False)
+        rig.add(gac("b", secret_spec(TENANT, second)))
+        await until(lambda: len(asked) == 2, what="b asking for the credential Secret")
+        delivered.set()
+        await until(lambda: is_ready(rig, "a") and is_ready(rig, "b"), what="both Ready")
+        await until(lambda: used.get(second, [])[-1:] == [rotated], what="b's token with the rotated secret")
+        await until(lambda: used.get(first, [])[-1:] == [rotated], what="a again, with the rotated secret")
+        await rig.controller.stop()
+
+    run(scenario)
+    assert used[second] == [rotated], "b, started after the rotation, asked with the replaced secret first"

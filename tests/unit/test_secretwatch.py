@@ -302,3 +302,27 @@ def test_the_directory_asks_the_watch_of_the_namespace() -> None:
     everywhere = Directory()
     everywhere.add(Watch(None))  # type: ignore[arg-type]
     assert everywhere.lookup("c", "x") == Seen("None:c/x")
+
+
+@pytest.mark.parametrize("meanwhile", ["a relist begins", "a whole relist runs"])
+def test_a_relist_between_the_check_and_the_lookup_gives_no_answer(meanwhile: str) -> None:
+    """The reconciler asks on the event loop while the watch thread may start a list again (a 410): that list
+    empties the record as it compares. A lookup that raced it must say "cannot tell", never "absent" for a Secret
+    that exists: the pass would skip its read and request a token before finding the Secret on create."""
+    watch = MetadataWatch(client.ApiClient(), lambda *e: None)  # not started: the test plays its thread
+    fresh = KnownSecrets()
+    fresh.put("ns", "a", "5")
+
+    class RacedByTheWatchThread(KnownSecrets):
+        def get(self, namespace: str, name: str) -> str | None:
+            # the GIL passed to the watch thread after `seen` checked `_listing` and before this lookup
+            watch._listing = True
+            self.pop(namespace, name)  # compared against the new list's first page already
+            if meanwhile == "a whole relist runs":
+                watch._known, watch._listing = fresh, False
+            return super().get(namespace, name)
+
+    raced = RacedByTheWatchThread()
+    raced.put("ns", "a", "5")
+    watch._known, watch._listing = raced, False
+    assert watch.seen("ns", "a") in (None, Seen("5")), "a Secret that exists was reported absent"
