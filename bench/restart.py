@@ -13,7 +13,6 @@ For each: seconds from the signal until the operator that carries on has schedul
 from __future__ import annotations
 
 import re
-import socket
 import tempfile
 import time
 import urllib.request
@@ -30,7 +29,7 @@ from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
 from .profile import Profile, summary
-from .scale import CONCURRENCY, _apiserver_requests, _proc_stats, _setup
+from .scale import CONCURRENCY, _apiserver_requests, _free_port, _proc_stats, _setup
 
 LEASE_NAMESPACE = "graphcred-system"
 LEASE = "graphcred-leader"
@@ -45,12 +44,6 @@ class Phase:
     token_requests: int = 0
     api: Counter[tuple[str, str]] = field(default_factory=Counter)
     rss_mib: float = 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Operator:

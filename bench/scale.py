@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import socket
 import ssl
 import statistics
 import tempfile
@@ -77,6 +78,7 @@ class Result:
     steady_status_patches: int = 0
     lifetime: int = 0
     rss_mib: float = 0.0
+    events_lost: dict[str, int] = field(default_factory=dict)  # graphcred_events_lost_total by why, after converging
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average when the run began and when it ended
 
     def rows(self) -> list[tuple[str, str]]:
@@ -106,6 +108,9 @@ class Result:
              f"({self.steady_unused_requests} of {self.steady_token_requests} wrote nothing)"),
             ("steady state: Secret write requests per refresh", f"{self.steady_write_requests / refreshes:.2f}"),
             ("steady state: status patches per refresh", f"{self.steady_status_patches / refreshes:.2f}"),
+            ("Events posted while converging / lost (by why)",
+             f"{self.api_breakdown.get('events POST', 0)} / {sum(self.events_lost.values())} "
+             f"{dict(self.events_lost) if self.events_lost else ''}".rstrip()),
             ("operator peak RSS", f"{self.rss_mib:.0f} MiB"),
             ("load average (1 min), start / end", f"{self.load[0]:.1f} / {self.load[1]:.1f}"),
         ]
@@ -278,12 +283,26 @@ def _unused_requests(requests: list[tuple[str, float]], writes: list[tuple[str, 
     return counted, unused
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _events_lost(port: int) -> dict[str, int]:
+    """The operator's graphcred_events_lost_total by why."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return {why: int(float(value)) for why, value in
+            re.findall(r'^graphcred_events_lost_total\{why="([^"]*)"\} (\S+)$', text, re.M)}
+
+
 def _secret_writes(counts: Counter[tuple[str, str]]) -> int:
     return counts[("secrets", "PATCH")] + counts[("secrets", "PUT")]  # a refresh patches; PUT: older operators
 
 
-def _events_posted(bed: Bed, before: Counter[tuple[str, str]], n: int, quiet: float = 10.0,
-                   deadline: float = 120.0) -> Counter[tuple[str, str]]:
+def _events_posted(bed: Bed, before: Counter[tuple[str, str]], n: int, quiet: float = 15.0,
+                   deadline: float = 300.0) -> Counter[tuple[str, str]]:
     """Event requests since `before`, once N Events were created or none came for `quiet` seconds (some may be
     dropped by the operator's bounded queue)."""
     def events() -> Counter[tuple[str, str]]:
@@ -306,7 +325,8 @@ def run_one(n: int, per_app: int, lifetime: int, steady: float, profile_dir: Pat
         spaces = _setup(bed, n, per_app, lifetime)
         result.bare = asyncio.run(_bare(bed, spaces, n, per_app))
         before_tokens = bed.issuer.token_requests()
-        with OperatorProcess(bed, Path(d), log_level="WARNING") as op:
+        port = _free_port()
+        with OperatorProcess(bed, Path(d), f"--metrics-port={port}", log_level="WARNING") as op:
             wait_for(lambda: "Initial authentication" in op.logs() or op.process.alive(), timeout=30)
             time.sleep(2)  # let it finish starting: the bench measures work, not interpreter start-up
             api_before = _apiserver_requests(bed)
@@ -360,6 +380,7 @@ def run_one(n: int, per_app: int, lifetime: int, steady: float, profile_dir: Pat
             during = api_after - api_before
             # Events are posted from a queue behind the passes: count them once every new credential's is out
             posted = _events_posted(bed, api_before, n)
+            result.events_lost = _events_lost(port)
             during = Counter({key: count for key, count in during.items() if key[0] != "events"}) + posted
             result.api_requests = sum(during.values())
             result.api_breakdown = {f"{resource} {verb}": count for (resource, verb), count in sorted(during.items())}

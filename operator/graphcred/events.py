@@ -152,13 +152,14 @@ class EventRecorder:
     def __init__(self, api: EventApi, run_blocking: Callable[..., Awaitable[Any]], *, instance: str,
                  clock: Callable[[], dt.datetime] = _now, queue_size: int = QUEUE_SIZE,
                  cache_size: int = CACHE_SIZE, retry_delays: Sequence[float] = RETRY_DELAYS,
-                 posters: int = POSTERS) -> None:
+                 posters: int = POSTERS, on_lost: Callable[[str], None] = lambda why: None) -> None:
         self.api = api
         self.instance = instance[:MAX_INSTANCE]
         self._run_blocking = run_blocking
         self._clock = clock
         self._queue_size, self._cache_size, self._retry_delays = queue_size, cache_size, tuple(retry_delays)
         self._posters = posters
+        self._on_lost = on_lost  # counts each lost Event by why: queue_full, stopped, failed (a metric)
         self._cache = threading.Lock()  # the posters' threads share what is remembered for counting repeats
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queues: list[asyncio.Queue[_Pending]] = []  # one a poster, `queue_size` each
@@ -178,7 +179,7 @@ class EventRecorder:
         pending = _Pending(obj, type, reason, message, self._clock())
         loop = self._loop
         if loop is None or loop.is_closed():
-            self._lose(pending, "not started")
+            self._lose(pending, "not started", "stopped")
             return
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -191,7 +192,7 @@ class EventRecorder:
 
     def _put(self, pending: _Pending) -> None:
         if not self._queues or self._task is None or self._task.done():
-            self._lose(pending, "stopped")
+            self._lose(pending, "stopped", "stopped")
             return
         obj = involved_object(pending.ref)
         shard = zlib.crc32(f"{obj['namespace']}/{obj['name']}".encode()) % len(self._queues)  # one object, one poster
@@ -199,7 +200,7 @@ class EventRecorder:
         try:
             queue.put_nowait(pending)
         except asyncio.QueueFull:
-            self._lose(pending, f"{self._queue_size} Events waiting")
+            self._lose(pending, f"{self._queue_size} Events waiting", "queue_full")
 
     async def _run(self) -> None:
         await asyncio.gather(*(self._poster(queue) for queue in self._queues))
@@ -235,7 +236,7 @@ class EventRecorder:
             log.debug("%s/%s: Event %s not posted: the namespace is being deleted", obj["namespace"], obj["name"],
                       pending.reason)
             return
-        self._lose(pending, describe_failure("post Event", error))
+        self._lose(pending, describe_failure("post Event", error), "failed")
 
     def _send(self, pending: _Pending) -> None:
         """One Event to the apiserver: a repeat updates the Event posted first. In a thread; the Events of one
@@ -268,8 +269,9 @@ class EventRecorder:
         self._last_nanos = nanos
         return nanos
 
-    def _lose(self, pending: _Pending, why: str) -> None:
+    def _lose(self, pending: _Pending, why: str, kind: str) -> None:
         self.lost += 1
+        self._on_lost(kind)
         obj = involved_object(pending.ref)
         level = logging.DEBUG if self._failing else logging.WARNING
         self._failing = True

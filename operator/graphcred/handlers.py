@@ -86,7 +86,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     metrics: Metrics = memo["metrics"]
     health: Health = memo["health"]
     kube = Kube(api, timeout=cfg.api_timeouts)
-    events = EventRecorder(kube, post_event, instance=instance_name())
+    events = EventRecorder(kube, post_event, instance=instance_name(),
+                           on_lost=lambda why: metrics.events_lost.labels(why).inc())
     events.start()
     memo["events"] = events
     reconciler = Reconciler(kube, tokens, events, run_blocking=run_blocking,

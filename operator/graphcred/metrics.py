@@ -55,6 +55,10 @@ class Metrics:
         self.worker_restarts = Counter(
             "graphcred_worker_restarts", "Per-credential workers that ended while their object was still "
             "registered, and were restarted.", registry=self.registry)
+        self.events_lost = Counter(
+            "graphcred_events_lost", "Events not posted, by why: queue_full (a burst beyond what the posters keep "
+            "up with), stopped (the operator stopping), failed (refused, or failing after retries).", ["why"],
+            registry=self.registry)
         self._states: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._workers: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self._credentials: Callable[[], Iterable[CredentialStatus]] = lambda: ()

@@ -204,8 +204,10 @@ def test_an_event_for_a_namespace_being_deleted_is_dropped_quietly(caplog: pytes
 def test_posting_never_blocks_the_caller_and_a_full_queue_drops() -> None:
     api = FakeEvents()
 
+    lost: list[str] = []
+
     async def scenario() -> None:
-        recorder = _recorder(api, queue_size=2)
+        recorder = _recorder(api, queue_size=2, on_lost=lost.append)
         recorder.start()
         api.gate.clear()  # the apiserver hangs
         recorder(REF, "Normal", "TokenIssued", "m0")
@@ -221,6 +223,7 @@ def test_posting_never_blocks_the_caller_and_a_full_queue_drops() -> None:
 
     run(scenario)
     assert sorted(e["message"] for e in api.events.values()) == ["m0", "m1", "m2"]
+    assert lost == ["queue_full"] * 7  # graphcred_events_lost_total{why="queue_full"}: what an SRE sees of it
 
 
 def test_events_from_another_thread_reach_the_loop() -> None:

@@ -279,6 +279,7 @@ def test_a_resumed_credential_reads_its_secret_when_it_changes() -> None:
 
     run(scenario)
 
+
 def test_a_pass_after_a_rotation_does_not_take_a_read_answered_before_it() -> None:
     """A's read of the credential Secret was answered before the rotation, its answer still on the way to the loop
     (the I/O threads and the loop busy in a burst). B starts after the watch saw the new version: it must not take
