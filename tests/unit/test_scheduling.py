@@ -559,3 +559,20 @@ def test_a_token_secret_left_by_a_deleted_namesake_is_adopted_not_a_conflict() -
         await rig.controller.stop()
 
     run(scenario)
+
+
+def test_a_credential_waiting_for_its_refresh_holds_one_task() -> None:
+    """Waiting for the refresh costs its worker's task only (asyncio.wait_for held a second task per credential,
+    cancelled and replaced at every wake-up: at 10,000 credentials, 10,000 more)."""
+    rig = Rig()
+
+    async def scenario() -> None:
+        for i in range(50):
+            rig.add(gac(f"c{i}", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: all(is_ready(rig, f"c{i}") for i in range(50)), what="all Ready")
+        await asyncio.sleep(0.05)  # every worker back to waiting
+        others = len(asyncio.all_tasks())
+        assert others <= 50 + 5, f"{others} tasks for 50 waiting credentials"  # + the test and the rig's own
+        await rig.controller.stop()
+
+    run(scenario)
