@@ -293,8 +293,9 @@ def _events_lost(port: int) -> dict[str, int]:
     """The operator's graphcred_events_lost_total by why."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
         text = resp.read().decode()
-    return {why: int(float(value)) for why, value in
-            re.findall(r'^graphcred_events_lost_total\{why="([^"]*)"\} (\S+)$', text, re.M)}
+    counts = {why: int(float(value)) for why, value in
+              re.findall(r'^graphcred_events_lost_total\{why="([^"]*)"\} (\S+)$', text, re.M)}
+    return {why: n for why, n in counts.items() if n}  # each why is exposed at 0 from the start
 
 
 def _secret_writes(counts: Counter[tuple[str, str]]) -> int:

@@ -288,3 +288,6 @@ class EventRecorder:
                 await asyncio.wait_for(asyncio.gather(*(queue.join() for queue in queues)), timeout)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        for queue in queues:  # what the posters did not reach in time is lost: counted like any other loss
+            while not queue.empty():
+                self._lose(queue.get_nowait(), "stopped", "stopped")

@@ -67,6 +67,8 @@ class _Discovery:
         response = requests.Response()
         response.status_code, response.reason, response.url = 200, "OK", url
         response._content = self.content  # how requests itself stores a body it has read
+        # ... and read through: close(), `with` and iter_content() leave `raw` (None) alone (not in the stubs)
+        response._content_consumed = True  # type: ignore[attr-defined]
         response.headers["Content-Type"] = self.content_type
         response.encoding = "utf-8"
         return response

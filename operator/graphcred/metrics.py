@@ -59,6 +59,8 @@ class Metrics:
             "graphcred_events_lost", "Events not posted, by why: queue_full (a burst beyond what the posters keep "
             "up with), stopped (the operator stopping), failed (refused, or failing after retries).", ["why"],
             registry=self.registry)
+        for why in ("queue_full", "stopped", "failed"):  # at 0 from the start: a first loss is an increase()
+            self.events_lost.labels(why)
         self._states: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._workers: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self._credentials: Callable[[], Iterable[CredentialStatus]] = lambda: ()

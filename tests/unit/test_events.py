@@ -302,3 +302,23 @@ def test_several_objects_events_are_posted_at_once_each_objects_in_order() -> No
     for name in names:
         posted = [e["reason"] for e in api.events.values() if e["involvedObject"]["name"] == name]
         assert posted == ["Unauthorized", "TokenIssued"], (name, posted)
+
+
+def test_events_still_queued_when_the_recorder_stops_are_counted_lost() -> None:
+    """Review of 60ecd3e: graphcred_events_lost_total{why="stopped"} says 'the operator stopping'; the Events
+    still queued when stop() gives up waiting are lost then, and counted."""
+    api = FakeEvents()
+    lost: list[str] = []
+
+    async def scenario() -> None:
+        recorder = _recorder(api, on_lost=lost.append, posters=1)
+        recorder.start()
+        api.gate.clear()  # the apiserver hangs
+        for i in range(3):
+            recorder(REF, "Normal", "TokenIssued", f"m{i}")
+        await asyncio.sleep(0.05)  # m0 in the poster's hands, m1 and m2 queued
+        await recorder.stop(timeout=0.1)
+        api.gate.set()
+
+    run(scenario)
+    assert lost == ["stopped", "stopped"]

@@ -259,3 +259,14 @@ def test_trust_is_not_everything(two_clouds: tuple[IssuerServer, Path, IssuerSer
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     assert not _reachable(PinnedCASession(str(private_ca)), public), "a CA nobody trusts stays untrusted"
     assert not _reachable(PinnedCASession(), private)
+
+
+def test_a_cached_document_can_be_closed_before_it_is_read(authority: _Authority) -> None:
+    """Review of 5eded85: a replayed response is a whole one: `with session.get(...) as r` (close before any read)
+    works as it does on the wire; it has no connection to close."""
+    authority.script[_tenant(0)] = [_doc()]
+    session = PinnedCASession()
+    session.get(authority.base + _tenant(0)).json()
+    with session.get(authority.base + _tenant(0)) as again:
+        pass
+    assert again.json() == json.loads(_doc()[2]) and authority.hits[_tenant(0)] == 1

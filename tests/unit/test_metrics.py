@@ -81,3 +81,11 @@ def test_the_controller_reports_registered_credentials_and_drops_forgotten_ones(
     before, after = asyncio.run(run())
     assert before == {(("name", "mail"), ("namespace", "team"), ("reason", "TokenIssued")): 1.0}
     assert after == {}
+
+
+def test_events_lost_is_exposed_at_zero_before_the_first_loss() -> None:
+    """Review of 60ecd3e: a labelled counter that first appears at 1 shows no increase() to an alert (its first
+    sample is the baseline): each `why` is there at 0 from the start."""
+    exposition = Metrics().exposition()
+    for why in ("queue_full", "stopped", "failed"):
+        assert f'graphcred_events_lost_total{{why="{why}"}} 0.0' in exposition
