@@ -296,13 +296,13 @@ class Reconciler:
             mem.credential_secret = spec.credential.secret_name
             if mem.target_secret != secret_name:
                 mem.target_secret, mem.written_version, mem.carried = secret_name, None, None
+            previous = _upgraded(self._previous(snap, mem), spec, secret_name, mem.issued_for)
             material: Material | None = None
-            credential_version = self._resumable(snap, spec, mem, renew)
+            credential_version = self._resumable(snap, spec, mem, previous, renew)
             if credential_version is None:
                 material, credential_version = await self._material(snap, spec, mem, now, held)
             read = material.fingerprint() if material is not None else None
             existing = await self._target(snap, mem, secret_name)
-            previous = _upgraded(self._previous(snap, mem), spec, secret_name, mem.issued_for)
             if self._keep(snap.generation, mem, previous, existing, read, credential_version, renew, now):
                 mem.material, mem.settled_spec = read, token_spec(spec)
                 return await self._kept(snap, mem, previous, credential_version, now)
@@ -464,7 +464,8 @@ class Reconciler:
         issued = parse_rfc3339(previous.last_refresh_time)
         return issued + dt.timedelta(seconds=1) if issued is not None else None
 
-    def _resumable(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory, renew: bool) -> str | None:
+    def _resumable(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory,
+                   previous: GraphAppCredentialStatus, renew: bool) -> str | None:
         """The credential Secret's version if the token may be kept without reading that Secret: nothing read in
         this process yet (after a restart, on a new leader), and the Secret watch has it at the version the status
         says the token was acquired with. `_keep` decides the rest. None: read it.
@@ -474,7 +475,7 @@ class Reconciler:
         if mem.material is not None or renew or name is None or spec.credential.workload_identity is not None:
             return None
         seen = self._seen(snap.namespace, name)
-        recorded = self._previous(snap, mem).credential_version
+        recorded = previous.credential_version
         if seen is None or seen.version is None or not recorded or seen.version != recorded:
             return None
         mem.credential_version = seen.version
