@@ -43,6 +43,15 @@ def py_spy() -> str | None:
     return str(here) if here.exists() else shutil.which("py-spy")
 
 
+def profile_dir_for(profile_dir: Path | None, bench: str, n: int, per_app: int) -> Path | None:
+    """Where one run's profiles go (made), or None without --profile."""
+    if profile_dir is None:
+        return None
+    where = profile_dir / f"{bench}-n{n}-k{per_app}"
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
 class Profile:
     def __init__(self, pid: int, path: Path) -> None:
         self.path = path

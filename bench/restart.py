@@ -12,7 +12,6 @@ For each: seconds from the signal until the operator that carries on has schedul
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 import urllib.request
@@ -28,8 +27,8 @@ from graphcred.model import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
-from .profile import Profile, summary
-from .scale import CONCURRENCY, _apiserver_requests, _free_port, _proc_stats, _setup
+from .profile import Profile, profile_dir_for, summary
+from .scale import CONCURRENCY, _apiserver_requests, _free_port, _proc_stats, _setup, samples
 
 LEASE_NAMESPACE = "graphcred-system"
 LEASE = "graphcred-leader"
@@ -67,9 +66,8 @@ class Operator:
         except OSError:
             return None
         counts: Counter[tuple[str, str]] = Counter()
-        for labels, value in re.findall(r"^graphcred_credentials\{([^}]*)\} (\S+)$", text, re.M):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-            counts[(found.get("ready", ""), found.get("reason", ""))] += int(float(value))
+        for labels, value in samples(text, "graphcred_credentials"):
+            counts[(labels.get("ready", ""), labels.get("reason", ""))] += value
         return counts
 
 
@@ -191,9 +189,7 @@ def main(ns: list[int], per_app: list[int], lifetime: int, profile_dir: Path | N
     for n in ns:
         for k in per_app:
             print(f"bench: restart, N={n}, {k} per app ...", flush=True)
-            where = profile_dir / f"restart-n{n}-k{k}" if profile_dir else None
-            if where:
-                where.mkdir(parents=True, exist_ok=True)
+            where = profile_dir_for(profile_dir, "restart", n, k)
             phases = run(n, k, lifetime, where)
             print(f"\n| N={n}, {k} per app | " + " | ".join(p.what for p in phases) + " |")
             print("|---|" + "---|" * len(phases))

@@ -35,6 +35,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from graphcred.secretwatch import METADATA_ONLY_WATCH
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
-from .profile import Profile, summary
+from .profile import Profile, profile_dir_for, summary
 
 CONCURRENCY = 16
 SETTLE = 10.0  # seconds past the steady window for the writes of refreshes in flight at its end
@@ -116,6 +117,12 @@ class Result:
         ]
 
 
+def samples(text: str, name: str) -> Iterator[tuple[dict[str, str], int]]:
+    """The samples of metric `name` in a Prometheus text exposition: (labels, value as a whole number)."""
+    for labels, value in re.findall(rf"^{re.escape(name)}\{{([^}}]*)\}} (\S+)$", text, re.M):
+        yield dict(re.findall(r'(\w+)="([^"]*)"', labels)), int(float(value))
+
+
 def _apiserver_requests(bed: Bed) -> Counter[tuple[str, str]]:
     """apiserver_request_total summed by (resource[/subresource], verb), from the apiserver's own /metrics."""
     pki = bed.control_plane.dir / "pki"
@@ -124,11 +131,9 @@ def _apiserver_requests(bed: Bed) -> Counter[tuple[str, str]]:
     with urllib.request.urlopen(f"{bed.control_plane.server}/metrics", context=ctx, timeout=30) as resp:
         text = resp.read().decode()
     counts: Counter[tuple[str, str]] = Counter()
-    for line in text.splitlines():
-        if line.startswith("apiserver_request_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            resource = "/".join(part for part in (labels.get("resource", ""), labels.get("subresource", "")) if part)
-            counts[(resource, labels.get("verb", ""))] += int(float(line.rsplit(" ", 1)[1]))
+    for labels, value in samples(text, "apiserver_request_total"):
+        resource = "/".join(part for part in (labels.get("resource", ""), labels.get("subresource", "")) if part)
+        counts[(resource, labels.get("verb", ""))] += value
     return counts
 
 
@@ -293,9 +298,8 @@ def _events_lost(port: int) -> dict[str, int]:
     """The operator's graphcred_events_lost_total by why."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
         text = resp.read().decode()
-    counts = {why: int(float(value)) for why, value in
-              re.findall(r'^graphcred_events_lost_total\{why="([^"]*)"\} (\S+)$', text, re.M)}
-    return {why: n for why, n in counts.items() if n}  # each why is exposed at 0 from the start
+    # each why is exposed at 0 from the start
+    return {labels["why"]: n for labels, n in samples(text, "graphcred_events_lost_total") if n}
 
 
 def _secret_writes(counts: Counter[tuple[str, str]]) -> int:
@@ -434,9 +438,7 @@ def main(ns: list[int], per_app: list[int], lifetime: int, steady: float, out: P
     for n in ns:
         for k in per_app:
             print(f"bench: N={n}, {k} per app ...", flush=True)
-            where = profile_dir / f"scale-n{n}-k{k}" if profile_dir else None
-            if where:
-                where.mkdir(parents=True, exist_ok=True)
+            where = profile_dir_for(profile_dir, "scale", n, k)
             results.append(run_one(n, k, lifetime, steady, where))
             profiles += sorted(where.glob("*.raw")) if where else []
     header = ["metric", *[f"N={r.n}, {r.per_app} per app" for r in results]]

@@ -218,6 +218,21 @@ def restarted(rig: Rig, seed: int = 1) -> tuple[Rig, Watched]:
     return new, watched
 
 
+async def ready_then_stopped(rig: Rig) -> dict[str, Any]:
+    """Credential "a" made Ready by `rig`'s process, which then stops (the process before a restart)."""
+    body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+    await until(lambda: is_ready(rig, "a"), what="Ready")
+    await rig.controller.stop()
+    return body
+
+
+async def resumed(new: Rig, body: dict[str, Any]) -> None:
+    """`new` lists the credential and resumes it (its expiry series is back)."""
+    new.controller.observe(new.listed(body))
+    await until(lambda: new.metrics.exposition().count('graphcred_token_expiration_timestamp_seconds{') == 1,
+                what="the credential resumed")
+
+
 def test_a_restart_keeps_a_valid_token_without_reading_the_credential_secret() -> None:
     """After a restart the watch has the credential Secret at the version the token was acquired with: only the
     token Secret is read (its expiry), no token is requested. Bench: a 10,000-credential restart makes half the
@@ -225,14 +240,10 @@ def test_a_restart_keeps_a_valid_token_without_reading_the_credential_secret() -
     rig, _ = watched_rig()
 
     async def scenario() -> None:
-        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
-        await until(lambda: is_ready(rig, "a"), what="Ready")
-        await rig.controller.stop()
+        body = await ready_then_stopped(rig)
         new, _ = restarted(rig)
         rig.kube.reads.clear()
-        new.controller.observe(new.listed(body))
-        await until(lambda: new.metrics.exposition().count('graphcred_token_expiration_timestamp_seconds{') == 1,
-                    what="the credential resumed")
+        await resumed(new, body)
         await new.controller.stop()
         assert rig.kube.reads == [(NS, "a-token")]
         assert new.tokens.requests == 0
@@ -244,9 +255,7 @@ def test_a_credential_secret_changed_while_the_operator_was_down_is_read_and_use
     rig, _ = watched_rig()
 
     async def scenario() -> None:
-        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
-        await until(lambda: is_ready(rig, "a"), what="Ready")
-        await rig.controller.stop()
+        body = await ready_then_stopped(rig)
         before = rig.kube.token_in(NS, "a-token")
         rig.kube.put_client_secret(NS, "cred", "rotated")  # a new version the status does not record
         new, _ = restarted(rig)
@@ -264,13 +273,9 @@ def test_a_resumed_credential_reads_its_secret_when_it_changes() -> None:
     rig, _ = watched_rig()
 
     async def scenario() -> None:
-        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
-        await until(lambda: is_ready(rig, "a"), what="Ready")
-        await rig.controller.stop()
+        body = await ready_then_stopped(rig)
         new, watched = restarted(rig)
-        new.controller.observe(new.listed(body))
-        await until(lambda: new.metrics.exposition().count('graphcred_token_expiration_timestamp_seconds{') == 1,
-                    what="the credential resumed")
+        await resumed(new, body)
         before = rig.kube.token_in(NS, "a-token")
         rig.kube.put_client_secret(NS, "cred", "rotated")
         watched.sync()
@@ -346,13 +351,9 @@ def test_a_resumed_credential_keeps_its_token_when_its_secret_changes_metadata_o
     rig, _ = watched_rig()
 
     async def scenario() -> None:
-        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
-        await until(lambda: is_ready(rig, "a"), what="Ready")
-        await rig.controller.stop()
+        body = await ready_then_stopped(rig)
         new, watched = restarted(rig)
-        new.controller.observe(new.listed(body))
-        await until(lambda: new.metrics.exposition().count('graphcred_token_expiration_timestamp_seconds{') == 1,
-                    what="the credential resumed")
+        await resumed(new, body)
         version = rig.kube.touch(NS, "cred")
         watched.sync()
         new.controller.secret_event(NS, "cred", version, False)
