@@ -571,7 +571,6 @@ class Reconciler:
         tenant = spec.authority()
         keys = (tenant, f"{tenant} app {spec.client_id}")
         self._check_breaker(keys)
-        answered = False
         try:
             # A ServiceAccount token, if federating: only once a request is to be made, and before taking a token
             # slot, so that an apiserver slow to answer TokenRequests holds no slot other credentials need.
@@ -590,7 +589,6 @@ class Reconciler:
         except _Held:
             raise
         except AcquisitionError as exc:
-            answered = True
             if not exc.permanent and exc.reason == Reason.THROTTLED:
                 self.breaker.failed(keys[0], self._clock(), exc.reason, exc.retry_after)
             elif not exc.permanent and exc.reason == Reason.AUTHORITY_UNAVAILABLE:
@@ -599,8 +597,10 @@ class Reconciler:
                 self.breaker.answered(keys)
             raise
         finally:
-            if not answered:
-                self.breaker.abandoned(keys)  # no-op once answered() closed them
+            # Whatever became of this request, it probes no longer. Not only when it got no answer: a 503 of this
+            # app's opens the app's breaker and says nothing of the tenant's, whose probe must go to the next
+            # caller now, not after PROBE_STALE. A no-op for breakers answered() closed or failed() just reopened.
+            self.breaker.abandoned(keys)
         self.breaker.answered(keys)
         self.metrics.acquisitions.labels("success", "TokenIssued").inc()
         return token

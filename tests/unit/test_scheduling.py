@@ -445,6 +445,34 @@ def test_one_broken_app_does_not_hold_back_a_healthy_app_of_the_same_tenant() ->
     run(scenario)
 
 
+def test_a_tenant_probe_that_meets_a_broken_app_lets_the_next_credential_probe() -> None:
+    """The soak's stuck tenant (CI, 2026-11-26): one app's 429 opened the tenant; once it closed, the probe that
+    went was another app's, and that app answered 503 (its own fault). The 503 opened that app's breaker but left
+    the tenant's probe marked in flight, so every other app of the tenant held off "waiting for one request to show
+    it has recovered" until the probe counted as stale, 90 s later: tokens expired with the tenant answering."""
+    rig = Rig()
+
+    async def scenario() -> None:
+        for name in ("throttled", "broken", "healthy"):
+            rig.kube.objects.add((NS, name))
+
+        async def reconcile(name: str) -> None:
+            await rig.reconciler.reconcile(Snapshot.of(gac(name, secret_spec(TENANT, str(uuid.uuid4())))),
+                                           Memory())
+
+        rig.tokens.failure = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=5)
+        await reconcile("throttled")
+        rig.clock.advance(10)  # the tenant's hold-off is over: the next request is its probe
+        rig.tokens.failure = AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "503", permanent=False)
+        await reconcile("broken")
+        rig.tokens.failure = None
+        rig.clock.advance(1)
+        await reconcile("healthy")
+        assert is_ready(rig, "healthy"), rig.ready("healthy")
+
+    run(scenario)
+
+
 def test_after_an_outage_the_breaker_probes_at_least_every_30_s() -> None:
     from graphcred.breaker import Breaker
 
