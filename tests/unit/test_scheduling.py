@@ -473,6 +473,32 @@ def test_a_tenant_probe_that_meets_a_broken_app_lets_the_next_credential_probe()
     run(scenario)
 
 
+def test_one_request_at_a_time_never_waits_for_a_probe() -> None:
+    """Seeded run of answers of every kind, one request at a time: with nothing in flight, no credential may hold
+    off "waiting for one request" (a probe mark left behind by a request that ended)."""
+    rng = random.Random(7)
+    rig = Rig()
+    tenants = [str(uuid.uuid4()) for _ in range(2)]
+    apps = [(tenant, str(uuid.uuid4())) for tenant in tenants for _ in range(3)]
+    answers: list[AcquisitionError | None] = [
+        None, AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=3),
+        AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "503", permanent=False),
+        AcquisitionError(Reason.INVALID_CREDENTIAL, "AADSTS7000215", permanent=True)]
+
+    async def scenario() -> None:
+        for step in range(300):
+            tenant, client_id = rng.choice(apps)
+            name = f"c{step}"
+            rig.kube.objects.add((NS, name))
+            rig.tokens.failure = rng.choice(answers)
+            await rig.reconciler.reconcile(Snapshot.of(gac(name, secret_spec(tenant, client_id))), Memory())
+            cond = rig.ready(name)
+            assert cond is not None and "waiting for one request" not in cond["message"], (step, cond)
+            rig.clock.advance(rng.uniform(0, 20))
+
+    run(scenario)
+
+
 def test_after_an_outage_the_breaker_probes_at_least_every_30_s() -> None:
     from graphcred.breaker import Breaker
 
