@@ -4,14 +4,21 @@
 # Prints the directory that holds the binaries on its last line.
 # `build-binaries.sh compat`: the compat bed instead (`make test-compat`): the oldest supported kube-apiserver
 # (COMPAT_KUBE_VERSION, Chart.yaml's kubeVersion floor) beside the current etcd, controller manager, kubectl and helm.
+# `build-binaries.sh node`: the current bed plus a node (graphcred_testbed.node): kubelet, kube-scheduler, containerd
+# (with its shim and ctr), runc and a static pause binary; prints a directory holding all of them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 KUBE_VERSION=v1.37.2   # keep in step with testbed/go/kube/go.mod
 COMPAT_KUBE_VERSION=v1.30.14  # keep in step with testbed/go/kube-compat/go.mod and Chart.yaml's kubeVersion
 ETCD_VERSION=v3.7.0    # the etcd that Kubernetes v1.37 is tested with (its go.mod)
 HELM_VERSION=v3.22.0
+# containerd 2.x, not Debian bookworm's 1.6.20: kubelet v1.37 still runs on a CRI without RuntimeConfig (1.x) but
+# counts it as losing support in v1.38 (cmd/kubelet/app/server.go); 2.x also has restrict_oom_score_adj, which
+# this machine needs (no CAP_SYS_RESOURCE: see graphcred_testbed/node.py)
+CONTAINERD_VERSION=v2.4.2
+RUNC_VERSION=v1.5.2  # the runc containerd v2.4.2 is tested with (its script/setup/runc-version)
 flavour=${1:-current}
-case $flavour in current|compat) ;; *) echo "usage: $0 [compat]" >&2; exit 2 ;; esac
+case $flavour in current|compat|node) ;; *) echo "usage: $0 [compat|node]" >&2; exit 2 ;; esac
 cache=${GRAPHCRED_CACHE:-$HOME/.cache/graphcred}
 out="$cache/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 mkdir -p "$out"
@@ -53,6 +60,52 @@ if [ ! -x "$out/helm" ]; then
 fi
 if [ "$flavour" = current ]; then
   echo "$out"
+  exit 0
+fi
+
+if [ "$flavour" = node ]; then
+  for cmd in kubelet kube-scheduler; do
+    build_kube "$cmd" "$KUBE_VERSION" "$here/go/kube" "$out"
+  done
+  ctrd="$cache/bin/containerd-$CONTAINERD_VERSION"
+  if [ ! -x "$ctrd/containerd" ]; then
+    echo "testbed: building containerd $CONTAINERD_VERSION" >&2
+    t0=$SECONDS
+    # the CRI plugin needs no cgo; leaving out btrfs and devmapper drops the snapshotters that would
+    GOBIN="$ctrd" go install -tags 'no_btrfs no_devmapper' \
+      -ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+    echo "testbed: built containerd in $((SECONDS - t0)) s" >&2
+  fi
+  runc_dir="$cache/bin/runc-$RUNC_VERSION"
+  if [ ! -x "$runc_dir/runc" ]; then
+    echo "testbed: building runc $RUNC_VERSION" >&2
+    t0=$SECONDS
+    # runc's nsenter is C and seccomp (RuntimeDefault profiles) links libseccomp: cgo, with libseccomp-dev
+    # (Debian's). Not the `libpathrs` tag of runc's Makefile: that library is Rust, not packaged here.
+    GOBIN="$runc_dir" CGO_ENABLED=1 go install -buildmode=pie -tags 'seccomp urfave_cli_no_docs' \
+      -ldflags='-s -w' "github.com/opencontainers/runc@$RUNC_VERSION"
+    echo "testbed: built runc in $((SECONDS - t0)) s" >&2
+  fi
+  pause_dir="$cache/bin/pause-$(sha256sum "$here/node/pause.c" | cut -c1-12)"
+  if [ ! -x "$pause_dir/pause" ]; then
+    mkdir -p "$pause_dir"
+    gcc -static -Os -s -o "$pause_dir/pause.tmp" "$here/node/pause.c"
+    mv "$pause_dir/pause.tmp" "$pause_dir/pause"
+  fi
+  node="$cache/bin/node-$(basename "$out")-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION"
+  mkdir -p "$node"
+  for name in etcd kube-apiserver kube-controller-manager kubectl helm kubelet kube-scheduler; do
+    ln -sfn "$out/$name" "$node/$name"
+  done
+  for name in containerd containerd-shim-runc-v2 ctr; do
+    ln -sfn "$ctrd/$name" "$node/$name"
+  done
+  ln -sfn "$runc_dir/runc" "$node/runc"
+  ln -sfn "$pause_dir/pause" "$node/pause"
+  echo "$node"
   exit 0
 fi
 

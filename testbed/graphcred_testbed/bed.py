@@ -1,4 +1,5 @@
-"""The whole test bed in one object: the control plane, the token issuer, the Graph API, and API clients."""
+"""The whole test bed in one object: the control plane, the token issuer, the Graph API, and API clients; with
+`node=True` also a real node (graphcred_testbed.node: containerd, runc, kubelet) that runs the cluster's pods."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from kubernetes import client, config
 from .cluster import ControlPlane
 from .graph import GraphApi
 from .issuer import Issuer, IssuerServer
+from .node import NODE_IP, Node
 from .pki import CertificateAuthority
 
 T = TypeVar("T")
@@ -35,12 +37,15 @@ def wait_for(
 class Bed:
     """Control plane + issuer + Graph API. `with Bed(dir) as bed:` starts them all and stops them all."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
-        self.control_plane = ControlPlane(workdir)
+    def __init__(self, workdir: Path | None = None, *, node: bool = False) -> None:
+        self.control_plane = ControlPlane(workdir, node=node)
+        self.node_wanted = node
+        self._node: Node | None = None
         self.issuer_ca = CertificateAuthority("graphcred-testbed-issuer-ca")
         self.issuer_ca_file = self.control_plane.dir / "issuer-ca.crt"
         self.issuer_ca_file.write_bytes(self.issuer_ca.cert_pem)
         self.issuer_server: IssuerServer | None = None
+        self.node_authority_host: str | None = None  # the issuer as the node's pods reach it (`Bed(node=True)`)
         self.graph_api: GraphApi | None = None
         self.api: client.ApiClient | None = None
 
@@ -61,17 +66,30 @@ class Bed:
         return self.graph_api
 
     @property
+    def node(self) -> Node:
+        """The bed's node (`Bed(node=True)`)."""
+        assert self._node is not None, "bed started without node=True"
+        return self._node
+
+    @property
     def kubeconfig(self) -> Path:
         return self.control_plane.kubeconfig
 
     def start(self) -> Bed:
-        self.issuer_server = IssuerServer(self.issuer_ca).start()
+        # with a node, its pods reach the issuer through a forward at the node's address: the certificate names it
+        self.issuer_server = IssuerServer(self.issuer_ca, also=(NODE_IP,) if self.node_wanted else ()).start()
         # federated assertions: the issuer fetches the apiserver's discovery document and JWKS, served with this CA
         self.issuer_server.issuer.trust_ca(self.control_plane.ca.cert_pem)
         try:
             self.graph_api = GraphApi(self.issuer_ca, self.issuer_server.base_url, self.issuer_ca_file).start()
             self.control_plane.start()
+            if self.node_wanted:
+                self._node = Node(self.control_plane).start()
+                ip, port = self._node.forward(self.issuer_server.server_address[1])
+                self.node_authority_host = f"https://{ip}:{port}"
+                self.issuer_server.issuer.aliases.add(self.node_authority_host)
         except Exception:
+            self.control_plane.stop()
             if self.graph_api is not None:
                 self.graph_api.stop()
             self.issuer_server.stop()
@@ -82,6 +100,8 @@ class Bed:
     def stop(self) -> None:
         if self.api is not None:
             self.api.close()  # type: ignore[no-untyped-call]
+        if self._node is not None:
+            self._node.stop()
         self.control_plane.stop()
         if self.graph_api is not None:
             self.graph_api.stop()

@@ -3,7 +3,10 @@ kubectl and helm. They are built from the Go module proxy by `testbed/build-bina
 the repository; `GRAPHCRED_TESTBED_BIN` points at a ready directory instead.
 
 `GRAPHCRED_TESTBED_KUBE=compat` selects the compat bed (`make test-compat`): the oldest supported kube-apiserver
-minor, the floor of the chart's kubeVersion, with the current etcd, controller manager, kubectl and helm."""
+minor, the floor of the chart's kubeVersion, with the current etcd, controller manager, kubectl and helm.
+
+A node (graphcred_testbed.node) needs more, built only when one is asked for (`build-binaries.sh node`): kubelet,
+kube-scheduler, containerd with its shim and ctr, runc and a static pause binary (`node_binary`)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+NODE_NAMES = ("kubelet", "kube-scheduler", "containerd", "containerd-shim-runc-v2", "ctr", "runc", "pause")
 FLAVOURS = ("current", "compat")
 
 
@@ -68,3 +72,22 @@ def kube_version() -> str:
 def kube_minor() -> int:
     """The bed's kube-apiserver minor version, e.g. 37: tests of features newer than the compat floor check it."""
     return int(kube_version().lstrip("v").split(".")[1])
+
+
+@cache
+def node_binary_dir() -> Path:
+    """The directory holding the node's binaries (and links to the bed's): GRAPHCRED_TESTBED_BIN when set."""
+    configured = os.environ.get("GRAPHCRED_TESTBED_BIN")
+    if configured:
+        directory = Path(configured)
+    else:
+        out = subprocess.run(["bash", str(_build_script()), "node"], check=True, stdout=subprocess.PIPE, text=True)
+        directory = Path(out.stdout.strip().splitlines()[-1])
+    missing = [n for n in NODE_NAMES if not (directory / n).exists()]
+    if missing:
+        raise RuntimeError(f"node binaries missing in {directory}: {', '.join(missing)}")
+    return directory
+
+
+def node_binary(name: str) -> str:
+    return str(node_binary_dir() / name)

@@ -8,6 +8,10 @@ The controller manager runs
 the garbage collector (owner references really delete Secrets), the namespace controller and the
 service-account controller. The OwnerReferencesPermissionEnforcement admission plugin is on, as on OpenShift.
 Ports are random; every process dies with its parent (PR_SET_PDEATHSIG).
+
+`ControlPlane(node=True)` prepares for a real node (graphcred_testbed.node): the Node authorizer and NodeRestriction
+for the kubelet's credentials, the controllers a Deployment needs (deployment, replicaset, and the root-CA publisher
+whose `kube-root-ca.crt` every pod's ServiceAccount volume mounts), and kube-scheduler.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from .binaries import binary
+from .binaries import binary, node_binary
 from .pki import CertificateAuthority, KeyPair, key_pem, new_key, public_key_pem
 
 log = logging.getLogger("graphcred_testbed")
@@ -62,9 +66,10 @@ def _die_with_parent() -> None:
 class Process:
     """A child process whose output goes to a log file in the bed's directory."""
 
-    def __init__(self, name: str, argv: list[str], logdir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], logdir: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.argv = argv
+        self.env = env
         self.logfile = logdir / f"{name}.log"
         self._log: IO[bytes] | None = None
         self.popen: subprocess.Popen[bytes] | None = None
@@ -72,7 +77,7 @@ class Process:
     def start(self) -> None:
         self._log = open(self.logfile, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
             preexec_fn=_die_with_parent, start_new_session=True,
         )
 
@@ -101,7 +106,8 @@ class Process:
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager, started in a temporary directory."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, *, node: bool = False) -> None:
+        self.node = node
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="graphcred-bed-"))
         self.ca = CertificateAuthority("graphcred-testbed-kube-ca")
@@ -132,12 +138,12 @@ class ControlPlane:
         (pki / "sa.pub").write_bytes(public_key_pem(sa))
         self.write_kubeconfig(self.kubeconfig, self.admin)
 
-    def write_kubeconfig(self, path: Path, client: KeyPair, user: str = "admin") -> Path:
+    def write_kubeconfig(self, path: Path, client: KeyPair, user: str = "admin", server: str | None = None) -> Path:
         pki = self.dir / "pki"
         crt, key = client.write(pki, f"client-{user}")
         path.write_text(
             "apiVersion: v1\nkind: Config\n"
-            f"clusters:\n- name: graphcred-bed\n  cluster:\n    server: {self.server}\n"
+            f"clusters:\n- name: graphcred-bed\n  cluster:\n    server: {server or self.server}\n"
             f"    certificate-authority: {pki / 'ca.crt'}\n"
             f"users:\n- name: {user}\n  user:\n    client-certificate: {crt}\n    client-key: {key}\n"
             f"contexts:\n- name: graphcred-bed\n  context:\n    cluster: graphcred-bed\n    user: {user}\n"
@@ -178,10 +184,13 @@ class ControlPlane:
             # system:unauthenticated (the built-in public-info-viewer: healthz/livez/readyz/version; and discovery)
             "--anonymous-auth=true",
             "--service-cluster-ip-range=10.0.0.0/24",
-            "--authorization-mode=RBAC",
+            # a node's kubelet is authorized as on any cluster: the Node authorizer, NodeRestriction
+            "--authorization-mode=" + ("Node,RBAC" if self.node else "RBAC"),
             # as on OpenShift: setting blockOwnerDeletion needs `update` on the owner's finalizers subresource
-            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
-            # no kubernetes Service endpoints: nothing runs in-cluster, and 1.37 refuses a loopback endpoint
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement"
+            + (",NodeRestriction" if self.node else ""),
+            # no kubernetes Service endpoints: 1.37 refuses a loopback endpoint. The Service keeps its ClusterIP
+            # 10.0.0.1 (a node's pods get it as KUBERNETES_SERVICE_HOST; graphcred_testbed.node forwards it)
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
@@ -192,12 +201,21 @@ class ControlPlane:
             f"--kubeconfig={self.kubeconfig}",
             # clusterrole-aggregation: fills view/edit/admin from roles labelled aggregate-to-* (the chart's)
             "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,"
-            "clusterrole-aggregation-controller",
+            "clusterrole-aggregation-controller"
+            # node-lifecycle: lifts the not-ready taint kubelet registers the node with
+            + (",deployment-controller,replicaset-controller,root-ca-certificate-publisher-controller,"
+               "node-lifecycle-controller"
+               if self.node else ""),
             "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=false",
             f"--root-ca-file={pki / 'ca.crt'}",
             "--concurrent-gc-syncs=10",
             "--v=1",
         ], logs)
+        if self.node:
+            self.processes["kube-scheduler"] = Process("kube-scheduler", [
+                node_binary("kube-scheduler"), f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false", "--secure-port=0", "--v=1",
+            ], logs)
         try:
             self.processes["etcd"].start()
             self._wait_http(f"{etcd_url}/health", "etcd", t0 + timeout, tls=False)
@@ -205,6 +223,8 @@ class ControlPlane:
             self._wait_http(f"{self.server}/readyz", "kube-apiserver", t0 + timeout, tls=True)
             self._grant_anonymous_discovery()
             self.processes["kube-controller-manager"].start()
+            if self.node:
+                self.processes["kube-scheduler"].start()
             self._wait_default_serviceaccount(t0 + timeout)
         except Exception:
             self.stop()
@@ -273,7 +293,7 @@ class ControlPlane:
         self._wait_http(f"{self.server}/readyz", "kube-apiserver", time.monotonic() + 60, tls=True)
 
     def stop(self) -> None:
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             proc = self.processes.get(name)
             if proc is not None:
                 proc.stop()

@@ -224,6 +224,9 @@ class Issuer:
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
+        # Other URLs of this same server (a node's pods reach it through a forward at another address): discovery
+        # answers with the endpoints of the URL a client came in by, as its assertions' audience may name them.
+        self.aliases: set[str] = set()
         self.signing_key = new_key()
         self.kid = "graphcred-testbed-" + uuid.uuid4().hex[:8]
         self._lock = threading.Lock()
@@ -393,19 +396,21 @@ class Issuer:
             raise canned_error(90002, None, tenant, "")
         return tid
 
-    def token_endpoint(self, tenant_id: str) -> str:
-        return f"{self.base_url}/{tenant_id}/oauth2/v2.0/token"
+    def token_endpoint(self, tenant_id: str, base: str | None = None) -> str:
+        return f"{base or self.base_url}/{tenant_id}/oauth2/v2.0/token"
 
     def issuer_for(self, tenant_id: str) -> str:
         return f"{self.base_url}/{tenant_id}/v2.0"
 
-    def openid_configuration(self, tenant: str) -> dict[str, Any]:
+    def openid_configuration(self, tenant: str, via: str | None = None) -> dict[str, Any]:
+        """The tenant's discovery document; `via`: the base URL the request came in by, if one of `aliases`."""
         tid = self.resolve_tenant(tenant)
+        base = via if via in self.aliases else self.base_url
         return {
-            "token_endpoint": self.token_endpoint(tid),
+            "token_endpoint": self.token_endpoint(tid, base),
             "token_endpoint_auth_methods_supported": [
                 "client_secret_post", "private_key_jwt", "client_secret_basic"],
-            "jwks_uri": f"{self.base_url}/{tid}/discovery/v2.0/keys",
+            "jwks_uri": f"{base}/{tid}/discovery/v2.0/keys",
             "response_modes_supported": ["query", "fragment", "form_post"],
             "subject_types_supported": ["pairwise"],
             "id_token_signing_alg_values_supported": ["RS256"],
@@ -413,9 +418,9 @@ class Issuer:
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
             "issuer": self.issuer_for(tid),
             "request_uri_parameter_supported": False,
-            "authorization_endpoint": f"{self.base_url}/{tid}/oauth2/v2.0/authorize",
-            "device_authorization_endpoint": f"{self.base_url}/{tid}/oauth2/v2.0/devicecode",
-            "end_session_endpoint": f"{self.base_url}/{tid}/oauth2/v2.0/logout",
+            "authorization_endpoint": f"{base}/{tid}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{base}/{tid}/oauth2/v2.0/devicecode",
+            "end_session_endpoint": f"{base}/{tid}/oauth2/v2.0/logout",
             "tenant_region_scope": "EU",
             "cloud_instance_name": "graphcred.test",
         }
@@ -520,7 +525,8 @@ class Issuer:
             alg, public_key, signing_input, signature
         ):
             raise bad("Client assertion contains an invalid signature.")
-        audiences = {self.token_endpoint(tid), self.token_endpoint(app.tenant_id)}
+        audiences = {self.token_endpoint(t, base) for t in (tid, app.tenant_id)
+                     for base in (self.base_url, *self.aliases)}
         aud = claims.get("aud")
         if aud not in audiences:
             raise AadstsError(700021, 400, "invalid_client",
@@ -723,7 +729,7 @@ class _Handler(BaseHTTPRequestHandler):
                 fault = issuer._take_discovery_fault(parts[0])
                 if fault is not None and self._answer_fault(fault, parts[0], ""):
                     return
-                self._send_json(200, issuer.openid_configuration(parts[0]))
+                self._send_json(200, issuer.openid_configuration(parts[0], f"https://{self.headers.get('Host')}"))
             elif len(parts) == 4 and parts[1:] == ["discovery", "v2.0", "keys"]:
                 self._send_json(200, issuer.jwks())
             else:
@@ -761,11 +767,13 @@ class IssuerServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, ca: CertificateAuthority, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, ca: CertificateAuthority, host: str = "127.0.0.1", port: int = 0,
+                 also: tuple[str, ...] = ()) -> None:
+        """`also`: other addresses its certificate names (where a forward to it listens, see `Issuer.aliases`)."""
         super().__init__((host, port), _Handler)
         self.base_url = f"https://{host}:{self.server_address[1]}"
         self.issuer = Issuer(self.base_url)
-        pair = ca.issue("graphcred-testbed-issuer", server=True, hosts=(host, "localhost"))
+        pair = ca.issue("graphcred-testbed-issuer", server=True, hosts=(host, "localhost", *also))
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._tmp = tempfile.TemporaryDirectory(prefix="graphcred-issuer-")
         crt, key = pair.write(Path(self._tmp.name), "issuer")

@@ -1,0 +1,28 @@
+"""The node tests' bed: a control plane with a real node (containerd, runc, kubelet, kube-scheduler), one per test
+module (a start takes about 10 s; a module may stop its node). Selected with `pytest -m node` (`make test` runs
+them after the main suite)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from graphcred_testbed.bed import Bed
+from graphcred_testbed.node import KUBELET_SYSCTLS
+
+
+def host_sysctls() -> dict[str, str]:
+    return {key: (Path("/proc/sys") / key).read_text() for key in KUBELET_SYSCTLS}
+
+
+@pytest.fixture(scope="module")
+def host_sysctls_before() -> dict[str, str]:
+    return host_sysctls()
+
+
+@pytest.fixture(scope="module")
+def node_bed(tmp_path_factory: pytest.TempPathFactory, host_sysctls_before: dict[str, str]) -> Iterator[Bed]:
+    with Bed(tmp_path_factory.mktemp("node-bed"), node=True) as bed:
+        yield bed
