@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 SOAK_ARGS ?= --minutes 20 --seed 1
 
-.PHONY: all venv binaries binaries-compat lint test test-compat demo bench soak lock crd clean
+.PHONY: all venv binaries binaries-compat lint test test-compat test-node demo bench soak lock crd clean
 
 all: test
 
@@ -45,6 +45,13 @@ test: lint binaries
 # with them.
 test-compat: venv binaries-compat
 	@GRAPHCRED_TESTBED_KUBE=compat bash scripts/test.sh $(BIN) -m compat $(PYTEST_ARGS) tests/e2e
+
+# The node tests alone (tests/node; `make test` ends with them): a bed with a real node (containerd, runc, kubelet;
+# root needed), the chart installed with the image built from the Dockerfile by testbed/build-image.sh.
+test-node: venv binaries
+	@bash testbed/build-binaries.sh node >/dev/null
+	@bash testbed/build-image.sh >/dev/null
+	@bash scripts/test.sh $(BIN) -m node tests/node $(PYTEST_ARGS)
 
 demo: venv binaries
 	$(BIN)/python -m graphcred_testbed demo

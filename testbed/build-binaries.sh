@@ -6,6 +6,7 @@
 # (COMPAT_KUBE_VERSION, Chart.yaml's kubeVersion floor) beside the current etcd, controller manager, kubectl and helm.
 # `build-binaries.sh node`: the current bed plus a node (graphcred_testbed.node): kubelet, kube-scheduler, containerd
 # (with its shim and ctr), runc and a static pause binary; prints a directory holding all of them.
+# `build-binaries.sh runc`: only runc (testbed/build-image.sh's BuildKit runs it); prints its path.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 KUBE_VERSION=v1.37.2   # keep in step with testbed/go/kube/go.mod
@@ -18,7 +19,7 @@ HELM_VERSION=v3.22.0
 CONTAINERD_VERSION=v2.4.2
 RUNC_VERSION=v1.5.2  # the runc containerd v2.4.2 is tested with (its script/setup/runc-version)
 flavour=${1:-current}
-case $flavour in current|compat|node) ;; *) echo "usage: $0 [compat|node]" >&2; exit 2 ;; esac
+case $flavour in current|compat|node|runc) ;; *) echo "usage: $0 [compat|node|runc]" >&2; exit 2 ;; esac
 cache=${GRAPHCRED_CACHE:-$HOME/.cache/graphcred}
 out="$cache/bin/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
 mkdir -p "$out"
@@ -47,6 +48,25 @@ build_kube() {  # command, version, module dir, output dir
   mv "$dest/$cmd.tmp" "$dest/$cmd"
   echo "testbed: built $cmd in $((SECONDS - t0)) s" >&2
 }
+
+build_runc() {  # prints runc's path (the node's and build-image.sh's BuildKit both run it)
+  local dir="$cache/bin/runc-$RUNC_VERSION" t0
+  if [ ! -x "$dir/runc" ]; then
+    echo "testbed: building runc $RUNC_VERSION" >&2
+    t0=$SECONDS
+    # runc's nsenter is C and seccomp (RuntimeDefault profiles) links libseccomp: cgo, with libseccomp-dev
+    # (Debian's). Not the `libpathrs` tag of runc's Makefile: that library is Rust, not packaged here.
+    GOBIN="$dir" CGO_ENABLED=1 go install -buildmode=pie -tags 'seccomp urfave_cli_no_docs' \
+      -ldflags='-s -w' "github.com/opencontainers/runc@$RUNC_VERSION"
+    echo "testbed: built runc in $((SECONDS - t0)) s" >&2
+  fi
+  echo "$dir/runc"
+}
+
+if [ "$flavour" = runc ]; then
+  build_runc
+  exit 0
+fi
 
 for cmd in kube-apiserver kube-controller-manager kubectl; do
   build_kube "$cmd" "$KUBE_VERSION" "$here/go/kube" "$out"
@@ -79,16 +99,7 @@ if [ "$flavour" = node ]; then
       "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
     echo "testbed: built containerd in $((SECONDS - t0)) s" >&2
   fi
-  runc_dir="$cache/bin/runc-$RUNC_VERSION"
-  if [ ! -x "$runc_dir/runc" ]; then
-    echo "testbed: building runc $RUNC_VERSION" >&2
-    t0=$SECONDS
-    # runc's nsenter is C and seccomp (RuntimeDefault profiles) links libseccomp: cgo, with libseccomp-dev
-    # (Debian's). Not the `libpathrs` tag of runc's Makefile: that library is Rust, not packaged here.
-    GOBIN="$runc_dir" CGO_ENABLED=1 go install -buildmode=pie -tags 'seccomp urfave_cli_no_docs' \
-      -ldflags='-s -w' "github.com/opencontainers/runc@$RUNC_VERSION"
-    echo "testbed: built runc in $((SECONDS - t0)) s" >&2
-  fi
+  runc_dir=$(dirname "$(build_runc)")
   pause_dir="$cache/bin/pause-$(sha256sum "$here/node/pause.c" | cut -c1-12)"
   if [ ! -x "$pause_dir/pause" ]; then
     mkdir -p "$pause_dir"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -39,3 +40,14 @@ class RunConfig:
     @staticmethod
     def in_cluster() -> bool:
         return os.path.exists(os.path.join(SERVICE_ACCOUNT_DIR, "token")) and "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The apiserver's URL as a pod finds it: the `kubernetes` Service's address from the environment the kubelet
+    sets, as client-go and the kubernetes client do. Not the DNS name kubernetes.default.svc (kopf's own default):
+    that needs cluster DNS, and graphcred must not lose its watches while CoreDNS is down or in a cluster without
+    it (found on the bed's node, which has none)."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST", ""), environ.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,7 +14,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 
-from .config import RunConfig
+from .config import RunConfig, in_cluster_server
 from .consumers import PodConsumer, PodKey
 from .controller import Controller
 from .events import POSTERS, EventRecorder, instance_name
@@ -181,6 +183,9 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     # In a pod: the mounted ServiceAccount; elsewhere: KUBECONFIG (set from --kubeconfig by the CLI).
     if RunConfig.in_cluster():
         info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        server = in_cluster_server(os.environ)
+        if info is not None and server is not None:
+            info = dataclasses.replace(info, server=server)
     else:
         info = kopf.login_with_kubeconfig(**kwargs)
     return info

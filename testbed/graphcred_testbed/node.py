@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import datetime as dt
 import itertools
 import json
 import logging
@@ -550,7 +551,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     def logs(self, namespace: str, pod: str, container: str) -> str:
         """The container's output (stdout and stderr, all restarts), read from kubelet's pod log directory."""
-        lines: list[str] = []
+        return "\n".join(text for _, text in self.log_lines(namespace, pod, container))
+
+    def log_lines(self, namespace: str, pod: str, container: str) -> list[tuple[dt.datetime, str]]:
+        """The container's output lines with the time the runtime took each (CRI log format), oldest first."""
+        lines: list[tuple[dt.datetime, str]] = []
         partial = ""
         for pod_dir in sorted(self.pod_logs.glob(f"{namespace}_{pod}_*")):
             files = sorted((pod_dir / container).glob("*.log"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0)
@@ -562,6 +567,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                         continue
                     partial += parts[3]
                     if parts[2] == "F":
-                        lines.append(partial)
+                        lines.append((_cri_time(parts[0]), partial))
                         partial = ""
-        return "\n".join(lines)
+        return lines
+
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a running container's first process (`containerd://ID` as in a pod's status, or ID)."""
+        wanted = container_id.removeprefix("containerd://")
+        for line in self._ctr("tasks", "ls").stdout.splitlines()[1:]:
+            task, pid, *_ = line.split()
+            if task == wanted:
+                return int(pid)
+        raise LookupError(f"no running task {wanted}")
+
+
+def _cri_time(stamp: str) -> dt.datetime:
+    """RFC 3339 with nanoseconds (the CRI log's first field) to an aware datetime (microseconds)."""
+    head, _, frac = stamp.partition(".")
+    digits, zone = (frac[:-1], "+00:00") if frac.endswith("Z") else (frac[:-6], frac[-6:])
+    if not frac:
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return dt.datetime.fromisoformat(f"{head}.{(digits + '000000')[:6]}{zone}")

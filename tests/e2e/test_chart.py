@@ -154,6 +154,17 @@ def test_restricted_security_context_by_default() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_probes_give_a_starved_node_time() -> None:
+    """On the bed's node (tests/node) the kubelet's defaults (1 s timeout, probing from the first second) killed
+    a standby twice while a busy 2-core node started it: a start-up probe, then 5 s timeouts and 6 failures."""
+    [deploy] = [d for d in render() if d["kind"] == "Deployment"]
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    startup, liveness = container["startupProbe"], container["livenessProbe"]
+    assert startup["httpGet"]["path"] == "/healthz" and startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    assert liveness["timeoutSeconds"] >= 5 and liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+    assert container["readinessProbe"]["timeoutSeconds"] >= 5
+
+
 def _user_facing(doc: dict[str, Any]) -> bool:
     """A ClusterRole aggregated into view/edit/admin: granted to users bound to those, not to the operator."""
     labels = doc["metadata"].get("labels") or {}
