@@ -31,6 +31,7 @@ class _State:
     until: dt.datetime
     reason: Reason
     probe_since: dt.datetime | None = None
+    prober: object | None = None  # whose probe it is: only that caller's end frees it
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ class Breaker:
     def __len__(self) -> int:
         return len(self._states)
 
-    def hold(self, keys: Sequence[str], now: dt.datetime) -> Hold | None:
-        """None: go ahead (where a breaker was half-open, this caller is now its probe). Else: wait."""
+    def hold(self, keys: Sequence[str], now: dt.datetime, caller: object | None = None) -> Hold | None:
+        """None: go ahead (where a breaker was half-open, this caller is now its probe). Else: wait. `caller`:
+        what identifies this request to `abandoned`."""
         states = [(key, self._states[key]) for key in keys if key in self._states]
         for key, state in states:
             if now < state.until:
@@ -61,7 +63,7 @@ class Breaker:
                 return Hold(PROBE_WAIT * (0.5 + self._rng.random()), state.reason,
                             f"holding off {key}: waiting for one request to show it has recovered")
         for _, state in states:
-            state.probe_since = now
+            state.probe_since, state.prober = now, caller
         return None
 
     def still_open(self, keys: Sequence[str], now: dt.datetime) -> Hold | None:
@@ -95,12 +97,14 @@ class Breaker:
         for key in keys:
             self._states.pop(key, None)
 
-    def abandoned(self, keys: Sequence[str]) -> None:
-        """The probe ended without an answer (cancelled): let another caller probe."""
+    def abandoned(self, keys: Sequence[str], caller: object | None = None) -> None:
+        """`caller`'s request ended without closing these breakers: where it was the probe, let another caller
+        probe. Not where another caller is: a request sent before a breaker opened ends later without a word
+        on it, and must not let a second probe out beside the one in flight."""
         for key in keys:
             state = self._states.get(key)
-            if state is not None:
-                state.probe_since = None
+            if state is not None and (caller is None or state.prober is caller):
+                state.probe_since, state.prober = None, None
 
 
 def _what(reason: Reason) -> str:

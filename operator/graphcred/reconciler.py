@@ -570,7 +570,8 @@ class Reconciler:
     async def _acquire_now(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
         tenant = spec.authority()
         keys = (tenant, f"{tenant} app {spec.client_id}")
-        self._check_breaker(keys)
+        request = object()  # this request, to the breakers: it frees only the probe marks it set
+        self._check_breaker(keys, request)
         try:
             # A ServiceAccount token, if federating: only once a request is to be made, and before taking a token
             # slot, so that an apiserver slow to answer TokenRequests holds no slot other credentials need.
@@ -578,7 +579,7 @@ class Reconciler:
             try:
                 async with self._token_slots:
                     # again: a breaker may have opened while this request waited for a slot
-                    self._check_breaker(keys, admitted=True)
+                    self._check_breaker(keys, request, admitted=True)
                     started = time.monotonic()
                     try:
                         token = await self._blocking(self.tokens.acquire, spec, presented)
@@ -597,17 +598,18 @@ class Reconciler:
                 self.breaker.answered(keys)
             raise
         finally:
-            # Whatever became of this request, it probes no longer. Not only when it got no answer: a 503 of this
-            # app's opens the app's breaker and says nothing of the tenant's, whose probe must go to the next
-            # caller now, not after PROBE_STALE. A no-op for breakers answered() closed or failed() just reopened.
-            self.breaker.abandoned(keys)
+            # Whatever became of this request, it probes no longer (where it was the probe). Not only when it got
+            # no answer: a 503 of this app's opens the app's breaker and says nothing of the tenant's, whose probe
+            # must go to the next caller now, not after PROBE_STALE. A no-op for breakers answered() closed or
+            # failed() just reopened, and for another caller's probe.
+            self.breaker.abandoned(keys, request)
         self.breaker.answered(keys)
         self.metrics.acquisitions.labels("success", "TokenIssued").inc()
         return token
 
-    def _check_breaker(self, keys: tuple[str, ...], *, admitted: bool = False) -> None:
+    def _check_breaker(self, keys: tuple[str, ...], request: object, *, admitted: bool = False) -> None:
         now = self._clock()
-        hold = self.breaker.still_open(keys, now) if admitted else self.breaker.hold(keys, now)
+        hold = self.breaker.still_open(keys, now) if admitted else self.breaker.hold(keys, now, request)
         if hold is not None:
             raise _Held(hold.reason, hold.message, permanent=False, retry_after=hold.seconds)
 

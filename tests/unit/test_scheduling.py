@@ -473,6 +473,28 @@ def test_a_tenant_probe_that_meets_a_broken_app_lets_the_next_credential_probe()
     run(scenario)
 
 
+def test_a_request_sent_before_the_tenant_opened_does_not_free_the_probe_of_another() -> None:
+    """Review of 7e746f4: every request frees its probe marks when it ends; one sent before the tenant opened
+    (so no probe) ending later with its own app's 503 freed the mark of the probe in flight, and a second probe
+    went out beside it."""
+    from graphcred.breaker import Breaker
+
+    breaker, clock = Breaker(random.Random(0)), Clock()
+    early, probe, waiting = object(), object(), object()
+    tenant = "https://login/t"
+    assert breaker.hold((tenant, f"{tenant} app a"), clock.now, early) is None  # nothing open yet
+    breaker.failed(tenant, clock.now, Reason.THROTTLED, 5)  # another app's 429 opens the tenant
+    clock.advance(10)
+    assert breaker.hold((tenant, f"{tenant} app c"), clock.now, probe) is None  # the probe
+    assert breaker.hold((tenant, f"{tenant} app d"), clock.now, waiting) is not None
+    breaker.failed(f"{tenant} app a", clock.now, Reason.AUTHORITY_UNAVAILABLE, None)  # the early one: a 503
+    breaker.abandoned((tenant, f"{tenant} app a"), early)
+    hold = breaker.hold((tenant, f"{tenant} app d"), clock.now, waiting)
+    assert hold is not None and "waiting for one request" in hold.message, hold
+    breaker.abandoned((tenant, f"{tenant} app c"), probe)  # the probe ends without an answer: the next may go
+    assert breaker.hold((tenant, f"{tenant} app d"), clock.now, waiting) is None
+
+
 def test_one_request_at_a_time_never_waits_for_a_probe() -> None:
     """Seeded run of answers of every kind, one request at a time: with nothing in flight, no credential may hold
     off "waiting for one request" (a probe mark left behind by a request that ended)."""
