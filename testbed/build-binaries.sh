@@ -8,6 +8,7 @@
 # (with its shim and ctr), runc and a static pause binary; prints a directory holding all of them.
 # `build-binaries.sh runc`: only runc (testbed/build-image.sh's BuildKit runs it); prints its path.
 set -euo pipefail
+shopt -s inherit_errexit  # and inside $(...): a failed step there must stop the build, not be cached
 here=$(cd "$(dirname "$0")" && pwd)
 KUBE_VERSION=v1.37.2   # keep in step with testbed/go/kube/go.mod
 COMPAT_KUBE_VERSION=v1.30.14  # keep in step with testbed/go/kube-compat/go.mod and Chart.yaml's kubeVersion
@@ -88,7 +89,7 @@ if [ "$flavour" = node ]; then
     build_kube "$cmd" "$KUBE_VERSION" "$here/go/kube" "$out"
   done
   ctrd="$cache/bin/containerd-$CONTAINERD_VERSION"
-  if [ ! -x "$ctrd/containerd" ]; then
+  if [ ! -x "$ctrd/containerd" ] || [ ! -x "$ctrd/containerd-shim-runc-v2" ] || [ ! -x "$ctrd/ctr" ]; then
     echo "testbed: building containerd $CONTAINERD_VERSION" >&2
     t0=$SECONDS
     # the CRI plugin needs no cgo; leaving out btrfs and devmapper drops the snapshotters that would

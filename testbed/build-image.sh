@@ -8,6 +8,7 @@
 # to operator/ rebuilds only the layers after it. Prints the archive's path on its last line.
 # Needs root, Go, and Debian's mmdebstrap, umoci, libseccomp-dev (runc's cgo) and pigz.
 set -euo pipefail
+shopt -s inherit_errexit  # and inside $(...): a failed step there must stop the build, not be cached
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 BUILDKIT_VERSION=v0.34.2  # keep in step with testbed/go/buildkit/go.mod
@@ -260,8 +261,12 @@ main() {
       step_summary "$cache/image/graphcred-$key.log"
       verify_image "$runc" "$out.tmp"; } > "$summary.tmp"
     mv "$out.tmp" "$out" && mv "$summary.tmp" "$summary"
-    # one image in the cache, the newest: BuildKit's state keeps the layers a rebuild reuses
-    find "$cache/image" -maxdepth 1 -name 'graphcred-*' ! -name "graphcred-$key.*" -delete
+    # the three newest images in the cache (several checkouts may share it, each importing its own); BuildKit's
+    # state keeps the layers a rebuild reuses
+    find "$cache/image" -maxdepth 1 -name 'graphcred-*.tar' -printf '%T@ %p\n' | sort -rn | tail -n +4 \
+      | cut -d' ' -f2- | sed 's/\.tar$//' | while read -r old; do
+      rm -f "$old.tar" "$old.summary" "$old.log"
+    done
   fi
   sed 's/^/build-image: /' "$summary" >&2
   log "done in $((SECONDS - t0)) s; whole build log: $cache/image/graphcred-$key.log"

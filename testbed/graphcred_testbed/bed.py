@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,25 +89,24 @@ class Bed:
                 ip, port = self._node.forward(self.issuer_server.server_address[1])
                 self.node_authority_host = f"https://{ip}:{port}"
                 self.issuer_server.issuer.aliases.add(self.node_authority_host)
-        except Exception:
-            self.control_plane.stop()
-            if self.graph_api is not None:
-                self.graph_api.stop()
-            self.issuer_server.stop()
+        except BaseException:  # pytest-timeout's Failed too: nothing of a half-started bed may outlive it
+            self.stop()
             raise
         self.api = config.new_client_from_config(str(self.kubeconfig))  # type: ignore[no-untyped-call]
         return self
 
     def stop(self) -> None:
-        if self.api is not None:
-            self.api.close()  # type: ignore[no-untyped-call]
-        if self._node is not None:
-            self._node.stop()
-        self.control_plane.stop()
-        if self.graph_api is not None:
-            self.graph_api.stop()
-        if self.issuer_server is not None:
-            self.issuer_server.stop()
+        # every part is stopped even when stopping one before it failed (last registered first; errors after)
+        with contextlib.ExitStack() as parts:
+            if self.issuer_server is not None:
+                parts.callback(self.issuer_server.stop)
+            if self.graph_api is not None:
+                parts.callback(self.graph_api.stop)
+            parts.callback(self.control_plane.stop)
+            if self._node is not None:
+                parts.callback(self._node.stop)
+            if self.api is not None:
+                parts.callback(self.api.close)
 
     def __enter__(self) -> Bed:
         return self.start()

@@ -230,9 +230,11 @@ class Forwarder:
         async def close() -> None:
             for server in self._servers:
                 server.close()
-            for task in asyncio.all_tasks():  # the connections: their `finally` closes the sockets
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:  # the connections: their `finally` closes the sockets
+                task.cancel()
+            # let them run it before the loop stops (several turns: each pipe, their gather, the handler)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -241,13 +243,16 @@ class Forwarder:
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
+    try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
         # half-close: a client that ends its request with EOF (nc, HTTP/1.0) still gets the answer
         if writer.can_write_eof():
             writer.write_eof()
+    except OSError:
+        # a reset on one side: close the other too, or an upstream watch stays open until its next event
+        writer.close()
 
 
 def reap_stale_nodes() -> list[str]:
@@ -325,25 +330,33 @@ class Node:
         return self
 
     def stop(self) -> None:
-        kubelet = self.processes.get("kubelet")
-        if kubelet is not None:
-            kubelet.stop()
-        containerd = self.processes.get("containerd")
-        if containerd is not None:
-            containerd.stop()
-        # shims and containers outlive containerd (they are reparented): the cgroup tree holds them all
-        self.cgroups.kill_all()
-        self.cgroups.remove()
-        holder = self.processes.get("namespaces")
-        if holder is not None:
-            holder.stop()  # the last process in the mount namespace: its mounts go with it
+        # Every step runs even when one before it failed (ExitStack: last registered first; errors raised after).
+        with contextlib.ExitStack() as steps:
+            steps.callback(self.processes.clear)
+            steps.callback(self._delete_netns)
+            steps.callback(self._stop_forwarder)
+            # the last process in the mount namespace: its mounts go with it
+            steps.callback(self._stop_process, "namespaces")
+            steps.callback(self.cgroups.remove)
+            # shims and containers outlive containerd (they are reparented): the cgroup tree holds them all
+            steps.callback(self.cgroups.kill_all)
+            steps.callback(self._stop_process, "containerd")
+            steps.callback(self._stop_process, "kubelet")
+
+    def _stop_process(self, name: str) -> None:
+        process = self.processes.get(name)
+        if process is not None:
+            process.stop()
+
+    def _stop_forwarder(self) -> None:
         if self.forwarder is not None:
-            self.forwarder.stop()
-            self.forwarder = None
+            forwarder, self.forwarder = self.forwarder, None
+            forwarder.stop()
+
+    def _delete_netns(self) -> None:
         if self._netns_made:
             subprocess.run(["ip", "netns", "delete", self.id], check=False, capture_output=True)
             self._netns_made = False
-        self.processes.clear()
 
     def __enter__(self) -> Node:
         return self.start()
@@ -503,7 +516,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
             "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
                                "x509": {"clientCAFile": str(pki / "ca.crt")}},
-            "authorization": {"mode": "AlwaysAllow"},  # nothing outside the node namespace can reach it
+            "authorization": {"mode": "AlwaysAllow"},  # only the node CA's client certificates get here (x509 only)
             # a shared test machine: neither evict pods nor delete the imported images when its disk fills up
             "evictionHard": {"memory.available": "50Mi", "nodefs.available": "1%", "nodefs.inodesFree": "1%",
                              "imagefs.available": "1%", "imagefs.inodesFree": "1%"},

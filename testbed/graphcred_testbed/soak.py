@@ -17,7 +17,7 @@ The run:
 
 A checker thread lists GraphAppCredentials and token Secrets about every second and records a violation on anything
 a user would notice (see docs/soak.md for each invariant and why it has no false positives). A second thread acts as
-kubelet and Prometheus: it restarts replicas that exit, probes /healthz as the chart's liveness probe does, follows
+kubelet and Prometheus: it restarts replicas that exit, probes /healthz (stricter than the chart), follows
 the Lease, and reads `graphcred_workers` from the leader's /metrics.
 """
 
@@ -692,7 +692,8 @@ class _Replicas:
                     self.restarts["exited"] += 1
 
     def probe(self, op: OperatorProcess) -> bool | None:
-        """One liveness probe as the chart's (GET /healthz); True after 3 failures in a row (kubelet restarts)."""
+        """One liveness probe (GET /healthz), stricter than the chart's (6 failures of 5 s); True after 3 failures
+        in a row (the harness restarts the replica, as a kubelet would)."""
         pid, url = self.pid(op), self.url(op)
         if pid is None or url is None:
             return None

@@ -4,6 +4,7 @@ them after the main suite)."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +18,25 @@ def host_sysctls() -> dict[str, str]:
     return {key: (Path("/proc/sys") / key).read_text() for key in KUBELET_SYSCTLS}
 
 
+def host_network() -> str:
+    """The host network namespace's interfaces, addresses and routes: the node may add nothing to them (all its
+    traffic stays on 127.0.0.1 or inside the namespace it makes)."""
+    return "\n".join(subprocess.run(["ip", "-o", *args], capture_output=True, text=True, check=True).stdout
+                     for args in (["link", "show"], ["addr", "show"], ["route", "show", "table", "all"]))
+
+
+@pytest.fixture(scope="module")
+def host_network_before() -> str:
+    return host_network()
+
+
 @pytest.fixture(scope="module")
 def host_sysctls_before() -> dict[str, str]:
     return host_sysctls()
 
 
 @pytest.fixture(scope="module")
-def node_bed(tmp_path_factory: pytest.TempPathFactory, host_sysctls_before: dict[str, str]) -> Iterator[Bed]:
+def node_bed(tmp_path_factory: pytest.TempPathFactory, host_sysctls_before: dict[str, str],
+             host_network_before: str) -> Iterator[Bed]:
     with Bed(tmp_path_factory.mktemp("node-bed"), node=True) as bed:
         yield bed

@@ -21,7 +21,7 @@ from kubernetes import client
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.node import NODE_NAME, SERVICE_IP
 
-from .conftest import host_sysctls
+from .conftest import host_network, host_sysctls
 
 pytestmark = [pytest.mark.bed, pytest.mark.node]
 
@@ -166,9 +166,12 @@ def _host_mounts() -> str:
     return Path("/proc/self/mountinfo").read_text()
 
 
-def test_the_host_keeps_its_sysctls_and_sees_no_node_mounts(node_bed: Bed, app: App,
-                                                             host_sysctls_before: dict[str, str]) -> None:
+def test_the_host_keeps_its_sysctls_network_and_sees_no_node_mounts(node_bed: Bed, app: App,
+                                                                     host_sysctls_before: dict[str, str],
+                                                                     host_network_before: str) -> None:
     assert app.ready_pods()
+    # pods, their veths, the bridge, the ClusterIP: all inside the node's network namespace
+    assert host_network() == host_network_before
     # kubelet "corrects" these host-wide on start; in its mount namespace it reads covers instead
     assert host_sysctls() == host_sysctls_before
     # overlay root filesystems and Secret volumes live in the node's mount namespace only
