@@ -44,6 +44,7 @@ from .images import busybox_image, pause_image, write_oci_archive
 log = logging.getLogger("graphcred_testbed")
 
 NODE_NAME = "graphcred-node"
+BRIDGE_MAC = "02:67:63:00:00:01"
 NODE_IP = "10.88.0.1"  # the CNI bridge's address in the node namespace: pods' gateway, the node's InternalIP
 POD_SUBNET = "10.88.0.0/16"
 SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service's ClusterIP (first address of --service-cluster-ip-range)
@@ -374,7 +375,10 @@ class Node:
         self._ip("link", "set", "lo", "up")
         self._ip("addr", "add", f"{SERVICE_IP}/32", "dev", "lo")
         # made here rather than by the CNI bridge plugin on the first pod: kubelet needs the node IP before any pod
-        self._ip("link", "add", "cni0", "type", "bridge")
+        # With a MAC address of its own: a bridge without one takes its lowest port's, and changes it as pods come
+        # and go; the pods' ARP entries for their gateway then point nowhere for 10-30 s (the leader lost its Lease
+        # to connect timeouts when consumer pods started, CI 2026-11-26). Locally administered, fixed.
+        self._ip("link", "add", "cni0", "address", BRIDGE_MAC, "type", "bridge")
         self._ip("addr", "add", f"{NODE_IP}/16", "dev", "cni0")
         self._ip("link", "set", "cni0", "up")
 
@@ -583,6 +587,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                         lines.append((_cri_time(parts[0]), partial))
                         partial = ""
         return lines
+
+    def bridge_mac(self) -> str:
+        """The MAC address of the pods' gateway (cni0) as the node's namespace has it now."""
+        out = subprocess.run(["ip", "-n", self.id, "-o", "link", "show", "cni0"], capture_output=True, text=True,
+                             check=True).stdout
+        return out.split("link/ether ")[1].split()[0]
 
     def container_pid(self, container_id: str) -> int:
         """The host PID of a running container's first process (`containerd://ID` as in a pod's status, or ID)."""

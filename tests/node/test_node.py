@@ -154,12 +154,17 @@ def test_kubelet_refreshes_the_mounted_secret(app: App) -> None:
 
 
 def test_a_deleted_pod_is_replaced(app: App) -> None:
+    """And the pods' gateway keeps its MAC address as pods come and go: a bridge that took its lowest port's
+    address changed it, and the other pods' ARP entries pointed nowhere for 10-30 s (the operator's leader lost its
+    Lease to connect timeouts when consumer pods started)."""
+    gateway = app.bed.node.bridge_mac()
     before = {p.metadata.name for p in app.ready_pods()}
     victim = sorted(before)[0]
     app.bed.core.delete_namespaced_pod(victim, app.namespace)
     after = wait_for(lambda: (names := {p.metadata.name for p in app.ready_pods()}) and len(names) == 2
                      and victim not in names and names, timeout=120, interval=0.5, what="a replacement pod Ready")
     assert len(after - before) == 1
+    assert app.bed.node.bridge_mac() == gateway
 
 
 def _host_mounts() -> str:
