@@ -191,3 +191,9 @@ def two_replicas(env: Env, logdir: Path, name: str, *args: str) -> Iterator[Repl
         for r in replicas:
             r.stop()
         env.operator.start()
+
+
+def helm_env(home: Path, bed: Bed) -> dict[str, str]:
+    """helm against the bed's apiserver, with a home of its own (helm's directories, client-go's discovery cache)."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "KUBECONFIG": str(bed.kubeconfig),
+            **{f"HELM_{d}_HOME": str(home / d.lower()) for d in ("CONFIG", "CACHE", "DATA")}}

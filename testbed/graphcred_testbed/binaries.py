@@ -49,12 +49,21 @@ def binary_dir() -> Path:
                 f"test bed binaries: {script} not found; set GRAPHCRED_TESTBED_BIN to a directory "
                 "holding etcd, kube-apiserver, kube-controller-manager, kubectl and helm"
             )
-        # stderr passes through so the (long) first build shows its progress
-        out = subprocess.run(["bash", str(script), kube_flavour()], check=True, stdout=subprocess.PIPE, text=True)
-        directory = Path(out.stdout.strip().splitlines()[-1])
-    missing = [n for n in NAMES if not (directory / n).exists()]
+        directory = _build(kube_flavour())
+    return _holding(directory, NAMES, "test bed binaries")
+
+
+def _build(flavour: str) -> Path:
+    """Run build-binaries.sh for `flavour` (cached: only the first run builds); the directory it prints last.
+    Its stderr passes through so the (long) first build shows its progress."""
+    out = subprocess.run(["bash", str(_build_script()), flavour], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _holding(directory: Path, names: tuple[str, ...], what: str) -> Path:
+    missing = [n for n in names if not (directory / n).exists()]
     if missing:
-        raise RuntimeError(f"test bed binaries missing in {directory}: {', '.join(missing)}")
+        raise RuntimeError(f"{what} missing in {directory}: {', '.join(missing)}")
     return directory
 
 
@@ -78,15 +87,7 @@ def kube_minor() -> int:
 def node_binary_dir() -> Path:
     """The directory holding the node's binaries (and links to the bed's): GRAPHCRED_TESTBED_BIN when set."""
     configured = os.environ.get("GRAPHCRED_TESTBED_BIN")
-    if configured:
-        directory = Path(configured)
-    else:
-        out = subprocess.run(["bash", str(_build_script()), "node"], check=True, stdout=subprocess.PIPE, text=True)
-        directory = Path(out.stdout.strip().splitlines()[-1])
-    missing = [n for n in NODE_NAMES if not (directory / n).exists()]
-    if missing:
-        raise RuntimeError(f"node binaries missing in {directory}: {', '.join(missing)}")
-    return directory
+    return _holding(Path(configured) if configured else _build("node"), NODE_NAMES, "node binaries")
 
 
 def node_binary(name: str) -> str:

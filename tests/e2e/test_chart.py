@@ -25,7 +25,7 @@ from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.binaries import binary, kube_flavour, kube_version
 from graphcred_testbed.operator_process import OperatorProcess
 
-from ..helpers import Env
+from ..helpers import Env, helm_env
 
 pytestmark = pytest.mark.bed
 
@@ -481,19 +481,13 @@ def test_schema_refuses_a_bad_value_before_anything_renders(values: list[str], m
     assert not out.stdout, "nothing rendered"
 
 
-def _helm_env(tmp_path: Path, bed: Bed) -> dict[str, str]:
-    """helm against the bed's apiserver, with a home of its own (helm's directories, client-go's discovery cache)."""
-    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(bed.kubeconfig),
-            **{f"HELM_{d}_HOME": str(tmp_path / d.lower()) for d in ("CONFIG", "CACHE", "DATA")}}
-
-
 @pytest.mark.compat
 def test_helm_install_refuses_a_duration_for_the_lease_seconds(bed: Bed, release_namespace: str,
                                                                tmp_path: Path) -> None:
     """`helm install` against the real apiserver (its version passes kubeVersion) stops at the schema:
     no release, no Deployment; the operator would otherwise crash-loop on GRAPHCRED_LEASE_DURATION=15s."""
     out = helm_run("install", "lease", str(CHART), "--namespace", RELEASE_NS, "--set", "crds.install=false",
-                   "--set", "leaderElection.leaseDuration=15s", env=_helm_env(tmp_path, bed))
+                   "--set", "leaderElection.leaseDuration=15s", env=helm_env(tmp_path, bed))
     assert out.returncode == 1
     assert out.stderr == (f"Error: INSTALLATION FAILED: {SCHEMA_ERROR} in the following chart(s):\ngraphcred:\n"
                           "- at '/leaderElection/leaseDuration': got string, want integer\n\n"), out.stderr
@@ -688,9 +682,9 @@ def test_view_edit_and_admin_users_get_gac_access(bed: Bed, release_namespace: s
                                                   tmp_path: Path) -> None:
     """helm install (CRD left to the session) on the bed; users bound to the built-in roles in one namespace: the
     clusterrole-aggregation controller gives them GraphAppCredential access, no more, and none elsewhere."""
-    helm_env = _helm_env(tmp_path, bed)
+    env = helm_env(tmp_path, bed)
     installed = helm_run("install", "aggregate", str(CHART), "--namespace", RELEASE_NS, "--set", "crds.install=false",
-                         env=helm_env)
+                         env=env)
     assert installed.returncode == 0, installed.stderr
     try:
         for user, role in (("viewer", "view"), ("editor", "edit"), ("owner", "admin")):
@@ -718,7 +712,7 @@ def test_view_edit_and_admin_users_get_gac_access(bed: Bed, release_namespace: s
         listed = bed.kubectl("get", "gac", "-n", namespace, "--as=viewer", "-o", "name")
         assert listed.stdout.split() == ["graphappcredential.graphcred.io/by-editor"]
     finally:
-        uninstalled = helm_run("uninstall", "aggregate", "--namespace", RELEASE_NS, env=helm_env)
+        uninstalled = helm_run("uninstall", "aggregate", "--namespace", RELEASE_NS, env=env)
     assert uninstalled.returncode == 0, uninstalled.stderr
     wait_for(lambda: not _can(bed, "viewer", "list", GAC, namespace), timeout=30,
              what="view losing the rules once the release is gone")

@@ -9,9 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from graphcred_testbed.bed import Bed
 from graphcred_testbed.node import KUBELET_SYSCTLS
+
+
+def pod_ready(pod: client.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
 
 def host_sysctls() -> dict[str, str]:

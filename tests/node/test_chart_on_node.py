@@ -25,8 +25,10 @@ from kubernetes import client
 from graphcred.model import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.binaries import binary
-from graphcred_testbed.issuer import App
 from graphcred_testbed.node import NODE_NAME
+
+from ..helpers import helm_env
+from .conftest import pod_ready
 
 # the module's first test also pays for the node, the image import and helm install; the standby test waits 3 min
 pytestmark = [pytest.mark.bed, pytest.mark.node, pytest.mark.timeout(900)]
@@ -58,20 +60,15 @@ class Release:
     bed: Bed
     helm_env: dict[str, str]
     ready_at: float
-    app: App | None = None
     # every token the Secret held while the test watched: digest -> (first seen, expires)
     tokens: dict[str, tuple[dt.datetime, dt.datetime]] = field(default_factory=dict)
-
-    @property
-    def apps(self) -> client.AppsV1Api:
-        return client.AppsV1Api(self.bed.api)
 
     def operator_pods(self) -> list[client.V1Pod]:
         pods = self.bed.core.list_namespaced_pod(RELEASE_NS, label_selector="app.kubernetes.io/name=graphcred").items
         return [p for p in pods if p.metadata.deletion_timestamp is None]
 
     def ready_operator_pods(self) -> list[client.V1Pod]:
-        return [p for p in self.operator_pods() if _ready(p)]
+        return [p for p in self.operator_pods() if pod_ready(p)]
 
     def leader(self) -> str | None:
         try:
@@ -108,9 +105,6 @@ class Release:
         return key
 
 
-def _ready(pod: client.V1Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-
 
 def _restarts(pod: client.V1Pod) -> int:
     return sum(c.restart_count for c in (pod.status.container_statuses or []))
@@ -128,9 +122,7 @@ def image_archive() -> Path:
 def release(node_bed: Bed, image_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     bed = node_bed
     bed.node.import_image(image_archive)
-    home = tmp_path_factory.mktemp("helm")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "KUBECONFIG": str(bed.kubeconfig),
-           **{f"HELM_{d}_HOME": str(home / d.lower()) for d in ("CONFIG", "CACHE", "DATA")}}
+    env = helm_env(tmp_path_factory.mktemp("helm"), bed)
     for namespace in (RELEASE_NS, APP_NS):
         bed.create_namespace(namespace)
         wait_for(lambda ns=namespace: bed.core.list_namespaced_service_account(ns).items, what="default SA")
@@ -181,12 +173,12 @@ def test_a_credential_gets_ready_through_the_in_cluster_service_account(release:
     bed = release.bed
     assert bed.node_authority_host is not None
     secret = f"s3cret-{uuid.uuid4().hex[:12]}"
-    release.app = bed.issuer.register_app(str(uuid.uuid4()), secret=secret, lifetime=LIFETIME)
+    app = bed.issuer.register_app(str(uuid.uuid4()), secret=secret, lifetime=LIFETIME)
     bed.core.create_namespaced_secret(APP_NS, client.V1Secret(
         metadata=client.V1ObjectMeta(name="cred"), string_data={"clientSecret": secret}))
     bed.custom.create_namespaced_custom_object(GROUP, VERSION, APP_NS, PLURAL, {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "GraphAppCredential", "metadata": {"name": "mail"},
-        "spec": {"tenantId": release.app.tenant_id, "clientId": release.app.client_id,
+        "spec": {"tenantId": app.tenant_id, "clientId": app.client_id,
                  "authorityHost": bed.node_authority_host, "refreshBeforeExpiry": REFRESH_BEFORE,
                  "credential": {"clientSecret": {"name": "cred", "key": "clientSecret"}}}})
 
@@ -312,7 +304,7 @@ def test_the_standby_stays_running_for_three_minutes(release: Release) -> None:
         pods = release.operator_pods()
         assert len(pods) == 2, [p.metadata.name for p in pods]
         for pod in pods:
-            assert pod.status.phase == "Running" and _ready(pod), (pod.metadata.name, pod.status.phase)
+            assert pod.status.phase == "Running" and pod_ready(pod), (pod.metadata.name, pod.status.phase)
             assert _restarts(pod) == 0, _why_restarted(release, pod)
         if time.monotonic() - release.ready_at >= STANDBY_WINDOW:
             break

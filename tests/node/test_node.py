@@ -21,7 +21,7 @@ from kubernetes import client
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.node import NODE_NAME, SERVICE_IP
 
-from .conftest import host_network, host_sysctls
+from .conftest import host_network, host_sysctls, pod_ready
 
 pytestmark = [pytest.mark.bed, pytest.mark.node]
 
@@ -41,14 +41,11 @@ class App:
 
     def ready_pods(self) -> list[client.V1Pod]:
         pods = self.bed.core.list_namespaced_pod(self.namespace, label_selector="app=reader").items
-        return [p for p in pods if p.metadata.deletion_timestamp is None and _ready(p)]
+        return [p for p in pods if p.metadata.deletion_timestamp is None and pod_ready(p)]
 
     def log(self, pod: str) -> str:
         return self.bed.node.logs(self.namespace, pod, "reader")
 
-
-def _ready(pod: client.V1Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
 
 class _HostReply(http.server.BaseHTTPRequestHandler):
