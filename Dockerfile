@@ -10,11 +10,14 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # The locked dependencies first (a layer that changes only with the lock): every file checked against its hash,
-# the same versions the tests ran (requirements/runtime.txt is constrained to requirements/dev.txt).
-COPY requirements/runtime.txt requirements/build.txt ./requirements/
-RUN pip install --no-cache-dir --require-hashes --prefix=/install -r requirements/runtime.txt
+# the same versions the tests ran (requirements/runtime.txt is constrained to requirements/dev.txt). pip itself
+# from its pin first, then each lock with --no-deps: the lock is installed as written, nothing is resolved (as
+# scripts/install-lock.sh does for make; tests/unit/test_locks.py proves each lock complete).
+COPY requirements/pip.txt requirements/runtime.txt requirements/build.txt ./requirements/
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/pip.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps --prefix=/install -r requirements/runtime.txt
 # The build backend, locked too, into the build stage only; then graphcred itself, resolving nothing.
-RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 RUN pip install --no-cache-dir --no-deps --no-build-isolation --prefix=/install /src

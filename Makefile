@@ -11,11 +11,14 @@ SOAK_ARGS ?= --minutes 20 --seed 1
 all: test
 
 # Exactly the locked versions, each checked against its hash (requirements/dev.txt: runtime + dev + build tools),
-# then graphcred and the test bed themselves, editable, with nothing resolved from the index.
-$(BIN)/.installed: requirements/dev.txt pyproject.toml testbed/pyproject.toml clients/python/pyproject.toml
+# resolving nothing whatever pip the system Python bundles (scripts/install-lock.sh: pip from its pin first, then
+# the lock with --no-deps), then graphcred and the test bed themselves, editable; `pip check` proves the set whole.
+$(BIN)/.installed: requirements/pip.txt requirements/dev.txt pyproject.toml testbed/pyproject.toml \
+                   clients/python/pyproject.toml scripts/install-lock.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --require-hashes -r requirements/dev.txt
+	bash scripts/install-lock.sh $(BIN)/python requirements/dev.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . -e ./testbed -e ./clients/python
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/.installed
@@ -53,7 +56,9 @@ test-node: venv binaries
 	@bash testbed/build-image.sh >/dev/null
 	@bash scripts/test.sh $(BIN) -m node tests/node $(PYTEST_ARGS)
 
-demo: venv binaries
+# Only the bed's binaries: not promtool or actionlint, which only the tests use.
+demo: venv
+	@bash testbed/build-binaries.sh >/dev/null
 	$(BIN)/python -m graphcred_testbed demo
 
 bench: venv binaries
@@ -75,6 +80,7 @@ lock: venv
 	  clients/python/pyproject.toml
 	$(LOCK) -c requirements/dev.txt -o requirements/runtime.txt pyproject.toml
 	$(LOCK) -c requirements/dev.txt --only-build-deps --all-build-deps -o requirements/build.txt pyproject.toml
+	echo pip | $(LOCK) -c requirements/dev.txt -o requirements/pip.txt -
 
 # Regenerate the CRD and the chart's copy from operator/graphcred/model.py (tests fail when they drift).
 crd: venv

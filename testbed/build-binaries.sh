@@ -73,10 +73,17 @@ for cmd in kube-apiserver kube-controller-manager kubectl; do
   build_kube "$cmd" "$KUBE_VERSION" "$here/go/kube" "$out"
 done
 build etcd "$here/go/etcd" .
-if [ ! -x "$out/helm" ]; then
+# helm's own Makefile sets its version and the Kubernetes version it assumes for client-side rendering (`helm
+# template`); without them it assumes v1.20, below the chart's kubeVersion floor, and `helm template` fails.
+# The stamp tells a helm built with these flags from one an older cache holds.
+if [ ! -x "$out/helm" ] || [ ! -e "$out/.helm-ldflags" ]; then
   echo "testbed: building helm $HELM_VERSION" >&2
   t0=$SECONDS
-  GOBIN="$out" go install -ldflags='-s -w' "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  kube_minor=$(echo "$KUBE_VERSION" | cut -d. -f2)
+  GOBIN="$out" go install -ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$kube_minor" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  touch "$out/.helm-ldflags"
   echo "testbed: built helm in $((SECONDS - t0)) s" >&2
 fi
 if [ "$flavour" = current ]; then

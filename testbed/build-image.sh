@@ -127,7 +127,7 @@ build_base() {  # prints the OCI layout directory of the base; keyed by its reci
 
 # What the Dockerfile reads (its COPY sources and .dockerignore) and what runs it: the image's cache key.
 image_key() {  # base layout
-  (cd "$repo" && { cat Dockerfile .dockerignore requirements/runtime.txt requirements/build.txt pyproject.toml \
+  (cd "$repo" && { cat Dockerfile .dockerignore requirements/pip.txt requirements/runtime.txt requirements/build.txt pyproject.toml \
     README.md; find operator -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum;
     cat "$1/index.json"; echo "$BUILDKIT_VERSION $IMAGE_NAME"; } | sha256sum | cut -c1-12)
 }
