@@ -38,6 +38,7 @@ from graphcred.model import GROUP, PLURAL, VERSION
 from .bed import Bed, wait_for
 from .binaries import binary_dir
 from .operator_process import OperatorProcess, install_crd
+from .pki import self_signed
 from .volume import SecretVolume
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,7 +217,13 @@ def _run(hold: bool, lifetime: int, interrupts: Interrupts) -> None:
              f"  export KUBECONFIG={bed.kubeconfig}")
 
         bed.issuer.add_tenant(example.tenant_id, DOMAIN)
+        examples = bed.control_plane.dir / "examples"
+        write_examples(examples, bed.authority_host)
+        # examples/certificate.yaml's credential: a certificate "uploaded to the app" and its key, ready for a Secret
+        certificate = self_signed("mail-reader-demo")
+        cert_file, key_file = certificate.write(bed.control_plane.dir, "app")
         bed.issuer.register_app(example.tenant_id, example.client_id, secret=example.client_secret,
+                                certificate=certificate.cert,
                                 # exactly what the example declares: the demo must not grant what a user would lack
                                 roles={"https://graph.microsoft.com": list(example.roles)}, lifetime=lifetime)
         _say(f"token issuer (Entra ID's v2.0 protocol): authorityHost {bed.authority_host}",
@@ -225,6 +232,7 @@ def _run(hold: bool, lifetime: int, interrupts: Interrupts) -> None:
              f"roles {', '.join(example.roles)}",
              f"  the app's client secret is the one in examples/client-secret.yaml: Secret "
              f"{NAMESPACE}/{example.credential_secret}, key {example.secret_key}",
+             f"  the app's certificate (for examples/certificate.yaml): {cert_file}, its private key {key_file}",
              f"  tokens live {lifetime} s, so the operator refreshes them about every {lifetime // 2} s")
 
         op = OperatorProcess(bed, bed.control_plane.dir, log_level="INFO")
@@ -235,12 +243,11 @@ def _run(hold: bool, lifetime: int, interrupts: Interrupts) -> None:
         _say(f"operator: graphcred run (pid {op.process.popen.pid if op.process.popen else '?'}), "
              f"log {op.logfile}, metrics {op.metrics_url()}/metrics")
 
-        examples = write_examples(bed.control_plane.dir / "examples", bed.authority_host)
         _say(f"examples/ with spec.authorityHost set to this issuer (every GraphAppCredential on this bed needs "
-             f"it), ready to apply: {examples[0].parent}/",
+             f"it), ready to apply: {examples}/",
              "")
         _kubectl(bed, "create", "namespace", NAMESPACE)
-        manifest = examples[0].parent / "client-secret.yaml"
+        manifest = examples / "client-secret.yaml"
         _kubectl(bed, "apply", "-n", NAMESPACE, "-f", str(manifest),
                  comment="examples/client-secret.yaml + authorityHost")
         t0 = time.monotonic()
@@ -270,7 +277,9 @@ def _run(hold: bool, lifetime: int, interrupts: Interrupts) -> None:
              f"  graphcred inspect secret {example.token_secret} -n {NAMESPACE}   # the token's claims, never "
              "the token",
              f"  kubectl get gac -n {NAMESPACE} -o wide -w                  # follow refreshes",
-             f"  kubectl apply -n {NAMESPACE} -f {examples[0].parent}/secret-template.yaml   # more examples "
+             f"  kubectl create secret tls mail-reader-cert -n {NAMESPACE} --cert={cert_file} --key={key_file} && "
+             f"kubectl apply -n {NAMESPACE} -f {examples}/certificate.yaml   # the certificate example",
+             f"  kubectl apply -n {NAMESPACE} -f {examples}/secret-template.yaml   # shaped token Secrets "
              "(its second app is not registered here: see the Unauthorized reason)",
              f"  helm template graphcred {CHART} | less   # the chart (the bed runs the operator as a process)")
         if hold:

@@ -56,13 +56,17 @@ def test_held_demo_runs_its_lines_as_printed_shows_refreshes_and_stops_cleanly_o
         exports = f"export PATH={path}:$PATH; export KUBECONFIG={kubeconfig}"
         apply = re.search(r"^\$ (kubectl apply -n demo -f \S+)", demo.text, re.M)
         assert apply, demo.text[:3000]
+        certificate = re.search(r"^\s+(kubectl create secret tls .+?)\s+# the certificate example", demo.text, re.M)
+        assert certificate, demo.text[-3000:]
         for line in (apply.group(1), "graphcred status mail-reader -n demo",
-                     "graphcred inspect secret mail-reader-token -n demo"):
+                     "graphcred inspect secret mail-reader-token -n demo", certificate.group(1)):
             run = subprocess.run(["bash", "-c", f"{exports}; {line}"], capture_output=True, text=True, timeout=60,
                                  check=False)
             assert run.returncode == 0, f"{line}: {run.stdout}{run.stderr}"
+        # examples/certificate.yaml, with the certificate the demo registered for the app: Ready, as printed
+        demo.wait_for(lambda line: "mail-reader-cert:" in line and "Ready=True" in line, timeout=60)
         # tokens of 20 s are refreshed at about 10 s: the demo prints it with the old and the new expiry
-        refreshed = demo.wait_for(lambda line: "token refreshed" in line, timeout=60)
+        refreshed = demo.wait_for(lambda line: "mail-reader: token refreshed" in line, timeout=60)
         old, new = re.findall(r"(\d\d:\d\d:\d\d)", refreshed.split("expires", 1)[1])[:2]
         assert new != old, refreshed
         bed_dir = Path(_export(demo.text, "KUBECONFIG")).parent
