@@ -141,6 +141,14 @@ def crd() -> dict[str, Any]:
                     "type": "object",
                     "description": "An Entra ID app-only token, kept fresh in a Secret by graphcred.",
                     "required": ["spec"],
+                    # the default token Secret <metadata.name>-token must itself be a valid name (253 at most)
+                    "x-kubernetes-validations": [{
+                        "rule": f"has(self.spec.secretName) || size(self.metadata.name) <= "
+                                f"{model.MAX_NAME_FOR_DEFAULT_SECRET}",
+                        "message": f"metadata.name longer than {model.MAX_NAME_FOR_DEFAULT_SECRET} characters needs "
+                                   f"spec.secretName: the default <metadata.name>{model.TOKEN_SECRET_SUFFIX} would "
+                                   "exceed 253",
+                    }],
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},

@@ -19,6 +19,15 @@ _PATTERNS = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
 ]
 REDACTED = "<redacted>"
+# C0 controls (CR, LF, ESC, ...), DEL, C1 controls and the Unicode line and paragraph separators: in a message they
+# could end the line and forge another one, or drive the reader's terminal. Names, reasons and error texts in log
+# messages come from tenants (and from the authorities they name), so every one is escaped, in both formats.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line, its control characters written as escapes (\\n, \\x1b, \\u2028)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def redact(text: str) -> str:
@@ -28,16 +37,16 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
+    """Redacts anything token-shaped and escapes control characters, so each record is one line of its own."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
         if record.exc_info:
             # Tracebacks can quote local values from libraries; keep the type and a redacted message only.
             exc = record.exc_info[1]
-            record.msg = f"{record.getMessage()} [{type(exc).__name__}: {redact(str(exc))}]"
-            record.args, record.exc_info, record.exc_text = None, None, None
+            message = f"{message} [{type(exc).__name__}: {exc!s}]"
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = escape_controls(redact(message)), None
         return True
 
 

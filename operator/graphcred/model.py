@@ -8,6 +8,7 @@ stored under an older, looser CRD).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -33,6 +34,13 @@ AUTHORITY_HOST_PATTERN = r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# Entra access tokens live 60 to 90 minutes (at most a day under a token lifetime policy): asking to refresh more
+# than a day ahead has no use, and a bound keeps every later computation with the value finite.
+MAX_REFRESH_BEFORE = timedelta(hours=24)
+MAX_REFRESH_BEFORE_TEXT = "24h"
+TOKEN_SECRET_SUFFIX = "-token"
+# A Secret's name is at most 253 characters: the default <metadata.name>-token needs a name of at most 247.
+MAX_NAME_FOR_DEFAULT_SECRET = 253 - len(TOKEN_SECRET_SUFFIX)
 GRAPH_DEFAULT_SCOPE = "https://graph.microsoft.com/.default"
 
 
@@ -273,8 +281,11 @@ class GraphAppCredentialSpec(_Strict):
                                         "Default <metadata.name>-token.")
     refresh_before_expiry: str | None = Field(default=None, alias="refreshBeforeExpiry", max_length=64,
                                               pattern=DURATION_PATTERN,
-                                              description="Refresh this long before expiry (e.g. 10m). Default: "
-                                              "at half the token's lifetime.")
+                                              description="Refresh this long before expiry (e.g. 10m), at most "
+                                              f"{MAX_REFRESH_BEFORE_TEXT}. Default: at half the token's lifetime.",
+                                              json_schema_extra=_cel(
+                                                  f"duration(self) <= duration('{MAX_REFRESH_BEFORE_TEXT}')",
+                                                  f"refreshBeforeExpiry must be at most {MAX_REFRESH_BEFORE_TEXT}"))
     required_roles: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list, alias="requiredRoles", max_length=64,
         description="Ready only if the token's roles claim holds all of these application permissions.",
@@ -289,6 +300,14 @@ class GraphAppCredentialSpec(_Strict):
     def _lower(cls, value: str) -> str:
         return value.lower()
 
+    @field_validator("refresh_before_expiry")
+    @classmethod
+    def _bounded_duration(cls, value: str | None) -> str | None:
+        # parsed here, when the spec is read, so a bad value never gets as far as a token request
+        if value is not None and parse_duration(value, MAX_REFRESH_BEFORE) > MAX_REFRESH_BEFORE:
+            raise ValueError(f"must be at most {MAX_REFRESH_BEFORE_TEXT}")
+        return value
+
     @field_validator("scopes")
     @classmethod
     def _one_resource(cls, value: list[str]) -> list[str]:
@@ -297,7 +316,15 @@ class GraphAppCredentialSpec(_Strict):
         return value
 
     def effective_secret_name(self, credential_name: str) -> str:
-        return self.secret_name or f"{credential_name}-token"
+        return self.secret_name or f"{credential_name}{TOKEN_SECRET_SUFFIX}"
+
+    def secret_name_problem(self, credential_name: str) -> str | None:
+        """Why the token Secret's name would be invalid (the default name of a long metadata.name), or None."""
+        if self.secret_name is None and len(credential_name) > MAX_NAME_FOR_DEFAULT_SECRET:
+            return (f"metadata.name is {len(credential_name)} characters, so the default token Secret name "
+                    f"<metadata.name>{TOKEN_SECRET_SUFFIX} would exceed 253: set spec.secretName, or use a name of at "
+                    f"most {MAX_NAME_FOR_DEFAULT_SECRET} characters")
+        return None
 
     def authority_base(self) -> str:
         return (self.authority_host or AUTHORITY_HOSTS[self.cloud]).rstrip("/")
@@ -314,18 +341,28 @@ class GraphAppCredentialSpec(_Strict):
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
     def refresh_before(self) -> timedelta | None:
-        return parse_duration(self.refresh_before_expiry) if self.refresh_before_expiry else None
+        if not self.refresh_before_expiry:
+            return None
+        return min(parse_duration(self.refresh_before_expiry, MAX_REFRESH_BEFORE), MAX_REFRESH_BEFORE)
 
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_LONGEST = timedelta(days=10**8)  # well inside what a timedelta holds (and a float measures exactly enough)
 
 
-def parse_duration(text: str) -> timedelta:
-    """Go-style duration ('1h30m', '90s', '500ms') as used across Kubernetes APIs."""
+def parse_duration(text: str, ceiling: timedelta | None = None) -> timedelta:
+    """Go-style duration ('1h30m', '90s', '500ms') as used across Kubernetes APIs. Never overflows: a value longer
+    than `ceiling` (or than a timedelta holds) is returned as just over `ceiling` (or raises ValueError)."""
     if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"invalid duration {text!r}: use a Go duration such as 10m or 1h30m")
-    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    limit = ceiling if ceiling is not None else _LONGEST
+    if not math.isfinite(seconds) or seconds > limit.total_seconds():
+        if ceiling is None:
+            raise ValueError("duration too long")
+        return ceiling + timedelta(seconds=1)
+    return timedelta(seconds=seconds)
 
 
 # --- status ---------------------------------------------------------------------------------------------------

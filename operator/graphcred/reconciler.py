@@ -31,6 +31,7 @@ from .model import (
     API_VERSION,
     AUTHORITY_HOSTS,
     KIND,
+    CertificateRef,
     GraphAppCredentialSpec,
     GraphAppCredentialStatus,
     Reason,
@@ -264,6 +265,9 @@ class Reconciler:
         # What the Secret watch knows (set by the wiring once the watches exist): reads it answers are skipped
         self.secrets: Directory | None = None
         self.credential_reads = SharedReads()
+        # certificates parsed from credential Secrets, per Secret and resourceVersion (`_parsed_certificate`)
+        self.certificates: credentials.VersionCache[asyncio.Future[credentials.Certificate]] = \
+            credentials.VersionCache()
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         result: T = await self._run_blocking(fn, *args)
@@ -356,6 +360,9 @@ class Reconciler:
             spec = GraphAppCredentialSpec.model_validate(snap.spec)
         except ValidationError as exc:
             raise Outcome(Reason.INVALID_SPEC, spec_error_message(exc), retry=Retry.ON_CHANGE) from None
+        problem = spec.secret_name_problem(snap.name)
+        if problem is not None:  # the apiserver would refuse the Secret (422) after a token was requested for it
+            raise Outcome(Reason.INVALID_SPEC, problem, retry=Retry.ON_CHANGE)
         if spec.credential.workload_identity is not None and not self.workload_identity:
             # Only the operator's configuration can change this (and a restart re-runs every object): no retries.
             raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED, "spec.credential.workloadIdentity needs workload "
@@ -390,13 +397,32 @@ class Reconciler:
         try:
             if spec.credential.client_secret is not None:
                 return credentials.client_secret(secret.data, spec.credential.client_secret), version
-            assert spec.credential.certificate is not None
-            return credentials.certificate(secret.data, spec.credential.certificate, now), version
+            ref = spec.credential.certificate
+            assert ref is not None
+            parsed = await self._parsed_certificate((snap.namespace, name), version, secret.data, ref)
+            return credentials.usable(parsed, ref, now), version
         except CredentialError as exc:
             if exc.usable_from is not None:
                 wait = (exc.usable_from - now).total_seconds() + 1.0
                 raise Outcome(exc.reason, exc.message, retry=Retry.TRANSIENT, retry_after=wait) from None
             raise Outcome(exc.reason, exc.message, retry=_retry(exc)) from None
+
+    async def _parsed_certificate(self, key: tuple[str, str], version: str, data: dict[str, Any],
+                                  ref: CertificateRef) -> credentials.Certificate:
+        """The Secret's certificate and key, parsed in the executor (validating a key costs CPU the event loop
+        must not spend) once per version of the Secret, however many credentials use it at once or later."""
+        parse = self.certificates.get(key, version)
+        if parse is None:
+            parse = asyncio.ensure_future(self._blocking(credentials.parse_certificate, data, ref))
+            parse.add_done_callback(lambda t: t.cancelled() or t.exception())  # no "never retrieved" warning
+            self.certificates.put(key, version, parse)
+        try:
+            return await asyncio.shield(parse)
+        except CredentialError:
+            raise  # a verdict on this version's data: kept, like a parse that worked
+        except BaseException:
+            self.certificates.drop(key, version, parse)  # not a verdict (cancelled, executor gone): parse again
+            raise
 
     async def _federation(self, snap: Snapshot, spec: GraphAppCredentialSpec, ref: WorkloadIdentityRef,
                           mem: Memory) -> tuple[Federation, str]:
@@ -619,6 +645,18 @@ class Reconciler:
         keys stay); returns its new resourceVersion."""
         body = self._body(snap, spec, name, token)
         try:
+            return await self._put_ours(snap, mem, name, existing, body)
+        except KubeCallFailed as exc:
+            if getattr(exc.__cause__, "status", None) != 422:
+                raise
+            # The apiserver refuses this Secret as it is (an invalid name, key or label): writing it again cannot
+            # succeed, and every retry would have requested a token first. Only a change of the spec can help.
+            raise Outcome(Reason.INVALID_SPEC, f"{exc}: the apiserver refused the token Secret {name} as invalid; "
+                          "check spec.secretName and spec.secretTemplate", retry=Retry.ON_CHANGE) from None
+
+    async def _put_ours(self, snap: Snapshot, mem: Memory, name: str, existing: Target | None,
+                        body: dict[str, Any]) -> str:
+        try:
             return await self._put(snap, mem, name, existing, body)
         except Conflict:
             # Someone wrote the Secret since we read or wrote it, or it exists though we saw none (AlreadyExists):
@@ -711,7 +749,7 @@ class Reconciler:
     # --- reporting: decided by `reporting`, written here ------------------------------------------------------
     async def _issued(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, secret_name: str,
                       token: Token, credential_version: str, renewed: bool) -> float:
-        mem.failures, mem.settled_spec = 0, token_spec(spec)
+        mem.settled_spec = token_spec(spec)
         previous = self._previous(snap, mem)
         verdict = policy.issued_verdict(token.claims.roles, spec.required_roles, secret_name, token.expires_on)
         now = self._clock()
@@ -729,6 +767,9 @@ class Reconciler:
             expires_on=token.expires_on, claims=token.claims, refresh=refresh, credential_version=credential_version,
             issued_for=mem.issued_for, renewed=renewed, renew_value=mem.renew_value, verdict=verdict, now=now)
         await self._report(snap, mem, report)
+        # Only now: a pass that fails after writing the Secret (its status patch, anything before) must count as
+        # one more failure, so that its backoff grows, not restart from the first.
+        mem.failures = 0
         log.debug("%s/%s: next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
         return max((refresh - now).total_seconds(), 0.0)
 

@@ -4,9 +4,11 @@
     sdk.json: '{"access_token": {{ .accessToken | json }}, "expires_on": {{ .expiresOnUnix }}}'
 
 Text is copied as it is. `{{ ... }}` is an action: a field (`.accessToken`) or a string in double quotes
-(`"{{"`, the way to write a literal `{{`), then any number of filters (`| json`), applied left to right. That is
-the whole language: no conditions, loops, function calls, attribute access or evaluation of any kind, so a
-template can only arrange the token's own fields, and rendering a valid template cannot fail. The look follows Go
+(`"{{"`, the way to write a literal `{{`), then up to MAX_FILTERS filters (`| json`), applied left to right. That
+is the whole language: no conditions, loops, function calls, attribute access or evaluation of any kind, so a
+template can only arrange the token's own fields. Rendering is bounded: each `| json` can double its input (every
+backslash escaped again), so chains are short and the output is measured after every step; a template whose output
+would exceed MAX_RENDERED_CHARS stops with a TemplateError instead of growing further. The look follows Go
 templates (Helm, External Secrets) so it reads familiar; it is its own small parser, not a Go template engine.
 Every error is a TemplateError whose message says where and what, never a value.
 """
@@ -32,6 +34,12 @@ FILTERS: dict[str, Callable[[Value], str]] = {
 
 MAX_TEMPLATE_CHARS = 16384  # per key (the CRD says the same): a template is a format, not a payload
 MAX_ACTIONS = 256
+# Filters per action: `| base64 | json` is the longest chain with a use; four leave room and bound the growth of
+# one action (json can double the length of its input each time, base64 multiplies it by 4/3).
+MAX_FILTERS = 4
+# A rendered value: a Secret holds at most 1 MiB of data in all, so a longer value can never be written. Checked
+# after every filter, so rendering never holds more than a few times this much.
+MAX_RENDERED_CHARS = 1024 * 1024
 _OPEN, _CLOSE = "{{", "}}"
 _SPACE = " \t\r\n"
 _SHOWN = 40  # an unknown name is quoted up to this many characters
@@ -61,11 +69,16 @@ class Template:
     def fields(self) -> frozenset[str]:
         return frozenset(p.field for p in self.parts if isinstance(p, Action) and p.field is not None)
 
-    def render(self, values: Mapping[str, Value]) -> str:
+    def render(self, values: Mapping[str, Value], limit: int = MAX_RENDERED_CHARS) -> str:
+        """The text, or a TemplateError once it would be longer than `limit` characters (checked after each filter,
+        so a growing chain stops at the first step past the limit)."""
         out: list[str] = []
+        size = 0
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
+                size += len(part)
+                _within(size, limit)
                 continue
             value: Value
             if part.field is not None:
@@ -77,8 +90,18 @@ class Template:
                 value = part.literal
             for name in part.filters:
                 value = FILTERS[name](value)
-            out.append(str(value))
+                _within(size + len(str(value)), limit)
+            text = str(value)
+            size += len(text)
+            _within(size, limit)
+            out.append(text)
         return "".join(out)
+
+
+def _within(size: int, limit: int) -> None:
+    if size > limit:
+        raise TemplateError(f"renders to more than {limit} characters with this token; a Secret holds at most "
+                            "1 MiB: use fewer filters (each | json can double the length)")
 
 
 def compile_template(source: str) -> Template:
@@ -133,6 +156,8 @@ class _Parser:
                 self.fail("expected a filter name after |", at)
             if name not in FILTERS:
                 self.fail(f"unknown filter {_shown(name)}; filters: {', '.join(FILTERS)}", at)
+            if len(filters) == MAX_FILTERS:
+                self.fail(f"more than {MAX_FILTERS} filters in one action", at)
             filters.append(name)
 
     def operand(self, start: int) -> tuple[str | None, str | None]:

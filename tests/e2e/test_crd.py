@@ -54,6 +54,12 @@ BAD = {
     "unknown cloud": (_manifest(cloud="Mars"), "spec.cloud"),
     "http authority": (_manifest(authorityHost="http://login.example.com"), "spec.authorityHost"),
     "bad duration": (_manifest(refreshBeforeExpiry="ten minutes"), "spec.refreshBeforeExpiry"),
+    # issue 24: durations are bounded (99999999999h was accepted, then overflowed in the operator)
+    "duration over a day": (_manifest(refreshBeforeExpiry="24h1s"), "refreshBeforeExpiry must be at most 24h"),
+    "duration overflowing": (_manifest(refreshBeforeExpiry="99999999999h"), "spec.refreshBeforeExpiry"),
+    "name too long for the default Secret": (
+        {**_manifest(), "metadata": {"name": "n" * 248}},
+        "metadata.name longer than 247 characters needs spec.secretName"),
     "no spec": ({"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
                  "metadata": {"name": "bad"}}, "spec: Required value"),
 }
@@ -65,6 +71,13 @@ def test_kubectl_apply_refuses_malformed_manifests(bed: Bed, namespace: str, cas
     result = bed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
     assert result.returncode != 0, f"{case}: accepted"
     assert expected in result.stderr, result.stderr
+
+
+def test_the_longest_names_and_durations_are_accepted(bed: Bed, namespace: str) -> None:
+    for manifest in ({**_manifest(refreshBeforeExpiry="24h"), "metadata": {"name": "n" * 247}},
+                     {**_manifest(secretName="short", refreshBeforeExpiry="23h59m59.999s"),
+                      "metadata": {"name": "m" * 253}}):
+        bed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
 
 
 def test_valid_manifest_with_defaults_is_accepted(bed: Bed, namespace: str) -> None:

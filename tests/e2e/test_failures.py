@@ -8,6 +8,10 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from kubernetes import client
 
 from graphcred_testbed.bed import wait_for
@@ -75,8 +79,21 @@ def _tls_data(cert_pem: bytes, key_pem: bytes) -> dict[str, str]:
     return {"tls.crt": cert_pem.decode(), "tls.key": key_pem.decode()}
 
 
+def _oversized() -> tuple[bytes, bytes]:
+    """A certificate and key of 4608 bits: more than Entra accepts (4096), costly to validate (issue 24)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4608)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "big")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=9))
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
 @pytest.mark.parametrize("case", ["missing-secret", "missing-key", "malformed-pem", "mismatched-key",
-                                  "expired-certificate"])
+                                  "expired-certificate", "oversized-key", "long-chain"])
 def test_credential_problems_are_reported_without_calling_entra(env: Env, case: str) -> None:
     pair, other = self_signed("a"), self_signed("b")
     app = env.register_app(certificate=pair.cert, secret="pw")
@@ -89,6 +106,9 @@ def test_credential_problems_are_reported_without_calling_entra(env: Env, case: 
                                    pair.key_pem),
         "mismatched-key": _tls_data(pair.cert_pem, other.key_pem),
         "expired-certificate": _tls_data(expired.cert_pem, expired.key_pem),
+        "oversized-key": _tls_data(*_oversized()) if case == "oversized-key" else None,
+        # the registered certificate, repeated: a chain is the leaf and its intermediates, at most 10
+        "long-chain": _tls_data(pair.cert_pem * 11, pair.key_pem),
     }.get(case)
     if data is not None:
         env.bed.core.create_namespaced_secret(env.namespace, client.V1Secret(
@@ -99,6 +119,8 @@ def test_credential_problems_are_reported_without_calling_entra(env: Env, case: 
         "malformed-pem": ("InvalidCredential", "is not a PEM certificate"),
         "mismatched-key": ("InvalidCredential", "does not match"),
         "expired-certificate": ("InvalidCredential", "certificate expired"),
+        "oversized-key": ("InvalidCredential", "the key is 4608 bits; Entra accepts RSA keys of 2048 to 4096 bits"),
+        "long-chain": ("InvalidCredential", "at most 10 certificates"),
     }[case]
     env.create("bad", app, credential)
     _assert_needs_user(env, "bad", app.client_id, reason, fragment, 0)

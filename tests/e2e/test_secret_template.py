@@ -265,6 +265,18 @@ def test_a_bad_template_is_invalid_spec_naming_the_key_before_any_token_request(
     no_token_in_reports(env, "good", [before["access_token"]])
 
 
+def test_a_template_bomb_is_invalid_spec_at_once_and_never_retried(env: Env) -> None:
+    # security review, finding 1: 26 json filters were accepted and rendered 134 MB after each token request
+    app = env.secret_app("s")
+    env.create("bomb", app, CREDENTIAL, secretTemplate={"data": {"x": "{{ .accessToken" + " | json" * 26 + " }}"}})
+    cond = env.wait_condition("bomb", "False", "InvalidSpec")
+    message = cond["status"]["conditions"][0]["message"]
+    assert "spec.secretTemplate.data.x" in message and "more than 4 filters in one action" in message, message
+    assert "refreshAt" not in cond["status"], "waits for a change of the spec, no retries"
+    env.assert_stays(lambda: env.bed.issuer.token_requests(app.client_id) == 0 and env.secret("bomb-token") is None,
+                     5.0, "no token request and no Secret for a template that can never be rendered")
+
+
 @pytest.mark.compat  # the CRD's secretTemplate rules (CEL over map keys) on the oldest Kubernetes
 def test_the_apiserver_refuses_graphcreds_own_keys_in_a_template(env: Env) -> None:
     app = env.secret_app("s")

@@ -6,6 +6,10 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 
 from graphcred import credentials
 from graphcred.credentials import CredentialError
@@ -154,3 +158,113 @@ def test_a_tenant_annotation_narrows_the_consent_to_that_tenant() -> None:
     with pytest.raises(CredentialError) as caught:
         federation(account({TENANT_ID_ANNOTATION: "0b1c2d3e-0000-4000-8000-0000000000bb"}), ref, client, "ns", tenant)
     assert caught.value.reason == Reason.SERVICE_ACCOUNT_NOT_AUTHORIZED and TENANT_ID_ANNOTATION in caught.value.message
+
+
+# --- bounded work per certificate Secret (issue 24) ---------------------------------------------------------------
+def _self_signed(key: rsa.RSAPrivateKey, common_name: str = "big") -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now() - dt.timedelta(days=1))
+            .not_valid_after(now() + dt.timedelta(days=9)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def big_key() -> rsa.RSAPrivateKey:
+    # Larger than Entra accepts (4096 bits), yet quick to make; validating it costs seconds (8192 bits: ~5 s)
+    return rsa.generate_private_key(public_exponent=65537, key_size=4608)
+
+
+def _pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+@pytest.fixture
+def validations(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Each private-key load, True where it validates the key's numbers (the costly part)."""
+    loads: list[bool] = []
+    original = serialization.load_pem_private_key
+
+    def load(data: bytes, password: bytes | None, **kw: Any) -> Any:
+        loads.append(not kw.get("unsafe_skip_rsa_key_validation", False))
+        return original(data, password, **kw)
+
+    monkeypatch.setattr(serialization, "load_pem_private_key", load)
+    return loads
+
+
+def test_a_key_larger_than_entra_accepts_is_refused_without_validating_it(big_key: rsa.RSAPrivateKey,
+                                                                          validations: list[bool]) -> None:
+    with pytest.raises(CredentialError) as err:
+        credentials.certificate(_tls(_self_signed(big_key), _pem(big_key)), CertificateRef(name="c"), now())
+    assert err.value.reason == Reason.INVALID_CREDENTIAL
+    assert err.value.message == ("Secret 'c': the key is 4608 bits; Entra accepts RSA keys of 2048 to 4096 bits: use "
+                                 "a key of at most 4096 bits")
+    assert True not in validations, "the oversized key was validated"
+
+
+def test_a_large_key_beside_a_small_certificate_is_refused_without_validating_it(
+        big_key: rsa.RSAPrivateKey, validations: list[bool]) -> None:
+    pair = self_signed("small")
+    with pytest.raises(CredentialError) as err:
+        credentials.certificate(_tls(pair.cert_pem, _pem(big_key)), CertificateRef(name="c"), now())
+    assert "the key is 4608 bits" in err.value.message
+    assert True not in validations
+
+
+def test_a_key_that_does_not_match_is_never_validated(validations: list[bool]) -> None:
+    pair, other = self_signed("a"), self_signed("b")
+    with pytest.raises(CredentialError, match="does not match"):
+        credentials.certificate(_tls(pair.cert_pem, other.key_pem), CertificateRef(name="c"), now())
+    assert True not in validations
+    credentials.certificate(_tls(pair.cert_pem, pair.key_pem), CertificateRef(name="c"), now())
+    assert validations.count(True) == 1, "a usable key is validated, once"
+
+
+def test_a_key_pem_larger_than_any_key_entra_accepts_is_refused_unread(validations: list[bool]) -> None:
+    pair = self_signed("a")
+    padded = b"Bag Attributes\n" + b"x" * credentials.MAX_KEY_PEM_BYTES + b"\n" + pair.key_pem
+    with pytest.raises(CredentialError) as err:
+        credentials.certificate(_tls(pair.cert_pem, padded), CertificateRef(name="c"), now())
+    assert f"tls.key is {len(padded)} bytes, more than an RSA key of 4096 bits takes" in err.value.message
+    assert validations == []
+
+
+def test_a_chain_is_bounded() -> None:
+    # security review, f5b: 1,075 certificates in tls.crt were parsed, and sent in every assertion's header
+    pair = self_signed("leaf")
+    ref = CertificateRef(name="c", sendX5c=True)
+    ten = credentials.certificate(_tls(pair.cert_pem * 10, pair.key_pem), ref, now())
+    assert len(ten.x5c) == 10
+    with pytest.raises(CredentialError) as err:
+        credentials.certificate(_tls(pair.cert_pem * 11, pair.key_pem), ref, now())
+    assert "at most 10 certificates" in err.value.message
+    with pytest.raises(CredentialError, match="and 65536 bytes"):
+        credentials.certificate(_tls(b"#" * 65536 + pair.cert_pem, pair.key_pem), ref, now())
+
+
+def test_parsed_material_serves_each_reference_and_is_checked_against_the_time_each_pass() -> None:
+    pair = self_signed("a", not_after=now() + dt.timedelta(hours=1))
+    parsed = credentials.parse_certificate(_tls(pair.cert_pem, pair.key_pem), CertificateRef(name="c"))
+    with_x5c = credentials.usable(parsed, CertificateRef(name="c", sendX5c=True), now())
+    assert with_x5c.send_x5c and with_x5c.fingerprint() != parsed.fingerprint()
+    assert credentials.usable(parsed, CertificateRef(name="c"), now()) is parsed
+    with pytest.raises(CredentialError, match="expired"):
+        credentials.usable(parsed, CertificateRef(name="c"), now() + dt.timedelta(hours=2))
+
+
+def test_the_version_cache_keeps_one_version_per_secret_and_a_bounded_number_of_secrets() -> None:
+    cache: credentials.VersionCache[str] = credentials.VersionCache(size=2)
+    cache.put(("ns", "a"), "1", "a1")
+    assert cache.get(("ns", "a"), "1") == "a1" and cache.get(("ns", "a"), "2") is None
+    cache.put(("ns", "a"), "2", "a2")
+    assert cache.get(("ns", "a"), "1") is None and cache.get(("ns", "a"), "2") == "a2"
+    cache.put(("ns", "b"), "1", "b1")
+    cache.get(("ns", "a"), "2")  # a is used more recently than b
+    cache.put(("ns", "c"), "1", "c1")
+    assert len(cache) == 2 and cache.get(("ns", "b"), "1") is None and cache.get(("ns", "a"), "2") == "a2"
+    cache.drop(("ns", "a"), "2", "another")
+    assert cache.get(("ns", "a"), "2") == "a2"
+    cache.drop(("ns", "a"), "2", "a2")
+    assert cache.get(("ns", "a"), "2") is None

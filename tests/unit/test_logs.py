@@ -38,3 +38,27 @@ def test_kopf_retries_during_an_apiserver_outage_are_warnings(root_logger: None,
         "error",  # a handler failed
         "error",  # only kopf's own messages are demoted
     ]
+
+
+FORGED = "invalid_client\r\n2031-01-01 00:00:00,000 ERROR   graphcred.reconciler: forged line\x1b[2J\x9b\u2028end"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_tenant_controlled_text_cannot_forge_a_log_line(fmt: str, root_logger: None,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # security review, finding 11: an authority's error text echoed into a log line wrote a line of its own
+    configure(fmt, "INFO")
+    log = logging.getLogger("graphcred.reconciler")
+    log.warning("%s/%s: Unauthorized: %s", "ns", "mail", FORGED)
+    try:
+        raise ValueError("boom\nforged too")
+    except ValueError:
+        log.exception("a pass failed for %s", "ns/mail\n")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    messages = [json.loads(line)["message"] for line in lines] if fmt == "json" else lines
+    assert messages[0].endswith(r"Unauthorized: invalid_client\r\n2031-01-01 00:00:00,000 ERROR   "
+                                r"graphcred.reconciler: forged line\x1b[2J\x9b\u2028end")
+    assert messages[1].endswith(r"a pass failed for ns/mail\n [ValueError: boom\nforged too]")
+    for text in messages:
+        assert not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in text)

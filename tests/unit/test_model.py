@@ -49,6 +49,10 @@ def test_defaults_and_authority() -> None:
     ({"credential": {"clientSecret": {"name": "a"}, "certificate": {"name": "b"}}}, "exactly one"),
     ({"surprise": 1}, "spec.surprise"),
     ({"refreshBeforeExpiry": "soon"}, "spec.refreshBeforeExpiry"),
+    ({"refreshBeforeExpiry": "24h1ms"}, "spec.refreshBeforeExpiry: Value error, must be at most 24h"),
+    # security review, finding 7: accepted, then overflowed after the token was written (a write every 1.5 s)
+    ({"refreshBeforeExpiry": "99999999999h"}, "spec.refreshBeforeExpiry: Value error, must be at most 24h"),
+    ({"refreshBeforeExpiry": "9" * 63 + "h"}, "spec.refreshBeforeExpiry: Value error, must be at most 24h"),
 ])
 def test_invalid_specs_have_readable_messages(kw: dict[str, object], where: str) -> None:
     with pytest.raises(ValidationError) as err:
@@ -71,6 +75,25 @@ def test_durations() -> None:
     assert spec(refreshBeforeExpiry="10m").refresh_before() == dt.timedelta(minutes=10)
     with pytest.raises(ValueError, match="Go duration"):
         parse_duration("10 minutes")
+
+
+def test_durations_are_bounded_and_never_overflow() -> None:
+    assert spec(refreshBeforeExpiry="24h").refresh_before() == dt.timedelta(hours=24)
+    assert spec(refreshBeforeExpiry="23h59m60s").refresh_before() == dt.timedelta(hours=24)
+    with pytest.raises(ValueError, match="duration too long"):
+        parse_duration("99999999999h")
+    with pytest.raises(ValueError, match="duration too long"):
+        parse_duration("1" + "0" * 400 + "s")  # a float of infinity, not an OverflowError
+    # an object stored under an older, looser CRD and read without validation: still finite and bounded
+    stored = GraphAppCredentialSpec.model_construct(refresh_before_expiry="99999999999h")
+    assert stored.refresh_before() == dt.timedelta(hours=24)
+
+
+def test_a_name_too_long_for_the_default_secret_name_is_a_problem_before_any_token() -> None:
+    assert spec().secret_name_problem("n" * 247) is None
+    problem = spec().secret_name_problem("n" * 248)
+    assert problem is not None and "set spec.secretName" in problem and "at most 247" in problem
+    assert spec(secretName="short").secret_name_problem("n" * 253) is None
 
 
 # --- the status schema the CRD publishes ----------------------------------------------------------------------------

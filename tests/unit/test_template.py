@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import builtins
 import json
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -215,3 +216,33 @@ def test_annotations_are_bounded() -> None:
 def test_a_custom_type_is_accepted() -> None:
     s = spec({"type": "example.com/graph-token"})
     assert s.secret_template is not None and s.secret_template.type == "example.com/graph-token"
+
+
+# --- bounded rendering (issue 24: a filter chain must not grow without bound) ---------------------------------------
+BOMB = "{{ .accessToken" + " | json" * 26 + " }}"  # security review, finding 1: 26 json filters took 357 MiB
+
+
+def test_a_filter_chain_longer_than_four_is_refused_when_compiled() -> None:
+    assert compile_template("{{ .accessToken | base64 | json | json | json }}").fields == {"accessToken"}
+    with pytest.raises(TemplateError, match="line 1, column 49: more than 4 filters in one action"):
+        compile_template("{{ .accessToken | base64 | json | json | json | json }}")
+
+
+def test_the_template_bomb_is_refused_when_the_spec_is_read() -> None:
+    message = invalid({"data": {"x": BOMB}})
+    assert "spec.secretTemplate.data.x" in message and "more than 4 filters in one action" in message
+
+
+def test_rendering_stops_at_its_limit_and_holds_little_memory() -> None:
+    # Backslashes double with every json: 16 actions of 4 filters over 100,000 of them would render 26 MB.
+    source = "{{ .accessToken | json | json | json | json }}" * 16
+    values = {**VALUES, "accessToken": "\\" * 100_000}
+    tracemalloc.start()
+    try:
+        with pytest.raises(TemplateError, match="renders to more than 1048576 characters"):
+            compile_template(source).render(values)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"rendering held {peak} bytes at its peak"
+    assert len(compile_template(source).render(values, limit=30 * 2**20)) > 2**20  # the limit is what stopped it
