@@ -260,8 +260,9 @@ class Reconciler:
         self.tokens = tokens
         self.emit = emit
         self._run_blocking = run_blocking or asyncio.to_thread
-        # fair shares per namespace and per tenant-chosen authority host (slot_share 0: a quarter of the slots)
-        self._token_slots = SlotGate(token_concurrency, slot_share, exempt=AUTHORITY_HOSTS.values(), budget=budget)
+        # fair shares per namespace and per authority host a spec chose (slot_share 0: a quarter of the slots); the
+        # clouds' hosts and those the admin allowed are no tenant's to slow down, and count per namespace only
+        self._token_slots = SlotGate(token_concurrency, slot_share, exempt=self.federation_hosts, budget=budget)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self.breaker = Breaker(self._rng)
