@@ -1,11 +1,13 @@
 """Circuit breakers for token requests. Pure: the caller passes the time.
 
 Retry-After and backoff slow down the one credential that got the answer; with thousands of credentials on one
-throttled or failing tenant the others would keep firing. So a throttling answer (429) opens the breaker of the
-whole tenant (login host + tenant: Entra throttles per tenant), and an unavailable one (5xx, timeout, unreachable)
-the breaker of that app on that tenant (one broken app must not starve the healthy ones beside it). Everything
-behind an open breaker holds off until the Retry-After or backoff has passed; then a single request probes, and
-only its answer lets the others through.
+throttled or failing tenant the others would keep firing. So a throttling answer (429) or an unavailable one (5xx,
+timeout, unreachable) opens the breaker of that app on that tenant: one namespace's throttled or broken app must not
+hold back the apps of other namespaces in the same Entra tenant (in an enterprise, usually every namespace). The
+breaker of the whole tenant (login host + tenant) opens only when Entra's answer says the tenant is throttled
+(AADSTS90055), or when distinct apps of at least two namespaces were throttled within a minute (`throttled`).
+Everything behind an open breaker holds off until the Retry-After or backoff has passed; then a single request
+probes, and only its answer lets the others through.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ OPEN_CAP = 30.0
 RETRY_AFTER_CAP = 600.0  # and with one: a proxy's "come back tomorrow" must not let a tenant's tokens expire
 PROBE_WAIT = 2.0  # while a probe is in flight, others look again this soon
 PROBE_STALE = dt.timedelta(seconds=90)  # a probe that never reported (its task ended) frees the slot after this
+# Entra's "TenantThrottlingError: there are too many incoming requests" (for the whole tenant)
+TENANT_THROTTLING_CODES = frozenset({90055})
+# Throttling seen for this many distinct apps, of at least this many namespaces, within the window: the tenant
+# (one namespace alone, spamming its own apps, cannot hold the others')
+TENANT_APPS = 3
+TENANT_NAMESPACES = 2
+TENANT_WINDOW = dt.timedelta(seconds=60)
 
 
 @dataclass
@@ -47,6 +56,8 @@ class Breaker:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self._states: dict[str, _State] = {}
+        # tenant key -> app key -> (when it was last throttled, by whose namespace's request)
+        self._throttled: dict[str, dict[str, tuple[dt.datetime, str]]] = {}
 
     def __len__(self) -> int:
         return len(self._states)
@@ -91,6 +102,28 @@ class Breaker:
         backoff = min(OPEN_CAP, 2.0 ** failures) * (0.5 + 0.5 * self._rng.random())
         hold = max(backoff, min(retry_after or 0.0, RETRY_AFTER_CAP))
         self._states[key] = _State(failures, now + dt.timedelta(seconds=hold), reason)
+
+    def throttled(self, tenant: str, app: str, namespace: str, now: dt.datetime, retry_after: float | None, *,
+                  tenant_wide: bool = False) -> bool:
+        """A 429 for `app` of `tenant`, from a request of `namespace`: holds the app, and the tenant when the answer
+        says so or the throttling is spread over apps and namespaces. Returns whether the tenant is now held."""
+        self.failed(app, now, Reason.THROTTLED, retry_after)
+        if len(self._throttled) > 1024:
+            self._forget_throttling(now)
+        seen = self._throttled.setdefault(tenant, {})
+        seen[app] = (now, namespace)
+        for old in [a for a, (when, _) in seen.items() if now - when > TENANT_WINDOW]:
+            del seen[old]
+        spread = len(seen) >= TENANT_APPS and len({ns for _, ns in seen.values()}) >= TENANT_NAMESPACES
+        if tenant_wide or spread:
+            self.failed(tenant, now, Reason.THROTTLED, retry_after)
+            return True
+        return False
+
+    def _forget_throttling(self, now: dt.datetime) -> None:
+        for tenant in [t for t, apps in self._throttled.items()
+                       if all(now - when > TENANT_WINDOW for when, _ in apps.values())]:
+            del self._throttled[tenant]
 
     def answered(self, keys: Sequence[str]) -> None:
         """The authority answered (a token, or a refusal about the request itself): close."""

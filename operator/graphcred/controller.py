@@ -20,10 +20,15 @@ from .kube import Gone
 from .metrics import ready_states
 from .reconciler import KubeCallFailed, Memory, Reconciler, Snapshot
 from .secret import RENEW_ANNOTATION
+from .slots import PassSlot, RequestBudget
+from .slots import running_as as running_as_pass
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # namespace, name
+# Renew requests per credential: a few at once (a fix in Entra, then another), then one every 30 s.
+RENEW_BURST = 3.0
+RENEW_PER_MINUTE = 2.0
 
 
 def _secret_names(name: str, spec: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -70,13 +75,19 @@ class _Worker:
     renew_seen: str | None = None  # value of the renew annotation already served (or present at start)
     indexed: tuple[Key | None, Key | None] = (None, None)  # (credential Secret, token Secret) in the indexes
     indexed_account: Key | None = None  # its workload identity's ServiceAccount, in the index
+    renew_timer: asyncio.TimerHandle | None = None  # a renew request waiting for the credential's renew budget
+    renewing: bool = False  # a pass serving a renew request is running
 
 
 class Controller:
-    def __init__(self, reconciler: Reconciler, max_active: int = 64, *, watch_consumers: bool = False) -> None:
+    def __init__(self, reconciler: Reconciler, max_active: int = 64, *, watch_consumers: bool = False,
+                 renews: RequestBudget | None = None) -> None:
         self.reconciler = reconciler
+        # forced token requests per credential (renew annotations); further requests join the one pending
+        self._renews = renews if renews is not None else RequestBudget(RENEW_BURST, RENEW_PER_MINUTE)
         # Passes in progress at once. The I/O threads bound throughput anyway; this bounds memory in a burst
-        # (10,000 new objects would otherwise each hold a rendered Secret while waiting for a thread).
+        # (10,000 new objects would otherwise each hold a rendered Secret while waiting for a thread). A pass waiting
+        # for a token holds no place (PassSlot.aside): requests to a slow authority hold up no other pass.
         self._active = asyncio.Semaphore(max_active)
         self._workers: dict[Key, _Worker] = {}
         # (namespace, secret name) -> objects that read it as credential / write it as token Secret
@@ -149,10 +160,30 @@ class Controller:
         worker.snapshot = snap
         if renew is not None and renew != worker.renew_seen:
             worker.renew_seen = renew
-            worker.memory.renew_requested, worker.memory.renew_value = True, renew
-            worker.wake.set()
+            worker.memory.renew_value = renew  # the newest value: the request that serves it answers them all
+            self._renew(key, worker)
         if generation_changed:
             worker.wake.set()  # status-only updates (our own patches) do not wake
+
+    def _renew(self, key: Key, worker: _Worker) -> None:
+        """A new renew request: served at once within the credential's renew budget, else when the budget allows;
+        one already pending or being served answers it too (status.lastRenewRequest gets the newest value)."""
+        if worker.renew_timer is not None or worker.memory.renew_requested or worker.renewing:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._renews.reserve(f"{key[0]}/{key[1]}", loop.time())
+        if wait <= 0:
+            self._renew_now(worker)
+        else:
+            log.info("%s/%s: renew requested again within %.0f s; serving it in %.0f s", key[0], key[1],
+                     60.0 / self._renews.per_minute, wait)
+            worker.renew_timer = loop.call_later(wait, self._renew_now, worker)
+
+    @staticmethod
+    def _renew_now(worker: _Worker) -> None:
+        worker.renew_timer = None
+        worker.memory.renew_requested = True
+        worker.wake.set()
 
     def _start(self, key: Key, worker: _Worker) -> None:
         worker.task = asyncio.create_task(self._run(key, worker), name=f"graphcred:{key[0]}/{key[1]}")
@@ -181,6 +212,8 @@ class Controller:
         self.reconciler.metrics.forget(namespace, name)
         if worker is not None:
             self._unindex(key, worker, notify=True)
+            if worker.renew_timer is not None:
+                worker.renew_timer.cancel()
             if worker.task is not None:
                 worker.task.cancel()
 
@@ -280,8 +313,13 @@ class Controller:
             worker.wake.clear()
             try:
                 self._index(key, worker)
-                async with self._active:
-                    delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
+                worker.renewing = worker.memory.renew_requested
+                try:
+                    async with PassSlot(self._active) as place:
+                        with running_as_pass(place):
+                            delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
+                finally:
+                    worker.renewing = False
                 if self._changed_during_pass(key, worker):
                     continue  # the credential changed while this pass ran: go again now
             except Gone:

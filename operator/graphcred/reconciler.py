@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from . import credentials, policy, reporting
-from .breaker import Breaker
+from .breaker import TENANT_THROTTLING_CODES, Breaker
 from .credentials import CredentialError, Federation, Material
 from .jwt import unverified_claims
 from .kube import Conflict, Gone, Kube
@@ -59,6 +59,7 @@ from .secret import (
 )
 from .secretwatch import Directory, Seen
 from .sharing import SharedTokens, share_key
+from .slots import RequestBudget, SlotGate, stepped_aside
 from .template import TemplateError
 from .tokens import AcquisitionError, Token, TokenClient
 
@@ -240,6 +241,8 @@ class Reconciler:
         *,
         run_blocking: Callable[..., Awaitable[Any]] | None = None,
         token_concurrency: int = 16,
+        slot_share: int = 0,
+        budget: RequestBudget | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
@@ -258,7 +261,9 @@ class Reconciler:
         self.tokens = tokens
         self.emit = emit
         self._run_blocking = run_blocking or asyncio.to_thread
-        self._token_slots = asyncio.Semaphore(token_concurrency)
+        # fair shares per namespace and per authority host a spec chose (slot_share 0: a quarter of the slots); the
+        # clouds' hosts and those the admin allowed are no tenant's to slow down, and count per namespace only
+        self._token_slots = SlotGate(token_concurrency, slot_share, exempt=self.federation_hosts, budget=budget)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self.breaker = Breaker(self._rng)
@@ -322,8 +327,8 @@ class Reconciler:
                 return await self._rerendered(snap, mem, previous, secret_name, now)
             current = self._current_issue(mem, previous)
             # while roles are missing, each check needs a new token: consent shows only in new tokens
-            token, shared = await self._acquire(spec, material, reuse=mem.missing_roles_checks == 0 and not renew,
-                                                newer_than=current)
+            token, shared = await self._acquire(snap.namespace, spec, material,
+                                                reuse=mem.missing_roles_checks == 0 and not renew, newer_than=current)
             del material  # the credential is not kept between passes, nor the read it came from
             await held.aclose()
             log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
@@ -580,20 +585,22 @@ class Reconciler:
         token = Token(access_token, expires, mem.token_issued_at or issued, claims)
         return token, Target(str(secret["metadata"]["resourceVersion"]), secret)
 
-    async def _acquire(self, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool,
+    async def _acquire(self, namespace: str, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool,
                        newer_than: dt.datetime | None) -> tuple[Token, bool]:
-        """A token, and whether it came from an identical credential's request (True) or this one's."""
+        """A token, and whether it came from an identical credential's request (True) or this one's. While it
+        waits (for a slot, for the authority), the pass is not counted among the controller's passes in progress."""
         try:
-            token, shared = await self.shared.get(share_key(spec, material),
-                                                  lambda: self._acquire_now(spec, material), reuse=reuse,
-                                                  newer_than=newer_than)
+            async with stepped_aside():
+                token, shared = await self.shared.get(share_key(spec, material),
+                                                      lambda: self._acquire_now(namespace, spec, material),
+                                                      reuse=reuse, newer_than=newer_than)
         except AcquisitionError as exc:
             raise Outcome(exc.reason, exc.message, retry=_retry(exc), retry_after=exc.retry_after) from None
         if shared:
             self.metrics.acquisitions.labels("shared", "TokenIssued").inc()
         return token, shared
 
-    async def _acquire_now(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+    async def _acquire_now(self, namespace: str, spec: GraphAppCredentialSpec, material: Material) -> Token:
         tenant = spec.authority()
         keys = (tenant, f"{tenant} app {spec.client_id}")
         request = object()  # this request, to the breakers: it frees only the probe marks it set
@@ -603,7 +610,7 @@ class Reconciler:
             # slot, so that an apiserver slow to answer TokenRequests holds no slot other credentials need.
             presented = await self._with_assertion(spec, material)
             try:
-                async with self._token_slots:
+                async with self._token_slots.slot(namespace, spec.authority_base()):
                     # again: a breaker may have opened while this request waited for a slot
                     self._check_breaker(keys, request, admitted=True)
                     started = time.monotonic()
@@ -617,7 +624,9 @@ class Reconciler:
             raise
         except AcquisitionError as exc:
             if not exc.permanent and exc.reason == Reason.THROTTLED:
-                self.breaker.failed(keys[0], self._clock(), exc.reason, exc.retry_after)
+                # the app; the tenant only if Entra says so or several namespaces' apps are throttled
+                self.breaker.throttled(keys[0], keys[1], namespace, self._clock(), exc.retry_after,
+                                       tenant_wide=exc.code in TENANT_THROTTLING_CODES)
             elif not exc.permanent and exc.reason == Reason.AUTHORITY_UNAVAILABLE:
                 self.breaker.failed(keys[1], self._clock(), exc.reason, exc.retry_after)
             else:

@@ -148,9 +148,10 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
                             ) -> AcquisitionError:
     """Turn msal's error dict (the token endpoint's JSON) into an AcquisitionError."""
     by_status = status_error("token endpoint", status, retry_after)
-    if by_status is not None:
-        return by_status
     codes = [c for c in result.get("error_codes") or [] if isinstance(c, int)]
+    if by_status is not None:
+        by_status.code = codes[0] if codes else None  # a 429's code says whether the whole tenant is throttled
+        return by_status
     error = str(result.get("error") or "error")
     if status is None and error in ("temporarily_unavailable", "server_error"):
         return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"token endpoint answered {error}; "

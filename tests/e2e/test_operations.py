@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from graphcred.secret import parse_rfc3339
+from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.secret import RENEW_ANNOTATION, parse_rfc3339
 from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env, lease_holder, two_replicas
@@ -106,3 +107,25 @@ def test_an_apiserver_restart_is_logged_as_warnings_while_credentials_keep_refre
     errors = [line["message"][:160] for line in kopf if line["level"] == "error"]
     assert not errors, f"kopf logged the outage it recovered from at ERROR: {errors}"
     assert [line for line in kopf if line["level"] == "warning"], "no kopf warning: the test saw no reconnect"
+
+
+def test_forty_renew_annotations_send_at_most_four_token_requests_and_the_last_is_answered(env: Env) -> None:
+    """Security review 6 (bed scenario L): each new value of the renew annotation sent a token request at once, 40
+    in 7.7 s. Now three at once, then one every 30 s per credential; values arriving meanwhile join the pending
+    one, which answers the newest (what `graphcred renew` waits for)."""
+    app = env.secret_app("renew-burst-secret")
+    env.create("burst", app, {"clientSecret": {"name": "cred"}})
+    env.wait_ready("burst")
+    before = env.bed.issuer.token_requests(app.client_id)
+    started = time.monotonic()
+    for i in range(40):
+        env.bed.custom.patch_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, "burst", {
+            "metadata": {"annotations": {RENEW_ANNOTATION: f"burst-{i}"}}})
+    patched = time.monotonic() - started
+    wait_for(lambda: (env.get("burst").get("status") or {}).get("lastRenewRequest") == "burst-39", timeout=60,
+             what="the last renew request answered")
+    sent = env.bed.issuer.token_requests(app.client_id) - before
+    print(f"40 renew annotations patched in {patched:.1f} s: {sent} token requests; last answered after "
+          f"{time.monotonic() - started:.1f} s")
+    assert 1 <= sent <= 4, f"{sent} token requests for 40 renews"
+    env.wait_ready("burst")

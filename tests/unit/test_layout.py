@@ -38,7 +38,8 @@ def test_no_product_module_imports_the_test_bed() -> None:
 
 # DESIGN §6: the pure modules do no I/O: no kopf, msal or kubernetes, no network, no clock of their own, not even
 # through another graphcred module.
-PURE = ("model", "crd", "policy", "secret", "reporting", "breaker", "credentials", "jwt", "consumers", "opsview")
+PURE = ("model", "crd", "policy", "secret", "reporting", "breaker", "credentials", "jwt", "consumers", "opsview",
+        "admission")
 IO = {"kopf", "kubernetes", "msal", "requests", "urllib3", "aiohttp", "socket", "asyncio", "threading", "time",
       "subprocess", "http", "urllib", "ssl", "prometheus_client", "logging"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -224,27 +225,32 @@ def test_needs_user_failures_are_retried_slowly_and_before_the_last_token_expire
     run(scenario)
 
 
-# --- defect 14: a throttled tenant holds back every credential on it ----------------------------------------------
-def test_a_throttled_tenant_holds_off_other_credentials_until_retry_after() -> None:
+# --- defect 14: a throttled app holds back every credential of that app -------------------------------------------
+# (security review 6: one namespace's 429 used to hold every app of the Entra tenant, in every namespace)
+def test_a_throttled_app_holds_off_its_credentials_until_retry_after_but_not_other_apps() -> None:
     rig = Rig()
     rig.tokens.failure = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=30)
+    app = str(uuid.uuid4())
 
     async def scenario() -> None:
-        first = Snapshot.of(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
-        rig.kube.objects.add((NS, "a"))
-        await rig.reconciler.reconcile(first, Memory())
+        for name in ("a", "b", "other-app"):
+            rig.kube.objects.add((NS, name))
+            rig.kube.put_client_secret(NS, f"cred-{name}", f"s-{name}")
+        await rig.reconciler.reconcile(Snapshot.of(gac("a", secret_spec(TENANT, app, "cred-a"))), Memory())
         assert rig.tokens.requests == 1
         rig.tokens.failure = None
-        other = Snapshot.of(gac("b", secret_spec(TENANT, str(uuid.uuid4()))))
-        rig.kube.objects.add((NS, "b"))
+        same = Snapshot.of(gac("b", secret_spec(TENANT, app, "cred-b")))
         mem = Memory()
-        delay = await rig.reconciler.reconcile(other, mem)
-        assert rig.tokens.requests == 1, "a second app on the throttled tenant must wait for Retry-After"
+        delay = await rig.reconciler.reconcile(same, mem)
+        assert rig.tokens.requests == 1, "another credential of the throttled app must wait for Retry-After"
         assert delay is not None and delay >= 25
         assert (rig.ready("b") or {}).get("reason") == "Throttled"
+        await rig.reconciler.reconcile(Snapshot.of(gac("other-app", secret_spec(TENANT, str(uuid.uuid4()),
+                                                                                "cred-other-app"))), Memory())
+        assert rig.tokens.requests == 2 and is_ready(rig, "other-app"), "another app of the tenant was held"
         rig.clock.advance(31)
-        await rig.reconciler.reconcile(other, mem)
-        assert rig.tokens.requests == 2 and is_ready(rig, "b")
+        await rig.reconciler.reconcile(same, mem)
+        assert rig.tokens.requests == 3 and is_ready(rig, "b")
 
     run(scenario)
 
@@ -412,14 +418,15 @@ def test_a_credential_secret_created_during_the_first_pass_wakes_it() -> None:
 
 
 def test_requests_queued_for_a_slot_respect_a_breaker_that_opened_meanwhile() -> None:
-    rig = Rig(token_concurrency=2)
+    rig = Rig(token_concurrency=8)
     rig.tokens.failure = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=60)
+    app = str(uuid.uuid4())
 
     async def scenario() -> None:
         with closed(rig.tokens.gate):  # the first requests hang until every pass queued for a slot
-            for i in range(20):
+            for i in range(20):  # one app, different secrets: no sharing, one breaker
                 rig.kube.put_client_secret(NS, f"cred{i}", f"s{i}")
-                rig.add(gac(f"c{i}", secret_spec(TENANT, str(uuid.uuid4()), secret=f"cred{i}")))
+                rig.add(gac(f"c{i}", secret_spec(TENANT, app, secret=f"cred{i}")))
             await until(rig.tokens.entered.is_set, what="the first request in flight")
             await asyncio.sleep(0.3)
         await until(lambda: all(rig.ready(f"c{i}") for i in range(20)), what="every credential reported")
@@ -649,6 +656,91 @@ def test_a_credential_waiting_for_its_refresh_holds_one_task() -> None:
         await asyncio.sleep(0.05)  # every worker back to waiting
         others = len(asyncio.all_tasks())
         assert others <= 50 + 5, f"{others} tasks for 50 waiting credentials"  # + the test and the rig's own
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+# --- security review 6: renew requests and token requests per namespace are rate-limited -------------------------
+def _renew(rig: Rig, body: dict[str, Any], value: str) -> None:
+    rig.controller.observe({**body, "metadata": {**body["metadata"], "annotations": {RENEW_ANNOTATION: value}}})
+
+
+def test_forty_renew_requests_in_a_row_send_at_most_three_token_requests() -> None:
+    """Bed scenario L: 40 renew annotations gave 40 token requests in 7.7 s. Now a credential's renews are served
+    at once up to three, then one every 30 s, and those arriving meanwhile join the one pending."""
+    rig = Rig()
+
+    async def scenario() -> None:
+        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        for i in range(40):
+            _renew(rig, body, f"r{i}")
+            await asyncio.sleep(0.02)  # paced like a script patching the annotation in a loop
+        await until(lambda: rig.status("a").get("lastRenewRequest", "").startswith("r"), what="a renew served")
+        forced = rig.tokens.requests - 1
+        print(f"token requests for 40 renews: {forced}")
+        assert 1 <= forced <= 3, forced
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_renews_beyond_the_budget_wait_and_the_newest_is_answered() -> None:
+    """The CLI waits for status.lastRenewRequest to show its value: a renew held back by the budget is served
+    later, not dropped, and answers every value that arrived meanwhile."""
+    from graphcred.slots import RequestBudget
+
+    rig = Rig()
+    rig.controller = Controller(rig.reconciler, renews=RequestBudget(burst=1, per_minute=120))  # one per 0.5 s
+
+    async def scenario() -> None:
+        body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="A Ready")
+        for i in range(10):
+            _renew(rig, body, f"r{i}")
+            await asyncio.sleep(0.01)
+        await until(lambda: rig.status("a").get("lastRenewRequest") == "r9", what="the newest renew answered")
+        assert rig.tokens.requests - 1 <= 2, rig.tokens.requests
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_a_namespace_cannot_make_the_operator_send_more_than_its_budget_of_token_requests() -> None:
+    from graphcred.slots import RequestBudget
+
+    rig = Rig()
+    rig.reconciler = Reconciler(rig.kube, rig.tokens, rig.emit,  # type: ignore[arg-type]
+                                clock=rig.clock, rng=random.Random(0), metrics=rig.metrics,
+                                shared=SharedTokens(clock=rig.clock),
+                                budget=RequestBudget(burst=5, per_minute=600))  # then one per 0.1 s
+    rig.controller = Controller(rig.reconciler)
+    sent: list[tuple[str, float]] = []
+    acquire = rig.tokens.acquire
+
+    def recorded(spec: Any, material: Any) -> Any:
+        sent.append((spec.client_id, time.monotonic()))
+        return acquire(spec, material)
+
+    rig.tokens.acquire = recorded  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        for i in range(25):
+            rig.kube.put_client_secret(NS, f"cred{i}", f"s{i}")
+            rig.add(gac(f"c{i}", secret_spec(TENANT, str(uuid.uuid4()), secret=f"cred{i}")))
+        await until(lambda: len(sent) >= 5, what="the burst")
+        rig.kube.objects.add(("other", "b"))
+        rig.kube.put_client_secret("other", "cred", "b")
+        other = str(uuid.uuid4())
+        rig.controller.observe(gac("b", secret_spec(TENANT, other), namespace="other"))
+        await until(lambda: all(is_ready(rig, f"c{i}") for i in range(25)), timeout=10, what="all Ready")
+        ours = [t for client, t in sent if client != other]
+        spread = ours[-1] - ours[0]
+        print(f"25 requests of one namespace spread over {spread:.2f} s")
+        assert spread >= (25 - 5) * 0.1 * 0.8, f"25 requests in {spread:.2f} s: the budget allows 5 then 10 a second"
+        theirs = [t for client, t in sent if client == other]
+        assert theirs and theirs[0] - ours[0] < 1.0, "another namespace waited for this one's budget"
         await rig.controller.stop()
 
     run(scenario)

@@ -1,0 +1,128 @@
+"""Who may send a token request now: fair shares of the token slots and a request budget per namespace. Pure: the
+caller passes the time; `slots` is the asyncio side.
+
+Every namespace names its own authority host, and a host can answer one byte every few seconds: with one pool of
+slots first come first served, one namespace's slow host held every slot and nobody else got a token. So no
+namespace and no tenant-chosen authority host may hold more than `share` slots (a quarter by default); the clouds'
+own login hosts are shared by every namespace and nobody can slow them for the others, so they have no cap of
+their own. Within those shares waiters go first come first served, and a waiter whose shares are full never holds
+up one behind it whose shares are not.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+# Requests per namespace: a burst, then a steady rate. Enough for a namespace refreshing a few thousand one-hour
+# tokens (a refresh each at half their lifetime); beyond it requests wait their turn, none is dropped.
+BUDGET_BURST = 60.0
+BUDGET_PER_MINUTE = 240.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a token request counts against: its namespace, and its authority host (None: a cloud's own host, which
+    has no share of its own)."""
+
+    namespace: str
+    host: str | None
+
+
+def default_share(total: int) -> int:
+    return max(1, total // 4)
+
+
+@dataclass
+class FairSlots:
+    """`total` slots; no namespace and no (capped) host holds more than `share`. Waiters are tickets (any hashable
+    the caller picks) admitted by `admit`, in arrival order among those whose shares have room."""
+
+    total: int
+    share: int = 0  # 0: default_share(total)
+    _waiting: dict[object, Claim] = field(default_factory=dict)  # insertion order is arrival order
+    _holding: dict[object, Claim] = field(default_factory=dict)
+    _by_namespace: Counter[str] = field(default_factory=Counter)
+    _by_host: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        if self.total < 1:
+            raise ValueError("at least one token slot")
+        self.share = self.share or default_share(self.total)
+
+    @property
+    def held(self) -> int:
+        return len(self._holding)
+
+    def waiting(self) -> list[tuple[object, Claim]]:
+        return list(self._waiting.items())
+
+    def holding(self, claim: Claim) -> tuple[int, int]:
+        """Slots held by the claim's namespace and by its host."""
+        return self._by_namespace[claim.namespace], self._by_host[claim.host] if claim.host is not None else 0
+
+    def room_for(self, claim: Claim) -> bool:
+        """Would its shares allow one more (slots free or not)?"""
+        in_namespace, on_host = self.holding(claim)
+        return in_namespace < self.share and (claim.host is None or on_host < self.share)
+
+    def arrive(self, ticket: object, claim: Claim) -> None:
+        self._waiting[ticket] = claim
+
+    def leave(self, ticket: object) -> None:
+        """A waiter gave up (cancelled) before it was admitted."""
+        self._waiting.pop(ticket, None)
+
+    def release(self, ticket: object) -> None:
+        claim = self._holding.pop(ticket, None)
+        if claim is None:
+            return
+        self._by_namespace[claim.namespace] -= 1
+        if not self._by_namespace[claim.namespace]:
+            del self._by_namespace[claim.namespace]
+        if claim.host is not None:
+            self._by_host[claim.host] -= 1
+            if not self._by_host[claim.host]:
+                del self._by_host[claim.host]
+
+    def admit(self) -> list[object]:
+        """Give free slots to waiters, oldest first, skipping those whose namespace or host holds its share.
+        Returns the tickets admitted now (they hold a slot until `release`)."""
+        admitted: list[object] = []
+        for ticket, claim in list(self._waiting.items()):
+            if self.held >= self.total:
+                break
+            if not self.room_for(claim):
+                continue
+            del self._waiting[ticket]
+            self._holding[ticket] = claim
+            self._by_namespace[claim.namespace] += 1
+            if claim.host is not None:
+                self._by_host[claim.host] += 1
+            admitted.append(ticket)
+        return admitted
+
+
+@dataclass
+class RequestBudget:
+    """A token bucket per namespace: `burst` requests at once, then `per_minute`. `reserve` takes one and says how
+    long to wait for it (the debt is the queue: later callers wait longer); nothing is ever refused."""
+
+    burst: float = BUDGET_BURST
+    per_minute: float = BUDGET_PER_MINUTE
+    _level: dict[str, tuple[float, float]] = field(default_factory=dict)  # namespace -> (tokens, as of)
+
+    def reserve(self, namespace: str, now: float) -> float:
+        rate = self.per_minute / 60.0
+        tokens, since = self._level.get(namespace, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - since) * rate) - 1.0
+        self._level[namespace] = (tokens, now)
+        if len(self._level) > 1024:
+            self._prune(now)
+        return 0.0 if tokens >= 0 else -tokens / rate
+
+    def _prune(self, now: float) -> None:
+        """Namespaces whose bucket has refilled are as good as new: forget them (bounded memory)."""
+        rate = self.per_minute / 60.0
+        for namespace in [n for n, (t, s) in self._level.items() if t + (now - s) * rate >= self.burst]:
+            del self._level[namespace]
