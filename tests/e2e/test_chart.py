@@ -68,6 +68,13 @@ OPTION_SETS: dict[str, list[str]] = {
         "--set-json", 'networkPolicy.tokenEndpoint.to=[{"ipBlock":{"cidr":"0.0.0.0/0","except":["10.0.0.0/8"]}}]',
         "--set-json", 'networkPolicy.metrics.from=[{"namespaceSelector":{"matchLabels":'
                       '{"kubernetes.io/metadata.name":"monitoring"}}}]'],
+    "no-admission-policy": ["--set", "admissionPolicy.enabled=false"],
+    "metrics-network-policy": [
+        "--set", "metrics.networkPolicy.enabled=true",
+        "--set-json", 'metrics.networkPolicy.from=[{"namespaceSelector":{"matchLabels":'
+                      '{"kubernetes.io/metadata.name":"monitoring"}},"podSelector":{"matchLabels":'
+                      '{"app.kubernetes.io/name":"prometheus"}}}]'],
+    "metrics-network-policy-closed": ["--set", "metrics.networkPolicy.enabled=true"],
 }
 
 SERVICE_MONITOR_CRD = {
@@ -290,18 +297,22 @@ def test_the_deployment_tells_the_operator_whether_consumer_warnings_are_on(valu
 
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 # an HTTP 403 however it is logged ("HTTP 403", "ApiException 403", "(403)"), not a port or time that holds "403"
 FORBIDDEN = re.compile(r"Forbidden|(?<![\d.:])403(?!\d)")
 
 
 @contextmanager
 def chart_operator(env: Env, logdir: Path, release: str, values: list[str], *args: str) -> Iterator[OperatorProcess]:
-    """The operator running as the chart's ServiceAccount with exactly the chart's RBAC for `values` (a release of
-    its own: no other release's grants apply), instead of the session's operator. Removes the grants afterwards."""
-    docs = [d for d in render(*values, release=release) if d["kind"] in RBAC_KINDS]
+    """The operator running as the chart's ServiceAccount with exactly the chart's RBAC and admission policy for
+    `values` (a release of its own: no other release's grants apply), instead of the session's operator. Removes
+    the grants and the policy afterwards."""
+    docs = [d for d in render(*values, release=release) if d["kind"] in RBAC_KINDS + POLICY_KINDS]
     manifest = yaml.safe_dump_all(docs)
     env.bed.kubectl("apply", "--server-side", "-f", "-", input=manifest)
     [account] = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+    if any(d["kind"] == "ValidatingAdmissionPolicy" for d in docs):
+        wait_policy_enforced(env.bed, f"system:serviceaccount:{RELEASE_NS}:{account}", env.namespace)
     token = env.bed.core.create_namespaced_service_account_token(
         account, RELEASE_NS, client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))).status.token
@@ -328,6 +339,26 @@ def chart_operator(env: Env, logdir: Path, release: str, values: list[str], *arg
         chart_op.stop()
         env.operator.start()
         env.bed.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=manifest, check=False)
+
+
+def as_user(bed: Bed, user: str, *args: str, manifest: dict[str, Any] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """kubectl impersonating `user` (a ServiceAccount: system:serviceaccount:NS:NAME), `manifest` on stdin."""
+    return bed.kubectl(f"--as={user}", *args, input=json.dumps(manifest) if manifest else None, check=False)
+
+
+def refused_by_policy(result: subprocess.CompletedProcess[str]) -> bool:
+    return result.returncode != 0 and "ValidatingAdmissionPolicy" in result.stderr
+
+
+def wait_policy_enforced(bed: Bed, user: str, namespace: str) -> None:
+    """Wait until the admission policy just applied refuses `user` a ServiceAccount token Secret (a dry run): the
+    apiserver loads policies asynchronously, a second or so after they are created."""
+    probe = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+             "metadata": {"name": "policy-probe", "namespace": namespace,
+                          "annotations": {"kubernetes.io/service-account.name": "default"}}}
+    wait_for(lambda: refused_by_policy(as_user(bed, user, "create", "--dry-run=server", "-f", "-", manifest=probe)),
+             timeout=30, what=f"the admission policy enforced for {user}")
 
 
 def _scope(scope: str, env: Env) -> tuple[list[str], tuple[str, ...]]:
@@ -470,6 +501,11 @@ REFUSED = [
      "at '/networkPolicy/apiServer/ports': minItems: got 0, want 1"),
     (["--set-json", 'networkPolicy.metrics.from=[{"ipblock":{"cidr":"10.0.0.0/8"}}]'],
      "at '/networkPolicy/metrics/from/0': additional properties 'ipblock' not allowed"),
+    (["--set", "admissionPolicy.enabled=yes"], "at '/admissionPolicy/enabled': got string, want boolean"),
+    (["--set", "admissionPolicy.validationActions={Warn}"],
+     "at '/admissionPolicy': additional properties 'validationActions' not allowed"),
+    (["--set-json", 'metrics.networkPolicy.from=[{"namespaceselector":{}}]'],
+     "at '/metrics/networkPolicy/from/0': additional properties 'namespaceselector' not allowed"),
 ]
 
 
@@ -869,3 +905,79 @@ def requests_get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as resp:
         body: bytes = resp.read()
     return body.decode()
+
+
+# --- issue 24 item 6: the admission policy and the metrics NetworkPolicy (rendered; enforced: test_admission_policy)
+def _policy(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return _one(docs, "ValidatingAdmissionPolicy"), _one(docs, "ValidatingAdmissionPolicyBinding")
+
+
+def _expressions(policy: dict[str, Any]) -> str:
+    spec = policy["spec"]
+    return " ".join([v["expression"] for v in spec["variables"] + spec["validations"]])
+
+
+def test_admission_policy_is_on_by_default_and_binds_the_operator_only() -> None:
+    policy, binding = _policy(render())
+    spec = policy["spec"]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert spec["failurePolicy"] == "Fail"
+    user = "system:serviceaccount:graphcred-system:graphcred"
+    assert spec["matchConditions"] == [{"name": "operator-service-account",
+                                        "expression": f'request.userInfo.username == "{user}"'}]
+    assert spec["matchConstraints"]["resourceRules"] == [{"apiGroups": [""], "apiVersions": ["*"],
+                                                          "resources": ["secrets"],
+                                                          "operations": ["CREATE", "UPDATE", "DELETE"]}]
+    assert "AzureADTokenExchange" not in _expressions(policy), "no TokenRequest rule without workload identity"
+    assert not [d for d in render(*OPTION_SETS["no-admission-policy"]) if d["kind"] in POLICY_KINDS]
+
+
+def test_admission_policy_names_an_existing_service_account() -> None:
+    policy, _ = _policy(render(*OPTION_SETS["existing-service-account"]))
+    [condition] = policy["spec"]["matchConditions"]
+    assert condition["expression"] == 'request.userInfo.username == "system:serviceaccount:graphcred-system:ops"'
+
+
+def test_admission_policy_limits_token_requests_with_workload_identity() -> None:
+    policy, _ = _policy(render(*OPTION_SETS["workload-identity"]))
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert [r["resources"] for r in rules] == [["secrets"], ["serviceaccounts/token"]]
+    assert rules[1]["operations"] == ["CREATE"]
+    text = _expressions(policy)
+    for audience in ("api://AzureADTokenExchange'", "api://AzureADTokenExchangeUSGov'",
+                     "api://AzureADTokenExchangeChina'"):
+        assert audience in text
+
+
+def test_admission_policy_types_are_the_crds_types() -> None:
+    """The policy allows exactly the Secret types spec.secretTemplate.type may name (the CRD's CEL rule)."""
+    from graphcred.model import _CEL_ORDINARY_TYPE
+
+    policy, _ = _policy(render())
+    [ordinary] = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "ordinaryType"]
+    assert " ".join(ordinary.split()) == " ".join(_CEL_ORDINARY_TYPE.replace("self", "variables.type").split())
+
+
+def test_metrics_network_policy_is_ingress_only() -> None:
+    docs = render(*OPTION_SETS["metrics-network-policy"])
+    policy = _one(docs, "NetworkPolicy")
+    assert policy["metadata"]["name"] == "graphcred-metrics"
+    spec = policy["spec"]
+    assert spec["podSelector"] == _one(docs, "Deployment")["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress"], "egress left alone"
+    assert spec["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]}]
+    closed = _one(render(*OPTION_SETS["metrics-network-policy-closed"]), "NetworkPolicy")["spec"]
+    assert closed["policyTypes"] == ["Ingress"] and closed["ingress"] == [], "no peer listed: nobody scrapes"
+
+
+def test_metrics_network_policy_is_not_voided_by_the_full_one() -> None:
+    """NetworkPolicies add up: the full policy's default (metrics from anyone) would void the metrics one."""
+    out = helm_run("template", "graphcred", str(CHART), "--kube-version", bed_kube_version(),
+                   "--set", "metrics.networkPolicy.enabled=true", "--set", "networkPolicy.enabled=true")
+    assert out.returncode == 1 and "set networkPolicy.metrics.from" in out.stderr, out.stderr
+    both = render(*OPTION_SETS["metrics-network-policy"], "--set", "networkPolicy.enabled=true", "--set-json",
+                  'networkPolicy.metrics.from=[{"ipBlock":{"cidr":"10.1.0.0/16"}}]')
+    assert sorted(d["metadata"]["name"] for d in both if d["kind"] == "NetworkPolicy") == [
+        "graphcred", "graphcred-metrics"]
