@@ -9,6 +9,7 @@ policy."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -148,8 +149,8 @@ def test_the_operators_identity_writes_only_secrets_a_credential_controls(env: E
          None),
         ("patch a Secret that is only labelled", ["patch", "secret", "labelled-only", "--type=merge", "-p",
                                                   '{"data":{"access_token":"eA=="}}'], None),
-        ("take a Secret over", ["patch", "secret", "theirs", "--type=merge", "-p", yaml.safe_dump(
-            {"metadata": {"labels": LABELS, "ownerReferences": [ref]}}, default_flow_style=True)], None),
+        ("take a Secret over", ["patch", "secret", "theirs", "--type=merge", "-p", json.dumps(
+            {"metadata": {"labels": LABELS, "ownerReferences": [ref]}})], None),
         ("drop the owner reference", ["patch", "secret", "left", "--type=merge", "-p",
                                       '{"metadata":{"ownerReferences":null}}'], None),
         ("delete a Secret of someone else", ["delete", "secret", "theirs"], None),
@@ -166,8 +167,8 @@ def test_the_operators_identity_writes_only_secrets_a_credential_controls(env: E
         ("merge-patch it", ["patch", "secret", "own", "--type=merge", "-p",
                             '{"metadata":{"annotations":{"graphcred.io/expires-on":"2030-01-01T00:00:00Z"}},'
                             '"data":{"access_token":"eQ=="}}'], None),
-        ("adopt a namesake's Secret", ["patch", "secret", "left", "--type=merge", "-p", yaml.safe_dump(
-            {"metadata": {"labels": LABELS, "ownerReferences": [ref]}}, default_flow_style=True)], None),
+        ("adopt a namesake's Secret", ["patch", "secret", "left", "--type=merge", "-p", json.dumps(
+            {"metadata": {"labels": LABELS, "ownerReferences": [ref]}})], None),
         ("delete its own Secret", ["delete", "secret", "custom"], None),
     ]:
         result = run(env, request)

@@ -192,12 +192,23 @@ def _rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
 
 
 NAMESPACED = {("graphcred.io", "graphappcredentials", v) for v in ("get", "list", "watch")} | \
-    {("graphcred.io", "graphappcredentials/status", v) for v in ("get", "patch", "update")} | \
+    {("graphcred.io", "graphappcredentials/status", "patch")} | \
     {("graphcred.io", "graphappcredentials/finalizers", "update")} | \
     {("", "secrets", v) for v in ("get", "list", "watch", "create", "patch", "delete")} | \
     {("", "events", v) for v in ("create", "patch")}
 CRD_READ = {("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
 LEASES = {("Role", "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+
+
+def test_the_lease_is_read_and_renewed_by_name_only() -> None:
+    """Leader election reads and renews the one Lease graphcred-leader (operator/graphcred/config.py); only create,
+    which names no existing object, cannot be limited to it."""
+    from graphcred.config import RunConfig
+
+    [role] = [d for d in render() if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")]
+    assert role["rules"][1] == {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                "resourceNames": [RunConfig().leader_election_name], "verbs": ["get", "update"]}
+    assert role["rules"][0]["verbs"] == ["create"] and "resourceNames" not in role["rules"][0]
 
 
 def test_default_rbac_grants_nothing_beyond_the_list() -> None:
@@ -613,7 +624,8 @@ def test_the_docs_have_examples_for_the_new_values() -> None:
     """The examples above really cover the schema's new parts (an extraction that found nothing would pass)."""
     flat = " ".join(a for _, args in DOCUMENTED for a in args)
     for key in ("networkPolicy.enabled", "networkPolicy.apiServer.to", "networkPolicy.metrics.from",
-                "podDisruptionBudget", "rbac.aggregateToDefaultRoles", "watchNamespaces", "leaderElection"):
+                "podDisruptionBudget", "rbac.aggregateToDefaultRoles", "watchNamespaces", "leaderElection",
+                "metrics.networkPolicy.enabled", "metrics.networkPolicy.from"):
         assert key in flat, key
 
 
