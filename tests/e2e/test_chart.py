@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 import subprocess
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
@@ -993,3 +994,14 @@ def test_metrics_network_policy_is_not_voided_by_the_full_one() -> None:
                   'networkPolicy.metrics.from=[{"ipBlock":{"cidr":"10.1.0.0/16"}}]')
     assert sorted(d["metadata"]["name"] for d in both if d["kind"] == "NetworkPolicy") == [
         "graphcred", "graphcred-metrics"]
+
+
+@pytest.mark.compat
+def test_the_quota_in_the_install_guide_is_accepted(bed: Bed, release_namespace: str) -> None:
+    """docs/install.md, "Multi-tenant clusters": the per-namespace ResourceQuota on GraphAppCredentials, as printed."""
+    text = (ROOT / "docs" / "install.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "kind: ResourceQuota" in b]
+    quota = yaml.safe_load(textwrap.dedent(block))
+    assert quota["spec"]["hard"] == {"count/graphappcredentials.graphcred.io": "50"}
+    result = bed.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(quota), check=False)
+    assert result.returncode == 0, result.stderr
