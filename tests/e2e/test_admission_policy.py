@@ -116,9 +116,9 @@ def refused_only_by_the_policy(env: Env, chart: Chart, requests: list[Request]) 
 
 
 def test_the_operators_identity_may_not_create_a_service_account_token_secret(env: Env, chart: Chart) -> None:
-    """The escalation of security review §9: the token controller would fill such a Secret with a token of any
-    ServiceAccount (here kube-system's namespace-controller, which may delete any namespace). Labelled and owned like
-    a token Secret, so its type alone is what the policy refuses."""
+    """The escalation of security review §9: the token controller fills such a Secret with a token of the
+    ServiceAccount it names in its namespace (in kube-system, a controller's: cluster-admin-equivalent). Here in the
+    test's namespace, labelled and owned like a token Secret, so that its type alone is what the policy refuses."""
     ref = owner(env, "owner")
     sa_token = {"kubernetes.io/service-account.name": "namespace-controller"}
     kinds = {"kubernetes.io/service-account-token": {}, "kubernetes.io/dockerconfigjson": {".dockerconfigjson": "{}"},
