@@ -10,6 +10,7 @@ import json
 import re
 import shlex
 import subprocess
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
@@ -68,6 +69,13 @@ OPTION_SETS: dict[str, list[str]] = {
         "--set-json", 'networkPolicy.tokenEndpoint.to=[{"ipBlock":{"cidr":"0.0.0.0/0","except":["10.0.0.0/8"]}}]',
         "--set-json", 'networkPolicy.metrics.from=[{"namespaceSelector":{"matchLabels":'
                       '{"kubernetes.io/metadata.name":"monitoring"}}}]'],
+    "no-admission-policy": ["--set", "admissionPolicy.enabled=false"],
+    "metrics-network-policy": [
+        "--set", "metrics.networkPolicy.enabled=true",
+        "--set-json", 'metrics.networkPolicy.from=[{"namespaceSelector":{"matchLabels":'
+                      '{"kubernetes.io/metadata.name":"monitoring"}},"podSelector":{"matchLabels":'
+                      '{"app.kubernetes.io/name":"prometheus"}}}]'],
+    "metrics-network-policy-closed": ["--set", "metrics.networkPolicy.enabled=true"],
 }
 
 SERVICE_MONITOR_CRD = {
@@ -185,12 +193,23 @@ def _rules(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
 
 
 NAMESPACED = {("graphcred.io", "graphappcredentials", v) for v in ("get", "list", "watch")} | \
-    {("graphcred.io", "graphappcredentials/status", v) for v in ("get", "patch", "update")} | \
+    {("graphcred.io", "graphappcredentials/status", "patch")} | \
     {("graphcred.io", "graphappcredentials/finalizers", "update")} | \
     {("", "secrets", v) for v in ("get", "list", "watch", "create", "patch", "delete")} | \
     {("", "events", v) for v in ("create", "patch")}
 CRD_READ = {("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
 LEASES = {("Role", "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+
+
+def test_the_lease_is_read_and_renewed_by_name_only() -> None:
+    """Leader election reads and renews the one Lease graphcred-leader (operator/graphcred/config.py); only create,
+    which names no existing object, cannot be limited to it."""
+    from graphcred.config import RunConfig
+
+    [role] = [d for d in render() if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")]
+    assert role["rules"][1] == {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                "resourceNames": [RunConfig().leader_election_name], "verbs": ["get", "update"]}
+    assert role["rules"][0]["verbs"] == ["create"] and "resourceNames" not in role["rules"][0]
 
 
 def test_default_rbac_grants_nothing_beyond_the_list() -> None:
@@ -290,18 +309,22 @@ def test_the_deployment_tells_the_operator_whether_consumer_warnings_are_on(valu
 
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 # an HTTP 403 however it is logged ("HTTP 403", "ApiException 403", "(403)"), not a port or time that holds "403"
 FORBIDDEN = re.compile(r"Forbidden|(?<![\d.:])403(?!\d)")
 
 
 @contextmanager
 def chart_operator(env: Env, logdir: Path, release: str, values: list[str], *args: str) -> Iterator[OperatorProcess]:
-    """The operator running as the chart's ServiceAccount with exactly the chart's RBAC for `values` (a release of
-    its own: no other release's grants apply), instead of the session's operator. Removes the grants afterwards."""
-    docs = [d for d in render(*values, release=release) if d["kind"] in RBAC_KINDS]
+    """The operator running as the chart's ServiceAccount with exactly the chart's RBAC and admission policy for
+    `values` (a release of its own: no other release's grants apply), instead of the session's operator. Removes
+    the grants and the policy afterwards."""
+    docs = [d for d in render(*values, release=release) if d["kind"] in RBAC_KINDS + POLICY_KINDS]
     manifest = yaml.safe_dump_all(docs)
     env.bed.kubectl("apply", "--server-side", "-f", "-", input=manifest)
     [account] = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+    if any(d["kind"] == "ValidatingAdmissionPolicy" for d in docs):
+        wait_policy_enforced(env.bed, f"system:serviceaccount:{RELEASE_NS}:{account}", env.namespace)
     token = env.bed.core.create_namespaced_service_account_token(
         account, RELEASE_NS, client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))).status.token
@@ -328,6 +351,26 @@ def chart_operator(env: Env, logdir: Path, release: str, values: list[str], *arg
         chart_op.stop()
         env.operator.start()
         env.bed.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=manifest, check=False)
+
+
+def as_user(bed: Bed, user: str, *args: str, manifest: dict[str, Any] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """kubectl impersonating `user` (a ServiceAccount: system:serviceaccount:NS:NAME), `manifest` on stdin."""
+    return bed.kubectl(f"--as={user}", *args, input=json.dumps(manifest) if manifest else None, check=False)
+
+
+def refused_by_policy(result: subprocess.CompletedProcess[str]) -> bool:
+    return result.returncode != 0 and "ValidatingAdmissionPolicy" in result.stderr
+
+
+def wait_policy_enforced(bed: Bed, user: str, namespace: str) -> None:
+    """Wait until the admission policy just applied refuses `user` a ServiceAccount token Secret (a dry run): the
+    apiserver loads policies asynchronously, a second or so after they are created."""
+    probe = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+             "metadata": {"name": "policy-probe", "namespace": namespace,
+                          "annotations": {"kubernetes.io/service-account.name": "default"}}}
+    wait_for(lambda: refused_by_policy(as_user(bed, user, "create", "--dry-run=server", "-f", "-", manifest=probe)),
+             timeout=30, what=f"the admission policy enforced for {user}")
 
 
 def _scope(scope: str, env: Env) -> tuple[list[str], tuple[str, ...]]:
@@ -470,6 +513,11 @@ REFUSED = [
      "at '/networkPolicy/apiServer/ports': minItems: got 0, want 1"),
     (["--set-json", 'networkPolicy.metrics.from=[{"ipblock":{"cidr":"10.0.0.0/8"}}]'],
      "at '/networkPolicy/metrics/from/0': additional properties 'ipblock' not allowed"),
+    (["--set", "admissionPolicy.enabled=yes"], "at '/admissionPolicy/enabled': got string, want boolean"),
+    (["--set", "admissionPolicy.validationActions={Warn}"],
+     "at '/admissionPolicy': additional properties 'validationActions' not allowed"),
+    (["--set-json", 'metrics.networkPolicy.from=[{"namespaceselector":{}}]'],
+     "at '/metrics/networkPolicy/from/0': additional properties 'namespaceselector' not allowed"),
 ]
 
 
@@ -577,7 +625,8 @@ def test_the_docs_have_examples_for_the_new_values() -> None:
     """The examples above really cover the schema's new parts (an extraction that found nothing would pass)."""
     flat = " ".join(a for _, args in DOCUMENTED for a in args)
     for key in ("networkPolicy.enabled", "networkPolicy.apiServer.to", "networkPolicy.metrics.from",
-                "podDisruptionBudget", "rbac.aggregateToDefaultRoles", "watchNamespaces", "leaderElection"):
+                "podDisruptionBudget", "rbac.aggregateToDefaultRoles", "watchNamespaces", "leaderElection",
+                "metrics.networkPolicy.enabled", "metrics.networkPolicy.from"):
         assert key in flat, key
 
 
@@ -869,3 +918,90 @@ def requests_get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as resp:
         body: bytes = resp.read()
     return body.decode()
+
+
+# --- issue 24 item 6: the admission policy and the metrics NetworkPolicy (rendered; enforced: test_admission_policy)
+def _policy(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    return _one(docs, "ValidatingAdmissionPolicy"), _one(docs, "ValidatingAdmissionPolicyBinding")
+
+
+def _expressions(policy: dict[str, Any]) -> str:
+    spec = policy["spec"]
+    return " ".join([v["expression"] for v in spec["variables"] + spec["validations"]])
+
+
+def test_admission_policy_is_on_by_default_and_binds_the_operator_only() -> None:
+    policy, binding = _policy(render())
+    spec = policy["spec"]
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert spec["failurePolicy"] == "Fail"
+    user = "system:serviceaccount:graphcred-system:graphcred"
+    assert spec["matchConditions"] == [{"name": "operator-service-account",
+                                        "expression": f'request.userInfo.username == "{user}"'}]
+    assert spec["matchConstraints"]["resourceRules"] == [{"apiGroups": [""], "apiVersions": ["*"],
+                                                          "resources": ["secrets"],
+                                                          "operations": ["CREATE", "UPDATE", "DELETE"]}]
+    assert "AzureADTokenExchange" not in _expressions(policy), "no TokenRequest rule without workload identity"
+    assert not [d for d in render(*OPTION_SETS["no-admission-policy"]) if d["kind"] in POLICY_KINDS]
+
+
+def test_admission_policy_names_an_existing_service_account() -> None:
+    policy, _ = _policy(render(*OPTION_SETS["existing-service-account"]))
+    [condition] = policy["spec"]["matchConditions"]
+    assert condition["expression"] == 'request.userInfo.username == "system:serviceaccount:graphcred-system:ops"'
+
+
+def test_admission_policy_limits_token_requests_with_workload_identity() -> None:
+    policy, _ = _policy(render(*OPTION_SETS["workload-identity"]))
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert [r["resources"] for r in rules] == [["secrets"], ["serviceaccounts/token"]]
+    assert rules[1]["operations"] == ["CREATE"]
+    text = _expressions(policy)
+    for audience in ("api://AzureADTokenExchange'", "api://AzureADTokenExchangeUSGov'",
+                     "api://AzureADTokenExchangeChina'"):
+        assert audience in text
+
+
+def test_admission_policy_types_are_the_crds_types() -> None:
+    """The policy allows exactly the Secret types spec.secretTemplate.type may name (the CRD's CEL rule)."""
+    from graphcred.model import _CEL_ORDINARY_TYPE
+
+    policy, _ = _policy(render())
+    [ordinary] = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "ordinaryType"]
+    assert " ".join(ordinary.split()) == " ".join(_CEL_ORDINARY_TYPE.replace("self", "variables.type").split())
+
+
+def test_metrics_network_policy_is_ingress_only() -> None:
+    docs = render(*OPTION_SETS["metrics-network-policy"])
+    policy = _one(docs, "NetworkPolicy")
+    assert policy["metadata"]["name"] == "graphcred-metrics"
+    spec = policy["spec"]
+    assert spec["podSelector"] == _one(docs, "Deployment")["spec"]["selector"]
+    assert spec["policyTypes"] == ["Ingress"], "egress left alone"
+    assert spec["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]}]
+    closed = _one(render(*OPTION_SETS["metrics-network-policy-closed"]), "NetworkPolicy")["spec"]
+    assert closed["policyTypes"] == ["Ingress"] and closed["ingress"] == [], "no peer listed: nobody scrapes"
+
+
+def test_metrics_network_policy_is_not_voided_by_the_full_one() -> None:
+    """NetworkPolicies add up: the full policy's default (metrics from anyone) would void the metrics one."""
+    out = helm_run("template", "graphcred", str(CHART), "--kube-version", bed_kube_version(),
+                   "--set", "metrics.networkPolicy.enabled=true", "--set", "networkPolicy.enabled=true")
+    assert out.returncode == 1 and "set networkPolicy.metrics.from" in out.stderr, out.stderr
+    both = render(*OPTION_SETS["metrics-network-policy"], "--set", "networkPolicy.enabled=true", "--set-json",
+                  'networkPolicy.metrics.from=[{"ipBlock":{"cidr":"10.1.0.0/16"}}]')
+    assert sorted(d["metadata"]["name"] for d in both if d["kind"] == "NetworkPolicy") == [
+        "graphcred", "graphcred-metrics"]
+
+
+@pytest.mark.compat
+def test_the_quota_in_the_install_guide_is_accepted(bed: Bed, release_namespace: str) -> None:
+    """docs/install.md, "Multi-tenant clusters": the per-namespace ResourceQuota on GraphAppCredentials, as printed."""
+    text = (ROOT / "docs" / "install.md").read_text()
+    [block] = [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "kind: ResourceQuota" in b]
+    quota = yaml.safe_load(textwrap.dedent(block))
+    assert quota["spec"]["hard"] == {"count/graphappcredentials.graphcred.io": "50"}
+    result = bed.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(quota), check=False)
+    assert result.returncode == 0, result.stderr

@@ -32,9 +32,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [graphcred.io]
   resources: [graphappcredentials]
   verbs: [get, list, watch]
+# status: merge patches only (kopf writes nothing to the objects)
 - apiGroups: [graphcred.io]
   resources: [graphappcredentials/status]
-  verbs: [get, patch, update]
+  verbs: [patch]
 # The token Secret's owner reference sets blockOwnerDeletion; the OwnerReferencesPermissionEnforcement admission
 # plugin (OpenShift) allows that only to who may update the owner's finalizers. graphcred adds no finalizers.
 - apiGroups: [graphcred.io]
