@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from . import credentials, policy, reporting
+from .authority import AllowedAuthorities, not_allowed_message
 from .breaker import Breaker
 from .credentials import CredentialError, Federation, Material
 from .jwt import unverified_claims
@@ -29,7 +30,6 @@ from .kube import Conflict, Gone, Kube
 from .metrics import Metrics
 from .model import (
     API_VERSION,
-    AUTHORITY_HOSTS,
     KIND,
     GraphAppCredentialSpec,
     GraphAppCredentialStatus,
@@ -244,14 +244,13 @@ class Reconciler:
         metrics: Metrics | None = None,
         shared: SharedTokens | None = None,
         workload_identity: bool = False,
-        federation_hosts: Collection[str] = (),
+        authority_hosts: Collection[str] = (),
     ) -> None:
         self.metrics = metrics or Metrics()
         # off: workloadIdentity credentials are refused without reading a ServiceAccount or requesting its token
         self.workload_identity = workload_identity
-        # authority hosts besides the clouds' own that may receive ServiceAccount tokens (--workload-identity-authority)
-        self.federation_hosts = frozenset(h.rstrip("/").lower()
-                                          for h in (*AUTHORITY_HOSTS.values(), *federation_hosts))
+        # authority hosts besides the clouds' own that may be contacted at all (--authority-host)
+        self.authorities = AllowedAuthorities(authority_hosts)
         self.shared = shared if shared is not None else SharedTokens()  # an empty one is falsy (__len__)
         self.kube = kube
         self.tokens = tokens
@@ -361,14 +360,11 @@ class Reconciler:
             raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED, "spec.credential.workloadIdentity needs workload "
                           "identity enabled in the operator: install the chart with workloadIdentity.enabled=true "
                           "(graphcred run --workload-identity)", retry=Retry.ON_CHANGE)
-        if spec.credential.workload_identity is not None \
-                and spec.authority_base().lower() not in self.federation_hosts:
-            # A ServiceAccount token sent to a host of the spec author's choosing could be exchanged there for the
-            # token of any app that trusts this ServiceAccount: only the cloud's login host, or one the cluster
-            # admin allowed, ever receives one.
-            raise Outcome(Reason.AUTHORITY_NOT_ALLOWED, f"spec.authorityHost {spec.authority_base()} may not "
-                          "receive ServiceAccount tokens: workload identity uses the cloud's own login host unless "
-                          "the operator allows this one (graphcred run --workload-identity-authority)",
+        if not self.authorities.allows(spec.authority_base()):
+            # A host of the spec author's choosing would make the operator send requests (and credentials: a
+            # ServiceAccount token could be exchanged there for any app that trusts it) wherever they like, from
+            # inside the cluster: only the clouds' login hosts, or those the cluster admin allowed, are contacted.
+            raise Outcome(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(spec.authority_base()),
                           retry=Retry.ON_CHANGE)
         return spec
 
