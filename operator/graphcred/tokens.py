@@ -174,8 +174,8 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
         if code in _KNOWN_CODES:
             return _known_refusal(code)
     # Unknown refusals are retried, slowly: better a few requests than a credential stuck forever.
-    code_text = f"AADSTS{codes[0]}" if codes else error
-    return AcquisitionError(Reason.UNAUTHORIZED, f"Entra ID refused the request ({code_text}, {error})",
+    code_text = f"AADSTS{codes[0]}, {error}" if codes else error
+    return AcquisitionError(Reason.UNAUTHORIZED, f"Entra ID refused the request ({code_text})",
                             permanent=False, retry_after=retry_after, code=codes[0] if codes else None)
 
 
