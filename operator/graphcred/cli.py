@@ -7,9 +7,9 @@ import argparse
 import os
 import sys
 from typing import Any
-from urllib.parse import urlsplit
 
 from . import __version__
+from .authority import parse_allowed
 from .secret import RENEW_ANNOTATION
 
 
@@ -112,10 +112,14 @@ def _parser(prog: str = "graphcred") -> argparse.ArgumentParser:
                      help="serve spec.credential.workloadIdentity: read and watch ServiceAccounts and request their "
                      "tokens; needs that RBAC (the chart's workloadIdentity.enabled; env "
                      "GRAPHCRED_WORKLOAD_IDENTITY)")
+    run.add_argument("--authority-host", action="append", dest="authority_hosts", metavar="URL",
+                     help="an authority host (https://host[:port]) besides the clouds' own login hosts that "
+                     "credentials may name in spec.authorityHost (a private endpoint); others are refused "
+                     "(AuthorityNotAllowed) and never contacted; repeat for several (env GRAPHCRED_AUTHORITY_HOSTS, "
+                     "comma-separated)")
     run.add_argument("--workload-identity-authority", action="append", dest="workload_identity_authorities",
                      metavar="URL",
-                     help="an authority host (https://...) besides the clouds' own login hosts that may receive "
-                     "ServiceAccount tokens, for credentials whose spec.authorityHost names it; repeat for several "
+                     help="the older name of --authority-host: its hosts are allowed for every credential "
                      "(env GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES, comma-separated)")
     run.add_argument("--watch-consumers", action=argparse.BooleanOptionalAction,
                      default=(_env("WATCH_CONSUMERS", "false") or "").lower() in ("1", "true", "yes"),
@@ -135,13 +139,10 @@ def _parser(prog: str = "graphcred") -> argparse.ArgumentParser:
     return parser
 
 
-def _authority_host(value: str) -> str:
-    """An allowed authority host as spec.authorityHost is compared with it: https://host[:port], lower case. A
-    mistyped one must fail at start, not silently refuse every credential that names the intended host."""
-    parts = urlsplit(value.strip())
-    if parts.scheme.lower() != "https" or not parts.hostname or parts.path.strip("/") or parts.query:
-        raise ValueError(f"--workload-identity-authority {value.strip()!r}: expected https://host[:port]")
-    return f"https://{parts.netloc.lower()}"
+def _authority_hosts(given: list[str] | None, env: str, flag: str) -> tuple[str, ...]:
+    """Allowed authority hosts from the flag, else from the environment (comma-separated)."""
+    values = given or [a for a in (_env(env) or "").split(",") if a.strip()]
+    return tuple(parse_allowed(a, flag) for a in values)
 
 
 def _ops(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -185,10 +186,10 @@ def main(argv: list[str] | None = None, prog: str = "graphcred") -> int:
     from .runner import run
 
     namespaces = args.namespaces or [n for n in (_env("NAMESPACES") or "").split(",") if n.strip()]
-    authorities = args.workload_identity_authorities or [
-        a for a in (_env("WORKLOAD_IDENTITY_AUTHORITIES") or "").split(",") if a.strip()]
     try:
-        authorities = [_authority_host(a) for a in authorities]
+        authority_hosts = _authority_hosts(args.authority_hosts, "AUTHORITY_HOSTS", "--authority-host")
+        authorities = _authority_hosts(args.workload_identity_authorities, "WORKLOAD_IDENTITY_AUTHORITIES",
+                                       "--workload-identity-authority")
     except ValueError as exc:
         parser.error(str(exc))
     cfg = RunConfig(kubeconfig=args.kubeconfig, namespaces=tuple(n.strip() for n in namespaces),
@@ -198,5 +199,6 @@ def main(argv: list[str] | None = None, prog: str = "graphcred") -> int:
                     metrics_port=args.metrics_port, leader_election=args.leader_election,
                     leader_election_namespace=args.leader_election_namespace, lease_seconds=args.lease_duration,
                     workload_identity=args.workload_identity,
-                    workload_identity_authorities=tuple(authorities), watch_consumers=args.watch_consumers)
+                    authority_hosts=authority_hosts, workload_identity_authorities=authorities,
+                    watch_consumers=args.watch_consumers)
     return run(cfg)

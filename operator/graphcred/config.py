@@ -27,10 +27,17 @@ class RunConfig:
     lease_seconds: float = 15.0
     # workload identity federation: read and watch ServiceAccounts, request their tokens (needs that RBAC)
     workload_identity: bool = False
-    # authority hosts besides the clouds' own login hosts that may receive ServiceAccount tokens
+    # authority hosts (https://host[:port]) besides the clouds' own login hosts that credentials may name
+    authority_hosts: tuple[str, ...] = field(default_factory=tuple)
+    # the same, from the older --workload-identity-authority (an alias: its hosts are allowed for every credential)
     workload_identity_authorities: tuple[str, ...] = field(default_factory=tuple)
     # watch pods for consumers of token Secrets that never see a refresh (subPath, env, envFrom; needs that RBAC)
     watch_consumers: bool = False
+
+    @property
+    def allowed_authorities(self) -> tuple[str, ...]:
+        """Every host an admin allowed, through either flag."""
+        return (*self.authority_hosts, *self.workload_identity_authorities)
 
     @property
     def api_timeouts(self) -> tuple[float, float]:

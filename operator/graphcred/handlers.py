@@ -84,7 +84,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
         return await loop.run_in_executor(event_thread, fn, *args)
 
     api = api_client(cfg)
-    tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout))
+    tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout), authority_hosts=cfg.allowed_authorities)
     metrics: Metrics = memo["metrics"]
     health: Health = memo["health"]
     kube = Kube(api, timeout=cfg.api_timeouts)
@@ -95,7 +95,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
     reconciler = Reconciler(kube, tokens, events, run_blocking=run_blocking,
                             token_concurrency=cfg.token_concurrency, metrics=metrics,
                             workload_identity=cfg.workload_identity,
-                            federation_hosts=cfg.workload_identity_authorities)
+                            authority_hosts=cfg.allowed_authorities)
     controller = Controller(reconciler, watch_consumers=cfg.watch_consumers)
     memo["controller"] = controller
 

@@ -383,7 +383,7 @@ class Reason(StrEnum):
     SERVICE_ACCOUNT_NOT_AUTHORIZED = "ServiceAccountNotAuthorized"
     # workload identity: the operator runs without it (--workload-identity) or lacks the RBAC it needs
     WORKLOAD_IDENTITY_DISABLED = "WorkloadIdentityDisabled"
-    # workload identity: spec.authorityHost is not a host ServiceAccount tokens may be sent to
+    # spec.authorityHost is not a host graphcred may contact (--authority-host), or its token endpoint is elsewhere
     AUTHORITY_NOT_ALLOWED = "AuthorityNotAllowed"
 
 

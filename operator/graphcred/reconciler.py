@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from . import credentials, policy, reporting
+from .authority import AllowedAuthorities, not_allowed_message, origin
 from .breaker import TENANT_THROTTLING_CODES, Breaker
 from .credentials import CredentialError, Federation, Material
 from .jwt import unverified_claims
@@ -29,7 +30,6 @@ from .kube import Conflict, Gone, Kube
 from .metrics import Metrics
 from .model import (
     API_VERSION,
-    AUTHORITY_HOSTS,
     KIND,
     CertificateRef,
     GraphAppCredentialSpec,
@@ -248,22 +248,22 @@ class Reconciler:
         metrics: Metrics | None = None,
         shared: SharedTokens | None = None,
         workload_identity: bool = False,
-        federation_hosts: Collection[str] = (),
+        authority_hosts: Collection[str] = (),
     ) -> None:
         self.metrics = metrics or Metrics()
         # off: workloadIdentity credentials are refused without reading a ServiceAccount or requesting its token
         self.workload_identity = workload_identity
-        # authority hosts besides the clouds' own that may receive ServiceAccount tokens (--workload-identity-authority)
-        self.federation_hosts = frozenset(h.rstrip("/").lower()
-                                          for h in (*AUTHORITY_HOSTS.values(), *federation_hosts))
+        # authority hosts besides the clouds' own that may be contacted at all (--authority-host)
+        self.authorities = AllowedAuthorities(authority_hosts)
         self.shared = shared if shared is not None else SharedTokens()  # an empty one is falsy (__len__)
         self.kube = kube
         self.tokens = tokens
         self.emit = emit
         self._run_blocking = run_blocking or asyncio.to_thread
-        # fair shares per namespace and per authority host a spec chose (slot_share 0: a quarter of the slots); the
-        # clouds' hosts and those the admin allowed are no tenant's to slow down, and count per namespace only
-        self._token_slots = SlotGate(token_concurrency, slot_share, exempt=self.federation_hosts, budget=budget)
+        # fair shares per namespace and per authority host (slot_share 0: a quarter of the slots); the clouds' hosts
+        # and those the admin allowed (the only ones contacted at all) are no tenant's to slow down, and count per
+        # namespace only
+        self._token_slots = SlotGate(token_concurrency, slot_share, exempt=self.authorities.origins, budget=budget)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self.breaker = Breaker(self._rng)
@@ -373,14 +373,11 @@ class Reconciler:
             raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED, "spec.credential.workloadIdentity needs workload "
                           "identity enabled in the operator: install the chart with workloadIdentity.enabled=true "
                           "(graphcred run --workload-identity)", retry=Retry.ON_CHANGE)
-        if spec.credential.workload_identity is not None \
-                and spec.authority_base().lower() not in self.federation_hosts:
-            # A ServiceAccount token sent to a host of the spec author's choosing could be exchanged there for the
-            # token of any app that trusts this ServiceAccount: only the cloud's login host, or one the cluster
-            # admin allowed, ever receives one.
-            raise Outcome(Reason.AUTHORITY_NOT_ALLOWED, f"spec.authorityHost {spec.authority_base()} may not "
-                          "receive ServiceAccount tokens: workload identity uses the cloud's own login host unless "
-                          "the operator allows this one (graphcred run --workload-identity-authority)",
+        if not self.authorities.allows(spec.authority_base()):
+            # A host of the spec author's choosing would make the operator send requests (and credentials: a
+            # ServiceAccount token could be exchanged there for any app that trusts it) wherever they like, from
+            # inside the cluster: only the clouds' login hosts, or those the cluster admin allowed, are contacted.
+            raise Outcome(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(spec.authority_base()),
                           retry=Retry.ON_CHANGE)
         return spec
 
@@ -610,7 +607,7 @@ class Reconciler:
             # slot, so that an apiserver slow to answer TokenRequests holds no slot other credentials need.
             presented = await self._with_assertion(spec, material)
             try:
-                async with self._token_slots.slot(namespace, spec.authority_base()):
+                async with self._token_slots.slot(namespace, origin(spec.authority_base()) or spec.authority_base()):
                     # again: a breaker may have opened while this request waited for a slot
                     self._check_breaker(keys, request, admitted=True)
                     started = time.monotonic()

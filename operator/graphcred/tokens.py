@@ -6,6 +6,10 @@ and signs a new client assertion (new `jti`). For workload identity the assertio
 reconciler requested for this very acquisition (`Federation.assertion`); it is sent, never logged or kept. Discovery
 is still fetched once per authority: the shared `PinnedCASession` caches it. Failures become `AcquisitionError`s
 with a reason from `graphcred.model.Reason`.
+
+What an authority answers reaches status, Events and logs only as classes: the HTTP status, a media type, an OAuth
+`error` code from a fixed list, AADSTS digits. Never a description, a body or an exception's name: a credential's
+author may point it at an allowed private authority, whose answers are theirs to choose.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,14 +27,22 @@ from urllib.parse import urlsplit
 import msal
 import requests
 
+from .authority import not_allowed_message, origin
 from .credentials import Certificate, ClientSecret, Federation, Material
-from .httpsession import DEFAULT_TIMEOUT, PinnedCASession
+from .httpsession import DEFAULT_TIMEOUT, MAX_ANSWER, ExchangeFailed, Failure, PinnedCASession
 from .jwt import TokenClaims, sign_client_assertion, unverified_claims
 from .model import GraphAppCredentialSpec, Reason
 
 log = logging.getLogger(__name__)
 
-_AADSTS = re.compile(r"AADSTS(\d+)")
+_AADSTS = re.compile(r"AADSTS(\d{5,7})(?!\d)")
+# The token endpoint's `error` values that are echoed: RFC 6749 §5.2, its §4.1.2.1 server errors, and the ones
+# Entra adds. Any other value is the peer's free text and is not repeated.
+OAUTH_ERRORS = frozenset({
+    "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client", "unsupported_grant_type",
+    "invalid_scope", "access_denied", "server_error", "temporarily_unavailable",
+    "interaction_required", "consent_required", "invalid_resource", "invalid_target", "expired_token",
+})
 
 
 class _NoResponseBodies(logging.Filter):
@@ -148,11 +160,14 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
                             ) -> AcquisitionError:
     """Turn msal's error dict (the token endpoint's JSON) into an AcquisitionError."""
     by_status = status_error("token endpoint", status, retry_after)
-    codes = [c for c in result.get("error_codes") or [] if isinstance(c, int)]
+    raw_codes = result.get("error_codes")
+    codes = [c for c in (raw_codes if isinstance(raw_codes, list) else [])
+             if isinstance(c, int) and not isinstance(c, bool) and 10_000 <= c <= 9_999_999]
     if by_status is not None:
         by_status.code = codes[0] if codes else None  # a 429's code says whether the whole tenant is throttled
         return by_status
-    error = str(result.get("error") or "error")
+    error = result.get("error")
+    error = error if isinstance(error, str) and error in OAUTH_ERRORS else "unrecognised error code"
     if status is None and error in ("temporarily_unavailable", "server_error"):
         return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"token endpoint answered {error}; "
                                 f"{_retrying(retry_after)}", permanent=False, retry_after=retry_after)
@@ -160,8 +175,8 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
         if code in _KNOWN_CODES:
             return _known_refusal(code)
     # Unknown refusals are retried, slowly: better a few requests than a credential stuck forever.
-    code_text = f"AADSTS{codes[0]}" if codes else error
-    return AcquisitionError(Reason.UNAUTHORIZED, f"Entra ID refused the request ({code_text}, {error})",
+    code_text = f"AADSTS{codes[0]}, {error}" if codes else error
+    return AcquisitionError(Reason.UNAUTHORIZED, f"Entra ID refused the request ({code_text})",
                             permanent=False, retry_after=retry_after, code=codes[0] if codes else None)
 
 
@@ -171,37 +186,56 @@ _UNUSABLE = (ValueError, KeyError, TypeError, AttributeError)
 
 
 def _same_host(spec: GraphAppCredentialSpec, token_endpoint: str) -> None:
-    """A ServiceAccount token goes to the authority host and nowhere else: not to a token endpoint on another host
-    that a discovery document (a proxy's, a private endpoint's) names."""
-    endpoint, authority = urlsplit(token_endpoint), urlsplit(spec.authority_base())
-    if endpoint.scheme != "https" or endpoint.netloc.lower() != authority.netloc.lower():
+    """A credential (secret, assertion, ServiceAccount token) goes to the authority host and nowhere else: not to a
+    token endpoint on another host, or on plain http, that a discovery document (a proxy's, a private one's)
+    names. The endpoint's text is the peer's: not repeated."""
+    if origin(token_endpoint) != origin(spec.authority_base()) \
+            or urlsplit(token_endpoint).scheme.lower() != "https":
         raise AcquisitionError(Reason.AUTHORITY_NOT_ALLOWED,
-                               f"{spec.authority()}: discovery names a token endpoint on another host "
-                               f"({endpoint.netloc or token_endpoint[:60]}); a ServiceAccount token is only sent to "
-                               "the authority host itself", permanent=True)
+                               f"{spec.authority()}: discovery names a token endpoint that is not on the authority "
+                               "host itself (https, same host and port); graphcred sends credentials to the "
+                               "authority host only", permanent=True)
 
 
 class TokenClient:
     """Acquires tokens. Thread-safe; blocking (run it in an executor)."""
 
     def __init__(self, ca_bundle: str | None = None, timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
-        self.session = PinnedCASession(ca_bundle, timeout)
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                 authority_hosts: Collection[str] = ()) -> None:
+        """`timeout`: (connect, whole exchange) in seconds: discovery and token request together end within the
+        second. `authority_hosts`: hosts besides the clouds' own login hosts that may be contacted."""
+        self.session = PinnedCASession(ca_bundle, timeout, authority_hosts)
+        self.deadline = timeout[1]
         self._clock = clock
 
     def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+        if not self.session.allowed.allows(spec.authority_base()):
+            raise AcquisitionError(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(spec.authority_base()),
+                                   permanent=True)
         self.session.forget_last_response()
         try:
+            with self.session.exchange():
+                return self._exchange(spec, material)
+        except ExchangeFailed as exc:
+            raise self._network_error(exc) from None
+
+    def _exchange(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+        try:
             app = self._application(spec, material)
-        except requests.exceptions.RequestException as exc:
-            raise _network_error(spec, exc) from None
+        except ExchangeFailed:
+            raise
+        except requests.exceptions.RequestException as exc:  # none but ExchangeFailed leave the session
+            raise self._network_error(ExchangeFailed(Failure.CONNECTION, spec.authority_base())) from exc
         except (msal.exceptions.MsalServiceError, *_UNUSABLE) as exc:  # msal raises MsalServiceError for 5xx
             raise self._discovery_error(spec, exc) from None
         started = self._clock()
         try:
             result = app.acquire_token_for_client(list(spec.scopes))
+        except ExchangeFailed:
+            raise
         except requests.exceptions.RequestException as exc:
-            raise _network_error(spec, exc) from None
+            raise self._network_error(ExchangeFailed(Failure.CONNECTION, spec.authority_base())) from exc
         except msal.exceptions.MsalServiceError:  # msal raises these for 5xx
             raise self._unusable_answer(None) from None
         except _UNUSABLE as exc:
@@ -275,9 +309,28 @@ class TokenClient:
             token_cache=msal.TokenCache(),
         )
         holder.append(app)
-        if isinstance(material, Federation):
-            _same_host(spec, app.authority.token_endpoint)
+        _same_host(spec, app.authority.token_endpoint)
         return app
+
+    def _network_error(self, exc: ExchangeFailed) -> AcquisitionError:
+        """What the user is told about a failed exchange: its class and the host, nothing of the peer's."""
+        where = exc.origin
+        if exc.failure is Failure.NOT_ALLOWED:
+            return AcquisitionError(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(where), permanent=True)
+        if exc.failure is Failure.REDIRECT:
+            text = (f"{where} answered with a redirect (HTTP {exc.status}); graphcred follows no redirects: "
+                    "set spec.authorityHost to the host that answers itself")
+        elif exc.failure is Failure.TOO_LARGE:
+            text = (f"{where} answered more than {MAX_ANSWER // 1024} KiB (HTTP {exc.status}); an authority's "
+                    "answers are a few KiB: refused")
+        elif exc.failure is Failure.TIMEOUT:
+            text = f"no complete answer from {where} within the {self.deadline:g} s token timeout"
+        elif exc.failure is Failure.UNTRUSTED:
+            text = (f"the TLS certificate of {where} is not trusted (or not issued for that name): for a private "
+                    "authority, give its CA with graphcred run --ca-bundle (chart value caBundle.configMapName)")
+        else:
+            text = f"cannot connect to {where} (connection refused, reset or unreachable, or TLS failed)"
+        return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"{text}; retrying with backoff", permanent=False)
 
     def _discovery_error(self, spec: GraphAppCredentialSpec, exc: Exception) -> AcquisitionError:
         """msal could not get the tenant's openid-configuration: classify the answer it got."""
@@ -329,11 +382,3 @@ def _with_federation_hint(error: AcquisitionError, material: Material) -> Acquis
             "service-account issuer: `kubectl get --raw /.well-known/openid-configuration`)")
     return AcquisitionError(error.reason, error.message + hint, permanent=error.permanent,
                             retry_after=error.retry_after, code=error.code)
-
-
-def _network_error(spec: GraphAppCredentialSpec, exc: requests.exceptions.RequestException) -> AcquisitionError:
-    if isinstance(exc, requests.exceptions.Timeout):
-        return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"timed out talking to {spec.authority_base()}",
-                                permanent=False)
-    return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE,
-                            f"cannot reach {spec.authority_base()}: {type(exc).__name__}", permanent=False)

@@ -16,9 +16,11 @@ class OperatorProcess:
     def __init__(self, bed: Bed, logdir: Path, *extra_args: str, name: str = "graphcred",
                  log_format: str = "text", log_level: str = "DEBUG") -> None:
         self.bed = bed
+        # the bed's issuer is a private authority: the operator contacts it only when allowed, as an admin would
+        issuers = [bed.authority_host, *([bed.node_authority_host] if bed.node_authority_host else [])]
         argv = [sys.executable, "-m", "graphcred", "run", f"--kubeconfig={bed.kubeconfig}",
                 f"--ca-bundle={bed.issuer_ca_file}", f"--log-format={log_format}", f"--log-level={log_level}",
-                "--metrics-port=0", *extra_args]
+                "--metrics-port=0", *(f"--authority-host={h}" for h in issuers), *extra_args]
         self.process = Process(name, argv, logdir)
         self._log_offset = 0
 

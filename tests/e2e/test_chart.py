@@ -277,6 +277,16 @@ def test_allowed_authority_hosts_reach_the_operator() -> None:
     assert env["GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES"] == "https://a.example,https://b.example:8443"
 
 
+def test_allowed_authority_hosts_for_every_credential_reach_the_operator() -> None:
+    [plain] = [d for d in render() if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "GRAPHCRED_AUTHORITY_HOSTS" not in env  # no host besides the clouds' unless listed
+    [deploy] = [d for d in render("--set", "authorityHosts={https://a.example,https://b.example:8443}")
+                if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GRAPHCRED_AUTHORITY_HOSTS"] == "https://a.example,https://b.example:8443"
+
+
 PODS = {("", "pods", v) for v in ("get", "list", "watch")}
 
 
@@ -503,6 +513,8 @@ REFUSED = [
     (["--set", "podLabels.version=2"], "at '/podLabels/version': got number, want string"),
     (["--set", "workloadIdentity.authorityHosts={login.example.com}"],
      "at '/workloadIdentity/authorityHosts/0': 'login.example.com' does not match pattern"),
+    (["--set", "authorityHosts={http://login.example.com}"],
+     "at '/authorityHosts/0': 'http://login.example.com' does not match pattern"),
     (["--set", "podDisruptionBudget.minAvailable=1"],
      "at '/podDisruptionBudget': additional properties 'minAvailable' not allowed"),
     (["--set", "podDisruptionBudget.maxUnavailable=one"], "at '/podDisruptionBudget/maxUnavailable'"),

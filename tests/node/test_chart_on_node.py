@@ -134,7 +134,8 @@ def release(node_bed: Bed, image_archive: Path, tmp_path_factory: pytest.TempPat
              "--set", f"image.repository={IMAGE_REPOSITORY}", "--set", f"image.tag={IMAGE_TAG}",
              "--set", "image.pullPolicy=Never",  # imported into the node; never pulled
              "--set", "replicaCount=2", "--set", "caBundle.configMapName=issuer-ca",
-             "--set", "consumerWarnings.enabled=true")
+             "--set", "consumerWarnings.enabled=true",
+             "--set", f"authorityHosts={{{bed.node_authority_host}}}")  # ... and allows it, as the admin must
     wait_for(lambda: len(rel.ready_operator_pods()) == 2, timeout=180, interval=1, what="2 operator pods Ready")
     rel.ready_at = time.monotonic()  # the standby window counts from here: both Running and Ready
     yield rel

@@ -1,11 +1,16 @@
-"""The session handed to msal: what it caches of discovery, when it forgets it, and whom it trusts for TLS.
-Tiny local servers on 127.0.0.1 stand in for an authority, a proxy and a public cloud."""
+"""The session handed to msal: what it caches of discovery, when it forgets it, whom it trusts for TLS, and what
+it bounds (destinations, answer sizes, an exchange's total time). Tiny local HTTPS servers on 127.0.0.1 stand in
+for an authority, a proxy, a public cloud and hostile authorities."""
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
+import tempfile
 import threading
+import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,9 +20,13 @@ from typing import Any
 import pytest
 import requests
 
-from graphcred.httpsession import PinnedCASession
+from graphcred import deadline
+from graphcred.discovery import DiscoveryCache
+from graphcred.httpsession import MAX_ANSWER, ExchangeFailed, Failure, PinnedCASession
 from graphcred_testbed.issuer import IssuerServer
 from graphcred_testbed.pki import CertificateAuthority
+
+from ..hostile import HostileAuthority, MiB, Recorder
 
 DISCOVERY = "/t/v2.0/.well-known/openid-configuration"
 TOKEN = "/t/oauth2/v2.0/token"
@@ -31,14 +40,24 @@ def _doc() -> tuple[int, str, bytes]:
     return 200, "application/json", json.dumps(body).encode()
 
 
+CA = CertificateAuthority("test-authority-ca")
+CA_FILE = Path(tempfile.mkdtemp(prefix="graphcred-test-ca-")) / "ca.crt"
+CA_FILE.write_bytes(CA.cert_pem)
+
+
 class _Authority(ThreadingHTTPServer):
-    """Plain HTTP: answers each path from a script (the last answer repeats) and counts requests."""
+    """HTTPS: answers each path from a script (the last answer repeats) and counts requests."""
 
     daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.base = f"http://127.0.0.1:{self.server_address[1]}"
+        self.base = f"https://127.0.0.1:{self.server_address[1]}"
+        crt, key = CA.issue("authority", server=True, hosts=("127.0.0.1",)).write(CA_FILE.parent,
+                                                                                   f"a{self.server_address[1]}")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(crt, key)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
         self.script: dict[str, list[tuple[int, str, bytes]]] = {}
         self.hits: Counter[str] = Counter()
 
@@ -83,13 +102,18 @@ def authority() -> Iterator[_Authority]:
     server.server_close()
 
 
+def _session(*servers: _Authority | HostileAuthority) -> PinnedCASession:
+    """The session as the operator makes it, with these servers' hosts allowed and their CA added."""
+    return PinnedCASession(str(CA_FILE), (5.0, 3.0), [s.base for s in servers])
+
+
 def _discover(session: PinnedCASession, authority: _Authority) -> requests.Response:
     return session.get(authority.base + DISCOVERY)
 
 
 def test_a_proxy_page_is_not_cached_as_discovery(authority: _Authority) -> None:
     authority.script[DISCOVERY] = [HTML, _doc()]
-    session = PinnedCASession()
+    session = _session(authority)
     assert _discover(session, authority).headers["Content-Type"] == "text/html"
     assert _discover(session, authority).json()["token_endpoint"].endswith(TOKEN), "fetched again, not cached"
     _discover(session, authority)
@@ -105,7 +129,7 @@ def test_a_proxy_page_is_not_cached_as_discovery(authority: _Authority) -> None:
 ], ids=["truncated", "list", "no-endpoint", "number", "not-https"])
 def test_only_a_usable_document_is_cached(authority: _Authority, answer: tuple[int, str, bytes]) -> None:
     authority.script[DISCOVERY] = [answer]
-    session = PinnedCASession()
+    session = _session(authority)
     _discover(session, authority)
     _discover(session, authority)
     assert authority.hits[DISCOVERY] == 2
@@ -115,12 +139,12 @@ def _tenant(i: int) -> str:
     return f"/t{i}/v2.0/.well-known/openid-configuration"
 
 
-def test_discovery_is_cached_for_the_most_recently_used_tenants_only(authority: _Authority,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_discovery_is_cached_for_the_most_recently_used_tenants_only(authority: _Authority) -> None:
     """Bounded: a cluster with more tenants than the cache holds refetches the least recently used one, it does
     not grow without end."""
-    monkeypatch.setattr("graphcred.httpsession.DISCOVERY_ENTRIES", 3)
-    session = PinnedCASession()
+    session = _session(authority)
+    entry = len(authority.base + _tenant(0)) + len(json.dumps(json.loads(_doc()[2]), separators=(",", ":"))) + 200
+    session.discovery = DiscoveryCache(time.monotonic, other_budget=3 * entry)
     for i in range(4):
         authority.script[_tenant(i)] = [_doc()]
     for i in (0, 1, 2, 0, 3):  # 0 used again: 1 is then the oldest, and goes when 3 comes
@@ -139,7 +163,7 @@ def test_a_cached_document_costs_its_bytes_not_a_response(authority: _Authority)
     document = _doc()
     for i in range(n):
         authority.script[_tenant(i)] = [document]
-    session = PinnedCASession()
+    session = _session(authority)
     session.get(authority.base + _tenant(0))  # connection and first-use allocations outside the count
     gc.collect()
     tracemalloc.start()
@@ -169,7 +193,7 @@ def _cache_https_document(session: PinnedCASession, authority: _Authority) -> No
                          ids=["404", "200-html"])
 def test_a_failure_after_a_cached_document_makes_the_next_attempt_fetch_it_again(
         authority: _Authority, answer: tuple[int, str, bytes]) -> None:
-    session = PinnedCASession()
+    session = _session(authority)
     _cache_https_document(session, authority)
     authority.script[TOKEN] = [answer]
     session.forget_last_response()  # a new acquisition
@@ -181,15 +205,16 @@ def test_a_failure_after_a_cached_document_makes_the_next_attempt_fetch_it_again
 
 
 def test_a_connection_error_after_a_cached_document_evicts_it(authority: _Authority) -> None:
-    session = PinnedCASession()
-    _cache_https_document(session, authority)
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{closed.getsockname()[1]}{TOKEN}"  # bound, not listening: refused
+        dead = f"https://127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refused
+        session = PinnedCASession(str(CA_FILE), authority_hosts=[authority.base, dead])
+        _cache_https_document(session, authority)
         session.forget_last_response()
         _discover(session, authority)
-        with pytest.raises(requests.exceptions.ConnectionError):
-            session.post(dead, data={})
+        with pytest.raises(ExchangeFailed) as caught:
+            session.post(dead + TOKEN, data={})
+        assert caught.value.failure is Failure.CONNECTION
     session.forget_last_response()
     _discover(session, authority)
     assert authority.hits[DISCOVERY] == 2
@@ -197,7 +222,7 @@ def test_a_connection_error_after_a_cached_document_evicts_it(authority: _Author
 
 @pytest.mark.parametrize("status", [429, 503, 400])
 def test_throttling_and_refusals_keep_the_cached_document(authority: _Authority, status: int) -> None:
-    session = PinnedCASession()
+    session = _session(authority)
     _cache_https_document(session, authority)
     authority.script[TOKEN] = [(status, "application/json", b'{"error": "temporarily_unavailable"}')]
     session.forget_last_response()
@@ -229,8 +254,13 @@ def two_clouds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Issue
 def _reachable(session: PinnedCASession, server: IssuerServer) -> bool:
     try:
         return session.get(f"{server.base_url}/t/v2.0/.well-known/openid-configuration").status_code == 200
-    except requests.exceptions.SSLError:
+    except ExchangeFailed as exc:
+        assert exc.failure is Failure.UNTRUSTED and exc.origin == server.base_url
         return False
+
+
+def _trusting(ca_bundle: str | None, *servers: IssuerServer) -> PinnedCASession:
+    return PinnedCASession(ca_bundle, authority_hosts=[s.base_url for s in servers])
 
 
 @pytest.mark.parametrize("default_trust", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"])
@@ -238,7 +268,7 @@ def test_the_ca_bundle_adds_to_the_default_trust(two_clouds: tuple[IssuerServer,
                                                  monkeypatch: pytest.MonkeyPatch, default_trust: str) -> None:
     public, public_ca, private, private_ca = two_clouds
     monkeypatch.setenv(default_trust, str(public_ca))
-    session = PinnedCASession(str(private_ca))
+    session = _trusting(str(private_ca), public, private)
     assert _reachable(session, private), "the bundle is trusted"
     assert _reachable(session, public), "the default trust still is"
 
@@ -248,7 +278,7 @@ def test_the_environment_does_not_replace_the_bundle(two_clouds: tuple[IssuerSer
     _, public_ca, private, private_ca = two_clouds
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(public_ca))
     monkeypatch.setenv("CURL_CA_BUNDLE", str(public_ca))
-    assert _reachable(PinnedCASession(str(private_ca)), private)
+    assert _reachable(_trusting(str(private_ca), private), private)
 
 
 def test_trust_is_not_everything(two_clouds: tuple[IssuerServer, Path, IssuerServer, Path],
@@ -257,16 +287,162 @@ def test_trust_is_not_everything(two_clouds: tuple[IssuerServer, Path, IssuerSer
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    assert not _reachable(PinnedCASession(str(private_ca)), public), "a CA nobody trusts stays untrusted"
-    assert not _reachable(PinnedCASession(), private)
+    assert not _reachable(_trusting(str(private_ca), public), public), "a CA nobody trusts stays untrusted"
+    assert not _reachable(_trusting(None, private), private)
 
 
 def test_a_cached_document_can_be_closed_before_it_is_read(authority: _Authority) -> None:
     """Review of 5eded85: a replayed response is a whole one: `with session.get(...) as r` (close before any read)
     works as it does on the wire; it has no connection to close."""
     authority.script[_tenant(0)] = [_doc()]
-    session = PinnedCASession()
+    session = _session(authority)
     session.get(authority.base + _tenant(0)).json()
     with session.get(authority.base + _tenant(0)) as again:
         pass
     assert again.json() == json.loads(_doc()[2]) and authority.hits[_tenant(0)] == 1
+
+
+# --- bounds: what a hostile authority cannot make the session do ---------------------------------------------------
+
+@pytest.fixture
+def hostile() -> Iterator[HostileAuthority]:
+    server = HostileAuthority(CA, drip=0.5).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = Recorder().start()
+    yield server
+    server.stop()
+
+
+def _doc_url(server: HostileAuthority, tenant: str) -> str:
+    return f"{server.base}/{tenant}/v2.0/.well-known/openid-configuration"
+
+
+def _failure_within(seconds: float, call: Any) -> tuple[ExchangeFailed, float]:
+    """Run `call` in a thread; it must fail with ExchangeFailed within `seconds` (not hang, as it did)."""
+    outcome: list[BaseException | None] = []
+    started = time.monotonic()
+
+    def run() -> None:
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"still waiting after {seconds:.0f} s")
+    [error] = outcome
+    assert isinstance(error, ExchangeFailed), repr(error)
+    return error, time.monotonic() - started
+
+
+@pytest.mark.parametrize("tenant", ["drip", "dripheaders"])
+def test_a_dripping_authority_is_cut_off_at_the_exchange_deadline(hostile: HostileAuthority, tenant: str) -> None:
+    """One byte every 0.5 s never trips a 3 s read timeout; the 3 s deadline of the whole exchange ends it."""
+    session = _session(hostile)
+    error, took = _failure_within(15, lambda: session.get(_doc_url(hostile, tenant)))
+    assert error.failure is Failure.TIMEOUT and error.origin == hostile.base
+    assert 2.5 < took < 5, f"cut off after {took:.1f} s with a 3 s deadline"
+    assert session.get(_doc_url(hostile, "t")).status_code == 200, "the next exchange gets a fresh connection"
+
+
+def test_one_deadline_covers_every_request_of_an_exchange(hostile: HostileAuthority) -> None:
+    session = _session(hostile)
+    with deadline.exchange(1.0):
+        session.get(_doc_url(hostile, "t"))
+        time.sleep(1.1)
+        with pytest.raises(ExchangeFailed) as caught:
+            session.post(f"{hostile.base}/t/oauth2/v2.0/token", data={})
+    assert caught.value.failure is Failure.TIMEOUT
+    assert hostile.requests("POST") == [], "nothing sent after the deadline"
+
+
+@pytest.mark.parametrize("tenant", ["big", "bigchunked", "gzipbomb"])
+def test_an_answer_above_the_cap_is_refused_not_buffered(hostile: HostileAuthority, tenant: str) -> None:
+    """30 MiB of discovery document (declared, chunked, or gzip of about 30 KiB) costs the operator about the cap,
+    not 30 MiB or more (before: read whole, then cached)."""
+    hostile.padded(tenant)
+    hostile.bomb()  # the server's bodies exist before the count starts
+    session = _session(hostile)
+    session.get(_doc_url(hostile, "t"))  # connection and first-use allocations outside the count
+    tracemalloc.start()
+    try:
+        with pytest.raises(ExchangeFailed) as caught:
+            session.get(_doc_url(hostile, tenant))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.failure is Failure.TOO_LARGE
+    assert peak < 4 * MiB, f"peak {peak / MiB:.1f} MiB for a refused 30 MiB answer"
+    assert len(session.discovery) == 1, "only the small document is cached"
+
+
+def test_a_cached_document_keeps_only_what_msal_reads(hostile: HostileAuthority) -> None:
+    hostile.big = MAX_ANSWER // 2  # below the cap: usable, and padded
+    session = _session(hostile)
+    assert session.get(_doc_url(hostile, "big")).status_code == 200
+    assert session.discovery.bytes_used(cloud=False) < 1024
+    assert "padding" not in session.get(_doc_url(hostile, "big")).json()
+    assert len(hostile.requests("GET")) == 1
+
+
+def test_redirects_are_never_followed(hostile: HostileAuthority, recorder: Recorder) -> None:
+    hostile.redirect_to = f"{recorder.base}/latest/meta-data/iam/security-credentials/node"
+    session = _session(hostile)
+    with pytest.raises(ExchangeFailed) as caught:
+        session.get(_doc_url(hostile, "redirect"))
+    assert (caught.value.failure, caught.value.status) == (Failure.REDIRECT, 302)
+    assert recorder.requests() == [], "the metadata stand-in was never asked"
+
+
+def test_only_allowed_hosts_are_contacted(hostile: HostileAuthority, recorder: Recorder,
+                                          authority: _Authority) -> None:
+    session = _session(hostile)
+    for url in (f"{recorder.base}/latest/meta-data/", authority.base + DISCOVERY,
+                f"https://{hostile.base.removeprefix('https://')}@127.0.0.1:1/x", "https://127.0.0.1:99999/x"):
+        with pytest.raises(ExchangeFailed) as caught:
+            session.get(url)
+        assert caught.value.failure is Failure.NOT_ALLOWED, url
+    assert recorder.requests() == [] and authority.hits[DISCOVERY] == 0
+
+
+# --- the discovery cache: bounded in bytes, the clouds' part reserved --------------------------------------------
+
+def _usable(tenant: str, host: str = "https://private.example") -> dict[str, Any]:
+    return {"token_endpoint": f"{host}/{tenant}/oauth2/v2.0/token", "issuer": f"{host}/{tenant}/v2.0",
+            "authorization_endpoint": f"{host}/{tenant}/oauth2/v2.0/authorize"}
+
+
+def test_the_cache_is_bounded_in_bytes() -> None:
+    cache = DiscoveryCache(time.monotonic, cloud_budget=64 * 1024, other_budget=64 * 1024)
+    for i in range(5000):
+        cache.put(f"https://private.example/t{i}/v2.0/.well-known/openid-configuration", False, _usable(f"t{i}"))
+    assert cache.bytes_used(cloud=False) <= 64 * 1024
+    assert 64 < len(cache) < 200
+
+
+def test_tenant_chosen_authorities_cannot_crowd_out_the_clouds() -> None:
+    cache = DiscoveryCache(time.monotonic, cloud_budget=64 * 1024, other_budget=64 * 1024)
+    cloud = "https://login.microsoftonline.com/contoso/v2.0/.well-known/openid-configuration"
+    cache.put(cloud, True, _usable("contoso", "https://login.microsoftonline.com"))
+    for i in range(5000):
+        cache.put(f"https://private.example/t{i}/v2.0/.well-known/openid-configuration", False, _usable(f"t{i}"))
+    assert cache.get(cloud, True) is not None
+
+
+def test_cached_documents_expire() -> None:
+    now = [0.0]
+    cache = DiscoveryCache(lambda: now[0], ttl=10)
+    cache.put("u", False, _usable("t"))
+    now[0] = 9.0
+    assert cache.get("u", False) is not None
+    now[0] = 10.0
+    assert cache.get("u", False) is None and len(cache) == 0

@@ -1,5 +1,6 @@
 """Kubernetes calls never hang on a half-open connection: every call has a timeout, sockets have TCP keepalive,
-and a leader whose renewals hang stops acting before its Lease can be taken."""
+and a leader whose renewals hang stops acting before its Lease can be taken. A token exchange ends at the token
+timeout however slowly the authority answers."""
 
 from __future__ import annotations
 
@@ -17,9 +18,15 @@ import yaml
 from kubernetes import client
 
 from graphcred.config import RunConfig
+from graphcred.credentials import ClientSecret
 from graphcred.handlers import api_client
 from graphcred.kube import Kube
 from graphcred.leader import LeaseElector
+from graphcred.model import GraphAppCredentialSpec, Reason
+from graphcred.tokens import AcquisitionError, TokenClient
+from graphcred_testbed.pki import CertificateAuthority
+
+from ..hostile import HostileAuthority
 
 
 class HalfOpen:
@@ -149,3 +156,32 @@ def test_the_operators_api_client_sets_tcp_keepalive(api: client.ApiClient, half
         assert 0 < conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) <= 60
     finally:
         conn.close()
+
+
+# --- token exchanges: one total deadline, however the authority drips --------------------------------------------
+
+@pytest.fixture
+def dripping(tmp_path: Path) -> Iterator[tuple[HostileAuthority, Path]]:
+    ca = CertificateAuthority("dripping-authority-ca")
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca.cert_pem)
+    server = HostileAuthority(ca, drip=0.5).start()
+    yield server, ca_file
+    server.stop()
+
+
+@pytest.mark.parametrize("tenant", ["drip.test", "dripheaders.test"])
+def test_a_token_exchange_with_a_dripping_authority_ends_at_the_token_timeout(
+        dripping: tuple[HostileAuthority, Path], tenant: str) -> None:
+    """Review finding 2: a byte every 0.5 s never trips the 2 s read timeout, so the acquisition (and its token
+    slot) was held without end (f3_tarpit_module.py: not ended after 45 s). Now the exchange ends at 2 s."""
+    server, ca_file = dripping
+    client = TokenClient(str(ca_file), timeout=(5.0, 2.0), authority_hosts=[server.base])
+    spec = GraphAppCredentialSpec.model_validate({
+        "tenantId": tenant, "clientId": "1b4f816e-5eaf-48b9-8613-7923830595ad", "authorityHost": server.base,
+        "credential": {"clientSecret": {"name": "a"}}})
+    error, took = _within(15, lambda: client.acquire(spec, ClientSecret("x")))
+    assert isinstance(error, AcquisitionError), repr(error)
+    assert (error.reason, error.permanent) == (Reason.AUTHORITY_UNAVAILABLE, False)
+    assert f"no complete answer from {server.base} within the 2 s token timeout" in error.message
+    assert took < 4, f"took {took:.1f} s with a 2 s token timeout"

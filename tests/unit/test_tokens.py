@@ -90,7 +90,7 @@ class _Canned(BaseAdapter):
 
 
 def _acquire(discovery: Answer = DISCOVERY, token: Answer = TOKEN) -> AcquisitionError:
-    client = TokenClient()
+    client = TokenClient(authority_hosts=[HOST])
     client.session.mount("https://", _Canned(discovery, token))
     spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
                                                   "credential": {"clientSecret": {"name": "app"}}})
@@ -162,7 +162,7 @@ def test_discovery_refusals_need_the_user(discovery: Answer, fragment: str) -> N
     ((200, {"Content-Type": "application/json"}, GARBAGE), Reason.AUTHORITY_UNAVAILABLE, None, "not JSON"),
     (_json(200, ["a", "list"]), Reason.AUTHORITY_UNAVAILABLE, None, "token endpoint"),
     (_json(200, {"token_type": "Bearer"}), Reason.AUTHORITY_UNAVAILABLE, None, "no access_token"),
-    (requests.exceptions.ConnectionError("reset"), Reason.AUTHORITY_UNAVAILABLE, None, "cannot reach"),
+    (requests.exceptions.ConnectionError("reset"), Reason.AUTHORITY_UNAVAILABLE, None, "cannot connect to"),
 ], ids=["429-html", "429-http-date", "408", "425", "503-html", "200-html", "200-garbage", "200-list",
         "200-no-token", "connection"])
 def test_token_endpoint_throttling_and_proxy_answers_are_transient(
@@ -193,7 +193,7 @@ def test_clock_skew_is_transient_and_entra_refusals_need_the_user() -> None:
 
 
 def test_a_good_answer_is_a_token() -> None:
-    client = TokenClient()
+    client = TokenClient(authority_hosts=[HOST])
     client.session.mount("https://", _Canned(DISCOVERY, TOKEN))
     spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
                                                   "credential": {"clientSecret": {"name": "app"}}})
@@ -237,7 +237,7 @@ def _federation(assertion: str | None = SA_TOKEN) -> Federation:
 
 
 def _federated(token: Answer) -> tuple[TokenClient, _Recording, GraphAppCredentialSpec]:
-    client = TokenClient()
+    client = TokenClient(authority_hosts=[HOST])
     adapter = _Recording(DISCOVERY, token)
     client.session.mount("https://", adapter)
     return client, adapter, GraphAppCredentialSpec.model_validate(FEDERATED_SPEC)
@@ -309,20 +309,20 @@ def test_a_service_account_token_is_never_sent_to_a_token_endpoint_on_another_ho
     elsewhere = _json(200, {"token_endpoint": f"https://elsewhere.example/{TENANT}/oauth2/v2.0/token",
                             "authorization_endpoint": f"{HOST}/{TENANT}/oauth2/v2.0/authorize",
                             "issuer": f"{HOST}/{TENANT}/v2.0"})
-    client = TokenClient()
+    client = TokenClient(authority_hosts=[HOST])
     adapter = _Everywhere(elsewhere, TOKEN)
     client.session.mount("https://", adapter)
     spec = GraphAppCredentialSpec.model_validate(FEDERATED_SPEC)
     with pytest.raises(AcquisitionError) as caught:
         client.acquire(spec, _federation())
     assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_NOT_ALLOWED, True)
-    assert "elsewhere.example" in caught.value.message and SA_TOKEN not in caught.value.message
+    assert "not on the authority host itself" in caught.value.message and SA_TOKEN not in caught.value.message
     assert adapter.urls == [], "nothing was POSTed anywhere"
 
 
 def test_a_token_request_is_never_re_sent_where_a_redirect_points() -> None:
     moved = (307, {"Location": "http://plain.example/token", "Content-Type": "text/plain"}, b"moved")
-    client = TokenClient()
+    client = TokenClient(authority_hosts=[HOST])
     adapter = _Everywhere(DISCOVERY, moved)
     client.session.mount("https://", adapter)
     client.session.mount("http://", adapter)
@@ -330,3 +330,90 @@ def test_a_token_request_is_never_re_sent_where_a_redirect_points() -> None:
     with pytest.raises(AcquisitionError):
         client.acquire(spec, _federation())
     assert adapter.urls == [f"{HOST}/{TENANT}/oauth2/v2.0/token"], adapter.urls
+
+
+# --- only allowed hosts, only the authority's own token endpoint, only known error codes echoed -----------------
+
+def test_a_host_nobody_allowed_gets_no_request() -> None:
+    client = TokenClient()  # the clouds' login hosts only
+    adapter = _Everywhere(DISCOVERY, TOKEN)
+    for scheme in ("https://", "http://"):
+        client.session.mount(scheme, adapter)
+    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
+                                                  "credential": {"clientSecret": {"name": "app"}}})
+    with pytest.raises(AcquisitionError) as caught:
+        client.acquire(spec, ClientSecret("pw"))
+    assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_NOT_ALLOWED, True)
+    assert "--authority-host" in caught.value.message and "authorityHosts" in caught.value.message
+    assert adapter.urls == [] and adapter.posted == []
+
+
+class _Gets(_Everywhere):
+    """Also records the GETs."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        self.urls.append(f"{request.method} {request.url}")
+        return super().send(request, *args, **kwargs)
+
+
+def test_a_client_secret_is_never_sent_to_a_token_endpoint_on_another_host() -> None:
+    """Before: only ServiceAccount tokens were kept on the authority host; a client secret (or a signed assertion)
+    went wherever discovery pointed, e.g. an internal service's URL (review finding 5)."""
+    for endpoint in ("https://internal.example/api/v1/admin/export?all=true", f"http://{HOST[8:]}/t/token",
+                     f"{HOST}:8443/t/token"):
+        client = TokenClient(authority_hosts=[HOST, "https://internal.example"])
+        adapter = _Gets(_json(200, {"token_endpoint": endpoint, "issuer": f"{HOST}/{TENANT}/v2.0",
+                                    "authorization_endpoint": f"{HOST}/{TENANT}/oauth2/v2.0/authorize"}), TOKEN)
+        for scheme in ("https://", "http://"):
+            client.session.mount(scheme, adapter)
+        spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
+                                                      "credential": {"clientSecret": {"name": "app"}}})
+        with pytest.raises(AcquisitionError) as caught:
+            client.acquire(spec, ClientSecret("pw"))
+        assert [u for u in adapter.urls if u.startswith("POST")] == [], endpoint
+        if endpoint.startswith("https"):  # msal itself refuses an http one, as no usable document
+            assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_NOT_ALLOWED, True), endpoint
+
+
+def test_a_redirect_is_a_failure_of_its_own_and_is_not_followed() -> None:
+    moved = (302, {"Location": "http://169.254.169.254/latest/meta-data/", "Content-Type": "text/plain"}, b"")
+    client = TokenClient(authority_hosts=[HOST])
+    adapter = _Gets(moved, TOKEN)
+    for scheme in ("https://", "http://"):
+        client.session.mount(scheme, adapter)
+    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
+                                                  "credential": {"clientSecret": {"name": "app"}}})
+    with pytest.raises(AcquisitionError) as caught:
+        client.acquire(spec, ClientSecret("pw"))
+    assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_UNAVAILABLE, False)
+    assert f"{HOST} answered with a redirect (HTTP 302)" in caught.value.message
+    assert [u.split("?")[0] for u in adapter.urls] == [f"GET {HOST}/{TENANT}/v2.0/.well-known/openid-configuration"]
+
+
+def test_an_answer_above_the_cap_is_refused() -> None:
+    big = _json(200, {"token_type": "Bearer", "expires_in": 3599, "access_token": "a.b.c", "pad": "x" * 70_000})
+    err = _acquire(token=big)
+    assert (err.reason, err.permanent) == (Reason.AUTHORITY_UNAVAILABLE, False)
+    assert "answered more than 64 KiB" in err.message
+
+
+@pytest.mark.parametrize(("body", "shown", "hidden"), [
+    ({"error": "invalid_client\n2031-01-01 ERROR graphcred: FORGED", "error_codes": [123456789012]},
+     "(unrecognised error code)", "FORGED"),
+    ({"error": "invalid_grant", "error_codes": [54321], "error_description": "AADSTS54321: BODY-TEXT"},
+     "(AADSTS54321, invalid_grant)", "BODY-TEXT"),
+    ({"error": "<script>", "error_codes": ["AADSTS1\nX", True, 7]}, "(unrecognised error code", "<script>"),
+], ids=["forged-line", "known-code", "junk-codes"])
+def test_only_known_oauth_error_codes_and_aadsts_digits_are_echoed(body: dict[str, Any], shown: str,
+                                                                   hidden: str) -> None:
+    """Before: `error` was copied verbatim into status, Events and the log (review finding 11: forged log lines)."""
+    err = _acquire(token=_json(400, body))
+    assert shown in err.message, err.message
+    assert hidden not in err.message and "\n" not in err.message
+
+
+def test_no_exception_class_names_in_messages() -> None:
+    for failure in (requests.exceptions.ConnectionError("refused"), requests.exceptions.SSLError("bad"),
+                    requests.exceptions.ReadTimeout("slow"), requests.exceptions.ChunkedEncodingError("cut")):
+        message = _acquire(discovery=failure).message
+        assert type(failure).__name__ not in message and "Error" not in message, message

@@ -45,21 +45,31 @@ def test_workload_identity_switch(monkeypatch: pytest.MonkeyPatch, argv: tuple[s
     assert _config(monkeypatch, *argv).workload_identity is expected
 
 
-def test_allowed_authority_hosts_from_flags_or_the_chart_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES", "https://Login.Example.net/, https://b.example:8443")
-    assert _config(monkeypatch).workload_identity_authorities == ("https://login.example.net",
-                                                                  "https://b.example:8443")
-    assert _config(monkeypatch, "--workload-identity-authority=https://c.example").workload_identity_authorities \
-        == ("https://c.example",)
+@pytest.mark.parametrize(("flag", "env", "field"), [
+    ("--authority-host", "GRAPHCRED_AUTHORITY_HOSTS", "authority_hosts"),
+    ("--workload-identity-authority", "GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES", "workload_identity_authorities"),
+])
+def test_allowed_authority_hosts_from_flags_or_the_chart_env(monkeypatch: pytest.MonkeyPatch, flag: str, env: str,
+                                                             field: str) -> None:
+    monkeypatch.setenv(env, "https://Login.Example.net/, https://b.example:8443")
+    config = _config(monkeypatch)
+    assert getattr(config, field) == ("https://login.example.net", "https://b.example:8443")
+    assert set(config.allowed_authorities) >= {"https://login.example.net", "https://b.example:8443"}
+    assert getattr(_config(monkeypatch, f"{flag}=https://c.example", f"{flag}=https://d.example:443"), field) \
+        == ("https://c.example", "https://d.example")
 
 
-@pytest.mark.parametrize("bad", ["login.example.net", "http://login.example.net", "https://x.example/tenant"])
+@pytest.mark.parametrize("flag", ["--authority-host", "--workload-identity-authority"])
+@pytest.mark.parametrize("bad", ["login.example.net", "http://login.example.net", "https://x.example/tenant",
+                                 "https://127.0.0.1:99999", "https://user@x.example"])
 def test_a_mistyped_authority_host_stops_the_operator_at_start(monkeypatch: pytest.MonkeyPatch, bad: str,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                                               flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES", raising=False)
+    monkeypatch.delenv("GRAPHCRED_AUTHORITY_HOSTS", raising=False)
     with pytest.raises(SystemExit) as exited:
-        _config(monkeypatch, f"--workload-identity-authority={bad}")
-    assert exited.value.code == 2 and "expected https://host[:port]" in capsys.readouterr().err
+        _config(monkeypatch, f"{flag}={bad}")
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "expected https://host[:port]" in err and flag in err
 
 
 class RecordedWatch:

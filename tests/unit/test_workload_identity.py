@@ -29,7 +29,7 @@ class Rig:
     """One operator process with workload identity on (or off), over a fake cluster with ServiceAccounts."""
 
     def __init__(self, *, enabled: bool = True, kube: FakeKubeWithServiceAccounts | None = None,
-                 clock: Clock | None = None, seed: int = 0, federation_hosts: tuple[str, ...] = (),
+                 clock: Clock | None = None, seed: int = 0, authority_hosts: tuple[str, ...] = (),
                  token_concurrency: int = 16) -> None:
         self.clock = clock or Clock()
         self.kube = kube or FakeKubeWithServiceAccounts()
@@ -38,7 +38,7 @@ class Rig:
         self.reconciler = Reconciler(
             self.kube, self.tokens, self.emit,  # type: ignore[arg-type]
             clock=self.clock, rng=random.Random(seed), metrics=Metrics(), shared=SharedTokens(clock=self.clock),
-            workload_identity=enabled, federation_hosts=federation_hosts, token_concurrency=token_concurrency)
+            workload_identity=enabled, authority_hosts=authority_hosts, token_concurrency=token_concurrency)
 
     def successor(self, seed: int = 1) -> Rig:
         """A restart: same cluster and clock, nothing else."""
@@ -377,12 +377,12 @@ def test_a_custom_authority_host_gets_no_service_account_token_unless_the_operat
         delay = await refused.reconciler.reconcile(refused.snapshot("a", spec), Memory())
         cond = refused.ready("a")
         assert (cond["status"], cond["reason"]) == ("False", "AuthorityNotAllowed"), cond
-        assert "login.example.net" in cond["message"] and "--workload-identity-authority" in cond["message"]
+        assert "login.example.net" in cond["message"] and "--authority-host" in cond["message"]
         assert delay is None
         assert refused.kube.service_account_reads == 0 and refused.kube.token_requests == []
         assert refused.tokens.requests == 0
 
-        allowed = Rig(federation_hosts=("https://login.example.net/",))
+        allowed = Rig(authority_hosts=("https://login.example.net/",))
         allowed.kube.put_service_account(NS, "reader", client_id=client)
         await allowed.reconciler.reconcile(allowed.snapshot("a", spec), Memory())
         assert allowed.ready("a")["status"] == "True"
