@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--apps", type=int, default=40)
     s.add_argument("--quiet", type=float, default=90.0, help="seconds without faults at the end")
     s.add_argument("--log-level", default="INFO", help="the replicas' log level")
+    s.add_argument("--hostile", action="store_true",
+                   help="add a hostile namespace that keeps trying the security review's attacks (docs/soak.md)")
     s.add_argument("--logdir", type=Path, help="where logs and the plan go (default: a new temporary directory)")
     args = parser.parse_args(argv)
     if args.command == "soak":
@@ -129,10 +131,10 @@ def soak(args: argparse.Namespace) -> int:
     from .soak import SoakConfig, own_bed, run_soak
 
     cfg = SoakConfig(minutes=args.minutes, seed=args.seed, credentials=args.credentials, apps=args.apps,
-                     quiet_seconds=args.quiet, log_level=args.log_level)
+                     quiet_seconds=args.quiet, log_level=args.log_level, hostile=args.hostile)
     logdir = args.logdir or Path(tempfile.mkdtemp(prefix="graphcred-soak-"))
-    print(f"graphcred soak: {cfg.minutes:g} min, seed {cfg.seed}, {cfg.credentials} credentials; logs in {logdir}",
-          flush=True)
+    print(f"graphcred soak: {cfg.minutes:g} min, seed {cfg.seed}, {cfg.credentials} credentials"
+          f"{', a hostile tenant' if cfg.hostile else ''}; logs in {logdir}", flush=True)
     with own_bed() as bed:
         result = run_soak(bed, cfg, logdir)
     print(result.report())
