@@ -145,6 +145,13 @@ def vm_peak_rss(pid: int) -> tuple[int, int] | None:
 
 # --- the stand-ins ------------------------------------------------------------------------------------------
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up (TLS EOF, reset): the stand-ins print nothing into the soak's report
+
+
 class _Quiet(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
@@ -152,20 +159,19 @@ class _Quiet(BaseHTTPRequestHandler):
     def send(self, status: int, body: bytes | dict[str, Any], headers: dict[str, str] | None = None,
              content_type: str = "application/json") -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # the operator gave up (a byte cap, a deadline): nothing to report
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
             self.wfile.write(data)
 
 
 def _serve(handler: type[BaseHTTPRequestHandler], pair: KeyPair | None, workdir: Path, stem: str,
            ) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
+    server = _QuietServer(("127.0.0.1", 0), handler)
     if pair is not None:
         crt, key = pair.write(workdir, stem)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -320,12 +326,17 @@ class HostileTenant:
 
     def __init__(self, *, issuer: Issuer, authority_host: str, stand_ins: StandIns, namespace: str,
                  victim_tenant: str, custom: client.CustomObjectsApi, core: client.CoreV1Api, seed: int,
-                 interval: float, stopping: threading.Event, note: Callable[[str], None]) -> None:
+                 interval: float, stopping: threading.Event, note: Callable[[str], None],
+                 attacks: Sequence[str] = ATTACKS) -> None:
         self.issuer, self.authority_host, self.stand_ins = issuer, authority_host, stand_ins
         self.namespace, self.victim_tenant = namespace, victim_tenant
         self.custom, self.core = custom, core
         self.rng = random.Random(seed * 7919 + 24)  # a reproducible order of attacks, not cryptography
         self.interval, self.stopping, self.note = interval, stopping, note
+        unknown = set(attacks) - set(ATTACKS)
+        if unknown or not attacks:
+            raise ValueError(f"hostile attacks: unknown {sorted(unknown)}; choose from {', '.join(ATTACKS)}")
+        self.attacks = tuple(a for a in ATTACKS if a in attacks)
         self.tried: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()  # HTTP 422 from the apiserver: refused at admission
         self.failed: Counter[str] = Counter()  # could not be submitted (the apiserver restarting, ...)
@@ -345,7 +356,8 @@ class HostileTenant:
     # --- setup -------------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Apps in the issuer, the namespace's Secrets; an 8192-bit key made in the background (seconds)."""
-        self._keygen.start()
+        if "big_key" in self.attacks:
+            self._keygen.start()
         secret = f"hostile~{uuid.uuid4().hex[:16]}"
         self.own = self.issuer.register_app(self.hostile_tenant, secret=secret, lifetime=60)
         # an app of the attacker's in the VICTIMS' Entra tenant, throttled for good (finding 6)
@@ -360,6 +372,7 @@ class HostileTenant:
         self.issuer.fail(self.throttled.client_id, Fault(status=429, retry_after=600))
 
     def _generate_big_key(self) -> None:
+        started = time.monotonic()
         key = new_key(8192)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile-8192")])
         now = dt.datetime.now(dt.UTC)
@@ -367,6 +380,7 @@ class HostileTenant:
                 .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
                 .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
         self._key_pair = KeyPair(cert, key)
+        self.note(f"hostile: the 8192-bit key took {time.monotonic() - started:.0f} s to make")
 
     def _secret(self, name: str, data: dict[str, str], kind: str) -> None:
         body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data=data, type=kind)
@@ -376,12 +390,12 @@ class HostileTenant:
 
     # --- the loop ----------------------------------------------------------------------------------------
     def loop(self) -> None:
-        for _ in range(TARPIT_WAVE):
+        for _ in range(TARPIT_WAVE if "tarpit" in self.attacks else 0):
             self.attempt("tarpit")
         order: list[str] = []
         while not self.stopping.wait(self.interval):
             if not order:
-                order = list(ATTACKS)
+                order = list(self.attacks)
                 self.rng.shuffle(order)
             self.attempt(order.pop())
 
@@ -409,6 +423,9 @@ class HostileTenant:
                                                             _request_timeout=15)
             self.alive.remove(oldest)
             self._retire(oldest)
+
+    def _has(self, name: str) -> bool:
+        return any(a.name == name for a in self.alive)
 
     def _retire(self, alive: _Alive) -> None:
         if alive.own_app:
@@ -510,7 +527,7 @@ class HostileTenant:
 
     def _throttled_app(self, n: int) -> None:
         """The attacker's app in the victims' Entra tenant answers 429; renews make it ask again and again."""
-        if n == 0:
+        if not self._has("throttled"):
             self._create("throttled_app", "throttled", self._own(self.throttled))
             return
         self._renew("throttled", 3)
@@ -523,7 +540,7 @@ class HostileTenant:
             self.renews += 1
 
     def _renew_burst(self, n: int) -> None:
-        if n == 0:
+        if not self._has("renewer"):
             self._create("renew_burst", "renewer", self._own(), own_app=True)
         self._renew("renewer", 20 + n % 3 * 10)
 

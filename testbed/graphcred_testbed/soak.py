@@ -50,6 +50,7 @@ from graphcred.secret import MANAGED_BY, MANAGED_BY_LABEL, controller_uid
 
 from .bed import Bed
 from .hostile import (
+    ATTACKS,
     CHART_MEMORY_LIMIT,
     MIB,
     HostileTenant,
@@ -102,6 +103,7 @@ class SoakConfig:
     # that go with it (refresh lateness, peak RSS, no restart, /healthz within 2 s, no forbidden host reached)
     hostile: bool = False
     hostile_interval: float = 3.0  # seconds between two attacks (after a first wave of tarpits)
+    hostile_attacks: tuple[str, ...] = ATTACKS  # a subset shows one attack's effect (the tarpit hides the others)
     refresh_slack: float = 10.0  # a victim's refresh may come this late after its schedule
     memory_limit: int = CHART_MEMORY_LIMIT  # bytes: the chart's default limit; above it the pod is OOM-killed
 
@@ -927,7 +929,8 @@ class Soak:
             issuer=self.bed.issuer, authority_host=self.bed.authority_host, stand_ins=self.stand_ins,
             namespace=self.hostile_namespace, victim_tenant=tenants.most_common(1)[0][0],
             custom=client.CustomObjectsApi(api), core=client.CoreV1Api(api), seed=self.cfg.seed,
-            interval=self.cfg.hostile_interval, stopping=self.stopping, note=self.result.notes.append)
+            interval=self.cfg.hostile_interval, stopping=self.stopping, note=self.result.notes.append,
+            attacks=self.cfg.hostile_attacks)
         if not operator_supports_authority_host():
             self.result.notes.append("graphcred run has no --authority-host: every authorityHost is accepted as is")
             return []
