@@ -154,6 +154,7 @@ class SoakResult:
     rss_peaks: dict[str, int] = field(default_factory=dict)  # replica -> highest VmHWM seen (bytes)
     lateness: list[float] = field(default_factory=list)  # victims' refreshes: seconds after their schedule
     overdue: list[float] = field(default_factory=list)  # victims' tokens never refreshed: seconds overdue at the end
+    late_unexcused: int = 0  # of those, later than schedule + slack with nothing they need broken
     healthz: tuple[int, int, float] = (0, 0, 0.0)  # hostile mode: probes, failed or slower than 2 s, slowest
     hostile: list[str] = field(default_factory=list)  # the hostile tenant's report lines
     hostile_tried: Counter[str] = field(default_factory=Counter)  # attacks tried, by kind
@@ -182,7 +183,8 @@ class SoakResult:
             f"checker polls {len(self.polls):,} (median {_median(self.polls) * 1000:.0f} ms, max "
             f"{max(self.polls, default=0.0) * 1000:.0f} ms); skipped while the apiserver was unreachable: "
             f"{self.skipped_polls}",
-            "victims' refresh lateness (seconds after the schedule): " + lateness_line(self.lateness, self.overdue),
+            "victims' refresh lateness (seconds after the schedule): " + lateness_line(self.lateness, self.overdue)
+            + f"; later than schedule + {c.refresh_slack:g} s with nothing they need broken: {self.late_unexcused}",
             "operator peak RSS (VmHWM): " + (", ".join(f"{k} {v / MIB:.0f} MiB" for k, v in
                                                         sorted(self.rss_peaks.items())) or "-")
             + f" (chart limit {c.memory_limit / MIB:.0f} MiB)",
@@ -1271,6 +1273,7 @@ class Soak:
         self.result.checks = self.checker.checks
         self.result.peak_token_requests_per_second = self.checker.peak_rate
         self.result.lateness = self.checker.lateness
+        self.result.late_unexcused = self.checker.late_unexcused
         self.result.overdue = self.checker.overdue(time.time())
         if self.healthz:
             answered = [h for h in self.healthz if h is not None]
@@ -1452,6 +1455,7 @@ class _Checker:
         self._issued_seen = 0
         self.secrets: dict[str, _Seen] = {}
         self.lateness: list[float] = []  # seconds after its schedule each victim's refresh came
+        self.late_unexcused = 0  # tokens refreshed (or not) later than schedule + slack with nothing broken
         self.progress: dict[str, _Progress] = {}
         self._claims: dict[str, dict[str, Any] | None] = {}
         self._ready: dict[str, str] = {}  # "ns/name" -> "" if ready, else why not
@@ -1657,13 +1661,17 @@ class _Checker:
             seen.late_reported = self._judge_late(ref, obj, due, t0, "not refreshed")
 
     def _judge_late(self, ref: str, obj: dict[str, Any], due: float, at: float, what: str) -> bool:
-        """A violation (hostile mode) if `at` is beyond the slack and no fault or leader gap explains it."""
+        """A violation (hostile mode; else counted) if `at` is beyond the slack and no fault or leader gap explains
+        it. True: reported (once per token)."""
         late = at - due
-        if not self.soak.cfg.hostile or late <= self.soak.cfg.refresh_slack:
+        if late <= self.soak.cfg.refresh_slack:
             return False
         self.checks["refresh-lateness"] += 1
         if self.soak.disruption(self._cred(obj), due, at) or self.soak.operator_gap_end(due, at) is not None:
             return False
+        self.late_unexcused += 1
+        if not self.soak.cfg.hostile:
+            return True  # a figure only: the soak without --hostile judges expiry, not lateness
         self.soak.violation("refresh-late", ref, f"due at {due - self.soak.t0:.0f} s, {what} {late:.0f} s later "
                             "with nothing it needs broken", dedup="due at")
         return True
