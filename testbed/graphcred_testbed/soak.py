@@ -194,8 +194,10 @@ class SoakResult:
             lines += self.hostile
             lines.append(f"/healthz probes every 2 s: {probes:,}, failed or slower than 2 s: {failed:,} (slowest "
                          f"answer {slowest:.2f} s)")
+        kinds = Counter({k: sum(v.count for v in self.violations if v.kind == k) for k in
+                         {v.kind for v in self.violations}})
         lines += [
-            f"violations: {len(self.violations)}",
+            f"violations: {len(self.violations)}" + (f" (occurrences by kind: {_counts(kinds)})" if kinds else ""),
         ]
         lines += [f"  {v}" for v in self.violations[:25]]
         if len(self.violations) > 25:
