@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--apps", type=int, default=40)
     s.add_argument("--quiet", type=float, default=90.0, help="seconds without faults at the end")
     s.add_argument("--log-level", default="INFO", help="the replicas' log level")
+    s.add_argument("--hostile", action="store_true",
+                   help="add a hostile namespace that keeps trying the security review's attacks (docs/soak.md)")
+    s.add_argument("--hostile-attacks", metavar="KIND,...",
+                   help="with --hostile: only these attacks (default: all; see docs/soak.md for the kinds)")
     s.add_argument("--logdir", type=Path, help="where logs and the plan go (default: a new temporary directory)")
     args = parser.parse_args(argv)
     if args.command == "soak":
@@ -47,13 +51,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def soak(args: argparse.Namespace) -> int:
+    from .hostile import ATTACKS
     from .soak import SoakConfig, own_bed, run_soak
 
+    chosen = args.hostile_attacks
+    attacks = tuple(a.strip() for a in chosen.split(",") if a.strip()) if chosen else ATTACKS
     cfg = SoakConfig(minutes=args.minutes, seed=args.seed, credentials=args.credentials, apps=args.apps,
-                     quiet_seconds=args.quiet, log_level=args.log_level)
+                     quiet_seconds=args.quiet, log_level=args.log_level, hostile=args.hostile, hostile_attacks=attacks)
+    unknown = set(cfg.hostile_attacks) - set(ATTACKS)
+    if unknown or not cfg.hostile_attacks:
+        print(f"--hostile-attacks: unknown {', '.join(sorted(unknown)) or '(none given)'}; choose from "
+              + ", ".join(ATTACKS), file=sys.stderr)
+        return 2
     logdir = args.logdir or Path(tempfile.mkdtemp(prefix="graphcred-soak-"))
-    print(f"graphcred soak: {cfg.minutes:g} min, seed {cfg.seed}, {cfg.credentials} credentials; logs in {logdir}",
-          flush=True)
+    print(f"graphcred soak: {cfg.minutes:g} min, seed {cfg.seed}, {cfg.credentials} credentials"
+          f"{', a hostile tenant' if cfg.hostile else ''}; logs in {logdir}", flush=True)
     with own_bed() as bed:
         result = run_soak(bed, cfg, logdir)
     print(result.report())

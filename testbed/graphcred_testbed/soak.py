@@ -49,6 +49,17 @@ from graphcred.model import GRAPH_DEFAULT_SCOPE, GROUP, KIND, PLURAL, VERSION, p
 from graphcred.secret import MANAGED_BY, MANAGED_BY_LABEL, controller_uid
 
 from .bed import Bed
+from .hostile import (
+    ATTACKS,
+    CHART_MEMORY_LIMIT,
+    MIB,
+    HostileTenant,
+    StandIns,
+    lateness_line,
+    operator_supports_authority_host,
+    scheduled_refresh,
+    vm_peak_rss,
+)
 from .issuer import App, Fault, Issuer
 from .operator_process import OperatorProcess
 from .pki import KeyPair, self_signed
@@ -88,6 +99,13 @@ class SoakConfig:
     ready_expired_grace: float = 10.0  # Ready=True may outlive its token by this much (the operator's wake-up)
     stuck_grace: float = 60.0  # a due refresh or a new generation must show in status within this
     log_level: str = "INFO"
+    # issue 24: a hostile namespace trying every attack of the security review (hostile.py), and the invariants
+    # that go with it (refresh lateness, peak RSS, no restart, /healthz within 2 s, no forbidden host reached)
+    hostile: bool = False
+    hostile_interval: float = 3.0  # seconds between two attacks (after a first wave of tarpits)
+    hostile_attacks: tuple[str, ...] = ATTACKS  # a subset shows one attack's effect (the tarpit hides the others)
+    refresh_slack: float = 10.0  # a victim's refresh may come this late after its schedule
+    memory_limit: int = CHART_MEMORY_LIMIT  # bytes: the chart's default limit; above it the pod is OOM-killed
 
     @property
     def fault_seconds(self) -> float:
@@ -133,6 +151,13 @@ class SoakResult:
     skipped_polls: int = 0
     polls: list[float] = field(default_factory=list)  # seconds each checker poll took
     notes: list[str] = field(default_factory=list)
+    rss_peaks: dict[str, int] = field(default_factory=dict)  # replica -> highest VmHWM seen (bytes)
+    lateness: list[float] = field(default_factory=list)  # victims' refreshes: seconds after their schedule
+    overdue: list[float] = field(default_factory=list)  # victims' tokens never refreshed: seconds overdue at the end
+    late_unexcused: int = 0  # of those, later than schedule + slack with nothing they need broken
+    healthz: tuple[int, int, float] = (0, 0, 0.0)  # hostile mode: probes, failed or slower than 2 s, slowest
+    hostile: list[str] = field(default_factory=list)  # the hostile tenant's report lines
+    hostile_tried: Counter[str] = field(default_factory=Counter)  # attacks tried, by kind
 
     def report(self) -> str:
         c = self.config
@@ -158,7 +183,21 @@ class SoakResult:
             f"checker polls {len(self.polls):,} (median {_median(self.polls) * 1000:.0f} ms, max "
             f"{max(self.polls, default=0.0) * 1000:.0f} ms); skipped while the apiserver was unreachable: "
             f"{self.skipped_polls}",
-            f"violations: {len(self.violations)}",
+            "victims' refresh lateness (seconds after the schedule): " + lateness_line(self.lateness, self.overdue)
+            + f"; later than schedule + {c.refresh_slack:g} s with nothing they need broken: {self.late_unexcused}",
+            "operator peak RSS (VmHWM): " + (", ".join(f"{k} {v / MIB:.0f} MiB" for k, v in
+                                                        sorted(self.rss_peaks.items())) or "-")
+            + f" (chart limit {c.memory_limit / MIB:.0f} MiB)",
+        ]
+        if c.hostile:
+            probes, failed, slowest = self.healthz
+            lines += self.hostile
+            lines.append(f"/healthz probes every 2 s: {probes:,}, failed or slower than 2 s: {failed:,} (slowest "
+                         f"answer {slowest:.2f} s)")
+        kinds = Counter({k: sum(v.count for v in self.violations if v.kind == k) for k in
+                         {v.kind for v in self.violations}})
+        lines += [
+            f"violations: {len(self.violations)}" + (f" (occurrences by kind: {_counts(kinds)})" if kinds else ""),
         ]
         lines += [f"  {v}" for v in self.violations[:25]]
         if len(self.violations) > 25:
@@ -632,9 +671,9 @@ def apiserver_requests(bed: Bed) -> Counter[str]:
 # --- replicas: kubelet and Prometheus for two operator processes -------------------------------------------------
 
 class _Replicas:
-    def __init__(self, bed: Bed, logdir: Path, cfg: SoakConfig, lease_namespace: str) -> None:
+    def __init__(self, bed: Bed, logdir: Path, cfg: SoakConfig, lease_namespace: str, *extra: str) -> None:
         args = ("--leader-election", f"--leader-election-namespace={lease_namespace}",
-                f"--lease-duration={cfg.lease_duration:g}", f"--token-timeout={cfg.token_timeout:g}")
+                f"--lease-duration={cfg.lease_duration:g}", f"--token-timeout={cfg.token_timeout:g}", *extra)
         self.ops = [OperatorProcess(bed, logdir, *args, name=f"soak-replica-{i}", log_level=cfg.log_level)
                     for i in range(2)]
         self.lock = threading.RLock()
@@ -643,6 +682,7 @@ class _Replicas:
         self._urls: dict[int, str] = {}
         self._probe_failures: dict[int, int] = {}
         self.held: set[str] = set()  # killed by the plan, started again by it (not by the supervisor)
+        self.on_restart: Callable[[str, str], None] | None = None  # (replica, cause) of a restart not planned
 
     def start(self) -> None:
         for op in self.ops:
@@ -670,6 +710,8 @@ class _Replicas:
             op.kill()
             op.start()
             self.restarts[cause] += 1
+        if self.on_restart is not None:
+            self.on_restart(op.process.name, cause)
 
     def url(self, op: OperatorProcess) -> str | None:
         pid = self.pid(op)
@@ -690,6 +732,8 @@ class _Replicas:
                     op.stop()
                     op.start()
                     self.restarts["exited"] += 1
+                    if self.on_restart is not None:
+                        self.on_restart(op.process.name, f"exited with {popen.returncode}")
 
     def probe(self, op: OperatorProcess) -> bool | None:
         """One liveness probe (GET /healthz), stricter than the chart's (6 failures of 5 s); True after 3 failures
@@ -714,6 +758,7 @@ class Soak:
         self.run_id = uuid.uuid4().hex[:6]  # unique names on a shared bed; the plan does not depend on it
         self.namespaces = [f"soak-{self.run_id}-{i}" for i in range(cfg.namespaces)]
         self.lease_namespace = f"soak-{self.run_id}-system"
+        self.hostile_namespace = f"soak-{self.run_id}-hostile"  # not a victim: the checker does not judge it
         self.result = SoakResult(cfg, logdir)
         self.lock = threading.RLock()
         self.apps: list[_App] = []
@@ -734,6 +779,9 @@ class Soak:
         self.t0 = 0.0  # wall clock when the soak (after setup) began
         self.stopping = threading.Event()
         self.replicas: _Replicas | None = None
+        self.stand_ins: StandIns | None = None
+        self.hostile: HostileTenant | None = None
+        self.healthz: list[float | None] = []  # hostile mode: each probe's answer time (None: failed)
         self.api = _api_client(bed)
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
@@ -810,8 +858,11 @@ class Soak:
             spec["requiredRoles"] = ["Mail.Read"]
         return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": cred.name}, "spec": spec}
 
+    def _spaces(self) -> list[str]:
+        return [*self.namespaces, self.lease_namespace] + ([self.hostile_namespace] if self.cfg.hostile else [])
+
     def create_objects(self) -> None:
-        for ns in [*self.namespaces, self.lease_namespace]:
+        for ns in self._spaces():
             self.bed.create_namespace(ns)
         for key in self.keys.values():
             self.core.create_namespaced_secret(key.namespace, client.V1Secret(
@@ -821,7 +872,7 @@ class Soak:
             self.custom.create_namespaced_custom_object(GROUP, VERSION, cred.namespace, PLURAL, self.manifest(cred))
 
     def cleanup(self) -> None:
-        for ns in [*self.namespaces, self.lease_namespace]:
+        for ns in self._spaces():
             with contextlib.suppress(Exception):
                 self.bed.delete_namespace(ns)
 
@@ -832,19 +883,27 @@ class Soak:
         self.build_world()
         plan = _Planner(self.cfg, self.rng, self.apps, self.creds, self.groups, self.spare).plan()
         self._write_plan(plan)
-        self.replicas = _Replicas(self.bed, self.logdir, self.cfg, self.lease_namespace)
+        self.replicas = _Replicas(self.bed, self.logdir, self.cfg, self.lease_namespace, *self._hostile_setup())
+        self.replicas.on_restart = self._unplanned_restart
         threads: list[threading.Thread] = []
         try:
             self.create_objects()
+            if self.hostile is not None:
+                self.hostile.prepare()
             self.replicas.start()
             self.t0 = time.time()
             threads = [threading.Thread(target=self._guard(self.checker.loop), name="soak-checker", daemon=True),
-                       threading.Thread(target=self._guard(self._kubelet_loop), name="soak-kubelet", daemon=True)]
+                       threading.Thread(target=self._guard(self._kubelet_loop), name="soak-kubelet", daemon=True),
+                       threading.Thread(target=self._guard(self._monitor_loop), name="soak-monitor", daemon=True)]
             for t in threads:
                 t.start()
             self._await_setup()
             self.result.setup_seconds = time.monotonic() - started
             self._begin()
+            if self.hostile is not None:
+                attacker = threading.Thread(target=self._guard(self.hostile.loop), name="soak-hostile", daemon=True)
+                attacker.start()
+                threads.append(attacker)
             self._execute(plan)
             self._quiet()
         finally:
@@ -854,10 +913,41 @@ class Soak:
             self.replicas.stop()
             self._finish()
             self.cleanup()
+            if self.stand_ins is not None:
+                self.stand_ins.close()
             self.api.close()  # type: ignore[no-untyped-call]
             self.checker.api.close()  # type: ignore[no-untyped-call]
             self.result.duration = time.monotonic() - started
         return self.result
+
+    def _hostile_setup(self) -> list[str]:
+        """Hostile mode: start the stand-ins and the attacker; the replicas' extra arguments (the allow-list of
+        authority hosts, when the operator has one: the bed's issuer and the hostile authority, which a tenant's
+        own Entra stand-in, allowed by the admin, may well be)."""
+        if not self.cfg.hostile:
+            return []
+        self.stand_ins = StandIns(self.bed.issuer_ca, self.logdir / "stand-ins", self._forbidden).start()
+        api = _api_client(self.bed)
+        tenants = Counter(c.app.tenant for c in self.creds)
+        self.hostile = HostileTenant(
+            issuer=self.bed.issuer, authority_host=self.bed.authority_host, stand_ins=self.stand_ins,
+            namespace=self.hostile_namespace, victim_tenant=tenants.most_common(1)[0][0],
+            custom=client.CustomObjectsApi(api), core=client.CoreV1Api(api), seed=self.cfg.seed,
+            interval=self.cfg.hostile_interval, stopping=self.stopping, note=self.result.notes.append,
+            attacks=self.cfg.hostile_attacks)
+        if not operator_supports_authority_host():
+            self.result.notes.append("graphcred run has no --authority-host: every authorityHost is accepted as is")
+            return []
+        self.result.notes.append(f"replicas run with --authority-host {self.bed.authority_host} and "
+                                 f"{self.stand_ins.authority_url} (the hostile authority)")
+        return [f"--authority-host={self.bed.authority_host}", f"--authority-host={self.stand_ins.authority_url}"]
+
+    def _forbidden(self, who: str, request: str) -> None:
+        self.violation("forbidden-host", f"{who} stand-in", f"received {request}", dedup="received")
+
+    def _unplanned_restart(self, replica: str, cause: str) -> None:
+        if self.cfg.hostile:
+            self.violation("restart", replica, cause, dedup=cause[:10])
 
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -975,6 +1065,8 @@ class Soak:
                 self.bed.issuer.heal()
                 for client_id, fault in self.active_faults.items():
                     self.bed.issuer.fail(client_id, fault)
+                if self.hostile is not None:
+                    self.hostile.throttle()
             window.end = time.time()
         self.later(p.duration, heal, "heal outage")
 
@@ -1135,6 +1227,8 @@ class Soak:
     # --- quiet phase and figures ---------------------------------------------------------------------------
     def _quiet(self) -> None:
         self.bed.issuer.heal()
+        if self.hostile is not None:
+            self.hostile.throttle()  # the attacker's fault, not the plan's: it stays
         now = time.time()
         with self.lock:
             self.active_faults.clear()
@@ -1180,6 +1274,17 @@ class Soak:
         self.result.polls = self.checker.durations
         self.result.checks = self.checker.checks
         self.result.peak_token_requests_per_second = self.checker.peak_rate
+        self.result.lateness = self.checker.lateness
+        self.result.late_unexcused = self.checker.late_unexcused
+        self.result.overdue = self.checker.overdue(time.time())
+        if self.healthz:
+            answered = [h for h in self.healthz if h is not None]
+            self.result.healthz = (len(self.healthz), sum(1 for h in self.healthz if h is None or h > 2.0),
+                                   max(answered, default=0.0))
+        if self.hostile is not None:
+            self.hostile.finish()
+            self.result.hostile = self.hostile.report()
+            self.result.hostile_tried = self.hostile.tried
         if self.replicas is not None:
             self.result.replica_restarts = self.replicas.restarts
             self.result.notes += self.replicas.exits
@@ -1216,11 +1321,16 @@ class Soak:
                                f"{sum(1 for a in closed if a.app == app.client_id)})")
         self.result.token_requests = total_requests
         counts = self.api_counts
-        secret_writes = sum(counts[f"secrets {verb}"] for verb in ("PUT", "POST", "PATCH")) - self.own_secret_writes
+        own = self.own_secret_writes + (self.hostile.own_secret_writes if self.hostile is not None else 0)
+        secret_writes = sum(counts[f"secrets {verb}"] for verb in ("PUT", "POST", "PATCH")) - own
         status_writes = counts["graphappcredentials/status PATCH"] + counts["graphappcredentials/status PUT"]
         # a replace that meets a conflict is retried once: twice the writes; each pass patches status once
         secret_bound = 2 * writes_budget + 2 * len(self.creds)
         status_bound = sum(requests_budget.values()) + 5 * len(self.creds)
+        if self.hostile is not None:  # the attacker's own objects, budgeted like a victim's (hostile.py)
+            hostile_secrets, hostile_status = self.hostile.write_allowance()
+            secret_bound += 2 * hostile_secrets
+            status_bound += hostile_status
         self.result.secret_writes = (secret_writes, secret_bound)
         self.result.status_writes = (status_writes, status_bound)
         self.result.checks["write-bound"] += 2
@@ -1245,6 +1355,47 @@ class Soak:
                 hits += 1
         return refreshes, retries, hits
 
+    def _monitor_loop(self) -> None:
+        """Each replica's memory every second (VmHWM: the peak since it started). Hostile mode: above the chart's
+        limit the kubelet would OOM-kill the pod, so the harness does (a violation, and a restart); /healthz is
+        probed every 2 s and must answer 200 within 2 s."""
+        assert self.replicas is not None
+        last_probe = 0.0
+        while not self.stopping.wait(1.0):
+            for op in self.replicas.ops:
+                pid = self.replicas.pid(op)
+                memory = vm_peak_rss(pid) if pid is not None else None
+                if memory is None:
+                    continue
+                name = op.process.name
+                self.result.rss_peaks[name] = max(self.result.rss_peaks.get(name, 0), memory[0])
+                if self.cfg.hostile and max(memory) > self.cfg.memory_limit:
+                    self.violation("rss-over-limit", name, f"VmHWM {memory[0] / MIB:.0f} MiB, limit "
+                                   f"{self.cfg.memory_limit / MIB:.0f} MiB: OOM-killed", dedup="VmHWM")
+                    self.replicas.restart(op, "OOM-killed (over the chart's memory limit)")
+            if self.cfg.hostile and time.monotonic() - last_probe >= 2:
+                last_probe = time.monotonic()
+                for op in self.replicas.ops:
+                    self._probe_healthz(op)
+
+    def _probe_healthz(self, op: OperatorProcess) -> None:
+        assert self.replicas is not None
+        url = self.replicas.url(op)
+        if url is None:
+            return
+        started = time.monotonic()
+        try:
+            ok = requests.get(f"{url}/healthz", timeout=2).status_code == 200
+        except requests.RequestException as exc:
+            ok, why = False, type(exc).__name__
+        else:
+            why = "HTTP 503"
+        took = time.monotonic() - started
+        self.healthz.append(took if ok else None)
+        if not ok or took > 2.0:
+            self.violation("healthz", op.process.name, f"/healthz {why if not ok else 'slow'} after {took:.1f} s",
+                           dedup="/healthz")
+
     def _kubelet_loop(self) -> None:
         assert self.replicas is not None
         last_probe = 0.0
@@ -1268,6 +1419,10 @@ class _Seen:
 
     max_iat: float = 0.0
     expired_reported: set[str] = field(default_factory=set)
+    iat: float = 0.0  # the token it holds now
+    due: float | None = None  # when that token is due for refresh (hostile.scheduled_refresh)
+    late_reported: bool = False
+    polled: float = 0.0  # the last poll that saw it (a Secret of a deleted credential stops being seen)
 
 
 @dataclass
@@ -1301,6 +1456,8 @@ class _Checker:
         self.issued: set[str] = set()
         self._issued_seen = 0
         self.secrets: dict[str, _Seen] = {}
+        self.lateness: list[float] = []  # seconds after its schedule each victim's refresh came
+        self.late_unexcused = 0  # tokens refreshed (or not) later than schedule + slack with nothing broken
         self.progress: dict[str, _Progress] = {}
         self._claims: dict[str, dict[str, Any] | None] = {}
         self._ready: dict[str, str] = {}  # "ns/name" -> "" if ready, else why not
@@ -1472,10 +1629,60 @@ class _Checker:
             self.soak.violation("secret-backwards", ref, f"token issued {seen.max_iat - iat:.0f} s before one it "
                                 "held earlier", dedup="token issued")
         seen.max_iat = max(seen.max_iat, iat)
+        self._lateness(seen, ref, obj, iat, exp, t0)
         if exp < t0 and token[-16:] not in seen.expired_reported and self.soak_started:
             seen.expired_reported.add(token[-16:])
             self._expired(ref, obj, iat, exp)
         return token
+
+    def _lateness(self, seen: _Seen, ref: str, obj: dict[str, Any], iat: float, exp: float, t0: float) -> None:
+        """How late after its schedule each victim's token was replaced (by the new token's iat). Hostile mode: a
+        refresh (or its absence) later than the schedule plus the slack, with nothing it needs broken and a
+        leader able to work all along, is a violation."""
+        seen.polled = t0
+        if iat > seen.iat and seen.iat:
+            due = seen.due
+            if due is not None and self.soak_started and due >= self.soak.t0:
+                self.lateness.append(max(iat - due, 0.0))
+                if not seen.late_reported:
+                    self._judge_late(ref, obj, due, iat, "refreshed")
+            seen.late_reported = False
+        if iat >= seen.iat:
+            seen.iat = iat
+            spec, status = obj.get("spec") or {}, obj.get("status") or {}
+            rbe = spec.get("refreshBeforeExpiry")
+            try:
+                before = parse_duration(rbe).total_seconds() if rbe else None
+            except (ValueError, OverflowError):
+                before = None
+            seen.due = scheduled_refresh(iat, exp, before, _parse_time(status.get("refreshAt")),
+                                         _parse_time(status.get("expiresOn")))
+        due = seen.due
+        if (due is not None and self.soak_started and due >= self.soak.t0 and not seen.late_reported
+                and t0 > due + self.soak.cfg.refresh_slack):
+            seen.late_reported = self._judge_late(ref, obj, due, t0, "not refreshed")
+
+    def _judge_late(self, ref: str, obj: dict[str, Any], due: float, at: float, what: str) -> bool:
+        """A violation (hostile mode; else counted) if `at` is beyond the slack and no fault or leader gap explains
+        it. True: reported (once per token)."""
+        late = at - due
+        if late <= self.soak.cfg.refresh_slack:
+            return False
+        self.checks["refresh-lateness"] += 1
+        if self.soak.disruption(self._cred(obj), due, at) or self.soak.operator_gap_end(due, at) is not None:
+            return False
+        self.late_unexcused += 1
+        if not self.soak.cfg.hostile:
+            return True  # a figure only: the soak without --hostile judges expiry, not lateness
+        self.soak.violation("refresh-late", ref, f"due at {due - self.soak.t0:.0f} s, {what} {late:.0f} s later "
+                            "with nothing it needs broken", dedup="due at")
+        return True
+
+    def overdue(self, now: float) -> list[float]:
+        """Seconds past the schedule of the tokens still held at the end, that were due during the soak."""
+        last = max((s.polled for s in self.secrets.values()), default=0.0)
+        return [now - s.due for s in self.secrets.values() if s.due is not None and s.polled >= last - 0.5
+                and self.soak.t0 <= s.due < now - self.soak.cfg.refresh_slack]
 
     def _expired(self, ref: str, obj: dict[str, Any], iat: float, exp: float) -> None:
         """A token expired in its Secret: fine only if something its credential needs was broken in the second
