@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -29,6 +30,8 @@ class RunConfig:
     workload_identity: bool = False
     # authority hosts besides the clouds' own login hosts that may receive ServiceAccount tokens
     workload_identity_authorities: tuple[str, ...] = field(default_factory=tuple)
+    # authority hosts besides the clouds' own login hosts that credentials may name (--authority-host)
+    authority_hosts: tuple[str, ...] = field(default_factory=tuple)
     # watch pods for consumers of token Secrets that never see a refresh (subPath, env, envFrom; needs that RBAC)
     watch_consumers: bool = False
 
@@ -51,3 +54,39 @@ def in_cluster_server(environ: Mapping[str, str]) -> str | None:
     if not host or not port:
         return None
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def kubeconfig_source(kubeconfig: str | None) -> str:
+    """Where the Kubernetes client reads its configuration from, as a user would name it."""
+    if kubeconfig:
+        return f"kubeconfig {kubeconfig}"
+    if os.environ.get("KUBECONFIG"):
+        return f"kubeconfig {os.environ['KUBECONFIG']} ($KUBECONFIG)"
+    if RunConfig.in_cluster() and not Path("~/.kube/config").expanduser().exists():
+        return "the pod's ServiceAccount (in-cluster config)"
+    return f"kubeconfig {Path('~/.kube/config').expanduser()}"
+
+
+# What the kubernetes client raises for a missing, unreadable or malformed kubeconfig (its own ConfigException, an
+# OSError, the YAML parser's error, or a lookup in a structure that is not the expected one).
+def kubeconfig_errors() -> tuple[type[Exception], ...]:
+    import yaml
+    from kubernetes.config import ConfigException
+
+    return ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, KeyError, AttributeError
+
+
+def kubeconfig_problem(exc: Exception) -> str:
+    """The cause in words, on one line: the loader's message, or the YAML parser's (no class names)."""
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"not valid YAML: {exc.problem or exc.context}{where}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = " ".join(str(exc).split())
+    if text.startswith("Invalid kube-config file. "):
+        text = text.removeprefix("Invalid kube-config file. ")
+    return text or "cannot be loaded"
