@@ -106,7 +106,7 @@ def _run_options(fn: F) -> F:
 @_run_options
 @click.pass_context
 def run(ctx: click.Context, /, **given: Any) -> int:
-    from . import runner
+    from .config import startup_failed
     from .settings import SettingsError, load
 
     flags = {field: value for field, value in given.items()
@@ -115,8 +115,10 @@ def run(ctx: click.Context, /, **given: Any) -> int:
         settings = load(flags)
     except SettingsError as exc:
         for line in exc.lines:
-            runner.startup_failed(line, 2, prog=ctx.command_path)
+            startup_failed(line, 2, prog=ctx.command_path)
         raise SystemExit(2) from None  # as a usage error
+    from . import runner  # kopf and the handlers: only once the settings are good
+
     return runner.run(settings.to_config())
 
 

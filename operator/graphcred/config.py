@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TERMINATION_LOG = Path("/dev/termination-log")  # the kubelet shows it as the container's termination message
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,15 @@ def kubeconfig_problem(exc: Exception) -> str:
     if text.startswith("Invalid kube-config file. "):
         text = text.removeprefix("Invalid kube-config file. ")
     return text or "cannot be loaded"
+
+
+def startup_failed(message: str, code: int, prog: str = "graphcred run") -> int:
+    """Why `graphcred run` cannot start, on stderr and in the termination message; the exit code to return."""
+    line = f"{prog}: error: {message}"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    if TERMINATION_LOG.exists():
+        with contextlib.suppress(OSError):
+            with TERMINATION_LOG.open("a") as log:
+                log.write(line + "\n")
+    return code

@@ -15,20 +15,17 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
-from pathlib import Path
 
 import kopf
 
 from . import handlers  # noqa: F401 - registers the handlers
-from .config import RunConfig, kubeconfig_errors, kubeconfig_problem, kubeconfig_source
+from .config import RunConfig, kubeconfig_errors, kubeconfig_problem, kubeconfig_source, startup_failed
 from .logs import configure
 from .metrics import Health, Metrics, serve
 from .stopflag import StopFlag
 
 log = logging.getLogger(__name__)
-TERMINATION_LOG = Path("/dev/termination-log")
 BAD_SETTING, CANNOT_START = 2, 1
 
 
@@ -38,17 +35,6 @@ class StartupError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def startup_failed(message: str, code: int, prog: str = "graphcred run") -> int:
-    """Say why on stderr and in the termination message; the exit code to return."""
-    line = f"{prog}: error: {message}"
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-    if TERMINATION_LOG.exists():
-        with contextlib.suppress(OSError):
-            TERMINATION_LOG.write_text(line + "\n")
-    return code
 
 
 def check_kubeconfig(cfg: RunConfig) -> None:

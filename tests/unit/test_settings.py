@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from graphcred import runner
+from graphcred import config, runner
 from graphcred.cli import main
 from graphcred.config import RunConfig
 from graphcred.settings import RunSettings, SettingsError, load
@@ -275,9 +275,20 @@ def test_the_cause_goes_to_the_termination_log(monkeypatch: pytest.MonkeyPatch, 
     """In a pod the kubelet shows /dev/termination-log as the container's last state."""
     log = tmp_path / "termination-log"
     log.touch()
-    monkeypatch.setattr(runner, "TERMINATION_LOG", log)
+    monkeypatch.setattr(config, "TERMINATION_LOG", log)
     bad = tmp_path / "bad.kubeconfig"
     bad.write_text("- not a mapping\n")
     assert runner.run(RunConfig(kubeconfig=str(bad), metrics_port=-1)) == 2
     said = capsys.readouterr().err
     assert said.startswith(f"graphcred run: error: kubeconfig {bad}: ") and log.read_text() == said
+
+
+def test_a_bad_setting_goes_to_the_termination_log_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "termination-log"
+    log.touch()
+    monkeypatch.setattr(config, "TERMINATION_LOG", log)
+    monkeypatch.setenv("GRAPHCRED_LEASE_DURATION", "15x")
+    assert log.read_text() == ""
+    said = _refused(monkeypatch, capsys)
+    assert log.read_text() == said == f"graphcred run: error: GRAPHCRED_LEASE_DURATION='15x': {DURATION}\n"
