@@ -101,7 +101,6 @@ def startup_failed(message: str, code: int, prog: str = "graphcred run") -> int:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
     if TERMINATION_LOG.exists():
-        with contextlib.suppress(OSError):
-            with TERMINATION_LOG.open("a") as log:
-                log.write(line + "\n")
+        with contextlib.suppress(OSError), TERMINATION_LOG.open("a") as log:
+            log.write(line + "\n")
     return code

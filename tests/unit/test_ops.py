@@ -267,8 +267,9 @@ def test_the_kubectl_plugin_names_itself_as_kubectl_shows_it(capsys: pytest.Capt
 
 
 # --- names as kubectl takes them ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("given", ["mail-reader", "gac/mail-reader", "GAC/mail-reader", "graphappcredential/mail-reader",
-                                   "graphappcredentials/mail-reader", "graphappcredentials.graphcred.io/mail-reader",
+@pytest.mark.parametrize("given", ["mail-reader", "gac/mail-reader", "GAC/mail-reader",
+                                   "graphappcredential/mail-reader", "graphappcredentials/mail-reader",
+                                   "graphappcredentials.graphcred.io/mail-reader",
                                    "graphappcredential.graphcred.io/mail-reader"])
 def test_a_credential_is_named_as_kubectl_names_it(given: str) -> None:
     """Before: `status gac/mail-reader` asked for .../graphappcredentials/gac/mail-reader (ux review §2.15)."""
@@ -279,7 +280,7 @@ def test_a_credential_is_named_as_kubectl_names_it(given: str) -> None:
                                              ("a/b", "credential"), ("Mail", "credential"), ("../x", "credential"),
                                              ("gac/mail", "secret"), ("x" * 254, "secret")])
 def test_what_is_not_a_name_is_refused_before_any_call(given: str, kind: str) -> None:
-    with pytest.raises(ValueError, match="expected NAME or|is not a Kubernetes name"):
+    with pytest.raises(ValueError, match=r"expected NAME or|is not a Kubernetes name"):
         object_name(given, kind)
     assert object_name("secret/mail-token", "secret") == "mail-token"
 
@@ -289,7 +290,7 @@ HOSTILE = "\x1b[2J\x1b[H\x1b]0;pwned\x07graphcred: all credentials OK\x1b[8m\x9b
 
 
 def _has_controls(text: str) -> bool:
-    return any(ord(c) < 0x20 and c != "\n" or 0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in text)
+    return any((ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in text)
 
 
 def test_inspect_escapes_control_characters_in_claims_and_names() -> None:
@@ -347,18 +348,18 @@ def test_a_refused_connection_names_the_server_the_kubeconfig_and_the_cause(
     """Before: `get graphappcredential ux/x: cannot reach the cluster (MaxRetryError)` (ux review §2.5)."""
     import socket
 
-    with socket.socket() as closed:  # a port nothing listens on
+    with socket.socket() as closed:  # bound, never listening: the port stays ours and refuses connections
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(f"""apiVersion: v1
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(f"""apiVersion: v1
 kind: Config
 clusters: [{{name: c, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
 users: [{{name: u, user: {{token: x}}}}]
 contexts: [{{name: c, context: {{cluster: c, user: u, namespace: ux}}}}]
 current-context: c
 """)
-    assert main(["status", "gac/x", "--kubeconfig", str(kubeconfig)]) == 4
+        assert main(["status", "gac/x", "--kubeconfig", str(kubeconfig)]) == 4
     assert capsys.readouterr().err == (
         f"graphcred: get graphappcredential ux/x: cannot reach the cluster at https://127.0.0.1:{port} (kubeconfig "
         f"{kubeconfig}): connection refused - is the server address right, and the apiserver running?\n")
