@@ -193,7 +193,8 @@ def _guard(ctx: click.Context, action: Callable[[], int]) -> int:
         return exc.code
 
 
-@cli.command(context_settings=CONTEXT, help="Show a GraphAppCredential: its Ready condition, the token's expiry and "
+@cli.command(context_settings=CONTEXT, short_help="Show a GraphAppCredential's condition, token, consumers, Events.",
+             help="Show a GraphAppCredential: its Ready condition, the token's expiry and "
              "next refresh, roles and audience, the pods that read its token Secret (and which of them never see "
              f"a refresh), and its recent Events. NAME: NAME or gac/NAME. {EXIT_CODES}")
 @click.argument("name", callback=_names("credential"), shell_complete=_complete_credentials)
@@ -208,7 +209,8 @@ def status(ctx: click.Context, name: str, output: str, kubeconfig: str | None, c
                 kubeconfig, context, namespace)
 
 
-@cli.command(context_settings=CONTEXT, help="Ask the operator to acquire a new token at once (sets "
+@cli.command(context_settings=CONTEXT, short_help="Acquire a new token now, and wait for the answer.",
+             help="Ask the operator to acquire a new token at once (sets "
              f"{RENEW_ANNOTATION}), e.g. after admin consent was granted or the app was fixed in Entra, and wait for "
              f"the answer. Give NAMEs (or gac/NAME), --all or --selector. {EXIT_CODES}")
 @click.argument("names", nargs=-1, metavar="[NAME]...", callback=_names("credential"),
@@ -250,7 +252,8 @@ def inspect() -> None:
     pass
 
 
-@inspect.command("secret", context_settings=CONTEXT, help="Decode the access token in a token Secret: its header "
+@inspect.command("secret", context_settings=CONTEXT, short_help="Decode a token Secret's header and claims.",
+                 help="Decode the access token in a token Secret: its header "
                  "and claims (audience, roles, expiry, tenant, app...). Never the token or its signature. NAME: NAME "
                  f"or secret/NAME. {EXIT_CODES}")
 @click.argument("name", callback=_names("secret"))
@@ -266,7 +269,8 @@ def inspect_secret(ctx: click.Context, name: str, output: str, kubeconfig: str |
                 kubeconfig, context, namespace)
 
 
-@cli.command(context_settings=CONTEXT, help="Show the client's version and the operator's: the image tag of each "
+@cli.command(context_settings=CONTEXT, short_help="Show the client's and the operator's versions.",
+             help="Show the client's version and the operator's: the image tag of each "
              "Deployment labelled app.kubernetes.io/name=graphcred (the chart's) that you may see, in every "
              "namespace if you may list them there, else in the namespace. Exit code 4 if the cluster cannot be "
              "asked (the client's version is printed first).")
