@@ -4,7 +4,9 @@ and exit code 2; no traceback, and no other command is affected by a variable th
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -278,7 +280,15 @@ def test_the_cause_goes_to_the_termination_log(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(config, "TERMINATION_LOG", log)
     bad = tmp_path / "bad.kubeconfig"
     bad.write_text("- not a mapping\n")
-    assert runner.run(RunConfig(kubeconfig=str(bad), metrics_port=-1)) == 2
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # run() configures logging for this test's stderr: undone after it
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setenv("KUBECONFIG", "")  # run() exports --kubeconfig for kopf: undone after the test
+    terminate = signal.getsignal(signal.SIGTERM)
+    try:
+        assert runner.run(RunConfig(kubeconfig=str(bad), metrics_port=-1)) == 2
+    finally:
+        signal.signal(signal.SIGTERM, terminate)
     said = capsys.readouterr().err
     assert said.startswith(f"graphcred run: error: kubeconfig {bad}: ") and log.read_text() == said
 
