@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TERMINATION_LOG = Path("/dev/termination-log")  # the kubelet shows it as the container's termination message
 
 
 @dataclass(frozen=True)
@@ -58,3 +62,50 @@ def in_cluster_server(environ: Mapping[str, str]) -> str | None:
     if not host or not port:
         return None
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def kubeconfig_source(kubeconfig: str | None) -> str:
+    """Where the Kubernetes client reads its configuration from, as a user would name it."""
+    if kubeconfig:
+        return f"kubeconfig {kubeconfig}"
+    if os.environ.get("KUBECONFIG"):
+        return f"kubeconfig {os.environ['KUBECONFIG']} ($KUBECONFIG)"
+    if RunConfig.in_cluster() and not Path("~/.kube/config").expanduser().exists():
+        return "the pod's ServiceAccount (in-cluster config)"
+    return f"kubeconfig {Path('~/.kube/config').expanduser()}"
+
+
+# What the kubernetes client raises for a missing, unreadable or malformed kubeconfig (its own ConfigException, an
+# OSError, the YAML parser's error, or a lookup in a structure that is not the expected one).
+def kubeconfig_errors() -> tuple[type[Exception], ...]:
+    import yaml
+    from kubernetes.config import ConfigException
+
+    return ConfigException, yaml.YAMLError, OSError, ValueError, TypeError, KeyError, AttributeError
+
+
+def kubeconfig_problem(exc: Exception) -> str:
+    """The cause in words, on one line: the loader's message, or the YAML parser's (no class names)."""
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"not valid YAML: {exc.problem or exc.context}{where}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = " ".join(str(exc).split())
+    if text.startswith("Invalid kube-config file. "):
+        text = text.removeprefix("Invalid kube-config file. ")
+    return text or "cannot be loaded"
+
+
+def startup_failed(message: str, code: int, prog: str = "graphcred run") -> int:
+    """Why `graphcred run` cannot start, on stderr and in the termination message; the exit code to return."""
+    line = f"{prog}: error: {message}"
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    if TERMINATION_LOG.exists():
+        with contextlib.suppress(OSError), TERMINATION_LOG.open("a") as log:
+            log.write(line + "\n")
+    return code

@@ -4,6 +4,9 @@ are in ops.py, and the time is an argument.
 Nothing here prints a token, a signature or any value of a Secret: `inspect secret` decodes the header and the
 claims of the access token and names the Secret's keys; the status shows what the status holds (no secret by
 design, DESIGN §3).
+
+Text output escapes control characters line by line (`printable`): claims, messages, names and mount paths are
+chosen by tenants, and an escape sequence in them must not drive the admin's terminal (security review §12).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -22,6 +26,18 @@ from .secret import CREDENTIAL_ANNOTATION, RENEW_ANNOTATION, parse_rfc3339
 
 MAX_EVENTS = 10
 TIME_CLAIMS = ("exp", "nbf", "iat")
+# C0 and C1 control characters, DEL, and the Unicode controls that reorder what a terminal shows (bidi overrides)
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with each control character written as an escape (\\x1b, \\u202e): shown, never acted on."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
+
+
+def _text(lines: Iterable[str]) -> str:
+    return "".join(printable(line) + "\n" for line in lines)
 
 
 # --- small formatting helpers ------------------------------------------------------------------------------------
@@ -290,7 +306,8 @@ def _events_text(view: StatusView, now: dt.datetime) -> list[str]:
         age = span((now - seen).total_seconds()) if seen else "-"
         if event.count > 1:
             age += f" (x{event.count})"
-        rows.append((age, event.type, event.reason, event.source or "-", event.message))
+        rows.append((age, printable(event.type), printable(event.reason), printable(event.source or "-"),
+                     printable(event.message)))
     return ["Events (newest first):", *_table(rows)]
 
 
@@ -299,7 +316,7 @@ def render_status(view: StatusView, now: dt.datetime) -> str:
              f"Created:        {_when(view.created, now)}",
              *_ready_text(view, now), *_token_text(view, now), *_renew_text(view), *_consumers_text(view),
              *_events_text(view, now)]
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 def _seconds_until(text: Any, now: dt.datetime) -> int | None:
@@ -325,7 +342,8 @@ def status_json(view: StatusView, now: dt.datetime) -> dict[str, Any]:
         "consumers": None if view.consumers is None else [
             {"pod": c.pod, "phase": c.phase, "uses": [asdict(u) for u in c.uses]} for c in view.consumers],
         "consumersError": view.consumers_error,
-        "events": [asdict(e) for e in view.events],
+        "events": [{"type": e.type, "reason": e.reason, "message": e.message, "lastSeen": e.last_seen,
+                    "count": e.count, "source": e.source} for e in view.events],
     }
 
 
@@ -418,7 +436,10 @@ def token_view(secret: Mapping[str, Any]) -> TokenView:
 
 def _claim_text(name: str, value: Any, now: dt.datetime) -> str:
     if name in TIME_CLAIMS and isinstance(value, int | float) and not isinstance(value, bool):
-        moment = dt.datetime.fromtimestamp(value, dt.UTC)
+        try:
+            moment = dt.datetime.fromtimestamp(value, dt.UTC)
+        except (OverflowError, OSError, ValueError):  # a tenant's token may say anything: show it as it is
+            return f"{json.dumps(value)} (not a time)"
         return f"{value} ({moment.strftime('%Y-%m-%dT%H:%M:%SZ')}, {relative(moment, now)})"
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -434,7 +455,7 @@ def render_token(view: TokenView, now: dt.datetime) -> str:
     lines += [f"  {k + ':':<{width}} {_claim_text(k, v, now)}" for k, v in view.header.items()]
     lines.append("Claims:")
     lines += [f"  {k + ':':<{width}} {_claim_text(k, v, now)}" for k, v in view.claims.items()]
-    return "\n".join(lines) + "\n"
+    return _text(lines)
 
 
 def token_json(view: TokenView) -> dict[str, Any]:

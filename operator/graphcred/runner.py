@@ -1,4 +1,11 @@
-"""Start graphcred: logging, the metrics/health server, leader election (optional), then kopf."""
+"""Start graphcred: logging, the Kubernetes client's configuration, the metrics/health server, leader election
+(optional), then kopf.
+
+What can only fail at start fails here, before kopf: the kubeconfig that does not load, the metrics port that is
+taken. Each ends the process with one line naming the cause (also written to /dev/termination-log, which the
+kubelet shows as the container's termination message), never kopf's retry-every-60-s loop that a kubelet turns
+into a CrashLoopBackOff with an unnamed `[Errno 2]`.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +20,41 @@ import threading
 import kopf
 
 from . import handlers  # noqa: F401 - registers the handlers
-from .config import RunConfig
+from .config import RunConfig, kubeconfig_errors, kubeconfig_problem, kubeconfig_source, startup_failed
 from .logs import configure
 from .metrics import Health, Metrics, serve
 from .stopflag import StopFlag
 
 log = logging.getLogger(__name__)
+BAD_SETTING, CANNOT_START = 2, 1
+
+
+class StartupError(Exception):
+    """Start-up cannot go on: one line naming the cause, and the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_kubeconfig(cfg: RunConfig) -> None:
+    """Load the client configuration once, as every client of this process will: a missing or malformed
+    kubeconfig ends the start here, naming the file."""
+    from .handlers import api_client
+
+    try:
+        api_client(cfg).close()  # type: ignore[no-untyped-call]
+    except kubeconfig_errors() as exc:
+        raise StartupError(f"{kubeconfig_source(cfg.kubeconfig)}: {kubeconfig_problem(exc)}", BAD_SETTING) from None
+
+
+def serve_metrics(cfg: RunConfig, metrics: Metrics, health: Health) -> None:
+    try:
+        serve(cfg.metrics_port, metrics, health)
+    except OSError as exc:
+        cause = (exc.strerror or str(exc)).lower()
+        raise StartupError(f"--metrics-port {cfg.metrics_port} (GRAPHCRED_METRICS_PORT): cannot listen there: "
+                           f"{cause} (another port, 0 for any free one, or -1 for none)", CANNOT_START) from None
 
 
 def run(cfg: RunConfig) -> int:
@@ -29,8 +65,12 @@ def run(cfg: RunConfig) -> int:
     if cfg.kubeconfig:
         os.environ["KUBECONFIG"] = cfg.kubeconfig  # for kopf's own login
     metrics, health = Metrics(), Health()
-    if cfg.metrics_port >= 0:
-        serve(cfg.metrics_port, metrics, health)
+    try:
+        check_kubeconfig(cfg)
+        if cfg.metrics_port >= 0:
+            serve_metrics(cfg, metrics, health)
+    except StartupError as exc:
+        return startup_failed(str(exc), exc.code)
     stop = StopFlag()
     lost = threading.Event()
     elector = None

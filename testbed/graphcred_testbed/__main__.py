@@ -8,6 +8,7 @@ own; prints the figures and exits 1 on any violation.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 

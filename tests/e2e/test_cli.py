@@ -247,4 +247,87 @@ def test_kubectl_graphcred_runs_the_plugin(env: Env, tmp_path: Path) -> None:
     assert inspected.returncode == 0 and "Claims:" in inspected.stdout
     assert token not in inspected.stdout and (env.token("mail-token") or "-") not in inspected.stdout
     usage = kubectl("graphcred", "renew")
-    assert usage.returncode == 2 and "usage: kubectl graphcred" in usage.stderr
+    assert usage.returncode == 2 and "Usage: kubectl graphcred renew" in usage.stderr
+
+
+# --- kubectl habits: TYPE/NAME, -o yaml, version --------------------------------------------------------------------
+def test_credentials_and_secrets_are_named_as_kubectl_names_them(env: Env) -> None:
+    """Before: `status gac/mail` asked for graphappcredentials/gac/mail and answered `"gac" not found`, and -o yaml
+    was refused (ux review §2.15, §1 #22)."""
+    token = ready_credential(env)
+    for name in ("gac/mail", "graphappcredential/mail", "graphappcredentials.graphcred.io/mail"):
+        shown = cli(env, "status", name)
+        assert shown.returncode == 0, shown.stderr
+        assert "Name:           mail" in shown.stdout
+    as_yaml = cli(env, "status", "gac/mail", "-o", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    doc = yaml.safe_load(as_yaml.stdout)
+    assert doc["name"] == "mail" and doc["ready"]["reason"] == "TokenIssued"
+    assert doc["events"][0]["lastSeen"] and token not in as_yaml.stdout
+    renewed = cli(env, "renew", "gac/mail")
+    assert renewed.returncode == 0 and "renewed: the new token expires" in renewed.stdout, renewed.stderr
+    inspected = cli(env, "inspect", "secret", "secret/mail-token", "-o", "yaml")
+    assert inspected.returncode == 0 and yaml.safe_load(inspected.stdout)["claims"]["aud"] == GRAPH
+    wrong_kind = cli(env, "status", "pod/mail")
+    assert wrong_kind.returncode == 2
+    assert "'pod/mail': expected NAME or gac/NAME or graphappcredential/NAME" in wrong_kind.stderr
+
+
+def test_inspecting_a_credential_name_points_to_its_token_secret(env: Env) -> None:
+    ready_credential(env)
+    slip = cli(env, "inspect", "secret", "mail")
+    assert slip.returncode == 4
+    assert slip.stderr.endswith("(a GraphAppCredential is named mail: its token Secret is mail-token)\n")
+
+
+def test_a_selector_the_apiserver_cannot_parse_is_a_usage_error(env: Env) -> None:
+    """Before: exit 4, as if the cluster had failed."""
+    bad = cli(env, "renew", "-l", "bad selector!!")
+    assert bad.returncode == 2 and bad.stderr.startswith("graphcred: --selector 'bad selector!!': ")
+    assert "HTTP 400" in bad.stderr
+
+
+def test_version_shows_the_client_and_the_operators_image_tag(env: Env) -> None:
+    from kubernetes import client
+
+    labels = {"app.kubernetes.io/name": "graphcred", "app.kubernetes.io/instance": "v"}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": "graphcred", "labels": {**labels, "app.kubernetes.io/version": "0.0.1"}},
+                  "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                           "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                               {"name": "graphcred", "image": "registry.example/graphcred:9.8.7"}]}}}}
+    client.AppsV1Api(env.bed.api).create_namespaced_deployment(env.namespace, deployment)
+    shown = cli(env, "version")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "Client Version:   0.1.0"
+    assert (f"Operator Version: 9.8.7 (Deployment {env.namespace}/graphcred, image registry.example/graphcred:9.8.7, "
+            "0/1 ready)") in lines
+    doc = json.loads(cli(env, "version", "-o", "json").stdout)
+    assert doc["clientVersion"] == "0.1.0"
+    assert {"namespace": env.namespace, "name": "graphcred", "image": "registry.example/graphcred:9.8.7",
+            "version": "9.8.7", "replicas": 1, "readyReplicas": 0} in doc["operators"]
+
+
+# --- connection problems, in words ----------------------------------------------------------------------------------
+def test_connection_problems_name_the_server_the_kubeconfig_and_the_cause(env: Env, tmp_path: Path) -> None:
+    """Before: `cannot reach the cluster (MaxRetryError)` for a refused connection and an untrusted CA alike."""
+    config = yaml.safe_load(env.bed.kubeconfig.read_text())
+    server = config["clusters"][0]["cluster"]["server"]
+    untrusted = tmp_path / "untrusted.kubeconfig"
+    config["clusters"][0]["cluster"].pop("certificate-authority", None)
+    config["clusters"][0]["cluster"].pop("certificate-authority-data", None)
+    untrusted.write_text(yaml.safe_dump(config))
+    tls = cli(env, "status", "mail", kubeconfig=untrusted)
+    assert tls.returncode == 4
+    assert tls.stderr == (f"graphcred: get graphappcredential {env.namespace}/mail: cannot reach the cluster at "
+                          f"{server} (kubeconfig {untrusted}): TLS: the server's certificate is not trusted (unable "
+                          "to get local issuer certificate)\n")
+
+    config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:1"
+    nowhere = tmp_path / "nowhere.kubeconfig"
+    nowhere.write_text(yaml.safe_dump(config))
+    refused = cli(env, "renew", "mail", kubeconfig=nowhere)
+    assert (refused.returncode, refused.stderr) == (4, (
+        f"graphcred: get graphappcredential {env.namespace}/mail: cannot reach the cluster at https://127.0.0.1:1 "
+        f"(kubeconfig {nowhere}): connection refused - is the server address right, and the apiserver running?\n"))

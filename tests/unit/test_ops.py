@@ -10,10 +10,11 @@ import secrets
 from typing import Any
 
 import pytest
+import yaml
 
 from graphcred import opsview
 from graphcred.cli import main
-from graphcred.ops import renew_value
+from graphcred.ops import image_version, object_name, renew_value
 
 NOW = dt.datetime(2025, 11, 25, 18, 0, 0, tzinfo=dt.UTC)
 RENEW = "graphcred.io/renew-requested-at"
@@ -241,22 +242,146 @@ def test_inspect_refuses_what_it_cannot_decode_without_echoing_it(data: dict[str
 @pytest.mark.parametrize("argv", [["renew"], ["renew", "a", "--all"], ["renew", "--all", "-l", "x=y"],
                                   ["renew", "a", "-A"], ["renew", "a", "--timeout", "0"],
                                   ["renew", "a", "--timeout", "soon"], ["status"], ["inspect", "pod", "x"],
-                                  ["status", "x", "-o", "yaml"]])
+                                  ["status", "x", "-o", "xml"], ["status", "gac/x/y"], ["status", "pod/x"],
+                                  ["status", "Not_A_Name"], ["inspect", "secret", "gac/x"], ["renew", "a", "b/c"]])
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Each with the usage of the command used (`graphcred renew ...`, not the top level's)."""
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
-    assert "usage:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Usage: graphcred {argv[0]}" in err and "Traceback" not in err
 
 
 def test_no_kubeconfig_is_a_cluster_error_exit_4(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status", "x", "--kubeconfig", str(tmp_path / "missing")]) == 4
-    assert "cannot load the kubeconfig" in capsys.readouterr().err
+    missing = tmp_path / "missing"
+    assert main(["status", "x", "--kubeconfig", str(missing)]) == 4
+    assert capsys.readouterr().err == f"graphcred: kubeconfig {missing}: no such file\n"
 
 
 def test_the_kubectl_plugin_names_itself_as_kubectl_shows_it(capsys: pytest.CaptureFixture[str]) -> None:
     from graphcred.cli import kubectl_main
 
-    with pytest.raises(SystemExit):
-        kubectl_main(["status", "--help"])
-    assert capsys.readouterr().out.startswith("usage: kubectl graphcred status")
+    assert kubectl_main(["status", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("Usage: kubectl graphcred status")
+
+
+# --- names as kubectl takes them ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("given", ["mail-reader", "gac/mail-reader", "GAC/mail-reader",
+                                   "graphappcredential/mail-reader", "graphappcredentials/mail-reader",
+                                   "graphappcredentials.graphcred.io/mail-reader",
+                                   "graphappcredential.graphcred.io/mail-reader"])
+def test_a_credential_is_named_as_kubectl_names_it(given: str) -> None:
+    """Before: `status gac/mail-reader` asked for .../graphappcredentials/gac/mail-reader (ux review §2.15)."""
+    assert object_name(given, "credential") == "mail-reader"
+
+
+@pytest.mark.parametrize(("given", "kind"), [("pod/mail", "credential"), ("gac/a/b", "credential"),
+                                             ("a/b", "credential"), ("Mail", "credential"), ("../x", "credential"),
+                                             ("gac/mail", "secret"), ("x" * 254, "secret")])
+def test_what_is_not_a_name_is_refused_before_any_call(given: str, kind: str) -> None:
+    with pytest.raises(ValueError, match=r"expected NAME or|is not a Kubernetes name"):
+        object_name(given, kind)
+    assert object_name("secret/mail-token", "secret") == "mail-token"
+
+
+# --- what tenants wrote never drives the terminal (security review §12) -------------------------------------------
+HOSTILE = "\x1b[2J\x1b[H\x1b]0;pwned\x07graphcred: all credentials OK\x1b[8m\x9b31m\u202e"
+
+
+def _has_controls(text: str) -> bool:
+    return any((ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in text)
+
+
+def test_inspect_escapes_control_characters_in_claims_and_names() -> None:
+    token, _ = _jwt({**CLAIMS, "appid": HOSTILE, f"x{HOSTILE}": "k", "roles": [HOSTILE]})
+    secret = _token_secret(token)
+    secret["metadata"]["annotations"]["graphcred.io/credential"] = f"mail\n{HOSTILE}"
+    text = opsview.render_token(opsview.token_view(secret), NOW)
+    assert not _has_controls(text)
+    appid = next(line for line in text.splitlines() if line.startswith("  appid:"))
+    assert appid.split()[1:] == ["\\x1b[2J\\x1b[H\\x1b]0;pwned\\x07graphcred:", "all", "credentials",
+                                 "OK\\x1b[8m\\x9b31m\\u202e"]
+    assert "Written by:   GraphAppCredential mail\\x0a\\x1b[2J" in text, "a newline cannot forge a line either"
+
+
+def test_status_escapes_control_characters_in_messages_events_and_mounts() -> None:
+    obj = _credential()
+    obj["status"]["conditions"][0]["message"] = HOSTILE
+    events = [_event(HOSTILE, "2025-11-25T17:40:00Z", message=f"line\n{HOSTILE}", host=HOSTILE)]
+    pods = [_pod(f"p{HOSTILE}", [{"name": "app", "volumeMounts": [{"name": "t", "mountPath": f"/x{HOSTILE}"}]}],
+                 [{"name": "t", "secret": {"secretName": "mail-token"}}])]
+    text = opsview.render_status(opsview.status_view(obj, events, pods), NOW)
+    assert not _has_controls(text)
+    assert "Message:      \\x1b[2J" in text and "line\\x0a\\x1b[2J" in text
+
+
+@pytest.mark.parametrize("output", ["json", "yaml"])
+def test_json_and_yaml_escape_control_characters_too(output: str) -> None:
+    import io
+
+    from graphcred.ops import _dump
+
+    out = io.StringIO()
+    _dump(out, {"message": HOSTILE}, output)
+    assert not _has_controls(out.getvalue())
+    assert (json.loads if output == "json" else yaml.safe_load)(out.getvalue()) == {"message": HOSTILE}
+
+
+@pytest.mark.parametrize("exp", [10**13, -(10**13), 1e308, 10**400])
+def test_an_out_of_range_time_claim_is_shown_not_raised(exp: Any) -> None:
+    """Before: exp=1e13 ended `inspect secret` with a ValueError traceback."""
+    token, _ = _jwt({**CLAIMS, "exp": exp})
+    text = opsview.render_token(opsview.token_view(_token_secret(token)), NOW)
+    assert "(not a time)" in text.split("  exp:")[1].splitlines()[0]
+
+
+def test_status_json_keys_are_camel_case_like_the_rest() -> None:
+    doc = opsview.status_json(opsview.status_view(_credential(), [_event("R", "2025-11-25T17:40:00Z")]), NOW)
+    assert doc["events"] == [{"type": "Normal", "reason": "R", "message": "m", "lastSeen": "2025-11-25T17:40:00Z",
+                              "count": 1, "source": "graphcred/graphcred-7d9f-x"}]
+
+
+# --- connection problems, in words ----------------------------------------------------------------------------------
+def test_a_refused_connection_names_the_server_the_kubeconfig_and_the_cause(
+        tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: `get graphappcredential ux/x: cannot reach the cluster (MaxRetryError)` (ux review §2.5)."""
+    import socket
+
+    with socket.socket() as closed:  # bound, never listening: the port stays ours and refuses connections
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: x}}}}]
+contexts: [{{name: c, context: {{cluster: c, user: u, namespace: ux}}}}]
+current-context: c
+""")
+        assert main(["status", "gac/x", "--kubeconfig", str(kubeconfig)]) == 4
+    assert capsys.readouterr().err == (
+        f"graphcred: get graphappcredential ux/x: cannot reach the cluster at https://127.0.0.1:{port} (kubeconfig "
+        f"{kubeconfig}): connection refused - is the server address right, and the apiserver running?\n")
+
+
+def test_a_malformed_kubeconfig_is_named_and_exits_4(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a 60-line yaml.parser.ParserError traceback, exit 1."""
+    bad = tmp_path / "bad.kubeconfig"
+    bad.write_text("garbage: [\n")
+    assert main(["renew", "x", "--kubeconfig", str(bad)]) == 4
+    assert capsys.readouterr().err == (f"graphcred: cannot load the kubeconfig {bad}: not valid YAML: expected the "
+                                       "node content, but found '<stream end>' at line 2, column 1\n")
+
+
+def test_image_tags_are_versions() -> None:
+    assert image_version("ghcr.io/example/graphcred:0.1.0") == "0.1.0"
+    assert image_version("registry:5000/graphcred:0.2.0@sha256:" + "a" * 64) == "0.2.0"
+    assert image_version("registry:5000/graphcred") is None
+
+
+def test_completion_scripts_name_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert "_GRAPHCRED_COMPLETE=bash_complete" in script and "complete -o nosort -F _graphcred_completion graphcred" \
+        in script
