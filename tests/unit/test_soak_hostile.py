@@ -7,6 +7,7 @@ import os
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from graphcred.model import DURATION_PATTERN, GraphAppCredentialSpec
 from graphcred_testbed.hostile import (
@@ -57,13 +58,15 @@ def test_schedule_without_status_follows_the_documented_rule() -> None:
 
 
 @pytest.mark.parametrize("variant", range(6))
-def test_attack_specs_pass_the_model_as_the_review_found(variant: int) -> None:
-    """On main the model (and the CRD, which has the same rules) admits each of these: the soak's attacker sends
-    them, and counts a 422 once the fixes refuse them at admission."""
-    GraphAppCredentialSpec.model_validate({**SPEC, "secretTemplate": {"data": template_bomb(variant)}})
+def test_attack_specs_are_refused_by_the_model(variant: int) -> None:
+    """The review found the model (and the CRD, which has the same rules) admitting each of these; since issue 24
+    the model refuses them (the CRD too: the soak's attacker counts those 422s as refused at admission)."""
+    with pytest.raises(ValidationError):
+        GraphAppCredentialSpec.model_validate({**SPEC, "secretTemplate": {"data": template_bomb(variant)}})
     value = huge_duration(variant)
     assert re.fullmatch(DURATION_PATTERN, value) and len(value) <= 64
-    GraphAppCredentialSpec.model_validate({**SPEC, "refreshBeforeExpiry": value})
+    with pytest.raises(ValidationError):
+        GraphAppCredentialSpec.model_validate({**SPEC, "refreshBeforeExpiry": value})
 
 
 def test_template_bombs_stay_within_what_the_harness_can_afford() -> None:
