@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -181,10 +182,23 @@ class Health:
         return self._clock() - self.beat < self.stale_after
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A prober that hung up or timed out (a kubelet's probe after its timeout, a scraper's deadline) is the
+        client's business: the stdlib printed a traceback to stderr for each one, in the middle of the log."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        log.warning("metrics server: a request failed (%s)", type(error).__name__)
+
+
 def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
     """Start the metrics/health server in a daemon thread. Port 0 picks a free one (see server_address)."""
 
     class Handler(BaseHTTPRequestHandler):
+        # a client that sends nothing (or reads nothing) gives its thread back after this, not never
+        timeout = 10
+
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
             pass
 
@@ -209,7 +223,7 @@ def serve(port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") ->
             else:
                 self._send(404, b"not found\n")
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server = _Server((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="graphcred-http", daemon=True).start()
     log.info("serving /metrics, /healthz, /readyz on port %d", server.server_address[1])

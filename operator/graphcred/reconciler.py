@@ -223,8 +223,17 @@ def spec_error_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_input=False, include_url=False)[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "spec"
-        parts.append(f"spec.{where}: {err['msg']}")
+        parts.append(f"spec.{where}: {_without_pydantic_prefix(err['msg'])}")
     return "; ".join(parts)
+
+
+def _without_pydantic_prefix(message: str) -> str:
+    """pydantic prefixes what our validators raise with "Value error, " (or "Assertion failed, "): noise to a user
+    reading the status (issue 23: no library's wording in a status message)."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
 
 
 # The RBAC each ServiceAccount call of workload identity needs (granted by the chart's workloadIdentity.enabled).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from graphcred.metrics import Health, Metrics, serve
@@ -34,3 +35,21 @@ def test_liveness_follows_the_ticks_of_whatever_drives_the_process() -> None:
         assert requests.get(f"{base}/readyz", timeout=5).status_code == 200
     finally:
         server.shutdown()
+
+
+def test_a_prober_that_hangs_up_leaves_no_traceback_in_the_log(capfd: pytest.CaptureFixture[str]) -> None:
+    """A probe that times out and closes its connection made the stdlib server print a traceback to stderr (seen
+    in the hostile soak's replica logs) for each one."""
+    from graphcred.metrics import Health, Metrics, serve
+
+    server = serve(0, Metrics(), Health(), host="127.0.0.1")
+    try:
+        for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset"), TimeoutError()):
+            try:
+                raise error
+            except OSError:
+                server.handle_error(None, ("127.0.0.1", 1))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -49,10 +49,10 @@ def test_defaults_and_authority() -> None:
     ({"credential": {"clientSecret": {"name": "a"}, "certificate": {"name": "b"}}}, "exactly one"),
     ({"surprise": 1}, "spec.surprise"),
     ({"refreshBeforeExpiry": "soon"}, "spec.refreshBeforeExpiry"),
-    ({"refreshBeforeExpiry": "24h1ms"}, "spec.refreshBeforeExpiry: Value error, must be at most 24h"),
+    ({"refreshBeforeExpiry": "24h1ms"}, "spec.refreshBeforeExpiry: must be at most 24h"),
     # security review, finding 7: accepted, then overflowed after the token was written (a write every 1.5 s)
-    ({"refreshBeforeExpiry": "99999999999h"}, "spec.refreshBeforeExpiry: Value error, must be at most 24h"),
-    ({"refreshBeforeExpiry": "9" * 63 + "h"}, "spec.refreshBeforeExpiry: Value error, must be at most 24h"),
+    ({"refreshBeforeExpiry": "99999999999h"}, "spec.refreshBeforeExpiry: must be at most 24h"),
+    ({"refreshBeforeExpiry": "9" * 63 + "h"}, "spec.refreshBeforeExpiry: must be at most 24h"),
 ])
 def test_invalid_specs_have_readable_messages(kw: dict[str, object], where: str) -> None:
     with pytest.raises(ValidationError) as err:
@@ -60,6 +60,7 @@ def test_invalid_specs_have_readable_messages(kw: dict[str, object], where: str)
     message = spec_error_message(err.value)
     assert where in message
     assert "input_value" not in message
+    assert "Value error" not in message and "Assertion failed" not in message, "pydantic's wording, not ours"
 
 
 def test_error_messages_never_echo_values() -> None:
