@@ -12,6 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 from ..locks import LOCKS, ROOT, canonical, hashed, pins
@@ -64,6 +65,7 @@ def test_every_lock_holds_everything_its_packages_need() -> None:
     assert _missing_from("runtime", [Requirement("httpx[http2]")]) >= {"httpx"}
 
 
+@pytest.mark.timeout(900)  # about 70 s on a quiet machine, from the pip cache; far longer on a loaded one
 def test_a_fresh_venv_with_the_oldest_pip_installs_the_dev_lock_exactly(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     python = str(venv / "bin" / "python")
