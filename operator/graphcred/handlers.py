@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,6 +49,21 @@ def api_client(cfg: RunConfig) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+
+def blocking_runner(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor
+                    ) -> Callable[..., Awaitable[Any]]:
+    """Blocking I/O in the operator's threads. Once the cleanup has shut them down, a call still on its way (a
+    shared token request outliving the pass that started it) is cancelled, as the stop it meets: the stdlib's
+    RuntimeError reached kopf, which logged a traceback and made the exit an error."""
+    async def run_blocking(fn: Any, *args: Any) -> Any:
+        try:
+            future = loop.run_in_executor(executor, fn, *args)
+        except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
+            raise asyncio.CancelledError("the operator is stopping") from exc
+        return await future
+
+    return run_blocking
+
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cfg: RunConfig = memo["config"]
@@ -71,8 +87,7 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -
                                   thread_name_prefix="graphcred-io")
     memo["executor"] = executor
 
-    async def run_blocking(fn: Any, *args: Any) -> Any:
-        return await loop.run_in_executor(executor, fn, *args)
+    run_blocking = blocking_runner(loop, executor)
 
     # Events are posted from threads of their own: queued behind the passes' calls in the shared threads, each
     # waited its turn and, while thousands of credentials refreshed, a burst's Events trailed its Ready statuses

@@ -190,3 +190,26 @@ def test_pods_are_watched_only_with_watch_consumers(monkeypatch: pytest.MonkeyPa
     assert [r for r, _, _ in RecordedWatch.made if r == "pods"] == [], "no metadata watch of pods either"
     assert len(controller.consumers.watches) == len(expected)
     assert controller.consumers.watching is watch_consumers
+
+
+def test_a_blocking_call_after_the_threads_are_shut_down_is_cancelled_not_an_error() -> None:
+    """Hostile soak: a leader that lost its Lease stopped; a shared token request that outlived its pass reached the
+    executor after the cleanup had shut it down, and the stdlib's RuntimeError went to kopf, which logged a
+    traceback for it at exit."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from graphcred.handlers import blocking_runner
+
+    async def scenario() -> None:
+        executor = ThreadPoolExecutor(1)
+        run_blocking = blocking_runner(asyncio.get_running_loop(), executor)
+        assert await run_blocking(sum, [1, 2]) == 3
+        executor.shutdown(wait=True)
+        try:
+            await run_blocking(sum, [1, 2])
+        except asyncio.CancelledError:
+            return
+        raise AssertionError("a call after the shutdown ran")
+
+    asyncio.run(scenario())
