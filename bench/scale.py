@@ -174,7 +174,7 @@ def _setup(bed: Bed, n: int, per_app: int, lifetime: int) -> list[tuple[str, str
 
 async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int, per_app: int) -> float:
     """The job without an operator: N token requests and N Secret creates, CONCURRENCY at a time."""
-    session = PinnedCASession(str(bed.issuer_ca_file))
+    session = PinnedCASession(str(bed.issuer_ca_file), authority_hosts=[bed.authority_host])
     pool = ThreadPoolExecutor(CONCURRENCY)
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(CONCURRENCY)

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-# Requests per namespace: a burst, then a steady rate. Enough for a namespace refreshing a few thousand one-hour
-# tokens (a refresh each at half their lifetime); beyond it requests wait their turn, none is dropped.
+# Requests per namespace: a burst, then a steady rate, each raised by one per credential of the namespace seen in
+# the last hour (SEEN_FOR): a namespace of 10,000 credentials converges and refreshes as fast as one of ten, while
+# a few credentials renewed or re-specified in a loop are paced. Beyond it requests wait their turn, none is dropped.
 BUDGET_BURST = 60.0
 BUDGET_PER_MINUTE = 240.0
+SEEN_FOR = 3600.0  # a credential counts this long after its last request (one-hour tokens refresh every 30 min)
 
 
 @dataclass(frozen=True)
@@ -105,24 +107,39 @@ class FairSlots:
 
 @dataclass
 class RequestBudget:
-    """A token bucket per namespace: `burst` requests at once, then `per_minute`. `reserve` takes one and says how
-    long to wait for it (the debt is the queue: later callers wait longer); nothing is ever refused."""
+    """A token bucket per namespace: `burst` requests at once, then `per_minute`, each raised by one per credential
+    (`who`) of the namespace seen in the last SEEN_FOR seconds; a credential seen for the first time brings its own
+    request with it. `reserve` takes one and says how long to wait for it (the debt is the queue: later callers wait
+    longer); nothing is ever refused."""
 
     burst: float = BUDGET_BURST
     per_minute: float = BUDGET_PER_MINUTE
     _level: dict[str, tuple[float, float]] = field(default_factory=dict)  # namespace -> (tokens, as of)
+    _seen: dict[str, dict[str, float]] = field(default_factory=dict)  # namespace -> credential -> last request
 
-    def reserve(self, namespace: str, now: float) -> float:
-        rate = self.per_minute / 60.0
-        tokens, since = self._level.get(namespace, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - since) * rate) - 1.0
+    def reserve(self, namespace: str, now: float, who: str | None = None) -> float:
+        seen = self._seen.setdefault(namespace, {})
+        first = who is not None and who not in seen
+        if who is not None:
+            seen[who] = now
+            if first and len(seen) & (len(seen) - 1) == 0:  # at each power of two: forget the long gone
+                for name in [n for n, t in seen.items() if now - t > SEEN_FOR]:
+                    del seen[name]
+        burst = self.burst + len(seen)
+        rate = (self.per_minute + len(seen)) / 60.0
+        tokens, since = self._level.get(namespace, (burst, now))
+        tokens = min(burst, tokens + (now - since) * rate + (1.0 if first else 0.0)) - 1.0
         self._level[namespace] = (tokens, now)
         if len(self._level) > 1024:
             self._prune(now)
         return 0.0 if tokens >= 0 else -tokens / rate
 
     def _prune(self, now: float) -> None:
-        """Namespaces whose bucket has refilled are as good as new: forget them (bounded memory)."""
+        """Namespaces whose bucket has refilled and whose credentials are long gone are as good as new: forget
+        them (bounded memory)."""
         rate = self.per_minute / 60.0
         for namespace in [n for n, (t, s) in self._level.items() if t + (now - s) * rate >= self.burst]:
-            del self._level[namespace]
+            seen = self._seen.get(namespace, {})
+            if all(now - t > SEEN_FOR for t in seen.values()):
+                del self._level[namespace]
+                self._seen.pop(namespace, None)

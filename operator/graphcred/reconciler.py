@@ -336,7 +336,7 @@ class Reconciler:
                 return await self._rerendered(snap, mem, previous, secret_name, now)
             current = self._current_issue(mem, previous)
             # while roles are missing, each check needs a new token: consent shows only in new tokens
-            token, shared = await self._acquire(snap.namespace, spec, material,
+            token, shared = await self._acquire(snap.namespace, snap.name, spec, material,
                                                 reuse=mem.missing_roles_checks == 0 and not renew, newer_than=current)
             del material  # the credential is not kept between passes, nor the read it came from
             await held.aclose()
@@ -591,14 +591,15 @@ class Reconciler:
         token = Token(access_token, expires, mem.token_issued_at or issued, claims)
         return token, Target(str(secret["metadata"]["resourceVersion"]), secret)
 
-    async def _acquire(self, namespace: str, spec: GraphAppCredentialSpec, material: Material, *, reuse: bool,
+    async def _acquire(self, namespace: str, name: str, spec: GraphAppCredentialSpec, material: Material, *,
+                       reuse: bool,
                        newer_than: dt.datetime | None) -> tuple[Token, bool]:
         """A token, and whether it came from an identical credential's request (True) or this one's. While it
         waits (for a slot, for the authority), the pass is not counted among the controller's passes in progress."""
         try:
             async with stepped_aside():
                 token, shared = await self.shared.get(share_key(spec, material),
-                                                      lambda: self._acquire_now(namespace, spec, material),
+                                                      lambda: self._acquire_now(namespace, name, spec, material),
                                                       reuse=reuse, newer_than=newer_than)
         except AcquisitionError as exc:
             raise Outcome(exc.reason, exc.message, retry=_retry(exc), retry_after=exc.retry_after) from None
@@ -606,7 +607,8 @@ class Reconciler:
             self.metrics.acquisitions.labels("shared", "TokenIssued").inc()
         return token, shared
 
-    async def _acquire_now(self, namespace: str, spec: GraphAppCredentialSpec, material: Material) -> Token:
+    async def _acquire_now(self, namespace: str, name: str, spec: GraphAppCredentialSpec, material: Material
+                           ) -> Token:
         tenant = spec.authority()
         keys = (tenant, f"{tenant} app {spec.client_id}")
         request = object()  # this request, to the breakers: it frees only the probe marks it set
@@ -616,7 +618,8 @@ class Reconciler:
             # slot, so that an apiserver slow to answer TokenRequests holds no slot other credentials need.
             presented = await self._with_assertion(spec, material)
             try:
-                async with self._token_slots.slot(namespace, origin(spec.authority_base()) or spec.authority_base()):
+                async with self._token_slots.slot(namespace, origin(spec.authority_base()) or spec.authority_base(),
+                                                  who=name):
                     # again: a breaker may have opened while this request waited for a slot
                     self._check_breaker(keys, request, admitted=True)
                     started = time.monotonic()

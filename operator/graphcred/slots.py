@@ -32,9 +32,10 @@ class SlotGate:
         return Claim(namespace, None if host in self._exempt else host)
 
     @contextlib.asynccontextmanager
-    async def slot(self, namespace: str, host: str) -> AsyncIterator[None]:
+    async def slot(self, namespace: str, host: str, who: str | None = None) -> AsyncIterator[None]:
+        """`who`: the credential asking (its name), so that a namespace's budget grows with its credentials."""
         loop = asyncio.get_running_loop()
-        wait = self.budget.reserve(namespace, loop.time())
+        wait = self.budget.reserve(namespace, loop.time(), who)
         if wait > 0:
             await asyncio.sleep(wait)
         ticket, future = object(), loop.create_future()

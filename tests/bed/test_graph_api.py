@@ -45,7 +45,8 @@ def _token(bed: Bed, app: App, resource: str = GRAPH, authority_host: str | None
     cca = msal.ConfidentialClientApplication(
         app.client_id, client_credential="graph-test-secret",
         authority=f"{authority_host or bed.authority_host}/{app.tenant_id}", instance_discovery=False,
-        http_client=PinnedCASession(str(bed.issuer_ca_file)))
+        http_client=PinnedCASession(str(bed.issuer_ca_file),
+                                    authority_hosts=[authority_host or bed.authority_host]))
     result = cca.acquire_token_for_client([f"{resource}/.default"])
     assert "access_token" in result, result.get("error_description")
     token: str = result["access_token"]

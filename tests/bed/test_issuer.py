@@ -27,7 +27,7 @@ def _app(bed: Bed, client_id: str, credential: Any, tenant: str) -> msal.Confide
         client_credential=credential,
         authority=f"{bed.authority_host}/{tenant}",
         instance_discovery=False,
-        http_client=PinnedCASession(str(bed.issuer_ca_file)),
+        http_client=PinnedCASession(str(bed.issuer_ca_file), authority_hosts=[bed.authority_host]),
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -134,7 +133,10 @@ def test_the_operators_identity_may_not_create_a_service_account_token_secret(en
 
 def test_the_operators_identity_writes_only_secrets_a_credential_controls(env: Env, chart: Chart) -> None:
     ref = owner(env, "owner")
-    namesake = {**ref, "uid": str(uuid.uuid4())}  # a deleted GraphAppCredential of the same name
+    # The Secret a credential adopts was controlled by another GraphAppCredential (in the operator: a deleted one of
+    # the same name). A real one here: with a dangling owner reference the garbage collector deletes the Secret
+    # while the test runs (seen in CI: "secrets left not found").
+    namesake = owner(env, "previous")
     env.bed.core.create_namespaced_secret(env.namespace, secret(env, "theirs", labels={"app": "db"}))
     env.bed.core.create_namespaced_secret(env.namespace, secret(env, "labelled-only", labels=LABELS))
     env.bed.core.create_namespaced_secret(env.namespace, secret(env, "left", labels=LABELS, owners=[namesake]))

@@ -47,7 +47,8 @@ def test_the_example_pod_works_with_the_roles_the_example_credential_declares(
     app = issuer.issuer.register_app(tenant, secret="example-secret", roles={GRAPH: roles})
     cca = msal.ConfidentialClientApplication(app.client_id, client_credential="example-secret",
                                              authority=f"{issuer.base_url}/{tenant}", instance_discovery=False,
-                                             http_client=PinnedCASession(str(ca_file)))
+                                             http_client=PinnedCASession(str(ca_file),
+                                                                         authority_hosts=[issuer.base_url]))
     result = cca.acquire_token_for_client(gac["spec"]["scopes"])
     assert "access_token" in result, result.get("error_description")
     volume = SecretVolume(tmp_path / "token")

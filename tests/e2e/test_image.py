@@ -72,6 +72,7 @@ def test_dockerfile_install_steps_give_a_working_operator(env: Env, tmp_path: Pa
     process = Process("graphcred-image", [str(prefix / "bin" / argv[0]), *argv[1:]], tmp_path)
     chart_env = {"GRAPHCRED_KUBECONFIG": str(env.bed.kubeconfig), "GRAPHCRED_CA_BUNDLE": str(env.bed.issuer_ca_file),
                  "GRAPHCRED_LOG_FORMAT": "json", "GRAPHCRED_METRICS_PORT": "0", "GRAPHCRED_LEADER_ELECTION": "true",
+                 "GRAPHCRED_AUTHORITY_HOSTS": env.bed.authority_host,  # a private authority: the chart's authorityHosts
                  "POD_NAMESPACE": env.namespace, "POD_NAME": "graphcred-image-0"}
     saved = dict(os.environ)
     os.environ.update({**installed, **chart_env})

@@ -108,6 +108,29 @@ def test_the_request_budget_lets_a_burst_through_then_paces_it() -> None:
     assert budget.reserve("a", 200.0) == 0.0  # 100 s later it has refilled
 
 
+def test_a_namespace_of_many_credentials_is_not_held_to_the_budget_of_a_few() -> None:
+    """The budget was 60 at once then 240 a minute per namespace whatever its size: 2,000 new credentials of one
+    namespace waited up to 8 minutes for their first token, and 10,000 one-hour tokens (a refresh every 30 min,
+    5.6 a second) could never all be refreshed in time."""
+    budget = RequestBudget()
+    firsts = [budget.reserve("big", 100.0, f"c{i}") for i in range(2000)]
+    assert max(firsts) == 0.0, "each new credential brings its own request"
+    # steady state: 10,000 credentials refreshing every 30 minutes, evenly spread
+    budget = RequestBudget()
+    waits = [budget.reserve("big", 0.0, f"c{i}") for i in range(10_000)]
+    for step in range(20_000):  # an hour: two refreshes each
+        now = 1.0 + step * 0.18
+        waits.append(budget.reserve("big", now, f"c{step % 10_000}"))
+    assert max(waits) < 1.0, f"refreshes fall behind: waited {max(waits):.0f} s"
+
+
+def test_a_few_credentials_asking_in_a_loop_are_paced_however_often_they_ask() -> None:
+    budget = RequestBudget(burst=10, per_minute=60)
+    waits = [budget.reserve("a", 100.0, f"c{i % 3}") for i in range(100)]
+    assert waits[:13] == [0.0] * 13  # the burst, plus one for each of the three credentials
+    assert waits[99] == pytest.approx(87 / (63 / 60))  # then 60 a minute plus one per credential
+
+
 def test_a_waiter_cancelled_as_it_was_admitted_gives_its_slot_to_the_next() -> None:
     async def scenario() -> None:
         gate = SlotGate(1)
