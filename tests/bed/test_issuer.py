@@ -11,7 +11,7 @@ import msal
 import pytest
 import requests
 
-from graphcred.httpsession import PinnedCASession
+from graphcred.httpsession import ExchangeFailed, Failure, PinnedCASession
 from graphcred_testbed import jose
 from graphcred_testbed.bed import Bed
 from graphcred_testbed.pki import self_signed
@@ -192,8 +192,9 @@ def test_dropped_connection_and_slow_response(bed: Bed) -> None:
     app = bed.issuer.register_app(tenant, secret="pw")
     bed.issuer.fail(app.client_id, drop=True, times=1)
     cca = _app(bed, app.client_id, "pw", tenant)
-    with pytest.raises(requests.exceptions.ConnectionError):
+    with pytest.raises(ExchangeFailed) as dropped:  # graphcred's session names the class, not requests' exception
         cca.acquire_token_for_client([f"{GRAPH}/.default"])
+    assert dropped.value.failure == Failure.CONNECTION
     bed.issuer.fail(app.client_id, delay=1.0, times=1)
     t0 = time.monotonic()
     result = cca.acquire_token_for_client([f"{GRAPH}/.default"])
