@@ -211,7 +211,7 @@ verify_image() {  # runc, archive
   [ "$(jq '.process.user.uid' "$bundle/config.json")" = 65532 ] || { log "the image's user is not 65532"; exit 1; }
   out=$("$runc" --root "$work/runc" run --bundle "$bundle" "graphcred-verify-$$" 2>&1) || {
     echo "$out" >&2; log "graphcred --help failed in the image"; exit 1; }
-  grep -q 'usage' <<< "$out" || { echo "$out" >&2; log "graphcred --help printed no usage"; exit 1; }
+  grep -qi 'usage' <<< "$out" || { echo "$out" >&2; log "graphcred --help printed no usage"; exit 1; }
   echo "verified with runc: $(jq -c '.process.args' "$bundle/config.json") printed: $(head -1 <<< "$out")"
   jq '.process.args = ["sh", "-c", "id; touch /probe 2>&1 || true"]' "$bundle/config.json" \
     > "$bundle/config.json.tmp" && mv "$bundle/config.json.tmp" "$bundle/config.json"
