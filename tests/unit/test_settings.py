@@ -19,6 +19,8 @@ from graphcred.cli import main
 from graphcred.config import RunConfig
 from graphcred.settings import RunSettings, SettingsError, load
 
+from .runconfig import run_config
+
 DURATION = "expected seconds or a duration such as 30s, 1m30s or 500ms"
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -34,18 +36,6 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("GRAPHCRED_") or name in ("KUBECONFIG", "POD_NAMESPACE"):
             monkeypatch.delenv(name)
-
-
-def _config(monkeypatch: pytest.MonkeyPatch, *argv: str) -> RunConfig:
-    seen: list[RunConfig] = []
-
-    def run(cfg: RunConfig) -> int:
-        seen.append(cfg)
-        return 0
-
-    monkeypatch.setattr("graphcred.runner.run", run)
-    assert main(["run", *argv]) == 0
-    return seen[0]
 
 
 def _refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -151,7 +141,7 @@ def test_every_time_setting_takes_seconds_or_a_duration(monkeypatch: pytest.Monk
                                                         seconds: float) -> None:
     monkeypatch.setenv("GRAPHCRED_LEASE_DURATION", value)
     monkeypatch.setenv("GRAPHCRED_TOKEN_TIMEOUT", value)
-    cfg = _config(monkeypatch, f"--api-timeout={value}")
+    cfg = run_config(monkeypatch, f"--api-timeout={value}")
     assert (cfg.lease_seconds, cfg.token_timeout, cfg.api_timeout) == (seconds, seconds, seconds)
 
 
@@ -163,19 +153,19 @@ def test_switches_read_as_kubernetes_tools_read_them(monkeypatch: pytest.MonkeyP
                                                      expected: bool) -> None:
     for name in ("WORKLOAD_IDENTITY", "LEADER_ELECTION", "WATCH_CONSUMERS"):
         monkeypatch.setenv(f"GRAPHCRED_{name}", value)
-    cfg = _config(monkeypatch)
+    cfg = run_config(monkeypatch)
     assert (cfg.workload_identity, cfg.leader_election, cfg.watch_consumers) == (expected,) * 3
 
 
 def test_namespaces_split_on_commas_from_flag_or_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _config(monkeypatch, "-n", "team-a,team-b").namespaces == ("team-a", "team-b")
-    assert _config(monkeypatch, "-n", "team-a", "--namespace", "team-b, team-c").namespaces == (
+    assert run_config(monkeypatch, "-n", "team-a,team-b").namespaces == ("team-a", "team-b")
+    assert run_config(monkeypatch, "-n", "team-a", "--namespace", "team-b, team-c").namespaces == (
         "team-a", "team-b", "team-c")
     monkeypatch.setenv("GRAPHCRED_NAMESPACES", "x, y,,x")
-    assert _config(monkeypatch).namespaces == ("x", "y")
-    assert _config(monkeypatch, "-n", "z").namespaces == ("z",), "the flag wins over the variable"
+    assert run_config(monkeypatch).namespaces == ("x", "y")
+    assert run_config(monkeypatch, "-n", "z").namespaces == ("z",), "the flag wins over the variable"
     monkeypatch.setenv("GRAPHCRED_NAMESPACES", "")  # the chart's "all namespaces"
-    assert _config(monkeypatch).namespaces == ()
+    assert run_config(monkeypatch).namespaces == ()
 
 
 def test_the_chart_environment_reads_as_before(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -185,14 +175,14 @@ def test_the_chart_environment_reads_as_before(monkeypatch: pytest.MonkeyPatch, 
                         "LEASE_DURATION": "15", "WORKLOAD_IDENTITY": "false", "WATCH_CONSUMERS": "false"}.items():
         monkeypatch.setenv(f"GRAPHCRED_{name}", value)
     monkeypatch.setenv("POD_NAMESPACE", "graphcred-system")
-    assert _config(monkeypatch) == RunConfig(log_format="json", log_level="INFO", leader_election=True,
+    assert run_config(monkeypatch) == RunConfig(log_format="json", log_level="INFO", leader_election=True,
                                              leader_election_namespace="graphcred-system")
 
 
 def test_authority_hosts_from_flags_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRAPHCRED_AUTHORITY_HOSTS", "https://Login.Example.net/, https://b.example:8443")
-    assert _config(monkeypatch).authority_hosts == ("https://login.example.net", "https://b.example:8443")
-    assert _config(monkeypatch, "--authority-host=https://c.example", "--authority-host",
+    assert run_config(monkeypatch).authority_hosts == ("https://login.example.net", "https://b.example:8443")
+    assert run_config(monkeypatch, "--authority-host=https://c.example", "--authority-host",
                    "https://d.example").authority_hosts == ("https://c.example", "https://d.example")
 
 

@@ -89,11 +89,22 @@ class _Canned(BaseAdapter):
         pass
 
 
+def _secret_spec() -> GraphAppCredentialSpec:
+    """A client-secret credential on HOST."""
+    return GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
+                                                  "credential": {"clientSecret": {"name": "app"}}})
+
+
+def _on_every_scheme(client: TokenClient, adapter: BaseAdapter) -> None:
+    """Whatever the session would send, https or http, reaches `adapter` (which records it)."""
+    for scheme in ("https://", "http://"):
+        client.session.mount(scheme, adapter)
+
+
 def _acquire(discovery: Answer = DISCOVERY, token: Answer = TOKEN) -> AcquisitionError:
     client = TokenClient(authority_hosts=[HOST])
     client.session.mount("https://", _Canned(discovery, token))
-    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
-                                                  "credential": {"clientSecret": {"name": "app"}}})
+    spec = _secret_spec()
     with pytest.raises(AcquisitionError) as caught:
         client.acquire(spec, ClientSecret("pw"))
     err = caught.value
@@ -195,8 +206,7 @@ def test_clock_skew_is_transient_and_entra_refusals_need_the_user() -> None:
 def test_a_good_answer_is_a_token() -> None:
     client = TokenClient(authority_hosts=[HOST])
     client.session.mount("https://", _Canned(DISCOVERY, TOKEN))
-    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
-                                                  "credential": {"clientSecret": {"name": "app"}}})
+    spec = _secret_spec()
     token = client.acquire(spec, ClientSecret("pw"))
     assert token.access_token == "a.b.c"
     assert dt.timedelta(seconds=3590) < token.lifetime <= dt.timedelta(seconds=3599)
@@ -337,10 +347,8 @@ def test_a_token_request_is_never_re_sent_where_a_redirect_points() -> None:
 def test_a_host_nobody_allowed_gets_no_request() -> None:
     client = TokenClient()  # the clouds' login hosts only
     adapter = _Everywhere(DISCOVERY, TOKEN)
-    for scheme in ("https://", "http://"):
-        client.session.mount(scheme, adapter)
-    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
-                                                  "credential": {"clientSecret": {"name": "app"}}})
+    _on_every_scheme(client, adapter)
+    spec = _secret_spec()
     with pytest.raises(AcquisitionError) as caught:
         client.acquire(spec, ClientSecret("pw"))
     assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_NOT_ALLOWED, True)
@@ -364,10 +372,8 @@ def test_a_client_secret_is_never_sent_to_a_token_endpoint_on_another_host() -> 
         client = TokenClient(authority_hosts=[HOST, "https://internal.example"])
         adapter = _Gets(_json(200, {"token_endpoint": endpoint, "issuer": f"{HOST}/{TENANT}/v2.0",
                                     "authorization_endpoint": f"{HOST}/{TENANT}/oauth2/v2.0/authorize"}), TOKEN)
-        for scheme in ("https://", "http://"):
-            client.session.mount(scheme, adapter)
-        spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
-                                                      "credential": {"clientSecret": {"name": "app"}}})
+        _on_every_scheme(client, adapter)
+        spec = _secret_spec()
         with pytest.raises(AcquisitionError) as caught:
             client.acquire(spec, ClientSecret("pw"))
         assert [u for u in adapter.urls if u.startswith("POST")] == [], endpoint
@@ -379,10 +385,8 @@ def test_a_redirect_is_a_failure_of_its_own_and_is_not_followed() -> None:
     moved = (302, {"Location": "http://169.254.169.254/latest/meta-data/", "Content-Type": "text/plain"}, b"")
     client = TokenClient(authority_hosts=[HOST])
     adapter = _Gets(moved, TOKEN)
-    for scheme in ("https://", "http://"):
-        client.session.mount(scheme, adapter)
-    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT, "authorityHost": HOST,
-                                                  "credential": {"clientSecret": {"name": "app"}}})
+    _on_every_scheme(client, adapter)
+    spec = _secret_spec()
     with pytest.raises(AcquisitionError) as caught:
         client.acquire(spec, ClientSecret("pw"))
     assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_UNAVAILABLE, False)

@@ -11,22 +11,11 @@ import pytest
 from kubernetes import client
 
 from graphcred import handlers
-from graphcred.cli import main
 from graphcred.config import RunConfig
 from graphcred.controller import Controller
 from graphcred.reconciler import Reconciler
 
-
-def _config(monkeypatch: pytest.MonkeyPatch, *argv: str) -> RunConfig:
-    seen: list[RunConfig] = []
-
-    def run(cfg: RunConfig) -> int:
-        seen.append(cfg)
-        return 0
-
-    monkeypatch.setattr("graphcred.runner.run", run)
-    assert main(["run", *argv]) == 0
-    return seen[0]
+from .runconfig import run_config
 
 
 @pytest.mark.parametrize(("argv", "env", "expected"), [
@@ -42,7 +31,7 @@ def test_workload_identity_switch(monkeypatch: pytest.MonkeyPatch, argv: tuple[s
         monkeypatch.delenv("GRAPHCRED_WORKLOAD_IDENTITY", raising=False)
     else:
         monkeypatch.setenv("GRAPHCRED_WORKLOAD_IDENTITY", env)
-    assert _config(monkeypatch, *argv).workload_identity is expected
+    assert run_config(monkeypatch, *argv).workload_identity is expected
 
 
 @pytest.mark.parametrize(("flag", "env", "field"), [
@@ -52,10 +41,10 @@ def test_workload_identity_switch(monkeypatch: pytest.MonkeyPatch, argv: tuple[s
 def test_allowed_authority_hosts_from_flags_or_the_chart_env(monkeypatch: pytest.MonkeyPatch, flag: str, env: str,
                                                              field: str) -> None:
     monkeypatch.setenv(env, "https://Login.Example.net/, https://b.example:8443")
-    config = _config(monkeypatch)
+    config = run_config(monkeypatch)
     assert getattr(config, field) == ("https://login.example.net", "https://b.example:8443")
     assert set(config.allowed_authorities) >= {"https://login.example.net", "https://b.example:8443"}
-    assert getattr(_config(monkeypatch, f"{flag}=https://c.example", f"{flag}=https://d.example:443"), field) \
+    assert getattr(run_config(monkeypatch, f"{flag}=https://c.example", f"{flag}=https://d.example:443"), field) \
         == ("https://c.example", "https://d.example")
 
 
@@ -67,7 +56,7 @@ def test_a_mistyped_authority_host_stops_the_operator_at_start(monkeypatch: pyte
     monkeypatch.delenv("GRAPHCRED_WORKLOAD_IDENTITY_AUTHORITIES", raising=False)
     monkeypatch.delenv("GRAPHCRED_AUTHORITY_HOSTS", raising=False)
     with pytest.raises(SystemExit) as exited:
-        _config(monkeypatch, f"{flag}={bad}")
+        run_config(monkeypatch, f"{flag}={bad}")
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "expected https://host[:port]" in err and flag in err
 
@@ -147,7 +136,7 @@ def test_watch_consumers_switch(monkeypatch: pytest.MonkeyPatch, argv: tuple[str
         monkeypatch.delenv("GRAPHCRED_WATCH_CONSUMERS", raising=False)
     else:
         monkeypatch.setenv("GRAPHCRED_WATCH_CONSUMERS", env)
-    assert _config(monkeypatch, *argv).watch_consumers is expected
+    assert run_config(monkeypatch, *argv).watch_consumers is expected
 
 
 class RecordedPodWatch:
