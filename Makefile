@@ -35,6 +35,7 @@ binaries-compat:
 lint: venv
 	$(BIN)/ruff check operator testbed clients tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache  # the layer contracts (.importlinter)
 	bash scripts/actionlint.sh
 
 # pytest exits 5 when it collected no tests; that must fail, not pass silently.
@@ -82,7 +83,7 @@ lock: venv
 	$(LOCK) -c requirements/dev.txt --only-build-deps --all-build-deps -o requirements/build.txt pyproject.toml
 	echo pip | $(LOCK) -c requirements/dev.txt -o requirements/pip.txt -
 
-# Regenerate the CRD and the chart's copy from operator/graphcred/model.py (tests fail when they drift).
+# Regenerate the CRD and the chart's copy from operator/graphcred/api/model.py (tests fail when they drift).
 crd: venv
 	$(BIN)/python -m graphcred crd > crds/graphappcredentials.yaml
 	$(BIN)/python -m graphcred crd --helm > charts/graphcred/templates/crd.yaml

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.api.keys import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 

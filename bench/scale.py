@@ -45,9 +45,9 @@ import msal
 from kubernetes import client, watch
 from kubernetes.watch.watch import iter_resp_lines
 
-from graphcred.httpsession import PinnedCASession
-from graphcred.model import GROUP, MANAGED_BY_LABEL, PLURAL, VERSION
-from graphcred.secretwatch import METADATA_ONLY_WATCH
+from graphcred.acquire.httpsession import PinnedCASession
+from graphcred.api.keys import GROUP, MANAGED_BY_LABEL, PLURAL, VERSION
+from graphcred.kube.metawatch import METADATA_ONLY_WATCH
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 

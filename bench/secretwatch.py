@@ -5,7 +5,7 @@ A fresh bed; N Secrets spread over N/1000 namespaces, each with ~1 KiB of data a
 created with 4 threads. Then `graphcred run` as a child process, watching all namespaces. Reported per run: the
 time its first Secret list took and its peak RSS (VmHWM) once that list completed; first a baseline run before
 the Secrets exist. `--old FILE` also runs the same operator with secretwatch.py taken from FILE (e.g. `git show
-REV:operator/graphcred/secretwatch.py > /tmp/old_secretwatch.py`), for comparison.
+REV:operator/graphcred/kube/metawatch.py > /tmp/old_secretwatch.py`), for comparison.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from graphcred.secretwatch import KnownSecrets
+from graphcred.kube.metawatch import KnownSecrets
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
@@ -39,19 +39,19 @@ OLD_LAUNCHER = """
 import importlib.util, logging, sys, time
 import graphcred
 path = sys.argv.pop(1)
-spec = importlib.util.spec_from_file_location("graphcred.secretwatch", path)
+spec = importlib.util.spec_from_file_location("graphcred.kube.metawatch", path)
 module = importlib.util.module_from_spec(spec)
-sys.modules["graphcred.secretwatch"] = module
+sys.modules["graphcred.kube.metawatch"] = module
 spec.loader.exec_module(module)
 relist = module.SecretMetadataWatch._relist
 def timed(self):
     t0 = time.monotonic()
     version = relist(self)
-    logging.getLogger("graphcred.secretwatch").info(
+    logging.getLogger("graphcred.kube.metawatch").info(
         "secret watch: listed ? Secrets in 1 page(s) in %.1f s", time.monotonic() - t0)
     return version
 module.SecretMetadataWatch._relist = timed
-from graphcred.cli import main
+from graphcred.app.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.api.keys import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import Bed
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 

@@ -14,7 +14,7 @@ from typing import Any
 import requests
 from kubernetes import client
 
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.api.keys import GROUP, PLURAL, VERSION
 from graphcred_testbed import jose
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.graph import GraphApi

@@ -1,3 +1,3 @@
-from graphcred.cli import main
+from graphcred.app.cli import main
 
 raise SystemExit(main())

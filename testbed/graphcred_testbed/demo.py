@@ -32,8 +32,8 @@ from typing import Any, cast
 import yaml
 from kubernetes import client
 
-from graphcred.jwt import b64url_decode
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.acquire.jwt import b64url_decode
+from graphcred.api.keys import GROUP, PLURAL, VERSION
 
 from .bed import Bed, wait_for
 from .binaries import binary_dir

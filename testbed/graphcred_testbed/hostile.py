@@ -41,8 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from kubernetes import client
 
-from graphcred.model import GROUP, KIND, PLURAL, VERSION
-from graphcred.secret import RENEW_ANNOTATION
+from graphcred.api.keys import GROUP, KIND, PLURAL, RENEW_ANNOTATION, VERSION
 
 from .issuer import App, Fault, Issuer
 from .pki import CertificateAuthority, KeyPair, new_key, self_signed
@@ -113,8 +112,8 @@ def template_bomb(variant: int) -> dict[str, str]:
 
 def forged_error(variant: int) -> str:
     """A token endpoint `error` text that forges a log line (CR/LF) or drives a terminal (escapes)."""
-    forged = ("invalid_client\n2031-01-01 00:00:00,000 ERROR   graphcred.reconciler: forged line: kube-system/"
-              "prod-mail: token written to Secret attacker-ns/loot")
+    forged = ("invalid_client\n2031-01-01 00:00:00,000 ERROR   graphcred.reconcile.reconciler: forged line: "
+              "kube-system/prod-mail: token written to Secret attacker-ns/loot")
     escapes = "invalid_client\x1b[2J\x1b[H\x1b]0;pwned\x07graphcred: all credentials OK\x1b[8m"
     return (forged, escapes, forged.replace("\n", "\r\n") + escapes)[variant % 3]
 

@@ -14,8 +14,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from graphcred.jwt import b64url as b64url
-from graphcred.jwt import b64url_decode as b64url_decode
+from graphcred.acquire.jwt import b64url as b64url
+from graphcred.acquire.jwt import b64url_decode as b64url_decode
 
 
 def thumbprint_sha1(cert: x509.Certificate) -> str:

@@ -44,9 +44,10 @@ from typing import Any
 import requests
 from kubernetes import client, config
 
-from graphcred.jwt import b64url_decode
-from graphcred.model import GRAPH_DEFAULT_SCOPE, GROUP, KIND, PLURAL, VERSION, parse_duration
-from graphcred.secret import MANAGED_BY, MANAGED_BY_LABEL, controller_uid
+from graphcred.acquire.jwt import b64url_decode
+from graphcred.api.keys import GROUP, KIND, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION
+from graphcred.api.model import GRAPH_DEFAULT_SCOPE, parse_duration
+from graphcred.tokensecret.render import controller_uid
 
 from .bed import Bed
 from .hostile import (

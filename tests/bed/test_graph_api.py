@@ -20,7 +20,7 @@ from kiota_abstractions.base_request_configuration import RequestConfiguration
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 
-from graphcred.httpsession import PinnedCASession
+from graphcred.acquire.httpsession import PinnedCASession
 from graphcred_testbed import jose
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.graph import GraphApi, GraphCall

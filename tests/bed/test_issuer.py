@@ -11,7 +11,7 @@ import msal
 import pytest
 import requests
 
-from graphcred.httpsession import ExchangeFailed, Failure, PinnedCASession
+from graphcred.acquire.httpsession import ExchangeFailed, Failure, PinnedCASession
 from graphcred_testbed import jose
 from graphcred_testbed.bed import Bed
 from graphcred_testbed.pki import self_signed

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from graphcred.model import GROUP, KIND, VERSION
+from graphcred.api.keys import GROUP, KIND, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 
 from ..helpers import Env
@@ -158,7 +158,7 @@ def test_the_operators_identity_writes_only_secrets_a_credential_controls(env: E
         ("delete a Secret of someone else", ["delete", "secret", "theirs"], None),
     ])
     assert env.secret("theirs") is not None and env.secret("a") is None
-    # what the operator does (operator/graphcred/secret.py, reconciler.py): all allowed
+    # what the operator does (operator/graphcred/tokensecret/render.py, reconciler.py): all allowed
     for request in [
         ("create a token Secret", ["create", "-f", "-"], secret(env, "own", labels=LABELS, owners=[ref])),
         ("create a basic-auth one", ["create", "-f", "-"], secret(env, "git", type_="kubernetes.io/basic-auth",

@@ -28,8 +28,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from graphcred.model import GROUP, PLURAL, VERSION
-from graphcred.secret import RENEW_ANNOTATION
+from graphcred.api.keys import GROUP, PLURAL, RENEW_ANNOTATION, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from kubernetes import client
 from pydantic import ValidationError
 
-from graphcred.model import GROUP, PLURAL, VERSION, GraphAppCredentialSpec
+from graphcred.api.keys import GROUP, PLURAL, VERSION
+from graphcred.api.model import GraphAppCredentialSpec
 from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env

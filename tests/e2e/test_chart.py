@@ -202,9 +202,9 @@ LEASES = {("Role", "coordination.k8s.io", "leases", v) for v in ("get", "create"
 
 
 def test_the_lease_is_read_and_renewed_by_name_only() -> None:
-    """Leader election reads and renews the one Lease graphcred-leader (operator/graphcred/config.py); only create,
+    """Leader election reads and renews the one Lease graphcred-leader (operator/graphcred/app/config.py); only create,
     which names no existing object, cannot be limited to it."""
-    from graphcred.config import RunConfig
+    from graphcred.app.config import RunConfig
 
     [role] = [d for d in render() if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election")]
     assert role["rules"][1] == {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
@@ -976,7 +976,7 @@ def test_admission_policy_limits_token_requests_with_workload_identity() -> None
 
 def test_admission_policy_types_are_the_crds_types() -> None:
     """The policy allows exactly the Secret types spec.secretTemplate.type may name (the CRD's CEL rule)."""
-    from graphcred.model import _CEL_ORDINARY_TYPE
+    from graphcred.api.model import _CEL_ORDINARY_TYPE
 
     policy, _ = _policy(render())
     [ordinary] = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "ordinaryType"]

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.api.keys import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import wait_for
 from graphcred_testbed.binaries import binary
 

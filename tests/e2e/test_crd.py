@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from graphcred.crd import crd_yaml
-from graphcred.model import GROUP, KIND, PLURAL, VERSION
+from graphcred.api.crd import crd_yaml
+from graphcred.api.keys import GROUP, KIND, PLURAL, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.binaries import kube_minor
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from graphcred.config import RunConfig
-from graphcred.events import EventRecorder
-from graphcred.handlers import api_client
-from graphcred.kube import Kube
+from graphcred.app.config import RunConfig
+from graphcred.app.wiring import api_client
+from graphcred.kube.calls import Kube
+from graphcred.kube.events import EventRecorder
 from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env

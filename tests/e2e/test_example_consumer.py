@@ -15,7 +15,7 @@ import msal
 import pytest
 import yaml
 
-from graphcred.httpsession import PinnedCASession
+from graphcred.acquire.httpsession import PinnedCASession
 from graphcred_testbed.graph import GraphApi
 from graphcred_testbed.issuer import IssuerServer
 from graphcred_testbed.volume import SecretVolume

@@ -144,7 +144,7 @@ def test_a_failing_credential_recovers_as_soon_as_its_secret_is_fixed(env: Env) 
     env.bed.core.patch_namespaced_secret("fixme", env.namespace, {"stringData": {"clientSecret": env.sv("correct")}})
     env.wait_ready("fixme", timeout=5)
     assert env.bed.issuer.token_requests(app.client_id) == 2
-    # Events are posted from a queue after the status write (graphcred/events.py)
+    # Events are posted from a queue after the status write (graphcred/kube/events.py)
     wait_for(lambda: ("Normal", "TokenIssued") in [(t, r) for t, r, _ in env.events("fixme")], timeout=10,
              what="the TokenIssued Event")
 

@@ -18,8 +18,8 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
-from graphcred.jwt import b64url_decode
-from graphcred.secret import RENEW_ANNOTATION
+from graphcred.acquire.jwt import b64url_decode
+from graphcred.api.keys import RENEW_ANNOTATION
 from graphcred_client import AsyncMountedTokenCredential, MountedTokenCredential
 from graphcred_testbed.bed import wait_for
 from graphcred_testbed.graph import DOMAIN

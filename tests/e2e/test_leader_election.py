@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from graphcred.leader import LeaseElector
+from graphcred.app.leader import LeaseElector
 from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env, lease_holder, two_replicas

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from graphcred.model import GROUP, PLURAL, VERSION
-from graphcred.secret import RENEW_ANNOTATION, parse_rfc3339
+from graphcred.api.keys import GROUP, PLURAL, RENEW_ANNOTATION, VERSION
+from graphcred.base.times import parse_rfc3339
 from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env, lease_holder, two_replicas

@@ -8,7 +8,7 @@ import time
 import pytest
 from kubernetes import watch
 
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.api.keys import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env

@@ -19,8 +19,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from graphcred.model import GROUP, PLURAL, VERSION
-from graphcred.secret import RENEW_ANNOTATION
+from graphcred.api.keys import GROUP, PLURAL, RENEW_ANNOTATION, VERSION
 from graphcred_testbed import jose
 from graphcred_testbed.bed import wait_for
 from graphcred_testbed.volume import SecretVolume

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
-from graphcred.secretwatch import SecretMetadataWatch
+from graphcred.kube.metawatch import SecretMetadataWatch
 from graphcred_testbed.bed import Bed, wait_for
 
 pytestmark = pytest.mark.bed

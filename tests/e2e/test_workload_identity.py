@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from graphcred.model import GROUP, VERSION
+from graphcred.api.keys import GROUP, VERSION
 from graphcred_testbed import jose
 from graphcred_testbed.bed import Bed
 from graphcred_testbed.issuer import App, FederatedCredential

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from graphcred.model import GROUP, PLURAL, VERSION
+from graphcred.api.keys import GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.binaries import binary
 from graphcred_testbed.node import NODE_NAME

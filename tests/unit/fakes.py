@@ -13,11 +13,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphcred.credentials import Material
-from graphcred.jwt import TokenClaims
-from graphcred.kube import Conflict, Gone
-from graphcred.model import GraphAppCredentialSpec
-from graphcred.tokens import AcquisitionError, Token
+from graphcred.acquire.credentials import Material
+from graphcred.acquire.jwt import TokenClaims
+from graphcred.acquire.tokens import AcquisitionError, Token
+from graphcred.api.model import GraphAppCredentialSpec
+from graphcred.kube.calls import Conflict, Gone
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from graphcred.cli import main
-from graphcred.config import RunConfig
+from graphcred.app.cli import main
+from graphcred.app.config import RunConfig
 
 
 def run_config(monkeypatch: pytest.MonkeyPatch, *argv: str) -> RunConfig:
@@ -15,6 +15,6 @@ def run_config(monkeypatch: pytest.MonkeyPatch, *argv: str) -> RunConfig:
         seen.append(cfg)
         return 0
 
-    monkeypatch.setattr("graphcred.runner.run", run)
+    monkeypatch.setattr("graphcred.app.runner.run", run)
     assert main(["run", *argv]) == 0
     return seen[0]

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 import uuid
 
-from graphcred.breaker import Breaker
-from graphcred.model import Reason
-from graphcred.reconciler import Memory, Snapshot
-from graphcred.tokens import AcquisitionError, classify_error_response
+from graphcred.acquire.breaker import Breaker
+from graphcred.acquire.tokens import AcquisitionError, classify_error_response
+from graphcred.api.model import Reason
+from graphcred.reconcile.reconciler import Memory, Snapshot
 
 from .fakes import Clock, gac, secret_spec
 from .test_scheduling import Rig, run

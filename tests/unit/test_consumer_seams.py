@@ -11,10 +11,9 @@ from typing import Any
 
 from kubernetes import client
 
-from graphcred.consumerreports import REASON, STATUS_FIELD
-from graphcred.consumers import classify, unrefreshable
-from graphcred.controller import Controller
-from graphcred.podwatch import PodWatch
+from graphcred.consumers.pods import classify, unrefreshable
+from graphcred.consumers.podwatch import PodWatch
+from graphcred.consumers.reports import REASON, STATUS_FIELD
 
 from .fakes import gac, secret_spec
 from .test_scheduling import NS, TENANT, Rig, is_ready, run, until
@@ -24,14 +23,14 @@ TOKEN = "mail-token"
 
 def _rig() -> tuple[Rig, list[str]]:
     rig = Rig()
-    rig.controller = Controller(rig.reconciler, watch_consumers=True)
+    rig.with_consumer_reports(watching=True)
     messages: list[str] = []
 
     def emit(obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         if reason == REASON:
             messages.append(message)
 
-    rig.controller.consumers.emit = emit
+    rig.consumers.emit = emit
     return rig, messages
 
 
@@ -52,7 +51,7 @@ def test_one_replicaset_of_1000_flagged_pods_is_one_event_not_1000() -> None:
     back in full after every restart, leader change and rollout."""
     async def scenario() -> None:
         rig, messages = _rig()
-        reports = rig.controller.consumers
+        reports = rig.consumers
         rig.add(gac("mail", secret_spec(TENANT, str(uuid.uuid4()))))
         await until(lambda: is_ready(rig, "mail"))
         for i in range(1000):
@@ -132,7 +131,7 @@ def test_a_namespace_whose_pod_watch_cannot_list_does_not_freeze_the_others() ->
     403 for ever and never settles. The reports of `ns`, whose watch is fine, must still go out."""
     async def scenario() -> None:
         rig, messages = _rig()
-        reports = rig.controller.consumers
+        reports = rig.consumers
         reports.attach([_Watch(NS, True), _Watch("gone", False)])  # type: ignore[list-item]
         rig.add(gac("mail", secret_spec(TENANT, str(uuid.uuid4()))))
         await until(lambda: is_ready(rig, "mail"))

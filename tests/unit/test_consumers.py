@@ -22,8 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
-from graphcred.consumerreports import REASON, STATUS_FIELD
-from graphcred.consumers import (
+from graphcred.consumers.pods import (
     ConsumerIndex,
     Finding,
     How,
@@ -33,9 +32,9 @@ from graphcred.consumers import (
     unrefreshable,
     warning_message,
 )
-from graphcred.controller import Controller
-from graphcred.podwatch import PodWatch
-from graphcred.reporting import status_patch
+from graphcred.consumers.podwatch import PodWatch
+from graphcred.consumers.reports import REASON, STATUS_FIELD
+from graphcred.reconcile.reporting import status_patch
 from graphcred_testbed.bed import wait_for
 
 from .fakes import gac, secret_spec
@@ -187,7 +186,7 @@ def test_the_reconcilers_status_patch_leaves_the_count_alone() -> None:
 # --- reports: Events, status, metric (the real Controller and Reconciler, in-memory I/O) -------------------------
 def _rig(watching: bool) -> Rig:
     rig = Rig()
-    rig.controller = Controller(rig.reconciler, watch_consumers=watching)
+    rig.with_consumer_reports(watching=watching)
     return rig
 
 
@@ -203,7 +202,7 @@ def _gauge(rig: Rig, name: str) -> float | None:
 def test_flagged_pods_are_reported_once_and_counted_while_they_exist() -> None:
     async def scenario() -> None:
         rig = _rig(watching=True)
-        reports = rig.controller.consumers
+        reports = rig.consumers
         rig.add(gac("mail", secret_spec(TENANT, str(uuid.uuid4()))))
         await until(lambda: is_ready(rig, "mail"))
         reports.pod_changed(NS, "reader-0", PodConsumer("u0", (SUB_PATH,)))

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from graphcred import credentials
-from graphcred.credentials import CredentialError
-from graphcred.model import CertificateRef, ClientSecretRef, Reason, WorkloadIdentityRef
+from graphcred.acquire import credentials
+from graphcred.acquire.credentials import CredentialError
+from graphcred.api.model import CertificateRef, ClientSecretRef, Reason, WorkloadIdentityRef
 from graphcred_testbed.pki import CertificateAuthority, self_signed
 
 
@@ -143,8 +143,9 @@ def test_federation_fingerprints_cover_the_service_account_audience_and_annotati
 
 
 def test_a_tenant_annotation_narrows_the_consent_to_that_tenant() -> None:
-    from graphcred.credentials import TENANT_ID_ANNOTATION, federation
-    from graphcred.model import WorkloadIdentityRef
+    from graphcred.acquire.credentials import federation
+    from graphcred.api.keys import TENANT_ID_ANNOTATION
+    from graphcred.api.model import WorkloadIdentityRef
 
     client, tenant = "0b1c2d3e-0000-4000-8000-000000000001", "0b1c2d3e-0000-4000-8000-0000000000aa"
     ref = WorkloadIdentityRef.model_validate({"serviceAccountName": "reader"})

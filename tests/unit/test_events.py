@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiException
 
-from graphcred.events import EventRecorder, event_body, event_name, instance_name
-from graphcred.metrics import Metrics
-from graphcred.reconciler import Memory, Reconciler, Snapshot
-from graphcred.sharing import SharedTokens
+from graphcred.acquire.sharing import SharedTokens
+from graphcred.kube.events import EventRecorder, event_body, event_name, instance_name
+from graphcred.reconcile.reconciler import Memory, Reconciler, Snapshot
+from graphcred.telemetry.metrics import Metrics
 
 from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
 
@@ -159,7 +159,7 @@ def test_a_failing_post_is_retried_only_when_the_apiserver_may_recover_and_never
         await recorder.stop()
         assert (api.calls, recorder.lost) == (4, 2)  # 403: once; no connection: three attempts
 
-    with caplog.at_level(logging.DEBUG, logger="graphcred.events"):
+    with caplog.at_level(logging.DEBUG, logger="graphcred.kube.events"):
         run(scenario)
     assert [e["message"] for e in api.events.values()] == ["third time lucky"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -194,7 +194,7 @@ def test_an_event_for_a_namespace_being_deleted_is_dropped_quietly(caplog: pytes
         await recorder.stop()
         assert (api.calls, recorder.lost) == (2, 1)  # neither retried; only the real refusal counts as lost
 
-    with caplog.at_level(logging.DEBUG, logger="graphcred.events"):
+    with caplog.at_level(logging.DEBUG, logger="graphcred.kube.events"):
         run(scenario)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["team-a/mail: Event Unauthorized not posted (post Event failed: HTTP 403 Forbidden); until "

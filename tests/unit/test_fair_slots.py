@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from graphcred.controller import Controller
-from graphcred.credentials import Material
-from graphcred.model import GraphAppCredentialSpec
-from graphcred.reconciler import Reconciler
-from graphcred.sharing import SharedTokens
-from graphcred.slots import Claim, FairSlots, RequestBudget, SlotGate
-from graphcred.tokens import Token
+from graphcred.acquire.credentials import Material
+from graphcred.acquire.sharing import SharedTokens
+from graphcred.acquire.tokens import Token
+from graphcred.api.model import GraphAppCredentialSpec
+from graphcred.reconcile.controller import Controller
+from graphcred.reconcile.reconciler import Reconciler
+from graphcred.reconcile.slots import Claim, FairSlots, RequestBudget, SlotGate
 
 from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
 from .test_scheduling import until

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from graphcred.credentials import ClientSecret, Material
-from graphcred.model import GraphAppCredentialSpec
-from graphcred.reads import Fetch, Key
-from graphcred.secret import Owner, render
-from graphcred.secretwatch import Directory, Seen
-from graphcred.tokens import Token
+from graphcred.acquire.credentials import ClientSecret, Material
+from graphcred.acquire.tokens import Token
+from graphcred.api.model import GraphAppCredentialSpec
+from graphcred.kube.metawatch import Directory, Seen
+from graphcred.kube.reads import Fetch, Key
+from graphcred.tokensecret.render import Owner, render
 
 from .fakes import FakeKube, gac, secret_spec
 from .test_scheduling import NS, TENANT, Rig, closed, is_ready, run, until
@@ -182,7 +182,7 @@ def test_a_pass_after_a_rotation_reads_the_credential_secret_again() -> None:
 
 
 def test_a_cancelled_pass_leaves_the_shared_read_to_the_others() -> None:
-    from graphcred.reads import SharedReads
+    from graphcred.kube.reads import SharedReads
 
     async def scenario() -> None:
         reads = SharedReads()

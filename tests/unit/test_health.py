@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from graphcred.metrics import Health, Metrics, serve
+from graphcred.telemetry.metrics import Health, Metrics, serve
 
 
 class Clock:
@@ -40,7 +40,7 @@ def test_liveness_follows_the_ticks_of_whatever_drives_the_process() -> None:
 def test_a_prober_that_hangs_up_leaves_no_traceback_in_the_log(capfd: pytest.CaptureFixture[str]) -> None:
     """A probe that times out and closes its connection made the stdlib server print a traceback to stderr (seen
     in the hostile soak's replica logs) for each one."""
-    from graphcred.metrics import Health, Metrics, serve
+    from graphcred.telemetry.metrics import Health, Metrics, serve
 
     server = serve(0, Metrics(), Health(), host="127.0.0.1")
     try:

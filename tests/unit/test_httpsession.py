@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import requests
 
-from graphcred import deadline
-from graphcred.discovery import DiscoveryCache
-from graphcred.httpsession import MAX_ANSWER, ExchangeFailed, Failure, PinnedCASession
+from graphcred.acquire import deadline
+from graphcred.acquire.discovery import DiscoveryCache
+from graphcred.acquire.httpsession import MAX_ANSWER, ExchangeFailed, Failure, PinnedCASession
 from graphcred_testbed.issuer import IssuerServer
 from graphcred_testbed.pki import CertificateAuthority
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import configparser
 import shutil
 import subprocess
 import sys
@@ -36,38 +37,16 @@ def test_no_product_module_imports_the_test_bed() -> None:
     assert not (PRODUCT / "testbed").exists()
 
 
-# DESIGN §6: the pure modules do no I/O: no kopf, msal or kubernetes, no network, no clock of their own, not even
-# through another graphcred module.
-PURE = ("model", "crd", "policy", "secret", "reporting", "breaker", "credentials", "jwt", "consumers", "opsview",
-        "admission")
-IO = {"kopf", "kubernetes", "msal", "requests", "urllib3", "aiohttp", "socket", "asyncio", "threading", "time",
-      "subprocess", "http", "urllib", "ssl", "prometheus_client", "logging"}
-
-
-def _reaches(module: str) -> set[str]:
-    """Every module `graphcred.<module>` imports, directly or through other graphcred modules."""
-    seen: set[str] = set()
-    todo, outside = [module], set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse((PRODUCT / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                todo.extend([node.module] if node.module else [a.name for a in node.names])
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                outside.add(node.module)
-            elif isinstance(node, ast.Import):
-                outside.update(a.name for a in node.names)
-    return {m.split(".")[0] for m in outside}
-
-
-def test_pure_modules_reach_no_io() -> None:
-    reached = {module: sorted(_reaches(module) & IO) for module in PURE}
-    assert {m: r for m, r in reached.items() if r} == {}
-    assert "kopf" in _reaches("handlers")  # the check sees through imports
+# The layering itself is import-linter's (.importlinter, run by `make lint`): here only that no subpackage escapes it.
+def test_every_subpackage_is_in_a_layer_of_the_import_contracts() -> None:
+    contracts = configparser.ConfigParser()
+    contracts.read(ROOT / ".importlinter")
+    layers = {name.strip() for line in contracts["importlinter:contract:layers"]["layers"].split("\n")
+              for name in line.split("|") if name.strip()}
+    subpackages = {f"graphcred.{p.parent.name}" for p in PRODUCT.glob("*/__init__.py")}
+    assert len(subpackages) >= 8
+    assert subpackages == layers
+    assert {p.name for p in PRODUCT.glob("*.py")} == {"__init__.py", "__main__.py"}, "every module in a subpackage"
 
 
 def test_the_wheel_holds_graphcred_alone(tmp_path: Path) -> None:

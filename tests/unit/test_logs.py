@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from graphcred.logs import configure
+from graphcred.app.logs import configure
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def test_kopf_retries_during_an_apiserver_outage_are_warnings(root_logger: None,
     watching.error(f"Request attempt #3/9 failed; SSL closed; will re-authenticate: {url}")
     watching.error(f"Request attempt #9/9 failed; escalating: {url} -> ClientConnectorError()")
     logging.getLogger("kopf.objects").error("Handler '_credential_event' failed with an exception. Will retry.")
-    logging.getLogger("graphcred.controller").error("Request attempt #1/9 failed; will retry: not kopf's")
+    logging.getLogger("graphcred.reconcile.controller").error("Request attempt #1/9 failed; will retry: not kopf's")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [line["level"] for line in lines] == [
         "warning", "warning", "warning",
@@ -40,7 +40,8 @@ def test_kopf_retries_during_an_apiserver_outage_are_warnings(root_logger: None,
     ]
 
 
-FORGED = "invalid_client\r\n2031-01-01 00:00:00,000 ERROR   graphcred.reconciler: forged line\x1b[2J\x9b\u2028end"
+FORGED = ("invalid_client\r\n2031-01-01 00:00:00,000 ERROR   graphcred.reconcile.reconciler: forged line"
+          "\x1b[2J\x9b\u2028end")
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -48,7 +49,7 @@ def test_a_tenant_controlled_text_cannot_forge_a_log_line(fmt: str, root_logger:
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     # security review, finding 11: an authority's error text echoed into a log line wrote a line of its own
     configure(fmt, "INFO")
-    log = logging.getLogger("graphcred.reconciler")
+    log = logging.getLogger("graphcred.reconcile.reconciler")
     log.warning("%s/%s: Unauthorized: %s", "ns", "mail", FORGED)
     try:
         raise ValueError("boom\nforged too")
@@ -58,7 +59,7 @@ def test_a_tenant_controlled_text_cannot_forge_a_log_line(fmt: str, root_logger:
     assert len(lines) == 2, lines
     messages = [json.loads(line)["message"] for line in lines] if fmt == "json" else lines
     assert messages[0].endswith(r"Unauthorized: invalid_client\r\n2031-01-01 00:00:00,000 ERROR   "
-                                r"graphcred.reconciler: forged line\x1b[2J\x9b\u2028end")
+                                r"graphcred.reconcile.reconciler: forged line\x1b[2J\x9b\u2028end")
     assert messages[1].endswith(r"a pass failed for ns/mail\n [ValueError: boom\nforged too]")
     for text in messages:
         assert not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029" for c in text)

@@ -8,9 +8,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from graphcred.controller import Controller
-from graphcred.metrics import CredentialStatus, Metrics
-from graphcred.reconciler import Reconciler
+from graphcred.reconcile.controller import Controller
+from graphcred.reconcile.reconciler import Reconciler
+from graphcred.telemetry.metrics import CredentialStatus, Metrics
 
 SECRET_MESSAGE = "AADSTS7000215: Invalid client secret provided for app 1234, token eyJhbGciOi.secret"
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from graphcred.crd import PRINTER_COLUMNS, crd
-from graphcred.model import (
+from graphcred.api.crd import PRINTER_COLUMNS, crd
+from graphcred.api.model import (
     CONDITION_MESSAGE_MAX,
     CONDITION_REASON_PATTERN,
     Condition,
@@ -19,7 +19,7 @@ from graphcred.model import (
     Reason,
     parse_duration,
 )
-from graphcred.reconciler import spec_error_message
+from graphcred.reconcile.reconciler import spec_error_message
 
 TENANT, CLIENT = str(uuid.uuid4()), str(uuid.uuid4())
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from graphcred import opsview
-from graphcred.cli import main
-from graphcred.ops import image_version, object_name, renew_value
+from graphcred.app.cli import main
+from graphcred.ops import view as opsview
+from graphcred.ops.commands import image_version, object_name, renew_value
 
 NOW = dt.datetime(2025, 11, 25, 18, 0, 0, tzinfo=dt.UTC)
 RENEW = "graphcred.io/renew-requested-at"
@@ -260,7 +260,7 @@ def test_no_kubeconfig_is_a_cluster_error_exit_4(tmp_path: Any, capsys: pytest.C
 
 
 def test_the_kubectl_plugin_names_itself_as_kubectl_shows_it(capsys: pytest.CaptureFixture[str]) -> None:
-    from graphcred.cli import kubectl_main
+    from graphcred.app.cli import kubectl_main
 
     assert kubectl_main(["status", "--help"]) == 0
     assert capsys.readouterr().out.startswith("Usage: kubectl graphcred status")
@@ -320,7 +320,7 @@ def test_status_escapes_control_characters_in_messages_events_and_mounts() -> No
 def test_json_and_yaml_escape_control_characters_too(output: str) -> None:
     import io
 
-    from graphcred.ops import _dump
+    from graphcred.ops.commands import _dump
 
     out = io.StringIO()
     _dump(out, {"message": HOSTILE}, output)

@@ -5,9 +5,10 @@ import random
 
 import pytest
 
-from graphcred import policy
-from graphcred.model import GraphAppCredentialStatus, Reason
-from graphcred.policy import Retry
+from graphcred.api.model import GraphAppCredentialStatus, Reason
+from graphcred.base.backoff import BACKOFF_CAP, backoff
+from graphcred.reconcile import policy
+from graphcred.reconcile.policy import Retry
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -35,15 +36,15 @@ def test_refresh_is_never_immediate_for_short_tokens() -> None:
 
 def test_backoff_grows_exponentially_and_is_capped() -> None:
     rng = random.Random(1)
-    delays = [policy.backoff(n, None, rng) for n in range(1, 12)]
+    delays = [backoff(n, None, rng) for n in range(1, 12)]
     assert 1.0 <= delays[0] <= 2.0
     assert 8.0 <= delays[3] <= 16.0
-    assert all(d <= policy.BACKOFF_CAP for d in delays)
-    assert delays[-1] >= policy.BACKOFF_CAP / 2
+    assert all(d <= BACKOFF_CAP for d in delays)
+    assert delays[-1] >= BACKOFF_CAP / 2
 
 
 def test_backoff_honours_retry_after() -> None:
-    assert policy.backoff(1, 42.0, random.Random(0)) == 42.0
+    assert backoff(1, 42.0, random.Random(0)) == 42.0
 
 
 def test_missing_roles_named_in_order() -> None:
@@ -112,7 +113,7 @@ def test_backoff_after_days_of_failures_stays_at_its_cap() -> None:
     # 2 ** failures overflowed a float after ~1,024 failures in a row (3.5 days at the 300 s cap): the pass that
     # reports the failure raised instead, and so did its error report, and the worker died.
     for failures in (1_024, 1_100, 100_000):
-        assert policy.BACKOFF_CAP / 2 <= policy.backoff(failures) <= policy.BACKOFF_CAP
+        assert BACKOFF_CAP / 2 <= backoff(failures) <= BACKOFF_CAP
     delay = policy.retry_delay(policy.Retry.TRANSIENT, 5_000, None, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), None,
                                random.Random(1))
-    assert delay is not None and delay <= policy.BACKOFF_CAP
+    assert delay is not None and delay <= BACKOFF_CAP

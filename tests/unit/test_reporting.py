@@ -1,4 +1,5 @@
-"""What a pass reports, decided by the pure functions of `graphcred.reporting`, checked alone (no kube, no clock)."""
+"""What a pass reports, decided by the pure functions of `graphcred.reconcile.reporting`, checked alone (no kube,
+no clock)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from graphcred import reporting
-from graphcred.jwt import TokenClaims
-from graphcred.model import Condition, GraphAppCredentialStatus, Reason
-from graphcred.policy import Retry, Verdict, issued_verdict
-from graphcred.secret import rfc3339
+from graphcred.acquire.jwt import TokenClaims
+from graphcred.api.model import Condition, GraphAppCredentialStatus, Reason
+from graphcred.base.times import rfc3339
+from graphcred.reconcile import reporting
+from graphcred.reconcile.policy import Retry, Verdict, issued_verdict
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 EARLIER = "2026-11-25T11:00:00Z"

@@ -13,12 +13,13 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from graphcred.controller import Controller
-from graphcred.metrics import Metrics
-from graphcred.model import Reason
-from graphcred.reconciler import Memory, Reconciler, Snapshot
-from graphcred.sharing import SharedTokens
-from graphcred.tokens import AcquisitionError
+from graphcred.acquire.sharing import SharedTokens
+from graphcred.acquire.tokens import AcquisitionError
+from graphcred.api.model import Reason
+from graphcred.consumers.reports import ConsumerReports
+from graphcred.reconcile.controller import Controller
+from graphcred.reconcile.reconciler import Memory, Reconciler, Snapshot
+from graphcred.telemetry.metrics import Metrics
 
 from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
 
@@ -42,8 +43,18 @@ class Rig:
             clock=self.clock, rng=random.Random(seed), metrics=self.metrics, shared=SharedTokens(clock=self.clock),
             token_concurrency=token_concurrency)
         self.controller = Controller(self.reconciler)
+        self.consumers: ConsumerReports | None = None
         if kube is None:
             self.kube.put_client_secret(NS, "cred", "s3cret")
+
+    def with_consumer_reports(self, *, watching: bool) -> ConsumerReports:
+        """The consumer reports of --watch-consumers (`watching`), wired as the operator wires them; call it in the
+        running loop."""
+        self.consumers = ConsumerReports(self.controller, self.kube, self.emit,  # type: ignore[arg-type]
+                                         self.metrics, self.reconciler._blocking, watching=watching)
+        self.controller.listen(self.consumers)
+        self.consumers.start()
+        return self.consumers
 
     def successor(self, seed: int) -> Rig:
         """The next process (a restart, a new leader): same cluster and clock, nothing else shared."""
@@ -321,7 +332,7 @@ def test_renew_annotation_acquires_a_new_token_at_once() -> None:
 
 
 def test_other_conditions_in_status_do_not_break_resume() -> None:
-    from graphcred.model import GraphAppCredentialStatus
+    from graphcred.api.model import GraphAppCredentialStatus
 
     status = GraphAppCredentialStatus.model_validate({"conditions": [
         {"type": "Ready", "status": "True", "reason": "TokenIssued"},
@@ -484,7 +495,7 @@ def test_a_request_sent_before_the_tenant_opened_does_not_free_the_probe_of_anot
     """Review of 7e746f4: every request frees its probe marks when it ends; one sent before the tenant opened
     (so no probe) ending later with its own app's 503 freed the mark of the probe in flight, and a second probe
     went out beside it."""
-    from graphcred.breaker import Breaker
+    from graphcred.acquire.breaker import Breaker
 
     breaker, clock = Breaker(random.Random(0)), Clock()
     early, probe, waiting = object(), object(), object()
@@ -529,7 +540,7 @@ def test_one_request_at_a_time_never_waits_for_a_probe() -> None:
 
 
 def test_after_an_outage_the_breaker_probes_at_least_every_30_s() -> None:
-    from graphcred.breaker import Breaker
+    from graphcred.acquire.breaker import Breaker
 
     breaker, clock = Breaker(random.Random(0)), Clock()
     for _ in range(30):  # a long outage: every probe fails
@@ -623,7 +634,7 @@ def test_a_certificate_valid_in_a_moment_is_tried_again_then_not_in_five_minutes
 
 
 def test_a_token_secret_left_by_a_deleted_namesake_is_adopted_not_a_conflict() -> None:
-    from graphcred.secret import Owner, render
+    from graphcred.tokensecret.render import Owner, render
 
     rig = Rig()
     old = Owner("a", NS, str(uuid.uuid4()))  # deleted; the garbage collector has not got to its Secret yet
@@ -689,7 +700,7 @@ def test_forty_renew_requests_in_a_row_send_at_most_three_token_requests() -> No
 def test_renews_beyond_the_budget_wait_and_the_newest_is_answered() -> None:
     """The CLI waits for status.lastRenewRequest to show its value: a renew held back by the budget is served
     later, not dropped, and answers every value that arrived meanwhile."""
-    from graphcred.slots import RequestBudget
+    from graphcred.reconcile.slots import RequestBudget
 
     rig = Rig()
     rig.controller = Controller(rig.reconciler, renews=RequestBudget(burst=1, per_minute=120))  # one per 0.5 s
@@ -711,7 +722,7 @@ def test_a_namespaces_budget_counts_its_credentials_and_never_holds_another_name
     """The reconciler charges each request to its credential (`who`): 25 new credentials of one namespace each
     bring their own request (a namespace of many credentials converges as fast as before the budget), and another
     namespace never waits for this one's budget. Pacing of a few credentials asking in a loop: test_fair_slots."""
-    from graphcred.slots import RequestBudget
+    from graphcred.reconcile.slots import RequestBudget
 
     rig = Rig()
     rig.reconciler = Reconciler(rig.kube, rig.tokens, rig.emit,  # type: ignore[arg-type]

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from graphcred import secret
-from graphcred.model import SecretTemplate
-from graphcred.reconciler import Memory, Reconciler, Snapshot
-from graphcred.secret import Owner, TemplateKeys, TokenFacts
-from graphcred.sharing import SharedTokens
-from graphcred.template import TemplateError
+from graphcred.acquire.sharing import SharedTokens
+from graphcred.api.model import SecretTemplate
+from graphcred.api.template import TemplateError
+from graphcred.reconcile.reconciler import Memory, Reconciler, Snapshot
+from graphcred.tokensecret import render as secret
+from graphcred.tokensecret.render import Owner, TemplateKeys, TokenFacts
 
 from .fakes import Clock, FakeKube, FakeTokens, _merge, gac, secret_spec
 

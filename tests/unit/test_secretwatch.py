@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
-from graphcred.secretwatch import Directory, KnownSecrets, MetadataWatch, SecretMetadataWatch, Seen, backoff
+from graphcred.kube.metawatch import Directory, KnownSecrets, MetadataWatch, SecretMetadataWatch, Seen, backoff
 from graphcred_testbed.bed import wait_for
 
 Answer = tuple[int, list[dict[str, Any]]]  # HTTP status, JSON documents (one body, or one watch event a line)

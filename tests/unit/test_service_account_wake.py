@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from graphcred.reconciler import Memory, Snapshot
+from graphcred.reconcile.reconciler import Memory, Snapshot
 
 from .fakes import gac, secret_spec
 from .test_scheduling import NS, TENANT, Rig, is_ready, run, until

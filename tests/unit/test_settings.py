@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from graphcred import config, runner
-from graphcred.cli import main
-from graphcred.config import RunConfig
-from graphcred.settings import RunSettings, SettingsError, load
+from graphcred.app import config, runner
+from graphcred.app.cli import main
+from graphcred.app.config import RunConfig
+from graphcred.app.settings import RunSettings, SettingsError, load
 
 from .runconfig import run_config
 
@@ -40,7 +40,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     """What `graphcred run ARGV` says before refusing to start (SystemExit 2): one line, nothing started."""
-    monkeypatch.setattr("graphcred.runner.run", lambda cfg: pytest.fail("started despite a bad setting"))
+    monkeypatch.setattr("graphcred.app.runner.run", lambda cfg: pytest.fail("started despite a bad setting"))
     with pytest.raises(SystemExit) as exited:
         main(["run", *argv])
     assert exited.value.code == 2

@@ -5,10 +5,10 @@ import datetime as dt
 
 import pytest
 
-from graphcred.jwt import TokenClaims
-from graphcred.model import Reason
-from graphcred.sharing import SharedTokens
-from graphcred.tokens import AcquisitionError, Token
+from graphcred.acquire.jwt import TokenClaims
+from graphcred.acquire.sharing import SharedTokens
+from graphcred.acquire.tokens import AcquisitionError, Token
+from graphcred.api.model import Reason
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 

@@ -9,7 +9,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from graphcred.model import DURATION_PATTERN, GraphAppCredentialSpec
+from graphcred.api.model import DURATION_PATTERN, GraphAppCredentialSpec
 from graphcred_testbed.hostile import (
     forged_error,
     huge_duration,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from graphcred.stopflag import StopFlag
+from graphcred.app.stopflag import StopFlag
 
 
 def test_a_stop_requested_before_kopf_starts_is_seen_at_once() -> None:

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from graphcred.model import GraphAppCredentialSpec
-from graphcred.reconciler import spec_error_message
-from graphcred.template import FIELDS, FILTERS, MAX_TEMPLATE_CHARS, TemplateError, compile_template
+from graphcred.api.model import GraphAppCredentialSpec
+from graphcred.api.template import FIELDS, FILTERS, MAX_TEMPLATE_CHARS, TemplateError, compile_template
+from graphcred.reconcile.reconciler import spec_error_message
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2dyYXBoLm1pY3Jvc29mdC5jb20ifQ.c2ln"
 VALUES: dict[str, str | int] = {

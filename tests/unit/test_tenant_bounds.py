@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from kubernetes.client.exceptions import ApiException
 
-from graphcred.reconciler import Memory, Snapshot
+from graphcred.reconcile.reconciler import Memory, Snapshot
 from graphcred_testbed.pki import self_signed
 
 from .fakes import T0, gac, secret_spec

@@ -17,13 +17,13 @@ import pytest
 import yaml
 from kubernetes import client
 
-from graphcred.config import RunConfig
-from graphcred.credentials import ClientSecret
-from graphcred.handlers import api_client
-from graphcred.kube import Kube
-from graphcred.leader import LeaseElector
-from graphcred.model import GraphAppCredentialSpec, Reason
-from graphcred.tokens import AcquisitionError, TokenClient
+from graphcred.acquire.credentials import ClientSecret
+from graphcred.acquire.tokens import AcquisitionError, TokenClient
+from graphcred.api.model import GraphAppCredentialSpec, Reason
+from graphcred.app.config import RunConfig
+from graphcred.app.leader import LeaseElector
+from graphcred.app.wiring import api_client
+from graphcred.kube.calls import Kube
 from graphcred_testbed.pki import CertificateAuthority
 
 from ..hostile import HostileAuthority

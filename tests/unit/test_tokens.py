@@ -14,10 +14,10 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from graphcred.credentials import ClientSecret, Federation
-from graphcred.logs import redact
-from graphcred.model import GraphAppCredentialSpec, Reason
-from graphcred.tokens import AcquisitionError, TokenClient, classify_error_response
+from graphcred.acquire.credentials import ClientSecret, Federation
+from graphcred.acquire.tokens import AcquisitionError, TokenClient, classify_error_response
+from graphcred.api.model import GraphAppCredentialSpec, Reason
+from graphcred.app.logs import redact
 
 HOST = "https://login.example.test"
 TENANT, CLIENT = str(uuid.uuid4()), str(uuid.uuid4())

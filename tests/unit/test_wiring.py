@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from graphcred import handlers
-from graphcred.config import RunConfig
-from graphcred.controller import Controller
-from graphcred.reconciler import Reconciler
+from graphcred.app import handlers
+from graphcred.app.config import RunConfig
+from graphcred.consumers.reports import ConsumerReports
+from graphcred.reconcile.controller import Controller
+from graphcred.reconcile.reconciler import Reconciler
+from graphcred.telemetry.metrics import Metrics
 
 from .runconfig import run_config
 
@@ -93,10 +95,16 @@ def test_service_accounts_are_watched_only_with_workload_identity(
         reconciler = Reconciler(None, None, lambda *a: None,  # type: ignore[arg-type]
                                 workload_identity=workload_identity)
         assert reconciler.workload_identity is workload_identity
-        handlers._watches(client.ApiClient(), cfg, Controller(reconciler), asyncio.get_running_loop())
+        controller = Controller(reconciler)
+        handlers._watches(client.ApiClient(), cfg, controller, _reports(controller, cfg), asyncio.get_running_loop())
 
     asyncio.run(wire())
     assert RecordedWatch.made == expected
+
+
+def _reports(controller: Controller, cfg: RunConfig) -> ConsumerReports:
+    return ConsumerReports(controller, None, lambda *a: None, Metrics(), asyncio.to_thread,  # type: ignore[arg-type]
+                           watching=cfg.watch_consumers)
 
 
 def test_a_service_account_event_reaches_the_controller_on_its_loop(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,8 +122,8 @@ def test_a_service_account_event_reaches_the_controller_on_its_loop(monkeypatch:
     async def wire() -> None:
         controller = Controller(Reconciler(None, None, lambda *a: None))  # type: ignore[arg-type]
         monkeypatch.setattr(controller, "service_account_event", lambda *e: events.append(e))
-        handlers._watches(client.ApiClient(), RunConfig(workload_identity=True), controller,
-                          asyncio.get_running_loop())
+        cfg = RunConfig(workload_identity=True)
+        handlers._watches(client.ApiClient(), cfg, controller, _reports(controller, cfg), asyncio.get_running_loop())
         await asyncio.to_thread(callbacks["serviceaccounts"], "ns", "reader", "7", False)
         await asyncio.sleep(0)
 
@@ -168,17 +176,17 @@ def test_pods_are_watched_only_with_watch_consumers(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(RecordedPodWatch, "made", [])
     cfg = RunConfig(namespaces=namespaces, watch_consumers=watch_consumers)
 
-    async def wire() -> Controller:
-        controller = Controller(Reconciler(None, None, lambda *a: None),  # type: ignore[arg-type]
-                                watch_consumers=watch_consumers)
-        handlers._watches(client.ApiClient(), cfg, controller, asyncio.get_running_loop())
-        return controller
+    async def wire() -> ConsumerReports:
+        controller = Controller(Reconciler(None, None, lambda *a: None))  # type: ignore[arg-type]
+        consumers = _reports(controller, cfg)
+        handlers._watches(client.ApiClient(), cfg, controller, consumers, asyncio.get_running_loop())
+        return consumers
 
-    controller = asyncio.run(wire())
+    consumers = asyncio.run(wire())
     assert RecordedPodWatch.made == expected
     assert [r for r, _, _ in RecordedWatch.made if r == "pods"] == [], "no metadata watch of pods either"
-    assert len(controller.consumers.watches) == len(expected)
-    assert controller.consumers.watching is watch_consumers
+    assert len(consumers.watches) == len(expected)
+    assert consumers.watching is watch_consumers
 
 
 def test_a_blocking_call_after_the_threads_are_shut_down_is_cancelled_not_an_error() -> None:
@@ -188,7 +196,7 @@ def test_a_blocking_call_after_the_threads_are_shut_down_is_cancelled_not_an_err
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from graphcred.handlers import blocking_runner
+    from graphcred.app.wiring import blocking_runner
 
     async def scenario() -> None:
         executor = ThreadPoolExecutor(1)

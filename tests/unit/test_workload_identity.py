@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from graphcred.kube import SERVICE_ACCOUNT_TOKEN_SECONDS
-from graphcred.metrics import Metrics
-from graphcred.reconciler import KubeCallFailed, Memory, Reconciler, Snapshot
-from graphcred.sharing import SharedTokens
+from graphcred.acquire.sharing import SharedTokens
+from graphcred.kube.calls import SERVICE_ACCOUNT_TOKEN_SECONDS
+from graphcred.reconcile.reconciler import KubeCallFailed, Memory, Reconciler, Snapshot
+from graphcred.telemetry.metrics import Metrics
 
 from .fakes import Clock, FakeKubeWithServiceAccounts, FederatedFakeTokens, federated_spec, gac
 
@@ -357,7 +357,7 @@ def test_an_audience_the_apiserver_could_accept_is_refused_by_the_schema(audienc
     # Whoever may create a GraphAppCredential must not get a ServiceAccount token that works against the cluster.
     from pydantic import ValidationError
 
-    from graphcred.model import GraphAppCredentialSpec
+    from graphcred.api.model import GraphAppCredentialSpec
 
     spec = federated_spec(TENANT, _client())
     spec["credential"]["workloadIdentity"]["audience"] = audience
@@ -409,8 +409,8 @@ def test_without_the_flag_a_federated_credential_is_refused_without_reading_the_
 
 # --- secrecy ----------------------------------------------------------------------------------------------------
 def test_the_service_account_token_never_reaches_status_events_or_logs(caplog: pytest.LogCaptureFixture) -> None:
-    from graphcred.model import Reason
-    from graphcred.tokens import AcquisitionError
+    from graphcred.acquire.tokens import AcquisitionError
+    from graphcred.api.model import Reason
 
     rig = Rig()
     _, spec = rig.consenting()
@@ -508,7 +508,7 @@ def test_a_slow_token_request_holds_no_slot_other_credentials_need() -> None:
 
 def test_the_token_request_sent_to_the_apiserver() -> None:
     # Kube.request_service_account_token's own request body: audience, the shortest lifetime, bound to nothing
-    from graphcred.kube import Kube
+    from graphcred.kube.calls import Kube
 
     class Recording:
         def __init__(self) -> None:

@@ -1,0 +1,346 @@
+"""Notice changes to credential Secrets (rotation) and deletions of token Secrets, cheaply; and, with workload
+identity, changes to ServiceAccounts (their client-id annotation added or removed).
+
+A metadata-only list and watch (`as=PartialObjectMetadata`): the apiserver sends metadata, never Secret data. Of
+that metadata only namespace, name and resourceVersion are kept; annotations (kubectl's last-applied-configuration
+holds a copy of the Secret's data), labels and managedFields are dropped as each page or event is read. Events go
+to a callback (namespace, name, resourceVersion, deleted); the controller decides whether anyone cares. The same
+watch follows ServiceAccounts (`resource="serviceaccounts"`): a changed resourceVersion is all the controller needs
+to wake a credential, which then reads the ServiceAccount itself.
+
+The watch runs in a thread with the blocking client. The list is paged (`limit`/`continue`), so a cluster with
+tens of thousands of Secrets costs one page of memory at a time, not the whole list; an expired continue token
+starts the list over. Reconnects resume from the last resourceVersion; a "410 Gone" lists again, and because the
+watch keeps a compact record of the Secrets it knows, a Secret deleted while it was away is reported deleted.
+Every failure (an exception, an ERROR event, a stream that ends at once) backs off, with jitter, before retrying.
+That record also answers the reconciler (`Directory`): whether a Secret exists, so that a read can be skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.watch.watch import iter_resp_lines
+
+from graphcred.base import backoff as exponential
+
+log = logging.getLogger(__name__)
+
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+METADATA_ONLY_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+Callback = Callable[[str, str, str, bool], None]  # namespace, name, resourceVersion, deleted
+PAGE_SIZE = 500  # ~100 KiB of metadata a page, larger with big annotations
+LIST_TIMEOUT = (10.0, 60.0)  # connect, read: one page
+Item = tuple[str, str, str]  # namespace, name, resourceVersion
+
+
+@dataclass(frozen=True)
+class _Resource:
+    label: str  # in logs and the thread's name
+    plural: str  # in logs
+    list_namespaced: str  # CoreV1Api method names
+    list_all: str
+
+
+RESOURCES = {
+    "secrets": _Resource("secret", "Secrets", "list_namespaced_secret", "list_secret_for_all_namespaces"),
+    "serviceaccounts": _Resource("serviceaccount", "ServiceAccounts", "list_namespaced_service_account",
+                                 "list_service_account_for_all_namespaces"),
+    # whole objects, not metadata: only podwatch.PodWatch lists these (it needs the spec)
+    "pods": _Resource("pod", "Pods", "list_namespaced_pod", "list_pod_for_all_namespaces"),
+}
+
+
+def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Delay before retrying after `failures` (1, 2, ...) failures in a row: the reconciler's exponential backoff,
+    jittered between half and all of it (watches and replicas that failed together do not retry together), with a
+    watch's shorter base and cap."""
+    return exponential.backoff(failures, base=base, cap=cap)
+
+
+class KnownObjects:
+    """The objects the watch has seen: (namespace, name) -> resourceVersion, as one dict keyed "namespace/name"
+    (neither may contain "/"). About 170 bytes a Secret: ~8 MiB for 50,000 (see tests/unit/test_secretwatch.py)."""
+
+    __slots__ = ("_versions",)
+
+    def __init__(self) -> None:
+        self._versions: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+    def __iter__(self) -> Iterator[Item]:
+        for key, version in self._versions.items():
+            namespace, name = key.split("/", 1)
+            yield namespace, name, version
+
+    def put(self, namespace: str, name: str, version: str) -> None:
+        self._versions[f"{namespace}/{name}"] = version
+
+    def pop(self, namespace: str, name: str) -> str | None:
+        return self._versions.pop(f"{namespace}/{name}", None)
+
+    def get(self, namespace: str, name: str) -> str | None:
+        return self._versions.get(f"{namespace}/{name}")
+
+    def update(self, other: KnownObjects) -> None:
+        self._versions.update(other._versions)
+
+
+KnownSecrets = KnownObjects  # its name before ServiceAccounts were watched too
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a watch knows of one object: its resourceVersion as last seen, None if it has not seen it (absent)."""
+
+    version: str | None
+
+
+class Directory:
+    """What the Secret watches know of Secrets, for the reconciler: whether one exists, and its resourceVersion.
+
+    Lets a pass skip reads whose answer the watch already has: no read of a token Secret that does not exist
+    before creating it, no second read of a credential Secret whose version a running pass has read. An answer can
+    be a moment old (the watch lags the apiserver); every use is safe against that: a create that finds the Secret
+    after all answers AlreadyExists and is read then, and a credential Secret's newer version wakes its readers.
+    Read on the event loop while the watch threads write: single dict lookups, atomic in CPython, checked against
+    a list beginning meanwhile (`MetadataWatch.seen`)."""
+
+    def __init__(self) -> None:
+        self._watches: list[MetadataWatch] = []
+
+    def add(self, watch: MetadataWatch) -> None:
+        self._watches.append(watch)
+
+    def lookup(self, namespace: str, name: str) -> Seen | None:
+        """What the watch of `namespace` knows of Secret `name`; None if no watch has a whole list of it now."""
+        for watch in self._watches:
+            if watch.namespace in (None, namespace):
+                return watch.seen(namespace, name)
+        return None
+
+
+class WatchInterrupted(Exception):
+    """The watch stream ended badly without an exception of its own: an ERROR event, or an early end."""
+
+    def __init__(self, what: str, status: int | None = None) -> None:
+        super().__init__(what)
+        self.status = status
+
+
+def _item(obj: dict[str, Any]) -> Item:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("resourceVersion") or "")
+
+
+class MetadataWatch:
+    accept_list = METADATA_ONLY  # what the list and the watch ask the apiserver for (subclasses: whole objects)
+    accept_watch = METADATA_ONLY_WATCH
+
+    def __init__(self, api: client.ApiClient, callback: Callback, namespace: str | None = None,
+                 server_timeout: int = 300, page_size: int = PAGE_SIZE, healthy_after: float = 10.0,
+                 resource: str = "secrets") -> None:
+        if resource not in RESOURCES:
+            raise ValueError(f"cannot watch {resource}: only {', '.join(RESOURCES)}")
+        self.resource = RESOURCES[resource]
+        self.core = client.CoreV1Api(api)
+        self.callback = callback
+        self.namespace = namespace
+        self.server_timeout = server_timeout
+        self.page_size = page_size
+        # a stream that ends by itself sooner than this (or than server_timeout) counts as a failure
+        self.healthy_after = healthy_after
+        self._stop = threading.Event()
+        self._response: Any = None
+        self._resource_version: str | None = None
+        self._known = KnownObjects()
+        self._thread = threading.Thread(target=self._run, name=f"{self.resource.label}-watch:{namespace or '*'}",
+                                        daemon=True)
+        self.ready = threading.Event()  # set once the first list has been read
+        self._listing = True  # a list is being read: `_known` is incomplete (it is emptied as the list is compared)
+
+    def start(self) -> MetadataWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):  # best effort to unblock the reader
+                response.shutdown()
+        self._thread.join(timeout=5)
+
+    def seen(self, namespace: str, name: str) -> Seen | None:
+        """What the watch knows of one object; None while it has no whole list (before the first, during a new
+        one): an object it has not seen may exist then. Called from the event loop while the watch thread runs: a
+        list that began (or ran) between the check and the lookup empties the record it looked in, so both are
+        checked again after it."""
+        known = self._known
+        if self._listing:
+            return None
+        version = known.get(namespace, name)
+        if self._listing or self._known is not known:
+            return None
+        return Seen(version)
+
+    # --- requests (tests subclass these to hold or count them) --------------------------------------------------
+    def _list_page(self, token: str | None, namespace: str | None = None) -> Any:
+        headers = {"Accept": self.accept_list}
+        kwargs: dict[str, Any] = {"limit": self.page_size, "_request_timeout": LIST_TIMEOUT}
+        if token:
+            kwargs["_continue"] = token
+        return self._list(headers, kwargs, namespace)
+
+    def _watch(self, resource_version: str) -> Any:
+        headers = {"Accept": self.accept_watch}
+        kwargs: dict[str, Any] = {"watch": True, "resource_version": resource_version,
+                                  "allow_watch_bookmarks": True, "timeout_seconds": self.server_timeout,
+                                  "_request_timeout": (10, self.server_timeout + 30)}
+        return self._list(headers, kwargs)
+
+    def _list(self, headers: dict[str, str], kwargs: dict[str, Any], namespace: str | None = None) -> Any:
+        """One list or watch request of the resource, in `namespace` (default: the watch's), or in all of them if
+        neither is set; the raw response."""
+        namespace = namespace or self.namespace
+        if namespace:
+            method = getattr(self.core, self.resource.list_namespaced)
+            return method(namespace, _preload_content=False, _headers=headers, **kwargs)
+        return getattr(self.core, self.resource.list_all)(_preload_content=False, _headers=headers, **kwargs)
+
+    # --- list -----------------------------------------------------------------------------------------------
+    def _fetch_page(self, token: str | None, namespace: str | None = None
+                    ) -> tuple[list[dict[str, Any]], str, str]:
+        """One page, parsed: its items, the list's resourceVersion, the next continue token. The response is
+        released at once (and `stop()` can cut it while it is read); callers keep only what they need of the items."""
+        self._response = response = self._list_page(token, namespace)
+        try:
+            body = json.loads(response.data)
+        finally:
+            self._response = None
+            response.release_conn()
+        meta = body.get("metadata") or {}
+        return body.get("items") or [], str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
+
+    def _read_page(self, token: str | None) -> tuple[list[Item], str, str]:
+        """One page: its items (namespace, name, resourceVersion only), the list's resourceVersion, the next
+        continue token. The parsed page lives only inside this call."""
+        items, version, next_token = self._fetch_page(token)
+        return [_item(obj) for obj in items], version, next_token
+
+    def _relist(self) -> str:
+        """List every object, page by page. Reports the objects new or changed since the last list (all of them
+        the first time) and, as deleted, those known before and absent now (deleted while the watch was away).
+        Returns the list's resourceVersion."""
+        started = time.monotonic()
+        self._listing = True
+        previous, fresh = self._known, KnownObjects()
+        token: str | None = None
+        version, pages = "", 0
+        try:
+            while True:
+                items, page_version, token = self._read_page(token)
+                pages += 1
+                version = version or page_version  # every page of one list has the first page's version
+                for namespace, name, item_version in items:
+                    if previous.pop(namespace, name) != item_version:
+                        self.callback(namespace, name, item_version, False)
+                    fresh.put(namespace, name, item_version)
+                if not token:
+                    break
+                if self._stop.is_set():
+                    raise WatchInterrupted("stopped during a list")
+        except BaseException:
+            previous.update(fresh)  # an unfinished list forgets nothing: the next one compares against it all
+            raise
+        for namespace, name, _ in previous:
+            self.callback(namespace, name, version, True)
+        log.info("%s watch: listed %d %s in %d page(s) in %.1f s; %d gone since the last list", self.resource.label,
+                 len(fresh), self.resource.plural, pages, time.monotonic() - started, len(previous))
+        self._known = fresh
+        self._listing = False
+        return version
+
+    # --- watch ----------------------------------------------------------------------------------------------
+    def _follow(self, resource_version: str) -> None:
+        """Follow the watch until its stream ends. Returns if it ran its course; raises WatchInterrupted on an
+        ERROR event or an end that came too soon (a stream that ends at once, again and again, is a failure)."""
+        opened = time.monotonic()
+        self._response = self._watch(resource_version)
+        for line in iter_resp_lines(self._response):  # type: ignore[no-untyped-call]
+            if self._stop.is_set():
+                return
+            if line:
+                self._event(json.loads(line))
+        lasted = time.monotonic() - opened
+        if lasted < min(self.healthy_after, self.server_timeout):
+            raise WatchInterrupted(f"stream ended after {lasted:.1f} s")
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            code = obj.get("code")
+            # only the code and reason: a Status message is free text
+            raise WatchInterrupted(f"ERROR event {code} {obj.get('reason') or ''}".rstrip(),
+                                   code if isinstance(code, int) else None)
+        namespace, name, version = _item(obj)
+        if version:
+            self._resource_version = version
+        if kind in ("ADDED", "MODIFIED"):
+            self._known.put(namespace, name, version)
+        elif kind == "DELETED":
+            self._known.pop(namespace, name)
+        else:
+            return  # BOOKMARK: the version is all it brings
+        self.callback(namespace, name, version, kind == "DELETED")
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                self._step()
+                failures = 0
+                continue
+            except Exception as exc:  # noqa: BLE001 - the watch must outlive apiserver restarts
+                if self._stop.is_set():
+                    return
+                failures += 1
+                delay = self._failed(exc, failures)
+            self._stop.wait(delay)  # outside the except block: the traceback (and its frames) is gone by now
+
+    def _step(self) -> None:
+        """List if there is no resourceVersion to resume from, then follow the watch until it ends."""
+        try:
+            if self._resource_version is None:
+                self._resource_version = self._relist()
+                self.ready.set()
+            self._follow(self._resource_version)
+        finally:
+            response, self._response = self._response, None
+            if response is not None:
+                response.release_conn()
+
+    def _failed(self, exc: Exception, failures: int) -> float:
+        """Log a failure (its type and HTTP status, never a body) and return how long to wait before retrying."""
+        status = getattr(exc, "status", None)
+        if status == 410:
+            self._resource_version = None  # too old, or an expired continue token: list (again)
+        what = str(exc) if isinstance(exc, WatchInterrupted) else type(exc).__name__ + (f" {status}" if status else "")
+        delay = backoff(failures)
+        (log.info if status == 410 else log.warning)(
+            "%s watch interrupted (%s); %s in %.1f s", self.resource.label, what,
+            "listing again" if self._resource_version is None else "reconnecting", delay)
+        return delay
+
+
+SecretMetadataWatch = MetadataWatch  # its name before ServiceAccounts were watched too

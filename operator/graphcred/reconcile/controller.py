@@ -1,0 +1,400 @@
+"""Per-object scheduling: one lightweight asyncio task per GraphAppCredential runs reconcile passes, sleeping
+until the next refresh, a backoff step, or a wake-up (spec change, credential Secret or ServiceAccount change).
+
+kopf feeds this from watch events (`observe`, `forget`); no kopf state is written to the objects (no finalizers,
+no annotations), so the only writes are the token Secret and the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from graphcred.api.keys import RENEW_ANNOTATION
+from graphcred.base.backoff import backoff
+from graphcred.kube.calls import Gone
+from graphcred.reconcile.reconciler import KubeCallFailed, Memory, Reconciler, Snapshot
+from graphcred.reconcile.slots import PassSlot, RequestBudget
+from graphcred.reconcile.slots import running_as as running_as_pass
+from graphcred.telemetry.metrics import ready_states
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # namespace, name (of a GraphAppCredential, a Secret or a ServiceAccount)
+# Renew requests per credential: a few at once (a fix in Entra, then another), then one every 30 s.
+RENEW_BURST = 3.0
+RENEW_PER_MINUTE = 2.0
+
+
+def _secret_names(name: str, spec: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(credential Secret, token Secret) named by a raw spec; tolerant of any shape (validation is elsewhere)."""
+    credential = spec.get("credential")
+    read = None
+    if isinstance(credential, Mapping):
+        for kind in ("clientSecret", "certificate"):
+            ref = credential.get(kind)
+            if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
+                read = ref["name"]
+    target = spec.get("secretName")
+    return read, target if isinstance(target, str) and target else f"{name}-token"
+
+
+def _service_account_name(spec: Mapping[str, Any]) -> str | None:
+    """The ServiceAccount a raw spec's workload identity names, if any; tolerant of any shape."""
+    credential = spec.get("credential")
+    identity = credential.get("workloadIdentity") if isinstance(credential, Mapping) else None
+    name = identity.get("serviceAccountName") if isinstance(identity, Mapping) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _described(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, KubeCallFailed) else type(exc).__name__
+
+
+def _newer(version: str, than: str | None) -> bool:
+    """Is resourceVersion `version` newer than `than`? Numeric where possible (etcd revisions), else inequality."""
+    if than is None:
+        return False
+    if version.isdigit() and than.isdigit():
+        return int(version) > int(than)
+    return version != than
+
+
+class TokenSecretListener(Protocol):
+    """Told which token Secret each credential writes (the consumer reports, --watch-consumers)."""
+
+    def token_secret_added(self, credential: Key, secret: Key) -> None: ...
+
+    def token_secret_removed(self, credential: Key, secret: Key) -> None: ...
+
+
+class _NobodyListens:
+    def token_secret_added(self, credential: Key, secret: Key) -> None:
+        pass
+
+    def token_secret_removed(self, credential: Key, secret: Key) -> None:
+        pass
+
+
+@dataclass
+class _Worker:
+    snapshot: Snapshot
+    memory: Memory = field(default_factory=Memory)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    restarts: int = 0
+    renew_seen: str | None = None  # value of the renew annotation already served (or present at start)
+    indexed: tuple[Key | None, Key | None] = (None, None)  # (credential Secret, token Secret) in the indexes
+    indexed_account: Key | None = None  # its workload identity's ServiceAccount, in the index
+    renew_timer: asyncio.TimerHandle | None = None  # a renew request waiting for the credential's renew budget
+    renewing: bool = False  # a pass serving a renew request is running
+
+
+class Controller:
+    def __init__(self, reconciler: Reconciler, max_active: int = 64, *,
+                 renews: RequestBudget | None = None) -> None:
+        self.reconciler = reconciler
+        # forced token requests per credential (renew annotations); further requests join the one pending
+        self._renews = renews if renews is not None else RequestBudget(RENEW_BURST, RENEW_PER_MINUTE)
+        # Passes in progress at once. The I/O threads bound throughput anyway; this bounds memory in a burst
+        # (10,000 new objects would otherwise each hold a rendered Secret while waiting for a thread). A pass waiting
+        # for a token holds no place (PassSlot.aside): requests to a slow authority hold up no other pass.
+        self._active = asyncio.Semaphore(max_active)
+        self._workers: dict[Key, _Worker] = {}
+        # (namespace, secret name) -> objects that read it as credential / write it as token Secret
+        self._readers: dict[Key, set[Key]] = {}
+        self._writers: dict[Key, set[Key]] = {}
+        self._latest: dict[Key, str] = {}  # newest resourceVersion seen of each credential Secret in use
+        # the same for ServiceAccounts named by workload identity (a name may be both a Secret's and an account's)
+        self._service_account_readers: dict[Key, set[Key]] = {}
+        self._latest_account: dict[Key, str] = {}
+        self._stopping = False
+        self._listener: TokenSecretListener = _NobodyListens()
+        reconciler.metrics.track_states(
+            lambda: ready_states(w.memory.last_status for w in list(self._workers.values())))
+        reconciler.metrics.track_workers(self.worker_counts)
+        reconciler.metrics.track_credentials(lambda: [
+            (key[0], key[1], w.memory.last_status if w.memory.last_status is not None else w.snapshot.status)
+            for key, w in list(self._workers.items())])
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def worker_counts(self) -> tuple[int, int]:
+        """(live, dead): registered objects with and without a running task. Dead must stay 0."""
+        live = sum(1 for w in list(self._workers.values()) if w.task is not None and not w.task.done())
+        return live, len(self._workers) - live
+
+    # --- for the consumer reports and the pod watch ----------------------------------------------------------------
+    def listen(self, listener: TokenSecretListener) -> None:
+        """Tell `listener` which token Secret each credential writes, from the next index change on (the wiring
+        calls it before the first watch event)."""
+        self._listener = listener
+
+    def writers_of(self, secret: Key) -> Collection[Key]:
+        return self._writers.get(secret, ())
+
+    def snapshot_of(self, key: Key) -> Snapshot | None:
+        worker = self._workers.get(key)
+        return worker.snapshot if worker is not None else None
+
+    def token_secret_of(self, key: Key) -> Key | None:
+        worker = self._workers.get(key)
+        return worker.indexed[1] if worker is not None else None
+
+    def writes_token_secret(self, namespace: str, name: str) -> bool:
+        """Does a credential write this Secret? Called from the pod watch's thread: one dict lookup (atomic in
+        CPython) while the loop may change the dict; an answer a moment old is corrected by the rescan that
+        follows every new token Secret."""
+        return (namespace, name) in self._writers
+
+    def observe(self, body: Mapping[str, Any]) -> None:
+        """A GraphAppCredential was listed, added or modified."""
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            self.forget(meta["namespace"], meta["name"])
+            return
+        snap = Snapshot.of(body)
+        key = (snap.namespace, snap.name)
+        renew = (meta.get("annotations") or {}).get(RENEW_ANNOTATION)
+        worker = self._workers.get(key)
+        if worker is not None and worker.snapshot.uid != snap.uid:
+            self.forget(*key)  # deleted and re-created under the same name
+            worker = None
+        if worker is None:
+            worker = _Worker(snap, renew_seen=renew)
+            if renew is not None and renew != snap.status.get("lastRenewRequest"):
+                # requested while no replica was acting (a restart, a leader change): serve it now
+                worker.memory.renew_requested, worker.memory.renew_value = True, renew
+            self._workers[key] = worker
+            self._start(key, worker)
+            return
+        generation_changed = snap.generation != worker.snapshot.generation
+        worker.snapshot = snap
+        if renew is not None and renew != worker.renew_seen:
+            worker.renew_seen = renew
+            worker.memory.renew_value = renew  # the newest value: the request that serves it answers them all
+            self._renew(key, worker)
+        if generation_changed:
+            worker.wake.set()  # status-only updates (our own patches) do not wake
+
+    def _renew(self, key: Key, worker: _Worker) -> None:
+        """A new renew request: served at once within the credential's renew budget, else when the budget allows;
+        one already pending or being served answers it too (status.lastRenewRequest gets the newest value)."""
+        if worker.renew_timer is not None or worker.memory.renew_requested or worker.renewing:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._renews.reserve(f"{key[0]}/{key[1]}", loop.time())
+        if wait <= 0:
+            self._renew_now(worker)
+        else:
+            log.info("%s/%s: renew requested again within %.0f s; serving it in %.0f s", key[0], key[1],
+                     60.0 / self._renews.per_minute, wait)
+            worker.renew_timer = loop.call_later(wait, self._renew_now, worker)
+
+    @staticmethod
+    def _renew_now(worker: _Worker) -> None:
+        worker.renew_timer = None
+        worker.memory.renew_requested = True
+        worker.wake.set()
+
+    def _start(self, key: Key, worker: _Worker) -> None:
+        worker.task = asyncio.create_task(self._run(key, worker), name=f"graphcred:{key[0]}/{key[1]}")
+        worker.task.add_done_callback(lambda task: self._ended(key, worker, task))
+
+    def _ended(self, key: Key, worker: _Worker, task: asyncio.Task[None]) -> None:
+        """A worker's task ended. If its object is still registered it must not stay without one: restart it
+        (after a short backoff, so a bug that ends it at once cannot spin)."""
+        if self._stopping or self._workers.get(key) is not worker:
+            return
+        worker.restarts += 1
+        self.reconciler.metrics.worker_restarts.inc()
+        cause = "cancelled" if task.cancelled() else type(task.exception()).__name__
+        delay = backoff(worker.restarts, None)
+        log.error("%s/%s: worker ended unexpectedly (%s); restarting in %.1f s", key[0], key[1], cause, delay)
+        worker.task = None
+        asyncio.get_running_loop().call_later(delay, self._restart, key, worker)
+
+    def _restart(self, key: Key, worker: _Worker) -> None:
+        if not self._stopping and self._workers.get(key) is worker and worker.task is None:
+            self._start(key, worker)
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        worker = self._workers.pop(key, None)
+        self.reconciler.metrics.forget(namespace, name)
+        if worker is not None:
+            self._unindex(key, worker, notify=True)
+            if worker.renew_timer is not None:
+                worker.renew_timer.cancel()
+            if worker.task is not None:
+                worker.task.cancel()
+
+    def secret_event(self, namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        """From the Secret metadata watch. Wakes the objects that read a changed credential Secret (rotation,
+        or a missing one appearing) and those whose token Secret was deleted (to write it again)."""
+        secret = (namespace, name)
+        self._credential_changed(self._readers.get(secret), self._latest, secret, resource_version, deleted)
+        if deleted:
+            for key in self._writers.get(secret, ()):
+                self._workers[key].memory.written_version = None  # not ours to trust any more: read again
+                self._workers[key].wake.set()
+
+    def service_account_event(self, namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        """From the ServiceAccount metadata watch (workload identity). Wakes the objects whose credential is this
+        ServiceAccount, by the rules of a credential Secret: deleted, missing when last read, or newer than the
+        version last read (its client-id annotation added, changed or removed)."""
+        account = (namespace, name)
+        self._credential_changed(self._service_account_readers.get(account), self._latest_account, account,
+                                 resource_version, deleted)
+
+    def _credential_changed(self, readers: set[Key] | None, latest: dict[Key, str],
+                            where: Key, resource_version: str, deleted: bool) -> None:
+        """Remember the credential's newest version (for a pass running now) and wake the objects that read it:
+        deleted, missing when last read, or newer than the version they last read."""
+        if not readers:
+            return
+        if deleted:
+            latest.pop(where, None)
+        else:
+            latest[where] = resource_version
+        for key in readers:
+            version = self._workers[key].memory.credential_version
+            if deleted or version == "" or _newer(resource_version, version):
+                self._workers[key].wake.set()
+
+    def _index(self, key: Key, worker: _Worker) -> None:
+        """Index the Secrets and the ServiceAccount the object reads and writes, from its spec as it stands, before
+        each pass: a change to them while the pass runs (a credential Secret created a moment after the object)
+        must wake it."""
+        self._index_secrets(key, worker)
+        self._index_account(key, worker)
+
+    def _index_secrets(self, key: Key, worker: _Worker) -> None:
+        credential, target = _secret_names(key[1], worker.snapshot.spec)
+        reads = (key[0], credential) if credential else None
+        writes = (key[0], target) if target else None
+        if (reads, writes) == worker.indexed:
+            return
+        moved = writes != worker.indexed[1]
+        self._unindex(key, worker, notify=moved)
+        if reads:
+            self._readers.setdefault(reads, set()).add(key)
+        if writes:
+            self._writers.setdefault(writes, set()).add(key)
+        worker.indexed = (reads, writes)
+        if moved and writes:
+            self._listener.token_secret_added(key, writes)
+
+    def _index_account(self, key: Key, worker: _Worker) -> None:
+        name = _service_account_name(worker.snapshot.spec)
+        account = (key[0], name) if name else None
+        if account == worker.indexed_account:
+            return
+        self._unindex_account(key, worker)
+        if account:
+            self._service_account_readers.setdefault(account, set()).add(key)
+        worker.indexed_account = account
+
+    def _unindex_account(self, key: Key, worker: _Worker) -> None:
+        account, worker.indexed_account = worker.indexed_account, None
+        if account is None or account not in self._service_account_readers:
+            return
+        self._service_account_readers[account].discard(key)
+        if not self._service_account_readers[account]:
+            del self._service_account_readers[account]
+            self._latest_account.pop(account, None)
+
+    def _unindex(self, key: Key, worker: _Worker, *, notify: bool = False) -> None:
+        """Drop the object from the indexes; `notify`: tell the consumer reports it no longer writes its token
+        Secret (not when it is re-indexed at once with the same one)."""
+        self._unindex_account(key, worker)
+        writes = worker.indexed[1]
+        for index, secret in ((self._readers, worker.indexed[0]), (self._writers, writes)):
+            if secret is not None and secret in index:
+                index[secret].discard(key)
+                if not index[secret]:
+                    del index[secret]
+                    if index is self._readers:
+                        self._latest.pop(secret, None)
+        worker.indexed = (None, None)
+        if notify and writes is not None:
+            self._listener.token_secret_removed(key, writes)
+
+    async def _run(self, key: Key, worker: _Worker) -> None:
+        while True:
+            worker.wake.clear()
+            try:
+                self._index(key, worker)
+                worker.renewing = worker.memory.renew_requested
+                try:
+                    async with PassSlot(self._active) as place:
+                        with running_as_pass(place):
+                            delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
+                finally:
+                    worker.renewing = False
+                if self._changed_during_pass(key, worker):
+                    continue  # the credential changed while this pass ran: go again now
+            except Gone:
+                # The object is gone (its DELETED event may have been missed): end, do not re-create a Secret
+                # the garbage collector is deleting.
+                log.info("%s/%s: no longer exists; stopping its worker", key[0], key[1])
+                self._drop(key, worker)
+                return
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    raise  # this worker was cancelled (forget, stop)
+                delay = await self._failed(key, worker, RuntimeError("a cancellation from another task"))
+            except Exception as exc:  # noqa: BLE001 - one object's bug must not stop the others
+                delay = await self._failed(key, worker, exc)
+            if self._workers.get(key) is not worker:
+                return  # dropped meanwhile (its object is gone)
+            if delay is None:
+                await worker.wake.wait()
+            else:
+                # a timer that sets the wake, not asyncio.wait_for: that wraps the wait in a task of its own and
+                # cancels it at each timeout (at 10,000 credentials, 10,000 more tasks held, and CPU in the burst)
+                timer = asyncio.get_running_loop().call_later(delay, worker.wake.set)
+                try:
+                    await worker.wake.wait()
+                finally:
+                    timer.cancel()
+
+    def _changed_during_pass(self, key: Key, worker: _Worker) -> bool:
+        """Did the watch report a credential Secret or ServiceAccount newer than the version the pass read?"""
+        latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
+        if latest is None and worker.indexed_account is not None:
+            latest = self._latest_account.get(worker.indexed_account)
+        return latest is not None and _newer(latest, worker.memory.credential_version)
+
+    async def _failed(self, key: Key, worker: _Worker, exc: BaseException) -> float | None:
+        """An unexpected failure of a pass: reported in status, Event and metrics, then retried with backoff."""
+        try:
+            delay = await self.reconciler.internal_error(worker.snapshot, worker.memory, exc)
+        except Gone:
+            self._drop(key, worker)
+            return None
+        # the description names the API call and its HTTP status; never an exception's text (bodies)
+        # an apiserver outage is ridden out (a warning); anything else is a bug or a misconfiguration
+        level = logging.WARNING if isinstance(exc, KubeCallFailed) and exc.outage else logging.ERROR
+        log.log(level, "%s/%s: reconcile failed (%s); retrying in %.0f s", key[0], key[1], _described(exc), delay)
+        return delay
+
+    def _drop(self, key: Key, worker: _Worker) -> None:
+        if self._workers.get(key) is worker:
+            del self._workers[key]
+            self._unindex(key, worker, notify=True)
+            self.reconciler.metrics.forget(*key)
+        # a dropped worker's own task returns: the loop below notices it is no longer registered
+
+    async def stop(self) -> None:
+        self._stopping = True
+        tasks = [w.task for w in self._workers.values() if w.task is not None]
+        self._workers.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,124 @@
+"""Pure decisions: when to refresh, how long to back off, whether a token may be kept and whether a new one
+meets the spec (the verdict `reporting` turns into the Ready condition). No I/O here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from graphcred.api.model import GraphAppCredentialStatus, Reason
+from graphcred.base.backoff import backoff
+from graphcred.base.times import parse_rfc3339
+
+MIN_REFRESH_DELAY = dt.timedelta(seconds=5)  # never refresh sooner than this after an issue, nor from now
+MIN_WAIT_FRACTION = 0.1  # nor before a tenth of the lifetime: refreshBeforeExpiry near the lifetime must not spin
+JITTER_FRACTION = 0.1  # refresh up to 10% of the wait earlier, spreading thousands of credentials
+MISSING_ROLES_RETRY = (10.0, 300.0)  # consent is granted by a human: look again, slowly
+# Failures that need the user (a rejected secret, an unknown app) are retried slowly, never parked: Entra replicates
+# new secrets with a delay and people fix apps in Entra without touching the cluster.
+NEEDS_USER_RETRY = (300.0, 900.0, 3600.0)
+LAST_CHANCE_BEFORE_EXPIRY = 120.0  # one more try this long before the last good token expires
+EXPIRED_RETRY = 30.0  # once the token is gone, transient retries at least this often: notice a returning endpoint
+RETRY_AFTER_CAP = 600.0  # a Retry-After is honoured up to this: a proxy's "come back tomorrow" must not expire tokens
+
+
+class Retry(StrEnum):
+    """How a failed pass is retried."""
+
+    ON_CHANGE = "on-change"  # only a change of the spec can help (a malformed spec)
+    NEEDS_USER = "needs-user"  # slowly, and at once on a change or a renew request
+    TRANSIENT = "transient"  # exponential backoff with jitter
+
+
+def refresh_at(issued_at: dt.datetime, expires_on: dt.datetime, refresh_before: dt.timedelta | None,
+               rng: random.Random | None = None) -> dt.datetime:
+    """When to refresh a token: at half its lifetime by default, or `refresh_before` ahead of expiry.
+
+    Jitter only moves the time earlier, so the token is never older at refresh than asked. A `refresh_before`
+    longer than the lifetime falls back to half the lifetime rather than refreshing in a loop.
+    """
+    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    lifetime = expires_on - issued_at
+    if refresh_before is not None and refresh_before < lifetime:
+        wait = lifetime - refresh_before
+    else:
+        wait = lifetime / 2
+    wait -= wait * JITTER_FRACTION * rng.random()
+    floor = min(max(MIN_REFRESH_DELAY, lifetime * MIN_WAIT_FRACTION), lifetime / 2)
+    return issued_at + max(wait, floor)
+
+
+def retry_delay(retry: Retry, failures: int, retry_after: float | None, now: dt.datetime,
+                token_expires: dt.datetime | None, rng: random.Random | None = None) -> float | None:
+    """Seconds until the next attempt after the n-th consecutive failure (None: wait for a change).
+    `token_expires`: expiry of the last good token in the Secret, if any."""
+    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    if retry == Retry.ON_CHANGE:
+        return None
+    remaining = (token_expires - now).total_seconds() if token_expires is not None else 0.0
+    if retry == Retry.NEEDS_USER:
+        delay = NEEDS_USER_RETRY[min(max(failures, 1), len(NEEDS_USER_RETRY)) - 1] * (0.9 + 0.2 * rng.random())
+        last_chance = remaining - LAST_CHANCE_BEFORE_EXPIRY
+        if last_chance > MIN_REFRESH_DELAY.total_seconds():
+            delay = min(delay, last_chance)
+        return delay
+    delay = backoff(failures, None, rng)
+    if remaining <= 0:
+        delay = min(delay, EXPIRED_RETRY * (0.5 + 0.5 * rng.random()))
+    elif delay >= remaining:
+        # a long backoff must not carry the next try past the last good token's expiry (seen in the hostile
+        # soak: 93 s after a failure with 32 s of the token left): try once more while it is still valid
+        delay = max(remaining / 2, 1.0)
+    return max(delay, min(retry_after or 0.0, RETRY_AFTER_CAP))
+
+
+def missing_roles(granted: Sequence[str], required: Sequence[str]) -> list[str]:
+    have = set(granted)
+    return [r for r in required if r not in have]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The Ready condition to report."""
+
+    ready: bool
+    reason: Reason
+    message: str
+
+
+def issued_verdict(granted: Sequence[str], required: Sequence[str], secret_name: str,
+                   expires_on: dt.datetime) -> Verdict:
+    missing = missing_roles(granted, required)
+    if missing:
+        return Verdict(False, Reason.MISSING_ROLES,
+                       f"token lacks application permission(s) {', '.join(missing)}: grant them to the app and "
+                       "grant admin consent; graphcred re-checks periodically")
+    return Verdict(True, Reason.TOKEN_ISSUED,
+                   f"token in Secret {secret_name} valid until {expires_on.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+
+
+def missing_roles_retry(failures: int, rng: random.Random | None = None) -> float:
+    return backoff(failures, None, rng, base=MISSING_ROLES_RETRY[0], cap=MISSING_ROLES_RETRY[1])
+
+
+def may_keep(now: dt.datetime, status: GraphAppCredentialStatus, *, generation: int, issued_for: str,
+             secret_expiry: dt.datetime | None, material_unchanged: bool, renew: bool) -> bool:
+    """Is the token already in the Secret good enough to wait for its scheduled refresh? (After a restart, after a
+    metadata-only change of the credential Secret, after any wake-up that changed nothing the token depends on.)"""
+    ready = status.ready()
+    refresh = parse_rfc3339(status.refresh_at)
+    expires = parse_rfc3339(status.expires_on)
+    return (
+        not renew
+        and material_unchanged
+        and ready is not None and ready.status == "True" and ready.reason == Reason.TOKEN_ISSUED
+        and status.observed_generation == generation
+        and status.issued_for == issued_for
+        and refresh is not None and expires is not None
+        and secret_expiry == expires  # the Secret holds the token the status describes
+        and now < refresh < expires
+        and expires > now + MIN_REFRESH_DELAY
+    )

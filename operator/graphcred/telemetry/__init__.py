@@ -1,0 +1,1 @@
+"""What the operator measures about itself: Prometheus metrics, health and readiness."""
