@@ -4,8 +4,9 @@ A fresh bed; N Secrets spread over N/1000 namespaces, each with ~1 KiB of data a
 `kubectl.kubernetes.io/last-applied-configuration` annotation `kubectl apply` leaves (which repeats the data),
 created with 4 threads. Then `graphcred run` as a child process, watching all namespaces. Reported per run: the
 time its first Secret list took and its peak RSS (VmHWM) once that list completed; first a baseline run before
-the Secrets exist. `--old FILE` also runs the same operator with secretwatch.py taken from FILE (e.g. `git show
-REV:operator/graphcred/kube/metawatch.py > /tmp/old_secretwatch.py`), for comparison.
+the Secrets exist. `--old FILE` also runs the same operator with the metadata watch module taken from FILE (e.g.
+`git show REV:operator/graphcred/kube/metawatch.py > /tmp/old_metawatch.py`), for comparison. What these figures
+decided: docs/design/2026-12-06-metadata-only-watches.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from graphcred.kube.metawatch import KnownSecrets
+from graphcred.kube.metawatch import KnownObjects
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess, install_crd
 
@@ -34,7 +35,7 @@ SETTLE = 10.0
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 LISTED = re.compile(r"secret watch: listed (\S+) Secrets in (\S+) page\(s\) in ([\d.]+) s")
 
-# Runs `graphcred run` with the secretwatch module from a file; logs the first list's time as the new module does.
+# Runs `graphcred run` with the metadata watch module from a file; logs the first list's time as the new one does.
 OLD_LAUNCHER = """
 import importlib.util, logging, sys, time
 import graphcred
@@ -43,14 +44,15 @@ spec = importlib.util.spec_from_file_location("graphcred.kube.metawatch", path)
 module = importlib.util.module_from_spec(spec)
 sys.modules["graphcred.kube.metawatch"] = module
 spec.loader.exec_module(module)
-relist = module.SecretMetadataWatch._relist
+watch = getattr(module, "MetadataWatch", None) or module.SecretMetadataWatch  # its name before ServiceAccounts
+relist = watch._relist
 def timed(self):
     t0 = time.monotonic()
     version = relist(self)
     logging.getLogger("graphcred.kube.metawatch").info(
         "secret watch: listed ? Secrets in 1 page(s) in %.1f s", time.monotonic() - t0)
     return version
-module.SecretMetadataWatch._relist = timed
+watch._relist = timed
 from graphcred.app.cli import main
 raise SystemExit(main(sys.argv[1:]))
 """
@@ -115,7 +117,7 @@ def known_record_mib(n: int) -> float:
     """What the watch's record of known Secrets costs for N Secrets named like the bench's (tracemalloc)."""
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    known = KnownSecrets()
+    known = KnownObjects()
     for i in range(n):
         known.put(f"unrelated-{i // PER_NAMESPACE}", f"unrelated-{i}", str(1_000_000 + 3 * i))
     size = tracemalloc.get_traced_memory()[0] - before

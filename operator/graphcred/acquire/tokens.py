@@ -93,7 +93,7 @@ _KNOWN_CODES: dict[int, tuple[Reason, str, bool]] = {
     90002: (Reason.UNAUTHORIZED, "the tenant was not found: check tenantId and cloud", True),
     700027: (Reason.UNAUTHORIZED, "the certificate was rejected: upload this certificate (its public part) to "
                                   "the app registration, or check the Secret holds the matching key", True),
-    # Clock skew passes when the clock is corrected (NTP): retried with backoff like an outage (DESIGN §3).
+    # Clock skew passes when the clock is corrected (NTP): retried with backoff like an outage.
     700024: (Reason.UNAUTHORIZED, "the client assertion is outside its valid time range: check the node's clock",
              False),
     700023: (Reason.UNAUTHORIZED, "the client assertion was rejected: check clientId", True),

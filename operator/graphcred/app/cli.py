@@ -1,10 +1,10 @@
 """The `graphcred` command: `run` the operator, print the `crd`; for operations `status`, `renew`, `inspect secret`
-and `version` (ops.py), also as the kubectl plugin `kubectl graphcred ...` (the `kubectl-graphcred` console
+and `version` (graphcred.ops), also as the kubectl plugin `kubectl graphcred ...` (the `kubectl-graphcred` console
 script); `completion bash|zsh|fish` prints a shell completion script.
 
 Built on click (kopf's own CLI library): consistent usage errors (exit 2) and shell completion. `run`'s settings are
-parsed and checked by settings.py: the environment is read only by `run`, so a bad GRAPHCRED_* variable never
-breaks another command.
+parsed and checked by `graphcred.app.settings`: the environment is read only by `run`, so a bad GRAPHCRED_* variable
+never breaks another command.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Render the token Secret (DESIGN §2), the patch that updates it, and whether a Secret is ours to write. Pure.
+"""Render the token Secret, the patch that updates it, and whether a Secret is ours to write. Pure.
 
 The Secret is created whole, then only patched (JSON merge patch, guarded by resourceVersion): the patch names the
 keys graphcred writes and nothing else, so labels, annotations, finalizers and data keys that other tools add
 survive every refresh. Keys graphcred wrote from spec.secretTemplate and no longer renders are removed (set to
 null); which keys those are, the Secret's managedFields say (every write is made as field manager `graphcred`).
+Why: docs/design/2026-12-06-merge-patch-and-managed-fields.md.
 """
 
 from __future__ import annotations
