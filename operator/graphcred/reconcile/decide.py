@@ -176,3 +176,30 @@ def decide(g: Gathered, *, template_only: bool) -> Decision:
             and first_failure(KEEP, replace(g, generation=previous)) is None):
         return Decision(Action.RERENDER, reason)
     return Decision(Action.ACQUIRE, reason)
+
+
+def unread_credential_version(status: GraphAppCredentialStatus, *, remembered: bool, renew: bool,
+                              reads_secret: bool, seen_version: str | None) -> str | None:
+    """The credential Secret's version if the pass may decide without reading that Secret: this process has not
+    read it yet (`remembered` False: after a restart, on a new leader), no renewal waits, and the Secret watch has
+    it at the version the status says the token was acquired with. None: read it. At 10,000 credentials a restart
+    then reads only the token Secrets; the credential is read at the first refresh, or at once if it changes (the
+    watch wakes the worker). Not for workload identity (`reads_secret` False)."""
+    if remembered or renew or not reads_secret:
+        return None
+    recorded = status.credential_version
+    if seen_version is None or not recorded or seen_version != recorded:
+        return None
+    return seen_version
+
+
+def current_issue(status: GraphAppCredentialStatus, issued_for: str, remembered: dt.datetime | None
+                  ) -> dt.datetime | None:
+    """When the token in the Secret was issued, if it is for this spec: a refresh must get a newer one. Memory has it
+    to the microsecond (`remembered`); the status only to the second, so that is rounded up."""
+    if status.issued_for != issued_for:
+        return None
+    if remembered is not None:
+        return remembered
+    issued = parse_rfc3339(status.last_refresh_time)
+    return issued + dt.timedelta(seconds=1) if issued is not None else None
