@@ -64,6 +64,9 @@ def test_client_secret_credential_yields_a_verified_token_secret(env: Env) -> No
     wait_for(lambda: ("Normal", "TokenIssued") in [(t, r) for t, r, _ in env.events("mail")], timeout=10,
              what="the TokenIssued Event")
     assert env.bed.issuer.token_requests(app.client_id) == 1
+    # why the token was requested: in the status and the Event
+    assert env.get("mail")["status"]["lastRefreshReason"] == "first token"
+    assert [m for _, r, m in env.events("mail") if r == "TokenIssued"][0].endswith(" (first token)")
 
 
 def test_certificate_credential_yields_a_token_secret(env: Env) -> None:
@@ -112,6 +115,7 @@ def test_refreshes_at_half_life_with_one_request_per_refresh(env: Env) -> None:
     assert requests_made in (len(seen), len(seen) + 1)  # +1: a refresh may be in flight at the last read
     status = env.get("short")["status"]
     assert status["consecutiveFailures"] == 0
+    assert status["lastRefreshReason"] == "half-life reached"
 
 
 def test_deleting_the_credential_deletes_its_secret(env: Env) -> None:
@@ -154,6 +158,9 @@ def test_changing_scopes_reacquires_within_seconds(env: Env) -> None:
     assert obj["status"]["audience"] == "https://vault.azure.net"
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
     assert env.bed.issuer.token_requests(app.client_id) == before + 1
+    assert obj["status"]["lastRefreshReason"] == "spec changed"
+    wait_for(lambda: any(r == "TokenIssued" and m.endswith("(refreshed: spec changed)")
+                         for _, r, m in env.events("scopes")), timeout=10, what="the TokenIssued Event saying why")
 
 
 def test_existing_foreign_secret_is_never_overwritten(env: Env) -> None:

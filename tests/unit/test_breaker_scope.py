@@ -9,7 +9,8 @@ import uuid
 from graphcred.acquire.breaker import Breaker
 from graphcred.acquire.tokens import AcquisitionError, classify_error_response
 from graphcred.api.model import Reason
-from graphcred.reconcile.reconciler import Memory, Snapshot
+from graphcred.reconcile.memory import Memory
+from graphcred.reconcile.snapshot import Snapshot
 
 from .fakes import Clock, gac, secret_spec
 from .test_scheduling import Rig, run

@@ -20,7 +20,9 @@ from kubernetes.client import ApiException
 
 from graphcred.acquire.sharing import SharedTokens
 from graphcred.kube.events import EventRecorder, event_body, event_name, instance_name
-from graphcred.reconcile.reconciler import Memory, Reconciler, Snapshot
+from graphcred.reconcile.memory import Memory
+from graphcred.reconcile.reconciler import Reconciler
+from graphcred.reconcile.snapshot import Snapshot
 from graphcred.telemetry.metrics import Metrics
 
 from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec

@@ -19,7 +19,7 @@ from graphcred.api.model import (
     Reason,
     parse_duration,
 )
-from graphcred.reconcile.reconciler import spec_error_message
+from graphcred.reconcile.outcome import spec_error_message
 
 TENANT, CLIENT = str(uuid.uuid4()), str(uuid.uuid4())
 

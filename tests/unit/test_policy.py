@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from graphcred.api.model import GraphAppCredentialStatus, Reason
+from graphcred.api.model import Reason
 from graphcred.base.backoff import BACKOFF_CAP, backoff
 from graphcred.reconcile import policy
 from graphcred.reconcile.policy import Retry
@@ -53,26 +53,6 @@ def test_missing_roles_named_in_order() -> None:
     assert (verdict.ready, verdict.reason) == (False, Reason.MISSING_ROLES)
     assert "Mail.Read" in verdict.message
     assert policy.issued_verdict(["A"], ["A"], "s", T0).ready
-
-
-def _status(**kw: object) -> GraphAppCredentialStatus:
-    base: dict[str, object] = {
-        "conditions": [{"type": "Ready", "status": "True", "reason": "TokenIssued"}], "observedGeneration": 2,
-        "refreshAt": "2026-11-25T12:10:00Z", "expiresOn": "2026-11-25T12:30:00Z", "issuedFor": "abc"}
-    return GraphAppCredentialStatus.model_validate({**base, **kw})
-
-
-def test_may_keep_only_a_valid_token_for_this_spec_and_material_before_its_refresh() -> None:
-    expiry = T0 + dt.timedelta(minutes=30)
-    good = dict(generation=2, issued_for="abc", secret_expiry=expiry, material_unchanged=True, renew=False)
-    assert policy.may_keep(T0, _status(), **good)  # type: ignore[arg-type]
-    for change in ({"generation": 3}, {"issued_for": "other"}, {"material_unchanged": False}, {"renew": True},
-                   {"secret_expiry": None}, {"secret_expiry": expiry - dt.timedelta(minutes=1)}):
-        assert not policy.may_keep(T0, _status(), **{**good, **change})  # type: ignore[arg-type]
-    for status in (_status(refreshAt="2026-11-25T11:59:00Z"),
-                   _status(conditions=[{"type": "Ready", "status": "True", "reason": "Throttled"}]),
-                   _status(conditions=[{"type": "Ready", "status": "False", "reason": "MissingRoles"}])):
-        assert not policy.may_keep(T0, status, **good)  # type: ignore[arg-type]
 
 
 def test_needs_user_retries_slow_down_to_hourly_and_try_once_before_expiry() -> None:

@@ -15,6 +15,7 @@ from graphcred.acquire.jwt import TokenClaims
 from graphcred.api.model import Condition, GraphAppCredentialStatus, Reason
 from graphcred.base.times import rfc3339
 from graphcred.reconcile import reporting
+from graphcred.reconcile.decide import Cause, Why
 from graphcred.reconcile.policy import Retry, Verdict, issued_verdict
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -45,13 +46,14 @@ def _failed(previous: GraphAppCredentialStatus, *, retry: Retry = Retry.TRANSIEN
 
 
 def _issued(previous: GraphAppCredentialStatus, *, verdict: Verdict | None = None, renewed: bool = False,
-            renew_value: str | None = None) -> reporting.Report:
+            renew_value: str | None = None, cause: Cause | None = None) -> reporting.Report:
     claims = TokenClaims("https://graph.microsoft.com", "tenant", "app", ("User.Read.All",), None)
     return reporting.issued(
         previous, generation=2, secret_name="app-token", issued_at=T0, expires_on=T0 + dt.timedelta(hours=1),
         claims=claims, refresh=T0 + dt.timedelta(minutes=30), credential_version="8", issued_for=SPEC,
         renewed=renewed, renew_value=renew_value,
-        verdict=verdict or issued_verdict(claims.roles, [], "app-token", T0 + dt.timedelta(hours=1)), now=T0)
+        verdict=verdict or issued_verdict(claims.roles, [], "app-token", T0 + dt.timedelta(hours=1)), now=T0,
+        cause=cause)
 
 
 def _ready(report: reporting.Report) -> Condition:
@@ -166,6 +168,22 @@ def test_missing_roles_turn_ready_false_with_a_warning() -> None:
     assert not report.ready and _ready(report).reason == "MissingRoles"
     assert report.event is not None and report.event.type == "Warning"
     assert not report.event.message.startswith("renewed on request")  # the prefix only announces a usable token
+
+
+def test_why_a_token_was_requested_is_recorded_and_announced_when_someone_caused_it() -> None:
+    rotated = Cause("same_credential", Why.CREDENTIAL_SECRET_CHANGED)
+    report = _issued(_status(), cause=rotated)
+    assert report.status.last_refresh_reason == "credential Secret changed"
+    assert report.event is not None and report.event.type == "Normal"
+    assert report.event.message == f"{report.message} (refreshed: credential Secret changed)"
+    first = _issued(GraphAppCredentialStatus(), cause=Cause("has_token", Why.FIRST_TOKEN))
+    assert first.event is not None and first.event.message.endswith("(first token)")
+    # the clock's reasons are recorded, never announced: a steady state posts nothing
+    scheduled = _issued(_status(), cause=Cause("refresh_not_due", Why.HALF_LIFE))
+    assert scheduled.status.last_refresh_reason == "half-life reached" and scheduled.event is None
+    # a renewal keeps its own announcement
+    renewed = _issued(_status(), renewed=True, renew_value="r2", cause=Cause("no_renew_request", Why.RENEW_REQUESTED))
+    assert renewed.event is not None and renewed.event.message == f"renewed on request: {renewed.message}"
 
 
 def test_a_kept_token_records_the_new_credential_version_only() -> None:

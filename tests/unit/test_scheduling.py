@@ -18,7 +18,9 @@ from graphcred.acquire.tokens import AcquisitionError
 from graphcred.api.model import Reason
 from graphcred.consumers.reports import ConsumerReports
 from graphcred.reconcile.controller import Controller
-from graphcred.reconcile.reconciler import Memory, Reconciler, Snapshot
+from graphcred.reconcile.memory import Memory
+from graphcred.reconcile.reconciler import Reconciler
+from graphcred.reconcile.snapshot import Snapshot
 from graphcred.telemetry.metrics import Metrics
 
 from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
@@ -225,7 +227,7 @@ def test_needs_user_failures_are_retried_slowly_and_before_the_last_token_expire
         rig.clock.advance(1900)  # past the refresh time
         delays = []
         for _ in range(3):
-            mem.renew_requested = True  # not waiting for the schedule in a unit test
+            mem.renew.requested = True  # not waiting for the schedule in a unit test
             delay = await rig.reconciler.reconcile(snap, mem)
             assert delay is not None, "a credential needing the user must still be retried"
             delays.append(delay)

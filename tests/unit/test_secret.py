@@ -12,7 +12,9 @@ import pytest
 from graphcred.acquire.sharing import SharedTokens
 from graphcred.api.model import SecretTemplate
 from graphcred.api.template import TemplateError
-from graphcred.reconcile.reconciler import Memory, Reconciler, Snapshot
+from graphcred.reconcile.memory import Memory
+from graphcred.reconcile.reconciler import Reconciler
+from graphcred.reconcile.snapshot import Snapshot
 from graphcred.tokensecret import render as secret
 from graphcred.tokensecret.render import Owner, TemplateKeys, TokenFacts
 
@@ -196,7 +198,7 @@ class Rig:
         asyncio.run(self.reconciler.reconcile(Snapshot.of(body), self.mem))
 
     def renew(self, generation: int = 1, **spec: Any) -> None:
-        self.mem.renew_requested, self.mem.renew_value = True, str(self.clock())
+        self.mem.renew.requested, self.mem.renew.value = True, str(self.clock())
         self.run(generation, **spec)
 
     @property

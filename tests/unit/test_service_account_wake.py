@@ -12,7 +12,8 @@ import asyncio
 import uuid
 from typing import Any
 
-from graphcred.reconcile.reconciler import Memory, Snapshot
+from graphcred.reconcile.memory import Memory
+from graphcred.reconcile.snapshot import Snapshot
 
 from .fakes import gac, secret_spec
 from .test_scheduling import NS, TENANT, Rig, is_ready, run, until
@@ -44,7 +45,7 @@ class SaPasses:
         read = self.versions.get((snap.namespace, identity["serviceAccountName"]), "")
         while self.during_pass:  # after the read, before the pass records what it read
             self.during_pass.pop(0)()
-        mem.credential_version = read
+        mem.credential.version = read
         return None
 
     def put(self, name: str, version: str, namespace: str = NS) -> str:

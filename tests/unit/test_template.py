@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from graphcred.api.model import GraphAppCredentialSpec
 from graphcred.api.template import FIELDS, FILTERS, MAX_TEMPLATE_CHARS, TemplateError, compile_template
-from graphcred.reconcile.reconciler import spec_error_message
+from graphcred.reconcile.outcome import spec_error_message
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2dyYXBoLm1pY3Jvc29mdC5jb20ifQ.c2ln"
 VALUES: dict[str, str | int] = {

@@ -15,7 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from kubernetes.client.exceptions import ApiException
 
-from graphcred.reconcile.reconciler import Memory, Snapshot
+from graphcred.reconcile.memory import Memory
+from graphcred.reconcile.snapshot import Snapshot
 from graphcred_testbed.pki import self_signed
 
 from .fakes import T0, gac, secret_spec
@@ -81,7 +82,7 @@ def test_a_pass_that_fails_after_writing_the_secret_backs_off_longer_each_time(
     body, mem = exists(rig, gac("a", secret_spec(TENANT, str(uuid.uuid4())))), Memory()
     delays = [pass_of(rig, body, mem) for _ in range(5)]
     assert rig.kube.token_in(NS, "a-token"), "each pass wrote the Secret, then failed"
-    assert mem.failures == 5
+    assert mem.report.failures == 5
     assert delays[-1] is not None and delays[-1] >= 8.0, delays  # 5th failure: 16 s, jittered down to half at most
 
 

@@ -15,7 +15,10 @@ import pytest
 
 from graphcred.acquire.sharing import SharedTokens
 from graphcred.kube.calls import SERVICE_ACCOUNT_TOKEN_SECONDS
-from graphcred.reconcile.reconciler import KubeCallFailed, Memory, Reconciler, Snapshot
+from graphcred.reconcile.memory import Memory
+from graphcred.reconcile.outcome import KubeCallFailed
+from graphcred.reconcile.reconciler import Reconciler
+from graphcred.reconcile.snapshot import Snapshot
 from graphcred.telemetry.metrics import Metrics
 
 from .fakes import Clock, FakeKubeWithServiceAccounts, FederatedFakeTokens, federated_spec, gac
@@ -184,7 +187,7 @@ def test_a_refresh_and_a_renew_request_each_make_one_new_token_request() -> None
         await rig.reconciler.reconcile(rig.snapshot("a", spec), mem)
         rig.clock.advance(1900)  # past the refresh time (half of an hour)
         await rig.reconciler.reconcile(rig.snapshot("a", spec), mem)
-        mem.renew_requested = True
+        mem.renew.requested = True
         rig.clock.advance(10)
         await rig.reconciler.reconcile(rig.snapshot("a", spec), mem)
         assert len(rig.kube.token_requests) == 3 and rig.tokens.requests == 3
@@ -263,7 +266,7 @@ def test_a_deleted_service_account_is_not_ready_and_the_last_token_stays() -> No
         assert cond["message"].startswith(f"ServiceAccount reader not found in namespace {NS}"), cond["message"]
         assert "stays valid until" in cond["message"]
         assert rig.kube.token_in(NS, "a-token") == token, "the last token stays in the Secret until it expires"
-        assert mem.credential_version == "", "a missing ServiceAccount is remembered as such (for its watch)"
+        assert mem.credential.version == "", "a missing ServiceAccount is remembered as such (for its watch)"
         assert delay is not None and delay <= 400, "needs the user: retried slowly"
         assert len(rig.kube.token_requests) == 1
 
@@ -420,11 +423,11 @@ def test_the_service_account_token_never_reaches_status_events_or_logs(caplog: p
         await rig.reconciler.reconcile(rig.snapshot("a", spec), mem)  # issued
         rig.tokens.failure = AcquisitionError(Reason.UNAUTHORIZED, "Entra ID refused the request (AADSTS70021)",
                                               permanent=True, code=70021)
-        mem.renew_requested = True
+        mem.renew.requested = True
         await rig.reconciler.reconcile(rig.snapshot("a", spec), mem)  # refused by Entra
         rig.tokens.failure = None
         rig.kube.token_request_status = 503
-        mem.renew_requested = True
+        mem.renew.requested = True
         with pytest.raises(KubeCallFailed) as caught:
             await rig.reconciler.reconcile(rig.snapshot("a", spec), mem)
         await rig.reconciler.internal_error(rig.snapshot("a", spec), mem, caught.value)

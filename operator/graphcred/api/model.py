@@ -451,6 +451,11 @@ class GraphAppCredentialStatus(BaseModel):
     last_refresh_time: str | None = Field(default=None, alias="lastRefreshTime",
                                           json_schema_extra={"format": "date-time"},
                                           description="When the token in the Secret was acquired, RFC 3339 UTC.")
+    last_refresh_reason: str | None = Field(
+        default=None, alias="lastRefreshReason", max_length=256,
+        description="Why the token in the Secret was requested: first token, renew requested, spec changed, "
+        "credential Secret changed, ServiceAccount changed, token Secret missing, token Secret changed, retrying "
+        "after <reason>, half-life reached, refreshBeforeExpiry reached or token expiring.")
     consecutive_failures: int = Field(default=0, alias="consecutiveFailures", ge=0,
                                       description="Failed attempts since the last token was acquired; 0 after a "
                                       "success.")

@@ -29,7 +29,7 @@ from graphcred.base.backoff import backoff
 from graphcred.consumers.pods import ConsumerIndex, PodConsumer, PodKey, SecretKey, warning_message
 from graphcred.consumers.podwatch import PodWatch
 from graphcred.kube.calls import Gone, Kube, describe_failure
-from graphcred.reconcile.reconciler import EventSink, Snapshot
+from graphcred.reconcile.snapshot import EventSink, Snapshot
 from graphcred.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,12 @@ from typing import Any, Protocol
 from graphcred.api.keys import RENEW_ANNOTATION
 from graphcred.base.backoff import backoff
 from graphcred.kube.calls import Gone
-from graphcred.reconcile.reconciler import KubeCallFailed, Memory, Reconciler, Snapshot
+from graphcred.reconcile.memory import Memory
+from graphcred.reconcile.outcome import KubeCallFailed
+from graphcred.reconcile.reconciler import Reconciler
 from graphcred.reconcile.slots import PassSlot, RequestBudget
 from graphcred.reconcile.slots import running_as as running_as_pass
+from graphcred.reconcile.snapshot import Snapshot
 from graphcred.telemetry.metrics import ready_states
 
 log = logging.getLogger(__name__)
@@ -114,10 +117,10 @@ class Controller:
         self._stopping = False
         self._listener: TokenSecretListener = _NobodyListens()
         reconciler.metrics.track_states(
-            lambda: ready_states(w.memory.last_status for w in list(self._workers.values())))
+            lambda: ready_states(w.memory.report.last_status for w in list(self._workers.values())))
         reconciler.metrics.track_workers(self.worker_counts)
         reconciler.metrics.track_credentials(lambda: [
-            (key[0], key[1], w.memory.last_status if w.memory.last_status is not None else w.snapshot.status)
+            (key[0], key[1], w.memory.report.last_status if w.memory.report.last_status is not None else w.snapshot.status)
             for key, w in list(self._workers.items())])
 
     def __len__(self) -> int:
@@ -168,7 +171,7 @@ class Controller:
             worker = _Worker(snap, renew_seen=renew)
             if renew is not None and renew != snap.status.get("lastRenewRequest"):
                 # requested while no replica was acting (a restart, a leader change): serve it now
-                worker.memory.renew_requested, worker.memory.renew_value = True, renew
+                worker.memory.renew.requested, worker.memory.renew.value = True, renew
             self._workers[key] = worker
             self._start(key, worker)
             return
@@ -176,7 +179,7 @@ class Controller:
         worker.snapshot = snap
         if renew is not None and renew != worker.renew_seen:
             worker.renew_seen = renew
-            worker.memory.renew_value = renew  # the newest value: the request that serves it answers them all
+            worker.memory.renew.value = renew  # the newest value: the request that serves it answers them all
             self._renew(key, worker)
         if generation_changed:
             worker.wake.set()  # status-only updates (our own patches) do not wake
@@ -184,7 +187,7 @@ class Controller:
     def _renew(self, key: Key, worker: _Worker) -> None:
         """A new renew request: served at once within the credential's renew budget, else when the budget allows;
         one already pending or being served answers it too (status.lastRenewRequest gets the newest value)."""
-        if worker.renew_timer is not None or worker.memory.renew_requested or worker.renewing:
+        if worker.renew_timer is not None or worker.memory.renew.requested or worker.renewing:
             return
         loop = asyncio.get_running_loop()
         wait = self._renews.reserve(f"{key[0]}/{key[1]}", loop.time())
@@ -198,7 +201,7 @@ class Controller:
     @staticmethod
     def _renew_now(worker: _Worker) -> None:
         worker.renew_timer = None
-        worker.memory.renew_requested = True
+        worker.memory.renew.requested = True
         worker.wake.set()
 
     def _start(self, key: Key, worker: _Worker) -> None:
@@ -240,7 +243,7 @@ class Controller:
         self._credential_changed(self._readers.get(secret), self._latest, secret, resource_version, deleted)
         if deleted:
             for key in self._writers.get(secret, ()):
-                self._workers[key].memory.written_version = None  # not ours to trust any more: read again
+                self._workers[key].memory.secret.version = None  # not ours to trust any more: read again
                 self._workers[key].wake.set()
 
     def service_account_event(self, namespace: str, name: str, resource_version: str, deleted: bool) -> None:
@@ -262,7 +265,7 @@ class Controller:
         else:
             latest[where] = resource_version
         for key in readers:
-            version = self._workers[key].memory.credential_version
+            version = self._workers[key].memory.credential.version
             if deleted or version == "" or _newer(resource_version, version):
                 self._workers[key].wake.set()
 
@@ -329,7 +332,7 @@ class Controller:
             worker.wake.clear()
             try:
                 self._index(key, worker)
-                worker.renewing = worker.memory.renew_requested
+                worker.renewing = worker.memory.renew.requested
                 try:
                     async with PassSlot(self._active) as place:
                         with running_as_pass(place):
@@ -366,10 +369,10 @@ class Controller:
 
     def _changed_during_pass(self, key: Key, worker: _Worker) -> bool:
         """Did the watch report a credential Secret or ServiceAccount newer than the version the pass read?"""
-        latest = self._latest.get((key[0], worker.memory.credential_secret or ""))
+        latest = self._latest.get((key[0], worker.memory.credential.secret or ""))
         if latest is None and worker.indexed_account is not None:
             latest = self._latest_account.get(worker.indexed_account)
-        return latest is not None and _newer(latest, worker.memory.credential_version)
+        return latest is not None and _newer(latest, worker.memory.credential.version)
 
     async def _failed(self, key: Key, worker: _Worker, exc: BaseException) -> float | None:
         """An unexpected failure of a pass: reported in status, Event and metrics, then retried with backoff."""

@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from graphcred.api.model import GraphAppCredentialStatus, Reason
+from graphcred.api.model import Reason
 from graphcred.base.backoff import backoff
-from graphcred.base.times import parse_rfc3339
 
 MIN_REFRESH_DELAY = dt.timedelta(seconds=5)  # never refresh sooner than this after an issue, nor from now
 MIN_WAIT_FRACTION = 0.1  # nor before a tenth of the lifetime: refreshBeforeExpiry near the lifetime must not spin
@@ -100,25 +99,16 @@ def issued_verdict(granted: Sequence[str], required: Sequence[str], secret_name:
                    f"token in Secret {secret_name} valid until {expires_on.strftime('%Y-%m-%dT%H:%M:%SZ')}")
 
 
+def next_refresh(issued_at: dt.datetime, expires_on: dt.datetime, refresh_before: dt.timedelta | None,
+                 now: dt.datetime, rng: random.Random, missing_roles_checks: int = 0) -> dt.datetime:
+    """When to refresh a token just written: `refresh_at`, but never in the past (a pass that ran late), and while
+    required roles are missing (`missing_roles_checks` tokens in a row) soon, growing slowly: consent is granted by
+    a human, and shows only in a new token."""
+    refresh = max(refresh_at(issued_at, expires_on, refresh_before, rng), now + MIN_REFRESH_DELAY)
+    if missing_roles_checks:
+        refresh = min(refresh, now + dt.timedelta(seconds=missing_roles_retry(missing_roles_checks, rng)))
+    return refresh
+
+
 def missing_roles_retry(failures: int, rng: random.Random | None = None) -> float:
     return backoff(failures, None, rng, base=MISSING_ROLES_RETRY[0], cap=MISSING_ROLES_RETRY[1])
-
-
-def may_keep(now: dt.datetime, status: GraphAppCredentialStatus, *, generation: int, issued_for: str,
-             secret_expiry: dt.datetime | None, material_unchanged: bool, renew: bool) -> bool:
-    """Is the token already in the Secret good enough to wait for its scheduled refresh? (After a restart, after a
-    metadata-only change of the credential Secret, after any wake-up that changed nothing the token depends on.)"""
-    ready = status.ready()
-    refresh = parse_rfc3339(status.refresh_at)
-    expires = parse_rfc3339(status.expires_on)
-    return (
-        not renew
-        and material_unchanged
-        and ready is not None and ready.status == "True" and ready.reason == Reason.TOKEN_ISSUED
-        and status.observed_generation == generation
-        and status.issued_for == issued_for
-        and refresh is not None and expires is not None
-        and secret_expiry == expires  # the Secret holds the token the status describes
-        and now < refresh < expires
-        and expires > now + MIN_REFRESH_DELAY
-    )

@@ -17,6 +17,7 @@ from graphcred.acquire.jwt import TokenClaims
 from graphcred.api.model import Condition, GraphAppCredentialStatus, Reason
 from graphcred.base.times import parse_rfc3339, rfc3339
 from graphcred.reconcile import policy
+from graphcred.reconcile.decide import Cause
 from graphcred.reconcile.policy import Retry, Verdict
 
 RENEWED_PREFIX = "renewed on request: "
@@ -56,23 +57,28 @@ def ready_condition(previous: GraphAppCredentialStatus, ready: bool, reason: Rea
 
 
 def event_due(previous_ready: Condition | None, ready: bool, reason: Reason, message: str,
-              announce: bool = False) -> Event | None:
-    """An Event if Ready or its reason changed from `previous_ready`, or a renew request was served (`announce`):
-    a steady state posts nothing, however often it is reported."""
-    if not (announce or previous_ready is None or previous_ready.status != ("True" if ready else "False")
-            or previous_ready.reason != reason):
+              announce: bool = False, cause: Cause | None = None) -> Event | None:
+    """An Event if Ready or its reason changed from `previous_ready`, a renew request was served (`announce`), or a
+    token was issued because someone changed something (`cause`, by_user): a steady state posts nothing, however
+    often it is reported. A new token's Event says why it was requested."""
+    transition = (previous_ready is None or previous_ready.status != ("True" if ready else "False")
+                  or previous_ready.reason != reason)
+    if not (announce or transition or (cause is not None and cause.by_user)):
         return None
     if announce and ready:
         message = f"{RENEWED_PREFIX}{message}"
+    elif cause is not None:
+        message = f"{message} ({cause.phrase()})"
     return Event("Normal" if reason == Reason.TOKEN_ISSUED else "Warning", reason.value, message)
 
 
 def issued(previous: GraphAppCredentialStatus, *, generation: int, secret_name: str, issued_at: dt.datetime,
            expires_on: dt.datetime, claims: TokenClaims, refresh: dt.datetime, credential_version: str,
            issued_for: str | None, renewed: bool, renew_value: str | None, verdict: Verdict,
-           now: dt.datetime) -> Report:
+           now: dt.datetime, cause: Cause | None = None) -> Report:
     """A new token is in the Secret: a whole new status describing it (`refresh`: when the next pass is due).
-    `renewed`: it answers a renew request for `renew_value`, recorded so that no replica serves it again."""
+    `renewed`: it answers a renew request for `renew_value`, recorded so that no replica serves it again.
+    `cause`: why it was requested (`decide`)."""
     status = GraphAppCredentialStatus(
         conditions=ready_condition(previous, verdict.ready, verdict.reason, verdict.message, generation, now),
         observed_generation=generation,
@@ -80,6 +86,7 @@ def issued(previous: GraphAppCredentialStatus, *, generation: int, secret_name: 
         expires_on=rfc3339(expires_on),
         refresh_at=rfc3339(refresh),
         last_refresh_time=rfc3339(issued_at),
+        last_refresh_reason=str(cause) if cause is not None else None,
         consecutive_failures=0,
         roles=list(claims.roles),
         audience=claims.audience,
@@ -90,7 +97,8 @@ def issued(previous: GraphAppCredentialStatus, *, generation: int, secret_name: 
         last_renew_request=renew_value if renewed else previous.last_renew_request,
     )
     return Report(status, verdict.ready, verdict.reason, verdict.message,
-                  event_due(previous.ready(), verdict.ready, verdict.reason, verdict.message, announce=renewed))
+                  event_due(previous.ready(), verdict.ready, verdict.reason, verdict.message, announce=renewed,
+                            cause=cause))
 
 
 def failed(previous: GraphAppCredentialStatus, *, generation: int, reason: Reason, message: str, retry: Retry,

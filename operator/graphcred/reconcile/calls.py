@@ -1,0 +1,33 @@
+"""The Kubernetes calls of a pass, made in the I/O threads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from graphcred.kube.calls import Conflict, Gone, Kube, describe_failure
+from graphcred.reconcile.outcome import KubeCallFailed, outage
+
+T = TypeVar("T")
+
+
+class KubeCalls:
+    """`Kube`'s blocking calls run in the operator's threads. Expected answers are handled by `Kube` (None on 404,
+    Conflict, Gone); anything else ends the pass as an internal error naming the call and its HTTP status."""
+
+    def __init__(self, kube: Kube, run_blocking: Callable[..., Awaitable[Any]] | None = None) -> None:
+        self.kube = kube
+        self._run_blocking = run_blocking or asyncio.to_thread
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        result: T = await self._run_blocking(fn, *args)
+        return result
+
+    async def __call__(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await self.blocking(fn, *args)
+        except (Conflict, Gone):
+            raise
+        except Exception as exc:  # reported to the user by the caller, never swallowed
+            raise KubeCallFailed(describe_failure(what, exc), outage=outage(exc)) from exc

@@ -1,0 +1,73 @@
+"""How a pass ends early: with a condition to report (`Outcome`), or with an unexpected Kubernetes failure
+(`KubeCallFailed`), and the messages for the common cases. Pure."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from graphcred.acquire.credentials import CredentialError
+from graphcred.acquire.tokens import AcquisitionError
+from graphcred.api.model import Reason
+from graphcred.reconcile.policy import Retry
+
+
+class Outcome(Exception):
+    """A pass ended early with a condition to report (a failure before or during acquisition)."""
+
+    def __init__(self, reason: Reason, message: str, *, retry: Retry, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.message, self.retry, self.retry_after = reason, message, retry, retry_after
+
+    @classmethod
+    def of(cls, error: AcquisitionError | CredentialError) -> Outcome:
+        return cls(error.reason, error.message, retry=retry_of(error),
+                   retry_after=error.retry_after if isinstance(error, AcquisitionError) else None)
+
+
+def retry_of(error: AcquisitionError | CredentialError) -> Retry:
+    if isinstance(error, CredentialError):
+        return Retry.NEEDS_USER
+    return Retry.NEEDS_USER if error.permanent else Retry.TRANSIENT
+
+
+class Held(AcquisitionError):
+    """Not asked at all: the authority's circuit breaker is open."""
+
+
+class KubeCallFailed(Exception):
+    """A Kubernetes API call of a pass failed unexpectedly; the message names the call and the HTTP status.
+    `outage`: the apiserver was unreachable or overloaded (no answer, 429, 5xx), which the operator rides out."""
+
+    def __init__(self, message: str, *, outage: bool = False) -> None:
+        super().__init__(message)
+        self.outage = outage
+
+
+def outage(exc: BaseException) -> bool:
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status == 429 or status >= 500
+    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
+
+
+def not_ours(name: str) -> Outcome:
+    return Outcome(Reason.SECRET_CONFLICT, f"Secret {name} exists and is not controlled by this GraphAppCredential; "
+                   "graphcred never modifies it: delete it or choose another spec.secretName", retry=Retry.NEEDS_USER)
+
+
+def spec_error_message(exc: ValidationError) -> str:
+    """A readable summary of what is wrong with the spec. Never echoes input values."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"spec.{where}: {_without_pydantic_prefix(err['msg'])}")
+    return "; ".join(parts)
+
+
+def _without_pydantic_prefix(message: str) -> str:
+    """pydantic prefixes what our validators raise with "Value error, " (or "Assertion failed, "): noise to a user
+    reading the status, who should not read a library's wording there."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message

@@ -1,0 +1,54 @@
+"""What a pass is handed and works on: the object as last seen (`Snapshot`), the token Secret as far as writing it
+needs (`Target`), and where its Events go (`EventSink`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from graphcred.api.keys import API_VERSION, KIND
+from graphcred.tokensecret.render import Owner
+
+
+class EventSink(Protocol):
+    def __call__(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None: ...  # noqa: A002
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The parts of a GraphAppCredential a pass needs."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: dict[str, Any]
+    status: dict[str, Any]
+
+    @classmethod
+    def of(cls, body: Any) -> Snapshot:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
+                   generation=int(meta.get("generation") or 1), spec=dict(body.get("spec") or {}),
+                   status=dict(body.get("status") or {}))
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.name, self.namespace, self.uid)
+
+    def event_ref(self) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": KIND,
+                "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid}}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The token Secret as far as writing it needs. `secret`: as read (metadata, type, data); None when this process
+    wrote it last and skipped the read (a change by anyone since then surfaces as a Conflict on the next write)."""
+
+    resource_version: str
+    secret: dict[str, Any] | None
+
+    @classmethod
+    def read(cls, secret: dict[str, Any] | None) -> Target | None:
+        return cls(str(secret["metadata"]["resourceVersion"]), secret) if secret is not None else None
