@@ -66,7 +66,7 @@ def test_client_secret_credential_yields_a_verified_token_secret(env: Env) -> No
     assert env.bed.issuer.token_requests(app.client_id) == 1
     # why the token was requested: in the status and the Event
     assert env.get("mail")["status"]["lastRefreshReason"] == "first token"
-    assert [m for _, r, m in env.events("mail") if r == "TokenIssued"][0].endswith(" (first token)")
+    assert next(m for _, r, m in env.events("mail") if r == "TokenIssued").endswith(" (first token)")
 
 
 def test_certificate_credential_yields_a_token_secret(env: Env) -> None:

@@ -120,8 +120,8 @@ class Controller:
             lambda: ready_states(w.memory.report.last_status for w in list(self._workers.values())))
         reconciler.metrics.track_workers(self.worker_counts)
         reconciler.metrics.track_credentials(lambda: [
-            (key[0], key[1], w.memory.report.last_status if w.memory.report.last_status is not None else w.snapshot.status)
-            for key, w in list(self._workers.items())])
+            (key[0], key[1], w.memory.report.last_status if w.memory.report.last_status is not None
+             else w.snapshot.status) for key, w in list(self._workers.items())])
 
     def __len__(self) -> int:
         return len(self._workers)
