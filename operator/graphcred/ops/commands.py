@@ -1,12 +1,12 @@
 """`graphcred status`, `renew`, `inspect secret` and `version` (also `kubectl graphcred ...`): the Kubernetes calls,
-made as the user of the current kubeconfig context, like kubectl. What they show is rendered by opsview.py.
+made as the user of the current kubeconfig context, like kubectl. What they show is rendered by `graphcred.ops.view`.
 
 Exit codes: 0 done; 1 the credential failed (renew: not renewed, or renewed but not Ready; inspect: no token to
 decode); 2 usage (also a label selector the apiserver cannot parse); 3 timed out waiting for the operator (renew
 --wait); 4 the cluster refused or could not be reached (not found, forbidden, no connection, no kubeconfig).
 
 Every line of text output passes through `printable`: names, messages and claims are the tenants' to choose, and a
-terminal must not run what they wrote (security review §12).
+terminal must not run what they wrote.
 """
 
 from __future__ import annotations

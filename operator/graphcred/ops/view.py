@@ -1,12 +1,12 @@
 """What `graphcred status`, `renew` and `inspect secret` show, from the API's JSON to text or JSON. Pure: the calls
-are in ops.py, and the time is an argument.
+are in `graphcred.ops.commands`, and the time is an argument.
 
 Nothing here prints a token, a signature or any value of a Secret: `inspect secret` decodes the header and the
-claims of the access token and names the Secret's keys; the status shows what the status holds (no secret by
-design, DESIGN §3).
+claims of the access token and names the Secret's keys; the status shows what the status holds (it never holds a
+secret).
 
 Text output escapes control characters line by line (`printable`): claims, messages, names and mount paths are
-chosen by tenants, and an escape sequence in them must not drive the admin's terminal (security review §12).
+chosen by tenants, and an escape sequence in them must not drive the admin's terminal.
 """
 
 from __future__ import annotations

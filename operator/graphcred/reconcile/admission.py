@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 # Requests per namespace: a burst, then a steady rate, each raised by one per credential of the namespace seen in
 # the last hour (SEEN_FOR): a namespace of 10,000 credentials converges and refreshes as fast as one of ten, while
-# a few credentials renewed or re-specified in a loop are paced. Beyond it requests wait their turn, none is dropped.
+# a few credentials renewed or re-specified in a loop are paced. Beyond it requests wait their turn, none is dropped
+# (docs/design/2026-12-06-sharing-breakers-fair-slots.md).
 BUDGET_BURST = 60.0
 BUDGET_PER_MINUTE = 240.0
 SEEN_FOR = 3600.0  # a credential counts this long after its last request (one-hour tokens refresh every 30 min)
