@@ -1,1 +1,2 @@
-"""The operations CLI (`graphcred status`, `renew`, `inspect secret`, `version`): cluster reads and their printable views."""
+"""The operations CLI (`graphcred status`, `renew`, `inspect secret`, `version`): cluster reads and their
+printable views."""

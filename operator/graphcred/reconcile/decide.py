@@ -183,8 +183,8 @@ def unread_credential_version(status: GraphAppCredentialStatus, *, remembered: b
     """The credential Secret's version if the pass may decide without reading that Secret: this process has not
     read it yet (`remembered` False: after a restart, on a new leader), no renewal waits, and the Secret watch has
     it at the version the status says the token was acquired with. None: read it. A restart then reads only the
-    token Secrets (docs/design/2026-12-06-metadata-only-watches.md); the credential is read at the first refresh, or at once if it changes (the
-    watch wakes the worker). Not for workload identity (`reads_secret` False)."""
+    token Secrets (docs/design/2026-12-06-metadata-only-watches.md); the credential is read at the first refresh,
+    or at once if it changes (the watch wakes the worker). Not for workload identity (`reads_secret` False)."""
     if remembered or renew or not reads_secret:
         return None
     recorded = status.credential_version

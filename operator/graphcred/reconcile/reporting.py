@@ -146,8 +146,8 @@ def kept(previous: GraphAppCredentialStatus, credential_version: str) -> Report:
                   event_due(ready, True, Reason.TOKEN_ISSUED, ready.message))
 
 
-# Status fields another writer owns (the consumer reports: `graphcred.consumers.reports`): a pass neither writes nor removes
-# them, so the two writers never overwrite each other.
+# Status fields another writer owns (the consumer reports: `graphcred.consumers.reports`): a pass neither writes
+# nor removes them, so the two writers never overwrite each other.
 WRITTEN_ELSEWHERE = frozenset({"unrefreshableConsumers"})
 
 
