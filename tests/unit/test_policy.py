@@ -6,7 +6,7 @@ import random
 import pytest
 
 from graphcred.api.model import Reason
-from graphcred.base.backoff import BACKOFF_CAP, backoff
+from graphcred.base.backoff import BACKOFF_CAP, RETRY_AFTER_CAP, backoff
 from graphcred.reconcile import policy
 from graphcred.reconcile.policy import Retry
 
@@ -72,7 +72,7 @@ def test_transient_retries_come_every_30_s_at_most_once_the_token_expired() -> N
         assert delay is not None and delay <= policy.EXPIRED_RETRY
     assert policy.retry_delay(Retry.TRANSIENT, 1, 120.0, T0, None, rng) == 120.0  # Retry-After wins
     # ... up to a cap: a proxy's "Retry-After: 86400" must not hold a credential for a day
-    assert policy.retry_delay(Retry.TRANSIENT, 1, 86400.0, T0, None, rng) == policy.RETRY_AFTER_CAP
+    assert policy.retry_delay(Retry.TRANSIENT, 1, 86400.0, T0, None, rng) == RETRY_AFTER_CAP
     valid = T0 + dt.timedelta(hours=1)
     assert (policy.retry_delay(Retry.TRANSIENT, 12, None, T0, valid, rng) or 0) > policy.EXPIRED_RETRY
 

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from graphcred.api.model import Reason
+from graphcred.base.backoff import RETRY_AFTER_CAP
 
 # seconds: longest hold-off without a Retry-After asking for more. Short, because it is also how soon a returning
 # endpoint is noticed once tokens have expired (at least every 30 s, docs/behaviour.md); a probe is one request per
 # tenant. Why breakers per app and per tenant: docs/design/2026-12-06-sharing-breakers-fair-slots.md.
 OPEN_CAP = 30.0
-RETRY_AFTER_CAP = 600.0  # and with one: a proxy's "come back tomorrow" must not let a tenant's tokens expire
 PROBE_WAIT = 2.0  # while a probe is in flight, others look again this soon
 PROBE_STALE = dt.timedelta(seconds=90)  # a probe that never reported (its task ended) frees the slot after this
 # Entra's "TenantThrottlingError: there are too many incoming requests" (for the whole tenant)

@@ -6,6 +6,8 @@ import random
 
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 300.0
+# A Retry-After is honoured up to this: a proxy's "come back tomorrow" must not let tokens expire.
+RETRY_AFTER_CAP = 600.0
 
 
 def backoff(failures: int, retry_after: float | None = None, rng: random.Random | None = None,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from graphcred.api.model import Reason
-from graphcred.base.backoff import backoff
+from graphcred.base.backoff import RETRY_AFTER_CAP, backoff
 
 MIN_REFRESH_DELAY = dt.timedelta(seconds=5)  # never refresh sooner than this after an issue, nor from now
 MIN_WAIT_FRACTION = 0.1  # nor before a tenth of the lifetime: refreshBeforeExpiry near the lifetime must not spin
@@ -21,7 +21,6 @@ MISSING_ROLES_RETRY = (10.0, 300.0)  # consent is granted by a human: look again
 NEEDS_USER_RETRY = (300.0, 900.0, 3600.0)
 LAST_CHANCE_BEFORE_EXPIRY = 120.0  # one more try this long before the last good token expires
 EXPIRED_RETRY = 30.0  # once the token is gone, transient retries at least this often: notice a returning endpoint
-RETRY_AFTER_CAP = 600.0  # a Retry-After is honoured up to this: a proxy's "come back tomorrow" must not expire tokens
 
 
 class Retry(StrEnum):
