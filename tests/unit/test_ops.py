@@ -128,6 +128,14 @@ def test_status_text_shows_condition_times_token_consumers_and_events() -> None:
     assert "Unauthorized" in lines[events_at + 3] and "graphcred/graphcred-7d9f-x" in lines[events_at + 3]
 
 
+def test_status_says_why_the_token_was_requested() -> None:
+    view = opsview.status_view(_credential(lastRefreshReason="credential Secret changed"), [], None)
+    assert "Why:          credential Secret changed" in opsview.render_status(view, NOW)
+    assert opsview.status_json(view, NOW)["lastRefreshReason"] == "credential Secret changed"
+    before = opsview.status_view(_credential(), [], None)  # written by a graphcred that did not say
+    assert "Why:          -" in opsview.render_status(before, NOW)
+
+
 def test_status_says_what_is_not_known_yet() -> None:
     obj = _credential()
     obj["status"] = {}
