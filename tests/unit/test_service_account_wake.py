@@ -178,7 +178,7 @@ def test_a_spec_naming_another_service_account_moves_the_index() -> None:
 
         rig.controller.forget(NS, "a")
         rig.controller.service_account_event(NS, "other", "502", False)  # no worker, no index entry: no error
-        assert not rig.controller._service_account_readers
+        assert not rig.controller.dependents.account_readers
         await rig.controller.stop()
 
     run(scenario)

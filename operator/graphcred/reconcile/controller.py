@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from graphcred.api.keys import RENEW_ANNOTATION
 from graphcred.base.backoff import backoff
 from graphcred.kube.calls import Gone
+from graphcred.reconcile.dependents import Dependents, named_by
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.outcome import KubeCallFailed
 from graphcred.reconcile.reconciler import Reconciler
@@ -30,27 +31,6 @@ Key = tuple[str, str]  # namespace, name (of a GraphAppCredential, a Secret or a
 # Renew requests per credential: a few at once (a fix in Entra, then another), then one every 30 s.
 RENEW_BURST = 3.0
 RENEW_PER_MINUTE = 2.0
-
-
-def _secret_names(name: str, spec: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(credential Secret, token Secret) named by a raw spec; tolerant of any shape (validation is elsewhere)."""
-    credential = spec.get("credential")
-    read = None
-    if isinstance(credential, Mapping):
-        for kind in ("clientSecret", "certificate"):
-            ref = credential.get(kind)
-            if isinstance(ref, Mapping) and isinstance(ref.get("name"), str):
-                read = ref["name"]
-    target = spec.get("secretName")
-    return read, target if isinstance(target, str) and target else f"{name}-token"
-
-
-def _service_account_name(spec: Mapping[str, Any]) -> str | None:
-    """The ServiceAccount a raw spec's workload identity names, if any; tolerant of any shape."""
-    credential = spec.get("credential")
-    identity = credential.get("workloadIdentity") if isinstance(credential, Mapping) else None
-    name = identity.get("serviceAccountName") if isinstance(identity, Mapping) else None
-    return name if isinstance(name, str) and name else None
 
 
 def _described(exc: BaseException) -> str:
@@ -90,8 +70,6 @@ class _Worker:
     task: asyncio.Task[None] | None = None
     restarts: int = 0
     renew_seen: str | None = None  # value of the renew annotation already served (or present at start)
-    indexed: tuple[Key | None, Key | None] = (None, None)  # (credential Secret, token Secret) in the indexes
-    indexed_account: Key | None = None  # its workload identity's ServiceAccount, in the index
     renew_timer: asyncio.TimerHandle | None = None  # a renew request waiting for the credential's renew budget
     renewing: bool = False  # a pass serving a renew request is running
 
@@ -108,12 +86,8 @@ class Controller:
         self._active = asyncio.Semaphore(max_active)
         self._workers: dict[Key, _Worker] = {}
         # (namespace, secret name) -> objects that read it as credential / write it as token Secret
-        self._readers: dict[Key, set[Key]] = {}
-        self._writers: dict[Key, set[Key]] = {}
-        self._latest: dict[Key, str] = {}  # newest resourceVersion seen of each credential Secret in use
+        self.dependents = Dependents()  # who reads and writes which Secret or ServiceAccount
         # the same for ServiceAccounts named by workload identity (a name may be both a Secret's and an account's)
-        self._service_account_readers: dict[Key, set[Key]] = {}
-        self._latest_account: dict[Key, str] = {}
         self._stopping = False
         self._listener: TokenSecretListener = _NobodyListens()
         reconciler.metrics.track_states(
@@ -138,21 +112,20 @@ class Controller:
         self._listener = listener
 
     def writers_of(self, secret: Key) -> Collection[Key]:
-        return self._writers.get(secret, ())
+        return self.dependents.writers_of(secret)
 
     def snapshot_of(self, key: Key) -> Snapshot | None:
         worker = self._workers.get(key)
         return worker.snapshot if worker is not None else None
 
     def token_secret_of(self, key: Key) -> Key | None:
-        worker = self._workers.get(key)
-        return worker.indexed[1] if worker is not None else None
+        return self.dependents.token_secret_of(key)
 
     def writes_token_secret(self, namespace: str, name: str) -> bool:
         """Does a credential write this Secret? Called from the pod watch's thread: one dict lookup (atomic in
         CPython) while the loop may change the dict; an answer a moment old is corrected by the rescan that
         follows every new token Secret."""
-        return (namespace, name) in self._writers
+        return (namespace, name) in self.dependents.writers
 
     def observe(self, body: Mapping[str, Any]) -> None:
         """A GraphAppCredential was listed, added or modified."""
@@ -230,7 +203,7 @@ class Controller:
         worker = self._workers.pop(key, None)
         self.reconciler.metrics.forget(namespace, name)
         if worker is not None:
-            self._unindex(key, worker, notify=True)
+            self._unindex(key)
             if worker.renew_timer is not None:
                 worker.renew_timer.cancel()
             if worker.task is not None:
@@ -240,9 +213,10 @@ class Controller:
         """From the Secret metadata watch. Wakes the objects that read a changed credential Secret (rotation,
         or a missing one appearing) and those whose token Secret was deleted (to write it again)."""
         secret = (namespace, name)
-        self._credential_changed(self._readers.get(secret), self._latest, secret, resource_version, deleted)
+        self._credential_changed(self.dependents.saw_secret(secret, resource_version, deleted), resource_version,
+                                 deleted)
         if deleted:
-            for key in self._writers.get(secret, ()):
+            for key in self.dependents.writers_of(secret):
                 self._workers[key].memory.secret.version = None  # not ours to trust any more: read again
                 self._workers[key].wake.set()
 
@@ -250,81 +224,30 @@ class Controller:
         """From the ServiceAccount metadata watch (workload identity). Wakes the objects whose credential is this
         ServiceAccount, by the rules of a credential Secret: deleted, missing when last read, or newer than the
         version last read (its client-id annotation added, changed or removed)."""
-        account = (namespace, name)
-        self._credential_changed(self._service_account_readers.get(account), self._latest_account, account,
+        self._credential_changed(self.dependents.saw_account((namespace, name), resource_version, deleted),
                                  resource_version, deleted)
 
-    def _credential_changed(self, readers: set[Key] | None, latest: dict[Key, str],
-                            where: Key, resource_version: str, deleted: bool) -> None:
-        """Remember the credential's newest version (for a pass running now) and wake the objects that read it:
-        deleted, missing when last read, or newer than the version they last read."""
-        if not readers:
-            return
-        if deleted:
-            latest.pop(where, None)
-        else:
-            latest[where] = resource_version
+    def _credential_changed(self, readers: Collection[Key], resource_version: str, deleted: bool) -> None:
+        """Wake the objects that read a credential the watch reported: deleted, missing when last read, or newer
+        than the version they last read."""
         for key in readers:
             version = self._workers[key].memory.credential.version
             if deleted or version == "" or _newer(resource_version, version):
                 self._workers[key].wake.set()
 
     def _index(self, key: Key, worker: _Worker) -> None:
-        """Index the Secrets and the ServiceAccount the object reads and writes, from its spec as it stands, before
-        each pass: a change to them while the pass runs (a credential Secret created a moment after the object)
-        must wake it."""
-        self._index_secrets(key, worker)
-        self._index_account(key, worker)
+        """Index what the object reads and writes, from its spec as it stands, before each pass: a change to them
+        while the pass runs (a credential Secret created a moment after the object) must wake it."""
+        moved = self.dependents.index(key, named_by(key, worker.snapshot.spec))
+        if moved.removed is not None:
+            self._listener.token_secret_removed(key, moved.removed)
+        if moved.added is not None:
+            self._listener.token_secret_added(key, moved.added)
 
-    def _index_secrets(self, key: Key, worker: _Worker) -> None:
-        credential, target = _secret_names(key[1], worker.snapshot.spec)
-        reads = (key[0], credential) if credential else None
-        writes = (key[0], target) if target else None
-        if (reads, writes) == worker.indexed:
-            return
-        moved = writes != worker.indexed[1]
-        self._unindex(key, worker, notify=moved)
-        if reads:
-            self._readers.setdefault(reads, set()).add(key)
-        if writes:
-            self._writers.setdefault(writes, set()).add(key)
-        worker.indexed = (reads, writes)
-        if moved and writes:
-            self._listener.token_secret_added(key, writes)
-
-    def _index_account(self, key: Key, worker: _Worker) -> None:
-        name = _service_account_name(worker.snapshot.spec)
-        account = (key[0], name) if name else None
-        if account == worker.indexed_account:
-            return
-        self._unindex_account(key, worker)
-        if account:
-            self._service_account_readers.setdefault(account, set()).add(key)
-        worker.indexed_account = account
-
-    def _unindex_account(self, key: Key, worker: _Worker) -> None:
-        account, worker.indexed_account = worker.indexed_account, None
-        if account is None or account not in self._service_account_readers:
-            return
-        self._service_account_readers[account].discard(key)
-        if not self._service_account_readers[account]:
-            del self._service_account_readers[account]
-            self._latest_account.pop(account, None)
-
-    def _unindex(self, key: Key, worker: _Worker, *, notify: bool = False) -> None:
-        """Drop the object from the indexes; `notify`: tell the consumer reports it no longer writes its token
-        Secret (not when it is re-indexed at once with the same one)."""
-        self._unindex_account(key, worker)
-        writes = worker.indexed[1]
-        for index, secret in ((self._readers, worker.indexed[0]), (self._writers, writes)):
-            if secret is not None and secret in index:
-                index[secret].discard(key)
-                if not index[secret]:
-                    del index[secret]
-                    if index is self._readers:
-                        self._latest.pop(secret, None)
-        worker.indexed = (None, None)
-        if notify and writes is not None:
+    def _unindex(self, key: Key) -> None:
+        """Drop the object from the indexes, and tell the consumer reports it no longer writes its token Secret."""
+        writes = self.dependents.remove(key)
+        if writes is not None:
             self._listener.token_secret_removed(key, writes)
 
     async def _run(self, key: Key, worker: _Worker) -> None:
@@ -369,9 +292,7 @@ class Controller:
 
     def _changed_during_pass(self, key: Key, worker: _Worker) -> bool:
         """Did the watch report a credential Secret or ServiceAccount newer than the version the pass read?"""
-        latest = self._latest.get((key[0], worker.memory.credential.secret or ""))
-        if latest is None and worker.indexed_account is not None:
-            latest = self._latest_account.get(worker.indexed_account)
+        latest = self.dependents.latest_version(key, worker.memory.credential.secret)
         return latest is not None and _newer(latest, worker.memory.credential.version)
 
     async def _failed(self, key: Key, worker: _Worker, exc: BaseException) -> float | None:
@@ -390,7 +311,7 @@ class Controller:
     def _drop(self, key: Key, worker: _Worker) -> None:
         if self._workers.get(key) is worker:
             del self._workers[key]
-            self._unindex(key, worker, notify=True)
+            self._unindex(key)
             self.reconciler.metrics.forget(*key)
         # a dropped worker's own task returns: the loop below notices it is no longer registered
 
