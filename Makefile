@@ -56,7 +56,6 @@ lint: venv
 	$(BIN)/lint-imports --no-cache  # the layer contracts (.importlinter)
 	bash scripts/actionlint.sh
 
-# pytest exits 5 when it collected no tests; that must fail, not pass silently.
 # The whole suite, then the `compat` tests on the oldest supported kube-apiserver (scripts/test.sh); pytest's
 # exit code 5 (no tests collected) fails. `make test PYTEST_ARGS=...` runs only the selected tests.
 test: lint binaries
