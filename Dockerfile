@@ -12,7 +12,7 @@ WORKDIR /src
 # The locked dependencies first (a layer that changes only with the lock): every file checked against its hash,
 # the same versions the tests ran (requirements/runtime.txt is constrained to requirements/dev.txt). pip itself
 # from its pin first, then each lock with --no-deps: the lock is installed as written, nothing is resolved (as
-# scripts/install-lock.sh does for make; tests/unit/test_locks.py proves each lock complete).
+# scripts/install-lock.sh does for make; tests/repo/test_locks.py proves each lock complete).
 COPY requirements/pip.txt requirements/runtime.txt requirements/build.txt ./requirements/
 RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/pip.txt
 RUN pip install --no-cache-dir --require-hashes --no-deps --prefix=/install -r requirements/runtime.txt

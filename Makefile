@@ -6,7 +6,25 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 SOAK_ARGS ?= --minutes 20 --seed 1
 
-.PHONY: all venv binaries binaries-compat lint test test-compat test-node demo bench soak lock crd clean
+.PHONY: help all venv binaries binaries-compat lint test test-compat test-node demo bench soak lock crd clean
+
+# A bare `make` lists the targets: the whole suite (`make test`) takes over 20 minutes and builds a kube-apiserver
+# and an image on first use, not what one types `make` to find out.
+.DEFAULT_GOAL := help
+help:
+	@echo "make venv           .venv from the locks (requirements/dev.txt), graphcred, the test bed and the client"
+	@echo "make lint           ruff, mypy --strict, the layer contracts (.importlinter), actionlint"
+	@echo "make test           lint, the whole suite, then the compat and node tests (PYTEST_ARGS=...: only those)"
+	@echo "make test-compat    the tests marked compat, on the oldest supported kube-apiserver"
+	@echo "make test-node      the node tests (tests/node): a real kubelet and the image; root needed"
+	@echo "make demo           the whole story on a local bed, no Azure account, no cluster"
+	@echo "make bench          figures on the bed: latency and scale (BENCH_ARGS=...), never pass/fail"
+	@echo "make soak           the 20-minute fault soak (SOAK_ARGS=...); exit 1 on any violation"
+	@echo "make lock           refresh the dependency locks (requirements/) to the newest allowed versions"
+	@echo "make crd            regenerate the CRD and the chart's copy from the model"
+	@echo "make binaries       build the bed's binaries (cached in ~/.cache/graphcred); binaries-compat: the old one"
+	@echo "make clean          remove .venv and the tools' caches"
+	@echo "make all            the same as make test"
 
 all: test
 
@@ -38,7 +56,6 @@ lint: venv
 	$(BIN)/lint-imports --no-cache  # the layer contracts (.importlinter)
 	bash scripts/actionlint.sh
 
-# pytest exits 5 when it collected no tests; that must fail, not pass silently.
 # The whole suite, then the `compat` tests on the oldest supported kube-apiserver (scripts/test.sh); pytest's
 # exit code 5 (no tests collected) fails. `make test PYTEST_ARGS=...` runs only the selected tests.
 test: lint binaries

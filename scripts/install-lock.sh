@@ -3,7 +3,7 @@
 # first from its hashed pin (requirements/pip.txt), then every line of the lock with --no-deps. A pip older than
 # 23.3 resolving a locked dependency's extra (`httpx[http2]`) took the newest release from the index instead of the
 # pin and failed --require-hashes; with --no-deps no dependency is ever looked at, so the lock must be complete
-# (`pip check` proves it here, tests/unit/test_locks.py for every lock).
+# (`pip check` proves it here, tests/repo/test_locks.py for every lock).
 # Usage: scripts/install-lock.sh PYTHON LOCK [extra pip install args...]
 set -euo pipefail
 python=$1 lock=$2

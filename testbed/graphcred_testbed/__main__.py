@@ -1,7 +1,7 @@
 """`python -m graphcred_testbed demo [--hold]`: the whole story on a local bed, no Azure account, no cluster
 (demo.py).
 
-`python -m graphcred_testbed soak --minutes 20 --seed 1` (`make soak`): the fault soak of soak.py on a bed of its
+`python -m graphcred_testbed soak --minutes 20 --seed 1` (`make soak`): the fault soak (soak/) on a bed of its
 own; prints the figures and exits 1 on any violation.
 """
 

@@ -1,5 +1,4 @@
-"""examples/ as a user applies them: to one namespace, one after another, and (in the demo) pointed at another
-authority host."""
+"""examples/ as a user applies them: to one namespace, one after another."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from graphcred_testbed.demo import EXAMPLES, with_authority_host
+from graphcred_testbed.demo import EXAMPLES
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -29,23 +28,3 @@ def test_no_two_example_credentials_write_the_same_token_secret() -> None:
     names = [d["spec"].get("secretName") or f"{d['metadata']['name']}-token"
              for path in sorted(EXAMPLES.glob("*.yaml")) for d in _docs(path) if d["kind"] == "GraphAppCredential"]
     assert len(names) == len(set(names)), names
-
-
-def test_the_demo_copies_point_every_credential_at_its_issuer_and_keep_the_comments() -> None:
-    host = "https://127.0.0.1:4443"
-    for path in sorted(EXAMPLES.glob("*.yaml")):
-        text = path.read_text()
-        copy = with_authority_host(text, host)
-        before, after = _docs(path), _docs_of(copy)
-        assert len(before) == len(after)
-        for old, new in zip(before, after, strict=True):
-            if old["kind"] == "GraphAppCredential":
-                assert new["spec"] == {**old["spec"], "authorityHost": host}
-            else:
-                assert new == old
-        kept = [line for line in text.splitlines() if line.lstrip().startswith("#")]
-        assert all(line in copy.splitlines() for line in kept), path.name
-
-
-def _docs_of(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if d]
