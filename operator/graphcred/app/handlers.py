@@ -17,7 +17,8 @@ from graphcred.app.wiring import OperatorMemo, build
 from graphcred.kube.connect import in_cluster_server
 
 
-def configure(settings: kopf.OperatorSettings, cfg: RunConfig) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, cfg: RunConfig) -> None:
+    """kopf's settings for this run (called by the startup handler, before anything is built)."""
     # Events are posted by graphcred itself (events.py), on condition transitions: kopf posts none, not even
     # from its logs.
     settings.posting.enabled = False
@@ -37,7 +38,7 @@ def configure(settings: kopf.OperatorSettings, cfg: RunConfig) -> None:
 
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
-    configure(settings, memo.config)
+    configure_kopf(settings, memo.config)
     memo.operator = build(memo.config, memo.metrics, memo.health, asyncio.get_running_loop(), stop_flag=memo.stop)
     await memo.operator.start()
 
