@@ -1,6 +1,6 @@
-"""In-memory stand-ins for the two I/O ports of the Reconciler (`Kube`, `TokenClient`), for unit tests of pure
-scheduling: the real Controller, Reconciler and SharedTokens run against them with a fake clock. Integration
-tests use the real apiserver and issuer instead."""
+"""In-memory stand-ins for the two I/O ports of the Reconciler (`ports.KubePort`, `ports.TokenPort`; in production
+`Kube` and `TokenClient`), for unit tests of pure scheduling: the real Controller, Reconciler and SharedTokens run
+against them with a fake clock. Integration tests use the real apiserver and issuer instead."""
 
 from __future__ import annotations
 
@@ -113,6 +113,12 @@ class FakeKube:
             self.deletes.append((namespace, name))
             del self.secrets[(namespace, name)]
 
+    def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
+        raise NotImplementedError("no ServiceAccounts here: FakeKubeWithServiceAccounts has them")
+
+    def request_service_account_token(self, namespace: str, name: str, audience: str) -> str:
+        raise NotImplementedError("no ServiceAccounts here: FakeKubeWithServiceAccounts has them")
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         with self._lock:
             if (namespace, name) not in self.objects:
@@ -136,8 +142,8 @@ class FakeKube:
 def _record_fields(stored: dict[str, Any], written: dict[str, Any]) -> None:
     """managedFields as the apiserver keeps them for the writer (field manager graphcred: the only writer through
     this fake), simplified: a key written with a value is the writer's, a key written as null is nobody's."""
-    fields = next((e["fieldsV1"] for e in stored["metadata"].get("managedFields", []) if e["manager"] == "graphcred"),
-                  {"f:data": {}, "f:metadata": {"f:labels": {}, "f:annotations": {}}})
+    mine = (e["fieldsV1"] for e in stored["metadata"].get("managedFields", []) if e["manager"] == "graphcred")
+    fields: dict[str, Any] = next(mine, {"f:data": {}, "f:metadata": {"f:labels": {}, "f:annotations": {}}})
     for where, node in ((fields["f:data"], written.get("data") or {}),
                         (fields["f:metadata"]["f:labels"], written["metadata"].get("labels") or {}),
                         (fields["f:metadata"]["f:annotations"], written["metadata"].get("annotations") or {})):

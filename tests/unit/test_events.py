@@ -253,7 +253,7 @@ def test_a_pass_completes_when_no_event_can_be_posted() -> None:
         kube.put_client_secret("ns", "cred", "s3cret")
         recorder = _recorder(api)
         recorder.start()
-        reconciler = Reconciler(kube, FakeTokens(clock), recorder,  # type: ignore[arg-type]
+        reconciler = Reconciler(kube, FakeTokens(clock), recorder,
                                 clock=clock, rng=random.Random(0), metrics=Metrics(), shared=SharedTokens(clock=clock))
         body = gac("mail", secret_spec(str(uuid.uuid4()), str(uuid.uuid4())))
         kube.objects.add(("ns", "mail"))

@@ -192,7 +192,7 @@ class Operator:
         async def blocking(fn: Any, *args: Any) -> Any:
             return await loop.run_in_executor(self.threads, fn, *args)
 
-        self.reconciler = Reconciler(self.kube, self.tokens, lambda *_: None,  # type: ignore[arg-type]
+        self.reconciler = Reconciler(self.kube, self.tokens, lambda *_: None,
                                      run_blocking=blocking, clock=self.clock, rng=random.Random(0),
                                      shared=SharedTokens(clock=self.clock),
                                      # the admin allowed them: no other host is contacted at all (--authority-host)

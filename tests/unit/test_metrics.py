@@ -69,6 +69,7 @@ def test_the_controller_reports_registered_credentials_and_drops_forgotten_ones(
     async def run() -> tuple[dict[Any, float], dict[Any, float]]:
         reconciler = Reconciler(None, None, lambda *a: None)  # type: ignore[arg-type]
         controller = Controller(reconciler)
+        reconciler.metrics.track(controller)  # as the wiring does
         body = {"metadata": {"namespace": "team", "name": "mail", "uid": "u1", "generation": 1},
                 "spec": {}, "status": status("True", "TokenIssued", "2030-01-01T00:00:00Z")}
         controller.observe(body)  # registered; its worker has not run yet: the object's status is reported

@@ -41,7 +41,7 @@ class Rig:
         self.events: list[tuple[str, str, str]] = []
         self.metrics = Metrics()
         self.reconciler = Reconciler(
-            self.kube, self.tokens, self.emit,  # type: ignore[arg-type]
+            self.kube, self.tokens, self.emit,
             clock=self.clock, rng=random.Random(seed), metrics=self.metrics, shared=SharedTokens(clock=self.clock),
             token_concurrency=token_concurrency)
         self.controller = Controller(self.reconciler)
@@ -52,7 +52,7 @@ class Rig:
     def with_consumer_reports(self, *, watching: bool) -> ConsumerReports:
         """The consumer reports of --watch-consumers (`watching`), wired as the operator wires them; call it in the
         running loop."""
-        self.consumers = ConsumerReports(self.controller, self.kube, self.emit,  # type: ignore[arg-type]
+        self.consumers = ConsumerReports(self.controller, self.kube, self.emit,
                                          self.metrics, self.reconciler._blocking, watching=watching)
         self.controller.listen(self.consumers)
         self.consumers.start()
@@ -727,7 +727,7 @@ def test_a_namespaces_budget_counts_its_credentials_and_never_holds_another_name
     from graphcred.reconcile.slots import RequestBudget
 
     rig = Rig()
-    rig.reconciler = Reconciler(rig.kube, rig.tokens, rig.emit,  # type: ignore[arg-type]
+    rig.reconciler = Reconciler(rig.kube, rig.tokens, rig.emit,
                                 clock=rig.clock, rng=random.Random(0), metrics=rig.metrics,
                                 shared=SharedTokens(clock=rig.clock),
                                 budget=RequestBudget(burst=5, per_minute=600))  # then one per 0.1 s

@@ -185,7 +185,7 @@ class Rig:
         self.kube = FakeKube()
         self.kube.put_client_secret(NS, "cred", "s3cret")
         self.tokens = FakeTokens(self.clock)
-        self.reconciler = Reconciler(self.kube, self.tokens, lambda *_: None,  # type: ignore[arg-type]
+        self.reconciler = Reconciler(self.kube, self.tokens, lambda *_: None,
                                      clock=self.clock, rng=random.Random(0), shared=SharedTokens(clock=self.clock))
         self.uid = str(uuid.uuid4())
         self.client = str(uuid.uuid4())

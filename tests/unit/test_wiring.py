@@ -5,18 +5,26 @@ the ServiceAccount watch that exists only with it (the chart grants ServiceAccou
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from graphcred.app import handlers
+from graphcred.app import wiring
 from graphcred.app.config import RunConfig
+from graphcred.app.stopflag import StopFlag
 from graphcred.consumers.reports import ConsumerReports
+from graphcred.kube.metawatch import Directory
 from graphcred.reconcile.controller import Controller
 from graphcred.reconcile.reconciler import Reconciler
-from graphcred.telemetry.metrics import Metrics
+from graphcred.telemetry.metrics import Health, Metrics
 
+from .fakes import Clock, FakeKube, FakeTokens
 from .runconfig import run_config
 
 
@@ -87,23 +95,31 @@ class RecordedWatch:
 def test_service_accounts_are_watched_only_with_workload_identity(
         monkeypatch: pytest.MonkeyPatch, namespaces: tuple[str, ...], workload_identity: bool,
         expected: list[tuple[str, str | None, str]]) -> None:
-    monkeypatch.setattr(handlers, "MetadataWatch", RecordedWatch)
+    monkeypatch.setattr(wiring, "MetadataWatch", RecordedWatch)
     monkeypatch.setattr(RecordedWatch, "made", [])
     cfg = RunConfig(namespaces=namespaces, workload_identity=workload_identity)
 
     async def wire() -> None:
-        reconciler = Reconciler(None, None, lambda *a: None,  # type: ignore[arg-type]
-                                workload_identity=workload_identity)
+        reconciler = Reconciler(FakeKube(), FakeTokens(Clock()), lambda *a: None, workload_identity=workload_identity)
         assert reconciler.workload_identity is workload_identity
         controller = Controller(reconciler)
-        handlers._watches(client.ApiClient(), cfg, controller, _reports(controller, cfg), asyncio.get_running_loop())
+        _watches(cfg, controller, _reports(controller, cfg))
 
     asyncio.run(wire())
     assert RecordedWatch.made == expected
 
 
+def _reconciler() -> Reconciler:
+    return Reconciler(FakeKube(), FakeTokens(Clock()), lambda *a: None)
+
+
+def _watches(cfg: RunConfig, controller: Controller, consumers: ConsumerReports) -> list[Any]:
+    """The watches the operator would start for `cfg`, from the wiring (the test patches what they are)."""
+    return wiring.watches_for(client.ApiClient(), cfg, controller, consumers, Directory(), asyncio.get_running_loop())
+
+
 def _reports(controller: Controller, cfg: RunConfig) -> ConsumerReports:
-    return ConsumerReports(controller, None, lambda *a: None, Metrics(), asyncio.to_thread,  # type: ignore[arg-type]
+    return ConsumerReports(controller, FakeKube(), lambda *a: None, Metrics(), asyncio.to_thread,
                            watching=cfg.watch_consumers)
 
 
@@ -116,14 +132,14 @@ def test_a_service_account_event_reaches_the_controller_on_its_loop(monkeypatch:
                      resource: str = "secrets") -> None:
             callbacks[resource] = callback
 
-    monkeypatch.setattr(handlers, "MetadataWatch", Capturing)
+    monkeypatch.setattr(wiring, "MetadataWatch", Capturing)
     events: list[tuple[str, str, str, bool]] = []
 
     async def wire() -> None:
-        controller = Controller(Reconciler(None, None, lambda *a: None))  # type: ignore[arg-type]
+        controller = Controller(_reconciler())
         monkeypatch.setattr(controller, "service_account_event", lambda *e: events.append(e))
         cfg = RunConfig(workload_identity=True)
-        handlers._watches(client.ApiClient(), cfg, controller, _reports(controller, cfg), asyncio.get_running_loop())
+        _watches(cfg, controller, _reports(controller, cfg))
         await asyncio.to_thread(callbacks["serviceaccounts"], "ns", "reader", "7", False)
         await asyncio.sleep(0)
 
@@ -170,16 +186,16 @@ class RecordedPodWatch:
 def test_pods_are_watched_only_with_watch_consumers(monkeypatch: pytest.MonkeyPatch, namespaces: tuple[str, ...],
                                                     watch_consumers: bool,
                                                     expected: list[tuple[str | None, str, str]]) -> None:
-    monkeypatch.setattr(handlers, "MetadataWatch", RecordedWatch)
-    monkeypatch.setattr(handlers, "PodWatch", RecordedPodWatch)
+    monkeypatch.setattr(wiring, "MetadataWatch", RecordedWatch)
+    monkeypatch.setattr(wiring, "PodWatch", RecordedPodWatch)
     monkeypatch.setattr(RecordedWatch, "made", [])
     monkeypatch.setattr(RecordedPodWatch, "made", [])
     cfg = RunConfig(namespaces=namespaces, watch_consumers=watch_consumers)
 
     async def wire() -> ConsumerReports:
-        controller = Controller(Reconciler(None, None, lambda *a: None))  # type: ignore[arg-type]
+        controller = Controller(_reconciler())
         consumers = _reports(controller, cfg)
-        handlers._watches(client.ApiClient(), cfg, controller, consumers, asyncio.get_running_loop())
+        _watches(cfg, controller, consumers)
         return consumers
 
     consumers = asyncio.run(wire())
@@ -210,3 +226,115 @@ def test_a_blocking_call_after_the_threads_are_shut_down_is_cancelled_not_an_err
         raise AssertionError("a call after the shutdown ran")
 
     asyncio.run(scenario())
+
+
+class _Apiserver:
+    """Answers every list with an empty one and holds every watch open, answering nothing, until closed: what the
+    operator's watches meet at start in an empty cluster."""
+
+    def __init__(self) -> None:
+        released = self.released = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                pass
+
+            def do_GET(self) -> None:
+                if "watch=" in self.path:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.flush()
+                    released.wait(30)
+                    return
+                body = json.dumps({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+                                   "items": []}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kubeconfig(self, path: Path) -> str:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{self.server.server_address[1]}"}}],
+            "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}], "current-context": "c"}))
+        return str(path)
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_operator_starts_and_stops_in_order_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """build() starts nothing; start() starts the Events, the watches (Secrets, ServiceAccounts, pods), the consumer
+    reports and the heartbeat, then says ready; stop() ends them in the documented order (the watch streams cut
+    while held open) and leaves no task and no thread of the operator behind."""
+    apiserver = _Apiserver()
+    threads_before = set(threading.enumerate())
+    cfg = RunConfig(kubeconfig=apiserver.kubeconfig(tmp_path / "kubeconfig"), workload_identity=True,
+                    watch_consumers=True, metrics_port=-1)
+    health, stop_flag = Health(), StopFlag()
+    order: list[str] = []
+
+    async def lifecycle() -> None:
+        loop, tasks_before = asyncio.get_running_loop(), asyncio.all_tasks()
+        operator = wiring.build(cfg, Metrics(), health, loop, stop_flag=stop_flag)
+        assert set(threading.enumerate()) == threads_before and asyncio.all_tasks() == tasks_before
+        assert [w.resource.plural for w in operator.watches] == ["Secrets", "ServiceAccounts", "Pods"]
+        assert operator.reconciler.secrets is not None and operator.reconciler.secrets.lookup("ns", "s") is None
+        await operator.start()
+        assert health.ready.is_set() and operator.heartbeat is not None
+        for watch in operator.watches:  # listed, and now held in a watch stream that answers nothing
+            assert await asyncio.to_thread(watch.ready.wait, 10), f"{watch.resource.plural} never listed"
+        # its stream open: a stop while the watch request is still on its way is not cut (a join timeout of 5 s)
+        for _ in range(1000):
+            if all(w._response is not None for w in operator.watches):
+                break
+            await asyncio.sleep(0.01)
+        beat = operator.heartbeat
+
+        def noted(name: str, call: Any) -> Any:
+            def note() -> None:
+                if not order and beat.done():
+                    order.append("heartbeat")
+                order.append(name)
+            if asyncio.iscoroutinefunction(call):
+                async def noting_async(*args: Any, **kwargs: Any) -> Any:
+                    note()
+                    return await call(*args, **kwargs)
+                return noting_async
+
+            def noting(*args: Any, **kwargs: Any) -> Any:
+                note()
+                return call(*args, **kwargs)
+            return noting
+
+        for watch in operator.watches:
+            watch.stop = noted(f"watch {watch.resource.plural}", watch.stop)  # type: ignore[method-assign]
+        parts = (("consumers", operator.consumers, "stop"), ("controller", operator.controller, "stop"),
+                 ("events", operator.events, "stop"), ("io", operator.io, "shutdown"),
+                 ("event io", operator.event_io, "shutdown"), ("stop flag", stop_flag, "set"))
+        for name, part, method in parts:
+            setattr(part, method, noted(name, getattr(part, method)))
+        await operator.stop()
+        assert asyncio.all_tasks() == tasks_before, "a task outlived stop()"
+
+    try:
+        asyncio.run(asyncio.wait_for(lifecycle(), timeout=60))
+    finally:
+        apiserver.close()
+    assert order == ["heartbeat", "watch Secrets", "watch ServiceAccounts", "watch Pods", "consumers", "controller",
+                     "events", "io", "event io", "stop flag"]
+    deadline = time.monotonic() + 5
+    while (left := set(threading.enumerate()) - threads_before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"threads outlived stop(): {sorted(t.name for t in left)}"

@@ -39,7 +39,7 @@ class Rig:
         self.tokens = FederatedFakeTokens(self.clock)
         self.events: list[tuple[str, str, str, str]] = []
         self.reconciler = Reconciler(
-            self.kube, self.tokens, self.emit,  # type: ignore[arg-type]
+            self.kube, self.tokens, self.emit,
             clock=self.clock, rng=random.Random(seed), metrics=Metrics(), shared=SharedTokens(clock=self.clock),
             workload_identity=enabled, authority_hosts=authority_hosts, token_concurrency=token_concurrency)
 

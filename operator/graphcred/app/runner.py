@@ -23,6 +23,7 @@ from graphcred.app import handlers  # noqa: F401 - registers the handlers
 from graphcred.app.config import RunConfig, startup_failed
 from graphcred.app.logs import configure
 from graphcred.app.stopflag import StopFlag
+from graphcred.app.wiring import OperatorMemo, api_client
 from graphcred.kube.connect import kubeconfig_errors, kubeconfig_problem, kubeconfig_source
 from graphcred.telemetry.metrics import Health, Metrics, serve
 
@@ -41,8 +42,6 @@ class StartupError(Exception):
 def check_kubeconfig(cfg: RunConfig) -> None:
     """Load the client configuration once, as every client of this process will: a missing or malformed
     kubeconfig ends the start here, naming the file."""
-    from graphcred.app.wiring import api_client
-
     try:
         api_client(cfg).close()  # type: ignore[no-untyped-call]
     except kubeconfig_errors() as exc:
@@ -78,7 +77,6 @@ def run(cfg: RunConfig) -> int:
     try:  # from the election on: a SIGTERM anywhere in it still releases a Lease this process holds
         if cfg.leader_election:
             from graphcred.app.leader import LeaseElector
-            from graphcred.app.wiring import api_client
 
             identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
             elector = LeaseElector(api_client(cfg), cfg.leader_election_namespace, cfg.leader_election_name,
@@ -104,7 +102,7 @@ def run(cfg: RunConfig) -> int:
                 timer.start()
 
             elector.keep_renewing(on_lost)
-        memo = kopf.Memo(config=cfg, metrics=metrics, health=health, stop=stop)
+        memo = OperatorMemo(cfg, metrics, health, stop=stop)
 
         async def operate() -> None:
             await kopf.operator(

@@ -1,18 +1,36 @@
-"""What the operator's process is built from: the Kubernetes API client and the threads blocking I/O runs in."""
+"""The composition root: what the operator's process is built from (`build`), and the one place that starts it and
+stops it (`Operator.start`, `Operator.stop`). kopf's handlers (handlers.py) only call these; nothing is set on a
+part after it was built, and kopf's memo carries one typed object (`OperatorMemo`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 
+from graphcred.acquire.tokens import TokenClient
 from graphcred.app.config import RunConfig
-from graphcred.kube.events import POSTERS
+from graphcred.app.stopflag import StopFlag
+from graphcred.consumers.pods import PodConsumer, PodKey
+from graphcred.consumers.podwatch import PodWatch
+from graphcred.consumers.reports import ConsumerReports
+from graphcred.kube.calls import Kube
+from graphcred.kube.events import POSTERS, EventRecorder, instance_name
+from graphcred.kube.metawatch import Directory, MetadataWatch
+from graphcred.reconcile.controller import Controller
+from graphcred.reconcile.reconciler import Reconciler
+from graphcred.telemetry.metrics import Health, Metrics
+
+log = logging.getLogger(__name__)
+HEARTBEAT_SECONDS = 2.0
 
 
 def api_client(cfg: RunConfig) -> client.ApiClient:
@@ -33,7 +51,6 @@ def api_client(cfg: RunConfig) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-
 def blocking_runner(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor
                     ) -> Callable[..., Awaitable[Any]]:
     """Blocking I/O in the operator's threads. Once the cleanup has shut them down, a call still on its way (a
@@ -47,3 +64,141 @@ def blocking_runner(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecuto
         return await future
 
     return run_blocking
+
+
+@dataclass
+class Operator:
+    """One running operator: every part `build` made, started by `start` and stopped by `stop`, each once.
+
+    `io` runs the passes' blocking calls (Kubernetes API and token requests); `event_io` posts Events, apart: queued
+    behind the passes' calls, a burst's Events trailed its Ready statuses by minutes. `watches` feed the controller
+    (Secrets, and ServiceAccounts or pods when enabled); `stop_flag` asks kopf to stop once everything is down."""
+
+    cfg: RunConfig
+    health: Health
+    io: ThreadPoolExecutor
+    event_io: ThreadPoolExecutor
+    events: EventRecorder
+    reconciler: Reconciler
+    controller: Controller
+    consumers: ConsumerReports
+    watches: list[MetadataWatch]
+    stop_flag: StopFlag | None = None
+    heartbeat: asyncio.Task[None] | None = None
+    _running: list[MetadataWatch] = field(default_factory=list)  # the watches started, to stop
+
+    async def start(self) -> None:
+        """Events first (a pass may post one at once), then the watches, the consumer reports and the heartbeat;
+        ready last. Called on the event loop the parts were built for."""
+        self.events.start()
+        for watch in self.watches:
+            self._running.append(watch.start())
+        self.consumers.start()
+        self.heartbeat = asyncio.create_task(_heartbeat(self.health), name="graphcred:heartbeat")
+        self.health.ready.set()
+        cfg = self.cfg
+        log.info("graphcred started: watching %s; workload identity %s; consumer warnings %s",
+                 ", ".join(cfg.namespaces) if cfg.namespaces else "all namespaces",
+                 "enabled" if cfg.workload_identity else "disabled",
+                 "enabled (watching pods)" if cfg.watch_consumers else "disabled")
+
+    async def stop(self) -> None:
+        """In this order: the heartbeat; the watches (nothing new comes in); the consumer reports; the controller's
+        workers; the Events (after the workers: their last Events go out too); the threads; then kopf's stop flag.
+        Stops only what `start` started, so it is safe after a start that failed half-way."""
+        heartbeat, self.heartbeat = self.heartbeat, None
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        running, self._running = self._running, []
+        for watch in running:
+            await asyncio.to_thread(watch.stop)
+        await self.consumers.stop()
+        await self.controller.stop()
+        await self.events.stop()
+        for executor in (self.io, self.event_io):
+            executor.shutdown(wait=False, cancel_futures=True)
+        if self.stop_flag is not None:
+            self.stop_flag.set()  # kopf's waiter for it is a task that would otherwise hold the exit for 5 s
+
+
+async def _heartbeat(health: Health) -> None:
+    while True:  # the leader's liveness: /healthz fails if the event loop stops ticking
+        health.tick()
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.AbstractEventLoop, *,
+          stop_flag: StopFlag | None = None) -> Operator:
+    """Every part of the operator, connected, nothing started (no thread, no task, no request): the API client and
+    token client, the I/O threads, the Event recorder, the reconciler and controller, the consumer reports and the
+    watches. `loop`: the event loop they will run on (the watches' threads call back into it)."""
+    api = api_client(cfg)
+    tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout), authority_hosts=cfg.allowed_authorities)
+    kube = Kube(api, timeout=cfg.api_timeouts)
+    io = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency, thread_name_prefix="graphcred-io")
+    event_io = ThreadPoolExecutor(max_workers=POSTERS, thread_name_prefix="graphcred-events")
+
+    async def post_event(fn: Any, *args: Any) -> Any:
+        return await loop.run_in_executor(event_io, fn, *args)
+
+    run_blocking = blocking_runner(loop, io)
+    # Events are posted by graphcred itself, on condition transitions (kopf posts none: handlers.py)
+    events = EventRecorder(kube, post_event, instance=instance_name(),
+                           on_lost=lambda why: metrics.events_lost.labels(why).inc())
+    directory = Directory()  # filled with the Secret watches below
+    reconciler = Reconciler(kube, tokens, events, secrets=directory, run_blocking=run_blocking,
+                            token_concurrency=cfg.token_concurrency, metrics=metrics,
+                            workload_identity=cfg.workload_identity, authority_hosts=cfg.allowed_authorities)
+    controller = Controller(reconciler)
+    metrics.track(controller)
+    # --watch-consumers: pods reading token Secrets where no refresh reaches them (fed by the pod watch); without
+    # it the reports only remove counts an earlier run left
+    consumers = ConsumerReports(controller, kube, events, metrics, run_blocking, watching=cfg.watch_consumers)
+    controller.listen(consumers)
+    watches = watches_for(api, cfg, controller, consumers, directory, loop)
+    return Operator(cfg, health, io, event_io, events, reconciler, controller, consumers, watches,
+                    stop_flag=stop_flag)
+
+
+def watches_for(api: client.ApiClient, cfg: RunConfig, controller: Controller, consumers: ConsumerReports,
+                directory: Directory, loop: asyncio.AbstractEventLoop) -> list[MetadataWatch]:
+    """The watches feeding the controller, not started: Secrets (metadata) always, also added to `directory`, which
+    tells the reconciler which Secrets exist; ServiceAccounts (metadata) only with workload identity, and pods only
+    with --watch-consumers (the RBAC grants them only then). Their threads call back on `loop`."""
+    def on_secret(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
+
+    def on_service_account(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
+        loop.call_soon_threadsafe(controller.service_account_event, namespace, name, resource_version, deleted)
+
+    def on_pod(namespace: str, name: str, consumer: PodConsumer | None) -> None:
+        loop.call_soon_threadsafe(consumers.pod_changed, namespace, name, consumer)
+
+    def on_listed(namespace: str | None, seen: frozenset[PodKey]) -> None:
+        loop.call_soon_threadsafe(consumers.listed, namespace, seen)
+
+    namespaces = cfg.namespaces or (None,)
+    watches = [MetadataWatch(api, on_secret, ns) for ns in namespaces]
+    for watch in watches:
+        directory.add(watch)
+    if cfg.workload_identity:
+        watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts") for ns in namespaces]
+    if cfg.watch_consumers:
+        pods = [PodWatch(api, on_pod, on_listed, controller.writes_token_secret, ns) for ns in namespaces]
+        consumers.attach(pods)
+        watches += pods
+    return watches
+
+
+@dataclass
+class OperatorMemo:
+    """kopf's `memo` for every handler: the run's configuration and the process's metrics, health and stop flag
+    (from the runner), and the operator the startup handler built. kopf copies it (shallowly) for each object."""
+
+    config: RunConfig
+    metrics: Metrics
+    health: Health
+    stop: StopFlag | None = None
+    operator: Operator | None = None

@@ -104,7 +104,7 @@ def _item_paths(source: Mapping[str, Any]) -> frozenset[str] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Volume:
+class SecretVolume:
     """A volume that shows Secrets: a Secret volume, or a projected one (its sources, to tell which a subPath
     reaches: a projected ConfigMap's file mounted by subPath is no token)."""
 
@@ -121,13 +121,18 @@ class _Volume:
             top in paths if paths is not None else top not in claimed))
 
 
-def _volume_secrets(spec: Mapping[str, Any]) -> dict[str, _Volume]:
-    """Volume name -> the Secrets it shows: `secret.secretName`, or `projected.sources[].secret.name`."""
-    volumes: dict[str, _Volume] = {}
+# The pod spec's container lists, in the order `containers` walks them.
+CONTAINER_FIELDS = ("initContainers", "containers", "ephemeralContainers")
+
+
+def secret_volumes(spec: Mapping[str, Any]) -> dict[str, SecretVolume]:
+    """Volume name -> the Secrets it shows: `secret.secretName`, or `projected.sources[].secret.name`. Volumes
+    that show none are left out."""
+    volumes: dict[str, SecretVolume] = {}
     for volume in _list(spec.get("volumes")):
         name = _str(volume.get("name"))
         if secret := _str(_map(volume.get("secret")).get("secretName")):
-            volumes[name] = _Volume((secret,))
+            volumes[name] = SecretVolume((secret,))
             continue
         sources = []
         for source in _list(_map(volume.get("projected")).get("sources")):
@@ -135,22 +140,29 @@ def _volume_secrets(spec: Mapping[str, Any]) -> dict[str, _Volume]:
                 body = _map(body)
                 sources.append((_str(body.get("name")) if kind == "secret" else "", _item_paths(body)))
         if any(secret for secret, _ in sources):
-            volumes[name] = _Volume(tuple(secret for secret, _ in sources if secret), tuple(sources))
+            volumes[name] = SecretVolume(tuple(secret for secret, _ in sources if secret), tuple(sources))
     return volumes
 
 
-def _containers(spec: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """The containers that outlive their first token. A regular init container runs to completion before the app
-    starts; one with restartPolicy Always is a sidecar and runs as long as the pod."""
-    for container in _list(spec.get("initContainers")):
-        if container.get("restartPolicy") == "Always":
+def containers(spec: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every container of a pod spec with the field that lists it (`CONTAINER_FIELDS`), in the spec's order: the
+    one walk of a pod's containers, for the findings here and for what `graphcred status` shows."""
+    for field in CONTAINER_FIELDS:
+        for container in _list(spec.get(field)):
+            yield field, container
+
+
+def _outliving(spec: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The containers that outlive their first token, with their kind. A regular init container runs to completion
+    before the app starts; one with restartPolicy Always is a sidecar and runs as long as the pod."""
+    for field, container in containers(spec):
+        if field != "initContainers":
+            yield ("container" if field == "containers" else "ephemeral container"), container
+        elif container.get("restartPolicy") == "Always":
             yield "sidecar container", container
-    for key, kind in (("containers", "container"), ("ephemeralContainers", "ephemeral container")):
-        for container in _list(spec.get(key)):
-            yield kind, container
 
 
-def _container_findings(kind: str, container: Mapping[str, Any], volumes: Mapping[str, _Volume]
+def _container_findings(kind: str, container: Mapping[str, Any], volumes: Mapping[str, SecretVolume]
                         ) -> Iterator[Finding]:
     name = _str(container.get("name"))
     for mount in _list(container.get("volumeMounts")):
@@ -174,9 +186,9 @@ def _container_findings(kind: str, container: Mapping[str, Any], volumes: Mappin
 def unrefreshable(spec: Mapping[str, Any]) -> tuple[Finding, ...]:
     """Every use of any Secret by a pod spec that never sees a refresh, each once, in the spec's order. Tolerant of
     any shape (a malformed field is skipped, never an error)."""
-    volumes = _volume_secrets(spec)
+    volumes = secret_volumes(spec)
     found: dict[Finding, None] = {}  # ordered, without duplicates (a variable set twice, two mounts of one path)
-    for kind, container in _containers(spec):
+    for kind, container in _outliving(spec):
         found.update(dict.fromkeys(_container_findings(kind, container, volumes)))
     return tuple(found)
 

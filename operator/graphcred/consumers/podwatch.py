@@ -1,9 +1,9 @@
 """With --watch-consumers: follow pods, to find those that read a token Secret where no refresh reaches it.
 
-Built on `secretwatch.MetadataWatch`: the same paged list (an expired continue token starts over; 100 pods a page,
+Built on `kube.metawatch.MetadataWatch`: the same paged list (an expired continue token starts over; 100 pods a page,
 not 500: they come whole), resume from the last resourceVersion, relist after "410 Gone", and jittered backoff
 after every failure. Pods are
-listed and watched whole (their spec is what matters), and each is classified (`consumers.classify`) as it is read,
+listed and watched whole (their spec is what matters), and each is classified (`consumers.pods.classify`) as it is read,
 then dropped: the watch keeps no pod, only the current page while it reads it. A pod that reads no token Secret in
 use (`relevant(namespace, secret)`: a credential writes it) costs that classification and nothing else; the others
 reach `on_pod`. After each complete list `on_listed` names the pods it found, so that pods deleted while the watch
@@ -44,6 +44,10 @@ def _ignored(*_: Any) -> None:
 
 
 class PodWatch(MetadataWatch):
+    """The pods of one namespace (None: all), whole, classified as they are read: `on_pod` hears of each pod that
+    reads a token Secret in use where no refresh reaches it (and of its end), `on_listed` of each complete list.
+    Runs in its own thread (`start`, `stop`); `rescan` and `settled` are called from the event loop."""
+
     accept_list = WHOLE_OBJECTS
     accept_watch = WHOLE_OBJECTS
 

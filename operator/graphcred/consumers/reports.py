@@ -28,8 +28,9 @@ from typing import Any, Protocol
 from graphcred.base.backoff import backoff
 from graphcred.consumers.pods import ConsumerIndex, PodConsumer, PodKey, SecretKey, warning_message
 from graphcred.consumers.podwatch import PodWatch
-from graphcred.kube.calls import Gone, Kube, describe_failure
-from graphcred.reconcile.snapshot import EventSink, Snapshot
+from graphcred.kube.calls import Gone, describe_failure
+from graphcred.reconcile.ports import EventSink, StatusPort
+from graphcred.reconcile.snapshot import Snapshot
 from graphcred.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,15 @@ class Credentials(Protocol):
 
 
 class ConsumerReports:
-    def __init__(self, credentials: Credentials, kube: Kube, emit: EventSink, metrics: Metrics,
+    """The reports of the pods reading token Secrets where no refresh reaches them (the module's docstring says
+    what is reported and when). Fed on the event loop by the pod watches (`pod_changed`, `listed`) and by the
+    controller as its `TokenSecretListener` (`token_secret_added`, `token_secret_removed`); one task (`start`,
+    `stop`) writes the reports through `kube` (the status field) and `emit` (the Events).
+
+    `watching`: --watch-consumers. Off, no pod is followed and the task only removes counts an earlier run left.
+    """
+
+    def __init__(self, credentials: Credentials, kube: StatusPort, emit: EventSink, metrics: Metrics,
                  run_blocking: Callable[..., Awaitable[Any]], *, watching: bool) -> None:
         self.credentials = credentials
         self.kube = kube
@@ -69,6 +78,8 @@ class ConsumerReports:
 
     # --- wiring -------------------------------------------------------------------------------------------------
     def attach(self, watches: Iterable[PodWatch]) -> None:
+        """The pod watches whose lists tell when a namespace has settled, and which list again for a new token
+        Secret (the wiring creates them after the reports: they call back into them)."""
         self.watches = list(watches)
 
     def start(self) -> None:

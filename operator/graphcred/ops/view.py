@@ -23,7 +23,7 @@ from typing import Any
 from graphcred.acquire.jwt import b64url_decode
 from graphcred.api.keys import CREDENTIAL_ANNOTATION, RENEW_ANNOTATION
 from graphcred.base.times import parse_rfc3339
-from graphcred.consumers.pods import FINISHED_PHASES, unrefreshable
+from graphcred.consumers.pods import FINISHED_PHASES, containers, secret_volumes, unrefreshable
 
 MAX_EVENTS = 10
 TIME_CLAIMS = ("exp", "nbf", "iat")
@@ -120,18 +120,16 @@ class Consumer:
         return any(not use.refreshed for use in self.uses)
 
 
+_KINDS = {"initContainers": "init container", "containers": "container", "ephemeralContainers": "ephemeral container"}
+
+
 def _volume_mounts(spec: Mapping[str, Any], secret: str) -> Iterator[Use]:
     """Plain mounts (no subPath) of volumes that project `secret`: these see every refresh."""
-    volumes = {_str(v.get("name")) for v in spec.get("volumes") or [] if isinstance(v, Mapping) and (
-        _str(_map(v.get("secret")).get("secretName")) == secret
-        or any(_str(_map(_map(s).get("secret")).get("name")) == secret
-               for s in _map(v.get("projected")).get("sources") or []))}
-    for key, kind in (("initContainers", "init container"), ("containers", "container"),
-                      ("ephemeralContainers", "ephemeral container")):
-        for container in map(_map, spec.get(key) or []):
-            for mount in map(_map, container.get("volumeMounts") or []):
-                if _str(mount.get("name")) in volumes and not (mount.get("subPath") or mount.get("subPathExpr")):
-                    yield Use(_str(container.get("name")), kind, "volume", _str(mount.get("mountPath")), True)
+    volumes = {name for name, volume in secret_volumes(spec).items() if secret in volume.secrets}
+    for listed_in, container in containers(spec):
+        for mount in map(_map, container.get("volumeMounts") or []):
+            if _str(mount.get("name")) in volumes and not (mount.get("subPath") or mount.get("subPathExpr")):
+                yield Use(_str(container.get("name")), _KINDS[listed_in], "volume", _str(mount.get("mountPath")), True)
 
 
 def pod_uses(pod: Mapping[str, Any], secret: str) -> tuple[Use, ...]:

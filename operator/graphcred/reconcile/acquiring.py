@@ -18,10 +18,11 @@ from graphcred.acquire.authority import origin
 from graphcred.acquire.breaker import TENANT_THROTTLING_CODES, Breaker
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.sharing import SharedTokens, share_key
-from graphcred.acquire.tokens import AcquisitionError, Token, TokenClient
+from graphcred.acquire.tokens import AcquisitionError, Token
 from graphcred.api.model import GraphAppCredentialSpec, Reason
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.outcome import Held, Outcome
+from graphcred.reconcile.ports import TokenPort
 from graphcred.reconcile.reading import CredentialReader
 from graphcred.reconcile.slots import SlotGate, stepped_aside
 from graphcred.telemetry.metrics import Metrics
@@ -31,7 +32,7 @@ class TokenAcquirer:
     """Requests tokens for passes. Holds the state shared by all of them: the breakers, the slots, the requests in
     flight that identical credentials share."""
 
-    def __init__(self, tokens: TokenClient, calls: KubeCalls, reader: CredentialReader, slots: SlotGate,
+    def __init__(self, tokens: TokenPort, calls: KubeCalls, reader: CredentialReader, slots: SlotGate,
                  breaker: Breaker, shared: SharedTokens, metrics: Metrics, clock: Callable[[], dt.datetime]) -> None:
         self.tokens = tokens
         self.calls = calls

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from graphcred.kube.calls import Conflict, Gone, Kube, describe_failure
+from graphcred.kube.calls import Conflict, Gone, describe_failure
 from graphcred.reconcile.outcome import KubeCallFailed, outage
+from graphcred.reconcile.ports import KubePort
 
 T = TypeVar("T")
 
@@ -16,7 +17,7 @@ class KubeCalls:
     """`Kube`'s blocking calls run in the operator's threads. Expected answers are handled by `Kube` (None on 404,
     Conflict, Gone); anything else ends the pass as an internal error naming the call and its HTTP status."""
 
-    def __init__(self, kube: Kube, run_blocking: Callable[..., Awaitable[Any]] | None = None) -> None:
+    def __init__(self, kube: KubePort, run_blocking: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.kube = kube
         self._run_blocking = run_blocking or asyncio.to_thread
 

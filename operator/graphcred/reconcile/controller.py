@@ -23,7 +23,6 @@ from graphcred.reconcile.reconciler import Reconciler
 from graphcred.reconcile.slots import PassSlot, RequestBudget
 from graphcred.reconcile.slots import running_as as running_as_pass
 from graphcred.reconcile.snapshot import Snapshot
-from graphcred.telemetry.metrics import ready_states
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +89,6 @@ class Controller:
         # the same for ServiceAccounts named by workload identity (a name may be both a Secret's and an account's)
         self._stopping = False
         self._listener: TokenSecretListener = _NobodyListens()
-        reconciler.metrics.track_states(
-            lambda: ready_states(w.memory.report.last_status for w in list(self._workers.values())))
-        reconciler.metrics.track_workers(self.worker_counts)
-        reconciler.metrics.track_credentials(lambda: [
-            (key[0], key[1], w.memory.report.last_status if w.memory.report.last_status is not None
-             else w.snapshot.status) for key, w in list(self._workers.items())])
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -104,6 +97,15 @@ class Controller:
         """(live, dead): registered objects with and without a running task. Dead must stay 0."""
         live = sum(1 for w in list(self._workers.values()) if w.task is not None and not w.task.done())
         return live, len(self._workers) - live
+
+    def last_statuses(self) -> list[dict[str, Any] | None]:
+        """The status each registered object's worker last wrote (None before its first), for the Ready gauge."""
+        return [w.memory.report.last_status for w in list(self._workers.values())]
+
+    def credential_statuses(self) -> list[tuple[str, str, Mapping[str, Any] | None]]:
+        """(namespace, name, status) of each registered object: as last written, else as the object was seen."""
+        return [(key[0], key[1], w.memory.report.last_status if w.memory.report.last_status is not None
+                 else w.snapshot.status) for key, w in list(self._workers.items())]
 
     # --- for the consumer reports and the pod watch ----------------------------------------------------------------
     def listen(self, listener: TokenSecretListener) -> None:

@@ -17,12 +17,13 @@ from typing import Any, TypeVar
 from graphcred.acquire import credentials
 from graphcred.acquire.credentials import CredentialError, Federation, Material
 from graphcred.api.model import CertificateRef, GraphAppCredentialSpec, Reason, WorkloadIdentityRef
-from graphcred.kube.metawatch import Directory, Seen
+from graphcred.kube.metawatch import Seen
 from graphcred.kube.reads import SharedReads
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.memory import CredentialMemory
 from graphcred.reconcile.outcome import KubeCallFailed, Outcome
 from graphcred.reconcile.policy import Retry
+from graphcred.reconcile.ports import SecretDirectory
 from graphcred.reconcile.snapshot import Snapshot
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ def _consented(account: dict[str, Any], spec: GraphAppCredentialSpec, ref: Workl
 class CredentialReader:
     """Reads credential material for passes. `secrets`: what the Secret watch knows (reads it answers are skipped)."""
 
-    def __init__(self, calls: KubeCalls, secrets: Directory | None = None) -> None:
+    def __init__(self, calls: KubeCalls, secrets: SecretDirectory | None = None) -> None:
         self.calls = calls
         self.secrets = secrets
         self.reads = SharedReads()

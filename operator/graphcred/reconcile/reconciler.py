@@ -31,12 +31,11 @@ from graphcred.acquire.authority import AllowedAuthorities, not_allowed_message
 from graphcred.acquire.breaker import Breaker
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.sharing import SharedTokens
-from graphcred.acquire.tokens import Token, TokenClient
+from graphcred.acquire.tokens import Token
 from graphcred.api.model import GraphAppCredentialSpec, GraphAppCredentialStatus, Reason
 from graphcred.base.backoff import backoff
 from graphcred.base.times import parse_rfc3339, rfc3339
-from graphcred.kube.calls import Gone, Kube, describe_failure
-from graphcred.kube.metawatch import Directory
+from graphcred.kube.calls import Gone, describe_failure
 from graphcred.kube.reads import SharedReads
 from graphcred.reconcile import policy, reporting
 from graphcred.reconcile.acquiring import TokenAcquirer
@@ -53,9 +52,10 @@ from graphcred.reconcile.decide import (
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.outcome import KubeCallFailed, Outcome, spec_error_message
 from graphcred.reconcile.policy import Retry
+from graphcred.reconcile.ports import EventSink, KubePort, SecretDirectory, TokenPort
 from graphcred.reconcile.reading import CredentialReader
 from graphcred.reconcile.slots import RequestBudget, SlotGate
-from graphcred.reconcile.snapshot import EventSink, Snapshot, Target
+from graphcred.reconcile.snapshot import Snapshot, Target
 from graphcred.reconcile.writing import TokenSecretWriter
 from graphcred.telemetry.metrics import Metrics
 from graphcred.tokensecret.render import stored_expiry
@@ -95,8 +95,8 @@ class Reconciler:
 
     def __init__(
         self,
-        kube: Kube,
-        tokens: TokenClient,
+        kube: KubePort,
+        tokens: TokenPort,
         emit: EventSink,
         *,
         run_blocking: Callable[..., Awaitable[Any]] | None = None,
@@ -109,7 +109,7 @@ class Reconciler:
         shared: SharedTokens | None = None,
         workload_identity: bool = False,
         authority_hosts: Collection[str] = (),
-        secrets: Directory | None = None,
+        secrets: SecretDirectory | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         # off: workloadIdentity credentials are refused without reading a ServiceAccount or requesting its token
@@ -133,11 +133,11 @@ class Reconciler:
                                       self.metrics, clock)
 
     @property
-    def secrets(self) -> Directory | None:
+    def secrets(self) -> SecretDirectory | None:
         return self.reader.secrets
 
     @secrets.setter
-    def secrets(self, directory: Directory | None) -> None:
+    def secrets(self, directory: SecretDirectory | None) -> None:
         self.reader.secrets = self.writer.secrets = directory
 
     @property

@@ -1,17 +1,13 @@
-"""What a pass is handed and works on: the object as last seen (`Snapshot`), the token Secret as far as writing it
-needs (`Target`), and where its Events go (`EventSink`)."""
+"""What a pass is handed and works on: the object as last seen (`Snapshot`), and the token Secret as far as writing
+it needs (`Target`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from graphcred.api.keys import API_VERSION, KIND
 from graphcred.tokensecret.render import Owner
-
-
-class EventSink(Protocol):
-    def __call__(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None: ...  # noqa: A002
 
 
 @dataclass(frozen=True)

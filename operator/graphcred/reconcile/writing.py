@@ -17,11 +17,11 @@ from graphcred.acquire.tokens import Token
 from graphcred.api.model import GraphAppCredentialSpec, Reason
 from graphcred.api.template import TemplateError
 from graphcred.kube.calls import Conflict
-from graphcred.kube.metawatch import Directory
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.memory import SecretMemory
 from graphcred.reconcile.outcome import KubeCallFailed, Outcome, not_ours
 from graphcred.reconcile.policy import Retry
+from graphcred.reconcile.ports import SecretDirectory
 from graphcred.reconcile.snapshot import Snapshot, Target
 from graphcred.tokensecret.render import (
     TemplateKeys,
@@ -46,7 +46,7 @@ class TokenSecretWriter:
     """Reads and writes token Secrets for passes. `secrets`: what the Secret watch knows (a Secret it has never
     seen is not read before it is created)."""
 
-    def __init__(self, calls: KubeCalls, secrets: Directory | None = None) -> None:
+    def __init__(self, calls: KubeCalls, secrets: SecretDirectory | None = None) -> None:
         self.calls = calls
         self.secrets = secrets
 

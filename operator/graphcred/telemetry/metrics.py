@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 
 CredentialStatus = tuple[str, str, Mapping[str, Any] | None]
 """(namespace, name, the status last written or seen: None before the first)."""
+
+
+class Workload(Protocol):
+    """What the scrape-time series read from the credentials' workers (the controller)."""
+
+    def worker_counts(self) -> tuple[int, int]:
+        """(live, dead): registered objects with and without a running worker."""
+
+    def last_statuses(self) -> Iterable[Mapping[str, Any] | None]:
+        """The status each worker last wrote (None before its first)."""
+
+    def credential_statuses(self) -> Iterable[CredentialStatus]: ...
 
 
 class Metrics:
@@ -71,6 +83,12 @@ class Metrics:
 
     def exposition(self) -> str:
         return generate_latest(self.registry).decode()
+
+    def track(self, workload: Workload) -> None:
+        """Read the worker counts, the Ready states and the per-credential series from `workload` at scrape time."""
+        self.track_workers(workload.worker_counts)
+        self.track_states(lambda: ready_states(workload.last_statuses()))
+        self.track_credentials(workload.credential_statuses)
 
     def track_workers(self, counts: Callable[[], tuple[int, int]]) -> None:
         """Where to read (live, dead) worker counts from at scrape time."""
