@@ -19,7 +19,7 @@ from graphcred.kube.connect import in_cluster_server
 
 def configure_kopf(settings: kopf.OperatorSettings, cfg: RunConfig) -> None:
     """kopf's settings for this run (called by the startup handler, before anything is built)."""
-    # Events are posted by graphcred itself (events.py), on condition transitions: kopf posts none, not even
+    # Events are posted by graphcred itself (kube/events.py), on condition transitions: kopf posts none, not even
     # from its logs.
     settings.posting.enabled = False
     settings.posting.level = logging.CRITICAL + 1

@@ -44,7 +44,7 @@ def api_client(cfg: RunConfig) -> client.ApiClient:
     # no "pool is full" churn
     configuration.connection_pool_maxsize = cfg.api_concurrency + cfg.token_concurrency + POSTERS
     # TCP keepalive notices a peer that vanished (a half-open connection) on idle sockets and watches: probes
-    # after 30 s idle, dead after 3 unanswered probes 10 s apart. Calls have their own timeouts (kube.py).
+    # after 30 s idle, dead after 3 unanswered probes 10 s apart. Calls have their own timeouts (kube/calls.py).
     configuration.socket_options = tcp_keepalive_socket_options(idle=30, interval=10, count=3)
     # one urllib3 retry (a stale pooled connection, a refused connect), not three: each would wait a timeout
     configuration.retries = urllib3.Retry(total=1)

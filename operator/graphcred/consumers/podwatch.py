@@ -34,8 +34,8 @@ PodCallback = Callable[[str, str, PodConsumer | None], None]  # namespace, name,
 ListedCallback = Callable[[str | None, frozenset[PodKey]], None]  # namespace listed (None: all), pods found
 Relevant = Callable[[str, str], bool]  # (namespace, Secret name): is it a token Secret in use?
 WHOLE_OBJECTS = "application/json"
-# Pods come whole (4-15 KiB each with managedFields, probes, env and status), parsed at ~6x their JSON: 100 a page
-# keeps a page near 3 MiB where 500 cost 15-40 MiB, once per watched namespace at start, against a 256 MiB limit.
+# Pods come whole and parse to several times their JSON: small pages keep the first list's memory low
+# (docs/design/2026-12-06-metadata-only-watches.md).
 POD_PAGE_SIZE = 100
 
 

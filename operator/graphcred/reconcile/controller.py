@@ -79,9 +79,9 @@ class Controller:
         self.reconciler = reconciler
         # forced token requests per credential (renew annotations); further requests join the one pending
         self._renews = renews if renews is not None else RequestBudget(RENEW_BURST, RENEW_PER_MINUTE)
-        # Passes in progress at once. The I/O threads bound throughput anyway; this bounds memory in a burst
-        # (10,000 new objects would otherwise each hold a rendered Secret while waiting for a thread). A pass waiting
-        # for a token holds no place (PassSlot.aside): requests to a slow authority hold up no other pass.
+        # Passes in progress at once. The I/O threads bound throughput anyway; this bounds memory in a burst (each
+        # pass waiting for a thread holds a rendered Secret; docs/design/2026-12-06-no-kopf-daemons.md). A pass
+        # waiting for a token holds no place (PassSlot.aside): requests to a slow authority hold up no other pass.
         self._active = asyncio.Semaphore(max_active)
         self._workers: dict[Key, _Worker] = {}
         # (namespace, secret name) -> objects that read it as credential / write it as token Secret
@@ -284,8 +284,8 @@ class Controller:
             if delay is None:
                 await worker.wake.wait()
             else:
-                # a timer that sets the wake, not asyncio.wait_for: that wraps the wait in a task of its own and
-                # cancels it at each timeout (at 10,000 credentials, 10,000 more tasks held, and CPU in the burst)
+                # a timer that sets the wake, not asyncio.wait_for, which wraps the wait in a second task and cancels
+                # it at each timeout (docs/design/2026-12-06-no-kopf-daemons.md)
                 timer = asyncio.get_running_loop().call_later(delay, worker.wake.set)
                 try:
                     await worker.wake.wait()
