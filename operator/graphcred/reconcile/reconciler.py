@@ -9,9 +9,9 @@ A pass gathers, decides, acts, reports:
 4. act         the credential if not read yet; the token (`acquiring`); the Secret written (`writing`)
 5. report      metrics, status patch, Event (`reporting` decides what; `_report` writes it, in that order)
 
-The reconciler holds no kopf: it is handed a plain snapshot of the object and its memory, does its I/O through
-its ports (`reconcile/ports.py`: Kubernetes, the token endpoint) in threads, and returns how long to wait before the next pass (None: until the object or
-its credential changes). A pass that cannot go on raises `Outcome`, reported like any other end.
+The reconciler holds no kopf: it is handed a plain snapshot of the object and its memory, does its I/O through its
+ports (`reconcile/ports.py`: Kubernetes, the token endpoint) in threads, and returns how long to wait before the
+next pass (None: until the object or its credential changes). A pass that cannot go on raises `Outcome`, reported like any other end.
 """
 
 from __future__ import annotations
