@@ -11,7 +11,8 @@ A pass gathers, decides, acts, reports:
 
 The reconciler holds no kopf: it is handed a plain snapshot of the object and its memory, does its I/O through its
 ports (`reconcile/ports.py`: Kubernetes, the token endpoint) in threads, and returns how long to wait before the
-next pass (None: until the object or its credential changes). A pass that cannot go on raises `Outcome`, reported like any other end.
+next pass (None: until the object or its credential changes). A pass that cannot go on raises `Outcome`, reported
+like any other end.
 """
 
 from __future__ import annotations
