@@ -1,6 +1,7 @@
 """In-memory stand-ins for the two I/O ports of the Reconciler (`ports.KubePort`, `ports.TokenPort`; in production
 `Kube` and `TokenClient`), for unit tests of pure scheduling: the real Controller, Reconciler and SharedTokens run
-against them with a fake clock. Integration tests use the real apiserver and issuer instead."""
+against them with a fake clock. Builders of the objects they hold (`gac`, `secret_spec`, `federated_spec`), and
+a scripted HTTP apiserver for the metadata watches. Integration tests use the real apiserver and issuer instead."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import datetime as dt
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from kubernetes import client
 
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.jwt import TokenClaims
@@ -289,3 +295,64 @@ class FederatedFakeTokens(FakeTokens):
 def federated_spec(tenant: str, client: str, service_account: str = "reader", **extra: Any) -> dict[str, Any]:
     return {"tenantId": tenant, "clientId": client,
             "credential": {"workloadIdentity": {"serviceAccountName": service_account}}, **extra}
+
+
+# --- the apiserver's list and watch over HTTP, for the metadata watches (the real kubernetes client talks to it) ----
+Answer = tuple[int, list[dict[str, Any]]]  # HTTP status, JSON documents (one body, or one watch event a line)
+Handler = Callable[[dict[str, str]], Answer]  # query -> answer
+
+
+def secret_metadata(name: str, rv: str) -> dict[str, Any]:
+    """A Secret of namespace ns as a metadata watch lists it (PartialObjectMetadata)."""
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv}}
+
+
+def metadata_list(names: list[str], rv: str = "10", cont: str = "") -> dict[str, Any]:
+    """One page of a metadata list: Secrets `names` at `rv`; `cont`: the continue token of the next page."""
+    return {"kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": rv, "continue": cont},
+            "items": [secret_metadata(n, rv) for n in names]}
+
+
+def failure_status(code: int, reason: str) -> dict[str, Any]:
+    """The Status the apiserver answers a failed request with (or sends as a watch's ERROR event)."""
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason}
+
+
+class FakeApiserver:
+    """Answers any GET (the watch asks for /api/v1/secrets): `on_list(query)` for lists, `on_watch(query)` for
+    watches; records queries, and the path and Accept header of every request."""
+
+    def __init__(self, on_list: Handler, on_watch: Handler) -> None:
+        self.lists: list[dict[str, str]] = []
+        self.watches: list[dict[str, str]] = []
+        self.requests: list[tuple[str, str]] = []  # (path, Accept)
+        fake = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                fake.requests.append((urlsplit(self.path).path, self.headers.get("Accept", "")))
+                watching = query.get("watch") == "true"
+                (fake.watches if watching else fake.lists).append(query)
+                status, docs = (fake.on_watch if watching else fake.on_list)(query)
+                body = ("".join(json.dumps(d) + "\n" for d in docs) if watching else json.dumps(docs[0])).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.on_list, self.on_watch = on_list, on_watch
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def api(self) -> client.ApiClient:
+        conf = client.Configuration()
+        conf.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return client.ApiClient(conf)
