@@ -39,6 +39,19 @@ class Clock:
         self.now += dt.timedelta(seconds=seconds)
 
 
+class MonotonicClock:
+    """Seconds as time.monotonic counts them, for the parts that measure intervals rather than tell the time."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
