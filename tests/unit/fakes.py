@@ -1,7 +1,8 @@
 """In-memory stand-ins for the two I/O ports of the Reconciler (`ports.KubePort`, `ports.TokenPort`; in production
 `Kube` and `TokenClient`), for unit tests of pure scheduling: the real Controller, Reconciler and SharedTokens run
-against them with a fake clock. Builders of the objects they hold (`gac`, `secret_spec`, `federated_spec`), and
-a scripted HTTP apiserver for the metadata watches. Integration tests use the real apiserver and issuer instead."""
+against them with a fake clock (`harness.Rig` puts them together). Builders of the objects they hold (`gac`,
+`secret_spec`, `federated_spec`), and a scripted HTTP apiserver for the metadata watches. Integration tests use the
+real apiserver and issuer instead."""
 
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ def fake_jwt(claims: dict[str, Any]) -> str:
 
 @dataclass
 class FakeTokens:
-    """Issues tokens from the fake clock; can hold requests at a gate, or fail them."""
+    """Issues tokens from the fake clock; can hold requests at a gate, or fail them. Records the client assertion
+    each request presented (`assertions`; None: not a federation)."""
 
     clock: Clock
     lifetime: float = 3600.0
@@ -204,6 +206,7 @@ class FakeTokens:
     entered: threading.Event = field(default_factory=threading.Event)
     failure: AcquisitionError | None = None
     per_authority: dict[str, int] = field(default_factory=dict)
+    assertions: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.gate.set()  # open unless a test closes it
@@ -213,6 +216,7 @@ class FakeTokens:
         with self._lock:
             self.requests += 1
             self.per_authority[spec.authority()] = self.per_authority.get(spec.authority(), 0) + 1
+            self.assertions.append(getattr(material, "assertion", None))
         self.entered.set()
         if not self.gate.wait(timeout=10):
             raise TimeoutError("test gate never opened")
@@ -238,7 +242,7 @@ def secret_spec(tenant: str, client: str, secret: str = "cred", **extra: Any) ->
     return {"tenantId": tenant, "clientId": client, "credential": {"clientSecret": {"name": secret}}, **extra}
 
 
-# --- workload identity (added for the reconciler's federation flow; the classes above are unchanged) ---------------
+# --- workload identity --------------------------------------------------------------------------------------------
 CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
 
 
@@ -292,17 +296,6 @@ class FakeKubeWithServiceAccounts(FakeKube):
                               "sub": f"system:serviceaccount:{namespace}:{name}", "jti": uuid.uuid4().hex})
             self.issued_service_account_tokens.append(token)
             return token
-
-
-@dataclass
-class FederatedFakeTokens(FakeTokens):
-    """FakeTokens that also records the client assertion each request presented (None: not a federation)."""
-
-    assertions: list[str | None] = field(default_factory=list)
-
-    def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
-        self.assertions.append(getattr(material, "assertion", None))
-        return super().acquire(spec, material)
 
 
 def federated_spec(tenant: str, client: str, service_account: str = "reader", **extra: Any) -> dict[str, Any]:
