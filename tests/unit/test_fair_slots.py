@@ -22,7 +22,7 @@ from graphcred.reconcile.reconciler import Reconciler
 from graphcred.reconcile.slots import Claim, FairSlots, RequestBudget, SlotGate
 
 from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
-from .test_scheduling import until
+from .harness import until
 
 
 def _check(fair: FairSlots, admitted: list[object], arrival: dict[object, int], step: int) -> None:
