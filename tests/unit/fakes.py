@@ -112,7 +112,7 @@ class FakeKube:
             if current is None or (wanted is not None and current["metadata"]["resourceVersion"] != wanted):
                 raise Conflict(name)
             self.writes += 1
-            stored = _merge(copy.deepcopy(current), patch)
+            stored = merge_patch(copy.deepcopy(current), patch)
             stored["metadata"]["resourceVersion"] = rv = self._next()
             _record_fields(stored, patch)
             self.secrets[(namespace, name)] = stored
@@ -175,7 +175,8 @@ def _record_fields(stored: dict[str, Any], written: dict[str, Any]) -> None:
     stored["metadata"]["managedFields"] = [{"manager": "graphcred", "operation": "Update", "fieldsV1": fields}]
 
 
-def _merge(target: Any, patch: Any) -> Any:
+def merge_patch(target: Any, patch: Any) -> Any:
+    """`patch` applied to `target` as a JSON merge patch (RFC 7386): null removes a key."""
     if not isinstance(patch, dict):
         return patch
     merged = dict(target) if isinstance(target, dict) else {}
@@ -183,7 +184,7 @@ def _merge(target: Any, patch: Any) -> Any:
         if value is None:
             merged.pop(key, None)
         else:
-            merged[key] = _merge(merged.get(key), value)
+            merged[key] = merge_patch(merged.get(key), value)
     return merged
 
 
