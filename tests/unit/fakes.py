@@ -1,6 +1,8 @@
 """In-memory stand-ins for the two I/O ports of the Reconciler (`ports.KubePort`, `ports.TokenPort`; in production
 `Kube` and `TokenClient`), for unit tests of pure scheduling: the real Controller, Reconciler and SharedTokens run
-against them with a fake clock. Integration tests use the real apiserver and issuer instead."""
+against them with a fake clock (`harness.Rig` puts them together). Builders of the objects they hold (`gac`,
+`secret_spec`, `federated_spec`), and a scripted HTTP apiserver for the metadata watches. Integration tests use the
+real apiserver and issuer instead."""
 
 from __future__ import annotations
 
@@ -10,8 +12,13 @@ import datetime as dt
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from kubernetes import client
 
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.jwt import TokenClaims
@@ -31,6 +38,19 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += dt.timedelta(seconds=seconds)
+
+
+class MonotonicClock:
+    """Seconds as time.monotonic counts them, for the parts that measure intervals rather than tell the time."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def _b64(text: str) -> str:
@@ -92,7 +112,7 @@ class FakeKube:
             if current is None or (wanted is not None and current["metadata"]["resourceVersion"] != wanted):
                 raise Conflict(name)
             self.writes += 1
-            stored = _merge(copy.deepcopy(current), patch)
+            stored = merge_patch(copy.deepcopy(current), patch)
             stored["metadata"]["resourceVersion"] = rv = self._next()
             _record_fields(stored, patch)
             self.secrets[(namespace, name)] = stored
@@ -155,7 +175,8 @@ def _record_fields(stored: dict[str, Any], written: dict[str, Any]) -> None:
     stored["metadata"]["managedFields"] = [{"manager": "graphcred", "operation": "Update", "fieldsV1": fields}]
 
 
-def _merge(target: Any, patch: Any) -> Any:
+def merge_patch(target: Any, patch: Any) -> Any:
+    """`patch` applied to `target` as a JSON merge patch (RFC 7386): null removes a key."""
     if not isinstance(patch, dict):
         return patch
     merged = dict(target) if isinstance(target, dict) else {}
@@ -163,7 +184,7 @@ def _merge(target: Any, patch: Any) -> Any:
         if value is None:
             merged.pop(key, None)
         else:
-            merged[key] = _merge(merged.get(key), value)
+            merged[key] = merge_patch(merged.get(key), value)
     return merged
 
 
@@ -176,7 +197,8 @@ def fake_jwt(claims: dict[str, Any]) -> str:
 
 @dataclass
 class FakeTokens:
-    """Issues tokens from the fake clock; can hold requests at a gate, or fail them."""
+    """Issues tokens from the fake clock; can hold requests at a gate, or fail them. Records the client assertion
+    each request presented (`assertions`; None: not a federation)."""
 
     clock: Clock
     lifetime: float = 3600.0
@@ -185,6 +207,7 @@ class FakeTokens:
     entered: threading.Event = field(default_factory=threading.Event)
     failure: AcquisitionError | None = None
     per_authority: dict[str, int] = field(default_factory=dict)
+    assertions: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.gate.set()  # open unless a test closes it
@@ -194,6 +217,7 @@ class FakeTokens:
         with self._lock:
             self.requests += 1
             self.per_authority[spec.authority()] = self.per_authority.get(spec.authority(), 0) + 1
+            self.assertions.append(getattr(material, "assertion", None))
         self.entered.set()
         if not self.gate.wait(timeout=10):
             raise TimeoutError("test gate never opened")
@@ -219,7 +243,7 @@ def secret_spec(tenant: str, client: str, secret: str = "cred", **extra: Any) ->
     return {"tenantId": tenant, "clientId": client, "credential": {"clientSecret": {"name": secret}}, **extra}
 
 
-# --- workload identity (added for the reconciler's federation flow; the classes above are unchanged) ---------------
+# --- workload identity --------------------------------------------------------------------------------------------
 CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
 
 
@@ -275,17 +299,67 @@ class FakeKubeWithServiceAccounts(FakeKube):
             return token
 
 
-@dataclass
-class FederatedFakeTokens(FakeTokens):
-    """FakeTokens that also records the client assertion each request presented (None: not a federation)."""
-
-    assertions: list[str | None] = field(default_factory=list)
-
-    def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
-        self.assertions.append(getattr(material, "assertion", None))
-        return super().acquire(spec, material)
-
-
 def federated_spec(tenant: str, client: str, service_account: str = "reader", **extra: Any) -> dict[str, Any]:
     return {"tenantId": tenant, "clientId": client,
             "credential": {"workloadIdentity": {"serviceAccountName": service_account}}, **extra}
+
+
+# --- the apiserver's list and watch over HTTP, for the metadata watches (the real kubernetes client talks to it) ----
+Answer = tuple[int, list[dict[str, Any]]]  # HTTP status, JSON documents (one body, or one watch event a line)
+Handler = Callable[[dict[str, str]], Answer]  # query -> answer
+
+
+def secret_metadata(name: str, rv: str) -> dict[str, Any]:
+    """A Secret of namespace ns as a metadata watch lists it (PartialObjectMetadata)."""
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv}}
+
+
+def metadata_list(names: list[str], rv: str = "10", cont: str = "") -> dict[str, Any]:
+    """One page of a metadata list: Secrets `names` at `rv`; `cont`: the continue token of the next page."""
+    return {"kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": rv, "continue": cont},
+            "items": [secret_metadata(n, rv) for n in names]}
+
+
+def failure_status(code: int, reason: str) -> dict[str, Any]:
+    """The Status the apiserver answers a failed request with (or sends as a watch's ERROR event)."""
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason}
+
+
+class FakeApiserver:
+    """Answers any GET (the watch asks for /api/v1/secrets): `on_list(query)` for lists, `on_watch(query)` for
+    watches; records queries, and the path and Accept header of every request."""
+
+    def __init__(self, on_list: Handler, on_watch: Handler) -> None:
+        self.lists: list[dict[str, str]] = []
+        self.watches: list[dict[str, str]] = []
+        self.requests: list[tuple[str, str]] = []  # (path, Accept)
+        fake = self
+
+        class RequestHandler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                fake.requests.append((urlsplit(self.path).path, self.headers.get("Accept", "")))
+                watching = query.get("watch") == "true"
+                (fake.watches if watching else fake.lists).append(query)
+                status, docs = (fake.on_watch if watching else fake.on_list)(query)
+                body = ("".join(json.dumps(d) + "\n" for d in docs) if watching else json.dumps(docs[0])).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.on_list, self.on_watch = on_list, on_watch
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def api(self) -> client.ApiClient:
+        conf = client.Configuration()
+        conf.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return client.ApiClient(conf)

@@ -1,5 +1,5 @@
 """bench/scale.py counts what it reports: the watch of token Secret writes behind the steady-state figures, against
-the scripted apiserver of test_secretwatch (the real kubernetes client talks to it)."""
+the scripted apiserver of tests/unit/fakes.py (the real kubernetes client talks to it)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kubernetes import client
 
 from graphcred_testbed.bed import wait_for
 
-from .test_secretwatch import Answer, FakeApiserver, _items, _status
+from .fakes import Answer, FakeApiserver, failure_status, metadata_list
 
 
 def _write(rv: int) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def _serve(writes: list[dict[str, Any]], instead: list[Answer]) -> FakeApiserver
             time.sleep(0.05)
         return 200, newer
 
-    fake = FakeApiserver(lambda _: (200, [_items([], rv="10")]), on_watch)
+    fake = FakeApiserver(lambda _: (200, [metadata_list([], rv="10")]), on_watch)
     fake.thread.start()
     return fake
 
@@ -68,7 +68,7 @@ def test_a_write_is_counted_once_when_the_apiserver_ends_the_stream() -> None:
 def test_a_watch_that_cannot_go_on_says_so() -> None:
     """A 410 (the resourceVersion compacted away, after a long stall): the writes after it are not seen, and the
     steady-state figures built on them must say they are incomplete, not read as token requests that wrote nothing."""
-    fake = _serve([_write(11)], [(200, [_write(11), {"type": "ERROR", "object": _status(410, "Expired")}])])
+    fake = _serve([_write(11)], [(200, [_write(11), {"type": "ERROR", "object": failure_status(410, "Expired")}])])
     watch = _writes_watch(fake)
     try:
         wait_for(lambda: getattr(watch, "failure", None) is not None, timeout=5, what="the failure noted")

@@ -13,7 +13,7 @@ from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.snapshot import Snapshot
 
 from .fakes import Clock, gac, secret_spec
-from .test_scheduling import Rig, run
+from .harness import Rig, run
 
 TENANT = "https://login/t"
 

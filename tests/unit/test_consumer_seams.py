@@ -1,5 +1,5 @@
 """--watch-consumers (issue 12 item 4) against what a production cluster does to it. Each test names the defect it
-shows; the real Controller and Reconciler over in-memory I/O (tests/unit/test_scheduling.Rig), the real PodWatch
+shows; the real Controller and Reconciler over in-memory I/O (tests/unit/harness.Rig), the real PodWatch
 over a canned page."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from graphcred.consumers.podwatch import PodWatch
 from graphcred.consumers.reports import REASON, STATUS_FIELD
 
 from .fakes import gac, secret_spec
-from .test_scheduling import NS, TENANT, Rig, is_ready, run, until
+from .harness import NS, TENANT, Rig, is_ready, run, until
 
 TOKEN = "mail-token"
 

@@ -38,7 +38,7 @@ from graphcred.reconcile.reporting import status_patch
 from graphcred_testbed.bed import wait_for
 
 from .fakes import gac, secret_spec
-from .test_scheduling import NS, TENANT, Rig, is_ready, run, until
+from .harness import NS, TENANT, Rig, is_ready, run, until
 
 TOKEN = "mail-token"
 

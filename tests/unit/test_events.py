@@ -8,24 +8,21 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import random
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from kubernetes.client import ApiException
 
-from graphcred.acquire.sharing import SharedTokens
 from graphcred.kube.events import EventRecorder, event_body, event_name, instance_name
 from graphcred.reconcile.memory import Memory
-from graphcred.reconcile.reconciler import Reconciler
 from graphcred.reconcile.snapshot import Snapshot
-from graphcred.telemetry.metrics import Metrics
 
-from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
+from .fakes import gac, secret_spec
+from .harness import Rig, run
 
 T0 = dt.datetime(2025, 11, 25, 18, 0, 0, 123456, tzinfo=dt.UTC)
 REF = {"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
@@ -66,10 +63,6 @@ async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
 def _recorder(api: FakeEvents, **kwargs: Any) -> EventRecorder:
     return EventRecorder(api, _in_thread, instance="graphcred-7d9f-x2x4q", clock=lambda: T0,
                          retry_delays=(0.01, 0.01), **kwargs)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
 
 def test_the_instance_is_the_pod_else_the_host() -> None:
@@ -248,13 +241,10 @@ def test_a_pass_completes_when_no_event_can_be_posted() -> None:
     api.failures = [ApiException(status=500)] * 100
 
     async def scenario() -> None:
-        clock = Clock()
-        kube = FakeKube()
-        kube.put_client_secret("ns", "cred", "s3cret")
         recorder = _recorder(api)
         recorder.start()
-        reconciler = Reconciler(kube, FakeTokens(clock), recorder,
-                                clock=clock, rng=random.Random(0), metrics=Metrics(), shared=SharedTokens(clock=clock))
+        rig = Rig(emit=recorder)
+        kube, reconciler = rig.kube, rig.reconciler
         body = gac("mail", secret_spec(str(uuid.uuid4()), str(uuid.uuid4())))
         kube.objects.add(("ns", "mail"))
         delay = await reconciler.reconcile(Snapshot.of(body), Memory())

@@ -14,15 +14,12 @@ from typing import Any
 import pytest
 
 from graphcred.acquire.credentials import Material
-from graphcred.acquire.sharing import SharedTokens
 from graphcred.acquire.tokens import Token
 from graphcred.api.model import GraphAppCredentialSpec
-from graphcred.reconcile.controller import Controller
-from graphcred.reconcile.reconciler import Reconciler
 from graphcred.reconcile.slots import Claim, FairSlots, RequestBudget, SlotGate
 
-from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
-from .test_scheduling import until
+from .fakes import Clock, FakeTokens, gac, secret_spec
+from .harness import Rig, run, until
 
 
 def _check(fair: FairSlots, admitted: list[object], arrival: dict[object, int], step: int) -> None:
@@ -183,21 +180,18 @@ class Tarpit(FakeTokens):
 
 class Operator:
     def __init__(self, *, max_active: int = 64) -> None:
-        self.clock = Clock()
-        self.kube = FakeKube()
-        self.tokens = Tarpit(self.clock)
+        clock = Clock()
+        self.tokens = Tarpit(clock)
         self.threads = ThreadPoolExecutor(64)  # as many I/O threads as the slots could ever want: slots decide
         loop = asyncio.get_running_loop()
 
         async def blocking(fn: Any, *args: Any) -> Any:
             return await loop.run_in_executor(self.threads, fn, *args)
 
-        self.reconciler = Reconciler(self.kube, self.tokens, lambda *_: None,
-                                     run_blocking=blocking, clock=self.clock, rng=random.Random(0),
-                                     shared=SharedTokens(clock=self.clock),
-                                     # the admin allowed them: no other host is contacted at all (--authority-host)
-                                     authority_hosts=[f"https://tarpit-{i}.example" for i in range(32)])
-        self.controller = Controller(self.reconciler, max_active)
+        rig = Rig(clock=clock, tokens=self.tokens, run_blocking=blocking, max_active=max_active,
+                  # the admin allowed them: no other host is contacted at all (--authority-host)
+                  authority_hosts=[f"https://tarpit-{i}.example" for i in range(32)])
+        self.kube, self.controller = rig.kube, rig.controller
 
     def add(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
         self.kube.objects.add((namespace, name))
@@ -238,7 +232,7 @@ def test_a_victims_request_goes_out_while_another_namespaces_16_credentials_hang
         finally:
             await op.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    run(scenario, timeout=60)
 
 
 def test_a_pass_that_needs_no_token_is_not_held_up_by_passes_waiting_for_one() -> None:
@@ -257,4 +251,4 @@ def test_a_pass_that_needs_no_token_is_not_held_up_by_passes_waiting_for_one() -
         finally:
             await op.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), 60))
+    run(scenario, timeout=60)

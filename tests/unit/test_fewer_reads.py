@@ -21,7 +21,7 @@ from graphcred.kube.reads import Fetch, Key
 from graphcred.tokensecret.render import Owner, render
 
 from .fakes import FakeKube, gac, secret_spec
-from .test_scheduling import NS, TENANT, Rig, closed, is_ready, run, until
+from .harness import NS, TENANT, Rig, closed, is_ready, run, until
 
 
 class Watched(Directory):

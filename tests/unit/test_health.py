@@ -7,17 +7,11 @@ import requests
 
 from graphcred.telemetry.metrics import Health, Metrics, serve
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from .fakes import MonotonicClock
 
 
 def test_liveness_follows_the_ticks_of_whatever_drives_the_process() -> None:
-    clock = Clock()
+    clock = MonotonicClock()
     health = Health(stale_after=30.0, clock=clock)
     server = serve(0, Metrics(), health, host="127.0.0.1")
     base = f"http://127.0.0.1:{server.server_address[1]}"

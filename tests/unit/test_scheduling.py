@@ -7,112 +7,19 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from kubernetes.client import ApiException
 
-from graphcred.acquire.sharing import SharedTokens
 from graphcred.acquire.tokens import AcquisitionError
 from graphcred.api.model import Reason
-from graphcred.consumers.reports import ConsumerReports
-from graphcred.reconcile.controller import Controller
 from graphcred.reconcile.memory import Memory
-from graphcred.reconcile.reconciler import Reconciler
 from graphcred.reconcile.snapshot import Snapshot
-from graphcred.telemetry.metrics import Metrics
 
-from .fakes import Clock, FakeKube, FakeTokens, gac, secret_spec
+from .fakes import Clock, gac, secret_spec
+from .harness import NS, TENANT, Rig, closed, is_ready, run, until
 
-NS = "ns"
 RENEW_ANNOTATION = "graphcred.io/renew-requested-at"
-TENANT = str(uuid.uuid4())
-
-
-class Rig:
-    """One operator process: its own token client, metrics, reconciler and controller, over `kube` and `clock`."""
-
-    def __init__(self, lifetime: float = 3600.0, *, token_concurrency: int = 16, kube: FakeKube | None = None,
-                 clock: Clock | None = None, seed: int = 0) -> None:
-        self.clock = clock or Clock()
-        self.kube = kube or FakeKube()
-        self.tokens = FakeTokens(self.clock, lifetime=lifetime)
-        self.events: list[tuple[str, str, str]] = []
-        self.metrics = Metrics()
-        self.reconciler = Reconciler(
-            self.kube, self.tokens, self.emit,
-            clock=self.clock, rng=random.Random(seed), metrics=self.metrics, shared=SharedTokens(clock=self.clock),
-            token_concurrency=token_concurrency)
-        self.controller = Controller(self.reconciler)
-        self.consumers: ConsumerReports | None = None
-        if kube is None:
-            self.kube.put_client_secret(NS, "cred", "s3cret")
-
-    def with_consumer_reports(self, *, watching: bool) -> ConsumerReports:
-        """The consumer reports of --watch-consumers (`watching`), wired as the operator wires them; call it in the
-        running loop."""
-        self.consumers = ConsumerReports(self.controller, self.kube, self.emit,
-                                         self.metrics, self.reconciler._blocking, watching=watching)
-        self.controller.listen(self.consumers)
-        self.consumers.start()
-        return self.consumers
-
-    def successor(self, seed: int) -> Rig:
-        """The next process (a restart, a new leader): same cluster and clock, nothing else shared."""
-        return Rig(kube=self.kube, clock=self.clock, seed=seed)
-
-    def emit(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:  # noqa: A002
-        self.events.append((obj["metadata"]["name"], type, reason))
-
-    def listed(self, body: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
-        """`body` as a process listing it now sees it: with the status stored so far (and `annotations`)."""
-        name = body["metadata"]["name"]
-        metadata = {**body["metadata"], "annotations": annotations} if annotations else body["metadata"]
-        return {**body, "metadata": metadata, "status": self.kube.statuses[(NS, name)]}
-
-    def add(self, body: dict[str, Any]) -> dict[str, Any]:
-        self.kube.objects.add((NS, body["metadata"]["name"]))
-        self.controller.observe(body)
-        return body
-
-    def ready(self, name: str) -> dict[str, Any] | None:
-        return self.kube.ready(NS, name)
-
-    def status(self, name: str) -> dict[str, Any]:
-        return self.kube.statuses.get((NS, name), {})
-
-    def workers(self) -> tuple[int, int]:
-        return self.controller.worker_counts()
-
-
-async def until(probe: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
-
-
-@contextmanager
-def closed(gate: Any) -> Iterator[None]:
-    gate.clear()
-    try:
-        yield
-    finally:
-        gate.set()
-
-
-def is_ready(rig: Rig, name: str, generation: int = 1) -> bool:
-    cond = rig.ready(name)
-    return bool(cond and cond["status"] == "True" and cond["observedGeneration"] == generation)
 
 
 # --- defect 1: a cancelled sharer must not kill its partners --------------------------------------------------
@@ -704,8 +611,7 @@ def test_renews_beyond_the_budget_wait_and_the_newest_is_answered() -> None:
     later, not dropped, and answers every value that arrived meanwhile."""
     from graphcred.reconcile.slots import RequestBudget
 
-    rig = Rig()
-    rig.controller = Controller(rig.reconciler, renews=RequestBudget(burst=1, per_minute=120))  # one per 0.5 s
+    rig = Rig(renews=RequestBudget(burst=1, per_minute=120))  # one per 0.5 s
 
     async def scenario() -> None:
         body = rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
@@ -726,12 +632,7 @@ def test_a_namespaces_budget_counts_its_credentials_and_never_holds_another_name
     namespace never waits for this one's budget. Pacing of a few credentials asking in a loop: test_fair_slots."""
     from graphcred.reconcile.slots import RequestBudget
 
-    rig = Rig()
-    rig.reconciler = Reconciler(rig.kube, rig.tokens, rig.emit,
-                                clock=rig.clock, rng=random.Random(0), metrics=rig.metrics,
-                                shared=SharedTokens(clock=rig.clock),
-                                budget=RequestBudget(burst=5, per_minute=600))  # then one per 0.1 s
-    rig.controller = Controller(rig.reconciler)
+    rig = Rig(budget=RequestBudget(burst=5, per_minute=600))  # then one per 0.1 s
     sent: list[tuple[str, float]] = []
     acquire = rig.tokens.acquire
 

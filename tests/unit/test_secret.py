@@ -3,22 +3,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import random
 import uuid
 from typing import Any
 
 import pytest
 
-from graphcred.acquire.sharing import SharedTokens
 from graphcred.api.model import SecretTemplate
 from graphcred.api.template import TemplateError
 from graphcred.reconcile.memory import Memory
-from graphcred.reconcile.reconciler import Reconciler
 from graphcred.reconcile.snapshot import Snapshot
 from graphcred.tokensecret import render as secret
 from graphcred.tokensecret.render import Owner, TemplateKeys, TokenFacts
 
-from .fakes import Clock, FakeKube, FakeTokens, _merge, gac, secret_spec
+from .fakes import gac, merge_patch, secret_spec
+from .harness import NS, Rig
 
 OWNER = Owner("mail", "batch", "uid-1")
 EXP = dt.datetime(2026, 11, 24, 21, 3, 11, tzinfo=dt.UTC)
@@ -122,7 +120,7 @@ def test_applied_the_patch_keeps_what_others_added_and_ours_wins() -> None:
     stored["metadata"]["finalizers"] = ["backup.example.com/protect"]
     stored["data"]["extra"] = base64.b64encode(b"theirs").decode()
     body = secret.render("mail-token", OWNER, TOKEN, EXP, template=TEMPLATE, facts=FACTS)
-    after = _merge(stored, secret.update_patch(body, "1", before))
+    after = merge_patch(stored, secret.update_patch(body, "1", before))
     assert after["metadata"]["labels"] == {"argocd.argoproj.io/instance": "app", "team": "mail",
                                            "app.kubernetes.io/managed-by": "graphcred"}
     assert after["metadata"]["annotations"]["backup.example.com/keep"] == "yes"
@@ -176,17 +174,12 @@ def test_the_stored_token_is_read_back() -> None:
 
 
 # --- the write path: the real Reconciler over the in-memory Kube ----------------------------------------------------
-NS = "ns"
+class OneCredential:
+    """Credential "a" of one app, reconciled pass by pass (no controller) by a harness.Rig, with one Memory."""
 
-
-class Rig:
     def __init__(self) -> None:
-        self.clock = Clock()
-        self.kube = FakeKube()
-        self.kube.put_client_secret(NS, "cred", "s3cret")
-        self.tokens = FakeTokens(self.clock)
-        self.reconciler = Reconciler(self.kube, self.tokens, lambda *_: None,
-                                     clock=self.clock, rng=random.Random(0), shared=SharedTokens(clock=self.clock))
+        self.rig = Rig()
+        self.clock, self.kube, self.tokens = self.rig.clock, self.rig.kube, self.rig.tokens
         self.uid = str(uuid.uuid4())
         self.client = str(uuid.uuid4())
         self.mem = Memory()
@@ -195,7 +188,7 @@ class Rig:
     def run(self, generation: int = 1, **spec: Any) -> None:
         body = gac("a", secret_spec(str(uuid.UUID(int=1)), self.client, **spec), uid=self.uid,
                    generation=generation)
-        asyncio.run(self.reconciler.reconcile(Snapshot.of(body), self.mem))
+        asyncio.run(self.rig.reconciler.reconcile(Snapshot.of(body), self.mem))
 
     def renew(self, generation: int = 1, **spec: Any) -> None:
         self.mem.renew.requested, self.mem.renew.value = True, str(self.clock())
@@ -225,7 +218,7 @@ class Rig:
 
 
 def test_a_refresh_keeps_what_other_tools_added() -> None:
-    rig = Rig()
+    rig = OneCredential()
     rig.run()
     rig.tool_edits()
     first = rig.data()["access_token"]
@@ -240,7 +233,7 @@ def test_a_refresh_keeps_what_other_tools_added() -> None:
 
 
 def test_a_template_change_alone_renders_again_without_a_token_request() -> None:
-    rig = Rig()
+    rig = OneCredential()
     rig.run(secretTemplate={"data": {"A": "a={{ .accessToken }}"}})
     token = rig.data()["access_token"]
     rig.run(2, secretTemplate={"data": {"B": "b={{ .accessToken }}"}, "metadata": {"labels": {"x": "y"}}})
@@ -256,7 +249,7 @@ def test_a_template_change_alone_renders_again_without_a_token_request() -> None
 
 
 def test_a_new_type_recreates_the_secret() -> None:
-    rig = Rig()
+    rig = OneCredential()
     rig.run()
     rig.tool_edits()
     rig.secret["metadata"].pop("finalizers")  # a finalizer would hold the old Secret: see the e2e test
@@ -270,7 +263,7 @@ def test_a_new_type_recreates_the_secret() -> None:
 
 
 def test_a_secret_someone_else_controls_is_still_a_conflict() -> None:
-    rig = Rig()
+    rig = OneCredential()
     rig.kube.create_secret(NS, secret.render("a-token", Owner("other", NS, "uid-x"), "theirs", EXP))
     rig.run(secretTemplate={"data": {"A": "{{ .accessToken }}"}})
     assert rig.ready()["reason"] == "SecretConflict"
@@ -278,7 +271,7 @@ def test_a_secret_someone_else_controls_is_still_a_conflict() -> None:
 
 
 def test_a_template_too_large_for_this_token_is_invalid_spec_and_the_last_token_stays() -> None:
-    rig = Rig()
+    rig = OneCredential()
     rig.run()
     before = rig.data()
     rig.run(2, secretTemplate={"data": {f"k{i}": "{{ .accessToken }}" * 256 for i in range(32)}})

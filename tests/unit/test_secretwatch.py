@@ -5,14 +5,11 @@ follows ServiceAccounts (workload identity) by the same rules."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from kubernetes import client
@@ -20,62 +17,9 @@ from kubernetes import client
 from graphcred.kube.metawatch import Directory, KnownSecrets, MetadataWatch, SecretMetadataWatch, Seen, backoff
 from graphcred_testbed.bed import wait_for
 
-Answer = tuple[int, list[dict[str, Any]]]  # HTTP status, JSON documents (one body, or one watch event a line)
-Handler = Callable[[dict[str, str]], Answer]  # query -> answer
+from .fakes import Answer, FakeApiserver, Handler, failure_status, metadata_list, secret_metadata
+
 WINDOW = 1.0  # seconds over which a retry storm is counted
-
-
-def _secret(name: str, rv: str) -> dict[str, Any]:
-    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv}}
-
-
-def _items(names: list[str], rv: str = "10", cont: str = "") -> dict[str, Any]:
-    return {"kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": rv, "continue": cont},
-            "items": [_secret(n, rv) for n in names]}
-
-
-def _status(code: int, reason: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason}
-
-
-class FakeApiserver:
-    """Answers any GET (the watch asks for /api/v1/secrets): `on_list(query)` for lists, `on_watch(query)` for
-    watches; records queries, and the path and Accept header of every request."""
-
-    def __init__(self, on_list: Handler, on_watch: Handler) -> None:
-        self.lists: list[dict[str, str]] = []
-        self.watches: list[dict[str, str]] = []
-        self.requests: list[tuple[str, str]] = []  # (path, Accept)
-        fake = self
-
-        class RequestHandler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-                fake.requests.append((urlsplit(self.path).path, self.headers.get("Accept", "")))
-                watching = query.get("watch") == "true"
-                (fake.watches if watching else fake.lists).append(query)
-                status, docs = (fake.on_watch if watching else fake.on_list)(query)
-                body = ("".join(json.dumps(d) + "\n" for d in docs) if watching else json.dumps(docs[0])).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.on_list, self.on_watch = on_list, on_watch
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def api(self) -> client.ApiClient:
-        conf = client.Configuration()
-        conf.host = f"http://127.0.0.1:{self.server.server_address[1]}"
-        return client.ApiClient(conf)
 
 
 @pytest.fixture
@@ -104,14 +48,14 @@ def _watch(fake: FakeApiserver, **kwargs: Any) -> tuple[SecretMetadataWatch, Eve
 
 
 def _one_page(_: dict[str, str]) -> Answer:
-    return 200, [_items(["a"])]
+    return 200, [metadata_list(["a"])]
 
 
 @pytest.mark.parametrize("watch_answer", [
-    pytest.param((200, [{"type": "ERROR", "object": _status(500, "InternalError")}]), id="error-event-500"),
-    pytest.param((200, [{"type": "ERROR", "object": _status(429, "TooManyRequests")}]), id="error-event-429"),
+    pytest.param((200, [{"type": "ERROR", "object": failure_status(500, "InternalError")}]), id="error-event-500"),
+    pytest.param((200, [{"type": "ERROR", "object": failure_status(429, "TooManyRequests")}]), id="error-event-429"),
     pytest.param((200, []), id="stream-ends-at-once"),
-    pytest.param((500, [_status(500, "InternalError")]), id="http-500"),
+    pytest.param((500, [failure_status(500, "InternalError")]), id="http-500"),
 ])
 def test_a_watch_that_fails_at_once_again_and_again_backs_off(serve: Callable[..., FakeApiserver],
                                                               watch_answer: Answer) -> None:
@@ -128,7 +72,7 @@ def test_a_watch_that_fails_at_once_again_and_again_backs_off(serve: Callable[..
 
 
 def test_a_watch_that_is_always_too_old_backs_off_between_relists(serve: Callable[..., FakeApiserver]) -> None:
-    fake = serve(_one_page, lambda _: (200, [{"type": "ERROR", "object": _status(410, "Expired")}]))
+    fake = serve(_one_page, lambda _: (200, [{"type": "ERROR", "object": failure_status(410, "Expired")}]))
     watch, _ = _watch(fake)
     try:
         wait_for(lambda: fake.watches, timeout=5, what="the first watch request")
@@ -155,9 +99,9 @@ def test_an_expired_continue_token_starts_the_list_over(serve: Callable[..., Fak
         token = query.get("continue", "")
         if token == "c2" and not expired_once:
             expired_once.append(token)
-            return 410, [_status(410, "Expired")]
+            return 410, [failure_status(410, "Expired")]
         names, cont = pages[token]
-        return 200, [_items(names, cont=cont)]
+        return 200, [metadata_list(names, cont=cont)]
 
     fake = serve(on_list, lambda _: (200, []))
     watch, events = _watch(fake, page_size=2)
@@ -172,15 +116,16 @@ def test_an_expired_continue_token_starts_the_list_over(serve: Callable[..., Fak
 
 
 def test_a_relist_reports_what_changed_and_what_was_deleted_in_the_gap(serve: Callable[..., FakeApiserver]) -> None:
-    lists: list[dict[str, Any]] = [_items(["a", "b", "c"], rv="10"),
+    lists: list[dict[str, Any]] = [metadata_list(["a", "b", "c"], rv="10"),
                                    {"kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "20"},
-                                    "items": [_secret("a", "10"), _secret("c", "15"), _secret("d", "18")]}]
+                                    "items": [secret_metadata("a", "10"), secret_metadata("c", "15"),
+                                              secret_metadata("d", "18")]}]
 
     def on_list(_: dict[str, str]) -> Answer:
         return 200, [lists[min(len(fake.lists), len(lists)) - 1]]
 
     def on_watch(_: dict[str, str]) -> Answer:  # the first watch is too old, later ones quiet
-        return 200, [{"type": "ERROR", "object": _status(410, "Expired")}] if len(fake.watches) == 1 else []
+        return 200, [{"type": "ERROR", "object": failure_status(410, "Expired")}] if len(fake.watches) == 1 else []
 
     fake = serve(on_list, on_watch)
     watch, events = _watch(fake)
@@ -212,8 +157,8 @@ def test_a_service_account_watch_lists_and_watches_service_account_metadata(
     def on_watch(_: dict[str, str]) -> Answer:
         if len(fake.watches) > 1:
             return 200, []
-        return 200, [{"type": "MODIFIED", "object": _secret("reader", "11")},
-                     {"type": "DELETED", "object": _secret("a", "12")}]
+        return 200, [{"type": "MODIFIED", "object": secret_metadata("reader", "11")},
+                     {"type": "DELETED", "object": secret_metadata("a", "12")}]
 
     fake = serve(_one_page, on_watch)
     events: Events = []
@@ -254,17 +199,17 @@ def test_the_watch_answers_what_it_has_seen_only_with_a_whole_list(serve: Callab
     def on_list(query: dict[str, str]) -> Answer:
         if query.get("continue") == "p2":
             second_page.wait(5)
-            return 200, [_items(["b"])]
+            return 200, [metadata_list(["b"])]
         if len(fake.lists) > 2:  # the list after 410: held until the test looked
             relisting.wait(5)
-        return 200, [_items(["a"], cont="p2")]
+        return 200, [metadata_list(["a"], cont="p2")]
 
     def on_watch(_: dict[str, str]) -> Answer:
         watches.append(1)
         if len(watches) == 1:
-            return 200, [{"type": "ADDED", "object": _secret("c", "12")},
-                         {"type": "DELETED", "object": _secret("a", "13")},
-                         {"type": "ERROR", "object": _status(410, "Expired")}]
+            return 200, [{"type": "ADDED", "object": secret_metadata("c", "12")},
+                         {"type": "DELETED", "object": secret_metadata("a", "13")},
+                         {"type": "ERROR", "object": failure_status(410, "Expired")}]
         time.sleep(0.5)
         return 200, []
 

@@ -1,7 +1,7 @@
 """A ServiceAccount change wakes the workload-identity credentials that name it, as a credential Secret change
 wakes its readers (issue 10: "its annotation added or removed wakes the credential"), and nobody else.
 
-The real Controller and Reconciler run in the Rig of test_scheduling. The reconciler's side of the contract (a
+The real Controller and Reconciler run in the Rig of tests/unit/harness.py. The reconciler's side of the contract (a
 pass records the ServiceAccount's resourceVersion in `Memory.credential_version`, "" when it is missing) is played
 by `SaPasses` for workload-identity objects, so that these tests pin down the controller alone; passes of other
 objects are the real ones."""
@@ -16,7 +16,7 @@ from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.snapshot import Snapshot
 
 from .fakes import gac, secret_spec
-from .test_scheduling import NS, TENANT, Rig, is_ready, run, until
+from .harness import NS, TENANT, Rig, is_ready, run, until
 
 SETTLE = 0.3  # seconds in which a wrongly woken worker would have run its pass (a pass takes milliseconds)
 

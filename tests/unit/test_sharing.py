@@ -10,15 +10,7 @@ from graphcred.acquire.sharing import SharedTokens
 from graphcred.acquire.tokens import AcquisitionError, Token
 from graphcred.api.model import Reason
 
-T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
+from .fakes import T0, Clock
 
 
 def _token(issued: dt.datetime, n: int) -> Token:

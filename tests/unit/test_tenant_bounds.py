@@ -20,7 +20,7 @@ from graphcred.reconcile.snapshot import Snapshot
 from graphcred_testbed.pki import self_signed
 
 from .fakes import T0, gac, secret_spec
-from .test_scheduling import NS, TENANT, Rig
+from .harness import NS, TENANT, Rig
 
 
 def exists(rig: Rig, body: dict[str, Any]) -> dict[str, Any]:

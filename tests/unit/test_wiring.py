@@ -21,10 +21,10 @@ from graphcred.app.stopflag import StopFlag
 from graphcred.consumers.reports import ConsumerReports
 from graphcred.kube.metawatch import Directory
 from graphcred.reconcile.controller import Controller
-from graphcred.reconcile.reconciler import Reconciler
 from graphcred.telemetry.metrics import Health, Metrics
 
-from .fakes import Clock, FakeKube, FakeTokens
+from .fakes import FakeKube
+from .harness import Rig
 from .runconfig import run_config
 
 
@@ -100,17 +100,13 @@ def test_service_accounts_are_watched_only_with_workload_identity(
     cfg = RunConfig(namespaces=namespaces, workload_identity=workload_identity)
 
     async def wire() -> None:
-        reconciler = Reconciler(FakeKube(), FakeTokens(Clock()), lambda *a: None, workload_identity=workload_identity)
+        rig = Rig(workload_identity=workload_identity)
+        reconciler, controller = rig.reconciler, rig.controller
         assert reconciler.workload_identity is workload_identity
-        controller = Controller(reconciler)
         _watches(cfg, controller, _reports(controller, cfg))
 
     asyncio.run(wire())
     assert RecordedWatch.made == expected
-
-
-def _reconciler() -> Reconciler:
-    return Reconciler(FakeKube(), FakeTokens(Clock()), lambda *a: None)
 
 
 def _watches(cfg: RunConfig, controller: Controller, consumers: ConsumerReports) -> list[Any]:
@@ -136,7 +132,7 @@ def test_a_service_account_event_reaches_the_controller_on_its_loop(monkeypatch:
     events: list[tuple[str, str, str, bool]] = []
 
     async def wire() -> None:
-        controller = Controller(_reconciler())
+        controller = Rig().controller
         monkeypatch.setattr(controller, "service_account_event", lambda *e: events.append(e))
         cfg = RunConfig(workload_identity=True)
         _watches(cfg, controller, _reports(controller, cfg))
@@ -193,7 +189,7 @@ def test_pods_are_watched_only_with_watch_consumers(monkeypatch: pytest.MonkeyPa
     cfg = RunConfig(namespaces=namespaces, watch_consumers=watch_consumers)
 
     async def wire() -> ConsumerReports:
-        controller = Controller(_reconciler())
+        controller = Rig().controller
         consumers = _reports(controller, cfg)
         _watches(cfg, controller, consumers)
         return consumers

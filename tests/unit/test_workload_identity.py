@@ -6,73 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from graphcred.acquire.sharing import SharedTokens
 from graphcred.kube.calls import SERVICE_ACCOUNT_TOKEN_SECONDS
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.outcome import KubeCallFailed
-from graphcred.reconcile.reconciler import Reconciler
-from graphcred.reconcile.snapshot import Snapshot
-from graphcred.telemetry.metrics import Metrics
 
-from .fakes import Clock, FakeKubeWithServiceAccounts, FederatedFakeTokens, federated_spec, gac
+from .fakes import FakeKubeWithServiceAccounts, federated_spec
+from .harness import NS, TENANT, Rig, run
 
-NS = "ns"
-TENANT = str(uuid.uuid4())
 DEFAULT_AUDIENCE = "api://AzureADTokenExchange"
-
-
-class Rig:
-    """One operator process with workload identity on (or off), over a fake cluster with ServiceAccounts."""
-
-    def __init__(self, *, enabled: bool = True, kube: FakeKubeWithServiceAccounts | None = None,
-                 clock: Clock | None = None, seed: int = 0, authority_hosts: tuple[str, ...] = (),
-                 token_concurrency: int = 16) -> None:
-        self.clock = clock or Clock()
-        self.kube = kube or FakeKubeWithServiceAccounts()
-        self.tokens = FederatedFakeTokens(self.clock)
-        self.events: list[tuple[str, str, str, str]] = []
-        self.reconciler = Reconciler(
-            self.kube, self.tokens, self.emit,
-            clock=self.clock, rng=random.Random(seed), metrics=Metrics(), shared=SharedTokens(clock=self.clock),
-            workload_identity=enabled, authority_hosts=authority_hosts, token_concurrency=token_concurrency)
-
-    def successor(self, seed: int = 1) -> Rig:
-        """A restart: same cluster and clock, nothing else."""
-        return Rig(kube=self.kube, clock=self.clock, seed=seed)
-
-    def consenting(self, service_account: str = "reader") -> tuple[str, dict[str, Any]]:
-        """A new app's client id, a ServiceAccount annotated for it, and a spec federating that ServiceAccount."""
-        client = _client()
-        self.kube.put_service_account(NS, service_account, client_id=client)
-        return client, federated_spec(TENANT, client, service_account)
-
-    def emit(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:  # noqa: A002
-        self.events.append((obj["metadata"]["name"], type, reason, message))
-
-    def snapshot(self, name: str, spec: dict[str, Any], *, uid: str | None = None) -> Snapshot:
-        self.kube.objects.add((NS, name))
-        body = gac(name, spec, uid=uid or f"uid-{name}",
-                   status=self.kube.statuses.get((NS, name)))
-        return Snapshot.of(body)
-
-    def ready(self, name: str) -> dict[str, Any]:
-        cond = self.kube.ready(NS, name)
-        assert cond is not None, f"{name}: no Ready condition"
-        return cond
-
-    def status(self, name: str) -> dict[str, Any]:
-        return self.kube.statuses.get((NS, name), {})
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
 
 def _client() -> str:
@@ -83,7 +29,7 @@ def _client() -> str:
 @pytest.mark.parametrize("annotation", [None, "other", "garbage"], ids=["missing", "another-app", "not-a-guid"])
 def test_a_service_account_that_does_not_name_the_app_is_refused_without_a_token_request(annotation: str | None
                                                                                           ) -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client = _client()
     value = {None: None, "other": _client(), "garbage": "not a guid"}[annotation]
     rig.kube.put_service_account(NS, "reader", client_id=value)
@@ -91,7 +37,7 @@ def test_a_service_account_that_does_not_name_the_app_is_refused_without_a_token
 
     async def scenario() -> None:
         delay = await rig.reconciler.reconcile(snap, Memory())
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         assert (cond["status"], cond["reason"]) == ("False", "ServiceAccountNotAuthorized"), cond
         assert "azure.workload.identity/client-id" in cond["message"] and "kubectl annotate" in cond["message"]
         fragment = {None: "has no annotation", "other": f"names another client id ({value})",
@@ -99,34 +45,34 @@ def test_a_service_account_that_does_not_name_the_app_is_refused_without_a_token
         assert fragment in cond["message"], cond["message"]
         assert rig.kube.token_requests == [] and rig.tokens.requests == 0, "no TokenRequest without consent"
         assert delay is not None and 250 <= delay <= 350, "needs the user: the slow retry, never parked"
-        assert ("a", "Warning", "ServiceAccountNotAuthorized") in [e[:3] for e in rig.events]
+        assert ("a", "Warning", "ServiceAccountNotAuthorized") in [e[:3] for e in rig.emitted]
 
     run(scenario)
 
 
 def test_the_annotation_matches_the_client_id_in_any_case() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client = _client()
     rig.kube.put_service_account(NS, "reader", client_id=client.upper())
     snap = rig.snapshot("a", federated_spec(TENANT, client))
 
     async def scenario() -> None:
         await rig.reconciler.reconcile(snap, Memory())
-        assert rig.ready("a")["status"] == "True", rig.ready("a")
+        assert rig.condition("a")["status"] == "True", rig.condition("a")
 
     run(scenario)
 
 
 # --- the flow ---------------------------------------------------------------------------------------------------
 def test_an_acquisition_presents_a_fresh_service_account_token_for_the_audience() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client = _client()
     account = rig.kube.put_service_account(NS, "reader", client_id=client)
     snap = rig.snapshot("a", federated_spec(TENANT, client))
 
     async def scenario() -> None:
         await rig.reconciler.reconcile(snap, Memory())
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         assert (cond["status"], cond["reason"]) == ("True", "TokenIssued"), cond
         assert rig.kube.token_requests == [(NS, "reader", DEFAULT_AUDIENCE)]
         assert rig.tokens.assertions == rig.kube.issued_service_account_tokens, "the token request presents it"
@@ -137,7 +83,7 @@ def test_an_acquisition_presents_a_fresh_service_account_token_for_the_audience(
 
 
 def test_a_custom_audience_is_requested() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     _, spec = rig.consenting()
     spec["credential"]["workloadIdentity"]["audience"] = "api://AzureADTokenExchangeChina"
     snap = rig.snapshot("a", spec)
@@ -155,7 +101,7 @@ def test_the_token_request_asks_for_the_shortest_lifetime_kubernetes_allows() ->
 
 
 def test_keeping_a_valid_token_makes_no_token_request() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client, spec = rig.consenting()
     mem = Memory()
 
@@ -173,13 +119,13 @@ def test_keeping_a_valid_token_makes_no_token_request() -> None:
         await successor.reconciler.reconcile(successor.snapshot("a", spec), Memory())
         assert len(rig.kube.token_requests) == 1, rig.kube.token_requests
         assert rig.tokens.requests == 1 and successor.tokens.requests == 0
-        assert rig.ready("a")["status"] == "True"
+        assert rig.condition("a")["status"] == "True"
 
     run(scenario)
 
 
 def test_a_refresh_and_a_renew_request_each_make_one_new_token_request() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     _, spec = rig.consenting()
     mem = Memory()
 
@@ -198,7 +144,7 @@ def test_a_refresh_and_a_renew_request_each_make_one_new_token_request() -> None
 
 # --- sharing ----------------------------------------------------------------------------------------------------
 def test_credentials_federating_one_service_account_share_one_token_request() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     _, spec = rig.consenting()
 
     async def scenario() -> None:
@@ -209,7 +155,7 @@ def test_credentials_federating_one_service_account_share_one_token_request() ->
         await asyncio.sleep(0.05)  # b joins a's acquisition in flight
         rig.tokens.gate.set()
         await asyncio.gather(first, second)
-        assert rig.ready("a")["status"] == rig.ready("b")["status"] == "True"
+        assert rig.condition("a")["status"] == rig.condition("b")["status"] == "True"
         assert len(rig.kube.token_requests) == 1 and rig.tokens.requests == 1
         assert rig.kube.token_in(NS, "a-token") == rig.kube.token_in(NS, "b-token")
         # and a third one a moment later is handed the recent token: still no TokenRequest of its own
@@ -220,7 +166,7 @@ def test_credentials_federating_one_service_account_share_one_token_request() ->
 
 
 def test_credentials_federating_different_service_accounts_never_share() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client = _client()
     for name in ("reader", "writer"):
         rig.kube.put_service_account(NS, name, client_id=client)
@@ -236,7 +182,7 @@ def test_credentials_federating_different_service_accounts_never_share() -> None
 
 
 def test_a_service_account_recreated_under_the_same_name_does_not_share_with_the_old_one() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client, spec = rig.consenting()
 
     async def scenario() -> None:
@@ -251,7 +197,7 @@ def test_a_service_account_recreated_under_the_same_name_does_not_share_with_the
 
 # --- failures ---------------------------------------------------------------------------------------------------
 def test_a_deleted_service_account_is_not_ready_and_the_last_token_stays() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     _, spec = rig.consenting()
     mem = Memory()
 
@@ -261,7 +207,7 @@ def test_a_deleted_service_account_is_not_ready_and_the_last_token_stays() -> No
         rig.kube.delete_service_account(NS, "reader")
         rig.clock.advance(30)
         delay = await rig.reconciler.reconcile(rig.snapshot("a", spec), mem)
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         assert (cond["status"], cond["reason"]) == ("False", "CredentialNotFound"), cond
         assert cond["message"].startswith(f"ServiceAccount reader not found in namespace {NS}"), cond["message"]
         assert "stays valid until" in cond["message"]
@@ -274,14 +220,14 @@ def test_a_deleted_service_account_is_not_ready_and_the_last_token_stays() -> No
 
 
 def test_a_service_account_deleted_just_before_the_token_request_is_not_found() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client = _client()
     rig.kube.put_service_account(NS, "reader", client_id=client)
     rig.kube.token_request_status = 404
 
     async def scenario() -> None:
         await rig.reconciler.reconcile(rig.snapshot("a", federated_spec(TENANT, client)), Memory())
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         assert (cond["status"], cond["reason"]) == ("False", "CredentialNotFound"), cond
         assert "ServiceAccount reader not found" in cond["message"]
         assert rig.tokens.requests == 0
@@ -290,14 +236,14 @@ def test_a_service_account_deleted_just_before_the_token_request_is_not_found() 
 
 
 def test_a_forbidden_token_request_names_the_missing_permission() -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client = _client()
     rig.kube.put_service_account(NS, "reader", client_id=client)
     rig.kube.token_request_status = 403
 
     async def scenario() -> None:
         delay = await rig.reconciler.reconcile(rig.snapshot("a", federated_spec(TENANT, client)), Memory())
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         assert (cond["status"], cond["reason"]) == ("False", "WorkloadIdentityDisabled"), cond
         assert "create serviceaccounts/token" in cond["message"]
         assert "workloadIdentity.enabled" in cond["message"]
@@ -310,7 +256,7 @@ def test_a_forbidden_token_request_names_the_missing_permission() -> None:
 def test_a_forbidden_service_account_read_names_the_missing_permission() -> None:
     from kubernetes.client import ApiException
 
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client = _client()
 
     def forbidden(namespace: str, name: str) -> dict[str, Any] | None:
@@ -320,7 +266,7 @@ def test_a_forbidden_service_account_read_names_the_missing_permission() -> None
 
     async def scenario() -> None:
         await rig.reconciler.reconcile(rig.snapshot("a", federated_spec(TENANT, client)), Memory())
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         assert (cond["status"], cond["reason"]) == ("False", "WorkloadIdentityDisabled"), cond
         assert "may not get serviceaccounts in namespace ns" in cond["message"], cond["message"]
         assert rig.kube.token_requests == []
@@ -330,7 +276,7 @@ def test_a_forbidden_service_account_read_names_the_missing_permission() -> None
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_an_apiserver_outage_on_the_token_request_is_ridden_out(status: int) -> None:
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     client = _client()
     rig.kube.put_service_account(NS, "reader", client_id=client)
     rig.kube.token_request_status = status
@@ -342,14 +288,14 @@ def test_an_apiserver_outage_on_the_token_request_is_ridden_out(status: int) -> 
             await rig.reconciler.reconcile(snap, mem)
         assert caught.value.outage and f"create ServiceAccount token failed: HTTP {status}" in str(caught.value)
         delay = await rig.reconciler.internal_error(snap, mem, caught.value)  # what the controller does
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         assert (cond["status"], cond["reason"]) == ("False", "InternalError"), cond
         assert delay < 10, "transient: backoff, not the slow schedule"
         assert rig.tokens.requests == 0
         rig.kube.token_request_status = None
         rig.clock.advance(delay)
         await rig.reconciler.reconcile(snap, mem)
-        assert rig.ready("a")["status"] == "True"
+        assert rig.condition("a")["status"] == "True"
 
     run(scenario)
 
@@ -375,33 +321,33 @@ def test_a_custom_authority_host_gets_no_service_account_token_unless_the_operat
     spec = federated_spec(TENANT, client, authorityHost="https://login.example.net")
 
     async def scenario() -> None:
-        refused = Rig()
+        refused = Rig(workload_identity=True)
         refused.kube.put_service_account(NS, "reader", client_id=client)
         delay = await refused.reconciler.reconcile(refused.snapshot("a", spec), Memory())
-        cond = refused.ready("a")
+        cond = refused.condition("a")
         assert (cond["status"], cond["reason"]) == ("False", "AuthorityNotAllowed"), cond
         assert "login.example.net" in cond["message"] and "--authority-host" in cond["message"]
         assert delay is None
         assert refused.kube.service_account_reads == 0 and refused.kube.token_requests == []
         assert refused.tokens.requests == 0
 
-        allowed = Rig(authority_hosts=("https://login.example.net/",))
+        allowed = Rig(workload_identity=True, authority_hosts=("https://login.example.net/",))
         allowed.kube.put_service_account(NS, "reader", client_id=client)
         await allowed.reconciler.reconcile(allowed.snapshot("a", spec), Memory())
-        assert allowed.ready("a")["status"] == "True"
+        assert allowed.condition("a")["status"] == "True"
         assert len(allowed.kube.token_requests) == 1
 
     run(scenario)
 
 
 def test_without_the_flag_a_federated_credential_is_refused_without_reading_the_service_account() -> None:
-    rig = Rig(enabled=False)
+    rig = Rig(workload_identity=False)
     client = _client()
     rig.kube.put_service_account(NS, "reader", client_id=client)
 
     async def scenario() -> None:
         delay = await rig.reconciler.reconcile(rig.snapshot("a", federated_spec(TENANT, client)), Memory())
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         assert (cond["status"], cond["reason"]) == ("False", "WorkloadIdentityDisabled"), cond
         assert "workloadIdentity.enabled" in cond["message"] and "--workload-identity" in cond["message"]
         assert delay is None, "only a change (or a restart with the flag) can help: no retries"
@@ -415,7 +361,7 @@ def test_the_service_account_token_never_reaches_status_events_or_logs(caplog: p
     from graphcred.acquire.tokens import AcquisitionError
     from graphcred.api.model import Reason
 
-    rig = Rig()
+    rig = Rig(workload_identity=True)
     _, spec = rig.consenting()
     mem = Memory()
 
@@ -439,7 +385,7 @@ def test_the_service_account_token_never_reaches_status_events_or_logs(caplog: p
         run(scenario)
     issued = rig.kube.issued_service_account_tokens
     assert len(issued) == 2 and len(rig.tokens.assertions) == 2
-    seen = " ".join([caplog.text, repr(rig.kube.statuses), repr(rig.events), repr(mem)])
+    seen = " ".join([caplog.text, repr(rig.kube.statuses), repr(rig.emitted), repr(mem)])
     for token in issued:
         assert token not in seen
         assert token.split(".")[1] not in seen, "not even the token's claims"
@@ -462,12 +408,12 @@ def test_consent_withdrawn_while_the_pass_runs_mints_no_token(change: str) -> No
             return found
 
     client = _client()
-    rig = Rig(kube=Changing())
+    rig = Rig(workload_identity=True, kube=Changing())
     rig.kube.put_service_account(NS, "reader", client_id=client)
 
     async def scenario() -> None:
         await rig.reconciler.reconcile(rig.snapshot("a", federated_spec(TENANT, client)), Memory())
-        cond = rig.ready("a")
+        cond = rig.condition("a")
         expected = "ServiceAccountNotAuthorized" if change == "annotation-removed" else "CredentialNotFound"
         assert (cond["status"], cond["reason"]) == ("False", expected), cond
         assert rig.kube.token_requests == [] and rig.tokens.requests == 0
@@ -489,7 +435,7 @@ def test_a_slow_token_request_holds_no_slot_other_credentials_need() -> None:
             return super().request_service_account_token(namespace, name, audience)
 
     client = _client()
-    rig = Rig(kube=Slow(), token_concurrency=1)
+    rig = Rig(workload_identity=True, kube=Slow(), token_concurrency=1)
     rig.kube.put_service_account(NS, "reader", client_id=client)
     rig.kube.put_client_secret(NS, "cred", "s3cret")
 
@@ -500,11 +446,11 @@ def test_a_slow_token_request_holds_no_slot_other_credentials_need() -> None:
         try:
             await asyncio.wait_for(rig.reconciler.reconcile(
                 rig.snapshot("plain", secret_spec(TENANT, _client())), Memory()), timeout=5)
-            assert rig.ready("plain")["status"] == "True"
+            assert rig.condition("plain")["status"] == "True"
         finally:
             release.set()
         await federated
-        assert rig.ready("wi")["status"] == "True"
+        assert rig.condition("wi")["status"] == "True"
 
     run(scenario)
 
