@@ -1,33 +1,17 @@
-"""How a pass ends early: with a condition to report (`Outcome`), or with an unexpected Kubernetes failure
-(`KubeCallFailed`), and the messages for the common cases. Pure."""
+"""How a pass ends early: with a condition to report (`Outcome`, any api.failures.Failure), or with an unexpected
+Kubernetes failure (`KubeCallFailed`), and the messages for the common cases. Pure."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
-from graphcred.acquire.credentials import CredentialError
 from graphcred.acquire.tokens import AcquisitionError
+from graphcred.api.failures import Failure, Retry
 from graphcred.api.model import Reason
-from graphcred.reconcile.policy import Retry
 
-
-class Outcome(Exception):
-    """A pass ended early with a condition to report (a failure before or during acquisition)."""
-
-    def __init__(self, reason: Reason, message: str, *, retry: Retry, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.retry, self.retry_after = reason, message, retry, retry_after
-
-    @classmethod
-    def of(cls, error: AcquisitionError | CredentialError) -> Outcome:
-        return cls(error.reason, error.message, retry=retry_of(error),
-                   retry_after=error.retry_after if isinstance(error, AcquisitionError) else None)
-
-
-def retry_of(error: AcquisitionError | CredentialError) -> Retry:
-    if isinstance(error, CredentialError):
-        return Retry.NEEDS_USER
-    return Retry.NEEDS_USER if error.permanent else Retry.TRANSIENT
+# A pass ended early with a condition to report (a failure before or during acquisition): any Failure, including the
+# credential readers' CredentialError and the token client's AcquisitionError, reported as they are.
+Outcome = Failure
 
 
 class Held(AcquisitionError):

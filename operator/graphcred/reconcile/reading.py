@@ -37,10 +37,7 @@ def _consented(account: dict[str, Any], spec: GraphAppCredentialSpec, ref: Workl
                ) -> Federation:
     """The ServiceAccount as federation material if it consents to this spec's app (and tenant); else the pass ends
     with the reason and message saying how to fix it."""
-    try:
-        return credentials.federation(account, ref, spec.client_id, namespace, spec.tenant_id)
-    except CredentialError as exc:
-        raise Outcome.of(exc) from None
+    return credentials.federation(account, ref, spec.client_id, namespace, spec.tenant_id)
 
 
 class CredentialReader:
@@ -86,7 +83,7 @@ class CredentialReader:
             if exc.usable_from is not None:
                 wait = (exc.usable_from - now).total_seconds() + 1.0
                 raise Outcome(exc.reason, exc.message, retry=Retry.TRANSIENT, retry_after=wait) from None
-            raise Outcome.of(exc) from None
+            raise
 
     async def _parsed_certificate(self, key: tuple[str, str], version: str, data: dict[str, Any],
                                   ref: CertificateRef) -> credentials.Certificate:
