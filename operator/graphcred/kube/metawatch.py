@@ -31,6 +31,7 @@ from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
 from graphcred.base import backoff as exponential
+from graphcred.kube.errors import translated
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,11 @@ class MetadataWatch:
 
     def _failed(self, exc: Exception, failures: int) -> float:
         """Log a failure (its type and HTTP status, never a body) and return how long to wait before retrying."""
-        status = getattr(exc, "status", None)
+        if isinstance(exc, WatchInterrupted):
+            status = exc.status
+        else:
+            error = translated(f"list {self.resource.plural}", exc)
+            status = error.status if error is not None else None
         if status == 410:
             self._resource_version = None  # too old, or an expired continue token: list (again)
         what = str(exc) if isinstance(exc, WatchInterrupted) else type(exc).__name__ + (f" {status}" if status else "")

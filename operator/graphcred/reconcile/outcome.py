@@ -1,5 +1,5 @@
-"""How a pass ends early: with a condition to report (`Outcome`, any api.failures.Failure), or with an unexpected
-Kubernetes failure (`KubeCallFailed`), and the messages for the common cases. Pure."""
+"""How a pass ends early: with a condition to report (`Outcome`, any api.failures.Failure), and the messages for the
+common cases; an unexpected Kubernetes failure ends it as a kube.errors.KubeError. Pure."""
 
 from __future__ import annotations
 
@@ -16,22 +16,6 @@ Outcome = Failure
 
 class Held(AcquisitionError):
     """Not asked at all: the authority's circuit breaker is open."""
-
-
-class KubeCallFailed(Exception):
-    """A Kubernetes API call of a pass failed unexpectedly; the message names the call and the HTTP status.
-    `outage`: the apiserver was unreachable or overloaded (no answer, 429, 5xx), which the operator rides out."""
-
-    def __init__(self, message: str, *, outage: bool = False) -> None:
-        super().__init__(message)
-        self.outage = outage
-
-
-def outage(exc: BaseException) -> bool:
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return status == 429 or status >= 500
-    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
 
 
 def not_ours(name: str) -> Outcome:
