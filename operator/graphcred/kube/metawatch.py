@@ -97,8 +97,6 @@ class KnownObjects:
         self._versions.update(other._versions)
 
 
-KnownSecrets = KnownObjects  # its name before ServiceAccounts were watched too
-
 
 @dataclass(frozen=True)
 class Seen:
@@ -145,6 +143,13 @@ def _item(obj: dict[str, Any]) -> Item:
 
 
 class MetadataWatch:
+    """A list-then-watch of one resource (Secrets by default, or ServiceAccounts) in one namespace or all, in a
+    thread of its own: `start()`, `stop()`. Reports each change of an object to `callback` (namespace, name,
+    resourceVersion, deleted), keeps what it has seen for `seen()` (the `Directory`), and sets `ready` once the
+    first list is read. Metadata only, unless a subclass asks for more (`accept_list`, `accept_watch`: the pod
+    watch). Its failures (anything, ERROR events, a stream that ends at once) are logged and retried with backoff;
+    only a 410 lists again."""
+
     accept_list = METADATA_ONLY  # what the list and the watch ask the apiserver for (subclasses: whole objects)
     accept_watch = METADATA_ONLY_WATCH
 
@@ -347,5 +352,3 @@ class MetadataWatch:
             "listing again" if self._resource_version is None else "reconnecting", delay)
         return delay
 
-
-SecretMetadataWatch = MetadataWatch  # its name before ServiceAccounts were watched too
