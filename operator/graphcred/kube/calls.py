@@ -61,7 +61,8 @@ def _nothing(data: bytes) -> None:
 
 
 class Kube:
-    """The Kubernetes API calls of a pass and of the Event recorder, blocking (run them in threads).
+    """The Kubernetes API calls of the passes, the Event recorder and the consumer reports; blocking (run them in
+    threads).
 
     Each call asks for raw JSON, with the timeout, and hands its connection back; an answer graphcred expects is a
     return value (a Secret that does not exist is None, a stale write a `Conflict`, the GraphAppCredential gone a
