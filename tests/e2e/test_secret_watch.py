@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
-from graphcred.kube.metawatch import SecretMetadataWatch
+from graphcred.kube.metawatch import MetadataWatch
 from graphcred_testbed.bed import Bed, wait_for
 
 pytestmark = pytest.mark.bed
@@ -79,7 +79,7 @@ def test_the_first_list_is_paged_and_keeps_no_secret_data(bed: Bed, namespace: s
     assert marker in annotation, "kubectl apply keeps the Secret's data in the annotation"
 
     events: list[Event] = []
-    watch = SecretMetadataWatch(api, lambda *e: events.append(e), namespace, page_size=50).start()
+    watch = MetadataWatch(api, lambda *e: events.append(e), namespace, page_size=50).start()
     try:
         assert watch.ready.wait(30), "the first list never completed"
         assert Counter(e[1] for e in events) == Counter(names), "each Secret reported once after the first list"
@@ -90,7 +90,7 @@ def test_the_first_list_is_paged_and_keeps_no_secret_data(bed: Bed, namespace: s
     assert not [s for s in _strings(watch) if marker in s], "Secret data retained by the watch"
 
 
-class HeldWatch(SecretMetadataWatch):
+class HeldWatch(MetadataWatch):
     """Reconnects only when let (its connection is down meanwhile, as during a network partition)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

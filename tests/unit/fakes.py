@@ -25,6 +25,7 @@ from graphcred.acquire.jwt import TokenClaims
 from graphcred.acquire.tokens import AcquisitionError, Token
 from graphcred.api.model import GraphAppCredentialSpec
 from graphcred.kube.calls import Conflict, Gone
+from graphcred.kube.errors import NotFound, error
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -285,14 +286,12 @@ class FakeKubeWithServiceAccounts(FakeKube):
             return copy.deepcopy(found) if found else None
 
     def request_service_account_token(self, namespace: str, name: str, audience: str) -> str:
-        from kubernetes.client import ApiException
-
         with self._lock:
             self.token_requests.append((namespace, name, audience))
             if self.token_request_status is not None:
-                raise ApiException(status=self.token_request_status, reason="Refused")
+                raise error("create ServiceAccount token", self.token_request_status, "Refused")
             if (namespace, name) not in self.service_accounts:
-                raise ApiException(status=404, reason="Not Found")
+                raise NotFound("create ServiceAccount token", 404, "Not Found")
             token = fake_jwt({"iss": "https://kubernetes.default.svc", "aud": [audience],
                               "sub": f"system:serviceaccount:{namespace}:{name}", "jti": uuid.uuid4().hex})
             self.issued_service_account_tokens.append(token)

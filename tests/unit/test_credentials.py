@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from graphcred.acquire import credentials
 from graphcred.acquire.credentials import CredentialError
+from graphcred.api.failures import Failure, Retry
 from graphcred.api.model import CertificateRef, ClientSecretRef, Reason, WorkloadIdentityRef
 from graphcred_testbed.pki import CertificateAuthority, self_signed
 
@@ -80,6 +81,17 @@ def test_expired_certificate_is_invalid() -> None:
     with pytest.raises(CredentialError) as err:
         credentials.certificate(_tls(old.cert_pem, old.key_pem), CertificateRef(name="c"), now())
     assert err.value.reason == Reason.INVALID_CREDENTIAL and "expired" in err.value.message
+
+
+def test_a_credential_error_is_a_failure_that_needs_the_user_unless_it_is_usable_later() -> None:
+    """One failure carrier: what the reconciler reports of any failure (reason, message, retry)."""
+    missing = CredentialError(Reason.CREDENTIAL_NOT_FOUND, "Secret c not found")
+    assert isinstance(missing, Failure) and (missing.retry, missing.retry_after) == (Retry.NEEDS_USER, None)
+    assert str(missing) == missing.message == "Secret c not found"
+    early = self_signed("early", not_before=now() + dt.timedelta(minutes=5), not_after=now() + dt.timedelta(days=1))
+    with pytest.raises(CredentialError) as err:
+        credentials.certificate(_tls(early.cert_pem, early.key_pem), CertificateRef(name="c"), now())
+    assert err.value.usable_from is not None and err.value.retry == Retry.TRANSIENT, "tried again once valid"
 
 
 def test_fingerprints_differ_by_material_not_by_object() -> None:

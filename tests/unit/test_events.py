@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiException
 
+from graphcred.kube.errors import Forbidden, KubeError, NoAnswer, ServerError, translated
 from graphcred.kube.events import EventRecorder, event_body, event_name, instance_name
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.snapshot import Snapshot
@@ -30,7 +31,8 @@ REF = {"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
 
 
 class FakeEvents:
-    """The Event calls of Kube, in memory: Events by name; `failures` raised by the next create calls."""
+    """The Event calls of Kube, in memory: Events by name; `failures` (KubeErrors, as Kube raises them) raised by
+    the next create calls."""
 
     def __init__(self) -> None:
         self.events: dict[str, dict[str, Any]] = {}
@@ -140,16 +142,16 @@ def test_a_failing_post_is_retried_only_when_the_apiserver_may_recover_and_never
     async def scenario() -> None:
         recorder = _recorder(api)
         recorder.start()
-        api.failures = [ApiException(status=503), ApiException(status=500)]
+        api.failures = [ServerError("create Event", 503), ServerError("create Event", 500)]
         recorder(REF, "Normal", "TokenIssued", "third time lucky")
         await recorder.stop()
         assert (api.calls, recorder.lost) == (3, 0)
         api.calls = 0
         recorder = _recorder(api)
         recorder.start()
-        api.failures = [ApiException(status=403, reason="Forbidden")]
+        api.failures = [Forbidden("create Event", 403, "Forbidden")]
         recorder(REF, "Normal", "TokenIssued", "refused")
-        api.failures += [ConnectionError(), ConnectionError(), ConnectionError()]
+        api.failures += [NoAnswer("create Event", None, "MaxRetryError")] * 3
         recorder(REF, "Normal", "TokenIssued", "unreachable")
         await recorder.stop()
         assert (api.calls, recorder.lost) == (4, 2)  # 403: once; no connection: three attempts
@@ -162,8 +164,9 @@ def test_a_failing_post_is_retried_only_when_the_apiserver_may_recover_and_never
                         "one is posted again, further losses are logged at DEBUG"]
 
 
-def _terminating(namespace: str) -> ApiException:
-    """The apiserver's answer to a create in a namespace being deleted (its namespace lifecycle admission)."""
+def _terminating(namespace: str) -> KubeError:
+    """The apiserver's answer to a create in a namespace being deleted (its namespace lifecycle admission), as Kube
+    raises it."""
     exc = ApiException(status=403, reason="Forbidden")
     exc.body = json.dumps({
         "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
@@ -171,7 +174,9 @@ def _terminating(namespace: str) -> ApiException:
                    "being terminated",
         "details": {"kind": "events", "causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace",
                                                    "message": f"namespace {namespace} is being terminated"}]}})
-    return exc
+    error = translated("create Event", exc)
+    assert isinstance(error, Forbidden)
+    return error
 
 
 def test_an_event_for_a_namespace_being_deleted_is_dropped_quietly(caplog: pytest.LogCaptureFixture) -> None:
@@ -184,7 +189,7 @@ def test_an_event_for_a_namespace_being_deleted_is_dropped_quietly(caplog: pytes
         recorder.start()
         api.failures = [_terminating("team-a")]
         recorder(REF, "Normal", "TokenIssued", "too late")
-        api.failures += [ApiException(status=403, reason="Forbidden")]
+        api.failures += [Forbidden("create Event", 403, "Forbidden")]
         recorder(REF, "Warning", "Unauthorized", "a real refusal")
         await recorder.stop()
         assert (api.calls, recorder.lost) == (2, 1)  # neither retried; only the real refusal counts as lost
@@ -238,7 +243,7 @@ def test_events_from_another_thread_reach_the_loop() -> None:
 def test_a_pass_completes_when_no_event_can_be_posted() -> None:
     """The reconciler emits from its path: an apiserver refusing every Event changes nothing for the token."""
     api = FakeEvents()
-    api.failures = [ApiException(status=500)] * 100
+    api.failures = [ServerError("create Event", 500)] * 100
 
     async def scenario() -> None:
         recorder = _recorder(api)

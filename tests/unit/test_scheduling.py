@@ -9,10 +9,9 @@ import time
 import uuid
 from typing import Any
 
-from kubernetes.client import ApiException
-
 from graphcred.acquire.tokens import AcquisitionError
 from graphcred.api.model import Reason
+from graphcred.kube.errors import NoAnswer, ServerError
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.snapshot import Snapshot
 
@@ -180,7 +179,7 @@ def test_an_unexpected_api_error_is_reported_in_status_and_counted() -> None:
     rig = Rig()
 
     def broken(namespace: str, body: dict[str, Any]) -> str:
-        raise ApiException(status=500, reason="Internal Server Error")
+        raise ServerError("create Secret", 500, "Internal Server Error")
 
     rig.kube.create_secret = broken  # type: ignore[method-assign]
 
@@ -272,12 +271,10 @@ def test_a_condition_another_tool_added_survives_the_next_status_write() -> None
 
 
 def test_an_apiserver_outage_is_reported_but_logged_as_a_warning(caplog: Any) -> None:
-    from urllib3.exceptions import MaxRetryError
-
     rig = Rig()
 
     def unreachable(namespace: str, name: str) -> dict[str, Any] | None:
-        raise MaxRetryError(None, "/api/v1/secrets", "connection refused")  # type: ignore[arg-type]
+        raise NoAnswer("read Secret", None, "MaxRetryError")  # what Kube raises for a refused connection
 
     rig.kube.read_secret = unreachable  # type: ignore[method-assign]
 

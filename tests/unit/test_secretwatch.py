@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from graphcred.kube.metawatch import Directory, KnownSecrets, MetadataWatch, SecretMetadataWatch, Seen, backoff
+from graphcred.kube.metawatch import Directory, KnownObjects, MetadataWatch, Seen, backoff
 from graphcred_testbed.bed import wait_for
 
 from .fakes import Answer, FakeApiserver, Handler, failure_status, metadata_list, secret_metadata
@@ -41,9 +41,9 @@ def serve() -> Iterator[Callable[..., FakeApiserver]]:
 Events = list[tuple[str, str, str, bool]]
 
 
-def _watch(fake: FakeApiserver, **kwargs: Any) -> tuple[SecretMetadataWatch, Events]:
+def _watch(fake: FakeApiserver, **kwargs: Any) -> tuple[MetadataWatch, Events]:
     events: Events = []
-    watch = SecretMetadataWatch(fake.api(), lambda *e: events.append(e), **kwargs)
+    watch = MetadataWatch(fake.api(), lambda *e: events.append(e), **kwargs)
     return watch.start(), events
 
 
@@ -141,7 +141,7 @@ def test_the_known_secrets_record_is_compact() -> None:
     """(namespace, name) -> resourceVersion for 50,000 Secrets, as the watch keeps it."""
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    known = KnownSecrets()
+    known = KnownObjects()
     for i in range(50_000):
         known.put(f"namespace-{i % 200}", f"some-secret-name-{i}", str(10_000_000 + i))
     size = tracemalloc.get_traced_memory()[0] - before
@@ -180,7 +180,6 @@ def test_the_secret_watch_still_asks_for_secrets(serve: Callable[..., FakeApiser
         assert watch.ready.wait(10)
         wait_for(lambda: fake.watches, timeout=5, what="the first watch request")
         assert {p for p, _ in fake.requests} == {"/api/v1/secrets"}
-        assert SecretMetadataWatch is MetadataWatch
     finally:
         watch.stop()
 
@@ -255,10 +254,10 @@ def test_a_relist_between_the_check_and_the_lookup_gives_no_answer(meanwhile: st
     empties the record as it compares. A lookup that raced it must say "cannot tell", never "absent" for a Secret
     that exists: the pass would skip its read and request a token before finding the Secret on create."""
     watch = MetadataWatch(client.ApiClient(), lambda *e: None)  # not started: the test plays its thread
-    fresh = KnownSecrets()
+    fresh = KnownObjects()
     fresh.put("ns", "a", "5")
 
-    class RacedByTheWatchThread(KnownSecrets):
+    class RacedByTheWatchThread(KnownObjects):
         def get(self, namespace: str, name: str) -> str | None:
             # the GIL passed to the watch thread after `seen` checked `_listing` and before this lookup
             watch._listing = True

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from kubernetes.client.exceptions import ApiException
 
+from graphcred.kube.errors import Invalid, ServerError
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.snapshot import Snapshot
 from graphcred_testbed.pki import self_signed
@@ -76,7 +76,7 @@ def test_a_pass_that_fails_after_writing_the_secret_backs_off_longer_each_time(
     rig = Rig()
 
     def refuse(*_: Any) -> None:
-        raise ApiException(status=500, reason="Internal Server Error")
+        raise ServerError("patch GraphAppCredential status", 500, "Internal Server Error")
 
     monkeypatch.setattr(rig.kube, "patch_status", refuse)
     body, mem = exists(rig, gac("a", secret_spec(TENANT, str(uuid.uuid4())))), Memory()
@@ -102,7 +102,7 @@ def test_a_secret_the_apiserver_refuses_as_invalid_is_not_retried(monkeypatch: p
     rig = Rig()
 
     def invalid(*_: Any) -> str:
-        raise ApiException(status=422, reason="Unprocessable Entity")
+        raise Invalid("create Secret", 422, "Unprocessable Entity")
 
     monkeypatch.setattr(rig.kube, "create_secret", invalid)
     body = exists(rig, gac("a", secret_spec(TENANT, str(uuid.uuid4()))))

@@ -16,6 +16,7 @@ from requests.structures import CaseInsensitiveDict
 
 from graphcred.acquire.credentials import ClientSecret, Federation
 from graphcred.acquire.tokens import AcquisitionError, TokenClient, classify_error_response
+from graphcred.api.failures import Failure, Retry
 from graphcred.api.model import GraphAppCredentialSpec, Reason
 from graphcred.app.logs import redact
 
@@ -37,6 +38,16 @@ def test_throttling_and_unavailability_are_transient() -> None:
     assert (throttled.reason, throttled.permanent, throttled.retry_after) == (Reason.THROTTLED, False, 30.0)
     unknown = classify_error_response({"error": "invalid_request", "error_codes": [99999]}, 400, None)
     assert not unknown.permanent
+
+
+def test_an_acquisition_error_is_a_failure_whose_retry_says_whether_it_is_permanent() -> None:
+    """One failure carrier: `permanent` is a view of the Failure's retry; the code and Retry-After are kept."""
+    refused = classify_error_response({"error": "invalid_client", "error_codes": [7000215]}, 401, None)
+    assert isinstance(refused, Failure) and (refused.retry, refused.permanent) == (Retry.NEEDS_USER, True)
+    throttled = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=5.0, code=50196)
+    assert (throttled.retry, throttled.permanent, throttled.retry_after, throttled.code) == \
+        (Retry.TRANSIENT, False, 5.0, 50196)
+    assert str(throttled) == throttled.message == "429"
 
 
 def test_redaction_of_token_shaped_strings() -> None:

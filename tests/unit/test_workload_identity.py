@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from graphcred.kube.calls import SERVICE_ACCOUNT_TOKEN_SECONDS
+from graphcred.kube.errors import Forbidden, KubeError
 from graphcred.reconcile.memory import Memory
-from graphcred.reconcile.outcome import KubeCallFailed
 
 from .fakes import FakeKubeWithServiceAccounts, federated_spec
 from .harness import NS, TENANT, Rig, run
@@ -254,13 +254,11 @@ def test_a_forbidden_token_request_names_the_missing_permission() -> None:
 
 
 def test_a_forbidden_service_account_read_names_the_missing_permission() -> None:
-    from kubernetes.client import ApiException
-
     rig = Rig(workload_identity=True)
     client = _client()
 
     def forbidden(namespace: str, name: str) -> dict[str, Any] | None:
-        raise ApiException(status=403, reason="Forbidden")
+        raise Forbidden("read ServiceAccount", 403, "Forbidden")
 
     rig.kube.read_service_account = forbidden  # type: ignore[method-assign]
 
@@ -284,7 +282,7 @@ def test_an_apiserver_outage_on_the_token_request_is_ridden_out(status: int) -> 
     mem = Memory()
 
     async def scenario() -> None:
-        with pytest.raises(KubeCallFailed) as caught:
+        with pytest.raises(KubeError) as caught:
             await rig.reconciler.reconcile(snap, mem)
         assert caught.value.outage and f"create ServiceAccount token failed: HTTP {status}" in str(caught.value)
         delay = await rig.reconciler.internal_error(snap, mem, caught.value)  # what the controller does
@@ -374,7 +372,7 @@ def test_the_service_account_token_never_reaches_status_events_or_logs(caplog: p
         rig.tokens.failure = None
         rig.kube.token_request_status = 503
         mem.renew.requested = True
-        with pytest.raises(KubeCallFailed) as caught:
+        with pytest.raises(KubeError) as caught:
             await rig.reconciler.reconcile(rig.snapshot("a", spec), mem)
         await rig.reconciler.internal_error(rig.snapshot("a", spec), mem, caught.value)
         rig.kube.token_request_status = None

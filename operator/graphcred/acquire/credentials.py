@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from graphcred.api.failures import Failure, Retry
 from graphcred.api.keys import CLIENT_ID_ANNOTATION, TENANT_ID_ANNOTATION
 from graphcred.api.model import GUID_PATTERN, CertificateRef, ClientSecretRef, Reason, WorkloadIdentityRef
 
@@ -42,15 +43,14 @@ V = TypeVar("V")
 # the AKS workload identity convention: the ServiceAccount names the app that may use its tokens
 
 
-class CredentialError(Exception):
-    """The referenced credential is missing or unusable; permanent until the Secret or the spec changes."""
+class CredentialError(Failure):
+    """The referenced credential is missing or unusable; it needs the user (a change of the Secret, the
+    ServiceAccount or the spec). Except a certificate that becomes valid later (`usable_from`, its notBefore a
+    moment ahead): transient, to be tried again then (the caller, who knows the time, sets when)."""
 
     def __init__(self, reason: Reason, message: str, *, usable_from: dt.datetime | None = None) -> None:
-        super().__init__(message)
-        # a certificate that becomes valid later (notBefore a moment ahead): try again then, not on the slow schedule
+        super().__init__(reason, message, retry=Retry.NEEDS_USER if usable_from is None else Retry.TRANSIENT)
         self.usable_from = usable_from
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from graphcred.acquire.authority import not_allowed_message, origin
 from graphcred.acquire.credentials import Certificate, ClientSecret, Federation, Material
 from graphcred.acquire.httpsession import DEFAULT_TIMEOUT, MAX_ANSWER, ExchangeFailed, Failure, PinnedCASession
 from graphcred.acquire.jwt import TokenClaims, sign_client_assertion, unverified_claims
+from graphcred.api import failures  # its Failure; httpsession's is another (why an exchange failed)
 from graphcred.api.model import GraphAppCredentialSpec, Reason
 
 log = logging.getLogger(__name__)
@@ -68,18 +69,20 @@ class Token:
         return self.expires_on - self.issued_at
 
 
-class AcquisitionError(Exception):
+class AcquisitionError(failures.Failure):
     """Why a token could not be had. `permanent`: it needs the user (a fix in Entra or in the spec or Secret), so
-    retry only slowly; otherwise transient: retry with backoff, honouring `retry_after` (seconds)."""
+    retry only slowly; otherwise transient: retry with backoff, honouring `retry_after` (seconds). `code`: the
+    AADSTS code Entra answered with, if any."""
 
     def __init__(self, reason: Reason, message: str, *, permanent: bool, retry_after: float | None = None,
                  code: int | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.permanent = permanent
-        self.retry_after = retry_after
+        super().__init__(reason, message, retry=failures.Retry.NEEDS_USER if permanent else failures.Retry.TRANSIENT,
+                         retry_after=retry_after)
         self.code = code
+
+    @property
+    def permanent(self) -> bool:
+        return self.retry is failures.Retry.NEEDS_USER
 
 
 # What each AADSTS code means for the user, and whether it needs the user (permanent) or may pass by itself.

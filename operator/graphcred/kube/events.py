@@ -14,8 +14,8 @@ and instance (settings.posting) but not the host, sets the action to "Action?" a
   not the passes' I/O threads), each Event of one object by the same poster, in order (so repeats are counted and
   an object's Events land in order). Several posters: one at a time, with the apiserver and the event loop busy
   with thousands of refreshing credentials, posted five to ten Events a second and trailed a burst's Ready
-  statuses by minutes (bench/scale.py, N=1000). A failed post is retried twice if the apiserver may recover (5xx,
-  429, no connection), then logged, never raised.
+  statuses by minutes (bench/scale.py, N=1000). A failed post is retried twice if it failed for an apiserver
+  outage (no answer, 429, 5xx: `KubeError.outage`), then logged, never raised.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import socket
@@ -34,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from graphcred.kube.calls import describe_failure
+from graphcred.kube.errors import Forbidden, describe_failure, outage
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,8 @@ def event_name(object_name: str, nanos: int) -> str:
 
 
 class EventApi(Protocol):
+    """`Kube`'s Event calls; they fail with a KubeError (graphcred.kube.errors)."""
+
     def create_event(self, namespace: str, body: dict[str, Any]) -> None: ...
 
     def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool: ...
@@ -122,24 +123,6 @@ class _Pending:
 class _Posted:
     name: str
     count: int
-
-
-def _retriable(exc: BaseException) -> bool:
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return status == 429 or status >= 500
-    return True  # no answer at all: the connection, a timeout
-
-
-def _namespace_terminating(exc: BaseException) -> bool:
-    """The apiserver refuses every create in a namespace being deleted (403 with cause NamespaceTerminating)."""
-    if getattr(exc, "status", None) != 403:
-        return False
-    try:
-        causes = json.loads(getattr(exc, "body", None) or "{}").get("details", {}).get("causes") or []
-    except (ValueError, AttributeError):
-        return False
-    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes)
 
 
 def _now() -> dt.datetime:
@@ -222,7 +205,7 @@ class EventRecorder:
                 await self._run_blocking(self._send, pending)
             except Exception as exc:  # noqa: BLE001 - an Event is never worth failing anything for
                 error = exc
-                if _retriable(exc):
+                if outage(exc):
                     continue
                 break
             if self._failing:
@@ -230,7 +213,7 @@ class EventRecorder:
                 log.info("posting Events again (%d not posted so far)", self.lost)
             return
         assert error is not None
-        if _namespace_terminating(error):
+        if isinstance(error, Forbidden) and error.namespace_terminating:
             # the credential's namespace is being deleted: no failure (client-go's recorder drops these quietly too)
             obj = involved_object(pending.ref)
             log.debug("%s/%s: Event %s not posted: the namespace is being deleted", obj["namespace"], obj["name"],

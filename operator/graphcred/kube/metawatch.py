@@ -31,6 +31,7 @@ from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
 from graphcred.base import backoff as exponential
+from graphcred.kube.errors import translated
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ class KnownObjects:
         self._versions.update(other._versions)
 
 
-KnownSecrets = KnownObjects  # its name before ServiceAccounts were watched too
-
 
 @dataclass(frozen=True)
 class Seen:
@@ -144,6 +143,13 @@ def _item(obj: dict[str, Any]) -> Item:
 
 
 class MetadataWatch:
+    """A list-then-watch of one resource (Secrets by default, or ServiceAccounts) in one namespace or all, in a
+    thread of its own: `start()`, `stop()`. Reports each change of an object to `callback` (namespace, name,
+    resourceVersion, deleted), keeps what it has seen for `seen()` (the `Directory`), and sets `ready` once the
+    first list is read. Metadata only, unless a subclass asks for more (`accept_list`, `accept_watch`: the pod
+    watch). Its failures (anything, ERROR events, a stream that ends at once) are logged and retried with backoff;
+    only a 410 lists again."""
+
     accept_list = METADATA_ONLY  # what the list and the watch ask the apiserver for (subclasses: whole objects)
     accept_watch = METADATA_ONLY_WATCH
 
@@ -332,7 +338,11 @@ class MetadataWatch:
 
     def _failed(self, exc: Exception, failures: int) -> float:
         """Log a failure (its type and HTTP status, never a body) and return how long to wait before retrying."""
-        status = getattr(exc, "status", None)
+        if isinstance(exc, WatchInterrupted):
+            status = exc.status
+        else:
+            error = translated(f"list {self.resource.plural}", exc)
+            status = error.status if error is not None else None
         if status == 410:
             self._resource_version = None  # too old, or an expired continue token: list (again)
         what = str(exc) if isinstance(exc, WatchInterrupted) else type(exc).__name__ + (f" {status}" if status else "")
@@ -342,5 +352,3 @@ class MetadataWatch:
             "listing again" if self._resource_version is None else "reconnecting", delay)
         return delay
 
-
-SecretMetadataWatch = MetadataWatch  # its name before ServiceAccounts were watched too

@@ -21,7 +21,7 @@ from graphcred.acquire.sharing import SharedTokens, share_key
 from graphcred.acquire.tokens import AcquisitionError, Token
 from graphcred.api.model import GraphAppCredentialSpec, Reason
 from graphcred.reconcile.calls import KubeCalls
-from graphcred.reconcile.outcome import Held, Outcome
+from graphcred.reconcile.outcome import Held
 from graphcred.reconcile.ports import TokenPort
 from graphcred.reconcile.reading import CredentialReader
 from graphcred.reconcile.slots import SlotGate, stepped_aside
@@ -48,13 +48,10 @@ class TokenAcquirer:
         """A token, and whether it came from an identical credential's request (True) or this one's. While it
         waits (for a slot, for the authority), the pass is not counted among the controller's passes in progress.
         `reuse`: an identical credential's token just acquired will do; `newer_than`: only one issued after it."""
-        try:
-            async with stepped_aside():
-                token, shared = await self.shared.get(share_key(spec, material),
-                                                      lambda: self._request(namespace, name, spec, material),
-                                                      reuse=reuse, newer_than=newer_than)
-        except AcquisitionError as exc:
-            raise Outcome.of(exc) from None
+        async with stepped_aside():  # an AcquisitionError ends the pass as it is (a Failure)
+            token, shared = await self.shared.get(share_key(spec, material),
+                                                  lambda: self._request(namespace, name, spec, material),
+                                                  reuse=reuse, newer_than=newer_than)
         if shared:
             self.metrics.acquisitions.labels("shared", "TokenIssued").inc()
         return token, shared

@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from graphcred.kube.calls import Conflict, Gone, describe_failure
-from graphcred.reconcile.outcome import KubeCallFailed, outage
 from graphcred.reconcile.ports import KubePort
 
 T = TypeVar("T")
@@ -15,7 +13,8 @@ T = TypeVar("T")
 
 class KubeCalls:
     """`Kube`'s blocking calls run in the operator's threads. Expected answers are handled by `Kube` (None on 404,
-    Conflict, Gone); anything else ends the pass as an internal error naming the call and its HTTP status."""
+    Conflict, Gone); anything else is a KubeError naming the call and its HTTP status, which ends the pass as an
+    internal error."""
 
     def __init__(self, kube: KubePort, run_blocking: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.kube = kube
@@ -26,9 +25,5 @@ class KubeCalls:
         return result
 
     async def __call__(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return await self.blocking(fn, *args)
-        except (Conflict, Gone):
-            raise
-        except Exception as exc:  # reported to the user by the caller, never swallowed
-            raise KubeCallFailed(describe_failure(what, exc), outage=outage(exc)) from exc
+        """`what` names the call where it is made; Kube's errors name it themselves."""
+        return await self.blocking(fn, *args)

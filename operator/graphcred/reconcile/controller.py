@@ -16,9 +16,9 @@ from typing import Any, Protocol
 from graphcred.api.keys import RENEW_ANNOTATION
 from graphcred.base.backoff import backoff
 from graphcred.kube.calls import Gone
+from graphcred.kube.errors import KubeError, outage
 from graphcred.reconcile.dependents import Dependents, named_by
 from graphcred.reconcile.memory import Memory
-from graphcred.reconcile.outcome import KubeCallFailed
 from graphcred.reconcile.reconciler import Reconciler
 from graphcred.reconcile.slots import PassSlot, RequestBudget
 from graphcred.reconcile.slots import running_as as running_as_pass
@@ -33,7 +33,7 @@ RENEW_PER_MINUTE = 2.0
 
 
 def _described(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, KubeCallFailed) else type(exc).__name__
+    return str(exc) if isinstance(exc, KubeError) else type(exc).__name__
 
 
 def _newer(version: str, than: str | None) -> bool:
@@ -306,7 +306,7 @@ class Controller:
             return None
         # the description names the API call and its HTTP status; never an exception's text (bodies)
         # an apiserver outage is ridden out (a warning); anything else is a bug or a misconfiguration
-        level = logging.WARNING if isinstance(exc, KubeCallFailed) and exc.outage else logging.ERROR
+        level = logging.WARNING if outage(exc) else logging.ERROR
         log.log(level, "%s/%s: reconcile failed (%s); retrying in %.0f s", key[0], key[1], _described(exc), delay)
         return delay
 

@@ -1,53 +1,21 @@
-"""How a pass ends early: with a condition to report (`Outcome`), or with an unexpected Kubernetes failure
-(`KubeCallFailed`), and the messages for the common cases. Pure."""
+"""How a pass ends early: with a condition to report (`Outcome`, any api.failures.Failure), and the messages for the
+common cases; an unexpected Kubernetes failure ends it as a kube.errors.KubeError. Pure."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
-from graphcred.acquire.credentials import CredentialError
 from graphcred.acquire.tokens import AcquisitionError
+from graphcred.api.failures import Failure, Retry
 from graphcred.api.model import Reason
-from graphcred.reconcile.policy import Retry
 
-
-class Outcome(Exception):
-    """A pass ended early with a condition to report (a failure before or during acquisition)."""
-
-    def __init__(self, reason: Reason, message: str, *, retry: Retry, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.retry, self.retry_after = reason, message, retry, retry_after
-
-    @classmethod
-    def of(cls, error: AcquisitionError | CredentialError) -> Outcome:
-        return cls(error.reason, error.message, retry=retry_of(error),
-                   retry_after=error.retry_after if isinstance(error, AcquisitionError) else None)
-
-
-def retry_of(error: AcquisitionError | CredentialError) -> Retry:
-    if isinstance(error, CredentialError):
-        return Retry.NEEDS_USER
-    return Retry.NEEDS_USER if error.permanent else Retry.TRANSIENT
+# A pass ended early with a condition to report (a failure before or during acquisition): any Failure, including the
+# credential readers' CredentialError and the token client's AcquisitionError, reported as they are.
+Outcome = Failure
 
 
 class Held(AcquisitionError):
     """Not asked at all: the authority's circuit breaker is open."""
-
-
-class KubeCallFailed(Exception):
-    """A Kubernetes API call of a pass failed unexpectedly; the message names the call and the HTTP status.
-    `outage`: the apiserver was unreachable or overloaded (no answer, 429, 5xx), which the operator rides out."""
-
-    def __init__(self, message: str, *, outage: bool = False) -> None:
-        super().__init__(message)
-        self.outage = outage
-
-
-def outage(exc: BaseException) -> bool:
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return status == 429 or status >= 500
-    return isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3")
 
 
 def not_ours(name: str) -> Outcome:

@@ -7,8 +7,8 @@ import datetime as dt
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
+from graphcred.api.failures import Retry as Retry  # its home is api.failures; imported from here too
 from graphcred.api.model import Reason
 from graphcred.base.backoff import RETRY_AFTER_CAP, backoff
 
@@ -21,14 +21,6 @@ MISSING_ROLES_RETRY = (10.0, 300.0)  # consent is granted by a human: look again
 NEEDS_USER_RETRY = (300.0, 900.0, 3600.0)
 LAST_CHANCE_BEFORE_EXPIRY = 120.0  # one more try this long before the last good token expires
 EXPIRED_RETRY = 30.0  # once the token is gone, transient retries at least this often: notice a returning endpoint
-
-
-class Retry(StrEnum):
-    """How a failed pass is retried."""
-
-    ON_CHANGE = "on-change"  # only a change of the spec can help (a malformed spec)
-    NEEDS_USER = "needs-user"  # slowly, and at once on a change or a renew request
-    TRANSIENT = "transient"  # exponential backoff with jitter
 
 
 def refresh_at(issued_at: dt.datetime, expires_on: dt.datetime, refresh_before: dt.timedelta | None,

@@ -24,8 +24,8 @@ class StatusPort(Protocol):
 
 class KubePort(StatusPort, Protocol):
     """The Kubernetes calls of a pass: the credential Secret or ServiceAccount read, the token Secret written, the
-    status patched. Expected answers are results (None: absent) or `Conflict` / `Gone`; anything else is an error
-    of the call."""
+    status patched. Expected answers are results (None: absent) or `Conflict` / `Gone`; anything else is a
+    `KubeError` (graphcred.kube.errors) naming the call."""
 
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 

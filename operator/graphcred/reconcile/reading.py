@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 from graphcred.acquire import credentials
 from graphcred.acquire.credentials import CredentialError, Federation, Material
 from graphcred.api.model import CertificateRef, GraphAppCredentialSpec, Reason, WorkloadIdentityRef
+from graphcred.kube.errors import Forbidden, NotFound
 from graphcred.kube.metawatch import Seen
 from graphcred.kube.reads import SharedReads
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.memory import CredentialMemory
-from graphcred.reconcile.outcome import KubeCallFailed, Outcome
+from graphcred.reconcile.outcome import Outcome
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import SecretDirectory
 from graphcred.reconcile.snapshot import Snapshot
@@ -37,10 +38,7 @@ def _consented(account: dict[str, Any], spec: GraphAppCredentialSpec, ref: Workl
                ) -> Federation:
     """The ServiceAccount as federation material if it consents to this spec's app (and tenant); else the pass ends
     with the reason and message saying how to fix it."""
-    try:
-        return credentials.federation(account, ref, spec.client_id, namespace, spec.tenant_id)
-    except CredentialError as exc:
-        raise Outcome.of(exc) from None
+    return credentials.federation(account, ref, spec.client_id, namespace, spec.tenant_id)
 
 
 class CredentialReader:
@@ -86,7 +84,7 @@ class CredentialReader:
             if exc.usable_from is not None:
                 wait = (exc.usable_from - now).total_seconds() + 1.0
                 raise Outcome(exc.reason, exc.message, retry=Retry.TRANSIENT, retry_after=wait) from None
-            raise Outcome.of(exc) from None
+            raise
 
     async def _parsed_certificate(self, key: tuple[str, str], version: str, data: dict[str, Any],
                                   ref: CertificateRef) -> credentials.Certificate:
@@ -150,15 +148,12 @@ class CredentialReader:
         workload identity RBAC (the chart's workloadIdentity.enabled). Both need the user; the rest as `KubeCalls`."""
         try:
             return await self.calls(what, fn, *args)
-        except KubeCallFailed as exc:
-            status = getattr(exc.__cause__, "status", None)
-            if status == 404:
-                raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {namespace}",
-                              retry=Retry.NEEDS_USER) from None
-            if status == 403:
-                raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED,
-                              f"{what} was refused (HTTP 403): the operator may not {_RBAC_VERBS[what]} in namespace "
-                              f"{namespace}; install the chart with workloadIdentity.enabled=true (and this namespace "
-                              "among watchNamespaces, if set)", retry=Retry.NEEDS_USER) from None
-            raise
+        except NotFound:
+            raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {namespace}",
+                          retry=Retry.NEEDS_USER) from None
+        except Forbidden:
+            raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED,
+                          f"{what} was refused (HTTP 403): the operator may not {_RBAC_VERBS[what]} in namespace "
+                          f"{namespace}; install the chart with workloadIdentity.enabled=true (and this namespace "
+                          "among watchNamespaces, if set)", retry=Retry.NEEDS_USER) from None
 

@@ -37,6 +37,7 @@ from graphcred.api.model import GraphAppCredentialSpec, GraphAppCredentialStatus
 from graphcred.base.backoff import backoff
 from graphcred.base.times import parse_rfc3339, rfc3339
 from graphcred.kube.calls import Gone, describe_failure
+from graphcred.kube.errors import KubeError
 from graphcred.kube.reads import SharedReads
 from graphcred.reconcile import policy, reporting
 from graphcred.reconcile.acquiring import TokenAcquirer
@@ -51,7 +52,7 @@ from graphcred.reconcile.decide import (
     unread_credential_version,
 )
 from graphcred.reconcile.memory import Memory
-from graphcred.reconcile.outcome import KubeCallFailed, Outcome, spec_error_message
+from graphcred.reconcile.outcome import Outcome, spec_error_message
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import EventSink, KubePort, SecretDirectory, TokenPort
 from graphcred.reconcile.reading import CredentialReader
@@ -258,7 +259,7 @@ class Reconciler:
 
     async def internal_error(self, snap: Snapshot, mem: Memory, exc: BaseException) -> float:
         """A pass failed unexpectedly: report it like any failure (status, Event, metric), retry with backoff."""
-        message = str(exc) if isinstance(exc, KubeCallFailed) else describe_failure("reconcile", exc)
+        message = str(exc) if isinstance(exc, KubeError) else describe_failure("reconcile", exc)
         self.metrics.internal_errors.labels(type(exc.__cause__ or exc).__name__).inc()
         try:
             delay = await self._failed(snap, mem, Outcome(Reason.INTERNAL_ERROR, message, retry=Retry.TRANSIENT),

@@ -17,9 +17,10 @@ from graphcred.acquire.tokens import Token
 from graphcred.api.model import GraphAppCredentialSpec, Reason
 from graphcred.api.template import TemplateError
 from graphcred.kube.calls import Conflict
+from graphcred.kube.errors import Invalid
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.memory import SecretMemory
-from graphcred.reconcile.outcome import KubeCallFailed, Outcome, not_ours
+from graphcred.reconcile.outcome import Outcome, not_ours
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import SecretDirectory
 from graphcred.reconcile.snapshot import Snapshot, Target
@@ -89,9 +90,7 @@ class TokenSecretWriter:
         body = _body(snap, spec, name, token)
         try:
             mem.version = await self._put_ours(snap, mem, name, existing, body)
-        except KubeCallFailed as exc:
-            if getattr(exc.__cause__, "status", None) != 422:
-                raise
+        except Invalid as exc:
             # The apiserver refuses this Secret as it is (an invalid name, key or label): writing it again cannot
             # succeed, and every retry would have requested a token first. Only a change of the spec can help.
             raise Outcome(Reason.INVALID_SPEC, f"{exc}: the apiserver refused the token Secret {name} as invalid; "
