@@ -5,10 +5,12 @@ follows ServiceAccounts (workload identity) by the same rules."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -270,3 +272,52 @@ def test_a_relist_between_the_check_and_the_lookup_gives_no_answer(meanwhile: st
     raced.put("ns", "a", "5")
     watch._known, watch._listing = raced, False
     assert watch.seen("ns", "a") in (None, Seen("5")), "a Secret that exists was reported absent"
+
+
+def test_stop_ends_a_watch_whose_request_was_still_on_its_way() -> None:
+    """stop() shuts down the stream it finds; a watch request still waiting for its answer had none to find, and the
+    watch then followed the stream it got, blocked until the server's timeout, outliving stop() (found by the
+    composition root's lifecycle test: a stop right after the first list took 5 s and left the thread running)."""
+    release = threading.Event()
+    watch_asked = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            if "watch=true" not in self.path:
+                body = json.dumps(metadata_list(["a"])).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            watch_asked.set()
+            time.sleep(0.5)  # the answer is on its way when stop() comes
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+            release.wait(30)  # an open stream with nothing to say
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    conf = client.Configuration()
+    conf.host = f"http://127.0.0.1:{server.server_address[1]}"
+    watch = MetadataWatch(client.ApiClient(conf), lambda *e: None).start()
+    try:
+        assert watch_asked.wait(5), "the watch request"
+        started = time.monotonic()
+        watch.stop()
+        took = time.monotonic() - started
+        assert not watch._thread.is_alive(), "the watch thread outlived stop()"
+        assert took < 3, f"stop() took {took:.1f} s"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()

@@ -231,6 +231,8 @@ class MetadataWatch:
         released at once (and `stop()` can cut it while it is read); callers keep only what they need of the items."""
         self._response = response = self._list_page(token, namespace)
         try:
+            if self._stop.is_set():  # as in `_follow`: a stop that came while the request was on its way
+                raise WatchInterrupted("stopped during a list")
             body = json.loads(response.data)
         finally:
             self._response = None
@@ -281,8 +283,14 @@ class MetadataWatch:
     def _follow(self, resource_version: str) -> None:
         """Follow the watch until its stream ends. Returns if it ran its course; raises WatchInterrupted on an
         ERROR event or an end that came too soon (a stream that ends at once, again and again, is a failure)."""
+        if self._stop.is_set():
+            return
         opened = time.monotonic()
         self._response = self._watch(resource_version)
+        # stop() sets the flag, then shuts down the stream it finds: a stop that came while this request was on its
+        # way found none, and the stream would hold this thread until the server's timeout
+        if self._stop.is_set():
+            return
         for line in iter_resp_lines(self._response):  # type: ignore[no-untyped-call]
             if self._stop.is_set():
                 return
