@@ -21,11 +21,14 @@ from graphcred.acquire.sharing import SharedTokens, share_key
 from graphcred.acquire.tokens import AcquisitionError, Token
 from graphcred.api.model import GraphAppCredentialSpec, Reason
 from graphcred.reconcile.calls import KubeCalls
-from graphcred.reconcile.outcome import Held
 from graphcred.reconcile.ports import TokenPort
 from graphcred.reconcile.reading import CredentialReader
 from graphcred.reconcile.slots import SlotGate, stepped_aside
 from graphcred.telemetry.metrics import Metrics
+
+
+class Held(AcquisitionError):
+    """Not asked at all: the authority's circuit breaker is open."""
 
 
 class TokenAcquirer:

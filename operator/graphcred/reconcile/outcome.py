@@ -1,25 +1,17 @@
-"""How a pass ends early: with a condition to report (`Outcome`, any api.failures.Failure), and the messages for the
-common cases; an unexpected Kubernetes failure ends it as a kube.errors.KubeError. Pure."""
+"""The messages of the common ways a pass ends early. A pass ends early by raising an api.failures.Failure (the
+credential readers' CredentialError and the token client's AcquisitionError are Failures, reported as they are); an
+unexpected Kubernetes failure ends it as a kube.errors.KubeError. Pure."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
-from graphcred.acquire.tokens import AcquisitionError
 from graphcred.api.failures import Failure, Retry
 from graphcred.api.model import Reason
 
-# A pass ended early with a condition to report (a failure before or during acquisition): any Failure, including the
-# credential readers' CredentialError and the token client's AcquisitionError, reported as they are.
-Outcome = Failure
 
-
-class Held(AcquisitionError):
-    """Not asked at all: the authority's circuit breaker is open."""
-
-
-def not_ours(name: str) -> Outcome:
-    return Outcome(Reason.SECRET_CONFLICT, f"Secret {name} exists and is not controlled by this GraphAppCredential; "
+def not_ours(name: str) -> Failure:
+    return Failure(Reason.SECRET_CONFLICT, f"Secret {name} exists and is not controlled by this GraphAppCredential; "
                    "graphcred never modifies it: delete it or choose another spec.secretName", retry=Retry.NEEDS_USER)
 
 

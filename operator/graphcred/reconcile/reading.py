@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 
 from graphcred.acquire import credentials
 from graphcred.acquire.credentials import CredentialError, Federation, Material
+from graphcred.api.failures import Failure
 from graphcred.api.model import CertificateRef, GraphAppCredentialSpec, Reason, WorkloadIdentityRef
 from graphcred.kube.errors import Forbidden, NotFound
 from graphcred.kube.metawatch import Seen
 from graphcred.kube.reads import SharedReads
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.memory import CredentialMemory
-from graphcred.reconcile.outcome import Outcome
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import SecretDirectory
 from graphcred.reconcile.snapshot import Snapshot
@@ -69,7 +69,7 @@ class CredentialReader:
             self.seen(snap.namespace, name)))
         if secret is None:
             mem.version = ""
-            raise Outcome(Reason.CREDENTIAL_NOT_FOUND,
+            raise Failure(Reason.CREDENTIAL_NOT_FOUND,
                           f"Secret {name} not found in namespace {snap.namespace}", retry=Retry.NEEDS_USER)
         version = secret.version
         mem.version = version
@@ -83,7 +83,7 @@ class CredentialReader:
         except CredentialError as exc:
             if exc.usable_from is not None:
                 wait = (exc.usable_from - now).total_seconds() + 1.0
-                raise Outcome(exc.reason, exc.message, retry=Retry.TRANSIENT, retry_after=wait) from None
+                raise Failure(exc.reason, exc.message, retry=Retry.TRANSIENT, retry_after=wait) from None
             raise
 
     async def _parsed_certificate(self, key: tuple[str, str], version: str, data: dict[str, Any],
@@ -112,7 +112,7 @@ class CredentialReader:
                                                    self.calls.kube.read_service_account, snap.namespace, name)
         if account is None:
             mem.version = ""
-            raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {snap.namespace}",
+            raise Failure(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {snap.namespace}",
                           retry=Retry.NEEDS_USER)
         version = str(account["metadata"].get("resourceVersion", ""))
         mem.version = version
@@ -133,7 +133,7 @@ class CredentialReader:
             "read ServiceAccount", material.namespace, material.service_account,
             kube.read_service_account, material.namespace, material.service_account)
         if account is None or str(account["metadata"].get("uid", "")) != material.uid:
-            raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {material.service_account} not found in "
+            raise Failure(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {material.service_account} not found in "
                           f"namespace {material.namespace} (deleted or re-created since the pass began)",
                           retry=Retry.NEEDS_USER)
         _consented(account, spec, ref, material.namespace)
@@ -149,10 +149,10 @@ class CredentialReader:
         try:
             return await self.calls(what, fn, *args)
         except NotFound:
-            raise Outcome(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {namespace}",
+            raise Failure(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {namespace}",
                           retry=Retry.NEEDS_USER) from None
         except Forbidden:
-            raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED,
+            raise Failure(Reason.WORKLOAD_IDENTITY_DISABLED,
                           f"{what} was refused (HTTP 403): the operator may not {_RBAC_VERBS[what]} in namespace "
                           f"{namespace}; install the chart with workloadIdentity.enabled=true (and this namespace "
                           "among watchNamespaces, if set)", retry=Retry.NEEDS_USER) from None

@@ -11,7 +11,7 @@ A pass gathers, decides, acts, reports:
 
 The reconciler holds no kopf: it is handed a plain snapshot of the object and its memory, does its I/O through its
 ports (`reconcile/ports.py`: Kubernetes, the token endpoint) in threads, and returns how long to wait before the
-next pass (None: until the object or its credential changes). A pass that cannot go on raises `Outcome`, reported
+next pass (None: until the object or its credential changes). A pass that cannot go on raises `Failure`, reported
 like any other end.
 """
 
@@ -33,6 +33,7 @@ from graphcred.acquire.breaker import Breaker
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.sharing import SharedTokens
 from graphcred.acquire.tokens import Token
+from graphcred.api.failures import Failure
 from graphcred.api.model import GraphAppCredentialSpec, GraphAppCredentialStatus, Reason
 from graphcred.base.backoff import backoff
 from graphcred.base.times import parse_rfc3339, rfc3339
@@ -52,7 +53,7 @@ from graphcred.reconcile.decide import (
     unread_credential_version,
 )
 from graphcred.reconcile.memory import Memory
-from graphcred.reconcile.outcome import Outcome, spec_error_message
+from graphcred.reconcile.outcome import spec_error_message
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import EventSink, KubePort, SecretDirectory, TokenPort
 from graphcred.reconcile.reading import CredentialReader
@@ -204,7 +205,7 @@ class Reconciler:
             log.debug("%s/%s: Secret %s %s", snap.namespace, snap.name, secret_name,
                       "created" if existing is None else "updated")
             await self.writer.remove_old(snap, previous.secret_name, secret_name)
-        except Outcome as outcome:
+        except Failure as outcome:
             return await self._failed(snap, mem, outcome, asked)
         return await self._issued(snap, mem, spec, secret_name, token, credential_version, renew, issued_for,
                                   decision.reason)
@@ -253,7 +254,7 @@ class Reconciler:
         log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
                   spec.authority_base(), rfc3339(token.expires_on))
         if shared and current is not None and token.issued_at <= current:  # the very token already written
-            raise Outcome(Reason.AUTHORITY_UNAVAILABLE, "no newer token than the one in the Secret; retrying",
+            raise Failure(Reason.AUTHORITY_UNAVAILABLE, "no newer token than the one in the Secret; retrying",
                           retry=Retry.TRANSIENT)
         return token
 
@@ -262,7 +263,7 @@ class Reconciler:
         message = str(exc) if isinstance(exc, KubeError) else describe_failure("reconcile", exc)
         self.metrics.internal_errors.labels(type(exc.__cause__ or exc).__name__).inc()
         try:
-            delay = await self._failed(snap, mem, Outcome(Reason.INTERNAL_ERROR, message, retry=Retry.TRANSIENT),
+            delay = await self._failed(snap, mem, Failure(Reason.INTERNAL_ERROR, message, retry=Retry.TRANSIENT),
                                        _Asked())
         except Gone:
             raise
@@ -276,20 +277,20 @@ class Reconciler:
         try:
             spec = GraphAppCredentialSpec.model_validate(snap.spec)
         except ValidationError as exc:
-            raise Outcome(Reason.INVALID_SPEC, spec_error_message(exc), retry=Retry.ON_CHANGE) from None
+            raise Failure(Reason.INVALID_SPEC, spec_error_message(exc), retry=Retry.ON_CHANGE) from None
         problem = spec.secret_name_problem(snap.name)
         if problem is not None:  # the apiserver would refuse the Secret (422) after a token was requested for it
-            raise Outcome(Reason.INVALID_SPEC, problem, retry=Retry.ON_CHANGE)
+            raise Failure(Reason.INVALID_SPEC, problem, retry=Retry.ON_CHANGE)
         if spec.credential.workload_identity is not None and not self.workload_identity:
             # Only the operator's configuration can change this (and a restart re-runs every object): no retries.
-            raise Outcome(Reason.WORKLOAD_IDENTITY_DISABLED, "spec.credential.workloadIdentity needs workload "
+            raise Failure(Reason.WORKLOAD_IDENTITY_DISABLED, "spec.credential.workloadIdentity needs workload "
                           "identity enabled in the operator: install the chart with workloadIdentity.enabled=true "
                           "(graphcred run --workload-identity)", retry=Retry.ON_CHANGE)
         if not self.authorities.allows(spec.authority_base()):
             # A host of the spec author's choosing would make the operator send requests (and credentials: a
             # ServiceAccount token could be exchanged there for any app that trusts it) wherever they like, from
             # inside the cluster: only the clouds' login hosts, or those the cluster admin allowed, are contacted.
-            raise Outcome(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(spec.authority_base()),
+            raise Failure(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(spec.authority_base()),
                           retry=Retry.ON_CHANGE)
         return spec
 
@@ -347,7 +348,7 @@ class Reconciler:
                  snap.namespace, snap.name, secret_name, snap.generation)
         return max((refresh - now).total_seconds(), 0.0)
 
-    async def _failed(self, snap: Snapshot, mem: Memory, outcome: Outcome, asked: _Asked) -> float | None:
+    async def _failed(self, snap: Snapshot, mem: Memory, outcome: Failure, asked: _Asked) -> float | None:
         mem.report.failures += 1
         self.metrics.failed(outcome.reason.value)
         report, delay = reporting.failed(

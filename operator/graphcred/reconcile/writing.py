@@ -14,13 +14,14 @@ from typing import Any
 
 from graphcred.acquire.jwt import unverified_claims
 from graphcred.acquire.tokens import Token
+from graphcred.api.failures import Failure
 from graphcred.api.model import GraphAppCredentialSpec, Reason
 from graphcred.api.template import TemplateError
 from graphcred.kube.calls import Conflict
 from graphcred.kube.errors import Invalid
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.memory import SecretMemory
-from graphcred.reconcile.outcome import Outcome, not_ours
+from graphcred.reconcile.outcome import not_ours
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import SecretDirectory
 from graphcred.reconcile.snapshot import Snapshot, Target
@@ -93,7 +94,7 @@ class TokenSecretWriter:
         except Invalid as exc:
             # The apiserver refuses this Secret as it is (an invalid name, key or label): writing it again cannot
             # succeed, and every retry would have requested a token first. Only a change of the spec can help.
-            raise Outcome(Reason.INVALID_SPEC, f"{exc}: the apiserver refused the token Secret {name} as invalid; "
+            raise Failure(Reason.INVALID_SPEC, f"{exc}: the apiserver refused the token Secret {name} as invalid; "
                           "check spec.secretName and spec.secretTemplate", retry=Retry.ON_CHANGE) from None
 
     async def _put_ours(self, snap: Snapshot, mem: SecretMemory, name: str, existing: Target | None,
@@ -107,7 +108,7 @@ class TokenSecretWriter:
             if current is not None and not is_ours(current["metadata"], snap.owner):
                 if existing is None:
                     raise not_ours(name) from None
-                raise Outcome(Reason.SECRET_CONFLICT,
+                raise Failure(Reason.SECRET_CONFLICT,
                               f"Secret {name} was created by someone else; graphcred never modifies it",
                               retry=Retry.NEEDS_USER) from None
             return await self._put(snap, mem, name, Target.read(current), body)
@@ -161,7 +162,7 @@ class TokenSecretWriter:
         mem.carried = {part: {k: v for k, v in replacement["metadata"][part].items() if k not in body["metadata"][part]}
                        for part in ("labels", "annotations")}
         finalizers = ", ".join(str(f) for f in meta.get("finalizers") or []) or "its deletion to finish"
-        raise Outcome(Reason.SECRET_CONFLICT,
+        raise Failure(Reason.SECRET_CONFLICT,
                       f"Secret {name} is being deleted {change} and waits for {finalizers}; graphcred creates it "
                       "again once it is gone", retry=Retry.NEEDS_USER)
 
@@ -187,5 +188,5 @@ def _body(snap: Snapshot, spec: GraphAppCredentialSpec, name: str, token: Token)
         return render(name, snap.owner, token.access_token, token.expires_on, template=spec.secret_template,
                       facts=facts)
     except TemplateError as exc:  # its message names the key and the problem, never a value
-        raise Outcome(Reason.INVALID_SPEC, str(exc), retry=Retry.ON_CHANGE) from None
+        raise Failure(Reason.INVALID_SPEC, str(exc), retry=Retry.ON_CHANGE) from None
 
