@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--quiet", type=float, default=90.0, help="seconds without faults at the end")
     s.add_argument("--log-level", default="INFO", help="the replicas' log level")
     s.add_argument("--hostile", action="store_true",
-                   help="add a hostile namespace that keeps trying the security review's attacks (docs/soak.md)")
+                   help="add a hostile namespace that keeps trying known attacks on a shared operator (docs/soak.md)")
     s.add_argument("--hostile-attacks", metavar="KIND,...",
                    help="with --hostile: only these attacks (default: all; see docs/soak.md for the kinds)")
     s.add_argument("--logdir", type=Path, help="where logs and the plan go (default: a new temporary directory)")

@@ -1,5 +1,5 @@
-"""The hostile tenant of the soak (issue 24): one namespace that keeps trying the attacks of the security review
-(reviews/security.md) while the soak's invariant checker watches the other tenants' credentials.
+"""The hostile tenant of the soak (docs/soak.md, "The hostile tenant"): one namespace that keeps trying known attacks
+on a shared operator while the soak's invariant checker watches the other tenants' credentials.
 
 `python -m graphcred_testbed soak --hostile` turns it on (SoakConfig.hostile). Pieces:
 

@@ -1,4 +1,4 @@
-"""Throttling is held where it was caused (security review 6): a 429 holds its app; the Entra tenant is held only when
+"""Throttling is held where it was caused: a 429 holds its app; the Entra tenant is held only when
 Entra says the tenant is throttled, or apps of several namespaces are throttled within a minute."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""--watch-consumers (issue 12 item 4) against what a production cluster does to it. Each test names the defect it
+"""--watch-consumers against what a production cluster does to it. Each test names the defect it
 shows; the real Controller and Reconciler over in-memory I/O (tests/unit/harness.Rig), the real PodWatch
 over a canned page."""
 

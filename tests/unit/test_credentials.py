@@ -173,7 +173,7 @@ def test_a_tenant_annotation_narrows_the_consent_to_that_tenant() -> None:
     assert caught.value.reason == Reason.SERVICE_ACCOUNT_NOT_AUTHORIZED and TENANT_ID_ANNOTATION in caught.value.message
 
 
-# --- bounded work per certificate Secret (issue 24) ---------------------------------------------------------------
+# --- bounded work per certificate Secret ---------------------------------------------------------------
 def _self_signed(key: rsa.RSAPrivateKey, common_name: str = "big") -> bytes:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -245,7 +245,7 @@ def test_a_key_pem_larger_than_any_key_entra_accepts_is_refused_unread(validatio
 
 
 def test_a_chain_is_bounded() -> None:
-    # security review, f5b: 1,075 certificates in tls.crt were parsed, and sent in every assertion's header
+    # 1,075 certificates in tls.crt were parsed, and sent in every assertion's header
     pair = self_signed("leaf")
     ref = CertificateRef(name="c", sendX5c=True)
     ten = credentials.certificate(_tls(pair.cert_pem * 10, pair.key_pem), ref, now())

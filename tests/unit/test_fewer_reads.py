@@ -1,4 +1,4 @@
-"""Reads the Secret watch makes unnecessary (issue 13): no read of a token Secret the watch has never seen before it
+"""Reads the Secret watch makes unnecessary: no read of a token Secret the watch has never seen before it
 is created, and one read of a credential Secret for the passes running at once. With the real Controller,
 Reconciler and SharedTokens over the in-memory Kube (its reads counted) and a watch whose record the test sets,
 lagging the cluster where a test needs the race. The bed tests cover the real watch end to end."""

@@ -47,7 +47,7 @@ FORGED = ("invalid_client\r\n2031-01-01 00:00:00,000 ERROR   graphcred.reconcile
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_a_tenant_controlled_text_cannot_forge_a_log_line(fmt: str, root_logger: None,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    # security review, finding 11: an authority's error text echoed into a log line wrote a line of its own
+    # an authority's error text echoed into a log line wrote a line of its own
     configure(fmt, "INFO")
     log = logging.getLogger("graphcred.reconcile.reconciler")
     log.warning("%s/%s: Unauthorized: %s", "ns", "mail", FORGED)

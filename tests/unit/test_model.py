@@ -50,7 +50,7 @@ def test_defaults_and_authority() -> None:
     ({"surprise": 1}, "spec.surprise"),
     ({"refreshBeforeExpiry": "soon"}, "spec.refreshBeforeExpiry"),
     ({"refreshBeforeExpiry": "24h1ms"}, "spec.refreshBeforeExpiry: must be at most 24h"),
-    # security review, finding 7: accepted, then overflowed after the token was written (a write every 1.5 s)
+    # accepted, then overflowed after the token was written (a write every 1.5 s)
     ({"refreshBeforeExpiry": "99999999999h"}, "spec.refreshBeforeExpiry: must be at most 24h"),
     ({"refreshBeforeExpiry": "9" * 63 + "h"}, "spec.refreshBeforeExpiry: must be at most 24h"),
 ])

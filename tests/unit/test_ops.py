@@ -280,7 +280,7 @@ def test_the_kubectl_plugin_names_itself_as_kubectl_shows_it(capsys: pytest.Capt
                                    "graphappcredentials.graphcred.io/mail-reader",
                                    "graphappcredential.graphcred.io/mail-reader"])
 def test_a_credential_is_named_as_kubectl_names_it(given: str) -> None:
-    """Before: `status gac/mail-reader` asked for .../graphappcredentials/gac/mail-reader (ux review §2.15)."""
+    """Before: `status gac/mail-reader` asked for .../graphappcredentials/gac/mail-reader."""
     assert object_name(given, "credential") == "mail-reader"
 
 
@@ -293,7 +293,7 @@ def test_what_is_not_a_name_is_refused_before_any_call(given: str, kind: str) ->
     assert object_name("secret/mail-token", "secret") == "mail-token"
 
 
-# --- what tenants wrote never drives the terminal (security review §12) -------------------------------------------
+# --- what tenants wrote never drives the terminal -------------------------------------------
 HOSTILE = "\x1b[2J\x1b[H\x1b]0;pwned\x07graphcred: all credentials OK\x1b[8m\x9b31m\u202e"
 
 
@@ -353,7 +353,7 @@ def test_status_json_keys_are_camel_case_like_the_rest() -> None:
 # --- connection problems, in words ----------------------------------------------------------------------------------
 def test_a_refused_connection_names_the_server_the_kubeconfig_and_the_cause(
         tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    """Before: `get graphappcredential ux/x: cannot reach the cluster (MaxRetryError)` (ux review §2.5)."""
+    """Before: `get graphappcredential ux/x: cannot reach the cluster (MaxRetryError)`."""
     import socket
 
     with socket.socket() as closed:  # bound, never listening: the port stays ours and refuses connections

@@ -145,7 +145,7 @@ def test_needs_user_failures_are_retried_slowly_and_before_the_last_token_expire
 
 
 # --- defect 14: a throttled app holds back every credential of that app -------------------------------------------
-# (security review 6: one namespace's 429 used to hold every app of the Entra tenant, in every namespace)
+# (one namespace's 429 used to hold every app of the Entra tenant, in every namespace)
 def test_a_throttled_app_holds_off_its_credentials_until_retry_after_but_not_other_apps() -> None:
     rig = Rig()
     rig.tokens.failure = AcquisitionError(Reason.THROTTLED, "429", permanent=False, retry_after=30)
@@ -578,7 +578,7 @@ def test_a_credential_waiting_for_its_refresh_holds_one_task() -> None:
     run(scenario)
 
 
-# --- security review 6: renew requests and token requests per namespace are rate-limited -------------------------
+# --- renew requests and token requests per namespace are rate-limited -------------------------
 def _renew(rig: Rig, body: dict[str, Any], value: str) -> None:
     rig.controller.observe({**body, "metadata": {**body["metadata"], "annotations": {RENEW_ANNOTATION: value}}})
 

@@ -1,5 +1,5 @@
 """A ServiceAccount change wakes the workload-identity credentials that name it, as a credential Secret change
-wakes its readers (issue 10: "its annotation added or removed wakes the credential"), and nobody else.
+wakes its readers ("its annotation added or removed wakes the credential"), and nobody else.
 
 The real Controller and Reconciler run in the Rig of tests/unit/harness.py. The reconciler's side of the contract (a
 pass records the ServiceAccount's resourceVersion in `Memory.credential_version`, "" when it is missing) is played

@@ -208,7 +208,7 @@ def _graphcred(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 
 @pytest.mark.parametrize("args", [["--version"], ["crd"], ["version", "--client"], ["completion", "bash"]])
 def test_a_bad_run_variable_does_not_touch_other_commands(args: list[str]) -> None:
-    """Before: GRAPHCRED_LEASE_DURATION=15s made every command a traceback, even --version (ux review §2.1)."""
+    """Before: GRAPHCRED_LEASE_DURATION=15s made every command a traceback, even --version."""
     done = _graphcred(*args, env={"GRAPHCRED_LEASE_DURATION": "15s x", "GRAPHCRED_TOKEN_CONCURRENCY": "abc",
                                   "GRAPHCRED_METRICS_PORT": "http", "GRAPHCRED_LOG_LEVEL": "trace"})
     assert (done.returncode, done.stderr) == (0, "")

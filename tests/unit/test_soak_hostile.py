@@ -59,7 +59,7 @@ def test_schedule_without_status_follows_the_documented_rule() -> None:
 
 @pytest.mark.parametrize("variant", range(6))
 def test_attack_specs_are_refused_by_the_model(variant: int) -> None:
-    """The review found the model (and the CRD, which has the same rules) admitting each of these; since issue 24
+    """The model (and the CRD, which has the same rules) once admitted each of these; since 26f39ee
     the model refuses them (the CRD too: the soak's attacker counts those 422s as refused at admission)."""
     with pytest.raises(ValidationError):
         GraphAppCredentialSpec.model_validate({**SPEC, "secretTemplate": {"data": template_bomb(variant)}})

@@ -1,4 +1,4 @@
-"""No tenant can hurt another (issue 24): what one credential costs the operator is bounded, and a spec that cannot
+"""No tenant can hurt another: what one credential costs the operator is bounded, and a spec that cannot
 work fails once, not in a loop. The real Reconciler over the in-memory Kube and token client of `fakes`; the bed
 tests (tests/e2e) cover the same through the apiserver."""
 
@@ -72,7 +72,7 @@ def test_certificate_keys_are_parsed_off_the_event_loop_once_per_secret_version(
 
 def test_a_pass_that_fails_after_writing_the_secret_backs_off_longer_each_time(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # security review, finding 7: the failure count was reset before the last step, so backoff stayed at 1-2 s
+    # the failure count was reset before the last step, so backoff stayed at 1-2 s
     rig = Rig()
 
     def refuse(*_: Any) -> None:
@@ -87,7 +87,7 @@ def test_a_pass_that_fails_after_writing_the_secret_backs_off_longer_each_time(
 
 
 def test_a_name_too_long_for_the_default_secret_is_invalid_before_any_token_request() -> None:
-    # security review, finding 10: the apiserver refused <name>-token (422) after each token request
+    # the apiserver refused <name>-token (422) after each token request
     rig = Rig()
     name = "n" * 248
     body = exists(rig, gac(name, secret_spec(TENANT, str(uuid.uuid4()))))

@@ -1,4 +1,4 @@
-"""The fault soak (issue 9): many credentials, two replicas, a seeded schedule of faults, and an invariant checker.
+"""The fault soak: many credentials, two replicas, a seeded schedule of faults, and an invariant checker.
 
 `python -m graphcred_testbed soak --minutes 20 --seed 1` (`make soak`) runs it on a bed of its own and prints the
 figures; tests/e2e/test_soak.py runs a 3-minute version inside `make test` and fails on any violation.

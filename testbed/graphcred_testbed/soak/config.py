@@ -28,7 +28,7 @@ class SoakConfig:
     ready_expired_grace: float = 10.0  # Ready=True may outlive its token by this much (the operator's wake-up)
     stuck_grace: float = 60.0  # a due refresh or a new generation must show in status within this
     log_level: str = "INFO"
-    # issue 24: a hostile namespace trying every attack of the security review (hostile.py), and the invariants
+    # a hostile namespace trying every attack of hostile.py, and the invariants
     # that go with it (refresh lateness, peak RSS, no restart, /healthz within 2 s, no forbidden host reached)
     hostile: bool = False
     hostile_interval: float = 3.0  # seconds between two attacks (after a first wave of tarpits)
