@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make test`: three phases, each on beds of its own, the last two beside the first:
 # - the whole suite, on GRAPHCRED_TEST_WORKERS pytest-xdist workers (3 by default), each with its own bed: the
-#   suite mostly waits on its bed (token lifetimes, retries, restarts), so three beds share 2 cores well;
+#   suite mostly waits on its bed (token lifetimes, retries, restarts), so three beds share 2 cores well. Each
+#   worker starts with a contiguous share of the tests (the `long` ones first, tests/conftest.py) and takes over
+#   half of another's rest when it runs out (--dist worksteal): a module's tests mostly stay on one worker;
 # - the tests marked `compat` again, on a bed whose kube-apiserver is the oldest supported minor (Chart.yaml's
 #   kubeVersion floor);
 # - the node tests (tests/node, `-m node`: a bed with a real node, the chart installed with the image built from
@@ -63,7 +65,7 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 failed=0
-"$bin/pytest" -n "${GRAPHCRED_TEST_WORKERS:-3}"
+"$bin/pytest" -n "${GRAPHCRED_TEST_WORKERS:-3}" --dist worksteal
 rc=$?
 echo "== the whole suite: exit code $rc after $((SECONDS - start)) s" >&2
 [ $rc -eq 5 ] && no_tests "the whole suite"
