@@ -8,13 +8,13 @@ SOAK_ARGS ?= --minutes 20 --seed 1
 
 .PHONY: help all venv binaries binaries-compat lint test test-compat test-node demo bench soak lock crd clean
 
-# A bare `make` lists the targets: the whole suite (`make test`) takes over 20 minutes and builds a kube-apiserver
+# A bare `make` lists the targets: the whole suite (`make test`) takes about 8 minutes and builds a kube-apiserver
 # and an image on first use, not what one types `make` to find out.
 .DEFAULT_GOAL := help
 help:
 	@echo "make venv           .venv from the locks (requirements/dev.txt), graphcred, the test bed and the client"
 	@echo "make lint           ruff, mypy --strict, the layer contracts (.importlinter), actionlint"
-	@echo "make test           lint, the whole suite, then the compat and node tests (PYTEST_ARGS=...: only those)"
+	@echo "make test           lint, the whole suite, the compat and node tests beside it (PYTEST_ARGS=...: only those)"
 	@echo "make test-compat    the tests marked compat, on the oldest supported kube-apiserver"
 	@echo "make test-node      the node tests (tests/node): a real kubelet and the image; root needed"
 	@echo "make demo           the whole story on a local bed, no Azure account, no cluster"
@@ -56,18 +56,20 @@ lint: venv
 	$(BIN)/lint-imports --no-cache  # the layer contracts (.importlinter)
 	bash scripts/actionlint.sh
 
-# The whole suite, then the `compat` tests on the oldest supported kube-apiserver (scripts/test.sh); pytest's
-# exit code 5 (no tests collected) fails. `make test PYTEST_ARGS=...` runs only the selected tests.
+# The whole suite on three pytest-xdist workers (GRAPHCRED_TEST_WORKERS), each with its own bed, and beside it the
+# `compat` tests on the oldest supported kube-apiserver, then the node tests (scripts/test.sh); pytest's exit code 5
+# (no tests collected) fails, as it must, not pass silently. `make test PYTEST_ARGS=...` runs only the selected
+# tests, in one process.
 test: lint binaries
 	@bash scripts/test.sh $(BIN) $(PYTEST_ARGS)
 
 # The tests marked `compat` (the CRD, the chart's dry runs and installs, the core end-to-end tests) again, on a bed
-# whose kube-apiserver is the oldest supported minor: what proves the chart's kubeVersion floor. `make test` ends
-# with them.
+# whose kube-apiserver is the oldest supported minor: what proves the chart's kubeVersion floor. `make test` runs
+# them beside the whole suite.
 test-compat: venv binaries-compat
 	@GRAPHCRED_TESTBED_KUBE=compat bash scripts/test.sh $(BIN) -m compat $(PYTEST_ARGS) tests/e2e
 
-# The node tests alone (tests/node; `make test` ends with them): a bed with a real node (containerd, runc, kubelet;
+# The node tests alone (tests/node; `make test` runs them beside the whole suite, after the compat tests): a bed with a real node (containerd, runc, kubelet;
 # root needed), the chart installed with the image built from the Dockerfile by testbed/build-image.sh.
 test-node: venv binaries
 	@bash testbed/build-binaries.sh node >/dev/null

@@ -157,6 +157,28 @@ class Env:
         return claims
 
 
+@dataclass
+class Leaks:
+    """What a leak scan found, each value named by a prefix only (the scan's report must not leak it again)."""
+
+    tokens: list[str]
+    secrets: list[str]
+    assertions: list[str]
+    private_key: bool
+
+
+def find_leaks(corpus: str, *, tokens: list[str], secrets: set[str], assertions: list[str]) -> Leaks:
+    """Which access tokens, client secrets (the tests' distinctive `Env.sv` values) and ServiceAccount tokens
+    presented to the issuer appear in `corpus`, whole or by their signature alone; and whether a private key does."""
+    def signed(jwt: str) -> bool:
+        return jwt in corpus or jwt.split(".")[2] in corpus
+
+    return Leaks(tokens=[t[:12] + "..." for t in tokens if signed(t)],
+                 secrets=[s.split("~")[0] + "~..." for s in secrets if s in corpus],
+                 assertions=[a[:12] + "..." for a in assertions if signed(a)],
+                 private_key="PRIVATE KEY" in corpus)
+
+
 def lease_holder(env: Env, name: str = "graphcred-leader") -> str | None:
     """The identity holding the leader-election Lease in the test's namespace, if any."""
     try:

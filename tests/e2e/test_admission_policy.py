@@ -32,6 +32,7 @@ from .test_chart import (  # noqa: F401 - release_namespace: a fixture
     release_namespace,
     render,
     wait_policy_enforced,
+    wait_policy_lifted,
 )
 
 pytestmark = [pytest.mark.bed, pytest.mark.compat]
@@ -50,15 +51,21 @@ class Chart:
         self.rbac = yaml.safe_dump_all([d for d in docs if d["kind"] in RBAC_KINDS])
         self.policy = yaml.safe_dump_all([d for d in docs if d["kind"] in POLICY_KINDS])
         assert "kind: ValidatingAdmissionPolicyBinding" in self.policy
+        self.enforced_in: str | None = None
         bed.kubectl("apply", "--server-side", "-f", "-", input=self.rbac)
 
     def enforce(self, namespace: str) -> None:
         self.bed.kubectl("apply", "--server-side", "-f", "-", input=self.policy)
         wait_policy_enforced(self.bed, USER, namespace)
+        self.enforced_in = namespace
 
     def remove(self) -> None:
-        for manifest in (self.policy, self.rbac):
-            self.bed.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=manifest, check=False)
+        """The policy, then the RBAC: the next test applies the same release's RBAC and must not meet this policy
+        (unloaded asynchronously: its dry runs, seen refused by it, failed on a busy bed)."""
+        self.bed.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=self.policy, check=False)
+        if self.enforced_in is not None:
+            wait_policy_lifted(self.bed, USER, self.enforced_in)
+        self.bed.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=self.rbac, check=False)
 
 
 @pytest.fixture

@@ -175,6 +175,9 @@ def hostile(bed: Bed, operator: OperatorProcess, operator_logdir: Path) -> Itera
     op = OperatorProcess(bed, operator_logdir, "--token-timeout=3", f"--authority-host={authority.base}",
                          f"--authority-host={untrusted.base}", name="graphcred-hostile", log_format="json").start()
     try:
+        # started, so that its memory is measured at rest (a module's first test on a pytest-xdist worker saw
+        # 8 MiB, a process still importing, and took the rest of the start for a spike)
+        wait_for(lambda: "graphcred started" in op.logs(this_run=True), timeout=60, what="the operator to start")
         yield Hostile(authority, untrusted, metadata, op)
     finally:
         op.stop()

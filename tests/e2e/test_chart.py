@@ -373,14 +373,27 @@ def refused_by_policy(result: subprocess.CompletedProcess[str]) -> bool:
     return result.returncode != 0 and "ValidatingAdmissionPolicy" in result.stderr
 
 
-def wait_policy_enforced(bed: Bed, user: str, namespace: str) -> None:
-    """Wait until the admission policy just applied refuses `user` a ServiceAccount token Secret (a dry run): the
-    apiserver loads policies asynchronously, a second or so after they are created."""
+def _policy_probe(bed: Bed, user: str, namespace: str) -> subprocess.CompletedProcess[str]:
+    """`user` creating a ServiceAccount token Secret in `namespace` (a dry run), which the chart's policy refuses."""
     probe = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
              "metadata": {"name": "policy-probe", "namespace": namespace,
                           "annotations": {"kubernetes.io/service-account.name": "default"}}}
-    wait_for(lambda: refused_by_policy(as_user(bed, user, "create", "--dry-run=server", "-f", "-", manifest=probe)),
+    return as_user(bed, user, "create", "--dry-run=server", "-f", "-", manifest=probe)
+
+
+def wait_policy_enforced(bed: Bed, user: str, namespace: str) -> None:
+    """Wait until the admission policy just applied refuses `user` a ServiceAccount token Secret (a dry run): the
+    apiserver loads policies asynchronously, a second or so after they are created."""
+    wait_for(lambda: refused_by_policy(_policy_probe(bed, user, namespace)),
              timeout=30, what=f"the admission policy enforced for {user}")
+
+
+def wait_policy_lifted(bed: Bed, user: str, namespace: str) -> None:
+    """Wait until the admission policy just deleted no longer refuses `user` (who must still have the chart's RBAC,
+    or RBAC would refuse first): the apiserver unloads it asynchronously too, and a test that applies the same
+    release's RBAC next must not meet it."""
+    wait_for(lambda: not refused_by_policy(_policy_probe(bed, user, namespace)),
+             timeout=30, what=f"the admission policy lifted for {user}")
 
 
 def _scope(scope: str, env: Env) -> tuple[list[str], tuple[str, ...]]:

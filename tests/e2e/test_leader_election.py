@@ -55,6 +55,7 @@ def test_a_standby_with_its_wall_clock_ahead_does_not_take_a_lease_renewed_a_mom
     assert not leader.try_acquire_or_renew()
 
 
+@pytest.mark.long  # 45 s of probes
 def test_a_standby_stays_alive_and_ready_while_the_leader_holds_the_lease(env: Env, operator_logdir: Path) -> None:
     with two_replicas(env, operator_logdir, "standby", "--lease-duration=6") as replicas:
         leader_id, leader, standby = replicas.leader_id, replicas.leader, replicas.standby

@@ -28,6 +28,7 @@ def _all_unexpired(env: Env, names: list[str]) -> bool:
     return True
 
 
+@pytest.mark.long  # a whole token lifetime and more
 def test_sigkill_mid_refresh_then_restart(env: Env) -> None:
     app = env.secret_app("kill", secret_name="cred", lifetime=LIFETIME)
     names = [f"k{i}" for i in range(N)]

@@ -34,6 +34,7 @@ def test_the_schedule_is_seeded_and_has_every_kind_of_fault() -> None:
 
 
 @pytest.mark.bed
+@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_fault_soak_keeps_every_invariant(bed: Bed, operator: OperatorProcess, tmp_path: Path) -> None:
     operator.stop()  # the session operator would be a third actor beside the soak's two replicas
@@ -48,6 +49,7 @@ def test_fault_soak_keeps_every_invariant(bed: Bed, operator: OperatorProcess, t
 
 
 @pytest.mark.bed
+@pytest.mark.long
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(os.environ.get("GRAPHCRED_SOAK_HOSTILE") != "1",
                     reason="the hostile soak (issue 24) runs with GRAPHCRED_SOAK_HOSTILE=1")

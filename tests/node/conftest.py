@@ -1,6 +1,6 @@
 """The node tests' bed: a control plane with a real node (containerd, runc, kubelet, kube-scheduler), one per test
 module (a start takes about 10 s; a module may stop its node). Selected with `pytest -m node` (`make test` runs
-them after the main suite)."""
+them beside the main suite)."""
 
 from __future__ import annotations
 

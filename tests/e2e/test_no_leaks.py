@@ -1,5 +1,6 @@
-"""Runs last (file order): no token, client secret or private key in any operator log, event or status written
-during the whole end-to-end suite, in JSON logs (the session operator) and in text logs (run here)."""
+"""No token, client secret or private key in any operator log, event or status: the main paths under a text-format
+DEBUG operator, scanned here with everything written so far. The whole session's logs, events and statuses are
+scanned again when it ends (tests/conftest.py's leak_corpus), so this test need not run last."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from graphcred_testbed.operator_process import OperatorProcess
 from graphcred_testbed.pki import self_signed
 
 from ..conftest import LeakCorpus
-from ..helpers import Env
+from ..helpers import Env, find_leaks
 
 pytestmark = pytest.mark.bed
 
@@ -67,12 +68,11 @@ def test_no_secret_material_anywhere(env: Env, leak_corpus: LeakCorpus, operator
     assert len(tokens) >= 2 and len(secrets) >= 2, "the scanner must have something to look for"
     assert sum(len(t) for t in texts) > 2_500, "and somewhere to look"
     corpus = "\n".join(texts)
-    leaked_tokens = [t[:12] + "..." for t in tokens if t in corpus or t.split(".")[2] in corpus]
-    # ServiceAccount tokens the operator minted for workload identity (tests/e2e/test_workload_identity.py)
+    # ServiceAccount tokens the operator minted for workload identity (the scenario's, and any test's before it)
     assertions = env.bed.issuer.presented_assertions
     assert assertions, "the workload identity tests presented ServiceAccount tokens"
-    leaked_assertions = [a[:12] + "..." for a in assertions if a in corpus or a.split(".")[2] in corpus]
-    leaked_secrets = [s.split("~")[0] + "~..." for s in secrets if s in corpus]
+    leaks = find_leaks(corpus, tokens=tokens, secrets=secrets, assertions=assertions)
+    leaked_tokens, leaked_assertions, leaked_secrets = leaks.tokens, leaks.assertions, leaks.secrets
     assert not leaked_tokens, f"tokens found in logs/events/status: {leaked_tokens[:3]}"
     assert not leaked_secrets, f"client secrets found in logs/events/status: {leaked_secrets[:3]}"
     assert not leaked_assertions, f"ServiceAccount tokens found in logs/events/status: {leaked_assertions[:3]}"
