@@ -164,6 +164,7 @@ class Reconciler:
             spec = self._parse_spec(snap)
             secret_name = spec.effective_secret_name(snap.name)
             issued_for = spec.issued_for(snap.name)
+            settled = token_spec(spec)  # what the token and the Ready verdict depend on
             asked = _Asked(issued_for, tuple(spec.required_roles))
             mem.credential.secret = spec.credential.secret_name
             mem.secret.retarget(secret_name)
@@ -176,18 +177,18 @@ class Reconciler:
             fingerprint = material.fingerprint() if material is not None else None
             existing = await self.writer.target(snap, mem.secret, secret_name)
             # 3. decide
-            decision = self._decide(snap, spec, mem, previous, existing, fingerprint, credential_version, renew,
-                                    now)
+            decision = self._decide(snap, spec, issued_for, settled, mem, previous, existing, fingerprint,
+                                    credential_version, renew, now)
             # 4. act
             if decision.action == Action.KEEP:
-                mem.credential.material, mem.token.settled_spec = fingerprint, token_spec(spec)
+                mem.credential.material, mem.token.settled_spec = fingerprint, settled
                 return await self._kept(snap, mem, previous, credential_version, now)
             if material is None:  # not read while gathering: the token is needed, and so is the credential
                 material, credential_version = await self.reader.read(snap, spec, mem.credential, now, held)
                 fingerprint = material.fingerprint()
                 if decision.action == Action.RERENDER:  # decided on the watch's version: again, on what was read
-                    decision = self._decide(snap, spec, mem, previous, existing, fingerprint, credential_version,
-                                            renew, now)
+                    decision = self._decide(snap, spec, issued_for, settled, mem, previous, existing, fingerprint,
+                                            credential_version, renew, now)
             if decision.action == Action.RERENDER:
                 stored = await self.writer.stored(snap, secret_name, parse_rfc3339(previous.expires_on),
                                                   parse_rfc3339(previous.last_refresh_time), mem.token.issued_at)
@@ -222,9 +223,9 @@ class Reconciler:
             mem.credential.version = version
         return version
 
-    def _decide(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory, previous: GraphAppCredentialStatus,
-                existing: Target | None, fingerprint: str | None, credential_version: str, renew: bool,
-                now: dt.datetime) -> Decision:
+    def _decide(self, snap: Snapshot, spec: GraphAppCredentialSpec, issued_for: str, settled: str, mem: Memory,
+                previous: GraphAppCredentialStatus, existing: Target | None, fingerprint: str | None,
+                credential_version: str, renew: bool, now: dt.datetime) -> Decision:
         if existing is None:
             secret_expiry = None
         elif existing.secret is None:
@@ -235,12 +236,12 @@ class Reconciler:
         changed = (mem.credential.material != fingerprint if mem.credential.material is not None
                    else previous.credential_version != credential_version)
         gathered = Gathered(
-            now=now, status=previous, generation=snap.generation, issued_for=spec.issued_for(snap.name),
+            now=now, status=previous, generation=snap.generation, issued_for=issued_for,
             renew=renew, credential_changed=changed,
             credential_kind="ServiceAccount" if spec.credential.workload_identity is not None else "credential Secret",
             secret_present=existing is not None, secret_expiry=secret_expiry,
             refresh_before=spec.refresh_before() is not None)
-        template_only = mem.token.settled_spec is not None and mem.token.settled_spec == token_spec(spec)
+        template_only = mem.token.settled_spec is not None and mem.token.settled_spec == settled
         return decide(gathered, template_only=template_only)
 
     async def _acquire(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory,
