@@ -123,7 +123,22 @@ class Federation:
                 f"audience={self.audience})")
 
 
-Material = ClientSecret | Certificate | Federation
+@dataclass(frozen=True)
+class ManagedIdentity:
+    """The managed identity of the node or pod the operator runs on (IMDS, or the source MSAL detects): system-
+    assigned (`client_id` None) or user-assigned by its client id. No secret at all; only a ClusterGraphApp may use
+    it (it belongs to the operator's host, not to a namespace)."""
+
+    client_id: str | None = None
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"managed-identity\0{self.client_id or 'system'}".encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"ManagedIdentity({self.client_id or 'system-assigned'})"
+
+
+Material = ClientSecret | Certificate | Federation | ManagedIdentity
 
 
 def _key_digest(key: rsa.RSAPrivateKey) -> bytes:

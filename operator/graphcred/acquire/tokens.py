@@ -63,6 +63,8 @@ class Token:
     expires_on: dt.datetime
     issued_at: dt.datetime
     claims: TokenClaims
+    # the source's own hint of when to ask again (a managed identity's refresh_in); None: graphcred's schedule
+    refresh_on: dt.datetime | None = None
 
     @property
     def lifetime(self) -> dt.timedelta:
