@@ -106,6 +106,8 @@ lock: venv
 crd: venv
 	$(BIN)/python -m graphcred crd > crds/graphappcredentials.yaml
 	$(BIN)/python -m graphcred crd --helm > charts/graphcred/templates/crd.yaml
+	$(BIN)/python -m graphcred crd --kind clustergraphapps > crds/clustergraphapps.yaml
+	$(BIN)/python -m graphcred crd --helm --kind clustergraphapps > charts/graphcred/templates/crd-clustergraphapps.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -68,9 +68,13 @@ class OperatorProcess:
         self.stop()
 
 
+CRDS = ("graphappcredentials", "clustergraphapps")
+
+
 def install_crd(bed: Bed) -> None:
-    """Apply crds/ (the committed, generated CRD) and wait until it is established."""
-    crd = Path(__file__).resolve().parents[2] / "crds" / "graphappcredentials.yaml"
-    bed.kubectl("apply", "--server-side", "-f", str(crd))
+    """Apply crds/ (the committed, generated CRDs) and wait until they are established."""
+    for plural in CRDS:
+        crd = Path(__file__).resolve().parents[2] / "crds" / f"{plural}.yaml"
+        bed.kubectl("apply", "--server-side", "-f", str(crd))
     bed.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                "crd/graphappcredentials.graphcred.io")
+                *(f"crd/{plural}.graphcred.io" for plural in CRDS))

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,7 +23,7 @@ from kubernetes import client
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.jwt import TokenClaims
 from graphcred.acquire.tokens import AcquisitionError, Token
-from graphcred.api.model import GraphAppCredentialSpec
+from graphcred.api.model import AppIdentity
 from graphcred.kube.calls import Conflict, Gone
 from graphcred.kube.errors import NotFound, error
 
@@ -68,6 +68,10 @@ class FakeKube:
         self.writes = 0
         self.reads: list[tuple[str, str]] = []  # every read_secret, in order
         self.deletes: list[tuple[str, str]] = []
+        self.apps: dict[str, dict[str, Any]] = {}  # ClusterGraphApps by name
+        self.app_statuses: dict[str, dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, Any]] = {}  # Namespaces (their labels) by name
+        self.app_reads = self.namespace_reads = 0
         self._rv = 100
         self._lock = threading.Lock()
 
@@ -147,6 +151,46 @@ class FakeKube:
             merged = {**self.statuses.get((namespace, name), {}), **status}
             self.statuses[(namespace, name)] = {k: v for k, v in merged.items() if v is not None}
 
+    # --- ClusterGraphApps and namespaces (appRef) ---------------------------------------------------------------
+    def put_app(self, name: str, spec: dict[str, Any], *, uid: str | None = None) -> dict[str, Any]:
+        """Create or update (same uid, next generation) a ClusterGraphApp; the body as a watch would report it."""
+        with self._lock:
+            found = self.apps.get(name)
+            meta = {"name": name, "uid": uid or (found["metadata"]["uid"] if found else str(uuid.uuid4())),
+                    "generation": (found["metadata"]["generation"] + 1) if found else 1,
+                    "resourceVersion": self._next()}
+            self.apps[name] = {"metadata": meta, "spec": copy.deepcopy(spec)}
+            return copy.deepcopy(self.apps[name])
+
+    def delete_app(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            return self.apps.pop(name)
+
+    def read_cluster_app(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.app_reads += 1
+            found = self.apps.get(name)
+            return copy.deepcopy(found) if found else None
+
+    def put_namespace(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            self.namespaces[name] = {"metadata": {"name": name, "labels": dict(labels),
+                                                  "resourceVersion": self._next()}}
+            return copy.deepcopy(self.namespaces[name])
+
+    def read_namespace(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            self.namespace_reads += 1
+            found = self.namespaces.get(name)
+            return copy.deepcopy(found) if found else None
+
+    def patch_app_status(self, name: str, status: dict[str, Any]) -> None:
+        with self._lock:
+            if name not in self.apps:
+                raise Gone(name)
+            merged = {**self.app_statuses.get(name, {}), **status}
+            self.app_statuses[name] = {k: v for k, v in merged.items() if v is not None}
+
     def token_in(self, namespace: str, name: str) -> str | None:
         secret = self.secrets.get((namespace, name))
         if not secret:
@@ -214,7 +258,7 @@ class FakeTokens:
         self.gate.set()  # open unless a test closes it
         self._lock = threading.Lock()
 
-    def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+    def acquire(self, spec: AppIdentity, scopes: Sequence[str], material: Material) -> Token:
         with self._lock:
             self.requests += 1
             self.per_authority[spec.authority()] = self.per_authority.get(spec.authority(), 0) + 1
@@ -226,7 +270,7 @@ class FakeTokens:
             raise self.failure
         issued = self.clock()
         expires = issued + dt.timedelta(seconds=self.lifetime)
-        resource = spec.scopes[0].removesuffix("/.default")
+        resource = scopes[0].removesuffix("/.default")
         token = fake_jwt({"aud": resource, "tid": spec.tenant_id, "appid": spec.client_id,
                           "exp": int(expires.timestamp()), "uti": uuid.uuid4().hex})
         return Token(access_token=token, expires_on=expires.replace(microsecond=0), issued_at=issued,

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.tokens import Token
-from graphcred.api.model import GraphAppCredentialSpec
+from graphcred.api.model import AppIdentity
 from graphcred.reconcile.slots import Claim, FairSlots, RequestBudget, SlotGate
 
 from .fakes import Clock, FakeTokens, gac, secret_spec
@@ -169,13 +170,13 @@ class Tarpit(FakeTokens):
         self.hanging = 0
         self.sent: dict[str, float] = {}
 
-    def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+    def acquire(self, spec: AppIdentity, scopes: Sequence[str], material: Material) -> Token:
         self.sent.setdefault(spec.client_id, time.monotonic())
         if "tarpit-" in spec.authority_base():
             with self._lock:
                 self.hanging += 1
             self.release.wait(timeout=30)
-        return super().acquire(spec, material)
+        return super().acquire(spec, scopes, material)
 
 
 class Operator:

@@ -9,13 +9,14 @@ import asyncio
 import base64
 import threading
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from graphcred.acquire.credentials import ClientSecret, Material
 from graphcred.acquire.tokens import Token
-from graphcred.api.model import GraphAppCredentialSpec
+from graphcred.api.model import AppIdentity
 from graphcred.kube.metawatch import Directory, Seen
 from graphcred.kube.reads import Fetch, Key
 from graphcred.tokensecret.render import Owner, render
@@ -155,9 +156,9 @@ def test_a_pass_after_a_rotation_reads_the_credential_secret_again() -> None:
     used: dict[str, list[str]] = {}
     acquire = rig.tokens.acquire
 
-    def recording(spec: GraphAppCredentialSpec, material: Material) -> Token:
+    def recording(spec: AppIdentity, scopes: Sequence[str], material: Material) -> Token:
         used.setdefault(spec.client_id, []).append(material.fingerprint())
-        return acquire(spec, material)
+        return acquire(spec, scopes, material)
 
     rig.tokens.acquire = recording  # type: ignore[method-assign]
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
@@ -296,9 +297,9 @@ def test_a_pass_after_a_rotation_does_not_take_a_read_answered_before_it() -> No
     used: dict[str, list[str]] = {}
     acquire = rig.tokens.acquire
 
-    def recording(spec: GraphAppCredentialSpec, material: Material) -> Token:
+    def recording(spec: AppIdentity, scopes: Sequence[str], material: Material) -> Token:
         used.setdefault(spec.client_id, []).append(material.fingerprint())
-        return acquire(spec, material)
+        return acquire(spec, scopes, material)
 
     rig.tokens.acquire = recording  # type: ignore[method-assign]
     real_read = rig.kube.read_secret

@@ -32,10 +32,10 @@ def spec(**kw: object) -> GraphAppCredentialSpec:
 def test_defaults_and_authority() -> None:
     s = spec()
     assert s.scopes == ["https://graph.microsoft.com/.default"]
-    assert s.authority() == f"https://login.microsoftonline.com/{TENANT}"
-    assert spec(cloud="AzureUSGovernment").authority_base() == "https://login.microsoftonline.us"
-    assert spec(cloud="AzureChina").authority_base() == "https://login.chinacloudapi.cn"
-    assert spec(authorityHost="https://login.example.test:8443/").authority() == \
+    assert s.identity().authority() == f"https://login.microsoftonline.com/{TENANT}"
+    assert spec(cloud="AzureUSGovernment").identity().authority_base() == "https://login.microsoftonline.us"
+    assert spec(cloud="AzureChina").identity().authority_base() == "https://login.chinacloudapi.cn"
+    assert spec(authorityHost="https://login.example.test:8443/").identity().authority() == \
         f"https://login.example.test:8443/{TENANT}"
     assert s.effective_secret_name("mail") == "mail-token"
     assert spec(secretName="x").effective_secret_name("mail") == "x"

@@ -633,9 +633,9 @@ def test_a_namespaces_budget_counts_its_credentials_and_never_holds_another_name
     sent: list[tuple[str, float]] = []
     acquire = rig.tokens.acquire
 
-    def recorded(spec: Any, material: Any) -> Any:
+    def recorded(spec: Any, scopes: Any, material: Any) -> Any:
         sent.append((spec.client_id, time.monotonic()))
-        return acquire(spec, material)
+        return acquire(spec, scopes, material)
 
     rig.tokens.acquire = recorded  # type: ignore[method-assign]
 

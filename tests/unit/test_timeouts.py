@@ -180,7 +180,7 @@ def test_a_token_exchange_with_a_dripping_authority_ends_at_the_token_timeout(
     spec = GraphAppCredentialSpec.model_validate({
         "tenantId": tenant, "clientId": "1b4f816e-5eaf-48b9-8613-7923830595ad", "authorityHost": server.base,
         "credential": {"clientSecret": {"name": "a"}}})
-    error, took = _within(15, lambda: client.acquire(spec, ClientSecret("x")))
+    error, took = _within(15, lambda: client.acquire(spec.identity(), spec.scopes, ClientSecret("x")))
     assert isinstance(error, AcquisitionError), repr(error)
     assert (error.reason, error.permanent) == (Reason.AUTHORITY_UNAVAILABLE, False)
     assert f"no complete answer from {server.base} within the 2 s token timeout" in error.message

@@ -117,7 +117,7 @@ def _acquire(discovery: Answer = DISCOVERY, token: Answer = TOKEN) -> Acquisitio
     client.session.mount("https://", _Canned(discovery, token))
     spec = _secret_spec()
     with pytest.raises(AcquisitionError) as caught:
-        client.acquire(spec, ClientSecret("pw"))
+        client.acquire(spec.identity(), spec.scopes, ClientSecret("pw"))
     err = caught.value
     assert "SECRET-LOOKING-BODY" not in err.message and "Access denied" not in err.message, "no body echoed"
     return err
@@ -218,7 +218,7 @@ def test_a_good_answer_is_a_token() -> None:
     client = TokenClient(authority_hosts=[HOST])
     client.session.mount("https://", _Canned(DISCOVERY, TOKEN))
     spec = _secret_spec()
-    token = client.acquire(spec, ClientSecret("pw"))
+    token = client.acquire(spec.identity(), spec.scopes, ClientSecret("pw"))
     assert token.access_token == "a.b.c"
     assert dt.timedelta(seconds=3590) < token.lifetime <= dt.timedelta(seconds=3599)
 
@@ -267,7 +267,7 @@ def _federated(token: Answer) -> tuple[TokenClient, _Recording, GraphAppCredenti
 def test_the_service_account_token_is_sent_as_a_jwt_bearer_client_assertion(recwarn: pytest.WarningsRecorder
                                                                             ) -> None:
     client, adapter, spec = _federated(TOKEN)
-    token = client.acquire(spec, _federation())
+    token = client.acquire(spec.identity(), spec.scopes, _federation())
     assert token.access_token == "a.b.c"
     [posted] = adapter.posted
     assert posted["client_assertion"] == [SA_TOKEN]
@@ -280,7 +280,7 @@ def test_the_service_account_token_is_sent_as_a_jwt_bearer_client_assertion(recw
 def test_federation_material_without_a_token_is_a_bug_not_a_request() -> None:
     client, adapter, spec = _federated(TOKEN)
     with pytest.raises(TypeError):
-        client.acquire(spec, _federation(assertion=None))
+        client.acquire(spec.identity(), spec.scopes, _federation(assertion=None))
     assert adapter.posted == []
 
 
@@ -298,7 +298,7 @@ def test_federation_refusals_need_the_user_and_say_what_to_register(code: int, f
     client, _, spec = _federated(_json(401, {"error": "invalid_client", "error_description": description,
                                              "error_codes": [code]}))
     with caplog.at_level(logging.DEBUG), pytest.raises(AcquisitionError) as caught:
-        client.acquire(spec, _federation())
+        client.acquire(spec.identity(), spec.scopes, _federation())
     err = caught.value
     assert (err.reason, err.permanent, err.code) == (Reason.UNAUTHORIZED, True, code)
     assert f"AADSTS{code}" in err.message and fragment in err.message
@@ -335,7 +335,7 @@ def test_a_service_account_token_is_never_sent_to_a_token_endpoint_on_another_ho
     client.session.mount("https://", adapter)
     spec = GraphAppCredentialSpec.model_validate(FEDERATED_SPEC)
     with pytest.raises(AcquisitionError) as caught:
-        client.acquire(spec, _federation())
+        client.acquire(spec.identity(), spec.scopes, _federation())
     assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_NOT_ALLOWED, True)
     assert "not on the authority host itself" in caught.value.message and SA_TOKEN not in caught.value.message
     assert adapter.urls == [], "nothing was POSTed anywhere"
@@ -349,7 +349,7 @@ def test_a_token_request_is_never_re_sent_where_a_redirect_points() -> None:
     client.session.mount("http://", adapter)
     spec = GraphAppCredentialSpec.model_validate(FEDERATED_SPEC)
     with pytest.raises(AcquisitionError):
-        client.acquire(spec, _federation())
+        client.acquire(spec.identity(), spec.scopes, _federation())
     assert adapter.urls == [f"{HOST}/{TENANT}/oauth2/v2.0/token"], adapter.urls
 
 
@@ -361,7 +361,7 @@ def test_a_host_nobody_allowed_gets_no_request() -> None:
     _on_every_scheme(client, adapter)
     spec = _secret_spec()
     with pytest.raises(AcquisitionError) as caught:
-        client.acquire(spec, ClientSecret("pw"))
+        client.acquire(spec.identity(), spec.scopes, ClientSecret("pw"))
     assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_NOT_ALLOWED, True)
     assert "--authority-host" in caught.value.message and "authorityHosts" in caught.value.message
     assert adapter.urls == [] and adapter.posted == []
@@ -386,7 +386,7 @@ def test_a_client_secret_is_never_sent_to_a_token_endpoint_on_another_host() -> 
         _on_every_scheme(client, adapter)
         spec = _secret_spec()
         with pytest.raises(AcquisitionError) as caught:
-            client.acquire(spec, ClientSecret("pw"))
+            client.acquire(spec.identity(), spec.scopes, ClientSecret("pw"))
         assert [u for u in adapter.urls if u.startswith("POST")] == [], endpoint
         if endpoint.startswith("https"):  # msal itself refuses an http one, as no usable document
             assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_NOT_ALLOWED, True), endpoint
@@ -399,7 +399,7 @@ def test_a_redirect_is_a_failure_of_its_own_and_is_not_followed() -> None:
     _on_every_scheme(client, adapter)
     spec = _secret_spec()
     with pytest.raises(AcquisitionError) as caught:
-        client.acquire(spec, ClientSecret("pw"))
+        client.acquire(spec.identity(), spec.scopes, ClientSecret("pw"))
     assert (caught.value.reason, caught.value.permanent) == (Reason.AUTHORITY_UNAVAILABLE, False)
     assert f"{HOST} answered with a redirect (HTTP 302)" in caught.value.message
     assert [u.split("?")[0] for u in adapter.urls] == [f"GET {HOST}/{TENANT}/v2.0/.well-known/openid-configuration"]

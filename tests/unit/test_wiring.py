@@ -84,13 +84,18 @@ class RecordedWatch:
         return self
 
 
+APPS = "graphcred-system"  # the cluster resource namespace: ClusterGraphApps' Secrets and ServiceAccounts
+
+
 @pytest.mark.parametrize(("namespaces", "workload_identity", "expected"), [
     ((), False, [("secrets", None, "on_secret")]),
     ((), True, [("secrets", None, "on_secret"), ("serviceaccounts", None, "on_service_account")]),
-    (("a", "b"), False, [("secrets", "a", "on_secret"), ("secrets", "b", "on_secret")]),
-    (("a", "b"), True, [("secrets", "a", "on_secret"), ("secrets", "b", "on_secret"),
+    (("a", "b"), False, [("secrets", "a", "on_secret"), ("secrets", "b", "on_secret"), ("secrets", APPS, "on_secret")]),
+    (("a", "b"), True, [("secrets", "a", "on_secret"), ("secrets", "b", "on_secret"), ("secrets", APPS, "on_secret"),
                         ("serviceaccounts", "a", "on_service_account"),
-                        ("serviceaccounts", "b", "on_service_account")]),
+                        ("serviceaccounts", "b", "on_service_account"),
+                        ("serviceaccounts", APPS, "on_service_account")]),
+    ((APPS, "b"), False, [("secrets", APPS, "on_secret"), ("secrets", "b", "on_secret")]),
 ])
 def test_service_accounts_are_watched_only_with_workload_identity(
         monkeypatch: pytest.MonkeyPatch, namespaces: tuple[str, ...], workload_identity: bool,

@@ -16,17 +16,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.tokens import AcquisitionError, Token
-from graphcred.api.model import GraphAppCredentialSpec, Reason
+from graphcred.api.model import AppIdentity, Reason
 
 DEFAULT_WINDOW = 0.1  # of a token's lifetime: covers the refresh jitter (5% of a lifetime) with room to spare
 
 
-def share_key(spec: GraphAppCredentialSpec, material: Material) -> str:
-    parts = [spec.authority_base(), spec.tenant_id, spec.client_id, " ".join(sorted(spec.scopes)),
+def share_key(identity: AppIdentity, scopes: Sequence[str], material: Material) -> str:
+    parts = [identity.authority_base(), identity.tenant_id, identity.client_id, " ".join(sorted(scopes)),
              material.fingerprint()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 

@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,11 +28,11 @@ import msal
 import requests
 
 from graphcred.acquire.authority import not_allowed_message, origin
-from graphcred.acquire.credentials import Certificate, ClientSecret, Federation, Material
+from graphcred.acquire.credentials import Certificate, ClientSecret, Federation, ManagedIdentity, Material
 from graphcred.acquire.httpsession import DEFAULT_TIMEOUT, MAX_ANSWER, ExchangeFailed, Failure, PinnedCASession
 from graphcred.acquire.jwt import TokenClaims, sign_client_assertion, unverified_claims
 from graphcred.api import failures  # its Failure; httpsession's is another (why an exchange failed)
-from graphcred.api.model import GraphAppCredentialSpec, Reason
+from graphcred.api.model import AppIdentity, Reason
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +190,14 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
 _UNUSABLE = (ValueError, KeyError, TypeError, AttributeError)
 
 
-def _same_host(spec: GraphAppCredentialSpec, token_endpoint: str) -> None:
+def _same_host(identity: AppIdentity, token_endpoint: str) -> None:
     """A credential (secret, assertion, ServiceAccount token) goes to the authority host and nowhere else: not to a
     token endpoint on another host, or on plain http, that a discovery document (a proxy's, a private one's)
     names. The endpoint's text is the peer's: not repeated."""
-    if origin(token_endpoint) != origin(spec.authority_base()) \
+    if origin(token_endpoint) != origin(identity.authority_base()) \
             or urlsplit(token_endpoint).scheme.lower() != "https":
         raise AcquisitionError(Reason.AUTHORITY_NOT_ALLOWED,
-                               f"{spec.authority()}: discovery names a token endpoint that is not on the authority "
+                               f"{identity.authority()}: discovery names a token endpoint that is not on the authority "
                                "host itself (https, same host and port); graphcred sends credentials to the "
                                "authority host only", permanent=True)
 
@@ -211,36 +211,44 @@ class TokenClient:
         """`timeout`: (connect, whole exchange) in seconds: discovery and token request together end within the
         second. `authority_hosts`: hosts besides the clouds' own login hosts that may be contacted."""
         self.session = PinnedCASession(ca_bundle, timeout, authority_hosts)
+        # tokens of the host's managed identity (ClusterGraphApps only): set by the wiring
+        self.managed: Callable[[ManagedIdentity, Sequence[str]], Token] | None = None
         self.deadline = timeout[1]
         self._clock = clock
 
-    def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
-        if not self.session.allowed.allows(spec.authority_base()):
-            raise AcquisitionError(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(spec.authority_base()),
+    def acquire(self, identity: AppIdentity, scopes: Sequence[str], material: Material) -> Token:
+        if isinstance(material, ManagedIdentity):
+            # not Entra's token endpoint: the host's identity endpoint (IMDS), through msal's ManagedIdentityClient
+            if self.managed is None:
+                raise AcquisitionError(Reason.INVALID_CREDENTIAL, "managed identity is not available in this "
+                                       "operator", permanent=True)
+            return self.managed(material, scopes)
+        if not self.session.allowed.allows(identity.authority_base()):
+            raise AcquisitionError(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(identity.authority_base()),
                                    permanent=True)
         self.session.forget_last_response()
         try:
             with self.session.exchange():
-                return self._exchange(spec, material)
+                return self._exchange(identity, scopes, material)
         except ExchangeFailed as exc:
             raise self._network_error(exc) from None
 
-    def _exchange(self, spec: GraphAppCredentialSpec, material: Material) -> Token:
+    def _exchange(self, identity: AppIdentity, scopes: Sequence[str], material: Material) -> Token:
         try:
-            app = self._application(spec, material)
+            app = self._application(identity, material)
         except ExchangeFailed:
             raise
         except requests.exceptions.RequestException as exc:  # none but ExchangeFailed leave the session
-            raise self._network_error(ExchangeFailed(Failure.CONNECTION, spec.authority_base())) from exc
+            raise self._network_error(ExchangeFailed(Failure.CONNECTION, identity.authority_base())) from exc
         except (msal.exceptions.MsalServiceError, *_UNUSABLE) as exc:  # msal raises MsalServiceError for 5xx
-            raise self._discovery_error(spec, exc) from None
+            raise self._discovery_error(identity, exc) from None
         started = self._clock()
         try:
-            result = app.acquire_token_for_client(list(spec.scopes))
+            result = app.acquire_token_for_client(list(scopes))
         except ExchangeFailed:
             raise
         except requests.exceptions.RequestException as exc:
-            raise self._network_error(ExchangeFailed(Failure.CONNECTION, spec.authority_base())) from exc
+            raise self._network_error(ExchangeFailed(Failure.CONNECTION, identity.authority_base())) from exc
         except msal.exceptions.MsalServiceError:  # msal raises these for 5xx
             raise self._unusable_answer(None) from None
         except _UNUSABLE as exc:
@@ -278,7 +286,7 @@ class TokenClient:
             Reason.AUTHORITY_UNAVAILABLE, f"{_answer('token endpoint', last.status)} with a token response that "
             "could not be used; retrying with backoff", permanent=False)
 
-    def _application(self, spec: GraphAppCredentialSpec, material: Material
+    def _application(self, identity: AppIdentity, material: Material
                      ) -> msal.ConfidentialClientApplication:
         credential: Any
         holder: list[msal.ConfidentialClientApplication] = []
@@ -290,7 +298,7 @@ class TokenClient:
             def assertion() -> str:
                 return sign_client_assertion(
                     key=material.key, now=int(time.time()), jti=str(uuid.uuid4()),
-                    sha256_thumbprint=material.sha256_thumbprint, client_id=spec.client_id,
+                    sha256_thumbprint=material.sha256_thumbprint, client_id=identity.client_id,
                     audience=holder[0].authority.token_endpoint,
                     x5c=material.x5c if material.send_x5c else ())
 
@@ -305,16 +313,16 @@ class TokenClient:
         else:  # pragma: no cover - exhaustive
             raise TypeError(type(material).__name__)
         app = msal.ConfidentialClientApplication(
-            spec.client_id,
+            identity.client_id,
             client_credential=credential,
-            authority=spec.authority(),
+            authority=identity.authority(),
             # Discovery of instances is for unknown hosts; ours come from a fixed cloud map or the user.
             instance_discovery=False,
             http_client=self.session,
             token_cache=msal.TokenCache(),
         )
         holder.append(app)
-        _same_host(spec, app.authority.token_endpoint)
+        _same_host(identity, app.authority.token_endpoint)
         return app
 
     def _network_error(self, exc: ExchangeFailed) -> AcquisitionError:
@@ -337,10 +345,10 @@ class TokenClient:
             text = f"cannot connect to {where} (connection refused, reset or unreachable, or TLS failed)"
         return AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, f"{text}; retrying with backoff", permanent=False)
 
-    def _discovery_error(self, spec: GraphAppCredentialSpec, exc: Exception) -> AcquisitionError:
+    def _discovery_error(self, identity: AppIdentity, exc: Exception) -> AcquisitionError:
         """msal could not get the tenant's openid-configuration: classify the answer it got."""
         last = self.session.last_response()
-        what = f"{spec.authority()}: discovery"
+        what = f"{identity.authority()}: discovery"
         if last is None or not last.discovery:
             if not isinstance(exc, (ValueError, msal.exceptions.MsalServiceError)):
                 raise exc  # no discovery answer to blame: not the authority's doing

@@ -108,27 +108,72 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
-def crd() -> dict[str, Any]:
-    spec = openapi_schema(model.GraphAppCredentialSpec)
-    status = openapi_schema(model.GraphAppCredentialStatus, mode="serialization")
+APP_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Ready", "type": "string", "jsonPath": f"{_READY}.status",
+     "description": "True while the app's credential works for the credentials using it."},
+    {"name": "Reason", "type": "string", "jsonPath": f"{_READY}.reason", "description": "Why, in one word."},
+    {"name": "Users", "type": "integer", "jsonPath": ".status.users",
+     "description": "GraphAppCredentials naming this app."},
+    {"name": "Permitted", "type": "integer", "jsonPath": ".status.permitted",
+     "description": "Of those, the ones the policy permits."},
+    {"name": "Credential Expires", "type": "string", "jsonPath": ".status.credentialExpiresOn",
+     "description": "When the app's certificate expires, where known."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Client", "type": "string", "jsonPath": ".spec.clientId", "priority": 1,
+     "description": "The app's client ID."},
+    {"name": "Message", "type": "string", "jsonPath": f"{_READY}.message", "priority": 1,
+     "description": "What happened and what to do about it."},
+]
+
+KINDS = ("graphappcredentials", "clustergraphapps")
+
+
+def crd(kind: str = "graphappcredentials") -> dict[str, Any]:
+    """The CRD of one of graphcred's kinds (KINDS, by plural)."""
+    if kind == keys.APP_PLURAL:
+        return _crd(keys.APP_KIND, keys.APP_PLURAL, keys.APP_SINGULAR, keys.APP_SHORT_NAMES, "Cluster",
+                    model.ClusterGraphAppSpec, model.ClusterGraphAppStatus, APP_PRINTER_COLUMNS,
+                    "One Entra app identity for many namespaces, under the cluster admin's policy: "
+                    "GraphAppCredentials name it in spec.appRef.", [])
+    # the default token Secret <metadata.name>-token must itself be a valid name (253 at most)
+    name_rule = [{
+        "rule": f"has(self.spec.secretName) || size(self.metadata.name) <= {model.MAX_NAME_FOR_DEFAULT_SECRET}",
+        "message": f"metadata.name longer than {model.MAX_NAME_FOR_DEFAULT_SECRET} characters needs "
+                   f"spec.secretName: the default <metadata.name>{model.TOKEN_SECRET_SUFFIX} would exceed 253",
+    }]
+    return _crd(keys.KIND, keys.PLURAL, keys.SINGULAR, keys.SHORT_NAMES, "Namespaced", model.GraphAppCredentialSpec,
+                model.GraphAppCredentialStatus, PRINTER_COLUMNS,
+                "An Entra ID app-only token, kept fresh in a Secret by graphcred.", name_rule)
+
+
+def _crd(kind: str, plural: str, singular: str, short_names: tuple[str, ...], scope: str, spec_model: type[BaseModel],
+         status_model: type[BaseModel], columns: list[dict[str, Any]], description: str,
+         rules: list[dict[str, str]]) -> dict[str, Any]:
+    spec = openapi_schema(spec_model)
+    status = openapi_schema(status_model, mode="serialization")
     # Defaults belong to the operator for status; the apiserver must not invent status fields.
     _strip_defaults(status)
+    root: dict[str, Any] = {"type": "object", "description": description, "required": ["spec"]}
+    if rules:
+        root["x-kubernetes-validations"] = rules
+    root["properties"] = {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                          "metadata": {"type": "object"}, "spec": spec, "status": status}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{keys.PLURAL}.{keys.GROUP}",
+            "name": f"{plural}.{keys.GROUP}",
             "labels": {"app.kubernetes.io/name": "graphcred", "app.kubernetes.io/part-of": "graphcred"},
         },
         "spec": {
             "group": keys.GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
-                "kind": keys.KIND,
-                "listKind": f"{keys.KIND}List",
-                "plural": keys.PLURAL,
-                "singular": keys.SINGULAR,
-                "shortNames": list(keys.SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": ["graphcred"],
             },
             "versions": [{
@@ -136,27 +181,8 @@ def crd() -> dict[str, Any]:
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": "An Entra ID app-only token, kept fresh in a Secret by graphcred.",
-                    "required": ["spec"],
-                    # the default token Secret <metadata.name>-token must itself be a valid name (253 at most)
-                    "x-kubernetes-validations": [{
-                        "rule": f"has(self.spec.secretName) || size(self.metadata.name) <= "
-                                f"{model.MAX_NAME_FOR_DEFAULT_SECRET}",
-                        "message": f"metadata.name longer than {model.MAX_NAME_FOR_DEFAULT_SECRET} characters needs "
-                                   f"spec.secretName: the default <metadata.name>{model.TOKEN_SECRET_SUFFIX} would "
-                                   "exceed 253",
-                    }],
-                    "properties": {
-                        "apiVersion": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "metadata": {"type": "object"},
-                        "spec": spec,
-                        "status": status,
-                    },
-                }},
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": root},
             }],
         },
     }
@@ -170,18 +196,23 @@ def _strip_defaults(node: dict[str, Any]) -> None:
         _strip_defaults(node["items"])
 
 
-def crd_yaml() -> str:
-    header = "# Generated by `graphcred crd` from operator/graphcred/api/model.py. Do not edit by hand.\n"
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
+def _flag(kind: str) -> str:
+    return "" if kind == keys.PLURAL else f" --kind {kind}"
 
 
-def crd_helm_template() -> str:
-    """The chart's templates/crd.yaml: the same CRD, behind `crds.install`, optionally kept on uninstall."""
+def crd_yaml(kind: str = keys.PLURAL) -> str:
+    header = f"# Generated by `graphcred crd{_flag(kind)}` from operator/graphcred/api/model.py. Do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=120)
+
+
+def crd_helm_template(kind: str = keys.PLURAL) -> str:
+    """The chart's templates/crd*.yaml: the same CRD, behind `crds.install`, optionally kept on uninstall."""
     # Helm would evaluate a {{ in the schema's descriptions (secretTemplate's examples): print it literally
-    body = yaml.safe_dump(crd(), sort_keys=False, width=120).replace("{{", '{{ "{{" }}')
-    name_line = f"  name: {keys.PLURAL}.{keys.GROUP}\n"
+    body = yaml.safe_dump(crd(kind), sort_keys=False, width=120).replace("{{", '{{ "{{" }}')
+    name_line = f"  name: {kind}.{keys.GROUP}\n"
     keep = ("  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n"
             "  {{- end }}\n")
     body = body.replace(name_line, name_line + keep, 1)
-    return ("# Generated by `graphcred crd --helm` from operator/graphcred/api/model.py. Do not edit by hand.\n"
+    return (f"# Generated by `graphcred crd --helm{_flag(kind)}` from operator/graphcred/api/model.py. Do not edit by "
+            "hand.\n"
             "{{- if .Values.crds.install }}\n" + body + "{{- end }}\n")

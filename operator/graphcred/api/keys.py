@@ -11,6 +11,11 @@ KIND = "GraphAppCredential"
 PLURAL = "graphappcredentials"
 SINGULAR = "graphappcredential"
 SHORT_NAMES = ("gac",)
+# the cluster-scoped ClusterGraphApp: one app identity for many namespaces, under its policy
+APP_KIND = "ClusterGraphApp"
+APP_PLURAL = "clustergraphapps"
+APP_SINGULAR = "clustergraphapp"
+APP_SHORT_NAMES = ("cga",)
 # on a GraphAppCredential: any new value acquires a new token at once (`graphcred renew`)
 RENEW_ANNOTATION = f"{GROUP}/renew-requested-at"
 

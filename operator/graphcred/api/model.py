@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -123,6 +124,99 @@ class Credential(_Strict):
         if self.certificate is not None:
             return self.certificate.name
         return None
+
+    def for_app(self) -> AppCredential:
+        return AppCredential(client_secret=self.client_secret, certificate=self.certificate,
+                             workload_identity=self.workload_identity)
+
+
+class ManagedIdentityRef(_Strict):
+    """The managed identity of the node or pod the operator runs on: user-assigned by its client id, or the
+    system-assigned one ({})."""
+
+    client_id: str | None = Field(default=None, alias="clientId", pattern=GUID_PATTERN,
+                                  description="Client ID of a user-assigned managed identity; absent: the "
+                                  "system-assigned identity.")
+
+    @field_validator("client_id")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value is not None else None
+
+
+class AppCredential(_Strict):
+    """A ClusterGraphApp's credential: exactly one way to authenticate the app. Secrets and ServiceAccounts it
+    names live in the operator's cluster resource namespace, never in a tenant's."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            "[has(self.clientSecret), has(self.certificate), has(self.workloadIdentity), "
+            "has(self.managedIdentity)].filter(x, x).size() == 1",
+            "exactly one of clientSecret, certificate, workloadIdentity or managedIdentity must be set",
+        )
+    )
+
+    client_secret: ClientSecretRef | None = Field(default=None, alias="clientSecret")
+    certificate: CertificateRef | None = None
+    workload_identity: WorkloadIdentityRef | None = Field(default=None, alias="workloadIdentity")
+    managed_identity: ManagedIdentityRef | None = Field(
+        default=None, alias="managedIdentity",
+        description="The managed identity of the node or pod the operator runs on (IMDS; App Service and Arc as "
+        "MSAL detects them). Only on a ClusterGraphApp: it belongs to the operator's host, not to a namespace.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AppCredential:
+        chosen = [x for x in (self.client_secret, self.certificate, self.workload_identity, self.managed_identity)
+                  if x is not None]
+        if len(chosen) != 1:
+            raise ValueError("exactly one of clientSecret, certificate, workloadIdentity or managedIdentity must "
+                             "be set")
+        return self
+
+    @property
+    def secret_name(self) -> str | None:
+        """The Secret this credential reads, if any."""
+        if self.client_secret is not None:
+            return self.client_secret.name
+        if self.certificate is not None:
+            return self.certificate.name
+        return None
+
+    @property
+    def kind(self) -> str:
+        return ("clientSecret" if self.client_secret is not None
+                else "certificate" if self.certificate is not None
+                else "workloadIdentity" if self.workload_identity is not None else "managedIdentity")
+
+
+class AppIdentity(_Strict):
+    """Who asks for tokens: the tenant, the app and its credential. A direct GraphAppCredential carries its own
+    (`GraphAppCredentialSpec.identity`); one with an appRef borrows its ClusterGraphApp's."""
+
+    tenant_id: str = Field(alias="tenantId", max_length=253, pattern=TENANT_PATTERN,
+                           description="Directory (tenant) ID, a GUID, or a verified domain such as "
+                           "contoso.onmicrosoft.com.")
+    client_id: str = Field(alias="clientId", pattern=GUID_PATTERN,
+                           description="Application (client) ID of the app registration, a GUID (for a managed "
+                           "identity: the identity's client ID, as tokens name it).")
+    cloud: Cloud = Field(default=Cloud.AZURE_PUBLIC,
+                         description="National cloud: AzurePublic, AzureUSGovernment or AzureChina.")
+    authority_host: str | None = Field(default=None, alias="authorityHost", max_length=253,
+                                       pattern=AUTHORITY_HOST_PATTERN,
+                                       description="https URL overriding the cloud's login host (private "
+                                       "endpoints, tests).")
+    credential: AppCredential
+
+    @field_validator("tenant_id", "client_id")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+    def authority_base(self) -> str:
+        return (self.authority_host or AUTHORITY_HOSTS[self.cloud]).rstrip("/")
+
+    def authority(self) -> str:
+        return f"{self.authority_base()}/{self.tenant_id}"
 
 
 # --- spec.secretTemplate ---------------------------------------------------------------------------------------
@@ -241,16 +335,41 @@ class SecretTemplate(_Strict):
         return self
 
 
-class GraphAppCredentialSpec(_Strict):
-    """Which Entra app to get an app-only token for, with which credential, and where to put it."""
+class AppRef(_Strict):
+    """A ClusterGraphApp whose identity this credential borrows, under that app's policy."""
 
-    tenant_id: str = Field(alias="tenantId", max_length=253, pattern=TENANT_PATTERN,
-                           description="Directory (tenant) ID, a GUID, or a verified domain such as "
-                           "contoso.onmicrosoft.com.")
-    client_id: str = Field(alias="clientId", pattern=GUID_PATTERN,
-                           description="Application (client) ID of the app registration, a GUID.")
-    cloud: Cloud = Field(default=Cloud.AZURE_PUBLIC,
-                         description="National cloud: AzurePublic, AzureUSGovernment or AzureChina.")
+    name: DnsName = Field(description="Name of the ClusterGraphApp (cluster-scoped).")
+
+
+_IDENTITY_FIELDS = ("tenantId", "clientId", "authorityHost", "credential")
+_CEL_ONE_FORM = (
+    "has(self.appRef) ? (" + " && ".join(f"!has(self.{f})" for f in _IDENTITY_FIELDS)
+    + " && (!has(self.cloud) || self.cloud == 'AzurePublic'))"
+    " : (has(self.tenantId) && has(self.clientId) && has(self.credential))")
+_ONE_FORM_MESSAGE = ("set either appRef (the app's identity: leave out tenantId, clientId, cloud, authorityHost and "
+                     "credential) or tenantId, clientId and credential")
+
+
+class GraphAppCredentialSpec(_Strict):
+    """Which Entra app to get an app-only token for, with which credential, and where to put it. The app is named
+    here (tenantId, clientId, credential) or borrowed from a ClusterGraphApp (appRef)."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(_CEL_ONE_FORM, _ONE_FORM_MESSAGE))
+
+    app_ref: AppRef | None = Field(default=None, alias="appRef",
+                                   description="Use this ClusterGraphApp's identity, if its policy permits this "
+                                   "namespace and these scopes (else Ready=False, reason NotPermitted). Instead of "
+                                   "tenantId, clientId, cloud, authorityHost and credential.")
+    tenant_id: str | None = Field(default=None, alias="tenantId", max_length=253, pattern=TENANT_PATTERN,
+                                  description="Directory (tenant) ID, a GUID, or a verified domain such as "
+                                  "contoso.onmicrosoft.com.")
+    client_id: str | None = Field(default=None, alias="clientId", pattern=GUID_PATTERN,
+                                  description="Application (client) ID of the app registration, a GUID.")
+    # No default in the schema: with appRef the app's cloud applies. Objects stored under older CRDs carry the old
+    # default (AzurePublic), which an appRef tolerates so that switching to one needs no edit of a defaulted field.
+    cloud: Cloud | None = Field(default=None,
+                                description="National cloud: AzurePublic (default), AzureUSGovernment or "
+                                "AzureChina.")
     authority_host: str | None = Field(default=None, alias="authorityHost", max_length=253,
                                        pattern=AUTHORITY_HOST_PATTERN,
                                        description="https URL overriding the cloud's login host (private "
@@ -265,7 +384,8 @@ class GraphAppCredentialSpec(_Strict):
                            **_cel("self.all(s, s == self[0])",
                                   "scopes must name exactly one resource ('<resource>/.default')")},
     )
-    credential: Credential
+    credential: Credential | None = Field(default=None, description="Exactly one way to authenticate the app; "
+                                          "Secrets and ServiceAccounts it names are in this namespace.")
     secret_name: DnsName | None = Field(default=None, alias="secretName",
                                         description="Name of the token Secret to write (same namespace). "
                                         "Default <metadata.name>-token.")
@@ -287,8 +407,25 @@ class GraphAppCredentialSpec(_Strict):
 
     @field_validator("tenant_id", "client_id")
     @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.lower()
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value is not None else None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> GraphAppCredentialSpec:
+        if self.app_ref is not None:
+            if (self.tenant_id, self.client_id, self.authority_host, self.credential) != (None,) * 4 or \
+                    self.cloud not in (None, Cloud.AZURE_PUBLIC):
+                raise ValueError(_ONE_FORM_MESSAGE)
+        elif self.tenant_id is None or self.client_id is None or self.credential is None:
+            raise ValueError(_ONE_FORM_MESSAGE)
+        return self
+
+    def identity(self) -> AppIdentity | None:
+        """The app's identity as this spec names it; None with an appRef (the ClusterGraphApp's applies)."""
+        if self.app_ref is not None or self.tenant_id is None or self.client_id is None or self.credential is None:
+            return None
+        return AppIdentity(tenant_id=self.tenant_id, client_id=self.client_id, cloud=self.cloud or Cloud.AZURE_PUBLIC,
+                           authority_host=self.authority_host, credential=self.credential.for_app())
 
     @field_validator("refresh_before_expiry")
     @classmethod
@@ -316,18 +453,13 @@ class GraphAppCredentialSpec(_Strict):
                     f"most {MAX_NAME_FOR_DEFAULT_SECRET} characters")
         return None
 
-    def authority_base(self) -> str:
-        return (self.authority_host or AUTHORITY_HOSTS[self.cloud]).rstrip("/")
-
-    def authority(self) -> str:
-        return f"{self.authority_base()}/{self.tenant_id}"
-
-    def issued_for(self, credential_name: str) -> str:
-        """Digest of the fields a token is acquired for: a token only answers for a spec with the same digest."""
-        kind = ("clientSecret" if self.credential.client_secret is not None
-                else "certificate" if self.credential.certificate is not None else "workloadIdentity")
-        parts = [self.authority_base(), self.tenant_id, self.client_id, kind, " ".join(sorted(self.scopes)),
-                 self.effective_secret_name(credential_name)]
+    def issued_for(self, credential_name: str, identity: AppIdentity) -> str:
+        """Digest of the fields a token is acquired for: a token only answers for a spec with the same digest.
+        `identity`: this spec's own, or its ClusterGraphApp's (whose name is part of the digest)."""
+        parts = [identity.authority_base(), identity.tenant_id, identity.client_id, identity.credential.kind,
+                 " ".join(sorted(self.scopes)), self.effective_secret_name(credential_name)]
+        if self.app_ref is not None:
+            parts.append(f"app {self.app_ref.name}")
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
     def refresh_before(self) -> timedelta | None:
@@ -355,6 +487,94 @@ def parse_duration(text: str, ceiling: timedelta | None = None) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+# --- ClusterGraphApp ------------------------------------------------------------------------------------------
+LABEL_KEY_PATTERN = QUALIFIED_NAME_PATTERN
+MAX_ALLOWED_SCOPES = 32
+
+
+class SelectorOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(_Strict):
+    """One requirement on a namespace's labels, as in metav1.LabelSelectorRequirement."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(
+        "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) "
+        ": (!has(self.values) || size(self.values) == 0)",
+        "In and NotIn need values; Exists and DoesNotExist take none"))
+
+    key: str = Field(max_length=317, pattern=LABEL_KEY_PATTERN, description="The label key.")
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=list, max_length=64, description="For In and NotIn: the values.")
+
+    @model_validator(mode="after")
+    def _values_fit(self) -> LabelSelectorRequirement:
+        if self.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN) and not self.values:
+            raise ValueError(f"operator {self.operator.value} needs values")
+        if self.operator in (SelectorOperator.EXISTS, SelectorOperator.DOES_NOT_EXIST) and self.values:
+            raise ValueError(f"operator {self.operator.value} takes no values")
+        return self
+
+    def holds(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == SelectorOperator.IN:
+            return labels.get(self.key) in self.values
+        if self.operator == SelectorOperator.NOT_IN:
+            return labels.get(self.key) not in self.values
+        if self.operator == SelectorOperator.EXISTS:
+            return self.key in labels
+        return self.key not in labels
+
+
+class NamespaceSelector(_Strict):
+    """Which namespaces may use the app, by their labels (metav1.LabelSelector: all requirements must hold; {}
+    selects every namespace)."""
+
+    match_labels: dict[Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)],
+                       Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict, alias="matchLabels", max_length=64,
+        description="Labels a namespace must carry, with these values.")
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, alias="matchExpressions", max_length=64,
+        description="Requirements on the namespace's labels; all must hold.")
+
+    def selects(self, labels: Mapping[str, str]) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match_labels.items())
+                and all(r.holds(labels) for r in self.match_expressions))
+
+
+class AppPolicy(_Strict):
+    """Who may use the app and for what. Required: nobody may until the cluster admin says so."""
+
+    namespace_selector: NamespaceSelector = Field(
+        alias="namespaceSelector",
+        description="Namespaces whose GraphAppCredentials may use this app, by label. {} selects all namespaces.")
+    allowed_scopes: list[Annotated[str, Field(max_length=1024, pattern=SCOPE_PATTERN)]] = Field(
+        alias="allowedScopes", min_length=1, max_length=MAX_ALLOWED_SCOPES,
+        description="Scopes a GraphAppCredential may request with this app, each '<resource>/.default', compared "
+        "exactly.")
+
+    def refusal(self, namespace: str, labels: Mapping[str, str], scopes: Sequence[str]) -> str | None:
+        """Why a credential in `namespace` (with `labels`) asking for `scopes` may not use the app; None if it may."""
+        if not self.namespace_selector.selects(labels):
+            return f"its policy does not select namespace {namespace} (policy.namespaceSelector)"
+        refused = sorted({s for s in scopes if s not in self.allowed_scopes})
+        if refused:
+            return f"its policy does not allow the scope {', '.join(refused)} (policy.allowedScopes)"
+        return None
+
+
+class ClusterGraphAppSpec(AppIdentity):
+    """One Entra app identity (or managed identity) for many namespaces, under the cluster admin's policy. Its
+    credential's Secret or ServiceAccount lives in the operator's cluster resource namespace."""
+
+    policy: AppPolicy
+
+
 # --- status ---------------------------------------------------------------------------------------------------
 
 class Reason(StrEnum):
@@ -375,6 +595,10 @@ class Reason(StrEnum):
     WORKLOAD_IDENTITY_DISABLED = "WorkloadIdentityDisabled"
     # spec.authorityHost is not a host graphcred may contact (--authority-host), or its token endpoint is elsewhere
     AUTHORITY_NOT_ALLOWED = "AuthorityNotAllowed"
+    # appRef: the ClusterGraphApp's policy does not select this namespace, or does not allow these scopes
+    NOT_PERMITTED = "NotPermitted"
+    # appRef: no ClusterGraphApp of that name (yet)
+    APP_NOT_FOUND = "AppNotFound"
 
 
 # metav1.Condition's limits (k8s.io/apimachinery/pkg/apis/meta/v1 types.go, as controller-gen renders them), so
@@ -421,6 +645,20 @@ class Condition(BaseModel):
         if isinstance(value, str) and len(value) > CONDITION_MESSAGE_MAX:
             return value[:CONDITION_MESSAGE_MAX - 1] + "…"
         return value
+
+
+def conforming_conditions(value: object) -> object:
+    """A condition another tool stored under an older, looser CRD that this schema refuses is left out (and so
+    never written back for the apiserver to refuse): it must not cost the whole status."""
+    if not isinstance(value, list):
+        return value
+    kept = []
+    for item in value:
+        try:
+            kept.append(Condition.model_validate(item))
+        except ValidationError:
+            continue
+    return kept
 
 
 class GraphAppCredentialStatus(BaseModel):
@@ -492,17 +730,42 @@ class GraphAppCredentialStatus(BaseModel):
     @field_validator("conditions", mode="before")
     @classmethod
     def _conforming(cls, value: object) -> object:
-        # A condition another tool stored under an older, looser CRD that this schema refuses is left out (and so
-        # never written back for the apiserver to refuse): it must not cost the whole status.
-        if not isinstance(value, list):
-            return value
-        kept = []
-        for item in value:
-            try:
-                kept.append(Condition.model_validate(item))
-            except ValidationError:
-                continue
-        return kept
+        return conforming_conditions(value)
+
+    def ready(self) -> Condition | None:
+        return next((c for c in self.conditions if c.type == "Ready"), None)
+
+    def to_k8s(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ClusterGraphAppStatus(BaseModel):
+    """What the operator reports on a ClusterGraphApp. Never a token, a secret or a key."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready: True while the app's spec is valid, its credential readable and its last token "
+        "request succeeded; False with a reason and a message otherwise; Unknown while no credential uses it.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+    observed_generation: int | None = Field(default=None, alias="observedGeneration", ge=0,
+                                            json_schema_extra={"format": "int64"},
+                                            description="metadata.generation of the spec this status was written "
+                                            "for.")
+    users: int = Field(default=0, ge=0, description="GraphAppCredentials that name this app in spec.appRef.")
+    permitted: int = Field(default=0, ge=0, description="Of those, the ones its policy permits.")
+    credential_expires_on: str | None = Field(
+        default=None, alias="credentialExpiresOn", json_schema_extra={"format": "date-time"},
+        description="When the app's certificate expires (its notAfter), RFC 3339 UTC; absent where unknown (a "
+        "client secret's expiry is only known to Entra).")
+    last_token_time: str | None = Field(default=None, alias="lastTokenTime", json_schema_extra={"format": "date-time"},
+                                        description="When a token was last acquired with this app, RFC 3339 UTC.")
+
+    @field_validator("conditions", mode="before")
+    @classmethod
+    def _conforming(cls, value: object) -> object:
+        return conforming_conditions(value)
 
     def ready(self) -> Condition | None:
         return next((c for c in self.conditions if c.type == "Ready"), None)

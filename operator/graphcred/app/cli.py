@@ -89,6 +89,9 @@ RUN_OPTIONS = [
     _setting("--watch-consumers", "watch_consumers", "warn about pods that read a token Secret where no refresh "
              "reaches them (subPath, env, envFrom); needs pods get/list/watch (the chart's "
              "consumerWarnings.enabled)", switch=True),
+    _setting("--cluster-resource-namespace", "cluster_resource_namespace", "namespace of the Secrets and "
+             "ServiceAccounts ClusterGraphApps name (default: the operator's own, POD_NAMESPACE; else "
+             "graphcred-system)", "NAMESPACE"),
 ]
 
 
@@ -122,12 +125,14 @@ def run(ctx: click.Context, /, **given: Any) -> int:
     return runner.run(settings.to_config())
 
 
-@cli.command(context_settings=CONTEXT, help="Print the GraphAppCredential CRD (YAML).")
-@click.option("--helm", is_flag=True, help="as the chart's templates/crd.yaml")
-def crd(helm: bool) -> int:
+@cli.command(context_settings=CONTEXT, help="Print a CRD of graphcred's (YAML): GraphAppCredential by default.")
+@click.option("--helm", is_flag=True, help="as the chart's templates/crd*.yaml")
+@click.option("--kind", type=click.Choice(["graphappcredentials", "clustergraphapps"]), default="graphappcredentials",
+              show_default=True, help="which CRD, by its plural")
+def crd(helm: bool, kind: str) -> int:
     from graphcred.api.crd import crd_helm_template, crd_yaml
 
-    sys.stdout.write(crd_helm_template() if helm else crd_yaml())
+    sys.stdout.write(crd_helm_template(kind) if helm else crd_yaml(kind))
     return 0
 
 

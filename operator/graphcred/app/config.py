@@ -36,6 +36,8 @@ class RunConfig:
     workload_identity_authorities: tuple[str, ...] = field(default_factory=tuple)
     # watch pods for consumers of token Secrets that never see a refresh (subPath, env, envFrom; needs that RBAC)
     watch_consumers: bool = False
+    # where ClusterGraphApps' Secrets and ServiceAccounts live (the operator's own namespace in a pod)
+    cluster_resource_namespace: str = "graphcred-system"
 
     @property
     def allowed_authorities(self) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from graphcred.api.keys import GROUP, PLURAL, VERSION
+from graphcred.api.keys import APP_PLURAL, GROUP, PLURAL, VERSION
 from graphcred.app.config import RunConfig
 from graphcred.app.wiring import OperatorMemo, build
 from graphcred.kube.connect import in_cluster_server
@@ -52,6 +52,19 @@ async def _credential_event(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) 
         controller.forget(body["metadata"]["namespace"], body["metadata"]["name"])
     else:
         controller.observe(body)
+
+
+@kopf.on.event(GROUP, VERSION, APP_PLURAL)
+async def _app_event(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
+    assert memo.operator is not None
+    memo.operator.controller.app_event(event["object"], deleted=event["type"] == "DELETED")
+
+
+# Only labels matter (the ClusterGraphApps' namespace selectors); kopf's own namespace scan is another watch.
+@kopf.on.event("", "v1", "namespaces")
+async def _namespace_event(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
+    assert memo.operator is not None
+    memo.operator.controller.namespace_event(event["object"], deleted=event["type"] == "DELETED")
 
 
 @kopf.on.cleanup()

@@ -171,6 +171,9 @@ class RunSettings(BaseSettings):
     workload_identity_authorities: Annotated[tuple[str, ...], NoDecode, BeforeValidator(authority_list)] = ()
     authority_hosts: Annotated[tuple[str, ...], NoDecode, BeforeValidator(authority_list)] = ()
     watch_consumers: Switch = False
+    cluster_resource_namespace: Annotated[str, BeforeValidator(namespace_name)] = Field(
+        "graphcred-system",
+        validation_alias=AliasChoices(f"{ENV_PREFIX}CLUSTER_RESOURCE_NAMESPACE", "POD_NAMESPACE"))
 
     def to_config(self) -> RunConfig:
         return RunConfig(kubeconfig=self.kubeconfig, namespaces=self.namespaces, ca_bundle=self.ca_bundle,
@@ -181,7 +184,8 @@ class RunSettings(BaseSettings):
                          leader_election_namespace=self.leader_election_namespace,
                          lease_seconds=self.lease_duration, workload_identity=self.workload_identity,
                          workload_identity_authorities=self.workload_identity_authorities,
-                         authority_hosts=self.authority_hosts, watch_consumers=self.watch_consumers)
+                         authority_hosts=self.authority_hosts, watch_consumers=self.watch_consumers,
+                         cluster_resource_namespace=self.cluster_resource_namespace)
 
 
 # What is allowed, for the errors whose message pydantic writes (a type or a bound): ours, in the user's words.
@@ -203,7 +207,7 @@ FLAGS: Mapping[str, str] = {
     "leader_election": "--leader-election", "leader_election_namespace": "--leader-election-namespace",
     "lease_duration": "--lease-duration", "workload_identity": "--workload-identity",
     "workload_identity_authorities": "--workload-identity-authority", "authority_hosts": "--authority-host",
-    "watch_consumers": "--watch-consumers",
+    "watch_consumers": "--watch-consumers", "cluster_resource_namespace": "--cluster-resource-namespace",
 }
 
 

@@ -25,6 +25,7 @@ from graphcred.consumers.reports import ConsumerReports
 from graphcred.kube.calls import Kube
 from graphcred.kube.events import POSTERS, EventRecorder, instance_name
 from graphcred.kube.metawatch import Directory, MetadataWatch
+from graphcred.reconcile.apps import ClusterApps
 from graphcred.reconcile.controller import Controller
 from graphcred.reconcile.reconciler import Reconciler
 from graphcred.telemetry.metrics import Health, Metrics
@@ -94,13 +95,15 @@ class Operator:
         for watch in self.watches:
             self._running.append(watch.start())
         self.consumers.start()
+        self.controller.app_status.start()
         self.heartbeat = asyncio.create_task(_heartbeat(self.health), name="graphcred:heartbeat")
         self.health.ready.set()
         cfg = self.cfg
-        log.info("graphcred started: watching %s; workload identity %s; consumer warnings %s",
+        log.info("graphcred started: watching %s; workload identity %s; consumer warnings %s; ClusterGraphApps' "
+                 "material in namespace %s",
                  ", ".join(cfg.namespaces) if cfg.namespaces else "all namespaces",
                  "enabled" if cfg.workload_identity else "disabled",
-                 "enabled (watching pods)" if cfg.watch_consumers else "disabled")
+                 "enabled (watching pods)" if cfg.watch_consumers else "disabled", cfg.cluster_resource_namespace)
 
     async def stop(self) -> None:
         """In this order: the heartbeat; the watches (nothing new comes in); the consumer reports; the controller's
@@ -115,6 +118,7 @@ class Operator:
         for watch in running:
             await asyncio.to_thread(watch.stop)
         await self.consumers.stop()
+        await self.controller.app_status.stop()
         await self.controller.stop()
         await self.events.stop()
         for executor in (self.io, self.event_io):
@@ -150,7 +154,8 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     directory = Directory()  # filled with the Secret watches below
     reconciler = Reconciler(kube, tokens, events, secrets=directory, run_blocking=run_blocking,
                             token_concurrency=cfg.token_concurrency, metrics=metrics,
-                            workload_identity=cfg.workload_identity, authority_hosts=cfg.allowed_authorities)
+                            workload_identity=cfg.workload_identity, authority_hosts=cfg.allowed_authorities,
+                            apps=ClusterApps(cfg.cluster_resource_namespace))
     controller = Controller(reconciler)
     metrics.track(controller)
     # --watch-consumers: pods reading token Secrets where no refresh reaches them (fed by the pod watch); without
@@ -180,11 +185,16 @@ def watches_for(api: client.ApiClient, cfg: RunConfig, controller: Controller, c
         loop.call_soon_threadsafe(consumers.listed, namespace, seen)
 
     namespaces = cfg.namespaces or (None,)
-    watches = [MetadataWatch(api, on_secret, ns) for ns in namespaces]
+    # ClusterGraphApps' Secrets and ServiceAccounts: in the cluster resource namespace, watched also when it is not
+    # among the namespaces watched for credentials
+    apps_only = () if cfg.cluster_resource_namespace in namespaces or None in namespaces \
+        else (cfg.cluster_resource_namespace,)
+    watches = [MetadataWatch(api, on_secret, ns) for ns in (*namespaces, *apps_only)]
     for watch in watches:
         directory.add(watch)
     if cfg.workload_identity:
-        watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts") for ns in namespaces]
+        watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts")
+                    for ns in (*namespaces, *apps_only)]
     if cfg.watch_consumers:
         pods = [PodWatch(api, on_pod, on_listed, controller.writes_token_secret, ns) for ns in namespaces]
         consumers.attach(pods)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 from kubernetes import client
 
-from graphcred.api.keys import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from graphcred.api.keys import APP_PLURAL, FIELD_MANAGER, GROUP, PLURAL, VERSION
 from graphcred.kube.errors import Conflict, Gone, NotFound, Unreadable, describe_failure, translated
 
 __all__ = ["DEFAULT_TIMEOUT", "SERVICE_ACCOUNT_TOKEN_SECONDS", "Conflict", "Gone", "Kube", "describe_failure"]
@@ -134,6 +134,30 @@ class Kube:
         try:
             self._call("patch GraphAppCredential status", self.custom.patch_namespaced_custom_object_status,
                        GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+                       _content_type="application/merge-patch+json", parse=_nothing)
+        except NotFound as exc:
+            raise Gone(exc.call, exc.status, exc.reason) from exc
+
+    def read_cluster_app(self, name: str) -> dict[str, Any] | None:
+        """A ClusterGraphApp as JSON, None if it does not exist."""
+        try:
+            return self._call("read ClusterGraphApp", self.custom.get_cluster_custom_object, GROUP, VERSION,
+                              APP_PLURAL, name, parse=_object)
+        except NotFound:
+            return None
+
+    def read_namespace(self, name: str) -> dict[str, Any] | None:
+        """A Namespace as JSON (its labels are what an app's policy selects on), None if it does not exist."""
+        try:
+            return self._call("read Namespace", self.core.read_namespace, name, parse=_object)
+        except NotFound:
+            return None
+
+    def patch_app_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a ClusterGraphApp's status; Gone if it no longer exists."""
+        try:
+            self._call("patch ClusterGraphApp status", self.custom.patch_cluster_custom_object_status,
+                       GROUP, VERSION, APP_PLURAL, name, {"status": status},
                        _content_type="application/merge-patch+json", parse=_nothing)
         except NotFound as exc:
             raise Gone(exc.call, exc.status, exc.reason) from exc

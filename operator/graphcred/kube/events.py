@@ -73,7 +73,15 @@ def involved_object(ref: Mapping[str, Any]) -> dict[str, str]:
     """An ObjectReference from an object's apiVersion, kind and metadata (name, namespace, uid)."""
     meta = ref["metadata"]
     return {"apiVersion": ref["apiVersion"], "kind": ref["kind"], "name": meta["name"],
-            "namespace": meta["namespace"], "uid": meta.get("uid", "")}
+            "namespace": meta.get("namespace") or "", "uid": meta.get("uid", "")}
+
+
+# Events about a cluster-scoped object (a ClusterGraphApp) go to this namespace, as client-go's recorder puts them
+CLUSTER_EVENTS_NAMESPACE = "default"
+
+
+def event_namespace(namespace: str) -> str:
+    return namespace or CLUSTER_EVENTS_NAMESPACE
 
 
 def event_body(ref: Mapping[str, Any], type: str, reason: str, message: str, *,  # noqa: A002
@@ -82,7 +90,7 @@ def event_body(ref: Mapping[str, Any], type: str, reason: str, message: str, *, 
     obj = involved_object(ref)
     return {
         "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": name, "namespace": obj["namespace"]},
+        "metadata": {"name": name, "namespace": event_namespace(obj["namespace"])},
         "involvedObject": obj,
         "type": type, "reason": reason, "message": _cut(message),
         "action": ACTIONS.get(reason, DEFAULT_ACTION),
@@ -225,7 +233,7 @@ class EventRecorder:
         """One Event to the apiserver: a repeat updates the Event posted first. In a thread; the Events of one
         object one at a time (their poster's), others' at the same time."""
         key = pending.key()
-        namespace = key[0]
+        namespace = event_namespace(key[0])
         with self._cache:
             posted = self._posted.get(key)
             count = posted.count if posted is not None else 0

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from graphcred.acquire.authority import origin
 from graphcred.acquire.breaker import TENANT_THROTTLING_CODES, Breaker
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.sharing import SharedTokens, share_key
 from graphcred.acquire.tokens import AcquisitionError, Token
-from graphcred.api.model import GraphAppCredentialSpec, Reason
+from graphcred.api.model import AppIdentity, Reason
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.ports import TokenPort
 from graphcred.reconcile.reading import CredentialReader
@@ -46,33 +46,35 @@ class TokenAcquirer:
         self.metrics = metrics
         self._clock = clock
 
-    async def acquire(self, namespace: str, name: str, spec: GraphAppCredentialSpec, material: Material, *,
+    async def acquire(self, namespace: str, name: str, identity: AppIdentity, scopes: Sequence[str],
+                      material: Material, *,
                       reuse: bool, newer_than: dt.datetime | None) -> tuple[Token, bool]:
         """A token, and whether it came from an identical credential's request (True) or this one's. While it
         waits (for a slot, for the authority), the pass is not counted among the controller's passes in progress.
         `reuse`: an identical credential's token just acquired will do; `newer_than`: only one issued after it."""
         async with stepped_aside():  # an AcquisitionError ends the pass as it is (a Failure)
-            token, shared = await self.shared.get(share_key(spec, material),
-                                                  lambda: self._request(namespace, name, spec, material),
+            token, shared = await self.shared.get(share_key(identity, scopes, material),
+                                                  lambda: self._request(namespace, name, identity, scopes, material),
                                                   reuse=reuse, newer_than=newer_than)
         if shared:
             self.metrics.acquisitions.labels("shared", "TokenIssued").inc()
         return token, shared
 
-    async def _request(self, namespace: str, name: str, spec: GraphAppCredentialSpec, material: Material) -> Token:
-        tenant = spec.authority()
-        keys = (tenant, f"{tenant} app {spec.client_id}")
+    async def _request(self, namespace: str, name: str, identity: AppIdentity, scopes: Sequence[str],
+                       material: Material) -> Token:
+        tenant = identity.authority()
+        keys = (tenant, f"{tenant} app {identity.client_id}")
         request = object()  # this request, to the breakers: it frees only the probe marks it set
         self._check_breaker(keys, request)
         try:
-            presented = await self.reader.with_assertion(spec, material)
+            presented = await self.reader.with_assertion(identity, material)
             try:
-                async with self.slots.slot(namespace, origin(spec.authority_base()) or spec.authority_base(),
+                async with self.slots.slot(namespace, origin(identity.authority_base()) or identity.authority_base(),
                                            who=name):
                     self._check_breaker(keys, request, admitted=True)
                     started = time.monotonic()
                     try:
-                        token = await self.calls.blocking(self.tokens.acquire, spec, presented)
+                        token = await self.calls.blocking(self.tokens.acquire, identity, scopes, presented)
                     finally:
                         self.metrics.latency.observe(time.monotonic() - started)
             finally:

@@ -17,6 +17,8 @@ from graphcred.api.keys import RENEW_ANNOTATION
 from graphcred.base.backoff import backoff
 from graphcred.kube.calls import Gone
 from graphcred.kube.errors import KubeError, outage
+from graphcred.reconcile.apps import labels_of
+from graphcred.reconcile.appstatus import AppStatusWriter
 from graphcred.reconcile.dependents import Dependents, named_by
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.reconciler import Reconciler
@@ -89,6 +91,9 @@ class Controller:
         # the same for ServiceAccounts named by workload identity (a name may be both a Secret's and an account's)
         self._stopping = False
         self._listener: TokenSecretListener = _NobodyListens()
+        # the ClusterGraphApps' status, from how their users' passes end
+        self.app_status = AppStatusWriter(reconciler.apps, reconciler.app_outcomes, reconciler.calls,
+                                          reconciler.emit)
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -159,6 +164,40 @@ class Controller:
         if generation_changed:
             worker.wake.set()  # status-only updates (our own patches) do not wake
 
+    # --- ClusterGraphApps and namespaces (the appRef's policy) -------------------------------------------------------
+    def app_event(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        """A ClusterGraphApp was listed, added, modified or deleted: its users look again (a policy change that
+        withdraws permission deletes their token Secrets; an app created late lets them have one)."""
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        apps = self.reconciler.apps
+        if deleted:
+            apps.app_gone(name)
+            self.app_status.forget(name)
+            changed = True
+        else:
+            changed = apps.app_seen(body)
+            self.app_status.seen(name, body.get("status"))
+        if changed:
+            self._wake_all(self.dependents.users_of(name))
+
+    def namespace_event(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        """A namespace was listed, added, modified or deleted: if its labels changed, its credentials that name a
+        ClusterGraphApp look again (a relabel may withdraw or grant permission)."""
+        name = str((body.get("metadata") or {}).get("name") or "")
+        apps = self.reconciler.apps
+        if deleted:
+            apps.namespace_gone(name)
+            return
+        if apps.namespace_seen(name, labels_of(body)):
+            self._wake_all(self.dependents.app_users_in(name))
+
+    def _wake_all(self, keys: Collection[Key]) -> None:
+        for key in list(keys):
+            worker = self._workers.get(key)
+            if worker is not None:
+                worker.wake.set()
+
     def _renew(self, key: Key, worker: _Worker) -> None:
         """A new renew request: served at once within the credential's renew budget, else when the budget allows;
         one already pending or being served answers it too (status.lastRenewRequest gets the newest value)."""
@@ -204,6 +243,7 @@ class Controller:
         key = (namespace, name)
         worker = self._workers.pop(key, None)
         self.reconciler.metrics.forget(namespace, name)
+        self.reconciler.app_outcomes.forget(key)
         if worker is not None:
             self._unindex(key)
             if worker.renew_timer is not None:
@@ -240,7 +280,7 @@ class Controller:
     def _index(self, key: Key, worker: _Worker) -> None:
         """Index what the object reads and writes, from its spec as it stands, before each pass: a change to them
         while the pass runs (a credential Secret created a moment after the object) must wake it."""
-        moved = self.dependents.index(key, named_by(key, worker.snapshot.spec))
+        moved = self.dependents.index(key, named_by(key, worker.snapshot.spec, self.reconciler.apps))
         if moved.removed is not None:
             self._listener.token_secret_removed(key, moved.removed)
         if moved.added is not None:
@@ -315,6 +355,7 @@ class Controller:
             del self._workers[key]
             self._unindex(key)
             self.reconciler.metrics.forget(*key)
+            self.reconciler.app_outcomes.forget(key)
         # a dropped worker's own task returns: the loop below notices it is no longer registered
 
     async def stop(self) -> None:

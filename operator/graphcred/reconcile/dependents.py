@@ -10,26 +10,49 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Key = tuple[str, str]  # namespace, name (of a GraphAppCredential, a Secret or a ServiceAccount)
 
 
+class AppLookup(Protocol):
+    """What the ClusterGraphApps known so far name (`reconcile.apps.ClusterApps`)."""
+
+    namespace: str  # the cluster resource namespace, where every app's material lives
+
+    def secret_of(self, name: str) -> str | None: ...
+
+    def account_of(self, name: str) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Named:
-    """What one credential's spec names in its namespace."""
+    """What one credential's spec names: its credential Secret or ServiceAccount (in its namespace, or for an
+    appRef the app's, in the cluster resource namespace), its token Secret, and the ClusterGraphApp."""
 
     reads: Key | None = None  # the credential Secret
     writes: Key | None = None  # the token Secret
     account: Key | None = None  # the ServiceAccount of workload identity
+    app: str | None = None  # the ClusterGraphApp of spec.appRef
 
 
-def named_by(credential: Key, spec: Mapping[str, Any]) -> Named:
+def named_by(credential: Key, spec: Mapping[str, Any], apps: AppLookup | None = None) -> Named:
     namespace, name = credential
     reads, writes = _secret_names(name, spec)
     account = _service_account_name(spec)
-    return Named(reads=(namespace, reads) if reads else None, writes=(namespace, writes) if writes else None,
-                 account=(namespace, account) if account else None)
+    app = _app_name(spec)
+    if app is not None:  # the app's material, as far as the app is known yet (indexed again before each pass)
+        namespace = apps.namespace if apps is not None else ""
+        reads = apps.secret_of(app) if apps is not None else None
+        account = apps.account_of(app) if apps is not None else None
+    return Named(reads=(namespace, reads) if reads else None, writes=(credential[0], writes) if writes else None,
+                 account=(namespace, account) if account else None, app=app)
+
+
+def _app_name(spec: Mapping[str, Any]) -> str | None:
+    ref = spec.get("appRef")
+    name = ref.get("name") if isinstance(ref, Mapping) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _secret_names(name: str, spec: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -70,6 +93,7 @@ class Dependents:
         # the same for ServiceAccounts (a name may be both a Secret's and a ServiceAccount's)
         self.account_readers: dict[Key, set[Key]] = {}
         self.latest_account: dict[Key, str] = {}
+        self.app_users: dict[str, set[Key]] = {}  # ClusterGraphApp -> credentials naming it
         self._named: dict[Key, Named] = {}
 
     def index(self, credential: Key, named: Named) -> Moved:
@@ -89,6 +113,10 @@ class Dependents:
             self._remove_account(credential, before.account)
             if named.account:
                 self.account_readers.setdefault(named.account, set()).add(credential)
+        if named.app != before.app:
+            self._remove_app(credential, before.app)
+            if named.app:
+                self.app_users.setdefault(named.app, set()).add(credential)
         self._named[credential] = named
         return moved
 
@@ -101,6 +129,7 @@ class Dependents:
     def _remove(self, credential: Key) -> None:
         named = self._named.pop(credential, Named())
         self._remove_account(credential, named.account)
+        self._remove_app(credential, named.app)
         for index, secret in ((self.readers, named.reads), (self.writers, named.writes)):
             if secret is not None and secret in index:
                 index[secret].discard(credential)
@@ -116,6 +145,20 @@ class Dependents:
         if not self.account_readers[account]:
             del self.account_readers[account]
             self.latest_account.pop(account, None)
+
+    def _remove_app(self, credential: Key, app: str | None) -> None:
+        if app is None or app not in self.app_users:
+            return
+        self.app_users[app].discard(credential)
+        if not self.app_users[app]:
+            del self.app_users[app]
+
+    def users_of(self, app: str) -> Collection[Key]:
+        return self.app_users.get(app, ())
+
+    def app_users_in(self, namespace: str) -> list[Key]:
+        """The credentials of `namespace` that name a ClusterGraphApp (a relabel may change what they may do)."""
+        return [key for users in self.app_users.values() for key in users if key[0] == namespace]
 
     def writers_of(self, secret: Key) -> Collection[Key]:
         return self.writers.get(secret, ())
@@ -138,7 +181,9 @@ class Dependents:
 
     def latest_version(self, credential: Key, secret: str | None) -> str | None:
         """The newest version the watches reported of what the credential reads (for a pass that just ran)."""
-        latest = self.latest.get((credential[0], secret or ""))
+        named = self._named.get(credential)
+        reads = named.reads if named is not None else None
+        latest = self.latest.get(reads) if reads is not None and reads[1] == secret else None
         account = self.account_of(credential)
         if latest is None and account is not None:
             latest = self.latest_account.get(account)

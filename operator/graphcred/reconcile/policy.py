@@ -91,14 +91,29 @@ def issued_verdict(granted: Sequence[str], required: Sequence[str], secret_name:
 
 
 def next_refresh(issued_at: dt.datetime, expires_on: dt.datetime, refresh_before: dt.timedelta | None,
-                 now: dt.datetime, rng: random.Random, missing_roles_checks: int = 0) -> dt.datetime:
+                 now: dt.datetime, rng: random.Random, missing_roles_checks: int = 0,
+                 hint: dt.datetime | None = None) -> dt.datetime:
     """When to refresh a token just written: `refresh_at`, but never in the past (a pass that ran late), and while
     required roles are missing (`missing_roles_checks` tokens in a row) soon, growing slowly: consent is granted by
-    a human, and shows only in a new token."""
+    a human, and shows only in a new token. `hint`: the token source's own refresh time (a managed identity's
+    refresh_in), followed when it comes earlier."""
     refresh = max(refresh_at(issued_at, expires_on, refresh_before, rng), now + MIN_REFRESH_DELAY)
+    if hint is not None:
+        refresh = max(min(refresh, hint), now + MIN_REFRESH_DELAY)
     if missing_roles_checks:
         refresh = min(refresh, now + dt.timedelta(seconds=missing_roles_retry(missing_roles_checks, rng)))
     return refresh
+
+
+def next_attempt_same_token(expires_on: dt.datetime, hint: dt.datetime | None, now: dt.datetime,
+                            rng: random.Random) -> dt.datetime:
+    """A managed identity answered the token the Secret already holds: ask again at its refresh hint, else when
+    half the remaining lifetime has passed; never sooner than MIN_REFRESH_DELAY (an endpoint answering the same
+    token until expiry must not be asked in a loop), with jitter."""
+    half = now + (expires_on - now) / 2
+    when = hint if hint is not None and hint > now else half
+    when -= (when - now) * JITTER_FRACTION * rng.random()
+    return max(when, now + MIN_REFRESH_DELAY)
 
 
 def missing_roles_retry(failures: int, rng: random.Random | None = None) -> float:

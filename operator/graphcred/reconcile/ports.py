@@ -7,11 +7,12 @@ and the directory, which are called on the event loop and must not block.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.tokens import Token
-from graphcred.api.model import GraphAppCredentialSpec
+from graphcred.api.model import AppIdentity
 from graphcred.kube.metawatch import Seen
 
 
@@ -44,11 +45,18 @@ class KubePort(StatusPort, Protocol):
     def delete_secret_unchanged(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
         """Delete only the very Secret read, unchanged since (else `Conflict`); gone already is fine."""
 
+    def read_cluster_app(self, name: str) -> dict[str, Any] | None: ...
+
+    def read_namespace(self, name: str) -> dict[str, Any] | None: ...
+
+    def patch_app_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch a ClusterGraphApp's status; raises `Gone` if it no longer exists."""
+
 
 class TokenPort(Protocol):
     """The token endpoint: one acquisition with the credential's material (blocking; raises AcquisitionError)."""
 
-    def acquire(self, spec: GraphAppCredentialSpec, material: Material) -> Token: ...
+    def acquire(self, identity: AppIdentity, scopes: Sequence[str], material: Material) -> Token: ...
 
 
 class EventSink(Protocol):

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from graphcred.acquire import credentials
-from graphcred.acquire.credentials import CredentialError, Federation, Material
+from graphcred.acquire.credentials import CredentialError, Federation, ManagedIdentity, Material
 from graphcred.api.failures import Failure
-from graphcred.api.model import CertificateRef, GraphAppCredentialSpec, Reason, WorkloadIdentityRef
+from graphcred.api.model import AppIdentity, CertificateRef, Reason, WorkloadIdentityRef
 from graphcred.kube.errors import Forbidden, NotFound
 from graphcred.kube.metawatch import Seen
 from graphcred.kube.reads import SharedReads
@@ -25,20 +25,21 @@ from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.memory import CredentialMemory
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import SecretDirectory
-from graphcred.reconcile.snapshot import Snapshot
 
 T = TypeVar("T")
+# the credential version of a managed identity: there is no object to read, and nothing that changes
+MANAGED_IDENTITY_VERSION = "managedIdentity"
 
 # The RBAC each ServiceAccount call of workload identity needs (granted by the chart's workloadIdentity.enabled).
 _RBAC_VERBS = {"read ServiceAccount": "get serviceaccounts",
                "create ServiceAccount token": "create serviceaccounts/token"}
 
 
-def _consented(account: dict[str, Any], spec: GraphAppCredentialSpec, ref: WorkloadIdentityRef, namespace: str
+def _consented(account: dict[str, Any], identity: AppIdentity, ref: WorkloadIdentityRef, namespace: str
                ) -> Federation:
-    """The ServiceAccount as federation material if it consents to this spec's app (and tenant); else the pass ends
-    with the reason and message saying how to fix it."""
-    return credentials.federation(account, ref, spec.client_id, namespace, spec.tenant_id)
+    """The ServiceAccount as federation material if it consents to this identity's app (and tenant); else the pass
+    ends with the reason and message saying how to fix it."""
+    return credentials.federation(account, ref, identity.client_id, namespace, identity.tenant_id)
 
 
 class CredentialReader:
@@ -55,30 +56,35 @@ class CredentialReader:
     def seen(self, namespace: str, name: str) -> Seen | None:
         return self.secrets.lookup(namespace, name) if self.secrets is not None else None
 
-    async def read(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: CredentialMemory, now: dt.datetime,
+    async def read(self, namespace: str, identity: AppIdentity, mem: CredentialMemory, now: dt.datetime,
                    held: contextlib.AsyncExitStack) -> tuple[Material, str]:
-        """The material and the version of the Secret (or ServiceAccount) it came from; records the version read.
+        """The material and the version of the Secret (or ServiceAccount) it came from, in `namespace` (the
+        credential's own, or for a ClusterGraphApp the cluster resource namespace); records the version read.
         The Secret's read stays shared with other passes while `held` is open."""
-        if spec.credential.workload_identity is not None:
-            return await self._federation(snap, spec, spec.credential.workload_identity, mem)
+        credential = identity.credential
+        if credential.managed_identity is not None:  # nothing to read: the host's identity
+            mem.version = MANAGED_IDENTITY_VERSION
+            return ManagedIdentity(credential.managed_identity.client_id), MANAGED_IDENTITY_VERSION
+        if credential.workload_identity is not None:
+            return await self._federation(namespace, identity, credential.workload_identity, mem)
         kube = self.calls.kube
-        name = spec.credential.secret_name
+        name = credential.secret_name
         assert name is not None  # a Secret for every other kind of credential
         secret = await held.enter_async_context(self.reads.read(
-            (snap.namespace, name), lambda: self.calls("read Secret", kube.read_secret, snap.namespace, name),
-            self.seen(snap.namespace, name)))
+            (namespace, name), lambda: self.calls("read Secret", kube.read_secret, namespace, name),
+            self.seen(namespace, name)))
         if secret is None:
             mem.version = ""
             raise Failure(Reason.CREDENTIAL_NOT_FOUND,
-                          f"Secret {name} not found in namespace {snap.namespace}", retry=Retry.NEEDS_USER)
+                          f"Secret {name} not found in namespace {namespace}", retry=Retry.NEEDS_USER)
         version = secret.version
         mem.version = version
         try:
-            if spec.credential.client_secret is not None:
-                return credentials.client_secret(secret.data, spec.credential.client_secret), version
-            ref = spec.credential.certificate
+            if credential.client_secret is not None:
+                return credentials.client_secret(secret.data, credential.client_secret), version
+            ref = credential.certificate
             assert ref is not None
-            parsed = await self._parsed_certificate((snap.namespace, name), version, secret.data, ref)
+            parsed = await self._parsed_certificate((namespace, name), version, secret.data, ref)
             return credentials.usable(parsed, ref, now), version
         except CredentialError as exc:
             if exc.usable_from is not None:
@@ -103,22 +109,22 @@ class CredentialReader:
             self.certificates.drop(key, version, parse)  # not a verdict (cancelled, executor gone): parse again
             raise
 
-    async def _federation(self, snap: Snapshot, spec: GraphAppCredentialSpec, ref: WorkloadIdentityRef,
+    async def _federation(self, namespace: str, identity: AppIdentity, ref: WorkloadIdentityRef,
                           mem: CredentialMemory) -> tuple[Federation, str]:
         """The ServiceAccount to federate, if it allows this app; its resourceVersion is the credential version.
         Its token is not requested here: only an acquisition needs one (`with_assertion`)."""
         name = ref.service_account_name
-        account = await self._service_account_call("read ServiceAccount", snap.namespace, name,
-                                                   self.calls.kube.read_service_account, snap.namespace, name)
+        account = await self._service_account_call("read ServiceAccount", namespace, name,
+                                                   self.calls.kube.read_service_account, namespace, name)
         if account is None:
             mem.version = ""
-            raise Failure(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {snap.namespace}",
+            raise Failure(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {name} not found in namespace {namespace}",
                           retry=Retry.NEEDS_USER)
         version = str(account["metadata"].get("resourceVersion", ""))
         mem.version = version
-        return _consented(account, spec, ref, snap.namespace), version
+        return _consented(account, identity, ref, namespace), version
 
-    async def with_assertion(self, spec: GraphAppCredentialSpec, material: Material) -> Material:
+    async def with_assertion(self, identity: AppIdentity, material: Material) -> Material:
         """For federation, a copy of the material carrying a ServiceAccount token made for this acquisition alone;
         the caller drops it with the acquisition. Other material as it is.
         The consent is checked again first: the pass read it before waiting for the breaker and for sharing, and
@@ -126,7 +132,7 @@ class CredentialReader:
         must not have a token minted."""
         if not isinstance(material, Federation):
             return material
-        ref = spec.credential.workload_identity
+        ref = identity.credential.workload_identity
         assert ref is not None
         kube = self.calls.kube
         account = await self._service_account_call(
@@ -136,7 +142,7 @@ class CredentialReader:
             raise Failure(Reason.CREDENTIAL_NOT_FOUND, f"ServiceAccount {material.service_account} not found in "
                           f"namespace {material.namespace} (deleted or re-created since the pass began)",
                           retry=Retry.NEEDS_USER)
-        _consented(account, spec, ref, material.namespace)
+        _consented(account, identity, ref, material.namespace)
         token = await self._service_account_call(
             "create ServiceAccount token", material.namespace, material.service_account,
             kube.request_service_account_token, material.namespace, material.service_account, material.audience)

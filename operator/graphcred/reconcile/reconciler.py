@@ -30,11 +30,11 @@ from pydantic import ValidationError
 
 from graphcred.acquire.authority import AllowedAuthorities, not_allowed_message
 from graphcred.acquire.breaker import Breaker
-from graphcred.acquire.credentials import Material
+from graphcred.acquire.credentials import Certificate, ManagedIdentity, Material
 from graphcred.acquire.sharing import SharedTokens
 from graphcred.acquire.tokens import Token
 from graphcred.api.failures import Failure
-from graphcred.api.model import GraphAppCredentialSpec, GraphAppCredentialStatus, Reason
+from graphcred.api.model import AppIdentity, GraphAppCredentialSpec, GraphAppCredentialStatus, Reason
 from graphcred.base.backoff import backoff
 from graphcred.base.times import parse_rfc3339, rfc3339
 from graphcred.kube.calls import Gone, describe_failure
@@ -42,6 +42,8 @@ from graphcred.kube.errors import KubeError
 from graphcred.kube.reads import SharedReads
 from graphcred.reconcile import policy, reporting
 from graphcred.reconcile.acquiring import TokenAcquirer
+from graphcred.reconcile.apps import DEFAULT_CLUSTER_RESOURCE_NAMESPACE, ClusterApps, Resolved
+from graphcred.reconcile.appstatus import AppOutcomes
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.decide import (
     Action,
@@ -56,7 +58,7 @@ from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.outcome import spec_error_message
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import EventSink, KubePort, SecretDirectory, TokenPort
-from graphcred.reconcile.reading import CredentialReader
+from graphcred.reconcile.reading import MANAGED_IDENTITY_VERSION, CredentialReader
 from graphcred.reconcile.slots import RequestBudget, SlotGate
 from graphcred.reconcile.snapshot import Snapshot, Target
 from graphcred.reconcile.writing import TokenSecretWriter
@@ -66,22 +68,46 @@ from graphcred.tokensecret.render import stored_expiry
 log = logging.getLogger(__name__)
 
 
-def token_spec(spec: GraphAppCredentialSpec) -> str:
-    """Digest of everything in the spec but secretTemplate: what the token and the Ready verdict depend on."""
-    return hashlib.sha256(spec.model_dump_json(exclude={"secret_template"}).encode()).hexdigest()[:16]
+def token_spec(spec: GraphAppCredentialSpec, who: _Identity) -> str:
+    """Digest of everything in the spec but secretTemplate, and of the identity it borrows: what the token and the
+    Ready verdict depend on."""
+    borrowed = who.identity.model_dump_json() if who.app is not None else ""
+    return hashlib.sha256((spec.model_dump_json(exclude={"secret_template"}) + borrowed).encode()).hexdigest()[:16]
 
 
-def _upgraded(status: GraphAppCredentialStatus, spec: GraphAppCredentialSpec, secret_name: str,
-              issued_for: str) -> GraphAppCredentialStatus:
+def _same_token(previous: GraphAppCredentialStatus, issued_for: str, token: Token) -> bool:
+    """Is `token` the one the Secret holds (a managed identity's endpoint answers its cached token again)? Same
+    spec, same expiry to the second."""
+    expires = parse_rfc3339(previous.expires_on)
+    return (previous.issued_for == issued_for and expires is not None
+            and abs((token.expires_on - expires).total_seconds()) < 1.0)
+
+
+def _upgraded(status: GraphAppCredentialStatus, spec: GraphAppCredentialSpec, identity: AppIdentity,
+              secret_name: str, issued_for: str) -> GraphAppCredentialStatus:
     """A status written before `issuedFor` existed: its decoded claims tell whether the token matches the spec.
     Without this, upgrading the operator would re-acquire every token at once."""
     if status.issued_for is not None:
         return status
     resource = spec.scopes[0].removesuffix("/.default")
-    if (status.app_id == spec.client_id and status.tenant_id == spec.tenant_id and status.audience == resource
+    if (status.app_id == identity.client_id and status.tenant_id == identity.tenant_id and status.audience == resource
             and status.secret_name == secret_name):
         return status.model_copy(update={"issued_for": issued_for})
     return status
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """Whose token a pass requests: the identity (the spec's own, or its ClusterGraphApp's), the namespace its
+    credential material lives in, and the app (None: the spec names its own)."""
+
+    identity: AppIdentity
+    namespace: str
+    app: Resolved | None = None
+
+
+class Revoked(Failure):
+    """Permission to the token was withdrawn and its Secret deleted: the status no longer describes a token."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,8 @@ class Reconciler:
         workload_identity: bool = False,
         authority_hosts: Collection[str] = (),
         secrets: SecretDirectory | None = None,
+        apps: ClusterApps | None = None,
+        app_outcomes: AppOutcomes | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         # off: workloadIdentity credentials are refused without reading a ServiceAccount or requesting its token
@@ -121,6 +149,9 @@ class Reconciler:
         self.authorities = AllowedAuthorities(authority_hosts)
         self.kube = kube
         self.emit = emit
+        # ClusterGraphApps and namespace labels, for credentials with an appRef; what their passes end with
+        self.apps = apps if apps is not None else ClusterApps(DEFAULT_CLUSTER_RESOURCE_NAMESPACE)
+        self.app_outcomes = app_outcomes if app_outcomes is not None else AppOutcomes()
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self.calls = KubeCalls(kube, run_blocking)
@@ -159,71 +190,97 @@ class Reconciler:
         now = self._clock()
         renew, mem.renew.requested = mem.renew.requested, False
         asked = _Asked()
+        app: str | None = None  # the ClusterGraphApp named, if any: its status counts this pass
+        credential_expiry: dt.datetime | None = None
         try:
             # 1. spec
             spec = self._parse_spec(snap)
             secret_name = spec.effective_secret_name(snap.name)
-            issued_for = spec.issued_for(snap.name)
-            settled = token_spec(spec)  # what the token and the Ready verdict depend on
-            asked = _Asked(issued_for, tuple(spec.required_roles))
-            mem.credential.secret = spec.credential.secret_name
             mem.secret.retarget(secret_name)
+            app = spec.app_ref.name if spec.app_ref is not None else None
+            who = await self._identity(snap, spec, mem, secret_name)
+            identity = who.identity
+            issued_for = spec.issued_for(snap.name, identity)
+            settled = token_spec(spec, who)  # what the token and the Ready verdict depend on
+            asked = _Asked(issued_for, tuple(spec.required_roles))
+            mem.credential.secret = identity.credential.secret_name
             # 2. gather
-            previous = _upgraded(self._previous(snap, mem), spec, secret_name, issued_for)
+            previous = _upgraded(self._previous(snap, mem), spec, identity, secret_name, issued_for)
             material: Material | None = None
-            credential_version = self._unread_credential_version(snap, spec, mem, previous, renew)
+            credential_version = self._unread_credential_version(who, mem, previous, renew)
             if credential_version is None:
-                material, credential_version = await self.reader.read(snap, spec, mem.credential, now, held)
+                material, credential_version = await self.reader.read(who.namespace, identity, mem.credential, now,
+                                                                      held)
             fingerprint = material.fingerprint() if material is not None else None
             existing = await self.writer.target(snap, mem.secret, secret_name)
             # 3. decide
-            decision = self._decide(snap, spec, issued_for, settled, mem, previous, existing, fingerprint,
+            decision = self._decide(snap, spec, identity, issued_for, settled, mem, previous, existing, fingerprint,
                                     credential_version, renew, now)
             # 4. act
             if decision.action == Action.KEEP:
                 mem.credential.material, mem.token.settled_spec = fingerprint, settled
                 return await self._kept(snap, mem, previous, credential_version, now)
             if material is None:  # not read while gathering: the token is needed, and so is the credential
-                material, credential_version = await self.reader.read(snap, spec, mem.credential, now, held)
+                material, credential_version = await self.reader.read(who.namespace, identity, mem.credential, now,
+                                                                      held)
                 fingerprint = material.fingerprint()
                 if decision.action == Action.RERENDER:  # decided on the watch's version: again, on what was read
-                    decision = self._decide(snap, spec, issued_for, settled, mem, previous, existing, fingerprint,
-                                            credential_version, renew, now)
+                    decision = self._decide(snap, spec, identity, issued_for, settled, mem, previous, existing,
+                                            fingerprint, credential_version, renew, now)
             if decision.action == Action.RERENDER:
                 stored = await self.writer.stored(snap, secret_name, parse_rfc3339(previous.expires_on),
                                                   parse_rfc3339(previous.last_refresh_time), mem.token.issued_at)
                 if stored is not None:
                     token, target = stored
-                    await self.writer.write(snap, mem.secret, spec, secret_name, target, token)
+                    await self.writer.write(snap, mem.secret, spec, identity, secret_name, target, token)
                     mem.credential.material = fingerprint
                     return await self._rerendered(snap, mem, previous, secret_name, now)
             log.debug("%s/%s: requesting a token: %s", snap.namespace, snap.name, decision.reason)
-            token = await self._acquire(snap, spec, mem, previous, material, issued_for, renew)
+            token = await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
+            if isinstance(material, Certificate):
+                credential_expiry = material.leaf.not_valid_after_utc
+            if isinstance(material, ManagedIdentity) and _same_token(previous, issued_for, token):
+                # the identity endpoint answered the token the Secret holds (IMDS caches): nothing to write
+                return await self._answered_again(snap, mem, previous, token, fingerprint, settled)
             del material  # the credential is not kept between passes, nor the read it came from
             await held.aclose()
-            await self.writer.write(snap, mem.secret, spec, secret_name, existing, token)
+            if who.app is not None:
+                await self._still_permitted(snap, spec, who.app, mem, secret_name)
+            await self.writer.write(snap, mem.secret, spec, identity, secret_name, existing, token)
             mem.credential.material, mem.token.issued_at = fingerprint, token.issued_at
             log.debug("%s/%s: Secret %s %s", snap.namespace, snap.name, secret_name,
                       "created" if existing is None else "updated")
             await self.writer.remove_old(snap, previous.secret_name, secret_name)
         except Failure as outcome:
+            if app is not None:
+                self.app_outcomes.failed(app, (snap.namespace, snap.name), outcome, self._clock())
+            else:
+                self.app_outcomes.forget((snap.namespace, snap.name))
             return await self._failed(snap, mem, outcome, asked)
+        if app is not None:
+            self.app_outcomes.issued(app, (snap.namespace, snap.name), token, credential_expiry, self._clock())
+        else:
+            self.app_outcomes.forget((snap.namespace, snap.name))
         return await self._issued(snap, mem, spec, secret_name, token, credential_version, renew, issued_for,
-                                  decision.reason)
+                                  settled, decision.reason)
 
-    def _unread_credential_version(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory,
-                                   previous: GraphAppCredentialStatus, renew: bool) -> str | None:
-        name = spec.credential.secret_name
-        seen = self.reader.seen(snap.namespace, name) if name is not None else None
+    def _unread_credential_version(self, who: _Identity, mem: Memory, previous: GraphAppCredentialStatus,
+                                   renew: bool) -> str | None:
+        credential = who.identity.credential
+        if credential.managed_identity is not None:
+            return MANAGED_IDENTITY_VERSION  # nothing to read
+        name = credential.secret_name
+        seen = self.reader.seen(who.namespace, name) if name is not None else None
         version = unread_credential_version(
             previous, remembered=mem.credential.material is not None, renew=renew,
-            reads_secret=name is not None and spec.credential.workload_identity is None,
+            reads_secret=name is not None and credential.workload_identity is None,
             seen_version=seen.version if seen is not None else None)
         if version is not None:
             mem.credential.version = version
         return version
 
-    def _decide(self, snap: Snapshot, spec: GraphAppCredentialSpec, issued_for: str, settled: str, mem: Memory,
+    def _decide(self, snap: Snapshot, spec: GraphAppCredentialSpec, identity: AppIdentity, issued_for: str,
+                settled: str, mem: Memory,
                 previous: GraphAppCredentialStatus, existing: Target | None, fingerprint: str | None,
                 credential_version: str, renew: bool, now: dt.datetime) -> Decision:
         if existing is None:
@@ -238,22 +295,24 @@ class Reconciler:
         gathered = Gathered(
             now=now, status=previous, generation=snap.generation, issued_for=issued_for,
             renew=renew, credential_changed=changed,
-            credential_kind="ServiceAccount" if spec.credential.workload_identity is not None else "credential Secret",
+            credential_kind=("ServiceAccount" if identity.credential.workload_identity is not None
+                             else "credential Secret"),
             secret_present=existing is not None, secret_expiry=secret_expiry,
             refresh_before=spec.refresh_before() is not None)
         template_only = mem.token.settled_spec is not None and mem.token.settled_spec == settled
         return decide(gathered, template_only=template_only)
 
-    async def _acquire(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory,
+    async def _acquire(self, snap: Snapshot, spec: GraphAppCredentialSpec, who: _Identity, mem: Memory,
                        previous: GraphAppCredentialStatus, material: Material, issued_for: str, renew: bool
                        ) -> Token:
         current = current_issue(previous, issued_for, mem.token.issued_at)
         # while roles are missing, each check needs a new token: consent shows only in new tokens
-        token, shared = await self.acquirer.acquire(snap.namespace, snap.name, spec, material,
+        token, shared = await self.acquirer.acquire(snap.namespace, snap.name, who.identity, spec.scopes, material,
                                                     reuse=mem.report.missing_roles_checks == 0 and not renew,
                                                     newer_than=current)
         log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
-                  spec.authority_base(), rfc3339(token.expires_on))
+                  "the managed identity endpoint" if isinstance(material, ManagedIdentity)
+                  else who.identity.authority_base(), rfc3339(token.expires_on))
         if shared and current is not None and token.issued_at <= current:  # the very token already written
             raise Failure(Reason.AUTHORITY_UNAVAILABLE, "no newer token than the one in the Secret; retrying",
                           retry=Retry.TRANSIENT)
@@ -282,18 +341,74 @@ class Reconciler:
         problem = spec.secret_name_problem(snap.name)
         if problem is not None:  # the apiserver would refuse the Secret (422) after a token was requested for it
             raise Failure(Reason.INVALID_SPEC, problem, retry=Retry.ON_CHANGE)
-        if spec.credential.workload_identity is not None and not self.workload_identity:
+        return spec
+
+    async def _identity(self, snap: Snapshot, spec: GraphAppCredentialSpec, mem: Memory, secret_name: str
+                        ) -> _Identity:
+        """Whose token this pass requests: the spec's own identity, or its ClusterGraphApp's if the app's policy
+        permits this credential. Refused (or the app gone), the token Secret is deleted: a bearer token the
+        policy no longer allows must not stay readable."""
+        own = spec.identity()
+        if own is not None:
+            self._check_own(spec, own)
+            return _Identity(own, snap.namespace)
+        try:
+            resolved = await self.apps.resolve(snap.namespace, spec, self._read_app, self._read_namespace)
+        except Failure as refused:
+            if refused.reason in (Reason.NOT_PERMITTED, Reason.APP_NOT_FOUND):
+                raise await self._revoke(snap, mem, secret_name, refused) from None
+            raise
+        if resolved.spec.credential.workload_identity is not None and not self.workload_identity:
+            raise Failure(Reason.WORKLOAD_IDENTITY_DISABLED, f"ClusterGraphApp {resolved.app.name} federates a "
+                          "ServiceAccount, which needs workload identity enabled in the operator: install the chart "
+                          "with workloadIdentity.enabled=true (graphcred run --workload-identity)",
+                          retry=Retry.NEEDS_USER)
+        if not self.authorities.allows(resolved.spec.authority_base()):
+            raise Failure(Reason.AUTHORITY_NOT_ALLOWED, f"ClusterGraphApp {resolved.app.name}: "
+                          f"{not_allowed_message(resolved.spec.authority_base())}", retry=Retry.NEEDS_USER)
+        return _Identity(resolved.spec, resolved.namespace, resolved)
+
+    async def _read_app(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.calls("read ClusterGraphApp", self.kube.read_cluster_app, name)
+        return result
+
+    async def _read_namespace(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.calls("read Namespace", self.kube.read_namespace, name)
+        return result
+
+    async def _still_permitted(self, snap: Snapshot, spec: GraphAppCredentialSpec, app: Resolved, mem: Memory,
+                               secret_name: str) -> None:
+        """Just before the token is written: the policy or the namespace may have changed while it was requested."""
+        refusal = self.apps.permits(snap.namespace, spec, app)
+        if refusal is not None:
+            refused = Failure(Reason.NOT_PERMITTED, refusal, retry=Retry.NEEDS_USER)
+            raise await self._revoke(snap, mem, secret_name, refused)
+
+    async def _revoke(self, snap: Snapshot, mem: Memory, secret_name: str, refused: Failure) -> Revoked:
+        previous = self._previous(snap, mem)
+        for name in {secret_name, previous.secret_name} - {None}:
+            assert name is not None
+            if await self.writer.revoke(snap, mem.secret, name):
+                log.warning("%s/%s: deleted the token Secret %s: %s", snap.namespace, snap.name, name,
+                            refused.message)
+        mem.credential.material = None
+        mem.token.issued_at = mem.token.settled_spec = None
+        return Revoked(refused.reason, f"{refused.message}; the token Secret was deleted"
+                       if previous.expires_on else refused.message, retry=refused.retry)
+
+    def _check_own(self, spec: GraphAppCredentialSpec, identity: AppIdentity) -> None:
+        """The operator's own rules for a credential that names its identity itself."""
+        if identity.credential.workload_identity is not None and not self.workload_identity:
             # Only the operator's configuration can change this (and a restart re-runs every object): no retries.
             raise Failure(Reason.WORKLOAD_IDENTITY_DISABLED, "spec.credential.workloadIdentity needs workload "
                           "identity enabled in the operator: install the chart with workloadIdentity.enabled=true "
                           "(graphcred run --workload-identity)", retry=Retry.ON_CHANGE)
-        if not self.authorities.allows(spec.authority_base()):
+        if not self.authorities.allows(identity.authority_base()):
             # A host of the spec author's choosing would make the operator send requests (and credentials: a
             # ServiceAccount token could be exchanged there for any app that trusts it) wherever they like, from
             # inside the cluster: only the clouds' login hosts, or those the cluster admin allowed, are contacted.
-            raise Failure(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(spec.authority_base()),
+            raise Failure(Reason.AUTHORITY_NOT_ALLOWED, not_allowed_message(identity.authority_base()),
                           retry=Retry.ON_CHANGE)
-        return spec
 
     # --- reporting: decided by `reporting`, written here ------------------------------------------------------
     async def _kept(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus, credential_version: str,
@@ -310,16 +425,16 @@ class Reconciler:
         return max((refresh - now).total_seconds(), 0.0)
 
     async def _issued(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec, secret_name: str,
-                      token: Token, credential_version: str, renewed: bool, issued_for: str,
+                      token: Token, credential_version: str, renewed: bool, issued_for: str, settled: str,
                       cause: Cause | None) -> float:
-        mem.token.settled_spec = token_spec(spec)
+        mem.token.settled_spec = settled
         previous = self._previous(snap, mem)
         verdict = policy.issued_verdict(token.claims.roles, spec.required_roles, secret_name, token.expires_on)
         now = self._clock()
         missing = mem.report.missing_roles_checks + 1 if verdict.reason == Reason.MISSING_ROLES else 0
         mem.report.missing_roles_checks = missing
         refresh = policy.next_refresh(token.issued_at, token.expires_on, spec.refresh_before(), now, self._rng,
-                                      missing)
+                                      missing, hint=token.refresh_on)
         report = reporting.issued(
             previous, generation=snap.generation, secret_name=secret_name, issued_at=token.issued_at,
             expires_on=token.expires_on, claims=token.claims, refresh=refresh, credential_version=credential_version,
@@ -330,6 +445,20 @@ class Reconciler:
         # one more failure, so that its backoff grows, not restart from the first.
         mem.report.failures = 0
         log.debug("%s/%s: next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
+        return max((refresh - now).total_seconds(), 0.0)
+
+    async def _answered_again(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus, token: Token,
+                              fingerprint: str | None, settled: str) -> float:
+        """The managed identity's endpoint answered the very token the Secret holds (IMDS hands out its cached token
+        until shortly before expiry): nothing is written; the next attempt follows the answer's refresh hint, else
+        half the remaining lifetime."""
+        now = self._clock()
+        refresh = policy.next_attempt_same_token(token.expires_on, token.refresh_on, now, self._rng)
+        mem.credential.material, mem.token.settled_spec = fingerprint, settled
+        mem.report.failures = 0
+        await self._report(snap, mem, reporting.answered_again(previous, refresh))
+        log.debug("%s/%s: the managed identity answered the token already in the Secret; asking again at %s",
+                  snap.namespace, snap.name, rfc3339(refresh))
         return max((refresh - now).total_seconds(), 0.0)
 
     async def _rerendered(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus, secret_name: str,
@@ -352,8 +481,11 @@ class Reconciler:
     async def _failed(self, snap: Snapshot, mem: Memory, outcome: Failure, asked: _Asked) -> float | None:
         mem.report.failures += 1
         self.metrics.failed(outcome.reason.value)
+        previous = self._previous(snap, mem)
+        if isinstance(outcome, Revoked):  # the Secret is gone: the status describes no token any more
+            previous = reporting.without_token(previous)
         report, delay = reporting.failed(
-            self._previous(snap, mem), generation=snap.generation, reason=outcome.reason, message=outcome.message,
+            previous, generation=snap.generation, reason=outcome.reason, message=outcome.message,
             retry=outcome.retry, retry_after=outcome.retry_after, failures=mem.report.failures,
             issued_for=asked.issued_for, required_roles=asked.required_roles, now=self._clock(), rng=self._rng)
         await self._report(snap, mem, report)

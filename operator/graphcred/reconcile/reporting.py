@@ -136,6 +136,26 @@ def failed(previous: GraphAppCredentialStatus, *, generation: int, reason: Reaso
     return Report(status, ready, reason, message, event_due(before, ready, reason, message)), delay
 
 
+def answered_again(previous: GraphAppCredentialStatus, refresh: dt.datetime) -> Report:
+    """The token source answered the token the Secret holds (a managed identity's cache): the same status, with
+    the next attempt; no Event (nothing changed for anyone)."""
+    ready = previous.ready()
+    status = previous.model_copy(update={"refresh_at": rfc3339(refresh), "consecutive_failures": 0})
+    is_ready = ready is not None and ready.status == "True"
+    reason = Reason(ready.reason) if ready is not None and ready.reason in set(Reason) else Reason.TOKEN_ISSUED
+    return Report(status, is_ready, reason, ready.message if ready is not None else "", None)
+
+
+# What describes the token in the Secret: gone with the Secret (`without_token`).
+_TOKEN_FIELDS = ("secret_name", "expires_on", "refresh_at", "last_refresh_time", "last_refresh_reason", "roles",
+                 "audience", "tenant_id", "app_id", "credential_version", "issued_for")
+
+
+def without_token(previous: GraphAppCredentialStatus) -> GraphAppCredentialStatus:
+    """The status once the token Secret was deleted (permission withdrawn): nothing of the token it held."""
+    return previous.model_copy(update={f: ([] if f == "roles" else None) for f in _TOKEN_FIELDS})
+
+
 def kept(previous: GraphAppCredentialStatus, credential_version: str) -> Report:
     """The token in the Secret is kept (`policy.may_keep`: it is Ready) though the credential Secret changed
     (not the credential in it): record the Secret's new version, nothing else."""

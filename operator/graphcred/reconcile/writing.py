@@ -15,7 +15,7 @@ from typing import Any
 from graphcred.acquire.jwt import unverified_claims
 from graphcred.acquire.tokens import Token
 from graphcred.api.failures import Failure
-from graphcred.api.model import GraphAppCredentialSpec, Reason
+from graphcred.api.model import AppIdentity, GraphAppCredentialSpec, Reason
 from graphcred.api.template import TemplateError
 from graphcred.kube.calls import Conflict
 from graphcred.kube.errors import Invalid
@@ -84,11 +84,11 @@ class TokenSecretWriter:
         token = Token(access_token, expires, issued_precisely or issued, claims)
         return token, Target(str(secret["metadata"]["resourceVersion"]), secret)
 
-    async def write(self, snap: Snapshot, mem: SecretMemory, spec: GraphAppCredentialSpec, name: str,
-                    existing: Target | None, token: Token) -> None:
+    async def write(self, snap: Snapshot, mem: SecretMemory, spec: GraphAppCredentialSpec, identity: AppIdentity,
+                    name: str, existing: Target | None, token: Token) -> None:
         """Create the token Secret, or patch graphcred's keys into it (others' labels, annotations, finalizers and
         keys stay); remembers its new resourceVersion."""
-        body = _body(snap, spec, name, token)
+        body = _body(snap, spec, identity, name, token)
         try:
             mem.version = await self._put_ours(snap, mem, name, existing, body)
         except Invalid as exc:
@@ -166,6 +166,21 @@ class TokenSecretWriter:
                       f"Secret {name} is being deleted {change} and waits for {finalizers}; graphcred creates it "
                       "again once it is gone", retry=Retry.NEEDS_USER)
 
+    async def revoke(self, snap: Snapshot, mem: SecretMemory, name: str) -> bool:
+        """Permission to the token was withdrawn (a ClusterGraphApp's policy, a namespace's labels, the app
+        deleted): delete the token Secret if this object controls it; a bearer token the policy no longer allows
+        must not stay readable. Whether one was deleted."""
+        seen = self.secrets.lookup(snap.namespace, name) if self.secrets is not None else None
+        if seen is not None and seen.version is None and mem.version is None:
+            return False  # the watch has a whole list and no such Secret
+        existing = await self.calls("read Secret", self.calls.kube.read_secret, snap.namespace, name)
+        mem.version = None
+        if existing is None or not is_ours(existing["metadata"], snap.owner):
+            return False
+        await self.calls("delete Secret", self.calls.kube.delete_secret, snap.namespace, name,
+                         existing["metadata"].get("uid"))
+        return True
+
     async def remove_old(self, snap: Snapshot, old: str | None, new: str) -> None:
         """After spec.secretName changed: the old token Secret would stay valid and never be refreshed. Delete it
         if (and only if) this object controls it."""
@@ -179,10 +194,11 @@ class TokenSecretWriter:
                      snap.name, old)
 
 
-def _body(snap: Snapshot, spec: GraphAppCredentialSpec, name: str, token: Token) -> dict[str, Any]:
+def _body(snap: Snapshot, spec: GraphAppCredentialSpec, identity: AppIdentity, name: str, token: Token
+          ) -> dict[str, Any]:
     facts = TokenFacts(token.access_token, token.expires_on,
-                       tenant_id=token.claims.tenant_id or spec.tenant_id,
-                       client_id=token.claims.app_id or spec.client_id,
+                       tenant_id=token.claims.tenant_id or identity.tenant_id,
+                       client_id=token.claims.app_id or identity.client_id,
                        audience=token.claims.audience or spec.scopes[0].removesuffix("/.default"))
     try:
         return render(name, snap.owner, token.access_token, token.expires_on, template=spec.secret_template,

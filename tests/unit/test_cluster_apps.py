@@ -1,0 +1,347 @@
+"""ClusterGraphApp: a credential with an appRef gets a token with the app's identity only while the app's policy
+permits its namespace and scopes; a withdrawn permission deletes its token Secret; identical requests from many
+namespaces share one token request; a managed identity answering the same token twice writes nothing. On the
+in-memory rig (the real Controller and Reconciler); the bed's own tests are in tests/e2e/test_cluster_apps.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from graphcred.acquire.credentials import ManagedIdentity, Material
+from graphcred.acquire.tokens import Token
+from graphcred.api.model import (
+    AppIdentity,
+    ClusterGraphAppSpec,
+    GraphAppCredentialSpec,
+    NamespaceSelector,
+)
+
+from .fakes import FakeTokens, gac
+from .harness import Rig, run, until
+
+APPS_NS = "graphcred-system"  # the rig's cluster resource namespace
+GRAPH = "https://graph.microsoft.com/.default"
+TENANT = str(uuid.uuid4())
+CLIENT = str(uuid.uuid4())
+
+
+def app_spec(*, selector: dict[str, Any] | None = None, scopes: Sequence[str] = (GRAPH,),
+             credential: dict[str, Any] | None = None, client: str = CLIENT) -> dict[str, Any]:
+    return {"tenantId": TENANT, "clientId": client,
+            "credential": credential or {"clientSecret": {"name": "platform-secret"}},
+            "policy": {"namespaceSelector": selector if selector is not None else {"matchLabels": {"graph": "yes"}},
+                       "allowedScopes": list(scopes)}}
+
+
+def uses(app: str = "platform", scopes: Sequence[str] = (GRAPH,)) -> dict[str, Any]:
+    return {"appRef": {"name": app}, "scopes": list(scopes)}
+
+
+def platform(rig: Rig, spec: dict[str, Any] | None = None, name: str = "platform") -> dict[str, Any]:
+    """The app created in the cluster and seen by the controller, its client secret in the operator's namespace."""
+    rig.kube.put_client_secret(APPS_NS, "platform-secret", "platform-s3cret")
+    body = rig.kube.put_app(name, spec or app_spec())
+    rig.controller.app_event(body)
+    return body
+
+
+def tenant(rig: Rig, namespace: str, labels: dict[str, str], spec: dict[str, Any] | None = None,
+           name: str = "mail") -> dict[str, Any]:
+    """A namespace with `labels` and a credential in it naming the app, both seen by the controller."""
+    rig.controller.namespace_event(rig.kube.put_namespace(namespace, labels))
+    body = gac(name, spec or uses(), namespace=namespace)
+    rig.kube.objects.add((namespace, name))
+    rig.controller.observe(body)
+    return body
+
+
+def ready(rig: Rig, namespace: str, name: str = "mail") -> str | None:
+    cond = rig.kube.ready(namespace, name)
+    return cond["reason"] if cond else None
+
+
+# --- the model ------------------------------------------------------------------------------------------------------
+def test_a_credential_names_its_app_or_its_own_identity_never_both() -> None:
+    assert GraphAppCredentialSpec.model_validate(uses()).identity() is None
+    for mixed in ({"tenantId": TENANT}, {"credential": {"clientSecret": {"name": "x"}}}, {"cloud": "AzureChina"},
+                  {"authorityHost": "https://login.example.test"}):
+        with pytest.raises(ValidationError, match="set either appRef"):
+            GraphAppCredentialSpec.model_validate({**uses(), **mixed})
+    # the default older CRDs stored with every object: switching such an object to appRef needs no edit of it
+    assert GraphAppCredentialSpec.model_validate({**uses(), "cloud": "AzurePublic"}).app_ref is not None
+    with pytest.raises(ValidationError, match="set either appRef"):
+        GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT})
+
+
+def test_managed_identity_is_only_a_cluster_apps_credential() -> None:
+    with pytest.raises(ValidationError):
+        GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT,
+                                               "credential": {"managedIdentity": {}}})
+    app = ClusterGraphAppSpec.model_validate(app_spec(credential={"managedIdentity": {"clientId": CLIENT.upper()}}))
+    assert app.credential.managed_identity is not None
+    assert app.credential.managed_identity.client_id == CLIENT
+
+
+def test_a_cluster_app_without_a_policy_is_refused() -> None:
+    spec = app_spec()
+    del spec["policy"]
+    with pytest.raises(ValidationError, match="policy"):
+        ClusterGraphAppSpec.model_validate(spec)
+    with pytest.raises(ValidationError, match="allowedScopes"):
+        ClusterGraphAppSpec.model_validate({**app_spec(), "policy": {"namespaceSelector": {}, "allowedScopes": []}})
+
+
+@pytest.mark.parametrize(("selector", "labels", "selected"), [
+    ({}, {}, True),  # {} selects every namespace, as in Kubernetes
+    ({"matchLabels": {"graph": "yes"}}, {"graph": "yes", "team": "a"}, True),
+    ({"matchLabels": {"graph": "yes"}}, {"graph": "no"}, False),
+    ({"matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "b"]}]}, {"team": "b"}, True),
+    ({"matchExpressions": [{"key": "team", "operator": "In", "values": ["a"]}]}, {}, False),
+    ({"matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "team", "operator": "Exists"}]}, {"team": ""}, True),
+    ({"matchExpressions": [{"key": "sandbox", "operator": "DoesNotExist"}]}, {"sandbox": "1"}, False),
+    ({"matchLabels": {"graph": "yes"}, "matchExpressions": [{"key": "sandbox", "operator": "DoesNotExist"}]},
+     {"graph": "yes", "sandbox": "1"}, False),
+])
+def test_the_namespace_selector_selects_as_kubernetes_does(selector: dict[str, Any], labels: dict[str, str],
+                                                           selected: bool) -> None:
+    assert NamespaceSelector.model_validate(selector).selects(labels) is selected
+
+
+def test_a_selector_requirement_with_the_wrong_values_is_refused() -> None:
+    with pytest.raises(ValidationError, match="needs values"):
+        NamespaceSelector.model_validate({"matchExpressions": [{"key": "a", "operator": "In"}]})
+    with pytest.raises(ValidationError, match="takes no values"):
+        NamespaceSelector.model_validate({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]})
+
+
+def test_a_direct_credentials_digest_is_what_it_was_before_cluster_apps() -> None:
+    """status.issuedFor is stored: a new digest for the same spec would re-acquire every token at the upgrade."""
+    spec = GraphAppCredentialSpec.model_validate({"tenantId": TENANT, "clientId": CLIENT,
+                                                  "credential": {"certificate": {"name": "c"}}})
+    identity = spec.identity()
+    assert identity is not None
+    parts = ["https://login.microsoftonline.com", TENANT, CLIENT, "certificate", GRAPH, "mail-token"]
+    assert spec.issued_for("mail", identity) == hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+# --- passes ---------------------------------------------------------------------------------------------------------
+def test_a_permitted_namespace_gets_a_token_with_the_apps_identity_and_never_its_secret() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        tenant(rig, "team-a", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="team-a Ready")
+        secret = rig.kube.secrets[("team-a", "mail-token")]
+        assert set(secret["data"]) == {"access_token", "token_type", "expires_on", "authorization"}
+        assert rig.kube.statuses[("team-a", "mail")]["appId"] == CLIENT
+        # the app's secret was read where the admin put it, never in the tenant's namespace
+        assert (APPS_NS, "platform-secret") in rig.kube.reads
+        assert not [r for r in rig.kube.reads if r[0] == "team-a" and r[1] != "mail-token"]
+
+    run(scenario)
+
+
+def test_a_namespace_the_policy_does_not_select_gets_no_token_request() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        tenant(rig, "team-b", {"graph": "no"})
+        await until(lambda: ready(rig, "team-b") == "NotPermitted", what="NotPermitted")
+        message = rig.kube.ready("team-b", "mail")["message"]  # type: ignore[index]
+        assert "platform" in message and "namespace team-b" in message, message
+        assert rig.tokens.requests == 0
+        assert ("team-b", "mail-token") not in rig.kube.secrets
+
+    run(scenario)
+
+
+def test_a_scope_the_policy_does_not_allow_gets_no_token_request() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        tenant(rig, "team-a", {"graph": "yes"}, uses(scopes=["https://vault.azure.net/.default"]))
+        await until(lambda: ready(rig, "team-a") == "NotPermitted", what="NotPermitted")
+        assert "https://vault.azure.net/.default" in rig.kube.ready("team-a", "mail")["message"]  # type: ignore[index]
+        assert rig.tokens.requests == 0
+
+    run(scenario)
+
+
+def test_twenty_namespaces_on_one_app_make_one_token_request() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        for i in range(20):
+            tenant(rig, f"team-{i}", {"graph": "yes"})
+        await until(lambda: all(ready(rig, f"team-{i}") == "TokenIssued" for i in range(20)), what="all Ready")
+        assert rig.tokens.requests == 1
+        tokens = {rig.kube.token_in(f"team-{i}", "mail-token") for i in range(20)}
+        assert len(tokens) == 1
+
+    run(scenario)
+
+
+def test_a_relabelled_namespace_loses_its_token_secret_while_a_selected_one_keeps_it() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        tenant(rig, "team-a", {"graph": "yes"})
+        tenant(rig, "team-b", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == ready(rig, "team-b") == "TokenIssued", what="both Ready")
+        rig.controller.namespace_event(rig.kube.put_namespace("team-b", {"graph": "no"}))
+        await until(lambda: ("team-b", "mail-token") not in rig.kube.secrets, what="team-b's Secret deleted")
+        await until(lambda: ready(rig, "team-b") == "NotPermitted", what="NotPermitted")
+        status = rig.kube.statuses[("team-b", "mail")]
+        assert "the token Secret was deleted" in status["conditions"][0]["message"]
+        assert "expiresOn" not in status and "secretName" not in status, status
+        assert ("team-a", "mail-token") in rig.kube.secrets and ready(rig, "team-a") == "TokenIssued"
+        # labelled back: a token again
+        rig.controller.namespace_event(rig.kube.put_namespace("team-b", {"graph": "yes"}))
+        await until(lambda: ready(rig, "team-b") == "TokenIssued", what="team-b Ready again")
+
+    run(scenario)
+
+
+def test_a_policy_edit_that_withdraws_a_scope_deletes_the_token_secret() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        tenant(rig, "team-a", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+        rig.controller.app_event(rig.kube.put_app("platform", app_spec(scopes=["https://vault.azure.net/.default"])))
+        await until(lambda: ("team-a", "mail-token") not in rig.kube.secrets, what="Secret deleted")
+        assert ready(rig, "team-a") == "NotPermitted"
+
+    run(scenario)
+
+
+def test_an_app_created_late_is_picked_up_and_a_deleted_one_takes_its_tokens_along() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        tenant(rig, "team-a", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == "AppNotFound", what="AppNotFound")
+        assert rig.tokens.requests == 0
+        platform(rig)
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready once the app exists")
+        rig.kube.delete_app("platform")
+        rig.controller.app_event({"metadata": {"name": "platform"}}, deleted=True)
+        await until(lambda: ("team-a", "mail-token") not in rig.kube.secrets, what="Secret deleted")
+        assert ready(rig, "team-a") == "AppNotFound"
+
+    run(scenario)
+
+
+def test_a_credential_seen_before_its_namespace_or_app_is_judged_on_what_it_reads() -> None:
+    """Just after a start, the watches may not have reported the app or the namespace yet: the pass reads them,
+    and neither refuses the credential nor deletes its token for want of an event."""
+    rig = Rig()
+
+    async def scenario() -> None:
+        rig.kube.put_client_secret(APPS_NS, "platform-secret", "platform-s3cret")
+        rig.kube.put_app("platform", app_spec())
+        rig.kube.put_namespace("team-a", {"graph": "yes"})
+        body = gac("mail", uses(), namespace="team-a")
+        rig.kube.objects.add(("team-a", "mail"))
+        rig.controller.observe(body)
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+        assert rig.kube.app_reads == 1 and rig.kube.namespace_reads == 1
+
+    run(scenario)
+
+
+def test_the_apps_credential_secret_rotated_reaches_every_user() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        for ns in ("team-a", "team-b"):
+            tenant(rig, ns, {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == ready(rig, "team-b") == "TokenIssued", what="Ready")
+        before = {ns: rig.kube.token_in(ns, "mail-token") for ns in ("team-a", "team-b")}
+        rig.clock.advance(60)
+        rig.kube.put_client_secret(APPS_NS, "platform-secret", "rotated")
+        version = rig.kube.secrets[(APPS_NS, "platform-secret")]["metadata"]["resourceVersion"]
+        rig.controller.secret_event(APPS_NS, "platform-secret", version, False)
+        await until(lambda: all(rig.kube.token_in(ns, "mail-token") != before[ns] for ns in before),
+                    what="new tokens")
+        assert rig.tokens.requests == 2  # one for both, before and after
+
+    run(scenario)
+
+
+def test_the_apps_status_counts_its_users_and_says_whether_its_credential_works() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        rig.controller.app_status.start()
+        try:
+            platform(rig)
+            tenant(rig, "team-a", {"graph": "yes"})
+            tenant(rig, "team-b", {"graph": "no"})
+            await until(lambda: rig.kube.app_statuses.get("platform", {}).get("permitted") == 1, timeout=10,
+                        what="app status")
+            status = rig.kube.app_statuses["platform"]
+            assert status["users"] == 2
+            assert status["conditions"][0]["status"] == "True", status
+            assert ("platform", "Normal", "TokenIssued") in rig.events
+        finally:
+            await rig.controller.app_status.stop()
+
+    run(scenario)
+
+
+class SameTokenTwice(FakeTokens):
+    """A managed identity's endpoint: answers its cached token again until a test says otherwise."""
+
+    cached: Token | None = None
+
+    def acquire(self, spec: AppIdentity, scopes: Sequence[str], material: Material) -> Token:
+        assert isinstance(material, ManagedIdentity)
+        if self.cached is None:
+            token = super().acquire(spec, scopes, material)
+            self.cached = dataclasses.replace(token, refresh_on=token.issued_at + dt.timedelta(minutes=20))
+        else:
+            self.requests += 1
+        return self.cached
+
+
+def test_a_managed_identity_answering_the_same_token_writes_nothing_and_follows_its_refresh_hint() -> None:
+    rig = Rig()
+    rig.tokens = tokens = SameTokenTwice(rig.clock)
+    rig.reconciler.acquirer.tokens = tokens
+
+    async def scenario() -> None:
+        body = rig.kube.put_app("platform", app_spec(credential={"managedIdentity": {}}))
+        rig.controller.app_event(body)
+        tenant(rig, "team-a", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+        writes = rig.kube.writes
+        status = rig.kube.statuses[("team-a", "mail")]
+        assert tokens.cached is not None and tokens.cached.refresh_on is not None
+        # the refresh follows the hint (20 minutes), not half the lifetime (30)
+        assert status["refreshAt"] <= tokens.cached.refresh_on.strftime("%Y-%m-%dT%H:%M:%SZ")
+        key = ("team-a", "mail")
+        rig.controller._workers[key].memory.renew.requested = True  # ask again now
+        rig.controller._workers[key].wake.set()
+        await until(lambda: tokens.requests == 2, what="asked again")
+        await until(lambda: rig.kube.statuses[key]["refreshAt"] != status["refreshAt"], what="next attempt")
+        assert rig.kube.writes == writes  # nothing written: the same token
+        assert ready(rig, "team-a") == "TokenIssued"
+
+    run(scenario)
