@@ -2,7 +2,8 @@
 (server-side dry run), least-privilege RBAC (ServiceAccount access only with workloadIdentity.enabled, pod access
 only with consumerWarnings.enabled), and the operator really working with exactly that RBAC, cluster-wide and in
 watchNamespaces mode. The values schema (bad values refused by helm itself, every documented example accepted),
-kubeVersion, the view/edit/admin aggregated roles on the bed, the PodDisruptionBudget and the NetworkPolicy."""
+kubeVersion, the view/edit/admin aggregated roles on the bed, the PodDisruptionBudget and the NetworkPolicy. Cluster
+apps: the operator's rules for ClusterGraphApps in every mode, and who may write them (an authorizer matrix, -s)."""
 
 from __future__ import annotations
 
