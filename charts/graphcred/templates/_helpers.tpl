@@ -67,3 +67,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [get, list, watch]
 {{- end }}
 {{- end -}}
+
+{{/* Where ClusterGraphApps' Secrets and ServiceAccounts live: clusterApps.resourceNamespace, else the release's. */}}
+{{- define "graphcred.clusterResourceNamespace" -}}
+{{- .Values.clusterApps.resourceNamespace | default .Release.Namespace -}}
+{{- end -}}
