@@ -1,5 +1,6 @@
 """The whole test bed in one object: the control plane, the token issuer, the Graph API, an IMDS (managed
-identities, graphcred_testbed.imds), and API clients; with `node=True` also a real node (graphcred_testbed.node: containerd, runc, kubelet) that runs the cluster's pods."""
+identities, graphcred_testbed.imds), and API clients; with `node=True` also a real node (graphcred_testbed.node:
+containerd, runc, kubelet) that runs the cluster's pods."""
 
 from __future__ import annotations
 
