@@ -123,7 +123,6 @@ class ImdsSession(requests.Session):
     def __init__(self, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         super().__init__()
         self.trust_env = False  # no proxy (nor netrc, nor CA settings) from the environment
-        self.max_redirects = 0
         self._timeout = timeout
         self._last = threading.local()
 
