@@ -53,6 +53,7 @@ class Bed:
         self.issuer_ca_file.write_bytes(self.issuer_ca.cert_pem)
         self.issuer_server: IssuerServer | None = None
         self.node_authority_host: str | None = None  # the issuer as the node's pods reach it (`Bed(node=True)`)
+        self.node_imds_host: str | None = None  # the IMDS as the node's pods reach it (`Bed(node=True)`)
         self.graph_api: GraphApi | None = None
         self.api: client.ApiClient | None = None
 
@@ -109,6 +110,9 @@ class Bed:
                 ip, port = self._node.forward(self.issuer_server.server_address[1])
                 self.node_authority_host = f"https://{ip}:{port}"
                 self.issuer_server.issuer.aliases.add(self.node_authority_host)
+                if self.imds_server is not None:
+                    ip, port = self._node.forward(self.imds_server.server_address[1])
+                    self.node_imds_host = f"http://{ip}:{port}"
         except BaseException:  # pytest-timeout's Failed too: nothing of a half-started bed may outlive it
             self.stop()
             raise
