@@ -96,6 +96,7 @@ class _Fault:
     body: bytes | None
     headers: dict[str, str]
     delay: float
+    unframed: bool
 
 
 @dataclass(frozen=True)
@@ -186,13 +187,14 @@ class Imds:
 
     # --- faults and the request log ------------------------------------------------------------------------------
     def fail_next(self, status: int, count: int = 1, retry_after: int | None = None, *, body: bytes | None = None,
-                  headers: Mapping[str, str] | None = None, delay: float = 0.0) -> None:
+                  headers: Mapping[str, str] | None = None, delay: float = 0.0, unframed: bool = False) -> None:
         """Answer the next `count` token requests (that carry the Metadata header) with `status` instead: 429 with
         `retry_after` as Retry-After, 404/410 (IMDS updating), 5xx, ... `body` replaces IMDS's JSON error body (an
         oversized or non-JSON answer), `headers` are added (a redirect's Location), `delay` seconds pass before the
-        answer. Faults queue up: the first given is answered first."""
+        answer; `unframed`: no Content-Length, the body ends when the connection closes. Faults queue up: the first
+        given is answered first."""
         with self._lock:
-            self._faults.append(_Fault(status, count, retry_after, body, dict(headers or {}), delay))
+            self._faults.append(_Fault(status, count, retry_after, body, dict(headers or {}), delay, unframed))
 
     def heal(self) -> None:
         """Forget the faults not yet answered."""
@@ -335,7 +337,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers = dict(fault.headers)
             if fault.retry_after is not None:
                 headers["Retry-After"] = str(fault.retry_after)
-            self._send(fault.status, fault.body if fault.body is not None else _error_body(fault.status), headers)
+            self._send(fault.status, fault.body if fault.body is not None else _error_body(fault.status), headers,
+                       framed=not fault.unframed)
             return fault.status, False
         if not query.get("api-version"):
             return self._error(400, "invalid_request", "Required query variable 'api-version' is missing"), False
@@ -354,10 +357,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps({"error": error, "error_description": description}).encode())
         return status
 
-    def _send(self, status: int, payload: bytes, headers: Mapping[str, str] | None = None) -> None:
+    def _send(self, status: int, payload: bytes, headers: Mapping[str, str] | None = None, *,
+              framed: bool = True) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
+        if framed:
+            self.send_header("Content-Length", str(len(payload)))
+        else:  # the body ends with the connection
+            self.send_header("Connection", "close")
+            self.close_connection = True
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()

@@ -140,12 +140,16 @@ def test_refresh_on_from_msal_for_long_lived_tokens(imds_server: ImdsServer) -> 
     assert abs((token.refresh_on - half).total_seconds()) <= 5
 
 
-def test_an_oversized_answer_is_refused(imds_server: ImdsServer) -> None:
+@pytest.mark.parametrize("unframed", [False, True], ids=["content-length", "until-close"])
+def test_an_oversized_answer_is_refused(imds_server: ImdsServer, unframed: bool) -> None:
     identity = imds_server.imds.assign()
-    imds_server.imds.fail_next(200, body=b'{"access_token": "' + b"A" * 100_000 + b'", "expires_in": "3599"}')
-    error = _refused(ManagedIdentityTokens(), ManagedIdentity(identity.client_id))
+    imds_server.imds.fail_next(200, body=b'{"access_token": "' + b"A" * 100_000 + b'", "expires_in": "3599"}',
+                               unframed=unframed)
+    tokens = ManagedIdentityTokens()
+    error = _refused(tokens, ManagedIdentity(identity.client_id))
     assert error.reason is Reason.AUTHORITY_UNAVAILABLE and not error.permanent
     assert "more than 64 KiB" in error.message
+    assert tokens.acquire(ManagedIdentity(identity.client_id), SCOPES).claims.app_id == identity.client_id
 
 
 def test_a_redirect_is_not_followed(imds_server: ImdsServer) -> None:
