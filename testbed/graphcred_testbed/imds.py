@@ -317,11 +317,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # quiet, like the bed's other servers
 
     def do_GET(self) -> None:
-        imds = self.server.imds
         url = urlsplit(self.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
-        status, minted = self._answer(imds, url.path, query)
-        imds._record(ImdsRequest("GET", url.path, query, dict(self.headers.items()), status, minted))
+        self._path, self._query, self._minted = url.path, query, False
+        self._answer(self.server.imds, url.path, query)
 
     def _answer(self, imds: Imds, path: str, query: dict[str, str]) -> tuple[int, bool]:
         if path != TOKEN_PATH:
@@ -349,9 +348,9 @@ class _Handler(BaseHTTPRequestHandler):
             identity = imds._identity(query)
         except LookupError as exc:
             return self._error(400, "invalid_request", str(exc)), False
-        answer, minted = imds.token(identity, resource)
+        answer, self._minted = imds.token(identity, resource)
         self._send(200, json.dumps(answer).encode())
-        return 200, minted
+        return 200, self._minted
 
     def _error(self, status: int, error: str, description: str) -> int:
         self._send(status, json.dumps({"error": error, "error_description": description}).encode())
@@ -359,6 +358,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: bytes, headers: Mapping[str, str] | None = None, *,
               framed: bool = True) -> None:
+        # recorded before the answer goes out: a client that has its answer finds its request in the log
+        self.server.imds._record(ImdsRequest("GET", self._path, self._query, dict(self.headers.items()), status,
+                                             self._minted))
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         if framed:
