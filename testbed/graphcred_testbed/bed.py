@@ -1,5 +1,6 @@
-"""The whole test bed in one object: the control plane, the token issuer, the Graph API, and API clients; with
-`node=True` also a real node (graphcred_testbed.node: containerd, runc, kubelet) that runs the cluster's pods."""
+"""The whole test bed in one object: the control plane, the token issuer, the Graph API, an IMDS (managed
+identities, graphcred_testbed.imds), and API clients; with `node=True` also a real node (graphcred_testbed.node:
+containerd, runc, kubelet) that runs the cluster's pods."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kubernetes import client, config
 
 from .cluster import ControlPlane
 from .graph import GraphApi
+from .imds import Imds, ImdsServer
 from .issuer import Issuer, IssuerServer
 from .node import NODE_IP, Node
 from .pki import CertificateAuthority
@@ -36,17 +38,22 @@ def wait_for(
 
 
 class Bed:
-    """Control plane + issuer + Graph API. `with Bed(dir) as bed:` starts them all and stops them all."""
+    """Control plane + issuer + Graph API (+ IMDS). `with Bed(dir) as bed:` starts them all and stops them all.
+    `imds=False`: no IMDS (it is one thread on the loopback: on by default)."""
 
-    def __init__(self, workdir: Path | None = None, *, node: bool = False) -> None:
+    def __init__(self, workdir: Path | None = None, *, node: bool = False, imds: bool = True) -> None:
         self.control_plane = ControlPlane(workdir, node=node)
         self.node_wanted = node
+        self.imds_wanted = imds
+        # managed identities: tokens signed with the issuer's key, so the Graph API accepts them
+        self.imds_server: ImdsServer | None = None
         self._node: Node | None = None
         self.issuer_ca = CertificateAuthority("graphcred-testbed-issuer-ca")
         self.issuer_ca_file = self.control_plane.dir / "issuer-ca.crt"
         self.issuer_ca_file.write_bytes(self.issuer_ca.cert_pem)
         self.issuer_server: IssuerServer | None = None
         self.node_authority_host: str | None = None  # the issuer as the node's pods reach it (`Bed(node=True)`)
+        self.node_imds_host: str | None = None  # the IMDS as the node's pods reach it (`Bed(node=True)`)
         self.graph_api: GraphApi | None = None
         self.api: client.ApiClient | None = None
 
@@ -59,6 +66,18 @@ class Bed:
     def authority_host(self) -> str:
         assert self.issuer_server is not None, "bed not started"
         return self.issuer_server.base_url
+
+    @property
+    def imds(self) -> Imds:
+        """The bed's IMDS (`Bed(imds=True)`, the default): managed identities, faults, the request log."""
+        assert self.imds_server is not None, "bed started without an IMDS"
+        return self.imds_server.imds
+
+    @property
+    def imds_host(self) -> str:
+        """http://127.0.0.1:PORT: the value of AZURE_POD_IDENTITY_AUTHORITY_HOST for MSAL to use the bed's IMDS."""
+        assert self.imds_server is not None, "bed started without an IMDS"
+        return self.imds_server.base_url
 
     @property
     def graph(self) -> GraphApi:
@@ -82,6 +101,8 @@ class Bed:
         # federated assertions: the issuer fetches the apiserver's discovery document and JWKS, served with this CA
         self.issuer_server.issuer.trust_ca(self.control_plane.ca.cert_pem)
         try:
+            if self.imds_wanted:
+                self.imds_server = ImdsServer(self.issuer_server.issuer).start()
             self.graph_api = GraphApi(self.issuer_ca, self.issuer_server.base_url, self.issuer_ca_file).start()
             self.control_plane.start()
             if self.node_wanted:
@@ -89,6 +110,9 @@ class Bed:
                 ip, port = self._node.forward(self.issuer_server.server_address[1])
                 self.node_authority_host = f"https://{ip}:{port}"
                 self.issuer_server.issuer.aliases.add(self.node_authority_host)
+                if self.imds_server is not None:
+                    ip, port = self._node.forward(self.imds_server.server_address[1])
+                    self.node_imds_host = f"http://{ip}:{port}"
         except BaseException:  # pytest-timeout's Failed too: nothing of a half-started bed may outlive it
             self.stop()
             raise
@@ -102,6 +126,8 @@ class Bed:
                 parts.callback(self.issuer_server.stop)
             if self.graph_api is not None:
                 parts.callback(self.graph_api.stop)
+            if self.imds_server is not None:
+                parts.callback(self.imds_server.stop)
             parts.callback(self.control_plane.stop)
             if self._node is not None:
                 parts.callback(self._node.stop)
