@@ -143,10 +143,12 @@ def test_helm_lint_is_clean() -> None:
     assert "0 chart(s) failed" in out
 
 
-def test_chart_crd_is_the_committed_crd() -> None:
-    [crd] = [d for d in render() if d["kind"] == "CustomResourceDefinition"]
-    assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
-    assert crd == yaml.safe_load((ROOT / "crds" / "graphappcredentials.yaml").read_text())
+def test_chart_crds_are_the_committed_crds() -> None:
+    crds = {d["spec"]["names"]["plural"]: d for d in render() if d["kind"] == "CustomResourceDefinition"}
+    assert sorted(crds) == ["clustergraphapps", "graphappcredentials"]
+    for plural, crd in crds.items():
+        assert crd["metadata"].pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        assert crd == yaml.safe_load((ROOT / "crds" / f"{plural}.yaml").read_text())
     assert not [d for d in render("--set", "crds.install=false") if d["kind"] == "CustomResourceDefinition"]
 
 
@@ -1159,40 +1161,11 @@ def test_aggregated_roles_grant_nothing_on_cluster_apps(option_set: str) -> None
         assert not [r for r in rules if r[1].startswith("clustergraphapps") or r[1] == "namespaces" or "*" in r]
 
 
-# A stand-in until crds/clustergraphapps.yaml exists on this branch (the lead's merge brings the generated CRD): what
-# RBAC and the can-i answers depend on is only its group, plural and scope.
-MINIMAL_CGA_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": CGA},
-    "spec": {"group": "graphcred.io", "scope": "Cluster",
-             "names": {"kind": "ClusterGraphApp", "plural": "clustergraphapps", "singular": "clustergraphapp",
-                       "shortNames": ["cga"], "categories": ["graphcred"]},
-             "versions": [{"name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
-                           "schema": {"openAPIV3Schema": {"type": "object",
-                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
-
-
 @contextmanager
 def cluster_app_crd(bed: Bed) -> Iterator[None]:
-    """The ClusterGraphApp CRD on the bed: as it is if the session installed it, else crds/clustergraphapps.yaml,
-    else the stand-in above; one this created is deleted afterwards."""
-    crds = client.ApiextensionsV1Api(bed.api)
-    try:
-        crds.read_custom_resource_definition(CGA)
-        yield
-        return
-    except client.ApiException as exc:
-        if exc.status != 404:
-            raise
-    committed = ROOT / "crds" / "clustergraphapps.yaml"
-    manifest = committed.read_text() if committed.exists() else yaml.safe_dump(MINIMAL_CGA_CRD)
-    bed.kubectl("apply", "--server-side", "-f", "-", input=manifest)
+    """The ClusterGraphApp CRD on the bed (the session installs crds/, both CRDs)."""
     bed.kubectl("wait", "--for=condition=Established", f"crd/{CGA}")
-    try:
-        yield
-    finally:
-        bed.kubectl("delete", "--ignore-not-found", "--wait=false", f"crd/{CGA}", check=False)
+    yield
 
 
 def _review(bed: Bed, user: str, verb: str, resource: str, namespace: str = "", subresource: str = "",

@@ -24,9 +24,10 @@ pytestmark = [pytest.mark.bed, pytest.mark.compat]  # make test-compat runs it a
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_committed_crd_is_the_generated_one() -> None:
-    committed = (ROOT / "crds" / "graphappcredentials.yaml").read_text()
-    assert committed == crd_yaml(), "crds/ drifted from the models: run `graphcred crd > crds/graphappcredentials.yaml`"
+@pytest.mark.parametrize("plural", ["graphappcredentials", "clustergraphapps"])
+def test_committed_crd_is_the_generated_one(plural: str) -> None:
+    committed = (ROOT / "crds" / f"{plural}.yaml").read_text()
+    assert committed == crd_yaml(plural), "crds/ drifted from the models: run `make crd`"
 
 
 def _manifest(**spec: Any) -> dict[str, Any]:
@@ -83,9 +84,33 @@ def test_the_longest_names_and_durations_are_accepted(bed: Bed, namespace: str) 
 def test_valid_manifest_with_defaults_is_accepted(bed: Bed, namespace: str) -> None:
     bed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(_manifest(tenantId="contoso.onmicrosoft.com")))
     obj = yaml.safe_load(bed.kubectl("get", "gac", "bad", "-n", namespace, "-o", "yaml").stdout)
-    assert obj["spec"]["cloud"] == "AzurePublic"
+    # no default for cloud in the schema (an appRef takes the app's): absent means AzurePublic, as documented
+    assert "cloud" not in obj["spec"]
     assert obj["spec"]["scopes"] == ["https://graph.microsoft.com/.default"]
     assert obj["spec"]["credential"]["clientSecret"]["key"] == "clientSecret"
+
+
+def test_an_app_ref_and_an_own_identity_together_are_refused(bed: Bed, namespace: str) -> None:
+    manifest = _manifest(appRef={"name": "platform"})
+    result = bed.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False)
+    assert result.returncode != 0 and "set either appRef" in result.stderr, result.stderr
+    only_ref = {**manifest, "spec": {"appRef": {"name": "platform"}}}
+    bed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=json.dumps(only_ref))
+
+
+def test_a_cluster_app_needs_a_policy_and_may_use_a_managed_identity(bed: Bed) -> None:
+    app: dict[str, Any] = {"apiVersion": "graphcred.io/v1alpha1", "kind": "ClusterGraphApp",
+                           "metadata": {"name": "platform"},
+                           "spec": {"tenantId": str(uuid.uuid4()), "clientId": str(uuid.uuid4()),
+                                    "credential": {"managedIdentity": {}}}}
+    result = bed.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(app), check=False)
+    assert result.returncode != 0 and "policy" in result.stderr, result.stderr
+    app["spec"]["policy"] = {"namespaceSelector": {"matchLabels": {"graph": "yes"}},
+                             "allowedScopes": ["https://graph.microsoft.com/.default"]}
+    bed.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(app))
+    app["spec"]["policy"]["namespaceSelector"] = {"matchExpressions": [{"key": "a", "operator": "In"}]}
+    result = bed.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(app), check=False)
+    assert result.returncode != 0 and "In and NotIn need values" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("example", ["client-secret.yaml", "certificate.yaml", "pod.yaml", "workload-identity.yaml"])

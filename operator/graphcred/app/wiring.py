@@ -16,6 +16,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 
+from graphcred.acquire.managed import ManagedIdentityTokens
 from graphcred.acquire.tokens import TokenClient
 from graphcred.app.config import RunConfig
 from graphcred.app.stopflag import StopFlag
@@ -140,6 +141,8 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     watches. `loop`: the event loop they will run on (the watches' threads call back into it)."""
     api = api_client(cfg)
     tokens = TokenClient(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout), authority_hosts=cfg.allowed_authorities)
+    # ClusterGraphApps with managedIdentity: the host's identity endpoint (IMDS), through msal
+    tokens.managed = ManagedIdentityTokens(timeout=(5.0, cfg.token_timeout)).acquire
     kube = Kube(api, timeout=cfg.api_timeouts)
     io = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency, thread_name_prefix="graphcred-io")
     event_io = ThreadPoolExecutor(max_workers=POSTERS, thread_name_prefix="graphcred-events")
