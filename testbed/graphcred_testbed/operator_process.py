@@ -21,7 +21,10 @@ class OperatorProcess:
         argv = [sys.executable, "-m", "graphcred", "run", f"--kubeconfig={bed.kubeconfig}",
                 f"--ca-bundle={bed.issuer_ca_file}", f"--log-format={log_format}", f"--log-level={log_level}",
                 "--metrics-port=0", *(f"--authority-host={h}" for h in issuers), *extra_args]
-        self.process = Process(name, argv, logdir)
+        # ClusterGraphApps with a managed identity: msal asks the bed's IMDS (as it would the real one on a node)
+        imds = getattr(bed, "imds_host", None) if bed.imds_server is not None else None
+        env = {**os.environ, "AZURE_POD_IDENTITY_AUTHORITY_HOST": imds} if imds else None
+        self.process = Process(name, argv, logdir, env=env)
         self._log_offset = 0
 
     @property
