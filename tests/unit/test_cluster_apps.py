@@ -345,3 +345,83 @@ def test_a_managed_identity_answering_the_same_token_writes_nothing_and_follows_
         assert ready(rig, "team-a") == "TokenIssued"
 
     run(scenario)
+
+
+def test_after_a_restart_a_namespaces_credentials_read_it_once_and_the_app_counts_them_without_a_token_request(
+        ) -> None:
+    """A new process (a restart, a leader change) sees the credentials before the watches report the app and the
+    namespace: one read of each for all of them, no token request (the tokens are valid), and the app's status
+    counts them from their first pass, never saying it is unused in between."""
+    rig = Rig()
+
+    async def first() -> None:
+        platform(rig)
+        rig.controller.namespace_event(rig.kube.put_namespace("team-a", {"graph": "yes"}))
+        for i in range(10):
+            body = gac(f"mail{i}", uses(), namespace="team-a")
+            rig.kube.objects.add(("team-a", f"mail{i}"))
+            rig.controller.observe(body)
+        await until(lambda: all(ready(rig, "team-a", f"mail{i}") == "TokenIssued" for i in range(10)), what="Ready")
+        await rig.controller.stop()
+
+    run(first)
+    requests = rig.tokens.requests
+    successor = rig.successor()
+    kube = successor.kube
+    kube.app_reads = kube.namespace_reads = 0
+    kube.app_statuses["platform"] = {"users": 10, "permitted": 10, "observedGeneration": 1, "conditions": [
+        {"type": "Ready", "status": "True", "reason": "TokenIssued", "message": "tokens issued for 10 credential(s)",
+         "observedGeneration": 1, "lastTransitionTime": "2026-11-25T12:00:00Z"}]}
+    written: list[dict[str, Any]] = []
+    patch = kube.patch_app_status
+
+    def recording(name: str, status: dict[str, Any]) -> None:
+        written.append(status)
+        patch(name, status)
+
+    kube.patch_app_status = recording  # type: ignore[method-assign]
+
+    async def second() -> None:
+        successor.controller.app_status.start()
+        try:
+            for i in range(10):
+                successor.controller.observe(gac(f"mail{i}", uses(), namespace="team-a", uid=f"uid-{i}",
+                                                 status=kube.statuses[("team-a", f"mail{i}")]))
+            app = {**kube.apps["platform"], "status": kube.app_statuses["platform"]}
+            await until(lambda: kube.namespace_reads == 1, what="the namespace read")
+            successor.controller.app_event(app)  # the watch reports the app late
+            await until(lambda: all(successor.controller._workers[("team-a", f"mail{i}")].memory.report.last_status
+                                    for i in range(10)), what="every credential resumed")
+            writer = successor.controller.app_status
+            await until(lambda: not writer._dirty and not writer._wake.is_set(), what="the status writer idle")
+        finally:
+            await successor.controller.app_status.stop()
+            await successor.controller.stop()
+
+    run(second)
+    assert successor.tokens.requests == 0 and rig.tokens.requests == requests
+    assert kube.app_reads <= 1 and kube.namespace_reads == 1
+    assert not [w for w in written if w.get("conditions", [{}])[0].get("reason") == "Unused"], written
+    assert kube.app_statuses["platform"]["users"] == 10
+
+
+def test_a_tenants_own_mistake_does_not_make_the_app_unready() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        rig.controller.app_status.start()
+        try:
+            platform(rig)
+            tenant(rig, "team-a", {"graph": "yes"})
+            await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+            # another tenant's token Secret name is taken by a Secret of someone else's: SecretConflict, theirs
+            rig.kube.put_client_secret("team-b", "mail-token", "not-a-token")
+            tenant(rig, "team-b", {"graph": "yes"})
+            await until(lambda: ready(rig, "team-b") == "SecretConflict", what="SecretConflict")
+            await until(lambda: rig.kube.app_statuses.get("platform", {}).get("users") == 2, timeout=10,
+                        what="two users")
+            assert rig.kube.app_statuses["platform"]["conditions"][0]["status"] == "True"
+        finally:
+            await rig.controller.app_status.stop()
+
+    run(scenario)

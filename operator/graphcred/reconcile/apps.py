@@ -9,6 +9,7 @@ policy permitting this namespace and these scopes; every other end is a `Failure
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,8 @@ class ClusterApps:
         self.namespace = namespace
         self._apps: dict[str, App] = {}
         self._labels: dict[str, dict[str, str]] = {}
+        # reads on a miss in flight, shared: after a restart, a namespace's hundred credentials make one read
+        self._reading: dict[tuple[str, str], asyncio.Future[dict[str, Any] | None]] = {}
 
     def __len__(self) -> int:
         return len(self._apps)
@@ -119,7 +122,9 @@ class ClusterApps:
         name = spec.app_ref.name
         app = self._apps.get(name)
         if app is None:
-            body = await read_app(name)
+            body = await self._once(("app", name), read_app)
+            app = self._apps.get(name)  # reported by the watch meanwhile: newer than the read
+        if app is None:
             if body is None:
                 raise Failure(Reason.APP_NOT_FOUND, f"ClusterGraphApp {name} not found: ask a cluster admin to "
                               "create it, or check spec.appRef.name", retry=Retry.NEEDS_USER)
@@ -130,7 +135,9 @@ class ClusterApps:
                           retry=Retry.NEEDS_USER)
         labels = self._labels.get(namespace)
         if labels is None:
-            body = await read_namespace(namespace)
+            body = await self._once(("namespace", namespace), read_namespace)
+            labels = self._labels.get(namespace)  # reported by the watch meanwhile: newer than the read
+        if labels is None:
             if body is None:  # being deleted with everything in it; nothing to permit
                 raise Failure(Reason.NOT_PERMITTED, f"namespace {namespace} not found", retry=Retry.NEEDS_USER)
             labels = labels_of(body)
@@ -140,6 +147,17 @@ class ClusterApps:
             raise Failure(Reason.NOT_PERMITTED, f"ClusterGraphApp {name} does not permit this credential: "
                           f"{refusal}", retry=Retry.NEEDS_USER)
         return Resolved(app, app.spec, self.namespace)
+
+    async def _once(self, key: tuple[str, str], read: Callable[[str], Awaitable[dict[str, Any] | None]]
+                    ) -> dict[str, Any] | None:
+        """One read of an app or a namespace, whoever else asks for it meanwhile."""
+        future = self._reading.get(key)
+        if future is None:
+            future = asyncio.ensure_future(read(key[1]))
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved" warning
+            self._reading[key] = future
+            future.add_done_callback(lambda f: self._reading.pop(key, None) if self._reading.get(key) is f else None)
+        return await asyncio.shield(future)
 
     def permits(self, namespace: str, spec: GraphAppCredentialSpec, resolved: Resolved) -> str | None:
         """Checked again just before a token is written: why the credential may no longer use the app (its policy

@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from graphcred.acquire.tokens import Token
-from graphcred.api.failures import Failure
 from graphcred.api.keys import API_VERSION, APP_KIND
 from graphcred.api.model import ClusterGraphAppStatus, Condition, Reason
 from graphcred.base.times import rfc3339
@@ -32,6 +30,8 @@ Key = tuple[str, str]  # namespace, name of a GraphAppCredential
 WRITE_DELAY = 1.0  # seconds a change waits for others before the status is written
 # How a credential's refusal reads on the app: refusals are the tenant's business, not the app's health
 REFUSALS = frozenset({Reason.NOT_PERMITTED.value, Reason.APP_NOT_FOUND.value})
+# ... and what a tenant's own spec or Secret causes: it says nothing of the app's credential
+TENANTS_OWN = REFUSALS | {Reason.SECRET_CONFLICT.value, Reason.INVALID_SPEC.value}
 UNUSED = "Unused"
 
 
@@ -46,6 +46,11 @@ class Use:
     @property
     def permitted(self) -> bool:
         return self.reason not in REFUSALS
+
+    @property
+    def about_the_app(self) -> bool:
+        """Does this outcome say whether the app's credential works (a token, or the authority's answer)?"""
+        return self.reason not in TENANTS_OWN
 
 
 class AppOutcomes:
@@ -62,17 +67,15 @@ class AppOutcomes:
     def uses(self, app: str) -> dict[Key, Use]:
         return dict(self._uses.get(app, {}))
 
-    def issued(self, app: str, key: Key, token: Token, credential_expiry: dt.datetime | None,
-               now: dt.datetime) -> None:
-        self.last_token[app] = token.issued_at
+    def token(self, app: str, issued_at: dt.datetime, credential_expiry: dt.datetime | None) -> None:
+        """A token was acquired with the app (`credential_expiry`: its certificate's notAfter, if it has one)."""
+        self.last_token[app] = issued_at
         if credential_expiry is not None:
             self.credential_expiry[app] = credential_expiry
-        self._record(app, key, Use(Reason.TOKEN_ISSUED.value, "", now))
 
-    def failed(self, app: str, key: Key, outcome: Failure, now: dt.datetime) -> None:
-        self._record(app, key, Use(outcome.reason.value, outcome.message, now))
-
-    def _record(self, app: str, key: Key, use: Use) -> None:
+    def record(self, app: str, key: Key, reason: str, message: str, now: dt.datetime) -> None:
+        """How a pass of credential `key` naming `app` ended: its Ready reason and message."""
+        use = Use(reason, "" if reason == Reason.TOKEN_ISSUED.value else message, now)
         before = self._app_of.get(key)
         if before is not None and before != app:
             self.forget(key)
@@ -112,8 +115,11 @@ def app_status(previous: ClusterGraphAppStatus, app: App, uses: Iterable[Use], l
         state, reason = "Unknown", UNUSED
         message = (f"no GraphAppCredential its policy permits uses it ({refused} refused)" if refused
                    else "no GraphAppCredential uses it yet")
+    elif not any(u.about_the_app for u in permitted):
+        state, reason = "Unknown", UNUSED
+        message = "no credential using it has asked for a token yet"
     else:
-        latest = max(permitted, key=lambda u: u.at)
+        latest = max((u for u in permitted if u.about_the_app), key=lambda u: u.at)
         if latest.reason == Reason.TOKEN_ISSUED.value:
             state, reason = "True", latest.reason
             message = f"tokens issued for {len(permitted)} credential(s)"
@@ -197,12 +203,16 @@ class AppStatusWriter:
         self._written[name] = body
         self._announce(app, previous.ready(), status.ready())
 
-    def seen(self, name: str, status: dict[str, Any] | None) -> None:
+    def seen(self, name: str, status: dict[str, Any] | None, generation: int) -> None:
         """The app's status as the watch reports it: the base of the next write (after a restart, the status the
-        previous leader wrote keeps its lastTransitionTime)."""
+        previous leader wrote keeps its lastTransitionTime). Written now only if it has none yet or describes an
+        older generation: otherwise its users' passes say what changes (a restart must not report an app unused
+        until they ran)."""
         if name not in self._written and status:
             self._written[name] = dict(status)
-        self.changed(name)
+        written = self._written.get(name) or {}
+        if not written or written.get("observedGeneration") != generation:
+            self.changed(name)
 
     def forget(self, name: str) -> None:
         self._written.pop(name, None)

@@ -177,7 +177,7 @@ class Controller:
             changed = True
         else:
             changed = apps.app_seen(body)
-            self.app_status.seen(name, body.get("status"))
+            self.app_status.seen(name, body.get("status"), int(meta.get("generation") or 1))
         if changed:
             self._wake_all(self.dependents.users_of(name))
 

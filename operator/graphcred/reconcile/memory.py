@@ -56,6 +56,7 @@ class ReportMemory:
     last_status: dict[str, Any] | None = None  # the status as last written (newer than a watch event may be)
     failures: int = 0  # consecutive failed passes
     missing_roles_checks: int = 0  # consecutive tokens lacking required roles
+    app: str | None = None  # the ClusterGraphApp the last pass's spec named (its status counts the pass)
 
 
 @dataclass

@@ -184,20 +184,32 @@ class Reconciler:
     async def reconcile(self, snap: Snapshot, mem: Memory) -> float | None:
         """One pass. Returns seconds until the next pass, or None to wait for a change."""
         async with contextlib.AsyncExitStack() as held:  # the credential Secret read, shared while the pass runs
-            return await self._pass(snap, mem, held)
+            delay = await self._pass(snap, mem, held)
+        self._tell_app(snap, mem)
+        return delay
+
+    def _tell_app(self, snap: Snapshot, mem: Memory) -> None:
+        """How the pass ended, for the status of the ClusterGraphApp it named (if any): every end, a kept token's
+        too, so that the app's status counts its users from their first pass after a restart."""
+        key = (snap.namespace, snap.name)
+        ready = GraphAppCredentialStatus.model_validate(mem.report.last_status or {}).ready()
+        if mem.report.app is None or ready is None:
+            self.app_outcomes.forget(key)
+        else:
+            self.app_outcomes.record(mem.report.app, key, ready.reason, ready.message, self._clock())
 
     async def _pass(self, snap: Snapshot, mem: Memory, held: contextlib.AsyncExitStack) -> float | None:
         now = self._clock()
         renew, mem.renew.requested = mem.renew.requested, False
         asked = _Asked()
-        app: str | None = None  # the ClusterGraphApp named, if any: its status counts this pass
+        mem.report.app = None
         credential_expiry: dt.datetime | None = None
         try:
             # 1. spec
             spec = self._parse_spec(snap)
             secret_name = spec.effective_secret_name(snap.name)
             mem.secret.retarget(secret_name)
-            app = spec.app_ref.name if spec.app_ref is not None else None
+            mem.report.app = spec.app_ref.name if spec.app_ref is not None else None
             who = await self._identity(snap, spec, mem, secret_name)
             identity = who.identity
             issued_for = spec.issued_for(snap.name, identity)
@@ -252,15 +264,9 @@ class Reconciler:
                       "created" if existing is None else "updated")
             await self.writer.remove_old(snap, previous.secret_name, secret_name)
         except Failure as outcome:
-            if app is not None:
-                self.app_outcomes.failed(app, (snap.namespace, snap.name), outcome, self._clock())
-            else:
-                self.app_outcomes.forget((snap.namespace, snap.name))
             return await self._failed(snap, mem, outcome, asked)
-        if app is not None:
-            self.app_outcomes.issued(app, (snap.namespace, snap.name), token, credential_expiry, self._clock())
-        else:
-            self.app_outcomes.forget((snap.namespace, snap.name))
+        if mem.report.app is not None:
+            self.app_outcomes.token(mem.report.app, token.issued_at, credential_expiry)
         return await self._issued(snap, mem, spec, secret_name, token, credential_version, renew, issued_for,
                                   settled, decision.reason)
 
