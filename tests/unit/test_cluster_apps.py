@@ -5,6 +5,7 @@ in-memory rig (the real Controller and Reconciler); the bed's own tests are in t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -423,5 +424,77 @@ def test_a_tenants_own_mistake_does_not_make_the_app_unready() -> None:
             assert rig.kube.app_statuses["platform"]["conditions"][0]["status"] == "True"
         finally:
             await rig.controller.app_status.stop()
+
+    run(scenario)
+
+
+def test_a_namespace_of_credentials_lacking_a_role_of_a_shared_app_does_not_multiply_its_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a required role is missing, each credential checks again with a new token; a token another credential
+    of the same app got after its own answers that check as well: forty credentials of one namespace requiring a
+    role the app lacks make about one request per round of checks, not forty (which would have the shared app
+    throttled by Entra for every namespace)."""
+    from graphcred.reconcile import policy
+    monkeypatch.setattr(policy, "MISSING_ROLES_RETRY", (0.2, 0.2))  # a round of checks every 0.2 s
+    rig = Rig()
+
+    async def scenario() -> None:
+        async def clock() -> None:  # the token endpoint's and the operator's time goes on: 10 s per 0.05 s
+            while True:
+                await asyncio.sleep(0.05)
+                rig.clock.advance(10)
+
+        ticking = asyncio.create_task(clock())
+        try:
+            platform(rig)
+            rig.controller.namespace_event(rig.kube.put_namespace("team-h", {"graph": "yes"}))
+            for i in range(40):
+                rig.kube.objects.add(("team-h", f"c{i}"))
+                rig.controller.observe(gac(f"c{i}", {**uses(), "requiredRoles": ["Mail.Send"]}, namespace="team-h"))
+            workers = [rig.controller._workers[("team-h", f"c{i}")] for i in range(40)]
+            await until(lambda: all(w.memory.report.missing_roles_checks >= 4 for w in workers), timeout=20,
+                        what="four rounds of checks")
+            checks = sum(w.memory.report.missing_roles_checks for w in workers)
+            print(f"{checks} checks, {rig.tokens.requests} token requests")
+            assert rig.tokens.requests * 5 <= checks, (rig.tokens.requests, checks)
+        finally:
+            ticking.cancel()
+
+    run(scenario, timeout=40)
+
+
+def test_renew_requests_of_a_namespace_for_a_shared_app_are_served_together_beyond_its_budget() -> None:
+    """A namespace renewing its forty credentials of one shared app one after the other: each renew wants a token
+    issued after its request, so each used to make a token request of its own (forty for the shared app, which
+    Entra would throttle for every namespace). Beyond the namespace's budget they wait together and one request
+    answers them all."""
+    from graphcred.reconcile import controller as controller_module
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        rig.controller.namespace_event(rig.kube.put_namespace("team-h", {"graph": "yes"}))
+        bodies = []
+        for i in range(40):
+            rig.kube.objects.add(("team-h", f"c{i}"))
+            bodies.append(gac(f"c{i}", uses(), namespace="team-h"))
+            rig.controller.observe(bodies[-1])
+        await until(lambda: all(ready(rig, "team-h", f"c{i}") == "TokenIssued" for i in range(40)), what="Ready")
+        before = rig.tokens.requests
+        for i, body in enumerate(bodies):  # one at a time, each after the last one's request is served or queued
+            rig.clock.advance(1)
+            meta = {**body["metadata"], "annotations": {"graphcred.io/renew-requested-at": f"r{i}"}}
+            rig.controller.observe({**body, "metadata": meta})
+            await until(lambda w=rig.controller._workers[("team-h", f"c{i}")]: w.renew_timer is not None or (  # type: ignore[misc]
+                not w.renewing and not w.memory.renew.requested), what=f"c{i}'s renew served or queued")
+        served_at_once = rig.tokens.requests - before
+        waiting = sum(len(b) for b in rig.controller._renew_batches.values())
+        assert served_at_once <= controller_module.RENEW_BURST + 1 and waiting >= 35, (served_at_once, waiting)
+        # the batch's time comes (its timer, brought forward): one request for all of them
+        [batch] = list(rig.controller._renew_batches)
+        rig.controller._renew_batch(batch)
+        await until(lambda: all(rig.kube.statuses[("team-h", f"c{i}")].get("lastRenewRequest") == f"r{i}"
+                                for i in range(40)), what="every renew answered")
+        assert rig.tokens.requests - before <= served_at_once + 1, rig.tokens.requests - before
 
     run(scenario)

@@ -47,6 +47,12 @@ def _newer(version: str, than: str | None) -> bool:
     return version != than
 
 
+def _app_named(spec: Mapping[str, Any]) -> str | None:
+    ref = spec.get("appRef")
+    name = ref.get("name") if isinstance(ref, Mapping) else None
+    return name if isinstance(name, str) and name else None
+
+
 class TokenSecretListener(Protocol):
     """Told which token Secret each credential writes (the consumer reports, --watch-consumers)."""
 
@@ -81,6 +87,9 @@ class Controller:
         self.reconciler = reconciler
         # forced token requests per credential (renew annotations); further requests join the one pending
         self._renews = renews if renews is not None else RequestBudget(RENEW_BURST, RENEW_PER_MINUTE)
+        # ... and per namespace and shared app (`_renew_with_app`), beyond which they wait in one batch
+        self._app_renews = RequestBudget(RENEW_BURST, RENEW_PER_MINUTE)
+        self._renew_batches: dict[str, list[_Worker]] = {}
         # Passes in progress at once. The I/O threads bound throughput anyway; this bounds memory in a burst (each
         # pass waiting for a thread holds a rendered Secret; docs/design/2026-12-06-no-kopf-daemons.md). A pass
         # waiting for a token holds no place (PassSlot.aside): requests to a slow authority hold up no other pass.
@@ -152,6 +161,7 @@ class Controller:
             if renew is not None and renew != snap.status.get("lastRenewRequest"):
                 # requested while no replica was acting (a restart, a leader change): serve it now
                 worker.memory.renew.requested, worker.memory.renew.value = True, renew
+                worker.memory.renew.since = self.reconciler.now()
             self._workers[key] = worker
             self._start(key, worker)
             return
@@ -204,6 +214,10 @@ class Controller:
         if worker.renew_timer is not None or worker.memory.renew.requested or worker.renewing:
             return
         loop = asyncio.get_running_loop()
+        worker.memory.renew.since = self.reconciler.now()  # a token issued after this answers the request
+        app = _app_named(worker.snapshot.spec)
+        if app is not None and self._renew_with_app(key[0], app, worker, loop):
+            return
         wait = self._renews.reserve(f"{key[0]}/{key[1]}", loop.time())
         if wait <= 0:
             self._renew_now(worker)
@@ -211,6 +225,42 @@ class Controller:
             log.info("%s/%s: renew requested again within %.0f s; serving it in %.0f s", key[0], key[1],
                      60.0 / self._renews.per_minute, wait)
             worker.renew_timer = loop.call_later(wait, self._renew_now, worker)
+
+    def _renew_with_app(self, namespace: str, app: str, worker: _Worker, loop: asyncio.AbstractEventLoop) -> bool:
+        """A renew request of a credential using a shared app: its token requests are every namespace's using the
+        app. A namespace's renew requests for one app are served within one budget (a credential's): beyond it they
+        wait together and are served at once, by one token request (each wants a token issued after its request,
+        and the batch's request is), however many credentials the namespace renews. Whether it was queued."""
+        batch = f"{namespace}/app {app}"
+        waiting = self._renew_batches.get(batch)
+        if waiting is not None:
+            waiting.append(worker)
+            worker.renew_timer = waiting[0].renew_timer
+            return True
+        wait = self._app_renews.reserve(batch, loop.time())
+        if wait <= 0:
+            return False
+        log.info("%s: renew requests for ClusterGraphApp %s beyond the namespace's budget; serving them together in "
+                 "%.0f s", namespace, app, wait)
+        self._renew_batches[batch] = [worker]
+        worker.renew_timer = loop.call_later(wait, self._renew_batch, batch)
+        return True
+
+    def _leave_batch(self, worker: _Worker) -> bool:
+        """A forgotten worker leaves the renew batch it waits in (the others still wait); whether it was in one."""
+        for batch, waiting in self._renew_batches.items():
+            if worker in waiting:
+                waiting.remove(worker)
+                if not waiting and worker.renew_timer is not None:
+                    worker.renew_timer.cancel()
+                    del self._renew_batches[batch]
+                return True
+        return False
+
+    def _renew_batch(self, batch: str) -> None:
+        for worker in self._renew_batches.pop(batch, []):
+            if self._workers.get((worker.snapshot.namespace, worker.snapshot.name)) is worker:
+                self._renew_now(worker)
 
     @staticmethod
     def _renew_now(worker: _Worker) -> None:
@@ -246,7 +296,7 @@ class Controller:
         self.reconciler.app_outcomes.forget(key)
         if worker is not None:
             self._unindex(key)
-            if worker.renew_timer is not None:
+            if worker.renew_timer is not None and not self._leave_batch(worker):
                 worker.renew_timer.cancel()
             if worker.task is not None:
                 worker.task.cancel()

@@ -65,6 +65,7 @@ class RenewMemory:
 
     requested: bool = False  # acquire a new token, no reuse
     value: str | None = None  # ... for this annotation value (recorded in status once served)
+    since: dt.datetime | None = None  # when it was requested: a token issued after it answers it
 
 
 @dataclass

@@ -166,6 +166,9 @@ class Reconciler:
                                       shared if shared is not None else SharedTokens(),  # an empty one is falsy
                                       self.metrics, clock)
 
+    def now(self) -> dt.datetime:
+        return self._clock()
+
     @property
     def secrets(self) -> SecretDirectory | None:
         return self.reader.secrets
@@ -312,10 +315,16 @@ class Reconciler:
                        previous: GraphAppCredentialStatus, material: Material, issued_for: str, renew: bool
                        ) -> Token:
         current = current_issue(previous, issued_for, mem.token.issued_at)
-        # while roles are missing, each check needs a new token: consent shows only in new tokens
+        # A check for missing roles needs a token newer than the one in the Secret (consent shows only in new
+        # tokens), a renew request one newer than the request: an identical credential's recent token newer than
+        # that answers as well as a request of our own. So a namespace of many credentials lacking a role of a
+        # shared app, or renewed together, causes one token request, not one each.
+        newer_than = current
+        if renew:
+            since = mem.renew.since or self._clock()
+            newer_than = max(current, since) if current is not None else since
         token, shared = await self.acquirer.acquire(snap.namespace, snap.name, who.identity, spec.scopes, material,
-                                                    reuse=mem.report.missing_roles_checks == 0 and not renew,
-                                                    newer_than=current)
+                                                    reuse=True, newer_than=newer_than)
         log.debug("%s/%s: token acquired from %s (expires %s)", snap.namespace, snap.name,
                   "the managed identity endpoint" if isinstance(material, ManagedIdentity)
                   else who.identity.authority_base(), rfc3339(token.expires_on))
