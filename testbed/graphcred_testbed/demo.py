@@ -77,13 +77,16 @@ class Example:
 
 
 def with_authority_host(text: str, authority_host: str) -> str:
-    """An example manifest with `spec.authorityHost` added to each GraphAppCredential, its comments kept (a YAML
-    round trip would drop them, and they are half of what an example teaches)."""
+    """An example manifest with `spec.authorityHost` added to each GraphAppCredential that names its own app and
+    each ClusterGraphApp (one with `appRef` takes its app's), its comments kept (a YAML round trip would drop them,
+    and they are half of what an example teaches)."""
     docs = text.split("\n---\n")
     out = []
     for doc in docs:
-        if "\nkind: GraphAppCredential\n" in f"\n{doc}\n":
-            assert "\nspec:\n" in doc, "a GraphAppCredential example without a top-level spec"
+        padded = f"\n{doc}\n"
+        if ("\nkind: GraphAppCredential\n" in padded and "\n  appRef:" not in padded) \
+                or "\nkind: ClusterGraphApp\n" in padded:
+            assert "\nspec:\n" in doc, "an example without a top-level spec"
             doc = doc.replace("\nspec:\n", f"\nspec:\n  authorityHost: {authority_host}  # the demo's local issuer "
                                            "(examples/ leave it out: Entra ID's global login host)\n", 1)
         out.append(doc)

@@ -12,17 +12,19 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from graphcred.api.keys import GROUP, PLURAL, VERSION
+from graphcred.api.keys import APP_PLURAL, GROUP, PLURAL, VERSION
 from graphcred_testbed.bed import wait_for
 from graphcred_testbed.binaries import binary
 
 from ..helpers import GRAPH, Env
+from .test_cluster_apps import cluster_app, label, use
 from .test_consumer_warnings import create_pod, env_pod, ready_credential, sub_path_pod
 
 pytestmark = pytest.mark.bed
@@ -100,6 +102,53 @@ def test_status_of_what_is_missing_or_forbidden_exits_4(env: Env, tmp_path: Path
     nobody = plane.write_kubeconfig(tmp_path / "nobody", plane.ca.issue("nobody", client=True), user="nobody")
     forbidden = cli(env, "status", "mail", kubeconfig=nobody)
     assert forbidden.returncode == 4 and "HTTP 403" in forbidden.stderr and 'User "nobody"' in forbidden.stderr
+
+
+def test_status_of_a_cluster_app_lists_its_policy_and_users_and_a_user_names_its_app(env: Env) -> None:
+    bed = env.bed
+    key = f"graph-{uuid.uuid4().hex[:6]}"
+    label(bed, env.namespace, {key: "allowed"})
+    with cluster_app(env, selector={"matchExpressions": [{"key": key, "operator": "In", "values": ["allowed"]}]},
+                     ) as (name, app):
+        use(env, "mail", name)
+        use(env, "outlook", name, scopes=("https://outlook.office365.com/.default",))
+        env.wait_ready("mail")
+        env.wait_condition("outlook", "False", "NotPermitted")
+
+        def counted() -> dict[str, Any] | None:
+            status = bed.custom.get_cluster_custom_object(GROUP, VERSION, APP_PLURAL, name).get("status") or {}
+            ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+            return status if (status.get("users"), status.get("permitted"), ready.get("reason")) == \
+                (2, 1, "TokenIssued") else None
+        status = wait_for(counted, timeout=30, what="the app's status counting both users")
+
+        result = cli(env, "status", f"cga/{name}", namespace=False)
+        assert result.returncode == 0, result.stderr
+        text = result.stdout
+        assert f"Name:           {name}\nKind:           ClusterGraphApp (cluster-scoped)\n" in text
+        assert "Ready:          True, TokenIssued, since " in text
+        assert f"Tenant:         {app.tenant_id}\nClient:         {app.client_id}\n" in text
+        assert f"Authority:      {bed.authority_host} (authorityHost)" in text
+        assert f"Credential:     clientSecret\n  Secret:       {name}, key clientSecret, in " in text
+        assert f"  Namespaces:   {key} in (allowed)\n  Scopes:       {GRAPH}/.default\n" in text
+        assert "Users:          2 GraphAppCredential(s), 1 permitted" in text
+        assert f"  Last token:   {status['lastTokenTime']} (" in text
+        rows = text[text.index("Credentials using it"):text.index("Events")].splitlines()[2:]
+        assert [r.split() for r in rows] == [[env.namespace, "outlook", "False", "NotPermitted"],
+                                             [env.namespace, "mail", "True", "TokenIssued"]]
+        assert env.sv(name) not in text  # the app's client secret is never shown
+
+        doc = json.loads(cli(env, "status", f"clustergraphapps.graphcred.io/{name}", "-o", "json").stdout)
+        assert doc["credential"] == {"kind": "clientSecret", "secret": name, "key": "clientSecret"}
+        assert (doc["users"], doc["permitted"]) == (2, 1) and len(doc["credentials"]) == 2
+
+        user = cli(env, "status", "gac/mail")
+        assert user.returncode == 0, user.stderr
+        assert f"App:            {name} (ClusterGraphApp: graphcred status cga/{name})" in user.stdout
+        assert f"  App:          {app.client_id}" in user.stdout  # the token's appid claim
+
+    gone = cli(env, "status", f"cga/{name}")
+    assert gone.returncode == 4 and f"get clustergraphapp {name}: HTTP 404" in gone.stderr
 
 
 # --- renew --------------------------------------------------------------------------------------------------------

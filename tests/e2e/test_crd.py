@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 
 from graphcred.api.crd import crd_yaml
 from graphcred.api.keys import GROUP, KIND, PLURAL, VERSION
@@ -118,6 +120,19 @@ def test_examples_are_accepted_by_the_apiserver(bed: Bed, namespace: str, exampl
     result = bed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(ROOT / "examples" / example),
                          check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_cluster_app_example_is_accepted_by_the_apiserver(bed: Bed, namespace: str) -> None:
+    """It names its namespaces itself (the app's Secret in the cluster resource namespace, the credential in a
+    team's) and holds a cluster-scoped object: applied without -n. The team's namespace is this test's."""
+    with contextlib.suppress(client.ApiException):
+        bed.create_namespace("graphcred-system")
+    text = (ROOT / "examples" / "cluster-app.yaml").read_text()
+    assert "namespace: team-a" in text and "name: team-a" in text
+    text = text.replace("namespace: team-a", f"namespace: {namespace}").replace("name: team-a", f"name: {namespace}")
+    result = bed.kubectl("apply", "--dry-run=server", "-f", "-", input=text, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "clustergraphapp.graphcred.io/mail-platform created (server dry run)" in result.stdout, result.stdout
 
 
 def test_cli_prints_the_crd() -> None:

@@ -28,3 +28,25 @@ def test_no_two_example_credentials_write_the_same_token_secret() -> None:
     names = [d["spec"].get("secretName") or f"{d['metadata']['name']}-token"
              for path in sorted(EXAMPLES.glob("*.yaml")) for d in _docs(path) if d["kind"] == "GraphAppCredential"]
     assert len(names) == len(set(names)), names
+
+
+def test_the_cluster_app_example_permits_its_own_credential() -> None:
+    """examples/cluster-app.yaml as a whole: the credential names the app declared beside it, the app's policy
+    selects the namespace declared there and allows the credential's scopes, and the app's Secret is in the
+    operator's default cluster resource namespace, the credential in the team's. Applied as it is, it works."""
+    from graphcred.api.model import ClusterGraphAppSpec, GraphAppCredentialSpec
+    from graphcred.reconcile.apps import DEFAULT_CLUSTER_RESOURCE_NAMESPACE
+
+    docs = {d["kind"]: d for d in _docs(EXAMPLES / "cluster-app.yaml")}
+    assert sorted(docs) == ["ClusterGraphApp", "GraphAppCredential", "Namespace", "Secret"]
+    app, credential, namespace = docs["ClusterGraphApp"], docs["GraphAppCredential"], docs["Namespace"]
+    assert "namespace" not in app["metadata"]  # cluster-scoped
+    spec = ClusterGraphAppSpec.model_validate(app["spec"])
+    wants = GraphAppCredentialSpec.model_validate(credential["spec"])
+    assert wants.app_ref is not None and wants.app_ref.name == app["metadata"]["name"]
+    assert credential["metadata"]["namespace"] == namespace["metadata"]["name"]
+    assert spec.policy.refusal(namespace["metadata"]["name"], namespace["metadata"]["labels"], wants.scopes) is None
+    assert spec.policy.refusal(namespace["metadata"]["name"], {}, wants.scopes) is not None  # the label matters
+    secret = docs["Secret"]
+    assert spec.credential.secret_name == secret["metadata"]["name"]
+    assert secret["metadata"]["namespace"] == DEFAULT_CLUSTER_RESOURCE_NAMESPACE

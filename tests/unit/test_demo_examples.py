@@ -17,7 +17,8 @@ def test_the_demo_copies_point_every_credential_at_its_issuer_and_keep_the_comme
         before, after = _docs_of(text), _docs_of(copy)
         assert len(before) == len(after)
         for old, new in zip(before, after, strict=True):
-            if old["kind"] == "GraphAppCredential":
+            if old["kind"] == "ClusterGraphApp" or (old["kind"] == "GraphAppCredential"
+                                                    and "appRef" not in old["spec"]):
                 assert new["spec"] == {**old["spec"], "authorityHost": host}
             else:
                 assert new == old

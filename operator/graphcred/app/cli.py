@@ -151,6 +151,31 @@ def _complete_credentials(ctx: click.Context, param: click.Parameter, incomplete
     return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
+def _complete_status(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """A credential's name, or after `cga/` a ClusterGraphApp's."""
+    from graphcred.ops import commands as ops
+
+    given, slash, rest = incomplete.partition("/")
+    if not slash or given.lower() not in ops.KINDS["app"]:
+        return _complete_credentials(ctx, param, incomplete)
+    try:
+        cluster = ops.Cluster.connect(ctx.params.get("kubeconfig"), ctx.params.get("context"),
+                                      ctx.params.get("namespace"))
+        names = [o["metadata"]["name"] for o in cluster.apps()]
+    except Exception:  # noqa: BLE001 - completion offers nothing rather than an error in the user's prompt
+        return []
+    return [CompletionItem(f"{given}/{n}") for n in names if n.startswith(rest)]
+
+
+def _status_target(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str]:
+    from graphcred.ops import commands as ops
+
+    try:
+        return ops.typed_name(value, ("credential", "app"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 def _names(kinds: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         from graphcred.ops import commands as ops
@@ -198,19 +223,22 @@ def _guard(ctx: click.Context, action: Callable[[], int]) -> int:
         return exc.code
 
 
-@cli.command(context_settings=CONTEXT, short_help="Show a GraphAppCredential's condition, token, consumers, Events.",
-             help="Show a GraphAppCredential: its Ready condition, the token's expiry and "
-             "next refresh, roles and audience, the pods that read its token Secret (and which of them never see "
-             f"a refresh), and its recent Events. NAME: NAME or gac/NAME. {EXIT_CODES}")
-@click.argument("name", callback=_names("credential"), shell_complete=_complete_credentials)
+@cli.command(context_settings=CONTEXT, short_help="Show a GraphAppCredential or a ClusterGraphApp, and its Events.",
+             help="Show a GraphAppCredential (NAME or gac/NAME, in the namespace): its Ready condition, the token's "
+             "expiry and next refresh, roles and audience, the pods that read its token Secret (and which of them "
+             "never see a refresh), and its recent Events. Or a ClusterGraphApp (cga/NAME): its Ready condition, "
+             "tenant, client, credential (what it names, never its material), policy, the GraphAppCredentials that "
+             f"use it in every namespace you may list them, and its Events. {EXIT_CODES}")
+@click.argument("target", metavar="NAME", callback=_status_target, shell_complete=_complete_status)
 @_output()
 @_cluster_options
 @click.pass_context
-def status(ctx: click.Context, name: str, output: str, kubeconfig: str | None, context: str | None,
+def status(ctx: click.Context, target: tuple[str, str], output: str, kubeconfig: str | None, context: str | None,
            namespace: str | None) -> int:
     from graphcred.ops import commands as ops
 
-    return _ops(ctx, lambda cluster: ops.status(cluster, name, output=output, out=sys.stdout),
+    kind, name = target
+    return _ops(ctx, lambda cluster: ops.status(cluster, name, kind=kind, output=output, out=sys.stdout),
                 kubeconfig, context, namespace)
 
 

@@ -28,7 +28,19 @@ import yaml
 from kubernetes import client, config
 
 from graphcred import __version__
-from graphcred.api.keys import GROUP, KIND, PLURAL, RENEW_ANNOTATION, SHORT_NAMES, SINGULAR, VERSION
+from graphcred.api.keys import (
+    APP_KIND,
+    APP_PLURAL,
+    APP_SHORT_NAMES,
+    APP_SINGULAR,
+    GROUP,
+    KIND,
+    PLURAL,
+    RENEW_ANNOTATION,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+)
 from graphcred.api.model import DNS_SUBDOMAIN_PATTERN
 from graphcred.kube.connect import (
     SERVICE_ACCOUNT_DIR,
@@ -51,8 +63,13 @@ Clock = Callable[[], dt.datetime]
 KINDS = {
     "credential": {*SHORT_NAMES, SINGULAR, PLURAL, KIND.lower(), f"{SINGULAR}.{GROUP}", f"{PLURAL}.{GROUP}",
                    f"{KIND.lower()}.{GROUP}", f"{PLURAL}.{VERSION}.{GROUP}"},
+    "app": {*APP_SHORT_NAMES, APP_SINGULAR, APP_PLURAL, APP_KIND.lower(), f"{APP_SINGULAR}.{GROUP}",
+            f"{APP_PLURAL}.{GROUP}", f"{APP_PLURAL}.{VERSION}.{GROUP}"},
     "secret": {"secret", "secrets"},
 }
+CLUSTER_SCOPED_EVENTS = "default"  # where Events about cluster-scoped objects are posted (client-go's convention)
+RESOURCE_NAMESPACE_ENV = "GRAPHCRED_CLUSTER_RESOURCE_NAMESPACE"
+RESOURCE_NAMESPACE_FLAG = "--cluster-resource-namespace"
 
 
 class OpsError(Exception):
@@ -68,18 +85,28 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+_EXPECTED = {"credential": "gac/NAME or graphappcredential/NAME", "app": "cga/NAME or clustergraphapp/NAME",
+             "secret": "secret/NAME"}
+
+
 def object_name(text: str, kind: str) -> str:
     """NAME or TYPE/NAME (gac/NAME, graphappcredentials.graphcred.io/NAME; secret/NAME) as kubectl takes it, checked
     as a Kubernetes name: it goes into a URL path."""
-    name = text
+    return typed_name(text, (kind,))[1]
+
+
+def typed_name(text: str, kinds: Sequence[str]) -> tuple[str, str]:
+    """(kind, name) of NAME or TYPE/NAME, TYPE one of `kinds`' (a bare NAME is the first kind's)."""
+    kind, name = kinds[0], text
     if "/" in text:
         given, name = text.split("/", 1)
-        if given.lower() not in KINDS[kind]:
-            expected = "gac/NAME or graphappcredential/NAME" if kind == "credential" else "secret/NAME"
-            raise ValueError(f"{printable(text)!r}: expected NAME or {expected}")
+        found = next((k for k in kinds if given.lower() in KINDS[k]), None)
+        if found is None:
+            raise ValueError(f"{printable(text)!r}: expected NAME or {' or '.join(_EXPECTED[k] for k in kinds)}")
+        kind = found
     if len(name) > 253 or not re.fullmatch(DNS_SUBDOMAIN_PATTERN, name):
         raise ValueError(f"{printable(text)!r} is not a Kubernetes name (lower-case letters, digits, '-' and '.')")
-    return name
+    return kind, name
 
 
 def connection_cause(exc: BaseException) -> str:
@@ -183,6 +210,15 @@ class Cluster:
                                             name)
         return result
 
+    def app(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(f"get clustergraphapp {name}", self.custom.get_cluster_custom_object,
+                                            GROUP, VERSION, APP_PLURAL, name)
+        return result
+
+    def apps(self) -> list[dict[str, Any]]:
+        return list(self._call("list clustergraphapps", self.custom.list_cluster_custom_object, GROUP, VERSION,
+                               APP_PLURAL).get("items") or [])
+
     def credentials(self, selector: str | None, all_namespaces: bool) -> list[dict[str, Any]]:
         kwargs = {"label_selector": selector} if selector else {}
         try:
@@ -201,7 +237,8 @@ class Cluster:
 
     def events_of(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
         meta = obj["metadata"]
-        found = self._call(f"list events in {meta['namespace']}", self.core.list_namespaced_event, meta["namespace"],
+        namespace = meta.get("namespace") or CLUSTER_SCOPED_EVENTS
+        found = self._call(f"list events in {namespace}", self.core.list_namespaced_event, namespace,
                            field_selector=f"involvedObject.uid={meta['uid']}")
         return list(found.get("items") or [])
 
@@ -252,7 +289,10 @@ def _dump(out: IO[str], data: Any, output: str) -> None:
 
 # --- status ---------------------------------------------------------------------------------------------------
 
-def status(cluster: Cluster, name: str, *, output: str = "text", out: IO[str], clock: Clock = _now) -> int:
+def status(cluster: Cluster, name: str, *, kind: str = "credential", output: str = "text", out: IO[str],
+           clock: Clock = _now) -> int:
+    if kind == "app":
+        return app_status(cluster, name, output=output, out=out, clock=clock)
     obj = cluster.credential(name)
     events = cluster.events_of(obj)
     pods: list[dict[str, Any]] | None = None
@@ -268,6 +308,57 @@ def status(cluster: Cluster, name: str, *, output: str = "text", out: IO[str], c
     else:
         _print(out, opsview.render_status(view, now))
     return OK
+
+
+def app_status(cluster: Cluster, name: str, *, output: str = "text", out: IO[str], clock: Clock = _now) -> int:
+    """A ClusterGraphApp: its status, identity, credential (what it names, never its material), policy, the
+    GraphAppCredentials naming it (in every namespace the user may list them) and its Events (in `default`)."""
+    obj = cluster.app(name)
+    credentials: list[dict[str, Any]] | None = None
+    credentials_error = None
+    try:
+        # no field selector reaches spec.appRef: every credential is listed, and those naming the app kept
+        credentials = cluster.credentials(None, all_namespaces=True)
+    except OpsError as exc:  # who uses it is a bonus: without the right to list them everywhere, show the rest
+        credentials_error = f"cannot tell ({exc})"
+    try:
+        events = cluster.events_of(obj)
+    except OpsError:
+        events = []
+    view = opsview.app_view(obj, credentials, credentials_error, events, resource_namespace(cluster))
+    now = clock()
+    if output in ("json", "yaml"):
+        _dump(out, opsview.app_json(view, now), output)
+    else:
+        _print(out, opsview.render_app(view, now))
+    return OK
+
+
+def resource_namespace(cluster: Cluster) -> str | None:
+    """The operator's cluster resource namespace, as its Deployment (the chart's) sets it: the flag, else the
+    variable, else the Deployment's own namespace (POD_NAMESPACE); None when no one answer is found or the user may
+    not list Deployments."""
+    try:
+        deployments, _ = operator_deployments(cluster)
+    except OpsError:
+        return None
+    found = {_resource_namespace_of(d) for d in deployments}
+    return found.pop() if len(found) == 1 else None
+
+
+def _resource_namespace_of(deployment: Mapping[str, Any]) -> str:
+    spec = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = spec.get("containers") or []
+    container = next((c for c in containers if c.get("name") == "graphcred"), containers[0] if containers else {})
+    args = [str(a) for a in (container.get("args") or [])]
+    for i, arg in enumerate(args):
+        if arg.startswith(f"{RESOURCE_NAMESPACE_FLAG}="):
+            return arg.split("=", 1)[1]
+        if arg == RESOURCE_NAMESPACE_FLAG and i + 1 < len(args):
+            return args[i + 1]
+    env = {e.get("name"): e.get("value") for e in container.get("env") or [] if e.get("value")}
+    return str(env.get(RESOURCE_NAMESPACE_ENV) or env.get("POD_NAMESPACE")
+               or (deployment.get("metadata") or {}).get("namespace") or "")
 
 
 # --- renew ----------------------------------------------------------------------------------------------------

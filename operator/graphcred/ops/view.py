@@ -22,6 +22,7 @@ from typing import Any
 
 from graphcred.acquire.jwt import b64url_decode
 from graphcred.api.keys import CREDENTIAL_ANNOTATION, RENEW_ANNOTATION
+from graphcred.api.model import AUTHORITY_HOSTS, Cloud
 from graphcred.base.times import parse_rfc3339
 from graphcred.consumers.pods import FINISHED_PHASES, containers, secret_volumes, unrefreshable
 
@@ -204,6 +205,11 @@ class StatusView:
     consumers_error: str | None = None
 
     @property
+    def app(self) -> str | None:
+        """The ClusterGraphApp named in spec.appRef, if any: the identity is the app's, not the spec's."""
+        return _str(_map(self.spec.get("appRef")).get("name")) or None
+
+    @property
     def secret_name(self) -> str:
         return _str(self.status.get("secretName")) or _str(self.spec.get("secretName")) or f"{self.name}-token"
 
@@ -233,10 +239,11 @@ def status_view(obj: Mapping[str, Any], events: Iterable[Mapping[str, Any]] = ()
     return view
 
 
-def _ready_text(view: StatusView, now: dt.datetime) -> list[str]:
+def _ready_text(view: StatusView | AppView, now: dt.datetime) -> list[str]:
     cond = view.ready
     if cond is None:
-        return ["Ready:          Unknown (no status yet: is the operator running and watching this namespace?)"]
+        watching = " and watching this namespace" if isinstance(view, StatusView) else ""
+        return [f"Ready:          Unknown (no status yet: is the operator running{watching}?)"]
     line = f"Ready:          {cond.get('status')}, {cond.get('reason')}"
     if cond.get("lastTransitionTime"):
         line += f", since {_when(cond.get('lastTransitionTime'), now)}"
@@ -246,6 +253,10 @@ def _ready_text(view: StatusView, now: dt.datetime) -> list[str]:
         lines.append(f"  Note:         reported for generation {observed}; the spec is at generation "
                      f"{view.generation} (not reconciled yet)")
     return lines
+
+
+def _app_text(view: StatusView) -> list[str]:
+    return [f"App:            {view.app} (ClusterGraphApp: graphcred status cga/{view.app})"] if view.app else []
 
 
 def _token_text(view: StatusView, now: dt.datetime) -> list[str]:
@@ -297,7 +308,7 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
             for row in rows]
 
 
-def _events_text(view: StatusView, now: dt.datetime) -> list[str]:
+def _events_text(view: StatusView | AppView, now: dt.datetime) -> list[str]:
     if not view.events:
         return ["Events:         none"]
     rows = [("LAST SEEN", "TYPE", "REASON", "FROM", "MESSAGE")]
@@ -314,7 +325,8 @@ def _events_text(view: StatusView, now: dt.datetime) -> list[str]:
 def render_status(view: StatusView, now: dt.datetime) -> str:
     lines = [f"Name:           {view.name}", f"Namespace:      {view.namespace}",
              f"Created:        {_when(view.created, now)}",
-             *_ready_text(view, now), *_token_text(view, now), *_renew_text(view), *_consumers_text(view),
+             *_ready_text(view, now), *_app_text(view), *_token_text(view, now), *_renew_text(view),
+             *_consumers_text(view),
              *_events_text(view, now)]
     return _text(lines)
 
@@ -337,12 +349,194 @@ def status_json(view: StatusView, now: dt.datetime) -> dict[str, Any]:
         "roles": list(status.get("roles") or []), "audience": status.get("audience"),
         "tenantId": status.get("tenantId") or spec.get("tenantId"),
         "appId": status.get("appId") or spec.get("clientId"),
+        "appRef": view.app,
         "renewRequested": view.renew_requested, "lastRenewRequest": status.get("lastRenewRequest"),
         "renewPending": view.renew_pending,
         "unrefreshableConsumers": status.get("unrefreshableConsumers"),
         "consumers": None if view.consumers is None else [
             {"pod": c.pod, "phase": c.phase, "uses": [asdict(u) for u in c.uses]} for c in view.consumers],
         "consumersError": view.consumers_error,
+        "events": [{"type": e.type, "reason": e.reason, "message": e.message, "lastSeen": e.last_seen,
+                    "count": e.count, "source": e.source} for e in view.events],
+    }
+
+
+# --- status of a ClusterGraphApp --------------------------------------------------------------------------------
+
+MAX_USERS = 20  # credentials listed under an app; the rest are counted
+
+
+def selector_text(selector: Any) -> str:
+    """A namespaceSelector as kubectl writes label selectors (`-l`): `a=b,tier in (gold,silver),!legacy`.
+    `{}` selects every namespace, and says so."""
+    selector = _map(selector)
+    parts = [f"{k}={v}" for k, v in sorted(_map(selector.get("matchLabels")).items())]
+    for req in map(_map, selector.get("matchExpressions") or []):
+        key, op = _str(req.get("key")), _str(req.get("operator"))
+        values = ",".join(str(v) for v in req.get("values") or [])
+        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})", "Exists": key,
+                      "DoesNotExist": f"!{key}"}.get(op, f"{key} {op} ({values})"))
+    return ",".join(parts) if parts else "{} (every namespace)"
+
+
+@dataclass(frozen=True)
+class AppUser:
+    """A GraphAppCredential naming the app, with its Ready condition."""
+
+    namespace: str
+    name: str
+    ready: str  # True, False or Unknown (no status yet)
+    reason: str
+
+
+def app_users(credentials: Iterable[Mapping[str, Any]], app: str) -> list[AppUser]:
+    """The credentials whose spec.appRef names `app`: those not Ready first (what a reader looks for), then by
+    namespace and name."""
+    found = []
+    for obj in credentials:
+        if _str(_map(_map(obj.get("spec")).get("appRef")).get("name")) != app:
+            continue
+        meta, cond = _map(obj.get("metadata")), _map(ready_condition(obj))
+        found.append(AppUser(_str(meta.get("namespace")), _str(meta.get("name")),
+                             _str(cond.get("status")) or "Unknown", _str(cond.get("reason")) or "-"))
+    return sorted(found, key=lambda u: (u.ready == "True", u.namespace, u.name))
+
+
+@dataclass(frozen=True)
+class AppView:
+    name: str
+    generation: int | None
+    created: str | None
+    ready: Mapping[str, Any] | None
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any]
+    # where the app's Secret or ServiceAccount lives, as the operator's Deployment says; None: could not tell
+    resource_namespace: str | None = None
+    users: Sequence[AppUser] | None = None  # None: not looked at
+    users_error: str | None = None
+    events: Sequence[EventLine] = ()
+
+
+def app_view(obj: Mapping[str, Any], credentials: Iterable[Mapping[str, Any]] | None = None,
+             credentials_error: str | None = None, events: Iterable[Mapping[str, Any]] = (),
+             resource_namespace: str | None = None) -> AppView:
+    meta = _map(obj.get("metadata"))
+    name = _str(meta.get("name"))
+    return AppView(name=name, generation=meta.get("generation") if isinstance(meta.get("generation"), int) else None,
+                   created=meta.get("creationTimestamp"), ready=ready_condition(obj), spec=_map(obj.get("spec")),
+                   status=_map(obj.get("status")), resource_namespace=resource_namespace,
+                   users=None if credentials is None else app_users(credentials, name),
+                   users_error=credentials_error, events=recent_events(events))
+
+
+def _authority(spec: Mapping[str, Any]) -> str:
+    cloud = _str(spec.get("cloud")) or Cloud.AZURE_PUBLIC.value
+    host = _str(spec.get("authorityHost"))
+    if host:
+        return f"{host} (authorityHost)"
+    known = next((h for c, h in AUTHORITY_HOSTS.items() if c.value == cloud), None)
+    return f"{known} ({cloud})" if known else cloud
+
+
+def credential_facts(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What the app's credential is and what it names; never any of its material (which the spec never holds)."""
+    cred = _map(spec.get("credential"))
+    if "clientSecret" in cred:
+        ref = _map(cred["clientSecret"])
+        return {"kind": "clientSecret", "secret": _str(ref.get("name")), "key": _str(ref.get("key")) or "clientSecret"}
+    if "certificate" in cred:
+        ref = _map(cred["certificate"])
+        return {"kind": "certificate", "secret": _str(ref.get("name")), "sendX5c": ref.get("sendX5c") is True}
+    if "workloadIdentity" in cred:
+        ref = _map(cred["workloadIdentity"])
+        return {"kind": "workloadIdentity", "serviceAccount": _str(ref.get("serviceAccountName")),
+                "audience": _str(ref.get("audience")) or "api://AzureADTokenExchange"}
+    if "managedIdentity" in cred:
+        client_id = _str(_map(cred["managedIdentity"]).get("clientId"))
+        return {"kind": "managedIdentity", "assigned": "user" if client_id else "system",
+                **({"clientId": client_id} if client_id else {})}
+    return {"kind": None}
+
+
+def _credential_text(view: AppView, now: dt.datetime) -> list[str]:
+    facts = credential_facts(view.spec)
+    where = (f"in namespace {view.resource_namespace}" if view.resource_namespace
+             else "in the operator's cluster resource namespace")
+    kind = facts["kind"]
+    lines = [f"Credential:     {kind or '- (none in the spec)'}"]
+    if kind == "clientSecret":
+        lines.append(f"  Secret:       {facts['secret']}, key {facts['key']}, {where}")
+    elif kind == "certificate":
+        lines.append(f"  Secret:       {facts['secret']} (kubernetes.io/tls), {where}"
+                     + (", sends x5c" if facts["sendX5c"] else ""))
+    elif kind == "workloadIdentity":
+        lines += [f"  Account:      ServiceAccount {facts['serviceAccount']}, {where}",
+                  f"  Audience:     {facts['audience']}"]
+    elif kind == "managedIdentity":
+        lines.append(f"  Identity:     user-assigned, client ID {facts['clientId']}" if facts["assigned"] == "user"
+                     else "  Identity:     system-assigned (the operator's node or pod)")
+    expires = view.status.get("credentialExpiresOn")
+    if kind == "certificate" or expires:
+        lines.append(f"  Expires:      {_when(expires, now)}")
+    return lines
+
+
+def _policy_text(spec: Mapping[str, Any]) -> list[str]:
+    policy = _map(spec.get("policy"))
+    scopes = [str(s) for s in policy.get("allowedScopes") or []]
+    return ["Policy:",
+            f"  Namespaces:   {selector_text(policy.get('namespaceSelector')) if policy else '- (no policy)'}",
+            f"  Scopes:       {', '.join(scopes) if scopes else '-'}"]
+
+
+def _users_text(view: AppView, now: dt.datetime, limit: int) -> list[str]:
+    status = view.status
+    users, permitted = status.get("users"), status.get("permitted")
+    lines = [f"Users:          {users if isinstance(users, int) else '-'} GraphAppCredential(s), "
+             f"{permitted if isinstance(permitted, int) else '-'} permitted (as the operator counts them)",
+             f"  Last token:   {_when(status.get('lastTokenTime'), now)}"]
+    head = "Credentials using it (not Ready first):"
+    if view.users_error:
+        return [*lines, head, f"  {view.users_error}"]
+    if view.users is None:
+        return lines
+    if not view.users:
+        return [*lines, head, "  none found"]
+    rows = [("NAMESPACE", "NAME", "READY", "REASON")]
+    rows += [(u.namespace, u.name, u.ready, u.reason) for u in view.users[:limit]]
+    lines += [head, *_table(rows)]
+    if len(view.users) > limit:
+        lines.append(f"  and {len(view.users) - limit} more")
+    return lines
+
+
+def render_app(view: AppView, now: dt.datetime, limit: int = MAX_USERS) -> str:
+    spec = view.spec
+    lines = [f"Name:           {view.name}", "Kind:           ClusterGraphApp (cluster-scoped)",
+             f"Created:        {_when(view.created, now)}", *_ready_text(view, now),
+             f"Tenant:         {spec.get('tenantId') or '-'}", f"Client:         {spec.get('clientId') or '-'}",
+             f"Authority:      {_authority(spec)}",
+             *_credential_text(view, now), *_policy_text(spec), *_users_text(view, now, limit),
+             *_events_text(view, now)]
+    return _text(lines)
+
+
+def app_json(view: AppView, now: dt.datetime) -> dict[str, Any]:
+    spec, status = view.spec, view.status
+    policy = _map(spec.get("policy"))
+    return {
+        "kind": "ClusterGraphApp", "name": view.name, "generation": view.generation,
+        "ready": dict(view.ready) if view.ready is not None else None,
+        "tenantId": spec.get("tenantId"), "clientId": spec.get("clientId"), "authority": _authority(spec),
+        "credential": credential_facts(spec), "resourceNamespace": view.resource_namespace,
+        "credentialExpiresOn": status.get("credentialExpiresOn"),
+        "secondsLeft": _seconds_until(status.get("credentialExpiresOn"), now),
+        "policy": {"namespaceSelector": selector_text(policy.get("namespaceSelector")) if policy else None,
+                   "allowedScopes": list(policy.get("allowedScopes") or [])},
+        "users": status.get("users"), "permitted": status.get("permitted"),
+        "lastTokenTime": status.get("lastTokenTime"),
+        "credentials": None if view.users is None else [asdict(u) for u in view.users],
+        "credentialsError": view.users_error,
         "events": [{"type": e.type, "reason": e.reason, "message": e.message, "lastSeen": e.last_seen,
                     "count": e.count, "source": e.source} for e in view.events],
     }
