@@ -21,10 +21,7 @@ class OperatorProcess:
         argv = [sys.executable, "-m", "graphcred", "run", f"--kubeconfig={bed.kubeconfig}",
                 f"--ca-bundle={bed.issuer_ca_file}", f"--log-format={log_format}", f"--log-level={log_level}",
                 "--metrics-port=0", *(f"--authority-host={h}" for h in issuers), *extra_args]
-        # ClusterGraphApps with a managed identity: msal asks the bed's IMDS (as it would the real one on a node)
-        imds = getattr(bed, "imds_host", None) if bed.imds_server is not None else None
-        env = {**os.environ, "AZURE_POD_IDENTITY_AUTHORITY_HOST": imds} if imds else None
-        self.process = Process(name, argv, logdir, env=env)
+        self.process = Process(name, argv, logdir)
         self._log_offset = 0
 
     @property
@@ -36,6 +33,10 @@ class OperatorProcess:
         self._log_offset = self.logfile.stat().st_size if self.logfile.exists() else 0
         # The operator must not depend on the environment's CA settings to reach the issuer.
         os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        # ClusterGraphApps with a managed identity: msal asks the bed's IMDS (as it would the real one on a node).
+        # The environment as it is now: tests set variables (POD_NAME) between runs.
+        imds = self.bed.imds_host if self.bed.imds_server is not None else None
+        self.process.env = {**os.environ, "AZURE_POD_IDENTITY_AUTHORITY_HOST": imds} if imds else None
         self.process.start()
         return self
 

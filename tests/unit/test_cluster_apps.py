@@ -498,3 +498,26 @@ def test_renew_requests_of_a_namespace_for_a_shared_app_are_served_together_beyo
         assert rig.tokens.requests - before <= served_at_once + 1, rig.tokens.requests - before
 
     run(scenario)
+
+
+def test_an_apps_broken_credential_is_the_admins_to_read_and_its_users_are_told_whom_to_ask() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        rig.controller.app_status.start()
+        try:
+            body = rig.kube.put_app("platform", app_spec())  # its Secret was never created
+            rig.controller.app_event(body)
+            tenant(rig, "team-a", {"graph": "yes"})
+            await until(lambda: ready(rig, "team-a") == "CredentialNotFound", what="CredentialNotFound")
+            message = rig.kube.ready("team-a", "mail")["message"]  # type: ignore[index]
+            assert "platform-secret" not in message and APPS_NS not in message, message
+            assert "cluster admin" in message and "graphcred status cga/platform" in message, message
+            await until(lambda: rig.kube.app_statuses.get("platform", {}).get("conditions"), timeout=10,
+                        what="the app's status")
+            cond = rig.kube.app_statuses["platform"]["conditions"][0]
+            assert cond["reason"] == "CredentialNotFound" and "platform-secret" in cond["message"], cond
+        finally:
+            await rig.controller.app_status.stop()
+
+    run(scenario)

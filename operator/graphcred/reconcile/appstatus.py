@@ -62,6 +62,7 @@ class AppOutcomes:
         self._app_of: dict[Key, str] = {}
         self.last_token: dict[str, dt.datetime] = {}
         self.credential_expiry: dict[str, dt.datetime] = {}
+        self._explained: dict[tuple[str, str], str] = {}  # (app, reason) -> the whole message, for the admin
         self.changed: Callable[[str], None] = lambda app: None
 
     def uses(self, app: str) -> dict[Key, Use]:
@@ -73,8 +74,13 @@ class AppOutcomes:
         if credential_expiry is not None:
             self.credential_expiry[app] = credential_expiry
 
+    def explain(self, app: str, reason: str, message: str) -> None:
+        """The whole message of a failure of the app's own credential (its users read a shorter one)."""
+        self._explained[(app, reason)] = message
+
     def record(self, app: str, key: Key, reason: str, message: str, now: dt.datetime) -> None:
         """How a pass of credential `key` naming `app` ended: its Ready reason and message."""
+        message = self._explained.get((app, reason), message)
         use = Use(reason, "" if reason == Reason.TOKEN_ISSUED.value else message, now)
         before = self._app_of.get(key)
         if before is not None and before != app:
@@ -95,9 +101,11 @@ class AppOutcomes:
             self.changed(app)
 
     def drop_app(self, app: str) -> None:
-        """The app was deleted: its expiry and last token are its old object's."""
+        """The app was deleted: its expiry, last token and failures are its old object's."""
         self.last_token.pop(app, None)
         self.credential_expiry.pop(app, None)
+        for key in [k for k in self._explained if k[0] == app]:
+            del self._explained[key]
 
 
 def app_status(previous: ClusterGraphAppStatus, app: App, uses: Iterable[Use], last_token: dt.datetime | None,

@@ -106,6 +106,11 @@ class _Identity:
     app: Resolved | None = None
 
 
+# Failures of a ClusterGraphApp's own credential (its Secret, ServiceAccount, identity, registration in Entra)
+_APPS_OWN = frozenset({Reason.CREDENTIAL_NOT_FOUND, Reason.INVALID_CREDENTIAL, Reason.UNAUTHORIZED,
+                       Reason.SERVICE_ACCOUNT_NOT_AUTHORIZED})
+
+
 class Revoked(Failure):
     """Permission to the token was withdrawn and its Secret deleted: the status no longer describes a token."""
 
@@ -206,6 +211,7 @@ class Reconciler:
         renew, mem.renew.requested = mem.renew.requested, False
         asked = _Asked()
         mem.report.app = None
+        who: _Identity | None = None
         credential_expiry: dt.datetime | None = None
         try:
             # 1. spec
@@ -267,6 +273,8 @@ class Reconciler:
                       "created" if existing is None else "updated")
             await self.writer.remove_old(snap, previous.secret_name, secret_name)
         except Failure as outcome:
+            if who is not None and who.app is not None:
+                outcome = self._for_tenant(who.app.app.name, outcome)
             return await self._failed(snap, mem, outcome, asked)
         if mem.report.app is not None:
             self.app_outcomes.token(mem.report.app, token.issued_at, credential_expiry)
@@ -382,6 +390,17 @@ class Reconciler:
             raise Failure(Reason.AUTHORITY_NOT_ALLOWED, f"ClusterGraphApp {resolved.app.name}: "
                           f"{not_allowed_message(resolved.spec.authority_base())}", retry=Retry.NEEDS_USER)
         return _Identity(resolved.spec, resolved.namespace, resolved)
+
+    def _for_tenant(self, app: str, failure: Failure) -> Failure:
+        """A failure of a ClusterGraphApp's credential, as its users read it: that it is the app's, to be fixed by a
+        cluster admin, without the names of the operator's namespace's objects (the admin reads those on the app's
+        status)."""
+        if failure.reason not in _APPS_OWN or isinstance(failure, Revoked):
+            return failure
+        self.app_outcomes.explain(app, failure.reason.value, failure.message)
+        return Failure(failure.reason, f"ClusterGraphApp {app} cannot get tokens ({failure.reason.value}); only a "
+                       f"cluster admin can fix it: graphcred status cga/{app}", retry=failure.retry,
+                       retry_after=failure.retry_after)
 
     async def _read_app(self, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self.calls("read ClusterGraphApp", self.kube.read_cluster_app, name)
