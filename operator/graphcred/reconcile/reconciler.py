@@ -427,8 +427,9 @@ class Reconciler:
                             refused.message)
         mem.credential.material = None
         mem.token.issued_at = mem.token.settled_spec = None
-        return Revoked(refused.reason, f"{refused.message}; the token Secret was deleted"
-                       if previous.expires_on else refused.message, retry=refused.retry)
+        # said on every pass, not only the one that deleted it: no token Secret is kept while this lasts
+        return Revoked(refused.reason, f"{refused.message}; the token Secret was deleted" if previous.expires_on
+                       else f"{refused.message}; no token Secret is kept meanwhile", retry=refused.retry)
 
     def _check_own(self, spec: GraphAppCredentialSpec, identity: AppIdentity) -> None:
         """The operator's own rules for a credential that names its identity itself."""
