@@ -53,6 +53,7 @@ class _ClusterChecker:
         self.revocations: list[float] = []  # seconds from the change to the Secret found gone
         self.restored_first = 0  # permission given back before the Secret was deleted (nothing to time)
         self.status_wrong_since: dict[str, float] = {}
+        self.had_token: dict[str, bool] = {}  # credential uid -> its Secret held a token in the previous poll
 
     @property
     def enabled(self) -> bool:
@@ -115,6 +116,7 @@ class _ClusterChecker:
         for uid, why in self.refusals.items():
             held = tokens.get(uid)
             token = held[1] if held is not None else None
+            had, self.had_token[uid] = self.had_token.get(uid, False), bool(token)
             if why is None:
                 if self.open.pop(uid, None) is not None:
                     self.restored_first += 1
@@ -123,26 +125,35 @@ class _ClusterChecker:
             obj = live[uid]
             ref = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
             since = self.refused_since[uid]
+            if since == t0 and had and uid not in self.open:
+                # the first poll that sees it refused; the poll before saw a token: a revocation to time, even
+                # when the operator was quicker than the poll and the Secret is already gone
+                self._open(uid, since)
             if not token:
                 revocation = self.open.pop(uid, None)
                 if revocation is not None:
                     self.revocations.append(t0 - revocation.start)
                 continue
             if uid not in self.open:
-                with self.soak.lock:
-                    changes = [t for t, _ in self.soak.cluster_changes if t <= since]
-                self.open[uid] = _Revocation(max(changes, default=since), since)
+                self._open(uid, since)
             if self._overdue(since, t0) > 0:
                 self.soak.violation("token-not-permitted", ref, f"its token Secret still holds a token "
                                     f"{t0 - self.open[uid].start:.0f} s after the change that withdrew permission "
                                     f"({why})", dedup="its token Secret")
+
+    def _open(self, uid: str, since: float) -> None:
+        """A revocation begins: at the last change the harness made before the poll that saw it refused."""
+        with self.soak.lock:
+            changes = [t for t, _ in self.soak.cluster_changes if t <= since]
+        self.open[uid] = _Revocation(max(changes, default=since), since)
 
     def refused_state(self, obj: dict[str, Any], has_token: bool, why: str, ready: bool, t0: float) -> str:
         """A refused credential: "" when it says so (Ready=False with the cluster's reason) and holds no token;
         else what it shows. Ready=True beyond the grace is `ready-not-permitted`."""
         meta = obj["metadata"]
         ref = f"{meta['namespace']}/{meta['name']}"
-        cond: dict[str, Any] = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        cond: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
         if ready and self._overdue(self.refused_since[meta["uid"]], t0) > 0:
             self.soak.violation("ready-not-permitted", ref, f"Ready=True while refused by the cluster ({why})",
                                 dedup="Ready=True")

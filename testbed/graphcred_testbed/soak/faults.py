@@ -267,10 +267,13 @@ class _Faults:
     # --- cluster apps (cluster.py) -------------------------------------------------------------------------
     def _patch_app(self, index: int) -> None:
         app = self.soak.cluster.apps[index]
-        policy = {"namespaceSelector": app.namespace_selector(), "allowedScopes": app.allowed_scopes()}
-        # a merge patch would merge the old selector's keys into the new one: replace the policy whole (JSON patch)
+        selector = app.namespace_selector()
+        # a merge patch: the form not used now is set to null (removed); lists are replaced whole
+        policy = {"namespaceSelector": {"matchLabels": selector.get("matchLabels"),
+                                        "matchExpressions": selector.get("matchExpressions")},
+                  "allowedScopes": app.allowed_scopes()}
         self._kube(self.soak.custom.patch_cluster_custom_object, GROUP, VERSION, APP_PLURAL, app.name,
-                   [{"op": "replace", "path": "/spec/policy", "value": policy}])
+                   {"spec": {"policy": policy}})
         self.soak.cluster_changed(app.app)
 
     def _do_ns_relabel(self, p: PlanItem) -> None:
