@@ -17,12 +17,14 @@ import requests
 from kubernetes import client
 
 from graphcred.acquire.jwt import b64url_decode
-from graphcred.api.keys import GROUP, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION
+from graphcred.api.keys import APP_PLURAL, GROUP, MANAGED_BY, MANAGED_BY_LABEL, PLURAL, VERSION
 from graphcred.api.model import GRAPH_DEFAULT_SCOPE, parse_duration
 from graphcred.tokensecret.render import controller_uid
 
 from ..hostile import scheduled_refresh
 from .apiserver import _api_client
+from .cluster import RUN_LABEL
+from .clustercheck import _ClusterChecker
 from .world import _Cred
 
 if TYPE_CHECKING:
@@ -155,6 +157,7 @@ class _Checker:
         self._killed: tuple[str, float] | None = None
         self._dead_streak = 0
         self.workers_gauge_seen = False
+        self.cluster = _ClusterChecker(soak)
 
     # --- for the main thread -------------------------------------------------------------------------------
     def mark_soak_start(self) -> None:
@@ -205,12 +208,18 @@ class _Checker:
             gacs = self._get(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)["items"]
             secrets = self._get(self.core.list_secret_for_all_namespaces,
                                 label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}")["items"]
+            apps: list[dict[str, Any]] = []
+            namespaces: list[dict[str, Any]] = []
+            if self.cluster.enabled:  # listed after the Secrets: a permission seen is as new as the tokens
+                apps = self._get(self.custom.list_cluster_custom_object, GROUP, VERSION, APP_PLURAL)["items"]
+                namespaces = self._get(self.core.list_namespace,
+                                       label_selector=f"{RUN_LABEL}=soak-{self.soak.run_id}")["items"]
         except Exception:  # noqa: BLE001 - the apiserver is restarting (a planned fault): try again
             self.skipped += 1
             return False
         self._refresh_issued()
         self._rate(t0)
-        spaces = set(self.soak.namespaces)
+        spaces = set(self.soak.namespaces) | set(self.soak.tenant_namespaces)
         live = {o["metadata"]["uid"]: o for o in gacs
                 if o["metadata"]["namespace"] in spaces and not o["metadata"].get("deletionTimestamp")}
         tokens: dict[str, tuple[dict[str, Any], str | None]] = {}  # gac uid -> (secret, token)
@@ -224,6 +233,10 @@ class _Checker:
             if owner is None or owner not in live or s["metadata"]["name"] != _secret_name(live[owner]):
                 continue  # a Secret the GC is deleting (its credential is gone), or another's
             tokens[owner] = (s, self._check_secret(s, live[owner], t0))
+        if self.cluster.enabled:
+            self.cluster.observe(apps, namespaces, live, t0)
+            self.cluster.judge_tokens(live, tokens, t0)
+            self.cluster.judge_app_status(live, t0)
         ready: dict[str, str] = {}
         for uid, obj in live.items():
             why = self._check_credential(obj, tokens.get(uid), t0)
@@ -388,16 +401,23 @@ class _Checker:
         uid = meta["uid"]
         progress = self.progress.setdefault(uid, _Progress(since=t0))
         token = held[1] if held else None
-        if held is not None:
+        refused = self.cluster.refusal_of(obj)
+        if refused is not None:
+            progress.had_secret = False  # its Secret is to be deleted: that is no loss
+        if held is not None and refused is None:
             progress.had_secret = True
-        elif progress.had_secret:
+        elif progress.had_secret and held is None:
             self.checks["secret-token"] += 1
-            if self._confirm(obj) and self._secret_gone(obj):
+            if self.cluster.is_app_credential(obj) and self.cluster.recently_changed(obj, t0):
+                progress.had_secret = False  # revoked (and perhaps given back since), not lost
+            elif self._confirm(obj) and self._secret_gone(obj):
                 self.soak.violation("secret-blanked", ref, "its token Secret disappeared (the plan never deletes "
                                     "one; the garbage collector only deletes those of deleted credentials)",
                                     dedup="its token")
                 progress.had_secret = False
         self._check_progress(obj, progress, t0)
+        if refused is not None:
+            return self.cluster.refused_state(obj, bool(token), refused, _ready_for_generation(obj), t0)
         if not _ready_for_generation(obj):
             cond = _ready_condition(obj) or {}
             observed = _observed(obj)
@@ -411,7 +431,7 @@ class _Checker:
             problem = ("ready-no-token", "Ready=True but its token Secret is missing, blank or not issued")
         elif self._ready_outlived(float(claims.get("exp", 0)), t0):
             problem = ("ready-expired", f"Ready=True, token expired {t0 - float(claims['exp']):.0f} s ago")
-        elif (why := _mismatch(claims, obj.get("spec") or {})) is not None:
+        elif (why := _mismatch(claims, self.cluster.expected_spec(obj))) is not None:
             problem = ("ready-wrong-token", f"Ready=True for generation {meta.get('generation')}, token {why}")
         if problem is not None and self._confirm(obj):
             self.soak.violation(problem[0], ref, problem[1], dedup=problem[1][:20])

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from ..hostile import ATTACKS, CHART_MEMORY_LIMIT
 
+# Seconds a token Secret of an appRef credential may still hold a token after its namespace stopped being permitted
+# (a relabel, a policy edit, the app deleted): "within seconds" (docs/soak.md), counted from when a leader could act.
+REVOKE_GRACE = 10.0
+
 
 @dataclass(frozen=True)
 class SoakConfig:
@@ -28,6 +32,12 @@ class SoakConfig:
     ready_expired_grace: float = 10.0  # Ready=True may outlive its token by this much (the operator's wake-up)
     stuck_grace: float = 60.0  # a due refresh or a new generation must show in status within this
     log_level: str = "INFO"
+    # cluster apps (cluster.py): ClusterGraphApps, tenant namespaces labelled in or out, appRef credentials
+    cluster_apps: int = 2
+    cluster_namespaces: int = 4
+    cluster_credentials: int = 16
+    revoke_grace: float = REVOKE_GRACE  # a token Secret may outlive its permission by this much
+    app_status_within: float = 30.0  # a ClusterGraphApp's status.users/permitted match the cluster within this
     # a hostile namespace trying every attack of hostile.py, and the invariants
     # that go with it (refresh lateness, peak RSS, no restart, /healthz within 2 s, no forbidden host reached)
     hostile: bool = False

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes import client
 
-from graphcred.api.keys import GROUP, PLURAL, VERSION
+from graphcred.api.keys import APP_PLURAL, GROUP, PLURAL, VERSION
 
 from ..issuer import Fault
 from ..operator_process import OperatorProcess
 from ..pki import self_signed
 from .apiserver import apiserver_requests
+from .cluster import SELECTORS, app_label
 from .plan import PlanItem
 from .world import _App, _Cred, _Key
 
@@ -262,3 +263,71 @@ class _Faults:
         cred = self.soak.creds[p.arg("cred")]
         cred.rbe = f"{cred.app.lifetime - 5}s"
         self._patch_spec(cred, cred.app, {"refreshBeforeExpiry": cred.rbe})
+
+    # --- cluster apps (cluster.py) -------------------------------------------------------------------------
+    def _patch_app(self, index: int) -> None:
+        app = self.soak.cluster.apps[index]
+        selector = app.namespace_selector()
+        # a merge patch: the form not used now is set to null (removed); lists are replaced whole
+        policy = {"namespaceSelector": {"matchLabels": selector.get("matchLabels"),
+                                        "matchExpressions": selector.get("matchExpressions")},
+                  "allowedScopes": app.allowed_scopes()}
+        self._kube(self.soak.custom.patch_cluster_custom_object, GROUP, VERSION, APP_PLURAL, app.name,
+                   {"spec": {"policy": policy}})
+        self.soak.cluster_changed(app.app)
+
+    def _do_ns_relabel(self, p: PlanItem) -> None:
+        """A tenant namespace labelled out of (or back into) a cluster app's policy."""
+        app = self.soak.cluster.apps[p.arg("app")]
+        ns = self.soak.tenant_namespaces[p.arg("ns")]
+        labels = self.soak.cluster.labels[ns]
+        key = app_label(app.index)
+        labels[key] = "out" if labels.get(key) == "in" else "in"
+        self._kube(self.soak.core.patch_namespace, ns, {"metadata": {"labels": {key: labels[key]}}})
+        for a in self.soak.cluster.apps:  # a zone selector may concern any app: every app's users may be touched
+            self.soak.cluster_changed(a.app)
+
+    def _do_policy_scopes(self, p: PlanItem) -> None:
+        """Vault allowed or no longer allowed (the app's Vault users gain or lose permission)."""
+        app = self.soak.cluster.apps[p.arg("app")]
+        if not app.exists:
+            return
+        app.vault = not app.vault
+        self._patch_app(app.index)
+
+    def _do_policy_selector(self, p: PlanItem) -> None:
+        """The next namespaceSelector: by the app's label, by zone, by the app's label with NotIn/DoesNotExist."""
+        app = self.soak.cluster.apps[p.arg("app")]
+        if not app.exists:
+            return
+        app.selector = SELECTORS[(SELECTORS.index(app.selector) + 1) % len(SELECTORS)]
+        self._patch_app(app.index)
+
+    def _do_app_recreate(self, p: PlanItem) -> None:
+        """The ClusterGraphApp deleted (every user loses its token) and created again, same name and policy."""
+        app = self.soak.cluster.apps[p.arg("app")]
+        self._kube(self.soak.custom.delete_cluster_custom_object, GROUP, VERSION, APP_PLURAL, app.name, done=404)
+        app.exists = False
+        self.soak.cluster_changed(app.app)
+
+        def recreate() -> None:
+            self._kube(self.soak.custom.create_cluster_custom_object, GROUP, VERSION, APP_PLURAL,
+                       app.manifest(self.soak.bed.authority_host), done=409)
+            app.exists = True
+            self.soak.cluster_changed(app.app)
+        self.soak.later(p.duration, recreate, "recreate cluster app")
+
+    def _do_app_rotation(self, p: PlanItem) -> None:
+        """The app's client secret rotated in the cluster resource namespace: the new value registered on the app
+        first, the Secret patched, the old value removed from the app `duration` seconds later (as an admin
+        finishing a rotation would: a user still on the old value fails from then on)."""
+        app = self.soak.cluster.apps[p.arg("app")]
+        key, old = app.key, app.key.value
+        key.value = f"soak-app-{app.index}~{uuid.uuid4().hex[:16]}"
+        key.register(app.app)
+        self._patch_key(key)
+
+        def retire() -> None:
+            if old is not None and old in app.app.app.secrets:
+                app.app.app.secrets.remove(old)
+        self.soak.later(p.duration, retire, "retire the old app secret")

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..hostile import MIB, lateness_line
+from ..hostile import MIB, lateness_line, percentile
 from .config import SoakConfig
 
 
@@ -56,13 +56,19 @@ class SoakResult:
     healthz: tuple[int, int, float] = (0, 0, 0.0)  # hostile mode: probes, failed or slower than 2 s, slowest
     hostile: list[str] = field(default_factory=list)  # the hostile tenant's report lines
     hostile_tried: Counter[str] = field(default_factory=Counter)  # attacks tried, by kind
+    revocations: list[float] = field(default_factory=list)  # cluster apps: change -> token Secret gone (seconds)
+    restored_first: int = 0  # permission given back before the token Secret was deleted
+    cluster_apps: list[str] = field(default_factory=list)  # per cluster app: token requests per refresh
 
     def report(self) -> str:
         c = self.config
         lines = [
             f"graphcred soak: seed {c.seed}, {c.minutes:g} min (faults {c.fault_seconds:.0f} s, quiet "
             f"{c.quiet_seconds:.0f} s), {c.credentials} credentials over {c.apps} apps in {c.tenants} tenants, "
-            f"{c.namespaces} namespaces, 2 replicas; duration {self.duration:.0f} s (setup {self.setup_seconds:.0f} s)",
+            f"{c.namespaces} namespaces, 2 replicas; "
+            + (f"{c.cluster_credentials} appRef credentials over {c.cluster_apps} cluster apps in "
+               f"{c.cluster_namespaces} namespaces; " if c.cluster_apps > 0 else "")
+            + f"duration {self.duration:.0f} s (setup {self.setup_seconds:.0f} s)",
             f"setup: all Ready {_secs(self.setup_ready_seconds)}; faults began at {self.began} (violation times "
             "count from there)",
             f"faults injected ({sum(self.faults.values())}): " + _counts(self.faults),
@@ -87,6 +93,13 @@ class SoakResult:
                                                         sorted(self.rss_peaks.items())) or "-")
             + f" (chart limit {c.memory_limit / MIB:.0f} MiB)",
         ]
+        if self.cluster_apps:
+            r = self.revocations
+            lines.append(f"cluster apps: revocations seen {len(r)} (permission withdrawn -> token Secret gone): "
+                         f"p50 {percentile(r, 50):.1f} s, p99 {percentile(r, 99):.1f} s, max {max(r, default=0.0):.1f} "
+                         f"s (grace {c.revoke_grace:g} s); given back before the Secret was deleted: "
+                         f"{self.restored_first}")
+            lines += [f"  {line}" for line in self.cluster_apps]
         if c.hostile:
             probes, failed, slowest = self.healthz
             lines += self.hostile

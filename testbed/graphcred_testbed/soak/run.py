@@ -17,7 +17,7 @@ from typing import Any
 import requests
 from kubernetes import client
 
-from graphcred.api.keys import GROUP, KIND, PLURAL, VERSION
+from graphcred.api.keys import APP_PLURAL, GROUP, KIND, PLURAL, VERSION
 
 from ..bed import Bed
 from ..hostile import MIB, HostileTenant, StandIns, operator_supports_authority_host, vm_peak_rss
@@ -25,6 +25,7 @@ from ..issuer import Fault
 from ..operator_process import OperatorProcess
 from .apiserver import _api_client, apiserver_requests
 from .checker import _Checker
+from .cluster import _ClusterWorld, build_cluster, cluster_rng, plan_cluster
 from .config import SoakConfig
 from .faults import _Faults, _Window
 from .plan import PlanItem, _Planner
@@ -41,6 +42,14 @@ class Soak:
         self.namespaces = [f"soak-{self.run_id}-{i}" for i in range(cfg.namespaces)]
         self.lease_namespace = f"soak-{self.run_id}-system"
         self.hostile_namespace = f"soak-{self.run_id}-hostile"  # not a victim: the checker does not judge it
+        # cluster apps (cluster.py): their tenants' namespaces; the apps' Secrets live in the Lease's namespace, the
+        # operator's own (its cluster resource namespace, as POD_NAMESPACE would make it in a pod)
+        self.tenant_namespaces = [f"soak-{self.run_id}-t{i}" for i in range(cfg.cluster_namespaces)] \
+            if cfg.cluster_apps > 0 else []
+        self.resource_namespace = self.lease_namespace
+        self.crng = cluster_rng(cfg)
+        self.cluster = _ClusterWorld()
+        self.cluster_changes: list[tuple[float, str]] = []  # (wall clock, app client id) of each policy-side change
         self.result = SoakResult(cfg, logdir)
         self.lock = threading.RLock()
         self.apps: list[_App] = []
@@ -71,6 +80,20 @@ class Soak:
         self.faults = _Faults(self)
 
     # --- bookkeeping ---------------------------------------------------------------------------------------
+    @property
+    def all_creds(self) -> list[_Cred]:
+        """The namespaced credentials (the plan's indexes) and the appRef ones."""
+        return self.creds + self.cluster.creds
+
+    @property
+    def all_apps(self) -> list[_App]:
+        return self.apps + self.spare + [a.app for a in self.cluster.apps]
+
+    def cluster_changed(self, app: _App) -> None:
+        """A relabel, policy edit or deletion/re-creation of a cluster app was accepted by the apiserver."""
+        with self.lock:
+            self.cluster_changes.append((time.time(), app.client_id))
+
     def now(self) -> float:
         return time.time() - self.t0
 
@@ -127,9 +150,18 @@ class Soak:
     def build_world(self) -> None:
         w = _World(self.cfg, self.rng, self.bed.issuer, self.namespaces).build()
         self.apps, self.spare, self.keys, self.creds, self.groups = w.apps, w.spare, w.keys, w.creds, w.groups
-        self.by_ref = {c.ref: c for c in self.creds}
+        self.cluster = build_cluster(self.cfg, self.crng, self.bed.issuer, self.tenant_namespaces,
+                                     self.resource_namespace, f"soak-{self.run_id}")
+        for a in self.cluster.apps:
+            self.keys[a.key.ref] = a.key
+        self.by_ref = {c.ref: c for c in self.all_creds}
 
     def manifest(self, cred: _Cred) -> dict[str, Any]:
+        if cred.cluster is not None:
+            app_spec: dict[str, Any] = {"appRef": {"name": self.cluster.apps[cred.cluster].name},
+                                        "scopes": [f"{cred.resource}/.default"]}
+            return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": cred.name},
+                    "spec": app_spec}
         ref = {"clientSecret": {"name": cred.key.name}} if cred.key.kind == "secret" else {
             "certificate": {"name": cred.key.name}}
         spec: dict[str, Any] = {"tenantId": cred.app.tenant, "clientId": cred.app.client_id,
@@ -142,19 +174,26 @@ class Soak:
         return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": cred.name}, "spec": spec}
 
     def _spaces(self) -> list[str]:
-        return [*self.namespaces, self.lease_namespace] + ([self.hostile_namespace] if self.cfg.hostile else [])
+        return [*self.namespaces, self.lease_namespace, *self.tenant_namespaces] + (
+            [self.hostile_namespace] if self.cfg.hostile else [])
 
     def create_objects(self) -> None:
         for ns in self._spaces():
-            self.bed.create_namespace(ns)
+            labels = self.cluster.labels.get(ns)
+            self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns, labels=labels)))
         for key in self.keys.values():
             self.core.create_namespaced_secret(key.namespace, client.V1Secret(
                 metadata=client.V1ObjectMeta(name=key.name), string_data=key.string_data(),
                 type="Opaque" if key.kind == "secret" else "kubernetes.io/tls"))
-        for cred in self.creds:
+        for app in self.cluster.apps:
+            self.custom.create_cluster_custom_object(GROUP, VERSION, APP_PLURAL, app.manifest(self.bed.authority_host))
+        for cred in self.all_creds:
             self.custom.create_namespaced_custom_object(GROUP, VERSION, cred.namespace, PLURAL, self.manifest(cred))
 
     def cleanup(self) -> None:
+        for app in self.cluster.apps:  # cluster-scoped: not deleted with the namespaces
+            with contextlib.suppress(Exception):
+                self.custom.delete_cluster_custom_object(GROUP, VERSION, APP_PLURAL, app.name)
         for ns in self._spaces():
             with contextlib.suppress(Exception):
                 self.bed.delete_namespace(ns)
@@ -165,8 +204,12 @@ class Soak:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.build_world()
         plan = _Planner(self.cfg, self.rng, self.apps, self.creds, self.groups, self.spare).plan()
+        plan = sorted(plan + plan_cluster(self.cfg, self.crng, self.cluster, self.tenant_namespaces),
+                      key=lambda p: p.at)
         self._write_plan(plan)
-        self.replicas = _Replicas(self.bed, self.logdir, self.cfg, self.lease_namespace, *self._hostile_setup())
+        cluster_args = [f"--cluster-resource-namespace={self.resource_namespace}"] if self.cluster.apps else []
+        self.replicas = _Replicas(self.bed, self.logdir, self.cfg, self.lease_namespace, *cluster_args,
+                                  *self._hostile_setup())
         self.replicas.on_restart = self._unplanned_restart
         threads: list[threading.Thread] = []
         try:
@@ -253,6 +296,14 @@ class Soak:
         lines.append("credentials (index: namespace/name, app index, key, sharing group, refreshBeforeExpiry):")
         lines += [f"  {i}: {c.ref} app {c.app.index} {c.key.name} group {c.group} rbe {c.rbe}"
                   for i, c in enumerate(self.creds)]
+        if self.cluster.apps:
+            lines.append("cluster apps (index: name, client id, tenant, token lifetime, allowed Vault, selector):")
+            lines += [f"  {a.index}: {a.name} {a.app.client_id} {a.app.tenant} {a.app.lifetime} s vault {a.vault} "
+                      f"{a.selector}" for a in self.cluster.apps]
+            lines.append("tenant namespaces (labels):")
+            lines += [f"  {i}: {ns} {self.cluster.labels[ns]}" for i, ns in enumerate(self.tenant_namespaces)]
+            lines.append("appRef credentials (namespace/name, cluster app, resource):")
+            lines += [f"  {c.ref} app {c.cluster} {c.resource}" for c in self.cluster.creds]
         (self.logdir / "plan.txt").write_text("\n".join(lines) + "\n")
 
     def _await_setup(self) -> None:
@@ -271,9 +322,9 @@ class Soak:
         self.t0 = time.time()
         self.result.began = dt.datetime.fromtimestamp(self.t0, dt.UTC).strftime("%H:%M:%S UTC")
         self.checker.mark_soak_start()
-        self.base_requests = {a.client_id: self.bed.issuer.token_requests(a.client_id) for a in self.apps + self.spare}
+        self.base_requests = {a.client_id: self.bed.issuer.token_requests(a.client_id) for a in self.all_apps}
         self.api_base = apiserver_requests(self.bed)
-        for cred in self.creds:
+        for cred in self.all_creds:
             self.assign(cred, cred.app)
 
     def _execute(self, plan: list[PlanItem]) -> None:
@@ -367,6 +418,25 @@ class Soak:
         self.result.leader_changes = self.checker.leader_changes
         self.result.takeovers = self.checker.takeovers
         self._bounds()
+        self._cluster_figures()
+
+    def _cluster_figures(self) -> None:
+        """Revocations timed by the checker; each cluster app's token requests per refresh period (its users with
+        the same scopes share one request: ideally one request per scope set and refresh, plus re-acquisitions after
+        revocations and faults)."""
+        if not self.cluster.apps:
+            return
+        self.result.revocations = self.checker.cluster.revocations
+        self.result.restored_first = self.checker.cluster.restored_first
+        seconds = max(time.time() - self.t0, 1.0)
+        for app in self.cluster.apps:
+            n = self.result.request_bounds.get(app.app.client_id, (0, 0.0))[0]
+            users = [c for c in self.cluster.creds if c.cluster == app.index]
+            periods = seconds / (app.app.lifetime / 2)
+            self.result.cluster_apps.append(
+                f"{app.name}: {len(users)} users, {len({c.resource for c in users})} scope sets, token lifetime "
+                f"{app.app.lifetime} s: {n} token requests in {periods:.0f} refresh periods = {n / periods:.1f} per "
+                "refresh")
 
     def _bounds(self) -> None:
         """Token requests per app, token Secret writes and status writes against the budgets of docs/soak.md."""
@@ -379,13 +449,15 @@ class Soak:
         for a in closed:
             refreshes, retries, hits = self._budget(a, windows, now)
             restarts = sum(1 for r in self.restarts if a.start <= r <= (a.end or now))
+            # a cluster app's relabel, policy edit or re-creation may withdraw and give back permission: a new token
+            changes = sum(1 for t, app in self.cluster_changes if app == a.app and a.start <= t <= (a.end or now))
             # requests: each refresh due, one retry a second while broken, a re-acquisition after each restart
-            requests_budget[a.app] = requests_budget.get(a.app, 0.0) + refreshes + retries + 2 * restarts
+            requests_budget[a.app] = requests_budget.get(a.app, 0.0) + refreshes + retries + 2 * (restarts + changes)
             # Secret writes: only a new token is written, so failed attempts write nothing: each refresh due, one
             # success after each fault, one after each restart
-            writes_budget += refreshes + hits + restarts
+            writes_budget += refreshes + hits + restarts + changes
         total_requests = 0
-        for app in self.apps + self.spare:
+        for app in self.all_apps:
             n = self.bed.issuer.token_requests(app.client_id) - self.base_requests.get(app.client_id, 0)
             total_requests += n
             bound = requests_budget.get(app.client_id, 0.0) + 5
@@ -401,8 +473,8 @@ class Soak:
         secret_writes = sum(counts[f"secrets {verb}"] for verb in ("PUT", "POST", "PATCH")) - own
         status_writes = counts["graphappcredentials/status PATCH"] + counts["graphappcredentials/status PUT"]
         # a replace that meets a conflict is retried once: twice the writes; each pass patches status once
-        secret_bound = 2 * writes_budget + 2 * len(self.creds)
-        status_bound = sum(requests_budget.values()) + 5 * len(self.creds)
+        secret_bound = 2 * writes_budget + 2 * len(self.all_creds)
+        status_bound = sum(requests_budget.values()) + 5 * len(self.all_creds)
         if self.hostile is not None:  # the attacker's own objects, budgeted like a victim's (hostile.py)
             hostile_secrets, hostile_status = self.hostile.write_allowance()
             secret_bound += 2 * hostile_secrets
@@ -420,7 +492,7 @@ class Soak:
     def _budget(self, a: _Assignment, windows: list[_Window], now: float) -> tuple[float, float, int]:
         """(refreshes due, retries while broken, faults met) of one span of a credential on an app."""
         end = a.end or now
-        tenant = next(x.tenant for x in self.apps + self.spare if x.client_id == a.app)
+        tenant = next(x.tenant for x in self.all_apps if x.client_id == a.app)
         refreshes = (end - a.start) / a.period + 2
         retries, hits = 0.0, 0
         for w in windows:
