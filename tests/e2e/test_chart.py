@@ -230,7 +230,7 @@ NAMESPACED = {("graphcred.io", "graphappcredentials", v) for v in ("get", "list"
 CRD_READ = {("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
 # ClusterGraphApps and the namespace labels their policies select: cluster-wide in every mode
 CLUSTER_APPS = {("ClusterRole", "graphcred.io", "clustergraphapps", v) for v in ("get", "list", "watch")} | \
-    {("ClusterRole", "graphcred.io", "clustergraphapps/status", v) for v in ("get", "patch", "update")} | \
+    {("ClusterRole", "graphcred.io", "clustergraphapps/status", v) for v in ("patch",)} | \
     {("ClusterRole", "", "namespaces", v) for v in ("get", "list", "watch")}
 # with watchNamespaces: the cluster resource namespace, read only, and Events about ClusterGraphApps in `default`
 CLUSTER_RESOURCES = {("", "secrets", v) for v in ("get", "list", "watch")}

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -521,3 +522,152 @@ def test_an_apps_broken_credential_is_the_admins_to_read_and_its_users_are_told_
             await rig.controller.app_status.stop()
 
     run(scenario)
+
+
+# --- found by review (each failed before its fix) ----------------------------------------------------------------
+def _edit(rig: Rig, body: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    meta = {**body["metadata"], "generation": body["metadata"]["generation"] + 1}
+    new = {**body, "metadata": meta, "spec": spec}
+    rig.controller.observe(new)
+    return new
+
+
+def test_a_spec_made_invalid_does_not_keep_a_token_the_policy_withdrew() -> None:
+    """A tenant makes its spec invalid (keeping appRef): its pass fails at parsing, before _identity, so a
+    later relabel never deletes the token Secret."""
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        body = tenant(rig, "team-a", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+        _edit(rig, body, {**uses(), "tenantId": "x"})  # appRef + tenantId: InvalidSpec
+        await until(lambda: ready(rig, "team-a") == "InvalidSpec", what="InvalidSpec")
+        rig.controller.namespace_event(rig.kube.put_namespace("team-a", {"graph": "no"}))
+        await until(lambda: ("team-a", "mail-token") not in rig.kube.secrets, what="the withdrawn token deleted")
+        assert ("mail", "Warning", "NotPermitted") in rig.events
+
+    run(scenario)
+
+
+def test_a_switch_to_an_own_identity_that_fails_does_not_keep_the_apps_withdrawn_token() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        platform(rig)
+        body = tenant(rig, "team-a", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+        app_token = rig.kube.token_in("team-a", "mail-token")
+        # direct, with a credential Secret that does not exist: CredentialNotFound, Secret untouched
+        _edit(rig, body, {"tenantId": "11111111-1111-1111-1111-111111111111",
+                          "clientId": "22222222-2222-2222-2222-222222222222",
+                          "credential": {"clientSecret": {"name": "missing"}}, "scopes": [GRAPH]})
+        await until(lambda: ready(rig, "team-a") == "CredentialNotFound", what="CredentialNotFound")
+        rig.controller.namespace_event(rig.kube.put_namespace("team-a", {"graph": "no"}))
+        await until(lambda: rig.kube.token_in("team-a", "mail-token") != app_token, what="the app's token deleted")
+
+    run(scenario)
+
+
+def test_a_managed_identitys_deleted_token_secret_is_written_again_with_the_same_token() -> None:
+    rig = Rig()
+    rig.tokens = tokens = SameTokenTwice(rig.clock)
+    rig.reconciler.acquirer.tokens = tokens
+
+    async def scenario() -> None:
+        rig.controller.app_event(rig.kube.put_app("platform", app_spec(credential={"managedIdentity": {}})))
+        tenant(rig, "team-a", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+        rig.kube.delete_secret("team-a", "mail-token")  # a user deletes the token Secret
+        rig.controller.secret_event("team-a", "mail-token", "999", True)
+        await until(lambda: ("team-a", "mail-token") in rig.kube.secrets, what="the token Secret written again")
+        assert tokens.requests == 2
+
+    run(scenario)
+
+
+def test_an_app_deleted_while_it_is_read_on_a_miss_is_not_cached() -> None:
+    """The app is read on a cache miss; its DELETED event is handled while the read is in flight; the read's
+    (stale) body is then stored: the deleted app stays in the cache and keeps issuing tokens."""
+    rig = Rig()
+    release = threading.Event()
+    entered = threading.Event()
+    read = rig.kube.read_cluster_app
+
+    def slow_read(name: str) -> dict[str, Any] | None:
+        body = read(name)
+        entered.set()
+        release.wait(5)
+        return body
+
+    rig.kube.read_cluster_app = slow_read  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        rig.kube.put_client_secret(APPS_NS, "platform-secret", "s")
+        rig.kube.put_app("platform", app_spec())  # the watch has not reported it yet (just after a start)
+        tenant(rig, "team-a", {"graph": "yes"})
+        await until(entered.is_set, what="read in flight")
+        rig.kube.delete_app("platform")
+        rig.controller.app_event({"metadata": {"name": "platform"}}, deleted=True)
+        release.set()
+        await until(lambda: ready(rig, "team-a") == "AppNotFound", what="AppNotFound")
+        assert rig.reconciler.apps.app("platform") is None, "a deleted app is cached (ghost)"
+        assert ("team-a", "mail-token") not in rig.kube.secrets, "token issued with a deleted app"
+
+    run(scenario)
+
+
+def test_a_role_one_tenant_requires_does_not_make_the_shared_app_unready() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        rig.controller.app_status.start()
+        try:
+            platform(rig)
+            tenant(rig, "team-a", {"graph": "yes"})
+            await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+            await until(lambda: (rig.kube.app_statuses.get("platform", {}).get("conditions") or [{}])[0]
+                        .get("status") == "True", timeout=5, what="app Ready")
+            rig.clock.advance(1)  # time goes on: team-b's pass is the latest
+            tenant(rig, "team-b", {"graph": "yes"}, {**uses(), "requiredRoles": ["Nope.All"]})
+            await until(lambda: ready(rig, "team-b") == "MissingRoles", what="MissingRoles")
+            writer = rig.controller.app_status
+            await until(lambda: rig.kube.app_statuses["platform"].get("users") == 2 and not writer._dirty
+                        and not writer._wake.is_set(), timeout=10, what="the app's status written")
+            cond = rig.kube.app_statuses["platform"]["conditions"][0]
+            assert cond["status"] == "True", (cond, [e for e in rig.emitted if e[0] == "platform"])
+        finally:
+            await rig.controller.app_status.stop()
+
+    run(scenario)
+
+
+def test_after_a_restart_a_rotation_of_the_apps_secret_reaches_its_users() -> None:
+    rig = Rig()
+
+    async def first() -> None:
+        platform(rig)
+        tenant(rig, "team-a", {"graph": "yes"})
+        await until(lambda: ready(rig, "team-a") == "TokenIssued", what="Ready")
+        await rig.controller.stop()
+
+    run(first)
+    successor = rig.successor()
+    kube = successor.kube
+    before = kube.token_in("team-a", "mail-token")
+
+    async def second() -> None:
+        body = gac("mail", uses(), namespace="team-a", uid="uid-x", status=kube.statuses[("team-a", "mail")])
+        successor.controller.observe(body)
+        w = await until(lambda: successor.controller._workers.get(("team-a", "mail")), what="worker")
+        await until(lambda: w.memory.report.last_status, what="resumed")
+        successor.controller.app_event(kube.apps["platform"])  # the watch reports the app late: "unchanged"
+        successor.controller.namespace_event(kube.namespaces["team-a"])
+        successor.clock.advance(60)
+        kube.put_client_secret(APPS_NS, "platform-secret", "rotated")
+        rv = kube.secrets[(APPS_NS, "platform-secret")]["metadata"]["resourceVersion"]
+        successor.controller.secret_event(APPS_NS, "platform-secret", rv, False)
+        await until(lambda: kube.token_in("team-a", "mail-token") != before, timeout=3, what="new token after rotation")
+        await successor.controller.stop()
+
+    run(second)

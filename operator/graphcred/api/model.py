@@ -716,6 +716,10 @@ class GraphAppCredentialStatus(BaseModel):
         default=None, alias="issuedFor",
         description="Digest of what the token in the Secret was acquired for (authority, tenant, client, "
         "credential kind, scopes, Secret name): Ready=True is only reported for a token matching the spec.")
+    issued_by_app: str | None = Field(
+        default=None, alias="issuedByApp",
+        description="The ClusterGraphApp the token in the Secret was acquired with (spec.appRef), if any: while the "
+        "Secret holds its token, the app's policy decides whether it may stay, whatever the spec says now.")
     last_renew_request: str | None = Field(
         default=None, alias="lastRenewRequest",
         description="Value of the graphcred.io/renew-requested-at annotation last served with a new token.")

@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 from graphcred.api.keys import API_VERSION, APP_KIND
 from graphcred.api.model import ClusterGraphAppStatus, Condition, Reason
+from graphcred.base.backoff import backoff
 from graphcred.base.times import rfc3339
 from graphcred.kube.calls import Gone
+from graphcred.kube.errors import KubeError
 from graphcred.reconcile.apps import App, ClusterApps
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.ports import EventSink
@@ -29,28 +31,22 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # namespace, name of a GraphAppCredential
 WRITE_DELAY = 1.0  # seconds a change waits for others before the status is written
 # How a credential's refusal reads on the app: refusals are the tenant's business, not the app's health
-REFUSALS = frozenset({Reason.NOT_PERMITTED.value, Reason.APP_NOT_FOUND.value})
-# ... and what a tenant's own spec or Secret causes: it says nothing of the app's credential
-TENANTS_OWN = REFUSALS | {Reason.SECRET_CONFLICT.value, Reason.INVALID_SPEC.value}
 UNUSED = "Unused"
 
 
 @dataclass(frozen=True)
 class Use:
-    """How the last pass of one credential naming the app ended."""
+    """How the last pass of one credential naming the app ended: whether the policy permitted it, and what it learnt
+    of the app (`news`: TokenIssued, or the failure reading the app's material or requesting its token, with its
+    whole message; None if the pass ended for the tenant's own reasons, which say nothing of the app)."""
 
-    reason: str  # TokenIssued, or the failure's reason
-    message: str
+    permitted: bool
+    news: tuple[str, str] | None
     at: dt.datetime
 
     @property
-    def permitted(self) -> bool:
-        return self.reason not in REFUSALS
-
-    @property
     def about_the_app(self) -> bool:
-        """Does this outcome say whether the app's credential works (a token, or the authority's answer)?"""
-        return self.reason not in TENANTS_OWN
+        return self.news is not None
 
 
 class AppOutcomes:
@@ -62,7 +58,6 @@ class AppOutcomes:
         self._app_of: dict[Key, str] = {}
         self.last_token: dict[str, dt.datetime] = {}
         self.credential_expiry: dict[str, dt.datetime] = {}
-        self._explained: dict[tuple[str, str], str] = {}  # (app, reason) -> the whole message, for the admin
         self.changed: Callable[[str], None] = lambda app: None
 
     def uses(self, app: str) -> dict[Key, Use]:
@@ -74,14 +69,9 @@ class AppOutcomes:
         if credential_expiry is not None:
             self.credential_expiry[app] = credential_expiry
 
-    def explain(self, app: str, reason: str, message: str) -> None:
-        """The whole message of a failure of the app's own credential (its users read a shorter one)."""
-        self._explained[(app, reason)] = message
-
-    def record(self, app: str, key: Key, reason: str, message: str, now: dt.datetime) -> None:
-        """How a pass of credential `key` naming `app` ended: its Ready reason and message."""
-        message = self._explained.get((app, reason), message)
-        use = Use(reason, "" if reason == Reason.TOKEN_ISSUED.value else message, now)
+    def record(self, app: str, key: Key, permitted: bool, news: tuple[str, str] | None, now: dt.datetime) -> None:
+        """How a pass of credential `key` naming `app` ended (`Use`)."""
+        use = Use(permitted, news, now)
         before = self._app_of.get(key)
         if before is not None and before != app:
             self.forget(key)
@@ -89,7 +79,7 @@ class AppOutcomes:
         uses = self._uses.setdefault(app, {})
         old = uses.get(key)
         uses[key] = use
-        if old is None or (old.reason, old.message) != (use.reason, use.message):
+        if old is None or (old.permitted, old.news) != (use.permitted, use.news):
             self.changed(app)
 
     def forget(self, key: Key) -> None:
@@ -104,8 +94,7 @@ class AppOutcomes:
         """The app was deleted: its expiry, last token and failures are its old object's."""
         self.last_token.pop(app, None)
         self.credential_expiry.pop(app, None)
-        for key in [k for k in self._explained if k[0] == app]:
-            del self._explained[key]
+
 
 
 def app_status(previous: ClusterGraphAppStatus, app: App, uses: Iterable[Use], last_token: dt.datetime | None,
@@ -128,11 +117,12 @@ def app_status(previous: ClusterGraphAppStatus, app: App, uses: Iterable[Use], l
         message = "no credential using it has asked for a token yet"
     else:
         latest = max((u for u in permitted if u.about_the_app), key=lambda u: u.at)
-        if latest.reason == Reason.TOKEN_ISSUED.value:
-            state, reason = "True", latest.reason
+        assert latest.news is not None
+        if latest.news[0] == Reason.TOKEN_ISSUED.value:
+            state, reason = "True", latest.news[0]
             message = f"tokens issued for {len(permitted)} credential(s)"
         else:
-            state, reason, message = "False", latest.reason, latest.message
+            state, (reason, message) = "False", latest.news
     before = previous.ready()
     kept = before.last_transition_time if before is not None and before.status == state else None
     ready = Condition(status=state, reason=reason, message=message, observed_generation=app.generation,
@@ -159,6 +149,7 @@ class AppStatusWriter:
         self._wake = asyncio.Event()
         self._written: dict[str, dict[str, Any]] = {}  # status as last written, per app
         self._task: asyncio.Task[None] | None = None
+        self._failures: dict[str, int] = {}  # consecutive failed writes per app: retried with backoff
         outcomes.changed = self.changed
 
     def changed(self, app: str) -> None:
@@ -185,10 +176,13 @@ class AppStatusWriter:
                 try:
                     await self.write(name)
                 except Exception as exc:  # noqa: BLE001 - one app's status must not stop the others'
-                    log.warning("ClusterGraphApp %s: status not written (%s); retrying", name,
-                                str(exc) if isinstance(exc, Gone) else type(exc).__name__)
-                    self._dirty.add(name)
-                    self._wake.set()
+                    failures = self._failures[name] = self._failures.get(name, 0) + 1
+                    delay = backoff(failures, None)
+                    log.warning("ClusterGraphApp %s: status not written (%s); retrying in %.0f s", name,
+                                str(exc) if isinstance(exc, KubeError) else type(exc).__name__, delay)
+                    asyncio.get_running_loop().call_later(delay, self.changed, name)
+                else:
+                    self._failures.pop(name, None)
 
     async def write(self, name: str) -> None:
         app = self.apps.app(name)
@@ -224,6 +218,7 @@ class AppStatusWriter:
 
     def forget(self, name: str) -> None:
         self._written.pop(name, None)
+        self._failures.pop(name, None)
         self._dirty.discard(name)
         self.outcomes.drop_app(name)
 

@@ -330,7 +330,9 @@ class Controller:
     def _index(self, key: Key, worker: _Worker) -> None:
         """Index what the object reads and writes, from its spec as it stands, before each pass: a change to them
         while the pass runs (a credential Secret created a moment after the object) must wake it."""
-        moved = self.dependents.index(key, named_by(key, worker.snapshot.spec, self.reconciler.apps))
+        status = worker.memory.report.last_status or worker.snapshot.status
+        held = status.get("issuedByApp") if isinstance(status.get("issuedByApp"), str) else None
+        moved = self.dependents.index(key, named_by(key, worker.snapshot.spec, self.reconciler.apps, held))
         if moved.removed is not None:
             self._listener.token_secret_removed(key, moved.removed)
         if moved.added is not None:
@@ -354,6 +356,8 @@ class Controller:
                             delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
                 finally:
                     worker.renewing = False
+                if _app_named(worker.snapshot.spec) is not None:
+                    self._index(key, worker)  # the pass may have learnt the app (and the Secret it reads)
                 if self._changed_during_pass(key, worker):
                     continue  # the credential changed while this pass ran: go again now
             except Gone:

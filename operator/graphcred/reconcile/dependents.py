@@ -33,10 +33,13 @@ class Named:
     reads: Key | None = None  # the credential Secret
     writes: Key | None = None  # the token Secret
     account: Key | None = None  # the ServiceAccount of workload identity
-    app: str | None = None  # the ClusterGraphApp of spec.appRef
+    # the ClusterGraphApps whose policy concerns it: the one of spec.appRef, and the one whose token its Secret holds
+    # (status.issuedByApp: another, if the spec changed since)
+    apps: frozenset[str] = frozenset()
 
 
-def named_by(credential: Key, spec: Mapping[str, Any], apps: AppLookup | None = None) -> Named:
+def named_by(credential: Key, spec: Mapping[str, Any], apps: AppLookup | None = None, held: str | None = None
+             ) -> Named:
     namespace, name = credential
     reads, writes = _secret_names(name, spec)
     account = _service_account_name(spec)
@@ -46,7 +49,8 @@ def named_by(credential: Key, spec: Mapping[str, Any], apps: AppLookup | None = 
         reads = apps.secret_of(app) if apps is not None else None
         account = apps.account_of(app) if apps is not None else None
     return Named(reads=(namespace, reads) if reads else None, writes=(credential[0], writes) if writes else None,
-                 account=(namespace, account) if account else None, app=app)
+                 account=(namespace, account) if account else None,
+                 apps=frozenset(a for a in (app, held) if a))
 
 
 def _app_name(spec: Mapping[str, Any]) -> str | None:
@@ -113,10 +117,10 @@ class Dependents:
             self._remove_account(credential, before.account)
             if named.account:
                 self.account_readers.setdefault(named.account, set()).add(credential)
-        if named.app != before.app:
-            self._remove_app(credential, before.app)
-            if named.app:
-                self.app_users.setdefault(named.app, set()).add(credential)
+        if named.apps != before.apps:
+            self._remove_apps(credential, before.apps)
+            for app in named.apps:
+                self.app_users.setdefault(app, set()).add(credential)
         self._named[credential] = named
         return moved
 
@@ -129,7 +133,7 @@ class Dependents:
     def _remove(self, credential: Key) -> None:
         named = self._named.pop(credential, Named())
         self._remove_account(credential, named.account)
-        self._remove_app(credential, named.app)
+        self._remove_apps(credential, named.apps)
         for index, secret in ((self.readers, named.reads), (self.writers, named.writes)):
             if secret is not None and secret in index:
                 index[secret].discard(credential)
@@ -146,12 +150,12 @@ class Dependents:
             del self.account_readers[account]
             self.latest_account.pop(account, None)
 
-    def _remove_app(self, credential: Key, app: str | None) -> None:
-        if app is None or app not in self.app_users:
-            return
-        self.app_users[app].discard(credential)
-        if not self.app_users[app]:
-            del self.app_users[app]
+    def _remove_apps(self, credential: Key, apps: frozenset[str]) -> None:
+        for app in apps:
+            if app in self.app_users:
+                self.app_users[app].discard(credential)
+                if not self.app_users[app]:
+                    del self.app_users[app]
 
     def users_of(self, app: str) -> Collection[Key]:
         return self.app_users.get(app, ())

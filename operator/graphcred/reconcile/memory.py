@@ -57,6 +57,10 @@ class ReportMemory:
     failures: int = 0  # consecutive failed passes
     missing_roles_checks: int = 0  # consecutive tokens lacking required roles
     app: str | None = None  # the ClusterGraphApp the last pass's spec named (its status counts the pass)
+    app_permitted: bool = False  # ... whether its policy permitted the credential
+    # ... and what the pass learnt of the app itself (reason, message): a token, or a failure reading its material or
+    # requesting its token; None when the pass ended for the tenant's own reasons before (or without) asking
+    app_news: tuple[str, str] | None = None
 
 
 @dataclass

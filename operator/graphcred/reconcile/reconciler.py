@@ -42,7 +42,7 @@ from graphcred.kube.errors import KubeError
 from graphcred.kube.reads import SharedReads
 from graphcred.reconcile import policy, reporting
 from graphcred.reconcile.acquiring import TokenAcquirer
-from graphcred.reconcile.apps import DEFAULT_CLUSTER_RESOURCE_NAMESPACE, ClusterApps, Resolved
+from graphcred.reconcile.apps import DEFAULT_CLUSTER_RESOURCE_NAMESPACE, ClusterApps, Reads, Resolved
 from graphcred.reconcile.appstatus import AppOutcomes
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.decide import (
@@ -73,6 +73,13 @@ def token_spec(spec: GraphAppCredentialSpec, who: _Identity) -> str:
     Ready verdict depend on."""
     borrowed = who.identity.model_dump_json() if who.app is not None else ""
     return hashlib.sha256((spec.model_dump_json(exclude={"secret_template"}) + borrowed).encode()).hexdigest()[:16]
+
+
+def _holds(existing: Target | None, previous: GraphAppCredentialStatus) -> bool:
+    """Does the token Secret hold the token the status describes? (Not read: our own write, unchanged since.)"""
+    if existing is None:
+        return False
+    return existing.secret is None or stored_expiry(existing.secret["metadata"]) == parse_rfc3339(previous.expires_on)
 
 
 def _same_token(previous: GraphAppCredentialStatus, issued_for: str, token: Token) -> bool:
@@ -106,6 +113,7 @@ class _Identity:
     app: Resolved | None = None
 
 
+_TOKEN_NEWS = (Reason.TOKEN_ISSUED.value, "")  # what a pass that got (or kept) a token says of its app
 # Failures of a ClusterGraphApp's own credential (its Secret, ServiceAccount, identity, registration in Entra)
 _APPS_OWN = frozenset({Reason.CREDENTIAL_NOT_FOUND, Reason.INVALID_CREDENTIAL, Reason.UNAUTHORIZED,
                        Reason.SERVICE_ACCOUNT_NOT_AUTHORIZED})
@@ -157,6 +165,7 @@ class Reconciler:
         # ClusterGraphApps and namespace labels, for credentials with an appRef; what their passes end with
         self.apps = apps if apps is not None else ClusterApps(DEFAULT_CLUSTER_RESOURCE_NAMESPACE)
         self.app_outcomes = app_outcomes if app_outcomes is not None else AppOutcomes()
+        self._reads = Reads(self._read_app, self._read_namespace)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self.calls = KubeCalls(kube, run_blocking)
@@ -200,26 +209,29 @@ class Reconciler:
         """How the pass ended, for the status of the ClusterGraphApp it named (if any): every end, a kept token's
         too, so that the app's status counts its users from their first pass after a restart."""
         key = (snap.namespace, snap.name)
-        ready = GraphAppCredentialStatus.model_validate(mem.report.last_status or {}).ready()
-        if mem.report.app is None or ready is None:
+        if mem.report.app is None:
             self.app_outcomes.forget(key)
         else:
-            self.app_outcomes.record(mem.report.app, key, ready.reason, ready.message, self._clock())
+            self.app_outcomes.record(mem.report.app, key, mem.report.app_permitted, mem.report.app_news,
+                                     self._clock())
 
     async def _pass(self, snap: Snapshot, mem: Memory, held: contextlib.AsyncExitStack) -> float | None:
         now = self._clock()
         renew, mem.renew.requested = mem.renew.requested, False
         asked = _Asked()
-        mem.report.app = None
+        mem.report.app, mem.report.app_permitted, mem.report.app_news = None, False, None
         who: _Identity | None = None
+        stage = ""  # "app" while the app's material is read or its token requested: a failure then is the app's
         credential_expiry: dt.datetime | None = None
         try:
+            await self._guard_held_token(snap, mem)
             # 1. spec
             spec = self._parse_spec(snap)
             secret_name = spec.effective_secret_name(snap.name)
             mem.secret.retarget(secret_name)
             mem.report.app = spec.app_ref.name if spec.app_ref is not None else None
             who = await self._identity(snap, spec, mem, secret_name)
+            mem.report.app_permitted = who.app is not None
             identity = who.identity
             issued_for = spec.issued_for(snap.name, identity)
             settled = token_spec(spec, who)  # what the token and the Ready verdict depend on
@@ -230,8 +242,10 @@ class Reconciler:
             material: Material | None = None
             credential_version = self._unread_credential_version(who, mem, previous, renew)
             if credential_version is None:
+                stage = "app"
                 material, credential_version = await self.reader.read(who.namespace, identity, mem.credential, now,
                                                                       held)
+                stage = ""
             fingerprint = material.fingerprint() if material is not None else None
             existing = await self.writer.target(snap, mem.secret, secret_name)
             # 3. decide
@@ -239,11 +253,14 @@ class Reconciler:
                                     credential_version, renew, now)
             # 4. act
             if decision.action == Action.KEEP:
+                mem.report.app_news = _TOKEN_NEWS
                 mem.credential.material, mem.token.settled_spec = fingerprint, settled
                 return await self._kept(snap, mem, previous, credential_version, now)
             if material is None:  # not read while gathering: the token is needed, and so is the credential
+                stage = "app"
                 material, credential_version = await self.reader.read(who.namespace, identity, mem.credential, now,
                                                                       held)
+                stage = ""
                 fingerprint = material.fingerprint()
                 if decision.action == Action.RERENDER:  # decided on the watch's version: again, on what was read
                     decision = self._decide(snap, spec, identity, issued_for, settled, mem, previous, existing,
@@ -255,14 +272,19 @@ class Reconciler:
                     token, target = stored
                     await self.writer.write(snap, mem.secret, spec, identity, secret_name, target, token)
                     mem.credential.material = fingerprint
+                    mem.report.app_news = _TOKEN_NEWS
                     return await self._rerendered(snap, mem, previous, secret_name, now)
             log.debug("%s/%s: requesting a token: %s", snap.namespace, snap.name, decision.reason)
+            stage = "app"
             token = await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
+            stage = ""
+            mem.report.app_news = _TOKEN_NEWS  # a token came: the app works (a role a tenant requires is theirs)
             if isinstance(material, Certificate):
                 credential_expiry = material.leaf.not_valid_after_utc
-            if isinstance(material, ManagedIdentity) and _same_token(previous, issued_for, token):
+            if (isinstance(material, ManagedIdentity) and _same_token(previous, issued_for, token)
+                    and _holds(existing, previous) and snap.generation == previous.observed_generation):
                 # the identity endpoint answered the token the Secret holds (IMDS caches): nothing to write
-                return await self._answered_again(snap, mem, previous, token, fingerprint, settled)
+                return await self._answered_again(snap, mem, previous, token, fingerprint, settled, renew)
             del material  # the credential is not kept between passes, nor the read it came from
             await held.aclose()
             if who.app is not None:
@@ -274,6 +296,8 @@ class Reconciler:
             await self.writer.remove_old(snap, previous.secret_name, secret_name)
         except Failure as outcome:
             if who is not None and who.app is not None:
+                if stage == "app":
+                    mem.report.app_news = (outcome.reason.value, outcome.message)
                 outcome = self._for_tenant(who.app.app.name, outcome)
             return await self._failed(snap, mem, outcome, asked)
         if mem.report.app is not None:
@@ -376,7 +400,7 @@ class Reconciler:
             self._check_own(spec, own)
             return _Identity(own, snap.namespace)
         try:
-            resolved = await self.apps.resolve(snap.namespace, spec, self._read_app, self._read_namespace)
+            resolved = await self.apps.resolve(snap.namespace, spec, self._reads)
         except Failure as refused:
             if refused.reason in (Reason.NOT_PERMITTED, Reason.APP_NOT_FOUND):
                 raise await self._revoke(snap, mem, secret_name, refused) from None
@@ -397,10 +421,33 @@ class Reconciler:
         status)."""
         if failure.reason not in _APPS_OWN or isinstance(failure, Revoked):
             return failure
-        self.app_outcomes.explain(app, failure.reason.value, failure.message)
         return Failure(failure.reason, f"ClusterGraphApp {app} cannot get tokens ({failure.reason.value}); only a "
                        f"cluster admin can fix it: graphcred status cga/{app}", retry=failure.retry,
                        retry_after=failure.retry_after)
+
+    async def _guard_held_token(self, snap: Snapshot, mem: Memory) -> None:
+        """The Secret holds a ClusterGraphApp's token (status.issuedByApp) but the spec no longer names that app, or
+        cannot be read: the app's policy still decides whether the token may stay. Checked before anything else, so
+        that no change of the spec (made invalid, switched to another identity that fails) keeps a token the
+        policy withdrew. Deleted, the pass goes on with the spec as it is."""
+        previous = self._previous(snap, mem)
+        held = previous.issued_by_app
+        if held is None or previous.expires_on is None:
+            return
+        ref = snap.spec.get("appRef")
+        if isinstance(ref, dict) and ref.get("name") == held:
+            try:
+                if GraphAppCredentialSpec.model_validate(snap.spec).app_ref is not None:
+                    return  # the pass resolves the app itself, with the spec's scopes
+            except ValidationError:
+                pass
+        refusal = await self.apps.still_holds(snap.namespace, held, previous.audience, self._reads)
+        if refusal is None:
+            return
+        failure = await self._revoke(snap, mem, previous.secret_name or "", Failure(
+            Reason.NOT_PERMITTED, refusal, retry=Retry.NEEDS_USER))
+        mem.report.last_status = reporting.without_token(previous).to_k8s()
+        self.emit(snap.event_ref(), "Warning", Reason.NOT_PERMITTED.value, failure.message)
 
     async def _read_app(self, name: str) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self.calls("read ClusterGraphApp", self.kube.read_cluster_app, name)
@@ -420,8 +467,7 @@ class Reconciler:
 
     async def _revoke(self, snap: Snapshot, mem: Memory, secret_name: str, refused: Failure) -> Revoked:
         previous = self._previous(snap, mem)
-        for name in {secret_name, previous.secret_name} - {None}:
-            assert name is not None
+        for name in sorted(n for n in {secret_name, previous.secret_name} if n):
             if await self.writer.revoke(snap, mem.secret, name):
                 log.warning("%s/%s: deleted the token Secret %s: %s", snap.namespace, snap.name, name,
                             refused.message)
@@ -474,7 +520,7 @@ class Reconciler:
             previous, generation=snap.generation, secret_name=secret_name, issued_at=token.issued_at,
             expires_on=token.expires_on, claims=token.claims, refresh=refresh, credential_version=credential_version,
             issued_for=issued_for, renewed=renewed, renew_value=mem.renew.value, verdict=verdict, now=now,
-            cause=cause)
+            cause=cause, app=spec.app_ref.name if spec.app_ref is not None else None)
         await self._report(snap, mem, report)
         # Only now: a pass that fails after writing the Secret (its status patch, anything before) must count as
         # one more failure, so that its backoff grows, not restart from the first.
@@ -483,7 +529,7 @@ class Reconciler:
         return max((refresh - now).total_seconds(), 0.0)
 
     async def _answered_again(self, snap: Snapshot, mem: Memory, previous: GraphAppCredentialStatus, token: Token,
-                              fingerprint: str | None, settled: str) -> float:
+                              fingerprint: str | None, settled: str, renewed: bool) -> float:
         """The managed identity's endpoint answered the very token the Secret holds (IMDS hands out its cached token
         until shortly before expiry): nothing is written; the next attempt follows the answer's refresh hint, else
         half the remaining lifetime."""
@@ -491,7 +537,8 @@ class Reconciler:
         refresh = policy.next_attempt_same_token(token.expires_on, token.refresh_on, now, self._rng)
         mem.credential.material, mem.token.settled_spec = fingerprint, settled
         mem.report.failures = 0
-        await self._report(snap, mem, reporting.answered_again(previous, refresh))
+        await self._report(snap, mem, reporting.answered_again(previous, refresh,
+                                                               mem.renew.value if renewed else None))
         log.debug("%s/%s: the managed identity answered the token already in the Secret; asking again at %s",
                   snap.namespace, snap.name, rfc3339(refresh))
         return max((refresh - now).total_seconds(), 0.0)

@@ -75,7 +75,7 @@ def event_due(previous_ready: Condition | None, ready: bool, reason: Reason, mes
 def issued(previous: GraphAppCredentialStatus, *, generation: int, secret_name: str, issued_at: dt.datetime,
            expires_on: dt.datetime, claims: TokenClaims, refresh: dt.datetime, credential_version: str,
            issued_for: str | None, renewed: bool, renew_value: str | None, verdict: Verdict,
-           now: dt.datetime, cause: Cause | None = None) -> Report:
+           now: dt.datetime, cause: Cause | None = None, app: str | None = None) -> Report:
     """A new token is in the Secret: a whole new status describing it (`refresh`: when the next pass is due).
     `renewed`: it answers a renew request for `renew_value`, recorded so that no replica serves it again.
     `cause`: why it was requested (`decide`)."""
@@ -94,6 +94,7 @@ def issued(previous: GraphAppCredentialStatus, *, generation: int, secret_name: 
         app_id=claims.app_id,
         credential_version=credential_version,
         issued_for=issued_for,
+        issued_by_app=app,
         last_renew_request=renew_value if renewed else previous.last_renew_request,
     )
     return Report(status, verdict.ready, verdict.reason, verdict.message,
@@ -136,11 +137,14 @@ def failed(previous: GraphAppCredentialStatus, *, generation: int, reason: Reaso
     return Report(status, ready, reason, message, event_due(before, ready, reason, message)), delay
 
 
-def answered_again(previous: GraphAppCredentialStatus, refresh: dt.datetime) -> Report:
+def answered_again(previous: GraphAppCredentialStatus, refresh: dt.datetime, renew_value: str | None = None
+                   ) -> Report:
     """The token source answered the token the Secret holds (a managed identity's cache): the same status, with
-    the next attempt; no Event (nothing changed for anyone)."""
+    the next attempt (and the renew request it served: nothing newer was to be had); no Event (nothing changed for
+    anyone)."""
     ready = previous.ready()
-    status = previous.model_copy(update={"refresh_at": rfc3339(refresh), "consecutive_failures": 0})
+    status = previous.model_copy(update={"refresh_at": rfc3339(refresh), "consecutive_failures": 0,
+                                         "last_renew_request": renew_value or previous.last_renew_request})
     is_ready = ready is not None and ready.status == "True"
     reason = Reason(ready.reason) if ready is not None and ready.reason in set(Reason) else Reason.TOKEN_ISSUED
     return Report(status, is_ready, reason, ready.message if ready is not None else "", None)
@@ -148,7 +152,7 @@ def answered_again(previous: GraphAppCredentialStatus, refresh: dt.datetime) -> 
 
 # What describes the token in the Secret: gone with the Secret (`without_token`).
 _TOKEN_FIELDS = ("secret_name", "expires_on", "refresh_at", "last_refresh_time", "last_refresh_reason", "roles",
-                 "audience", "tenant_id", "app_id", "credential_version", "issued_for")
+                 "audience", "tenant_id", "app_id", "credential_version", "issued_for", "issued_by_app")
 
 
 def without_token(previous: GraphAppCredentialStatus) -> GraphAppCredentialStatus:
