@@ -24,7 +24,7 @@ from graphcred_testbed.bed import wait_for
 from graphcred_testbed.binaries import binary
 
 from ..helpers import GRAPH, Env
-from .test_cluster_apps import cluster_app, label, use
+from .clusterapps import cluster_app, label, material_name, use
 from .test_consumer_warnings import create_pod, env_pod, ready_credential, sub_path_pod
 
 pytestmark = pytest.mark.bed
@@ -129,17 +129,17 @@ def test_status_of_a_cluster_app_lists_its_policy_and_users_and_a_user_names_its
         assert "Ready:          True, TokenIssued, since " in text
         assert f"Tenant:         {app.tenant_id}\nClient:         {app.client_id}\n" in text
         assert f"Authority:      {bed.authority_host} (authorityHost)" in text
-        assert f"Credential:     clientSecret\n  Secret:       {name}, key clientSecret, in " in text
+        assert f"Credential:     clientSecret\n  Secret:       {material_name(name)}, key clientSecret, in " in text
         assert f"  Namespaces:   {key} in (allowed)\n  Scopes:       {GRAPH}/.default\n" in text
         assert "Users:          2 GraphAppCredential(s), 1 permitted" in text
         assert f"  Last token:   {status['lastTokenTime']} (" in text
         rows = text[text.index("Credentials using it"):text.index("Events")].splitlines()[2:]
         assert [r.split() for r in rows] == [[env.namespace, "outlook", "False", "NotPermitted"],
                                              [env.namespace, "mail", "True", "TokenIssued"]]
-        assert env.sv(name) not in text  # the app's client secret is never shown
+        assert env.sv(material_name(name)) not in text  # the app's client secret is never shown
 
         doc = json.loads(cli(env, "status", f"clustergraphapps.graphcred.io/{name}", "-o", "json").stdout)
-        assert doc["credential"] == {"kind": "clientSecret", "secret": name, "key": "clientSecret"}
+        assert doc["credential"] == {"kind": "clientSecret", "secret": material_name(name), "key": "clientSecret"}
         assert (doc["users"], doc["permitted"]) == (2, 1) and len(doc["credentials"]) == 2
 
         user = cli(env, "status", "gac/mail")
