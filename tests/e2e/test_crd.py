@@ -227,11 +227,11 @@ def test_get_shows_the_ready_summary_and_wide_adds_refresh_audience_and_message(
     ready = env.ready_condition("app")
     assert ready is not None
     assert list(plain) == ["NAME", "READY", "REASON", "EXPIRES", "SECRET", "AGE"]
-    assert list(wide) == [*plain, "REFRESH AT", "AUDIENCE", "MESSAGE"]
+    assert list(wide) == [*plain, "REFRESH AT", "AUDIENCE", "CREDENTIAL EXPIRES", "MESSAGE"]
     assert {k: v for k, v in wide.items() if k != "AGE"} == {
         "NAME": "app", "READY": "True", "REASON": "TokenIssued", "EXPIRES": status["expiresOn"],
         "SECRET": "app-token", "REFRESH AT": status["refreshAt"], "AUDIENCE": "https://graph.microsoft.com",
-        "MESSAGE": ready["message"]}
+        "CREDENTIAL EXPIRES": "", "MESSAGE": ready["message"]}  # a client secret without its end date: unknown
     assert "valid until" in wide["MESSAGE"]
     token = env.token("app-token")
     assert token and token not in out

@@ -79,10 +79,12 @@ class FakeKube:
         self._rv += 1
         return str(self._rv)
 
-    def put_client_secret(self, namespace: str, name: str, value: str) -> None:
+    def put_client_secret(self, namespace: str, name: str, value: str,
+                          annotations: dict[str, str] | None = None) -> None:
         with self._lock:
             self.secrets[(namespace, name)] = {"metadata": {"name": name, "namespace": namespace,
-                                                            "resourceVersion": self._next()},
+                                                            "resourceVersion": self._next(),
+                                                            "annotations": dict(annotations or {})},
                                                "data": {"clientSecret": _b64(value)}}
 
     def touch(self, namespace: str, name: str) -> str:

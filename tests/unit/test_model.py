@@ -141,7 +141,7 @@ def test_a_long_message_is_cut_to_what_the_crd_accepts() -> None:
 def test_wide_columns_follow_the_default_ones() -> None:
     columns = [(c["name"], c.get("priority", 0)) for c in PRINTER_COLUMNS]
     assert columns == [("Ready", 0), ("Reason", 0), ("Expires", 0), ("Secret", 0), ("Age", 0),
-                       ("Refresh At", 1), ("Audience", 1), ("Message", 1)]
+                       ("Refresh At", 1), ("Audience", 1), ("Credential Expires", 1), ("Message", 1)]
 
 
 def test_a_condition_stored_under_the_older_crd_that_the_schema_refuses_is_left_out_alone() -> None:

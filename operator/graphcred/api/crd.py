@@ -103,6 +103,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
      "description": "When graphcred next acquires a token or retries."},
     {"name": "Audience", "type": "string", "jsonPath": ".status.audience", "priority": 1,
      "description": "The token's aud claim."},
+    {"name": "Credential Expires", "type": "string", "jsonPath": ".status.credentialExpiresOn", "priority": 1,
+     "description": "When the client secret or certificate itself expires, where known."},
     {"name": "Message", "type": "string", "jsonPath": f"{_READY}.message", "priority": 1,
      "description": "What happened and what to do about it."},
 ]

@@ -26,6 +26,9 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "graphcred"
 FIELD_MANAGER = "graphcred"  # every write of the token Secret is made as this field manager
 CREDENTIAL_ANNOTATION = f"{GROUP}/credential"
+# on a client-secret credential Secret: when the secret expires in Entra (RFC 3339; `az ad app credential reset`
+# prints it as endDateTime), for status.credentialExpiresOn and the CredentialExpiresSoon alert
+CREDENTIAL_EXPIRES_ANNOTATION = f"{GROUP}/credential-expires-on"
 EXPIRES_ON_ANNOTATION = f"{GROUP}/expires-on"
 
 # --- on a ServiceAccount used for workload identity (the names Azure Workload Identity uses)

@@ -716,6 +716,11 @@ class GraphAppCredentialStatus(BaseModel):
         default=None, alias="issuedFor",
         description="Digest of what the token in the Secret was acquired for (authority, tenant, client, "
         "credential kind, scopes, Secret name): Ready=True is only reported for a token matching the spec.")
+    credential_expires_on: str | None = Field(
+        default=None, alias="credentialExpiresOn", json_schema_extra={"format": "date-time"},
+        description="When the credential itself expires, RFC 3339 UTC: its certificate's notAfter, or for a client "
+        "secret the graphcred.io/credential-expires-on annotation of its Secret (as Entra's endDateTime); absent "
+        "where unknown. For appRef, the ClusterGraphApp's credential.")
     issued_by_app: str | None = Field(
         default=None, alias="issuedByApp",
         description="The ClusterGraphApp the token in the Secret was acquired with (spec.appRef), if any: while the "

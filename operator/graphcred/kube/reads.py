@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphcred.api.keys import CREDENTIAL_EXPIRES_ANNOTATION
 from graphcred.kube.metawatch import Seen
 
 Key = tuple[str, str]  # namespace, name
@@ -29,6 +30,7 @@ class CredentialSecret:
 
     version: str
     data: dict[str, Any] = field(repr=False)
+    expires_on: str | None = None  # its graphcred.io/credential-expires-on annotation (the one annotation kept)
 
 
 Fetch = Callable[[], Awaitable[dict[str, Any] | None]]
@@ -56,7 +58,10 @@ async def _trimmed(fetch: Fetch) -> CredentialSecret | None:
     secret = await fetch()
     if secret is None:
         return None
-    return CredentialSecret(str(secret["metadata"].get("resourceVersion", "")), dict(secret.get("data") or {}))
+    annotations = secret["metadata"].get("annotations") or {}
+    expires_on = annotations.get(CREDENTIAL_EXPIRES_ANNOTATION)
+    return CredentialSecret(str(secret["metadata"].get("resourceVersion", "")), dict(secret.get("data") or {}),
+                            expires_on if isinstance(expires_on, str) else None)
 
 
 class SharedReads:

@@ -18,6 +18,10 @@ class CredentialMemory:
     secret: str | None = None  # the credential Secret the spec names (None: workload identity, or no spec yet)
     version: str | None = None  # its resourceVersion (or the ServiceAccount's) last read; "" missing; None unread
     material: str | None = None  # fingerprint (a digest) of the material the token in the Secret was acquired with
+    # when the credential itself expires, as this pass read it (`expiry_read`: the credential was read this pass;
+    # else the status keeps what an earlier pass read)
+    expires: dt.datetime | None = None
+    expiry_read: bool = False
 
 
 @dataclass

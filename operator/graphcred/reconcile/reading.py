@@ -18,6 +18,7 @@ from graphcred.acquire import credentials
 from graphcred.acquire.credentials import CredentialError, Federation, ManagedIdentity, Material
 from graphcred.api.failures import Failure
 from graphcred.api.model import AppIdentity, CertificateRef, Reason, WorkloadIdentityRef
+from graphcred.base.times import parse_rfc3339
 from graphcred.kube.errors import Forbidden, NotFound
 from graphcred.kube.metawatch import Seen
 from graphcred.kube.reads import SharedReads
@@ -62,6 +63,7 @@ class CredentialReader:
         credential's own, or for a ClusterGraphApp the cluster resource namespace); records the version read.
         The Secret's read stays shared with other passes while `held` is open."""
         credential = identity.credential
+        mem.expires, mem.expiry_read = None, True  # known to expire only if the read below says when
         if credential.managed_identity is not None:  # nothing to read: the host's identity
             mem.version = MANAGED_IDENTITY_VERSION
             return ManagedIdentity(credential.managed_identity.client_id), MANAGED_IDENTITY_VERSION
@@ -81,10 +83,12 @@ class CredentialReader:
         mem.version = version
         try:
             if credential.client_secret is not None:
+                mem.expires = parse_rfc3339(secret.expires_on)
                 return credentials.client_secret(secret.data, credential.client_secret), version
             ref = credential.certificate
             assert ref is not None
             parsed = await self._parsed_certificate((namespace, name), version, secret.data, ref)
+            mem.expires = parsed.leaf.not_valid_after_utc
             return credentials.usable(parsed, ref, now), version
         except CredentialError as exc:
             if exc.usable_from is not None:

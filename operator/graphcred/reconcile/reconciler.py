@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from graphcred.acquire.authority import AllowedAuthorities, not_allowed_message
 from graphcred.acquire.breaker import Breaker
-from graphcred.acquire.credentials import Certificate, ManagedIdentity, Material
+from graphcred.acquire.credentials import ManagedIdentity, Material
 from graphcred.acquire.sharing import SharedTokens
 from graphcred.acquire.tokens import Token
 from graphcred.api.failures import Failure
@@ -220,6 +220,7 @@ class Reconciler:
         renew, mem.renew.requested = mem.renew.requested, False
         asked = _Asked()
         mem.report.app, mem.report.app_permitted, mem.report.app_news = None, False, None
+        mem.credential.expiry_read = False
         who: _Identity | None = None
         stage = ""  # "app" while the app's material is read or its token requested: a failure then is the app's
         credential_expiry: dt.datetime | None = None
@@ -279,8 +280,8 @@ class Reconciler:
             token = await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
             stage = ""
             mem.report.app_news = _TOKEN_NEWS  # a token came: the app works (a role a tenant requires is theirs)
-            if isinstance(material, Certificate):
-                credential_expiry = material.leaf.not_valid_after_utc
+            if mem.credential.expiry_read:
+                credential_expiry = mem.credential.expires
             if (isinstance(material, ManagedIdentity) and _same_token(previous, issued_for, token)
                     and _holds(existing, previous) and snap.generation == previous.observed_generation):
                 # the identity endpoint answered the token the Secret holds (IMDS caches): nothing to write
@@ -594,6 +595,9 @@ class Reconciler:
     async def _report(self, snap: Snapshot, mem: Memory, report: reporting.Report) -> None:
         """Write what a pass reports: metrics, the status if it changed, then its Event (if one is due) and log."""
         status = report.status
+        if mem.credential.expiry_read:  # the credential was read: its expiry as it says now (none: not known)
+            expires_on = rfc3339(mem.credential.expires) if mem.credential.expires is not None else None
+            status = status.model_copy(update={"credential_expires_on": expires_on})
         body = status.to_k8s()
         expires = parse_rfc3339(status.expires_on)
         self.metrics.report(snap.namespace, snap.name, expires.timestamp() if expires else None,

@@ -117,8 +117,9 @@ class Metrics:
 
 
 class _CredentialCollector(Collector):
-    """`graphcred_credential_ready` and `graphcred_credential_next_refresh_timestamp_seconds`, one series per
-    registered credential. Labels are bounded: the reason is one of the operator's condition reasons (or Pending
+    """`graphcred_credential_ready`, `graphcred_credential_next_refresh_timestamp_seconds` and (where known)
+    `graphcred_credential_expiration_timestamp_seconds`, one series per registered credential. Labels are
+    bounded: the reason is one of the operator's condition reasons (or Pending
     before the first pass); the message, which may name anything, is never a label."""
 
     def __init__(self, statuses: Callable[[], Iterable[CredentialStatus]]) -> None:
@@ -132,14 +133,22 @@ class _CredentialCollector(Collector):
             "graphcred_credential_next_refresh_timestamp_seconds", "When (Unix time) the operator next acquires a "
             "token for the credential: the scheduled refresh, or the next retry after a failure.",
             labels=["namespace", "name"])
+        expiry = GaugeMetricFamily(
+            "graphcred_credential_expiration_timestamp_seconds", "When (Unix time) the credential itself expires: "
+            "its certificate's notAfter, or the graphcred.io/credential-expires-on annotation of its client-secret "
+            "Secret; no series where it is not known.", labels=["namespace", "name"])
         for namespace, name, status in sorted(self._statuses(), key=lambda s: (s[0], s[1])):
             state, reason = next(iter(ready_states([status])))
             ready.add_metric([namespace, name, reason], 1.0 if state == "True" else 0.0)
             at = _timestamp((status or {}).get("refreshAt"))
             if at is not None:
                 refresh.add_metric([namespace, name], at)
+            lapses = _timestamp((status or {}).get("credentialExpiresOn"))
+            if lapses is not None:
+                expiry.add_metric([namespace, name], lapses)
         yield ready
         yield refresh
+        yield expiry
 
 
 def _timestamp(value: Any) -> float | None:
