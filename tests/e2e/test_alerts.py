@@ -3,7 +3,8 @@ rejected client secret, short-lived tokens with the issuer failing, refreshes fa
 reading a token through subPath), its /metrics is scraped, the samples become a `promtool test rules` input (held
 constant over the test window, labelled as a ServiceMonitor scrape would label them), and promtool evaluates the
 rules rendered from the chart: the alert of the condition fires with the expected labels and annotations. A healthy
-run's scrape fires none of them.
+run's scrape fires none of them. GraphcredCredentialExpiresSoon: a client secret whose Secret says (annotation
+graphcred.io/credential-expires-on) that it expires in a day fires it; one that expires in 60 days does not.
 
 What this does not prove: how a series moves over the window (it is held at the scraped value; the expiry and
 next-refresh timestamps keep their distance to `time()` as scraped at the window's start), nor the Prometheus
@@ -15,6 +16,7 @@ restarts any worker that ends), so there is nothing honest to scrape; its expres
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import subprocess
 import time
@@ -26,6 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from graphcred.api.keys import GROUP, PLURAL, RENEW_ANNOTATION, VERSION
@@ -40,6 +43,8 @@ pytestmark = pytest.mark.bed
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 60  # seconds between input samples
+# what an admin writes on a client secret's Secret: the endDateTime Entra gave the secret (docs/behaviour.md)
+CREDENTIAL_EXPIRES_ON = "graphcred.io/credential-expires-on"
 Sample = tuple[str, dict[str, str], float]
 
 
@@ -139,6 +144,10 @@ def promtool_test(tmp_path: Path, samples: list[Sample], expected: dict[str, lis
     out = subprocess.run([promtool(), "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, f"promtool test rules failed:\n{out.stdout}\n{out.stderr}"
+    # shown with -s (the closing notes quote it): what was expected to fire, and promtool's verdict
+    for alert, firing in expected.items():
+        print(f"{alert}: " + (", ".join(series(alert, a["labels"]) for a in firing) if firing else "silent"))
+    print((out.stdout + out.stderr).strip())
     return out.stdout + out.stderr
 
 
@@ -151,7 +160,8 @@ def quiet(*except_: str) -> dict[str, list[dict[str, Any]]]:
 def test_the_rendered_rules_pass_promtool_check() -> None:
     rules = alert_rules()
     assert set(rules) >= {"GraphcredCredentialNotReady", "GraphcredTokenExpiresSoon", "GraphcredRefreshFailing",
-                          "GraphcredWorkerDead", "GraphcredUnrefreshableConsumer", "GraphcredDown"}
+                          "GraphcredWorkerDead", "GraphcredUnrefreshableConsumer", "GraphcredDown",
+                          "GraphcredCredentialExpiresSoon"}
     docs = render("--set", "metrics.prometheusRule.enabled=true")
     groups = next(d for d in docs if d["kind"] == "PrometheusRule")["spec"]["groups"]
     out = subprocess.run([promtool(), "check", "rules", "/dev/stdin"], input=yaml.safe_dump({"groups": groups}),
@@ -225,6 +235,49 @@ def test_no_operator_fires_down(operator: OperatorProcess, tmp_path: Path) -> No
         promtool_test(tmp_path, scrape(None), {"GraphcredDown": [{"labels": {}, "value": 1}]})
     finally:
         operator.start()
+
+
+def test_credential_expires_soon_fires_within_the_threshold_only(tmp_path: Path) -> None:
+    """The expression alone, on synthetic samples (the operator's side is the next test): 13 days ahead is inside
+    the default 14, 15 days is not, and a credential without a known expiry has no series at all."""
+    job = chart()[1]
+    target = {"job": job, "instance": "10.0.0.7:8080", "namespace": RELEASE_NS, "service": job}
+    samples: list[Sample] = [("up", target, 1.0)] + [
+        ("graphcred_credential_expiration_timestamp_seconds", {**target, "namespace": "team-a", "name": name},
+         days * 86400.0) for name, days in (("thirteen", 13), ("fifteen", 15))]
+    promtool_test(tmp_path, samples, {
+        "GraphcredCredentialExpiresSoon": [{"labels": {"namespace": "team-a", "name": "thirteen"}, "value": 0}],
+        **quiet("GraphcredCredentialExpiresSoon")})
+
+
+def test_a_client_secret_expiring_in_a_day_fires_credential_expires_soon(env: Env, tmp_path: Path) -> None:
+    # two credentials of one app, each with its own copy of the client secret: one Secret says it expires in a
+    # day (inside the alert's 14 days), the other in 60 days
+    app = env.secret_app("pw", secret_name="cred-soon")
+    env.client_secret("cred-later", "pw")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    for secret, days in (("cred-soon", 1), ("cred-later", 60)):
+        expires = (now + dt.timedelta(days=days)).isoformat().replace("+00:00", "Z")
+        env.bed.core.patch_namespaced_secret(secret, env.namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(annotations={CREDENTIAL_EXPIRES_ON: expires})))
+    env.create("soon", app, {"clientSecret": {"name": "cred-soon"}})
+    env.create("later", app, {"clientSecret": {"name": "cred-later"}})
+    env.wait_ready("soon")
+    env.wait_ready("later")
+
+    def reported() -> list[Sample] | None:
+        samples = only(scrape(env.operator), env.namespace)
+        known = {lb.get("name") for n, lb, _ in samples if n == "graphcred_credential_expiration_timestamp_seconds"}
+        return samples if known >= {"soon", "later"} else None
+
+    samples = wait_for(reported, timeout=30, what="both credentials in the expiration gauge")
+    expiry = {lb["name"]: v for n, lb, v in samples if n == "graphcred_credential_expiration_timestamp_seconds"}
+    # stored relative to the scrape: a day and 60 days ahead, as the annotations say (to the scrape's second)
+    assert abs(expiry["soon"] - 86400) < 120 and abs(expiry["later"] - 60 * 86400) < 120, expiry
+    promtool_test(tmp_path, samples, {
+        "GraphcredCredentialExpiresSoon": [{"labels": {"namespace": env.namespace, "name": "soon"},
+                                            "value": expiry["soon"]}],
+        **quiet("GraphcredCredentialExpiresSoon")})
 
 
 @pytest.fixture

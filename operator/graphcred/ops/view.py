@@ -27,6 +27,8 @@ from graphcred.base.times import parse_rfc3339
 from graphcred.consumers.pods import FINISHED_PHASES, containers, secret_volumes, unrefreshable
 
 MAX_EVENTS = 10
+# on a client secret's Secret, the secret's end as Entra gave it (the operator reads it; named here for the hint)
+EXPIRES_ANNOTATION = "graphcred.io/credential-expires-on"
 TIME_CLAIMS = ("exp", "nbf", "iat")
 # C0 and C1 control characters, DEL, and the Unicode controls that reorder what a terminal shows (bidi overrides)
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -259,6 +261,14 @@ def _app_text(view: StatusView) -> list[str]:
     return [f"App:            {view.app} (ClusterGraphApp: graphcred status cga/{view.app})"] if view.app else []
 
 
+def _gac_credential_text(view: StatusView, now: dt.datetime) -> list[str]:
+    expires = view.status.get("credentialExpiresOn")
+    if view.app:  # the app's credential, described under the app; its expiry as the operator last read it
+        return (["Credential:     the app's", f"  Expires:      {credential_expiry(expires, now)}"]
+                if expires else [])
+    return _credential_lines(credential_facts(view.spec), "", expires, now)
+
+
 def _token_text(view: StatusView, now: dt.datetime) -> list[str]:
     status, spec = view.status, view.spec
     roles = status.get("roles") or []
@@ -325,7 +335,8 @@ def _events_text(view: StatusView | AppView, now: dt.datetime) -> list[str]:
 def render_status(view: StatusView, now: dt.datetime) -> str:
     lines = [f"Name:           {view.name}", f"Namespace:      {view.namespace}",
              f"Created:        {_when(view.created, now)}",
-             *_ready_text(view, now), *_app_text(view), *_token_text(view, now), *_renew_text(view),
+             *_ready_text(view, now), *_app_text(view), *_gac_credential_text(view, now), *_token_text(view, now),
+             *_renew_text(view),
              *_consumers_text(view),
              *_events_text(view, now)]
     return _text(lines)
@@ -350,6 +361,8 @@ def status_json(view: StatusView, now: dt.datetime) -> dict[str, Any]:
         "tenantId": status.get("tenantId") or spec.get("tenantId"),
         "appId": status.get("appId") or spec.get("clientId"),
         "appRef": view.app,
+        "credentialExpiresOn": status.get("credentialExpiresOn"),
+        "credentialSecondsLeft": _seconds_until(status.get("credentialExpiresOn"), now),
         "renewRequested": view.renew_requested, "lastRenewRequest": status.get("lastRenewRequest"),
         "renewPending": view.renew_pending,
         "unrefreshableConsumers": status.get("unrefreshableConsumers"),
@@ -458,27 +471,45 @@ def credential_facts(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {"kind": None}
 
 
-def _credential_text(view: AppView, now: dt.datetime) -> list[str]:
-    facts = credential_facts(view.spec)
-    where = (f"in namespace {view.resource_namespace}" if view.resource_namespace
-             else "in the operator's cluster resource namespace")
+def credential_expiry(expires: Any, now: dt.datetime) -> str:
+    """status.credentialExpiresOn as shown: the time, how far off, and whether it has passed."""
+    moment = parse_time(expires)
+    if moment is None:
+        return "-"
+    return f"{expires} ({relative(moment, now)}{', expired' if moment <= now else ''})"
+
+
+def _credential_lines(facts: Mapping[str, Any], where: str, expires: Any, now: dt.datetime) -> list[str]:
+    """The credential's kind, what it names (`where`: the namespace of what it names, if not the object's own) and
+    when it expires: known for a certificate (its notAfter) and for a client secret whose Secret says so."""
     kind = facts["kind"]
+    at = f", {where}" if where else ""
     lines = [f"Credential:     {kind or '- (none in the spec)'}"]
     if kind == "clientSecret":
-        lines.append(f"  Secret:       {facts['secret']}, key {facts['key']}, {where}")
+        lines.append(f"  Secret:       {facts['secret']}, key {facts['key']}{at}")
     elif kind == "certificate":
-        lines.append(f"  Secret:       {facts['secret']} (kubernetes.io/tls), {where}"
+        lines.append(f"  Secret:       {facts['secret']} (kubernetes.io/tls){at}"
                      + (", sends x5c" if facts["sendX5c"] else ""))
     elif kind == "workloadIdentity":
-        lines += [f"  Account:      ServiceAccount {facts['serviceAccount']}, {where}",
+        lines += [f"  Account:      ServiceAccount {facts['serviceAccount']}{at}",
                   f"  Audience:     {facts['audience']}"]
     elif kind == "managedIdentity":
         lines.append(f"  Identity:     user-assigned, client ID {facts['clientId']}" if facts["assigned"] == "user"
                      else "  Identity:     system-assigned (the operator's node or pod)")
-    expires = view.status.get("credentialExpiresOn")
-    if kind == "certificate" or expires:
-        lines.append(f"  Expires:      {_when(expires, now)}")
+    if expires:
+        lines.append(f"  Expires:      {credential_expiry(expires, now)}")
+    elif kind == "certificate":
+        lines.append("  Expires:      -")
+    elif kind == "clientSecret":
+        # Entra does not tell a secret's end to its holder: only the admin who created it knows (docs/behaviour.md)
+        lines.append(f"  Expires:      - (not known: annotate the Secret {EXPIRES_ANNOTATION}=<endDateTime>)")
     return lines
+
+
+def _credential_text(view: AppView, now: dt.datetime) -> list[str]:
+    where = (f"in namespace {view.resource_namespace}" if view.resource_namespace
+             else "in the operator's cluster resource namespace")
+    return _credential_lines(credential_facts(view.spec), where, view.status.get("credentialExpiresOn"), now)
 
 
 def _policy_text(spec: Mapping[str, Any]) -> list[str]:
