@@ -70,3 +70,11 @@ def test_a_certificates_not_after_is_its_expiry() -> None:
         assert rig.kube.statuses[(NS, "mail")]["credentialExpiresOn"] == not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     run(scenario)
+
+
+def test_the_end_date_as_graph_prints_it_is_read_to_the_second() -> None:
+    from graphcred.base.times import parse_written
+    assert parse_written("2027-03-01T10:00:05.8925536Z") == dt.datetime(2027, 3, 1, 10, 0, 5, tzinfo=dt.UTC)
+    assert parse_written("2027-03-01T12:00:05+02:00") == dt.datetime(2027, 3, 1, 10, 0, 5, tzinfo=dt.UTC)
+    assert parse_written("2027-03-01") == dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
+    assert parse_written("next spring") is None and parse_written("") is None

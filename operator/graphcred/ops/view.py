@@ -21,14 +21,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from graphcred.acquire.jwt import b64url_decode
-from graphcred.api.keys import CREDENTIAL_ANNOTATION, RENEW_ANNOTATION
+from graphcred.api.keys import CREDENTIAL_ANNOTATION, CREDENTIAL_EXPIRES_ANNOTATION, RENEW_ANNOTATION
 from graphcred.api.model import AUTHORITY_HOSTS, Cloud
 from graphcred.base.times import parse_rfc3339
 from graphcred.consumers.pods import FINISHED_PHASES, containers, secret_volumes, unrefreshable
 
 MAX_EVENTS = 10
 # on a client secret's Secret, the secret's end as Entra gave it (the operator reads it; named here for the hint)
-EXPIRES_ANNOTATION = "graphcred.io/credential-expires-on"
+EXPIRES_ANNOTATION = CREDENTIAL_EXPIRES_ANNOTATION
 TIME_CLAIMS = ("exp", "nbf", "iat")
 # C0 and C1 control characters, DEL, and the Unicode controls that reorder what a terminal shows (bidi overrides)
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")

@@ -18,7 +18,7 @@ from graphcred.acquire import credentials
 from graphcred.acquire.credentials import CredentialError, Federation, ManagedIdentity, Material
 from graphcred.api.failures import Failure
 from graphcred.api.model import AppIdentity, CertificateRef, Reason, WorkloadIdentityRef
-from graphcred.base.times import parse_rfc3339
+from graphcred.base.times import parse_written
 from graphcred.kube.errors import Forbidden, NotFound
 from graphcred.kube.metawatch import Seen
 from graphcred.kube.reads import SharedReads
@@ -83,7 +83,7 @@ class CredentialReader:
         mem.version = version
         try:
             if credential.client_secret is not None:
-                mem.expires = parse_rfc3339(secret.expires_on)
+                mem.expires = parse_written(secret.expires_on)
                 return credentials.client_secret(secret.data, credential.client_secret), version
             ref = credential.certificate
             assert ref is not None
