@@ -105,7 +105,7 @@ class FederatedCredential:
 
 def sha1_hex(cert: x509.Certificate) -> str:
     """The certificate's SHA-1 thumbprint in upper-case hex, as Entra shows it (customKeyIdentifier, the portal)."""
-    return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - the thumbprint is SHA-1 by definition
+    return cert.fingerprint(hashes.SHA1()).hex().upper()  # the thumbprint is SHA-1 by definition
 
 
 @dataclass
