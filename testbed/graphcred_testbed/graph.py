@@ -7,6 +7,7 @@ Routes (canned data, read only):
 Key rollover, on the apps of the issuer given as `directory` (graphcred_testbed.issuer):
   POST /v1.0/applications/{id}/addKey            (also /applications(appId='{appId}')/addKey)
   POST /v1.0/applications/{id}/removeKey         (also /applications(appId='{appId}')/removeKey)
+  GET  /v1.0/applications/{id}                   (also /applications(appId='{appId}')): id, appId, keyCredentials
   An app may roll its own keys with no permission; another app needs Application.ReadWrite.All or
   Directory.ReadWrite.All, or Application.ReadWrite.OwnedBy and to be an owner. Each needs a proof of possession: a
   JWT signed RS256 by a current, unexpired certificate of the app (`x5t` header), aud
@@ -387,10 +388,11 @@ class KeyCall:
 
     `time`: wall clock when answered. `app_id`/`object_id`: the target application (None when not found). `caller`: the
     client id of the bearer token (None if it was refused). `key_id`: addKey: the new key's id (when added); removeKey:
-    the id asked for. `thumbprint`: SHA-1 (upper-case hex) of the certificate added (addKey) or removed (removeKey, when
-    found). `proof_thumbprint`: of the registered key that signed the proof, once found. `status`: the HTTP status
-    answered. `outcome`: "added" or "removed", or the error code and why (`Authentication_MissingOrMalformed: the proof
-    has expired`); with `fail_next(..., applied=True)`: "added, answered 503 (fail_next)"."""
+    the id asked for. `thumbprint`: SHA-1 (upper-case hex) of the certificate in the request (addKey, once read) or of
+    the one removed (removeKey, when found). `proof_thumbprint`: of the registered key that signed the proof, once
+    found. `status`: the HTTP status answered. `outcome`: "added" or "removed", or the error code and why
+    (`Authentication_MissingOrMalformed: the proof has expired`); with `fail_next(..., applied=True)`: "added,
+    answered 503 (fail_next)"."""
 
     time: float
     op: str
@@ -422,16 +424,24 @@ class _Failure:
                           headers=headers)
 
 
-def _key_route(segments: Sequence[str]) -> tuple[str, str, str] | None:
-    """(operation, "id" or "appId", the value) for an application key action's path segments; None for others."""
-    if len(segments) == 4 and segments[:2] == ["v1.0", "applications"]:
-        op, by, value = segments[3], "id", segments[2]
-    elif len(segments) == 3 and segments[0] == "v1.0" and (match := _BY_APP_ID.fullmatch(segments[1])):
-        op, by, value = segments[2], "appId", match.group(1)
+def _application_route(segments: Sequence[str]) -> tuple[str, str, str] | None:
+    """(operation: "" for the application itself, "addKey" or "removeKey"; "id" or "appId"; the value) for the path
+    segments of an application or its key actions; None for others."""
+    if len(segments) in (3, 4) and segments[:2] == ["v1.0", "applications"]:
+        op, by, value = segments[3] if len(segments) == 4 else "", "id", segments[2]
+    elif len(segments) in (2, 3) and segments[0] == "v1.0" and (match := _BY_APP_ID.fullmatch(segments[1])):
+        op, by, value = segments[2] if len(segments) == 3 else "", "appId", match.group(1)
     else:
         return None
     op = op.removeprefix("microsoft.graph.")  # the action's qualified name works too
-    return (op, by, value) if op in KEY_OPS else None
+    return (op, by, value) if op in ("", *KEY_OPS) else None
+
+
+def _key_credential_body(key: KeyCredential) -> dict[str, Any]:
+    """A keyCredential as Graph shows it: never the key itself."""
+    return {"customKeyIdentifier": key.thumbprint, "displayName": key.display_name,
+            "endDateTime": _graph_time(key.end), "key": None, "keyId": key.key_id,
+            "startDateTime": _graph_time(key.start), "type": "AsymmetricX509Cert", "usage": "Verify"}
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -708,9 +718,11 @@ class GraphApi:
         refusal."""
         split = urlsplit(target)
         segments = [unquote(s) for s in split.path.split("/") if s]
-        key_route = _key_route(segments)
-        if key_route is not None:
-            return self._key_action(method, *key_route, token, body)
+        application = _application_route(segments)
+        if application is not None and application[0]:
+            return self._key_action(method, *application, token, body)
+        if application is not None:
+            return 200, self._application(method, application[1], application[2], token)
         caller = self._validator.validate(token)  # first, as Graph's gateway authenticates before routing
         if not segments or segments[0] != "v1.0":
             raise _bad_request(f"Invalid version: {segments[0] if segments else ''}")
@@ -846,6 +858,22 @@ class GraphApi:
                              "queried reference-property objects are not present.")
         return app
 
+    def _application(self, method: str, by: str, value: str, token: str) -> dict[str, Any]:
+        """GET the application: its ids and current keyCredentials (with Application.Read.All or the like, or
+        Application.ReadWrite.OwnedBy as an owner; an app reads itself only if it is its own owner)."""
+        caller = self._validator.validate(token)
+        if method != "GET":
+            raise GraphError(405, "Request_BadRequest", f"The bed's Graph API does not serve {method} requests on "
+                             "applications.")
+        app = self._find_app(caller, by, value)
+        readers = KEY_ADMIN_ROLES | {"Application.Read.All", "Directory.Read.All"}
+        owner = OWNED_BY_ROLE in caller.roles and caller.app_id in app.owners
+        if not caller.app_only or not (caller.roles & readers or owner):
+            raise directory_denied()
+        keys = [k for k in self._directory().keys(app.client_id) if k.removed_at is None]
+        return {"@odata.context": f"{self.base_url}/$metadata#applications/$entity", "id": app.object_id,
+                "appId": app.client_id, "keyCredentials": [_key_credential_body(k) for k in keys]}
+
     @staticmethod
     def _authorize(caller: Caller, app: App) -> None:
         """An app rolls its own keys with no permission; another needs to be allowed to write applications."""
@@ -873,9 +901,7 @@ class GraphApi:
         key = self._directory().add_key(app.client_id, cert, display_name)
         entry["key_id"] = key.key_id
         return 200, {"@odata.context": f"{self.base_url}/$metadata#microsoft.graph.keyCredential",
-                     "customKeyIdentifier": key.thumbprint, "displayName": key.display_name,
-                     "endDateTime": _graph_time(key.end), "key": None, "keyId": key.key_id,
-                     "startDateTime": _graph_time(key.start), "type": "AsymmetricX509Cert", "usage": "Verify"}
+                     **_key_credential_body(key)}
 
     def _remove_key(self, app: App, request: dict[str, Any], entry: dict[str, Any]) -> tuple[int, None]:
         key_id = request.get("keyId")

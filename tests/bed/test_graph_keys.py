@@ -409,3 +409,26 @@ def test_the_key_log_records_each_call(rig: Rig) -> None:
     assert [(k.key_id, k.via, k.removed_at is None) for k in keys] == [(old_id, "registered", False),
                                                                         (added["keyId"], "addKey", True)]
     assert keys[0].removed_at == pytest.approx(removed.time, abs=1)
+
+
+# --- reading the application's keys --------------------------------------------------------------------------------
+def test_an_app_owning_itself_reads_its_key_ids(rig: Rig) -> None:
+    """The keyId of a certificate a person uploaded, for removeKey: readable with Application.ReadWrite.OwnedBy over
+    itself; without, Graph refuses."""
+    old, new = self_signed("uploaded"), self_signed("next")
+    plain = rig.app(old)
+    rig.refused(rig.http.get(f"{rig.graph.base_url}/applications/{plain.object_id}",
+                             headers={"Authorization": f"Bearer {rig.token(plain, old)}"}, timeout=10),
+                403, "Authorization_RequestDenied")
+    app = rig.app(old, roles={GRAPH: ["Application.ReadWrite.OwnedBy"]})
+    app.owners.add(app.client_id)
+    token = rig.token(app, old)
+    added = rig.add_key(app, token, new, rig.proof(app, old)).json()
+    uploaded = rig.issuer.issuer.keys(app.client_id)[0]
+    for where in (f"applications/{app.object_id}", f"applications(appId='{app.client_id}')"):
+        resp = rig.http.get(f"{rig.graph.base_url}/{where}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert (body["id"], body["appId"]) == (app.object_id, app.client_id)
+        assert [(k["keyId"], k["customKeyIdentifier"], k["key"]) for k in body["keyCredentials"]] == [
+            (uploaded.key_id, sha1_hex(old.cert), None), (added["keyId"], sha1_hex(new.cert), None)]
