@@ -34,7 +34,7 @@ def issuer_and_graph(directory: Path) -> Iterator[tuple[IssuerServer, GraphApi, 
     ca_file.write_bytes(ca.cert_pem)
     issuer = IssuerServer(ca).start()
     try:
-        api = GraphApi(ca, issuer.base_url, ca_file).start()
+        api = GraphApi(ca, issuer.base_url, ca_file, directory=issuer.issuer).start()
         try:
             yield issuer, api, ca_file
         finally:

@@ -103,7 +103,8 @@ class Bed:
         try:
             if self.imds_wanted:
                 self.imds_server = ImdsServer(self.issuer_server.issuer).start()
-            self.graph_api = GraphApi(self.issuer_ca, self.issuer_server.base_url, self.issuer_ca_file).start()
+            self.graph_api = GraphApi(self.issuer_ca, self.issuer_server.base_url, self.issuer_ca_file,
+                                      directory=self.issuer_server.issuer).start()
             self.control_plane.start()
             if self.node_wanted:
                 self._node = Node(self.control_plane).start()

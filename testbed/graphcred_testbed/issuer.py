@@ -12,6 +12,12 @@ verified as Entra does, federated ones against the external issuer's OIDC discov
 HTTPS (trusting the CAs given to `Issuer.trust_ca`) and cached per issuer. Faults can be injected per app, for every
 app at once (an issuer-wide outage) and on a tenant's discovery document; every token request (faulted or not) is
 counted per app so tests can assert how many requests a client made.
+
+Certificates are the app's key credentials, each with a `keyId` (`Issuer.keys`). Those registered directly
+(`register_app`, or put into `App.certificates`, as a person uploads one in the portal) are usable at once; those added
+through the Graph API's `addKey` (`Issuer.add_key`) only after the replication delay (`set_replication_delay`), as
+Entra's token service learns of a new key some time after the directory (until then an assertion signed with it is
+refused with AADSTS700027); a removed one (`Issuer.remove_key`, or taken out of `App.certificates`) is refused at once.
 """
 
 from __future__ import annotations
@@ -30,13 +36,14 @@ import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from . import jose
@@ -96,19 +103,68 @@ class FederatedCredential:
     audiences: Sequence[str] = (TOKEN_EXCHANGE_AUDIENCE,)
 
 
+def sha1_hex(cert: x509.Certificate) -> str:
+    """The certificate's SHA-1 thumbprint in upper-case hex, as Entra shows it (customKeyIdentifier, the portal)."""
+    return cert.fingerprint(hashes.SHA1()).hex().upper()  # the thumbprint is SHA-1 by definition
+
+
+@dataclass
+class KeyCredential:
+    """One certificate credential of an app, as the directory keeps it. Times are wall-clock seconds."""
+
+    key_id: str
+    certificate: x509.Certificate
+    display_name: str
+    added_at: float
+    usable_from: float  # the token service accepts assertions signed with it from then on (replication)
+    via: str  # "registered" (register_app, App.certificates) or "addKey" (the Graph API)
+    removed_at: float | None = None
+
+    @property
+    def thumbprint(self) -> str:
+        return sha1_hex(self.certificate)
+
+    @property
+    def start(self) -> dt.datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.certificate.not_valid_after_utc
+
+    def usable(self, now: float) -> bool:
+        return self.removed_at is None and now >= self.usable_from
+
+
+def display_name_of(cert: x509.Certificate) -> str:
+    """What Entra names a certificate credential when none is given: the certificate's subject, `CN=...`."""
+    return cert.subject.rfc4514_string()
+
+
 @dataclass
 class App:
-    """An app registration with its credentials and granted application permissions."""
+    """An app registration with its credentials and granted application permissions.
+
+    `certificates` are the app's current certificates (edit it to register or remove one at once); `key_credentials`
+    are all its certificate credentials, removed ones included, kept in step with `certificates` by the issuer."""
 
     tenant_id: str
     client_id: str
     secrets: list[str] = field(default_factory=list)
     certificates: list[x509.Certificate] = field(default_factory=list)
+    key_credentials: list[KeyCredential] = field(default_factory=list)
+    object_id: str = ""  # the application object's id (not the client id); derived from the client id if not given
+    replication_delay: float | None = None  # seconds before an added key is usable; None: the issuer's
+    owners: set[str] = field(default_factory=set)  # client ids of apps owning it (Application.ReadWrite.OwnedBy)
     # subject-name/issuer auth: (subject common name, issuing CA) pairs accepted when x5c is sent
     trusted_subjects: list[tuple[str, x509.Certificate]] = field(default_factory=list)
     roles: dict[str, list[str]] = field(default_factory=dict)  # resource -> granted app roles
     lifetime: int = 3599  # access-token lifetime in seconds
     federated: list[FederatedCredential] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.object_id:
+            self.object_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"application:{self.client_id}"))
 
 
 class AadstsError(Exception):
@@ -246,6 +302,7 @@ class Issuer:
         self._issuer_keys: dict[str, dict[str, rsa.RSAPublicKey]] = {}  # external issuer -> kid -> key (cache)
         self._metadata_fetches: Counter[str] = Counter()  # external issuer -> discovery+JWKS fetches
         self._federated_requests: Counter[str] = Counter()  # client id -> token requests with a federated assertion
+        self.replication_delay = 0.0  # seconds before a key added with addKey is usable (App.replication_delay wins)
 
     # --- registration -------------------------------------------------------------------------------------
     def add_tenant(self, tenant_id: str, *domains: str) -> None:
@@ -265,7 +322,10 @@ class Issuer:
         roles: dict[str, list[str]] | None = None,
         lifetime: int = 3599,
         federated: Iterable[FederatedCredential] = (),
+        replication_delay: float | None = None,
+        owners: Iterable[str] = (),
     ) -> App:
+        """`replication_delay`: this app's, instead of the issuer's; `owners`: client ids of apps that own it."""
         self.add_tenant(tenant_id)
         app = App(
             tenant_id=tenant_id.lower(),
@@ -276,8 +336,11 @@ class Issuer:
             roles=dict(roles or {}),
             lifetime=lifetime,
             federated=list(federated),
+            replication_delay=replication_delay,
+            owners={o.lower() for o in owners},
         )
         with self._lock:
+            self._sync_keys(app, time.time())
             self._apps[(app.tenant_id, app.client_id)] = app
         return app
 
@@ -308,6 +371,86 @@ class Issuer:
                 if cid == client_id.lower():
                     return app
         raise KeyError(client_id)
+
+    def application(self, *, object_id: str | None = None, app_id: str | None = None) -> App | None:
+        """The app whose application object id (or client id, `app_id`) this is; None if there is none."""
+        with self._lock:
+            for app in self._apps.values():
+                if (object_id is not None and app.object_id == object_id.lower()) or (
+                        app_id is not None and app.client_id == app_id.lower()):
+                    return app
+        return None
+
+    # --- key credentials ----------------------------------------------------------------------------------
+    def keys(self, client_id: str) -> list[KeyCredential]:
+        """The app's certificate credentials in the order they were added, removed ones included (copies)."""
+        app = self.app(client_id)
+        with self._lock:
+            self._sync_keys(app, time.time())
+            return [replace(k) for k in app.key_credentials]
+
+    def set_replication_delay(self, seconds: float, client_id: str | None = None) -> None:
+        """Seconds before a key added with `add_key` is usable: for one app, or (no client id) for every app without
+        a delay of its own. Keys already added keep the time they became (or become) usable."""
+        if client_id is None:
+            with self._lock:
+                self.replication_delay = seconds
+            return
+        app = self.app(client_id)
+        with self._lock:
+            app.replication_delay = seconds
+
+    def add_key(self, client_id: str, certificate: x509.Certificate, display_name: str | None = None) -> KeyCredential:
+        """Add a certificate credential as Graph's addKey does: a new keyId, usable after the replication delay."""
+        app = self.app(client_id)
+        now = time.time()
+        with self._lock:
+            self._sync_keys(app, now)
+            delay = app.replication_delay if app.replication_delay is not None else self.replication_delay
+            key = KeyCredential(str(uuid.uuid4()), certificate, display_name or display_name_of(certificate),
+                                added_at=now, usable_from=now + delay, via="addKey")
+            app.key_credentials.append(key)
+            app.certificates.append(certificate)
+            return replace(key)
+
+    def remove_key(self, client_id: str, key_id: str) -> KeyCredential:
+        """Remove a certificate credential by keyId, refused for assertions at once; KeyError if there is no such
+        current key."""
+        app = self.app(client_id)
+        now = time.time()
+        with self._lock:
+            self._sync_keys(app, now)
+            key = next((k for k in app.key_credentials if k.key_id == key_id.lower() and k.removed_at is None), None)
+            if key is None:
+                raise KeyError(key_id)
+            key.removed_at = now
+            app.certificates[:] = [c for c in app.certificates if sha1_hex(c) != key.thumbprint]
+            return replace(key)
+
+    @staticmethod
+    def _sync_keys(app: App, now: float) -> None:
+        """Bring `key_credentials` in step with `certificates`, which tests (and the soak) edit directly: a new
+        certificate there is registered (usable at once), a current key whose certificate is gone is removed.
+        Call with the issuer's lock held."""
+        current = {sha1_hex(c): c for c in app.certificates}
+        live = {k.thumbprint for k in app.key_credentials if k.removed_at is None}
+        for key in app.key_credentials:
+            if key.removed_at is None and key.thumbprint not in current:
+                key.removed_at = now
+        for thumbprint, cert in current.items():
+            if thumbprint not in live:
+                app.key_credentials.append(KeyCredential(str(uuid.uuid4()), cert, display_name_of(cert), added_at=now,
+                                                         usable_from=now, via="registered"))
+
+    def _key_for_assertion(self, app: App, thumb: Any, presented: str) -> tuple[x509.Certificate | None, bool]:
+        """The certificate of the app's key with this thumbprint, if usable now; and whether such a key exists but
+        is not usable yet (added, not yet replicated)."""
+        now = time.time()
+        with self._lock:
+            self._sync_keys(app, now)
+            matching = [k for k in app.key_credentials if k.removed_at is None and thumb(k.certificate) == presented]
+        usable = next((k.certificate for k in matching if k.usable(now)), None)
+        return usable, usable is None and bool(matching)
 
     # --- faults and counters ------------------------------------------------------------------------------
     def fail(self, client_id: str, fault: Fault | None = None, **kwargs: Any) -> None:
@@ -513,10 +656,12 @@ class Issuer:
         if not isinstance(presented, str) or not presented:
             raise bad(f"Client assertion with alg {alg} must carry the '{wanted}' header.")
         presented = presented.rstrip("=")  # msal pads its base64url thumbprints; Entra accepts both
-        cert = next((c for c in app.certificates if thumb(c) == presented), None)
+        cert, replicating = self._key_for_assertion(app, thumb, presented)
         if cert is None:
             cert = self._trusted_by_subject(app, header.get("x5c"), presented, thumb)
         if cert is None:
+            if replicating:  # added with addKey, not yet known to the token service: Entra answers as for no key
+                log.info("assertion of app %s signed with key %s: added, not yet replicated", app.client_id, presented)
             raise bad("The certificate with identifier used to sign the client assertion is not registered "
                       f"on application. [Reason - The key was not found., Thumbprint of key used by client: "
                       f"'{presented}']")
