@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -104,16 +104,19 @@ class Credential(_Strict):
             "exactly one of clientSecret, certificate or workloadIdentity must be set",
         )
     )
+    _ONE_OF: ClassVar[str] = "exactly one of clientSecret, certificate or workloadIdentity must be set"
 
     client_secret: ClientSecretRef | None = Field(default=None, alias="clientSecret")
     certificate: CertificateRef | None = None
     workload_identity: WorkloadIdentityRef | None = Field(default=None, alias="workloadIdentity")
 
+    def _kinds(self) -> tuple[object | None, ...]:
+        return self.client_secret, self.certificate, self.workload_identity
+
     @model_validator(mode="after")
-    def _exactly_one(self) -> Credential:
-        chosen = [x for x in (self.client_secret, self.certificate, self.workload_identity) if x is not None]
-        if len(chosen) != 1:
-            raise ValueError("exactly one of clientSecret, certificate or workloadIdentity must be set")
+    def _exactly_one(self) -> Self:
+        if sum(x is not None for x in self._kinds()) != 1:
+            raise ValueError(self._ONE_OF)
         return self
 
     @property
@@ -144,7 +147,7 @@ class ManagedIdentityRef(_Strict):
         return value.lower() if value is not None else None
 
 
-class AppCredential(_Strict):
+class AppCredential(Credential):
     """A ClusterGraphApp's credential: exactly one way to authenticate the app. Secrets and ServiceAccounts it
     names live in the operator's cluster resource namespace, never in a tenant's."""
 
@@ -155,32 +158,16 @@ class AppCredential(_Strict):
             "exactly one of clientSecret, certificate, workloadIdentity or managedIdentity must be set",
         )
     )
+    _ONE_OF: ClassVar[str] = ("exactly one of clientSecret, certificate, workloadIdentity or managedIdentity must "
+                              "be set")
 
-    client_secret: ClientSecretRef | None = Field(default=None, alias="clientSecret")
-    certificate: CertificateRef | None = None
-    workload_identity: WorkloadIdentityRef | None = Field(default=None, alias="workloadIdentity")
     managed_identity: ManagedIdentityRef | None = Field(
         default=None, alias="managedIdentity",
         description="The managed identity of the node or pod the operator runs on (IMDS; App Service and Arc as "
         "MSAL detects them). Only on a ClusterGraphApp: it belongs to the operator's host, not to a namespace.")
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> AppCredential:
-        chosen = [x for x in (self.client_secret, self.certificate, self.workload_identity, self.managed_identity)
-                  if x is not None]
-        if len(chosen) != 1:
-            raise ValueError("exactly one of clientSecret, certificate, workloadIdentity or managedIdentity must "
-                             "be set")
-        return self
-
-    @property
-    def secret_name(self) -> str | None:
-        """The Secret this credential reads, if any."""
-        if self.client_secret is not None:
-            return self.client_secret.name
-        if self.certificate is not None:
-            return self.certificate.name
-        return None
+    def _kinds(self) -> tuple[object | None, ...]:
+        return *super()._kinds(), self.managed_identity
 
     @property
     def kind(self) -> str:
