@@ -75,6 +75,13 @@ def token_spec(spec: GraphAppCredentialSpec, who: _Identity) -> str:
     return hashlib.sha256((spec.model_dump_json(exclude={"secret_template"}) + borrowed).encode()).hexdigest()[:16]
 
 
+def _validated(raw: dict[str, Any]) -> GraphAppCredentialSpec | None:
+    try:
+        return GraphAppCredentialSpec.model_validate(raw)
+    except ValidationError:
+        return None
+
+
 def _holds(existing: Target | None, previous: GraphAppCredentialStatus) -> bool:
     """Does the token Secret hold the token the status describes? (Not read: our own write, unchanged since.)"""
     if existing is None:
@@ -225,9 +232,13 @@ class Reconciler:
         stage = ""  # "app" while the app's material is read or its token requested: a failure then is the app's
         credential_expiry: dt.datetime | None = None
         try:
-            await self._guard_held_token(snap, mem)
-            # 1. spec
-            spec = self._parse_spec(snap)
+            # 1. spec (and first, a token the Secret holds from an app the spec no longer names)
+            try:
+                spec = self._parse_spec(snap)
+            except Failure:
+                await self._guard_held_token(snap, mem, _validated(snap.spec))
+                raise
+            await self._guard_held_token(snap, mem, spec)
             secret_name = spec.effective_secret_name(snap.name)
             mem.secret.retarget(secret_name)
             mem.report.app = spec.app_ref.name if spec.app_ref is not None else None
@@ -426,22 +437,17 @@ class Reconciler:
                        f"cluster admin can fix it: graphcred status cga/{app}", retry=failure.retry,
                        retry_after=failure.retry_after)
 
-    async def _guard_held_token(self, snap: Snapshot, mem: Memory) -> None:
+    async def _guard_held_token(self, snap: Snapshot, mem: Memory, spec: GraphAppCredentialSpec | None) -> None:
         """The Secret holds a ClusterGraphApp's token (status.issuedByApp) but the spec no longer names that app, or
-        cannot be read: the app's policy still decides whether the token may stay. Checked before anything else, so
-        that no change of the spec (made invalid, switched to another identity that fails) keeps a token the
-        policy withdrew. Deleted, the pass goes on with the spec as it is."""
+        cannot be read (`spec` None): the app's policy still decides whether the token may stay. Checked before
+        anything else the pass does, so that no change of the spec (made invalid, switched to another identity that
+        fails) keeps a token the policy withdrew. Deleted, the pass goes on with the spec as it is."""
         previous = self._previous(snap, mem)
         held = previous.issued_by_app
         if held is None or previous.expires_on is None:
             return
-        ref = snap.spec.get("appRef")
-        if isinstance(ref, dict) and ref.get("name") == held:
-            try:
-                if GraphAppCredentialSpec.model_validate(snap.spec).app_ref is not None:
-                    return  # the pass resolves the app itself, with the spec's scopes
-            except ValidationError:
-                pass
+        if spec is not None and spec.app_ref is not None and spec.app_ref.name == held:
+            return  # the pass resolves the app itself, with the spec's scopes
         refusal = await self.apps.still_holds(snap.namespace, held, previous.audience, self._reads)
         if refusal is None:
             return
