@@ -96,3 +96,26 @@ def test_a_leader_stopped_by_sigterm_exits_and_hands_the_lease_over_at_once(env:
         new_id = wait_for(lambda: (h := lease_holder(env)) and h != leader_id and h, timeout=15,
                           what="the standby to take the released Lease (an unreleased one lasts 30 s)")
         assert str(standby.process.popen.pid) in new_id  # type: ignore[union-attr]
+
+
+def test_a_leader_stopped_while_a_token_request_hangs_exits_at_once(env: Env, operator_logdir: Path) -> None:
+    """SIGTERM while a worker thread waits on an authority that answers only after 25 s (it may wait 30): the
+    process must not wait for that thread on its way out. It did, at interpreter exit (concurrent.futures joins
+    every worker thread), so a leader that started among other tenants' slow authorities outlived the test's 10 s
+    and, in a pod, could outlive the kubelet's grace period."""
+    app = env.secret_app("pw")
+    env.bed.issuer.fail(app.client_id, delay=25)
+    env.create("slow", app, {"clientSecret": {"name": "cred"}})
+    with two_replicas(env, operator_logdir, "hanging", "--lease-duration=30") as replicas:
+        leader = replicas.leader
+        wait_for(lambda: env.bed.issuer.token_requests(app.client_id) >= 1, timeout=30,
+                 what="the leader's token request to reach the slow authority")
+        popen = leader.process.popen
+        assert popen is not None
+        stopped = time.monotonic()
+        popen.terminate()
+        wait_for(lambda: popen.poll() is not None, timeout=10,
+                 what="the leader to exit after SIGTERM with a token request in flight")
+        print(f"exited {time.monotonic() - stopped:.2f} s after SIGTERM with a token request in flight")
+        assert popen.returncode == 0, leader.process.tail()
+        assert "released the Lease" in leader.logs(this_run=True)

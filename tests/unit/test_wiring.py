@@ -213,11 +213,11 @@ def test_a_blocking_call_after_the_threads_are_shut_down_is_cancelled_not_an_err
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from graphcred.app.wiring import blocking_runner
+    from graphcred.app.wiring import BlockingCalls
 
     async def scenario() -> None:
         executor = ThreadPoolExecutor(1)
-        run_blocking = blocking_runner(asyncio.get_running_loop(), executor)
+        run_blocking = BlockingCalls(asyncio.get_running_loop(), executor)
         assert await run_blocking(sum, [1, 2]) == 3
         executor.shutdown(wait=True)
         try:
@@ -225,6 +225,43 @@ def test_a_blocking_call_after_the_threads_are_shut_down_is_cancelled_not_an_err
         except asyncio.CancelledError:
             return
         raise AssertionError("a call after the shutdown ran")
+
+    asyncio.run(scenario())
+
+
+def test_abandoning_the_blocking_calls_ends_a_shared_call_its_passes_no_longer_wait_for() -> None:
+    """A token request shared by passes (shielded from their cancellation) whose authority answers late: once the
+    cleanup cancelled the passes and abandoned the calls, it ends at once, not when its thread comes back (kopf
+    waited 5 s for it, then cancelled it). Later calls are cancelled too."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from graphcred.app.wiring import BlockingCalls
+
+    release = threading.Event()
+
+    async def scenario() -> None:
+        executor = ThreadPoolExecutor(1)
+        calls = BlockingCalls(asyncio.get_running_loop(), executor)
+        shared = asyncio.ensure_future(calls(release.wait, 30))
+        waiting = asyncio.ensure_future(asyncio.shield(shared))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # the pass: cancelled by the controller's stop
+        assert calls.abandon() == 1
+        try:
+            await asyncio.wait_for(shared, timeout=2)
+        except asyncio.CancelledError:
+            pass
+        else:
+            raise AssertionError("the shared call ran on after abandon")
+        try:
+            await calls(sum, [1, 2])
+        except asyncio.CancelledError:
+            pass
+        else:
+            raise AssertionError("a call after abandon ran")
+        release.set()
+        executor.shutdown(wait=True)
 
     asyncio.run(scenario())
 

@@ -15,7 +15,9 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
+from typing import NoReturn
 
 import kopf
 
@@ -105,6 +107,11 @@ def run(cfg: RunConfig) -> int:
         memo = OperatorMemo(cfg, metrics, health, stop=stop)
 
         async def operate() -> None:
+            # From the loop's first step, SIGTERM asks kopf to stop, as kopf's own handler will once installed: the
+            # SystemExit of `_terminate` raised inside the loop skipped the cleanup (threads, watches) on its way.
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
             await kopf.operator(
                 clusterwide=not cfg.namespaces,
                 namespaces=list(cfg.namespaces),
@@ -120,10 +127,22 @@ def run(cfg: RunConfig) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if elector is not None and not lost.is_set():
             elector.release()
+    code = 0
     if lost.is_set():
         log.error("lost leadership: exiting so that a restart comes back as a standby")
-        return 1
-    return 0
+        code = 1
+    _leave(code)
+
+
+def _leave(code: int) -> NoReturn:
+    """Exit now that kopf has stopped and the Lease is released. A thread still inside a blocking call (a token
+    request to an authority that answers late: up to --token-timeout) holds nothing needed any more, but the
+    interpreter's exit joins every worker thread: a leader SIGTERMed while one waited outlived its grace period."""
+    logging.shutdown()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _terminate(signum: int, frame: object) -> None:

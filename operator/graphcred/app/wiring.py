@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,19 +52,37 @@ def api_client(cfg: RunConfig) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def blocking_runner(loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor
-                    ) -> Callable[..., Awaitable[Any]]:
-    """Blocking I/O in the operator's threads. Once the cleanup has shut them down, a call still on its way (a
-    shared token request outliving the pass that started it) is cancelled, as the stop it meets: the stdlib's
-    RuntimeError reached kopf, which logged a traceback and made the exit an error."""
-    async def run_blocking(fn: Any, *args: Any) -> Any:
+class BlockingCalls:
+    """Blocking I/O in the operator's threads, awaited on the loop.
+
+    `abandon` (the cleanup, once the workers are cancelled) ends every call still awaited: a shared token request
+    or read outliving the pass that started it (shielded, so cancelling its passes does not end it) otherwise held
+    kopf's exit for its 5 s grace for hung tasks while its thread waited on a slow authority. The threads are left
+    to finish on their own; nothing waits for them (runner.py exits without joining them). A call made after
+    `abandon`, or after the threads were shut down, is cancelled as the stop it meets: the stdlib's RuntimeError
+    reached kopf, which logged a traceback and made the exit an error."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
+        self._loop, self._executor = loop, executor
+        self._running: set[asyncio.Future[Any]] = set()
+        self._abandoned = False
+
+    async def __call__(self, fn: Any, *args: Any) -> Any:
+        if self._abandoned:
+            raise asyncio.CancelledError("the operator is stopping")
         try:
-            future = loop.run_in_executor(executor, fn, *args)
+            future = self._loop.run_in_executor(self._executor, fn, *args)
         except RuntimeError as exc:  # "cannot schedule new futures after shutdown"
             raise asyncio.CancelledError("the operator is stopping") from exc
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
         return await future
 
-    return run_blocking
+    def abandon(self) -> int:
+        """Cancel every call still awaited (their threads run on, unwatched); the number cancelled."""
+        self._abandoned = True
+        running, self._running = list(self._running), set()
+        return sum(future.cancel() for future in running)
 
 
 @dataclass
@@ -85,6 +102,7 @@ class Operator:
     controller: Controller
     consumers: ConsumerReports
     watches: list[MetadataWatch]
+    calls: BlockingCalls
     stop_flag: StopFlag | None = None
     heartbeat: asyncio.Task[None] | None = None
     _running: list[MetadataWatch] = field(default_factory=list)  # the watches started, to stop
@@ -108,8 +126,9 @@ class Operator:
 
     async def stop(self) -> None:
         """In this order: the heartbeat; the watches (nothing new comes in); the consumer reports; the controller's
-        workers; the Events (after the workers: their last Events go out too); the threads; then kopf's stop flag.
-        Stops only what `start` started, so it is safe after a start that failed half-way."""
+        workers, then the blocking calls they shared; the Events (after the workers: their last Events go out too);
+        the threads; then kopf's stop flag. Stops only what `start` started, so it is safe after a start that failed
+        half-way."""
         heartbeat, self.heartbeat = self.heartbeat, None
         if heartbeat is not None:
             heartbeat.cancel()
@@ -121,6 +140,7 @@ class Operator:
         await self.consumers.stop()
         await self.controller.app_status.stop()
         await self.controller.stop()
+        self.calls.abandon()  # what the cancelled passes shared (token requests, reads) ends with them
         await self.events.stop()
         for executor in (self.io, self.event_io):
             executor.shutdown(wait=False, cancel_futures=True)
@@ -150,7 +170,7 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     async def post_event(fn: Any, *args: Any) -> Any:
         return await loop.run_in_executor(event_io, fn, *args)
 
-    run_blocking = blocking_runner(loop, io)
+    run_blocking = BlockingCalls(loop, io)
     # Events are posted by graphcred itself, on condition transitions (kopf posts none: handlers.py)
     events = EventRecorder(kube, post_event, instance=instance_name(),
                            on_lost=lambda why: metrics.events_lost.labels(why).inc())
@@ -166,7 +186,7 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     consumers = ConsumerReports(controller, kube, events, metrics, run_blocking, watching=cfg.watch_consumers)
     controller.listen(consumers)
     watches = watches_for(api, cfg, controller, consumers, directory, loop)
-    return Operator(cfg, health, io, event_io, events, reconciler, controller, consumers, watches,
+    return Operator(cfg, health, io, event_io, events, reconciler, controller, consumers, watches, run_blocking,
                     stop_flag=stop_flag)
 
 
