@@ -72,7 +72,8 @@ class ClientSecretRef(_Strict):
 
 
 # Certificates graphcred generates and renews (credential.certificate.rotation): a validity between two minutes
-# (short ones are for trying it out) and two years; renewal starts renewBefore ahead of notAfter (default: a third of it).
+# (short ones are for trying it out) and two years; renewal starts renewBefore ahead of notAfter (default: a
+# third of validity).
 MIN_ROTATION_VALIDITY = timedelta(minutes=2)
 MAX_ROTATION_VALIDITY = timedelta(days=730)
 DEFAULT_ROTATION_VALIDITY = "2160h"  # 90 days

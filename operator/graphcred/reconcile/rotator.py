@@ -17,7 +17,7 @@ import base64
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,7 @@ Key = tuple[str, str]  # namespace, certificate Secret
 Owner = tuple[str, str]  # namespace, GraphAppCredential
 ENTRA_KEY_REFUSED = 700027  # AADSTS: the certificate is not (yet) a key of the app
 FIRST_RETRY, LAST_RETRY = 5.0, 600.0
+PROOF_SKEW = 60  # seconds the proof's nbf is set back: Graph's clock may be behind this node's
 
 
 class StepFailed(Exception):
@@ -61,7 +62,9 @@ class StepFailed(Exception):
 
     def __init__(self, message: str, *, waiting: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.message, self.waiting, self.retry_after = message, waiting, retry_after
+        self.message: str = message
+        self.waiting: bool = waiting
+        self.retry_after: float | None = retry_after
 
 
 @dataclass
@@ -72,7 +75,7 @@ class _Job:
     owners: set[Owner] = field(default_factory=set)
     state: KeyState | None = None
     outcome: Outcome | None = None
-    registered: bool | None = None  # Entra accepted the current key (a token came with it) / refused it
+    accepted: dict[str, bool] = field(default_factory=dict)  # thumbprint: Entra issued a token for it / refused it
     failures: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -134,18 +137,16 @@ class Rotator:
     def token_outcome(self, key: Key, thumbprint: str, accepted: bool) -> None:
         """A pass acquired a token with this certificate (accepted) or Entra refused it as unknown."""
         job = self._jobs.get(key)
-        if job is None or job.state is None or job.state.current is None \
-                or job.state.current.thumbprint != thumbprint:
+        if job is None or job.accepted.get(thumbprint) == accepted:
             return
-        if job.registered != accepted:
-            job.registered = accepted
-            job.wake.set()
+        job.accepted = {thumbprint: accepted}  # only the current key's verdict matters
+        job.wake.set()
 
     def view(self, key: Key) -> View | None:
         job = self._jobs.get(key)
         if job is None or job.state is None or job.outcome is None:
             return None
-        return View(job.state, job.outcome, job.registered)
+        return View(job.state, job.outcome, _accepted(job))
 
     async def ensure_secret(self, namespace: str, ref: CertificateRef, identity: AppIdentity) -> bool:
         """Create the certificate Secret with a key pair graphcred generates, if it does not exist: the private key
@@ -197,18 +198,13 @@ class Rotator:
         if secret is None:
             job.state = None
             return None
-        state = KeyState.of(secret, job.rotation)
-        if job.state is None or job.state.current != state.current:
-            job.registered = None if job.state is None or job.state.current is None else job.registered
-        if job.state is not None and job.state.current != state.current:
-            job.registered = None
-        job.state = state
+        state = job.state = KeyState.of(secret, job.rotation)
         now = self._clock()
         step = plan(state, job.rotation, now)
         if step.step is Step.IDLE:
             self._report(key, job, _idle(state, job))
             return None if step.due is None else (step.due - now).total_seconds()
-        if step.step is Step.STORE and job.registered is not True:
+        if step.step is Step.STORE and _accepted(job) is not True:
             # a new key is added with a proof signed by the current one: only once Entra accepts that
             self._report(key, job, Outcome(False, "NotRegistered", f"certificate {_thumb(state)} is due for "
                                            "renewal but Entra has not accepted it yet: it must be registered on "
@@ -227,7 +223,7 @@ class Rotator:
 
     def _failed(self, key: Key, job: _Job, failed: StepFailed) -> float:
         job.failures += 1
-        delay = min(LAST_RETRY, FIRST_RETRY * 2 ** min(job.failures - 1, 10))
+        delay: float = min(LAST_RETRY, FIRST_RETRY * float(2 ** min(job.failures - 1, 10)))
         if failed.retry_after is not None:
             delay = max(delay, failed.retry_after)
         retry_at = self._clock() + dt.timedelta(seconds=delay)
@@ -264,6 +260,7 @@ class Rotator:
 
     async def _register(self, key: Key, job: _Job, state: KeyState) -> None:
         assert state.next is not None
+        thumbprint = state.next.thumbprint
         self._report(key, job, Outcome(True, "Renewing", f"registering the next certificate {state.next.thumbprint} "
                                        "with Microsoft Graph (addKey)"))
         secret = await self._read(key)
@@ -282,11 +279,11 @@ class Rotator:
             if not (state.adding and exc.status == 400):
                 raise StepFailed(f"Microsoft Graph refused addKey: {exc}", retry_after=exc.retry_after) from None
             # sent before, answer lost: Graph refuses the same certificate twice; was it the first attempt's?
-            key_id = await self._added_before(job, token, state)
+            key_id = await self._added_before(key, job, token, state)
         await self._patch(key, state, notes={NEXT_KEY_ID_ANNOTATION: key_id, ADDING_ANNOTATION: None})
-        log.info("%s/%s: Entra added certificate %s (keyId %s)", key[0], key[1], state.next.thumbprint, key_id)
+        log.info("%s/%s: Entra added certificate %s (keyId %s)", key[0], key[1], thumbprint, key_id)
 
-    async def _added_before(self, job: _Job, token: Token, state: KeyState) -> str:
+    async def _added_before(self, key: Key, job: _Job, token: Token, state: KeyState) -> str:
         assert state.next is not None
         try:
             found = await self.calls.blocking(self.graph.find_key_id, self._graph_url(job), token.access_token,
@@ -295,9 +292,12 @@ class Rotator:
             found = None  # the app may not read itself: its keyId stays unknown
         if found is not None:
             return found
-        # Entra issuing a token for the next key proves it was added
-        secret = await self._read((state.version, ""), direct=None)  # pragma: no cover - replaced below
-        raise StepFailed("unreachable")  # pragma: no cover
+        # Entra issuing a token for the next key proves the earlier attempt added it (its keyId stays unknown: the
+        # key stays in Entra when it is replaced, and status says so)
+        secret = await self._read(key)
+        await self._graph_token(job, self._material(secret, NEXT_CERT_KEY, NEXT_KEY_KEY, job), "the next",
+                                refused_is_waiting=True)
+        return UNKNOWN_KEY_ID
 
     async def _switch(self, key: Key, job: _Job, state: KeyState) -> None:
         assert state.next is not None
@@ -316,7 +316,7 @@ class Rotator:
                                  PREVIOUS_THUMBPRINT_ANNOTATION: _thumb(state),
                                  RENEWED_AT_ANNOTATION: rfc3339(self._clock())})
         job.graph_token = (state.next.thumbprint, token)
-        job.registered = True
+        job.accepted = {state.next.thumbprint: True}
         log.info("%s/%s: switched to certificate %s (Entra issued a token for it)", key[0], key[1],
                  state.next.thumbprint)
 
@@ -389,7 +389,7 @@ class Rotator:
 
     def _proof(self, material: credentials.Certificate, job: _Job) -> str:
         return sign_proof(material.key, material.leaf.fingerprint(hashes.SHA1()),  # noqa: S303 - x5t is SHA-1
-                          job.rotation.object_id, int(self._clock().timestamp()))
+                          job.rotation.object_id, int(self._clock().timestamp()) - PROOF_SKEW)
 
     def _graph_url(self, job: _Job) -> str:
         return self.graph_endpoint or GRAPH_BY_CLOUD[job.identity.cloud]
@@ -404,6 +404,13 @@ class Rotator:
             patch["data"] = data
         version: str = await self.calls("patch Secret", self.calls.kube.patch_secret, key[0], key[1], patch)
         return version
+
+
+def _accepted(job: _Job) -> bool | None:
+    """Whether Entra accepts the Secret's current certificate, as far as the passes and steps have seen."""
+    if job.state is None or job.state.current is None:
+        return None
+    return job.accepted.get(job.state.current.thumbprint)
 
 
 def _idle(state: KeyState, job: _Job) -> Outcome:
@@ -422,5 +429,3 @@ def _der(secret: dict[str, Any], data_key: str) -> bytes:
     pem = base64.b64decode((secret.get("data") or {}).get(data_key, ""))
     return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
 
-
-Wait = Callable[[], Awaitable[None]]
