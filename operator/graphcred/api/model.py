@@ -224,12 +224,6 @@ class AppCredential(Credential):
     def _kinds(self) -> tuple[object | None, ...]:
         return *super()._kinds(), self.managed_identity
 
-    @model_validator(mode="after")
-    def _no_rotation(self) -> Self:
-        if self.certificate is not None and self.certificate.rotation is not None:
-            raise ValueError("certificate.rotation is not supported on a ClusterGraphApp yet")
-        return self
-
     @property
     def kind(self) -> str:
         return ("clientSecret" if self.client_secret is not None
@@ -621,6 +615,13 @@ class ClusterGraphAppSpec(AppIdentity):
     credential's Secret or ServiceAccount lives in the operator's cluster resource namespace."""
 
     policy: AppPolicy
+
+    # Checked here, not on AppCredential: a GraphAppCredential's own credential becomes one too (for_app).
+    @model_validator(mode="after")
+    def _no_rotation(self) -> Self:
+        if self.credential.certificate is not None and self.credential.certificate.rotation is not None:
+            raise ValueError("certificate.rotation is not supported on a ClusterGraphApp yet")
+        return self
 
 
 # --- status ---------------------------------------------------------------------------------------------------

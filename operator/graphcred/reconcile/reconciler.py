@@ -22,7 +22,7 @@ import datetime as dt
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from graphcred.api.failures import Failure
 from graphcred.api.model import (
     AppIdentity,
     CertificateRotation,
+    Condition,
     GraphAppCredentialSpec,
     GraphAppCredentialStatus,
     Reason,
@@ -388,15 +389,16 @@ class Reconciler:
             if rotation is None:
                 return status.model_copy(update={"certificate": None, "conditions": others})
             return status
-        before = next((c for c in status.conditions if c.type == RENEWAL_CONDITION), None)
+        # compared with what was last written (the object's status after a restart)
+        last = mem.report.last_status if mem.report.last_status is not None else snap.status or {}
+        before = _condition_of(last, RENEWAL_CONDITION)
         condition = renewal_condition(before, view.outcome, snap.generation, self._clock())
         certificate = certificate_status(view.state, rotation[2], view.registered)
-        renewed_before = status.certificate.last_renewal_time if status.certificate is not None else None
-        if before is not None and (before.status, before.reason) != (condition.status, condition.reason) \
-                and condition.status == "False":
+        shown = last.get("certificate") if isinstance(last.get("certificate"), dict) else None
+        if (before is None or before.status == "True") and condition.status == "False":
             self.emit(snap.event_ref(), "Warning", "CertificateRenewalFailed", condition.message)
-        if certificate is not None and certificate.last_renewal_time not in (None, renewed_before) \
-                and status.certificate is not None:
+        if certificate is not None and shown is not None \
+                and certificate.last_renewal_time not in (None, shown.get("lastRenewalTime")):
             self.emit(snap.event_ref(), "Normal", "CertificateRenewed",
                       f"switched to the renewed certificate {certificate.thumbprint} (valid until "
                       f"{certificate.not_after})")
@@ -590,7 +592,8 @@ class Reconciler:
         expires = parse_rfc3339(previous.expires_on)
         assert refresh is not None and expires is not None
         self.metrics.report(snap.namespace, snap.name, expires.timestamp(), previous.consecutive_failures)
-        if previous.credential_version != credential_version:
+        # with certificate.rotation also when nothing else changed: the rotator's news is reported by the passes
+        if previous.credential_version != credential_version or mem.report.rotation is not None:
             await self._report(snap, mem, reporting.kept(previous, credential_version))
         elif mem.report.last_status is None:
             log.info("resuming %s/%s: token valid, next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
@@ -706,3 +709,13 @@ class Reconciler:
             log.log(logging.INFO if report.ready else logging.WARNING, "%s/%s: %s: %s", snap.namespace, snap.name,
                     event.reason, event.message)
 
+
+
+def _condition_of(status: Mapping[str, Any], kind: str) -> Condition | None:
+    for raw in status.get("conditions") or []:
+        if isinstance(raw, dict) and raw.get("type") == kind:
+            try:
+                return Condition.model_validate(raw)
+            except ValidationError:
+                return None
+    return None

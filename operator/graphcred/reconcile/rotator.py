@@ -77,6 +77,7 @@ class _Job:
     outcome: Outcome | None = None
     accepted: dict[str, bool] = field(default_factory=dict)  # thumbprint: Entra issued a token for it / refused it
     failures: int = 0
+    respec: bool = False  # the spec changed since the turn began
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     graph_token: tuple[str, Token] | None = None  # (thumbprint of the key it was acquired with, token)
@@ -114,6 +115,7 @@ class Rotator:
             job = self._jobs[key] = _Job(identity, rotation, send_x5c)
         elif job.identity != identity or job.rotation != rotation:
             job.identity, job.rotation, job.send_x5c = identity, rotation, send_x5c
+            job.failures, job.respec = 0, True  # a new spec is tried at once, whatever failed before
             job.wake.set()
         job.owners.add(owner)
         if job.task is None or job.task.done():
@@ -131,7 +133,7 @@ class Rotator:
     def secret_changed(self, key: Key) -> None:
         """The Secret watch saw a new version: look again (someone else may have changed it)."""
         job = self._jobs.get(key)
-        if job is not None:
+        if job is not None and job.failures == 0:  # a failing step waits for its backoff, whatever changes meanwhile
             job.wake.set()
 
     def token_outcome(self, key: Key, thumbprint: str, accepted: bool) -> None:
@@ -181,7 +183,10 @@ class Rotator:
     async def _run(self, key: Key, job: _Job) -> None:
         while True:
             job.wake.clear()
+            job.respec = False
             delay = await self._turn(key, job)
+            if job.failures and not job.respec:
+                job.wake.clear()  # our own writes (and others' news) during a failing step do not cut its backoff
             if delay is None:
                 await job.wake.wait()
             else:

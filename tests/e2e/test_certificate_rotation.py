@@ -1,0 +1,145 @@
+"""Certificates that renew themselves in Entra (credential.certificate.rotation), on the bed: graphcred generates
+the key pair, waits for the one upload a person must do, then renews the certificate through the bed's Graph API
+(addKey, removeKey) before it expires, with no token gap for the consumer."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from graphcred.acquire.keygen import describe_certificate
+from graphcred_testbed import jose
+from graphcred_testbed.bed import wait_for
+
+from ..helpers import GRAPH, Env
+
+pytestmark = pytest.mark.bed
+
+
+def _rotating(env: Env, name: str, app: Any, secret: str, **rotation: Any) -> None:
+    env.create(name, app, {"certificate": {"name": secret, "rotation": {"objectId": app.object_id, **rotation}}},
+               scopes=[f"{GRAPH}/.default"])
+
+
+def _certificate(env: Env, secret: str) -> x509.Certificate | None:
+    found = env.secret(secret)
+    if found is None or not found.data or "tls.crt" not in found.data:
+        return None
+    return x509.load_pem_x509_certificate(base64.b64decode(found.data["tls.crt"]))
+
+
+def _thumbprint(env: Env, secret: str) -> str | None:
+    found = env.secret(secret)
+    if found is None or not found.data:
+        return None
+    return describe_certificate(base64.b64decode(found.data["tls.crt"])).thumbprint
+
+
+def _condition(env: Env, name: str, kind: str) -> dict[str, Any] | None:
+    for c in (env.get(name).get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return dict(c)
+    return None
+
+
+def test_a_generated_certificate_waits_for_its_upload_then_renews_itself_with_no_token_gap(env: Env) -> None:
+    app = env.register_app(lifetime=600)
+    env.bed.issuer.set_replication_delay(3.0, app.client_id)  # a new key takes a while to be accepted
+    # validity 2m, renewal 90 s before notAfter: a rotation roughly every half minute
+    _rotating(env, "rot", app, "app-cert", validity="2m", renewBefore="90s")
+    # 1. graphcred created the Secret with a key pair of its own; Entra does not know it yet
+    env.wait_condition("rot", "False", "CertificateNotRegistered", timeout=60)
+    ready = env.ready_condition("rot")
+    assert ready is not None and "az ad app credential reset" in ready["message"]
+    status = env.get("rot")["status"]
+    pem = status["certificate"]["pem"]
+    first = x509.load_pem_x509_certificate(pem.encode())
+    assert _certificate(env, "app-cert") == first
+    assert env.bed.issuer.token_requests(app.client_id) >= 1
+    # 2. a person uploads it (az ad app credential reset --append): keyId as az prints it, given to graphcred
+    uploaded = env.bed.issuer.add_key(app.client_id, first)
+    env.patch_spec("rot", {"credential": {"certificate": {"name": "app-cert", "rotation": {
+        "objectId": app.object_id, "validity": "2m", "renewBefore": "90s", "keyId": uploaded.key_id}}}})
+    env.wait_ready("rot", timeout=60)
+    # 3. three renewals; a consumer reading the token Secret never sees an expired token
+    seen: list[tuple[float, str]] = []
+    closest = float("inf")
+    started = time.monotonic()
+
+    def renewed_three_times() -> bool:
+        nonlocal closest
+        thumbprint = _thumbprint(env, "app-cert")
+        if thumbprint and (not seen or seen[-1][1] != thumbprint):
+            seen.append((time.monotonic() - started, thumbprint))
+        token = env.token(env.get("rot")["status"].get("secretName") or "rot")
+        assert token is not None, "the token Secret lost its token"
+        claims = jose.parse(token)[1]  # the consumer's view: when it expires
+        left = claims["exp"] - time.time()
+        assert left > 0, "the consumer read an expired token"
+        closest = min(closest, left / (claims["exp"] - claims["iat"]))
+        calls = [c for c in env.bed.graph.key_calls(app.client_id) if c.op == "removeKey" and c.ok]
+        return len(calls) >= 3
+
+    wait_for(renewed_three_times, timeout=240, interval=0.5, what="three certificate renewals")
+    calls = env.bed.graph.key_calls(app.client_id)
+    for call in calls:
+        print(f"graph {call.op}: {call.status} {call.outcome} keyId={call.key_id} thumbprint={call.thumbprint} "
+              f"proof by {call.proof_thumbprint}")
+    for at, thumbprint in seen:
+        print(f"Secret certificate at {at:6.1f} s: {thumbprint}")
+    print(f"closest any consumer-visible token came to expiry: {closest:.0%} of its lifetime left")
+    adds = [c for c in calls if c.op == "addKey" and c.ok]
+    removes = [c for c in calls if c.op == "removeKey" and c.ok]
+    assert len(adds) >= 3 and len(removes) >= 3
+    # the first key, uploaded by a person, was removed by its keyId; each removal was proven by the key after it
+    assert removes[0].key_id == uploaded.key_id
+    assert all(r.proof_thumbprint != r.thumbprint for r in removes)
+    # Entra holds exactly the keys graphcred holds (no orphan): the current one, plus a next one mid-rotation
+    current = {k.thumbprint for k in env.bed.issuer.keys(app.client_id) if k.removed_at is None}
+    held = {_thumbprint(env, "app-cert")}
+    found = env.secret("app-cert")
+    assert found is not None and found.data is not None
+    if "next.crt" in found.data:
+        held.add(describe_certificate(base64.b64decode(found.data["next.crt"])).thumbprint)
+    assert current <= held, f"keys in Entra graphcred does not hold: {current - held}"
+    renewal = _condition(env, "rot", "CertificateRenewal")
+    assert renewal is not None and renewal["status"] == "True", renewal
+    status = env.get("rot")["status"]
+    assert status["certificate"].get("pem") is None  # registered: nothing to upload
+    assert status["certificate"]["lastRenewalTime"]
+    assert ("Normal", "CertificateRenewed") in {(t, r) for t, r, _ in env.events("rot")}
+    assert closest > 0.1, f"a consumer-visible token came within {closest:.0%} of its lifetime of expiry"
+
+
+def test_a_refused_renewal_keeps_the_working_key_and_says_so(env: Env) -> None:
+    """Graph refuses addKey (403 here): the current key keeps serving, Ready stays True, CertificateRenewal turns
+    False with Graph's words, and a Warning Event says so; once Graph accepts, the renewal goes through."""
+    app = env.register_app(lifetime=600)
+    _rotating(env, "refused", app, "cert-r", validity="2m", renewBefore="110s")
+    env.wait_condition("refused", "False", "CertificateNotRegistered", timeout=60)
+    first = x509.load_pem_x509_certificate(env.get("refused")["status"]["certificate"]["pem"].encode())
+    env.bed.graph.fail_next("addKey", 403, count=100)
+    env.bed.issuer.add_key(app.client_id, first)
+    env.wait_ready("refused", timeout=60)
+
+    def renewal_failed() -> dict[str, Any] | None:
+        c = _condition(env, "refused", "CertificateRenewal")
+        return c if c is not None and c["status"] == "False" and c["reason"] == "RenewalFailed" else None
+
+    failed = wait_for(renewal_failed, timeout=60, what="CertificateRenewal=False/RenewalFailed")
+    assert "403" in failed["message"] and "Authorization_RequestDenied" in failed["message"]
+    assert _condition(env, "refused", "Ready")["status"] == "True"  # type: ignore[index]
+    assert _thumbprint(env, "cert-r") == describe_certificate(
+        first.public_bytes(serialization.Encoding.PEM)).thumbprint
+    assert ("Warning", "CertificateRenewalFailed") in {(t, r) for t, r, _ in env.events("refused")}
+    # Graph accepts again: the renewal completes (the next retry comes within the backoff)
+    env.bed.graph.heal()
+    wait_for(lambda: _thumbprint(env, "cert-r") not in (None, describe_certificate(
+        first.public_bytes(serialization.Encoding.PEM)).thumbprint), timeout=90,
+        what="the renewed certificate")
+    env.wait_ready("refused", timeout=60)
