@@ -116,14 +116,17 @@ def test_a_generated_certificate_waits_for_its_upload_then_renews_itself_with_no
     assert closest > 0.1, f"a consumer-visible token came within {closest:.0%} of its lifetime of expiry"
 
 
-def test_a_refused_renewal_keeps_the_working_key_and_says_so(env: Env) -> None:
-    """Graph refuses addKey (403 here): the current key keeps serving, Ready stays True, CertificateRenewal turns
-    False with Graph's words, and a Warning Event says so; once Graph accepts, the renewal goes through."""
+@pytest.mark.parametrize(("status", "code"), [(403, "Authorization_RequestDenied"),
+                                               (401, "InvalidAuthenticationToken")], ids=["forbidden", "proof-refused"])
+def test_a_refused_renewal_keeps_the_working_key_and_says_so(env: Env, status: int, code: str) -> None:
+    """Graph refuses addKey (403: not allowed; 401: the proof or token refused): the current key keeps serving,
+    Ready stays True, CertificateRenewal turns False with Graph's words, and a Warning Event says so; once Graph
+    accepts, the renewal goes through."""
     app = env.register_app(lifetime=600)
     _rotating(env, "refused", app, "cert-r", validity="2m", renewBefore="110s")
     env.wait_condition("refused", "False", "CertificateNotRegistered", timeout=60)
     first = x509.load_pem_x509_certificate(env.get("refused")["status"]["certificate"]["pem"].encode())
-    env.bed.graph.fail_next("addKey", 403, count=100)
+    env.bed.graph.fail_next("addKey", status, count=100)
     env.bed.issuer.add_key(app.client_id, first)
     env.wait_ready("refused", timeout=60)
 
@@ -132,7 +135,7 @@ def test_a_refused_renewal_keeps_the_working_key_and_says_so(env: Env) -> None:
         return c if c is not None and c["status"] == "False" and c["reason"] == "RenewalFailed" else None
 
     failed = wait_for(renewal_failed, timeout=60, what="CertificateRenewal=False/RenewalFailed")
-    assert "403" in failed["message"] and "Authorization_RequestDenied" in failed["message"]
+    assert str(status) in failed["message"] and code in failed["message"]
     assert _condition(env, "refused", "Ready")["status"] == "True"  # type: ignore[index]
     assert _thumbprint(env, "cert-r") == describe_certificate(
         first.public_bytes(serialization.Encoding.PEM)).thumbprint
@@ -143,3 +146,96 @@ def test_a_refused_renewal_keeps_the_working_key_and_says_so(env: Env) -> None:
         first.public_bytes(serialization.Encoding.PEM)).thumbprint), timeout=90,
         what="the renewed certificate")
     env.wait_ready("refused", timeout=60)
+
+
+def _uploaded(env: Env, name: str, secret: str, app: Any, **rotation: Any) -> tuple[x509.Certificate, str]:
+    """A rotating credential whose generated first certificate a person uploaded (keyId given to graphcred), Ready;
+    the certificate and its keyId."""
+    _rotating(env, name, app, secret, **rotation)
+    env.wait_condition(name, "False", "CertificateNotRegistered", timeout=60)
+    first = x509.load_pem_x509_certificate(env.get(name)["status"]["certificate"]["pem"].encode())
+    uploaded = env.bed.issuer.add_key(app.client_id, first)
+    env.patch_spec(name, {"credential": {"certificate": {"name": secret, "rotation": {
+        "objectId": app.object_id, **rotation, "keyId": uploaded.key_id}}}})
+    env.wait_ready(name, timeout=60)
+    return first, uploaded.key_id
+
+
+def _annotations(env: Env, secret: str) -> dict[str, str]:
+    found = env.secret(secret)
+    return dict((found.metadata.annotations or {}) if found is not None else {})
+
+
+def _quiet(env: Env, secret: str) -> bool:
+    """No rotation under way: no next pair stored, no previous key waiting for removal."""
+    found = env.secret(secret)
+    return (found is not None and found.data is not None and "next.crt" not in found.data
+            and "graphcred.io/previous-key-id" not in (found.metadata.annotations or {}))
+
+
+@pytest.mark.parametrize("step", ["stored", "added", "switched", "answer-lost"])
+def test_the_operator_killed_at_any_step_of_a_renewal_finishes_it_after_its_restart(env: Env, step: str) -> None:
+    """SIGKILL while a renewal is held at one step (Graph failing or Entra slow to replicate), then a restart: the
+    new process resumes from what the Secret records, finishes the renewal, and Entra is left holding exactly the
+    key graphcred holds: no orphaned key, no lost private key."""
+    app = env.register_app(lifetime=600, roles=["Application.ReadWrite.OwnedBy"])
+    app.owners.add(app.client_id)  # it may read its own keyCredentials (find a keyId whose answer was lost)
+    first, first_id = _uploaded(env, "kill", "cert-k", app, validity="2m", renewBefore="110s")
+    graph, issuer = env.bed.graph, env.bed.issuer
+    held_at = {
+        "stored": lambda notes: "graphcred.io/next-key-adding" in notes,
+        "added": lambda notes: "graphcred.io/next-key-id" in notes,
+        "switched": lambda notes: "graphcred.io/previous-key-id" in notes,
+        "answer-lost": lambda notes: any(c.op == "addKey" for c in graph.key_calls(app.client_id)),
+    }[step]
+    if step == "stored":
+        graph.fail_next("addKey", 503, count=1000)
+    elif step == "added":
+        issuer.set_replication_delay(25.0, app.client_id)
+    elif step == "switched":
+        graph.fail_next("removeKey", 503, count=1000)
+    else:
+        graph.fail_next("addKey", 503, applied=True)  # Graph added the key, but its answer was lost
+    wait_for(lambda: held_at(_annotations(env, "cert-k")), timeout=60, what=f"the renewal held at step {step!r}")
+    env.operator.kill()
+    graph.heal()
+    env.operator.start()
+    renewed = wait_for(lambda: _thumbprint(env, "cert-k") not in (None, describe_certificate(
+        first.public_bytes(serialization.Encoding.PEM)).thumbprint) and _quiet(env, "cert-k"),
+        timeout=120, what="the renewal finished by the restarted operator")
+    assert renewed
+    # no more renewals for now (the certificate is renewed 5 s before it expires), then look at Entra
+    env.patch_spec("kill", {"credential": {"certificate": {"name": "cert-k", "rotation": {
+        "objectId": app.object_id, "validity": "2m", "renewBefore": "5s", "keyId": first_id}}}})
+    wait_for(lambda: _quiet(env, "cert-k") or None, timeout=60, what="no renewal under way")
+    in_entra = {k.thumbprint for k in issuer.keys(app.client_id) if k.removed_at is None}
+    assert in_entra == {_thumbprint(env, "cert-k")}, "Entra holds a key graphcred does not (or lost the one it does)"
+    removed = {c.key_id for c in graph.key_calls(app.client_id) if c.op == "removeKey" and c.ok}
+    assert first_id in removed
+    env.wait_ready("kill", timeout=60)
+    token = env.token(env.get("kill")["status"]["secretName"])
+    assert token is not None and jose.parse(token)[1]["exp"] > time.time()
+
+
+def test_two_credentials_sharing_one_certificate_secret_share_its_renewals(env: Env) -> None:
+    """Two credentials (two scopes) name one certificate Secret: one renewal at a time for both (one addKey and one
+    removeKey per renewal), and both get tokens signed with each new key."""
+    app = env.register_app(lifetime=600)
+    rotation = {"validity": "2m", "renewBefore": "100s"}
+    _, first_id = _uploaded(env, "one", "shared-cert", app, **rotation)
+    env.create("two", app, {"certificate": {"name": "shared-cert", "rotation": {
+        "objectId": app.object_id, **rotation, "keyId": first_id}}}, scopes=["https://vault.azure.net/.default"])
+    env.wait_ready("two", timeout=60)
+
+    def renewed_twice() -> bool:
+        return len([c for c in env.bed.graph.key_calls(app.client_id) if c.op == "removeKey" and c.ok]) >= 2
+
+    wait_for(renewed_twice, timeout=120, what="two renewals of the shared certificate")
+    calls = env.bed.graph.key_calls(app.client_id)
+    adds = [c for c in calls if c.op == "addKey"]
+    assert all(c.ok for c in calls), [c.outcome for c in calls]
+    assert len({c.thumbprint for c in adds}) == len(adds), "one certificate was added twice"
+    # each credential's token Secret follows the current key (a new token after each switch)
+    for name in ("one", "two"):
+        env.wait_ready(name, timeout=60)
+        assert env.get(name)["status"]["certificate"]["thumbprint"] == _thumbprint(env, "shared-cert")

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # namespace, certificate Secret
 Owner = tuple[str, str]  # namespace, GraphAppCredential
+CERT_MANAGER_ANNOTATION = "cert-manager.io/certificate-name"
 ENTRA_KEY_REFUSED = 700027  # AADSTS: the certificate is not (yet) a key of the app
 FIRST_RETRY, LAST_RETRY = 5.0, 600.0
 PROOF_SKEW = 60  # seconds the proof's nbf is set back: Graph's clock may be behind this node's
@@ -204,6 +205,13 @@ class Rotator:
             job.state = None
             return None
         state = job.state = KeyState.of(secret, job.rotation)
+        issuer = ((secret.get("metadata") or {}).get("annotations") or {}).get(CERT_MANAGER_ANNOTATION)
+        if issuer is not None and not state.generated:
+            # two writers of one key pair would undo each other: cert-manager renews it, graphcred only reports
+            self._report(key, job, Outcome(False, "ManagedElsewhere", f"Secret {name} is cert-manager's (Certificate "
+                                           f"{str(issuer)[:253]}): it renews the certificate; remove "
+                                           "certificate.rotation, or let graphcred generate a Secret of its own"))
+            return None
         now = self._clock()
         step = plan(state, job.rotation, now)
         if step.step is Step.IDLE:
@@ -336,7 +344,9 @@ class Rotator:
                 previous = await self.calls.blocking(self.graph.find_key_id, url, token.access_token, object_id,
                                                      state.previous_thumbprint) or UNKNOWN_KEY_ID
         kept = ""
-        if previous == UNKNOWN_KEY_ID or previous is None:
+        if previous is not None and previous == state.key_id:  # never the key in use, whatever a record says
+            kept = f"the previous keyId {previous} is the current certificate's: nothing removed"
+        elif previous == UNKNOWN_KEY_ID or previous is None:
             kept = (f"the previous certificate {state.previous_thumbprint or ''} stays registered on the app: "
                     "graphcred does not know its keyId (set rotation.keyId for a certificate a person uploaded); "
                     "remove it in the app registration when nothing else uses it")
