@@ -69,7 +69,8 @@ def test_a_generated_certificate_waits_for_its_upload_then_renews_itself_with_no
     # 3. three renewals; a consumer reading the token Secret never sees an expired token
     seen: list[tuple[float, str]] = []
     closest = float("inf")
-    started = time.monotonic()
+    env.bed.issuer.record_token_requests()
+    started, wall0 = time.monotonic(), time.time()
 
     def renewed_three_times() -> bool:
         nonlocal closest
@@ -92,6 +93,15 @@ def test_a_generated_certificate_waits_for_its_upload_then_renews_itself_with_no
               f"proof by {call.proof_thumbprint}")
     for at, thumbprint in seen:
         print(f"Secret certificate at {at:6.1f} s: {thumbprint}")
+    # the issuer's keys over time, and the token requests made while each was the Secret's certificate
+    requests = [at - started for client, at in env.bed.issuer.token_request_log() if client == app.client_id.lower()]
+    for key in env.bed.issuer.keys(app.client_id):
+        removed = f"{key.removed_at - wall0:6.1f} s" if key.removed_at else "  (current)"
+        print(f"issuer key {key.thumbprint} via {key.via:10s} added {key.added_at - wall0:6.1f} s, usable "
+              f"{key.usable_from - wall0:6.1f} s, removed {removed}")
+    for i, (at, thumbprint) in enumerate(seen):
+        until = seen[i + 1][0] if i + 1 < len(seen) else float("inf")
+        print(f"token requests while {thumbprint[:12]}… was current: {sum(at <= r < until for r in requests)}")
     print(f"closest any consumer-visible token came to expiry: {closest:.0%} of its lifetime left")
     adds = [c for c in calls if c.op == "addKey" and c.ok]
     removes = [c for c in calls if c.op == "removeKey" and c.ok]
