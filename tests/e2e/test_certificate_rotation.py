@@ -5,14 +5,16 @@ the key pair, waits for the one upload a person must do, then renews the certifi
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import time
 from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from kubernetes import client
 
-from graphcred.acquire.keygen import describe_certificate
+from graphcred.acquire.keygen import describe_certificate, generate_key
 from graphcred_testbed import jose
 from graphcred_testbed.bed import wait_for
 
@@ -249,3 +251,26 @@ def test_two_credentials_sharing_one_certificate_secret_share_its_renewals(env: 
     for name in ("one", "two"):
         env.wait_ready(name, timeout=60)
         assert env.get(name)["status"]["certificate"]["thumbprint"] == _thumbprint(env, "shared-cert")
+
+
+def test_a_secret_a_person_made_is_renewed_only_once_it_is_labelled_for_it(env: Env) -> None:
+    """A kubernetes.io/tls Secret a person made, its certificate uploaded by them: tokens come at once, but graphcred
+    changes the Secret only once it carries graphcred.io/rotation=enabled (status says how); then it renews it."""
+    app = env.register_app(lifetime=600)
+    pair = generate_key("made by a person", dt.timedelta(minutes=2), dt.datetime.now(dt.UTC))
+    uploaded = env.bed.issuer.add_key(app.client_id, x509.load_pem_x509_certificate(pair.cert_pem))
+    env.bed.core.create_namespaced_secret(env.namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="theirs"), type="kubernetes.io/tls",
+        data={"tls.crt": base64.b64encode(pair.cert_pem).decode(), "tls.key": base64.b64encode(pair.key_pem).decode()}))
+    _rotating(env, "mine", app, "theirs", validity="2m", renewBefore="110s", keyId=uploaded.key_id)
+    env.wait_ready("mine", timeout=60)
+    waiting = wait_for(lambda: (c := _condition(env, "mine", "CertificateRenewal")) and c["reason"] == "NotEnabled"
+                       and c, timeout=60, what="CertificateRenewal=False/NotEnabled")
+    assert "kubectl label secret theirs graphcred.io/rotation=enabled" in waiting["message"]
+    assert _thumbprint(env, "theirs") == pair.thumbprint  # untouched
+    env.bed.core.patch_namespaced_secret("theirs", env.namespace,
+                                         {"metadata": {"labels": {"graphcred.io/rotation": "enabled"}}})
+    wait_for(lambda: _thumbprint(env, "theirs") not in (None, pair.thumbprint) and _quiet(env, "theirs"),
+             timeout=90, what="the person's certificate renewed")
+    removed = {c.key_id for c in env.bed.graph.key_calls(app.client_id) if c.op == "removeKey" and c.ok}
+    assert uploaded.key_id in removed

@@ -40,6 +40,8 @@ from graphcred.api.keys import (
     PREVIOUS_KEY_ID_ANNOTATION,
     PREVIOUS_THUMBPRINT_ANNOTATION,
     RENEWED_AT_ANNOTATION,
+    ROTATION_ENABLED,
+    ROTATION_LABEL,
     UNKNOWN_KEY_ID,
 )
 from graphcred.api.model import AppIdentity, CertificateRef, CertificateRotation
@@ -161,7 +163,7 @@ class Rotator:
         pair = await self._new_pair(identity, ref.rotation, now)
         body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                 "metadata": {"name": ref.name, "namespace": namespace,
-                             "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+                             "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROTATION_LABEL: ROTATION_ENABLED},
                              "annotations": {GENERATED_BY_ANNOTATION: MANAGED_BY}},
                 "data": {"tls.crt": _b64(pair.cert_pem), "tls.key": _b64(pair.key_pem)}}
         try:
@@ -205,6 +207,14 @@ class Rotator:
             job.state = None
             return None
         state = job.state = KeyState.of(secret, job.rotation)
+        labels = (secret.get("metadata") or {}).get("labels") or {}
+        if labels.get(ROTATION_LABEL) != ROTATION_ENABLED:
+            # graphcred changes no Secret that did not consent (nor may it: the chart's admission policy)
+            self._report(key, job, Outcome(False, "NotEnabled", f"Secret {name} is not labelled "
+                                           f"{ROTATION_LABEL}={ROTATION_ENABLED}: label it to let graphcred renew "
+                                           f"its certificate (kubectl label secret {name} "
+                                           f"{ROTATION_LABEL}={ROTATION_ENABLED})"))
+            return None
         issuer = ((secret.get("metadata") or {}).get("annotations") or {}).get(CERT_MANAGER_ANNOTATION)
         if issuer is not None and not state.generated:
             # two writers of one key pair would undo each other: cert-manager renews it, graphcred only reports
