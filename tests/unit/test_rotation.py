@@ -117,7 +117,8 @@ def test_the_renewal_condition_keeps_its_transition_time_until_its_status_flips(
 @pytest.mark.parametrize(("fields", "error"), [
     ({"validity": "1m"}, "validity must be between 2m and 17520h"),
     ({"validity": "20000h"}, "validity must be between 2m and 17520h"),
-    ({"validity": "1h", "renewBefore": "1h"}, "renewBefore must be shorter than validity"),
+    ({"validity": "1h", "renewBefore": "1h"}, "renewBefore must be at least 1m and shorter than validity"),
+    ({"validity": "1h", "renewBefore": "30s"}, "renewBefore must be at least 1m and shorter than validity"),
     ({"objectId": "not-a-guid"}, "objectId"),
 ])
 def test_a_rotation_spec_out_of_bounds_is_refused_with_its_reason(fields: dict[str, Any], error: str) -> None:

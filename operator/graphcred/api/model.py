@@ -75,6 +75,7 @@ class ClientSecretRef(_Strict):
 # (short ones are for trying it out) and two years; renewal starts renewBefore ahead of notAfter (default: a
 # third of validity).
 MIN_ROTATION_VALIDITY = timedelta(minutes=2)
+MIN_RENEW_BEFORE = timedelta(minutes=1)  # time for the steps and Entra's replication before notAfter
 MAX_ROTATION_VALIDITY = timedelta(days=730)
 DEFAULT_ROTATION_VALIDITY = "2160h"  # 90 days
 
@@ -84,9 +85,9 @@ class CertificateRotation(_Strict):
     with Microsoft Graph addKey and removeKey (docs/certificate-rotation.md)."""
 
     model_config = ConfigDict(json_schema_extra=_cel(
-        "!has(self.renewBefore) || duration(self.renewBefore) < duration(has(self.validity) ? self.validity : "
-        f"'{DEFAULT_ROTATION_VALIDITY}')",
-        "renewBefore must be shorter than validity"))
+        "!has(self.renewBefore) || (duration(self.renewBefore) >= duration('1m') && duration(self.renewBefore) < "
+        f"duration(has(self.validity) ? self.validity : '{DEFAULT_ROTATION_VALIDITY}'))",
+        "renewBefore must be at least 1m and shorter than validity"))
 
     object_id: str = Field(alias="objectId", pattern=GUID_PATTERN,
                            description="Object ID of the app registration (not its client ID): az ad app show --id "
@@ -109,8 +110,9 @@ class CertificateRotation(_Strict):
         validity = self.validity_delta()
         if not MIN_ROTATION_VALIDITY <= validity <= MAX_ROTATION_VALIDITY:
             raise ValueError("validity must be between 2m and 17520h")
-        if self.renew_before is not None and parse_duration(self.renew_before, validity) >= validity:
-            raise ValueError("renewBefore must be shorter than validity")
+        if self.renew_before is not None and not (
+                MIN_RENEW_BEFORE <= parse_duration(self.renew_before, validity) < validity):
+            raise ValueError("renewBefore must be at least 1m and shorter than validity")
         return self
 
     def validity_delta(self) -> timedelta:

@@ -42,6 +42,7 @@ from graphcred.base.times import rfc3339
 
 TLS_CERT_KEY = "tls.crt"
 RENEWAL_CONDITION = "CertificateRenewal"
+MAX_PEM = 8192  # status.certificate.pem's bound: a leaf certificate is 1-2 KB
 NOT_REGISTERED_RETRY = 30.0  # seconds between token requests while a person has yet to upload the certificate
 _GUID = re.compile(GUID_PATTERN)
 
@@ -180,7 +181,8 @@ def certificate_status(state: KeyState, rotation: CertificateRotation, registere
         not_after=rfc3339(state.current.not_after), renew_at=rfc3339(due) if due is not None else None,
         key_id=state.key_id if state.key_id not in (None, UNKNOWN_KEY_ID) else None,
         next_thumbprint=state.next.thumbprint if state.next is not None else None,
-        last_renewal_time=state.renewed_at, pem=state.current.pem if registered is False else None)
+        last_renewal_time=state.renewed_at,
+        pem=state.current.pem if registered is False and len(state.current.pem) <= MAX_PEM else None)
 
 
 def renewal_condition(previous: Condition | None, outcome: Outcome, generation: int, now: dt.datetime

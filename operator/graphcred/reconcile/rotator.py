@@ -45,7 +45,7 @@ from graphcred.api.keys import (
     UNKNOWN_KEY_ID,
 )
 from graphcred.api.model import AppIdentity, CertificateRef, CertificateRotation
-from graphcred.base.times import rfc3339
+from graphcred.base.times import parse_rfc3339, rfc3339
 from graphcred.kube.errors import Conflict, KubeError
 from graphcred.reconcile.calls import KubeCalls
 from graphcred.reconcile.rotation import KeyState, Outcome, Step, plan, scheduled
@@ -57,6 +57,9 @@ Owner = tuple[str, str]  # namespace, GraphAppCredential
 CERT_MANAGER_ANNOTATION = "cert-manager.io/certificate-name"
 ENTRA_KEY_REFUSED = 700027  # AADSTS: the certificate is not (yet) a key of the app
 FIRST_RETRY, LAST_RETRY = 5.0, 600.0
+CONFLICTS_BEFORE_BACKOFF = 3
+REMOVE_GRACE = dt.timedelta(minutes=5)
+WAIT_LIMIT = dt.timedelta(minutes=15)  # waiting for Entra to accept a new key longer than this is a failure
 PROOF_SKEW = 60  # seconds the proof's nbf is set back: Graph's clock may be behind this node's
 
 
@@ -75,11 +78,15 @@ class _Job:
     identity: AppIdentity
     rotation: CertificateRotation
     send_x5c: bool
-    owners: set[Owner] = field(default_factory=set)
+    specs: dict[Owner, tuple[AppIdentity, CertificateRotation, bool]] = field(default_factory=dict)
     state: KeyState | None = None
     outcome: Outcome | None = None
     accepted: dict[str, bool] = field(default_factory=dict)  # thumbprint: Entra issued a token for it / refused it
     failures: int = 0
+    conflicts: int = 0  # writes of the Secret in a row that met a newer version
+    pair: keygen.GeneratedKey | None = None  # generated for a STORE whose write conflicted
+    added: dict[str, str] = field(default_factory=dict)  # thumbprint -> keyId addKey answered (lost if not recorded)
+    waiting_since: dt.datetime | None = None  # since when Entra has not accepted the next key
     respec: bool = False  # the spec changed since the turn began
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -110,25 +117,34 @@ class Rotator:
     # --- what the passes call ---------------------------------------------------------------------------------
     def track(self, key: Key, owner: Owner, identity: AppIdentity, rotation: CertificateRotation,
               send_x5c: bool) -> None:
-        """The credential `owner` authenticates with the certificate Secret `key` under `rotation`."""
+        """The credential `owner` authenticates with the certificate Secret `key` under `rotation` (and with no
+        other Secret: a renamed one is no longer looked after for it)."""
         if self._stopping:
             return
+        self._detach(owner, keep=key)
         job = self._jobs.get(key)
         if job is None:
             job = self._jobs[key] = _Job(identity, rotation, send_x5c)
-        elif job.identity != identity or job.rotation != rotation:
-            job.identity, job.rotation, job.send_x5c = identity, rotation, send_x5c
+        job.specs[owner] = (identity, rotation, send_x5c)
+        # credentials sharing the Secret must agree; the first (sorted) owner's spec is the job's, whatever order
+        # their passes run in, so that they never take turns overwriting it
+        first = job.specs[min(job.specs)]
+        if (job.identity, job.rotation, job.send_x5c) != first:
+            job.identity, job.rotation, job.send_x5c = first
             job.failures, job.respec = 0, True  # a new spec is tried at once, whatever failed before
             job.wake.set()
-        job.owners.add(owner)
         if job.task is None or job.task.done():
             job.task = asyncio.get_running_loop().create_task(self._run(key, job), name=f"rotate:{key[0]}/{key[1]}")
 
     def untrack(self, owner: Owner) -> None:
         """The credential is gone or no longer rotates: a Secret no credential tracks is no longer looked after."""
-        for key, job in list(self._jobs.items()):
-            job.owners.discard(owner)
-            if not job.owners:
+        self._detach(owner)
+
+    def _detach(self, owner: Owner, keep: Key | None = None) -> None:
+        for key in [k for k, job in self._jobs.items() if owner in job.specs and k != keep]:
+            job = self._jobs[key]
+            del job.specs[owner]
+            if not job.specs:
                 if job.task is not None:
                     job.task.cancel()
                 del self._jobs[key]
@@ -187,7 +203,13 @@ class Rotator:
         while True:
             job.wake.clear()
             job.respec = False
-            delay = await self._turn(key, job)
+            try:
+                delay = await self._turn(key, job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not end the Secret's rotation silently
+                log.exception("%s/%s: certificate renewal failed unexpectedly", key[0], key[1])
+                delay = self._failed(key, job, StepFailed(f"internal error ({type(exc).__name__})"))
             if job.failures and not job.respec:
                 job.wake.clear()  # our own writes (and others' news) during a failing step do not cut its backoff
             if delay is None:
@@ -222,27 +244,50 @@ class Rotator:
                                            f"{str(issuer)[:253]}): it renews the certificate; remove "
                                            "certificate.rotation, or let graphcred generate a Secret of its own"))
             return None
+        apps = {(i.authority_base(), i.tenant_id, i.client_id, r) for i, r, _ in job.specs.values()}
+        if len(apps) > 1:
+            # one key pair cannot follow two sets of rules (or two apps): none is followed until they agree
+            owners = ", ".join(f"{o[0]}/{o[1]}" for o in sorted(job.specs))
+            self._report(key, job, Outcome(False, "SpecsDisagree", f"GraphAppCredentials {owners} name Secret "
+                                           f"{name} with different apps or rotation settings: give them the same"))
+            return None
         now = self._clock()
         step = plan(state, job.rotation, now)
         if step.step is Step.IDLE:
             self._report(key, job, _idle(state, job))
             return None if step.due is None else (step.due - now).total_seconds()
-        if step.step is Step.STORE and _accepted(job) is not True:
-            # a new key is added with a proof signed by the current one: only once Entra accepts that
-            self._report(key, job, Outcome(False, "NotRegistered", f"certificate {_thumb(state)} is due for "
-                                           "renewal but Entra has not accepted it yet: it must be registered on "
-                                           "the app before graphcred can add its successor"))
-            return None
+        if step.step is Step.STORE:
+            if _accepted(job) is None:  # after a restart nobody may have asked yet: the proof needs it
+                await self._check_current(key, job, secret)
+            if _accepted(job) is not True:
+                # a new key is added with a proof signed by the current one: only once Entra accepts that
+                self._report(key, job, Outcome(False, "NotRegistered", f"certificate {_thumb(state)} is due for "
+                                               "renewal but Entra has not accepted it yet: it must be registered "
+                                               "on the app before graphcred can add its successor"))
+                return None
+        if step.step is Step.REMOVE and (wait := _grace_left(state, job.rotation, now)) > 0:
+            return wait  # the old key stays a moment: consumers of the Secret and Entra's replicas catch up
         try:
             await self._do(step.step, key, job, state)
         except StepFailed as failed:
             return self._failed(key, job, failed)
         except Conflict:
-            return 0.0  # the Secret changed meanwhile: look again
+            # the Secret changed meanwhile: look again (what a step learnt is kept: `_Job.added`, `_Job.pair`);
+            # repeated, like a failure, so that a Secret changed all the time costs no key pair per change
+            job.conflicts += 1
+            if job.conflicts >= CONFLICTS_BEFORE_BACKOFF:
+                return self._failed(key, job, StepFailed(f"Secret {name} keeps changing under graphcred's writes"))
+            return 0.0
         except KubeError as exc:
             return self._failed(key, job, StepFailed(f"cannot write Secret {name}: {exc}"))
-        job.failures = 0
+        job.failures = job.conflicts = 0
         return 0.0  # the next step at once
+
+    async def _check_current(self, key: Key, job: _Job, secret: dict[str, Any]) -> None:
+        """Whether Entra accepts the current certificate, with a token request of the rotator's own."""
+        # refused (recorded by `_graph_token`) or not known now: the next turn asks again
+        with contextlib.suppress(StepFailed):
+            await self._graph_token(job, self._material(secret, "tls.crt", "tls.key", job), "the current")
 
     def _failed(self, key: Key, job: _Job, failed: StepFailed) -> float:
         job.failures += 1
@@ -259,20 +304,28 @@ class Rotator:
         self._report(key, job, outcome)
         return delay
 
+    def _progress(self, key: Key, job: _Job, outcome: Outcome) -> None:
+        """A step under way: said only when the last attempt did not fail (a retry must not flip the condition)."""
+        if job.failures == 0:
+            self._report(key, job, outcome)
+
     def _report(self, key: Key, job: _Job, outcome: Outcome) -> None:
         if outcome != job.outcome:
             job.outcome = outcome
-            for owner in sorted(job.owners):
+            for owner in sorted(job.specs):
                 self.on_change(owner)
 
     # --- the steps --------------------------------------------------------------------------------------------
     async def _do(self, step: Step, key: Key, job: _Job, state: KeyState) -> None:
         namespace, name = key
         if step is Step.STORE:
-            self._report(key, job, Outcome(True, "Renewing", "generating the next key pair"))
-            pair = await self._new_pair(job.identity, job.rotation, self._clock())
+            self._progress(key, job, Outcome(True, "Renewing", "generating the next key pair"))
+            # a pair generated for a write that conflicted is stored on the next attempt, not generated again
+            pair = job.pair or await self._new_pair(job.identity, job.rotation, self._clock())
+            job.pair = pair
             await self._patch(key, state, data={NEXT_CERT_KEY: _b64(pair.cert_pem), NEXT_KEY_KEY: _b64(pair.key_pem)},
                               notes={NEXT_KEY_ID_ANNOTATION: None, ADDING_ANNOTATION: None})
+            job.pair = None
             log.info("%s/%s: stored the next certificate %s", namespace, name, pair.thumbprint)
         elif step is Step.REGISTER:
             await self._register(key, job, state)
@@ -284,8 +337,12 @@ class Rotator:
     async def _register(self, key: Key, job: _Job, state: KeyState) -> None:
         assert state.next is not None
         thumbprint = state.next.thumbprint
-        self._report(key, job, Outcome(True, "Renewing", f"registering the next certificate {state.next.thumbprint} "
-                                       "with Microsoft Graph (addKey)"))
+        self._progress(key, job, Outcome(True, "Renewing", f"registering the next certificate "
+                                         f"{state.next.thumbprint} with Microsoft Graph (addKey)"))
+        if thumbprint in job.added:  # added before, and the write recording it conflicted: record it now
+            await self._patch(key, state, notes={NEXT_KEY_ID_ANNOTATION: job.added[thumbprint],
+                                                 ADDING_ANNOTATION: None})
+            return
         secret = await self._read(key)
         current = self._material(secret, "tls.crt", "tls.key", job)
         token = await self._graph_token(job, current, "the current")
@@ -303,6 +360,7 @@ class Rotator:
                 raise StepFailed(f"Microsoft Graph refused addKey: {exc}", retry_after=exc.retry_after) from None
             # sent before, answer lost: Graph refuses the same certificate twice; was it the first attempt's?
             key_id = await self._added_before(key, job, token, state)
+        job.added = {thumbprint: key_id}
         await self._patch(key, state, notes={NEXT_KEY_ID_ANNOTATION: key_id, ADDING_ANNOTATION: None})
         log.info("%s/%s: Entra added certificate %s (keyId %s)", key[0], key[1], thumbprint, key_id)
 
@@ -349,12 +407,24 @@ class Rotator:
         token = await self._graph_token(job, current, "the current")
         url, object_id = self._graph_url(job), job.rotation.object_id
         previous = state.previous_key_id
-        if previous == UNKNOWN_KEY_ID and state.previous_thumbprint:
-            with contextlib.suppress(KeyCallFailed):
-                previous = await self.calls.blocking(self.graph.find_key_id, url, token.access_token, object_id,
-                                                     state.previous_thumbprint) or UNKNOWN_KEY_ID
+        gone = False
+        if state.previous_thumbprint:
+            # the keyId recorded may be a person's (spec keyId), or unknown: where the app may read its own keys,
+            # the one removed is the one with the previous certificate's thumbprint, whatever was recorded
+            try:
+                found = await self.calls.blocking(self.graph.find_key_id, url, token.access_token, object_id,
+                                                  state.previous_thumbprint)
+            except (KeyCallFailed, ValueError):
+                pass
+            else:
+                if found is not None and found != previous:
+                    log.warning("%s/%s: the previous certificate's keyId is %s, not %s as recorded", key[0], key[1],
+                                found, previous)
+                previous, gone = found or previous, found is None
         kept = ""
-        if previous is not None and previous == state.key_id:  # never the key in use, whatever a record says
+        if gone:
+            log.info("%s/%s: the previous certificate is no longer on the app", key[0], key[1])
+        elif previous is not None and previous == state.key_id:  # never the key in use, whatever a record says
             kept = f"the previous keyId {previous} is the current certificate's: nothing removed"
         elif previous == UNKNOWN_KEY_ID or previous is None:
             kept = (f"the previous certificate {state.previous_thumbprint or ''} stays registered on the app: "
@@ -370,7 +440,7 @@ class Rotator:
         await self._patch(key, state, notes={PREVIOUS_KEY_ID_ANNOTATION: None, PREVIOUS_THUMBPRINT_ANNOTATION: None})
         if kept:
             log.warning("%s/%s: %s", key[0], key[1], kept)
-        else:
+        elif not gone:
             log.info("%s/%s: Entra removed the previous certificate (keyId %s)", key[0], key[1], previous)
 
     # --- helpers ----------------------------------------------------------------------------------------------
@@ -404,12 +474,22 @@ class Rotator:
         try:
             token = await self.calls.blocking(self._acquire, job.identity, [graph_scope(job.identity.cloud)], material)
         except AcquisitionError as exc:
+            if exc.code == ENTRA_KEY_REFUSED and not refused_is_waiting:
+                job.accepted[thumbprint] = False
             if refused_is_waiting and exc.code == ENTRA_KEY_REFUSED:
-                raise StepFailed(f"waiting for Entra to accept the next certificate {thumbprint} (new keys take a "
-                                 "while to replicate)", waiting=True) from None
+                now = self._clock()
+                job.waiting_since = job.waiting_since or now
+                if now - job.waiting_since < WAIT_LIMIT:
+                    raise StepFailed(f"waiting for Entra to accept the next certificate {thumbprint} (new keys take "
+                                     "a while to replicate)", waiting=True) from None
+                raise StepFailed(f"Entra has not accepted the next certificate {thumbprint} for "
+                                 f"{WAIT_LIMIT.total_seconds() / 60:.0f} minutes (AADSTS{exc.code}): check objectId "
+                                 "and the app's certificates") from None
             raise StepFailed(f"no Microsoft Graph token with {which} certificate: {exc.message}",
                              retry_after=exc.retry_after) from None
         job.graph_token = (thumbprint, token)
+        job.accepted[thumbprint] = True
+        job.waiting_since = None
         return token
 
     def _proof(self, material: credentials.Certificate, job: _Job) -> str:
@@ -429,6 +509,15 @@ class Rotator:
             patch["data"] = data
         version: str = await self.calls("patch Secret", self.calls.kube.patch_secret, key[0], key[1], patch)
         return version
+
+
+def _grace_left(state: KeyState, rotation: CertificateRotation, now: dt.datetime) -> float:
+    """Seconds the previous key still stays after the switch: a tenth of the validity, at most five minutes."""
+    renewed = parse_rfc3339(state.renewed_at)
+    if renewed is None:
+        return 0.0
+    grace = min(REMOVE_GRACE, rotation.validity_delta() / 10)
+    return (renewed + grace - now).total_seconds()
 
 
 def _accepted(job: _Job) -> bool | None:
