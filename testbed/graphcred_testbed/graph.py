@@ -701,6 +701,11 @@ class GraphApi:
         with self._lock:
             self._failures.setdefault(op, []).append(_Failure(status, count, applied, retry_after))
 
+    def heal(self) -> None:
+        """Forget every failure `fail_next` injected that has not been answered yet."""
+        with self._lock:
+            self._failures.clear()
+
     def _take_failure(self, op: str) -> _Failure | None:
         with self._lock:
             stack = self._failures.get(op) or []

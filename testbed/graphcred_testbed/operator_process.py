@@ -20,7 +20,9 @@ class OperatorProcess:
         issuers = [bed.authority_host, *([bed.node_authority_host] if bed.node_authority_host else [])]
         argv = [sys.executable, "-m", "graphcred", "run", f"--kubeconfig={bed.kubeconfig}",
                 f"--ca-bundle={bed.issuer_ca_file}", f"--log-format={log_format}", f"--log-level={log_level}",
-                "--metrics-port=0", *(f"--authority-host={h}" for h in issuers), *extra_args]
+                "--metrics-port=0", *(f"--authority-host={h}" for h in issuers),
+                # certificate rotation's addKey/removeKey go to the bed's Graph
+                *([f"--graph-endpoint={bed.graph_api.url}"] if bed.graph_api is not None else []), *extra_args]
         self.process = Process(name, argv, logdir)
         self._log_offset = 0
 

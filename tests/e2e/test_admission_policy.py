@@ -187,6 +187,42 @@ def test_the_operators_identity_writes_only_secrets_a_credential_controls(env: E
     assert left is not None and left.metadata.owner_references[0].uid == ref["uid"]
 
 
+def test_the_operators_identity_renews_only_certificates_labelled_for_it(env: Env, chart: Chart) -> None:
+    """credential.certificate.rotation: the operator creates a kubernetes.io/tls Secret labelled
+    graphcred.io/rotation=enabled and changes one that was so labelled (and stays so); it may not label someone
+    else's, change an unlabelled one, or delete one."""
+    rotation = {"graphcred.io/rotation": "enabled"}
+    tls = {"tls.crt": "c", "tls.key": "k"}
+    env.bed.core.create_namespaced_secret(env.namespace, secret(env, "person-tls", type_="kubernetes.io/tls",
+                                                                data=tls))
+    env.bed.core.create_namespaced_secret(env.namespace, secret(env, "opted-in", type_="kubernetes.io/tls",
+                                                                labels=rotation, data=tls))
+    refused_only_by_the_policy(env, chart, [
+        ("create an unlabelled tls Secret", ["create", "-f", "-"],
+         secret(env, "x", type_="kubernetes.io/tls", labels=LABELS, data=tls)),
+        ("change an unlabelled tls Secret", ["patch", "secret", "person-tls", "--type=merge", "-p",
+                                             '{"data":{"next.crt":"eA=="}}'], None),
+        ("label someone else's tls Secret", ["patch", "secret", "person-tls", "--type=merge", "-p", json.dumps(
+            {"metadata": {"labels": rotation}})], None),
+        ("delete a labelled one", ["delete", "secret", "opted-in"], None),
+        ("drop its label", ["patch", "secret", "opted-in", "--type=merge", "-p",
+                                                    '{"metadata":{"labels":{"graphcred.io/rotation":null}}}'], None),
+    ])
+    # what the rotator does (operator/graphcred/reconcile/rotator.py): all allowed
+    for request in [
+        ("create a generated key pair", ["create", "-f", "-"], secret(env, "generated", type_="kubernetes.io/tls",
+                                                                     labels={**LABELS, **rotation}, data=tls)),
+        ("store the next pair", ["patch", "secret", "opted-in", "--type=merge", "-p", json.dumps(
+            {"data": {"next.crt": "eA==", "next.key": "eQ=="},
+             "metadata": {"annotations": {"graphcred.io/next-key-adding": "2026-12-06T00:00:00Z"}}})], None),
+        ("switch to it", ["patch", "secret", "opted-in", "--type=merge", "-p", json.dumps(
+            {"data": {"tls.crt": "eA==", "tls.key": "eQ==", "next.crt": None, "next.key": None}})], None),
+    ]:
+        result = run(env, request)
+        assert result.returncode == 0, f"{request[0]}: {result.stderr}"
+    assert env.secret("opted-in") is not None
+
+
 @pytest.mark.parametrize("chart", [["--set", "workloadIdentity.enabled=true"]], indirect=True)
 def test_the_operators_identity_requests_tokens_only_for_the_exchange_audiences(env: Env, chart: Chart) -> None:
     """With workload identity the ServiceAccount may create any ServiceAccount's token in scope: for the API's own

@@ -5,6 +5,8 @@ constant over the test window, labelled as a ServiceMonitor scrape would label t
 rules rendered from the chart: the alert of the condition fires with the expected labels and annotations. A healthy
 run's scrape fires none of them. GraphcredCredentialExpiresSoon: a client secret whose Secret says (annotation
 graphcred.io/credential-expires-on) that it expires in a day fires it; one that expires in 60 days does not.
+GraphcredCertificateRenewalFailing: a certificate.rotation credential whose renewal Microsoft Graph refuses
+(addKey answers 403) fires it, with the CertificateRenewal condition's reason, while the credential stays Ready.
 
 What this does not prove: how a series moves over the window (it is held at the scraped value; the expiry and
 next-refresh timestamps keep their distance to `time()` as scraped at the window's start), nor the Prometheus
@@ -28,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,7 +38,7 @@ from graphcred.api.keys import GROUP, PLURAL, RENEW_ANNOTATION, VERSION
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.operator_process import OperatorProcess
 
-from ..helpers import Env
+from ..helpers import GRAPH, Env
 from .test_chart import RELEASE_NS, render
 from .test_consumer_warnings import sub_path_pod
 
@@ -161,7 +164,7 @@ def test_the_rendered_rules_pass_promtool_check() -> None:
     rules = alert_rules()
     assert set(rules) >= {"GraphcredCredentialNotReady", "GraphcredTokenExpiresSoon", "GraphcredRefreshFailing",
                           "GraphcredWorkerDead", "GraphcredUnrefreshableConsumer", "GraphcredDown",
-                          "GraphcredCredentialExpiresSoon"}
+                          "GraphcredCredentialExpiresSoon", "GraphcredCertificateRenewalFailing"}
     docs = render("--set", "metrics.prometheusRule.enabled=true")
     groups = next(d for d in docs if d["kind"] == "PrometheusRule")["spec"]["groups"]
     out = subprocess.run([promtool(), "check", "rules", "/dev/stdin"], input=yaml.safe_dump({"groups": groups}),
@@ -308,3 +311,33 @@ def test_a_subpath_reader_fires_unrefreshable_consumer(consumers_env: Env, tmp_p
     labels = {"namespace": env.namespace, "name": "mail"}
     promtool_test(tmp_path, samples, {"GraphcredUnrefreshableConsumer": [{"labels": labels, "value": 1}],
                                       **quiet("GraphcredUnrefreshableConsumer")})
+
+
+def test_a_refused_certificate_renewal_fires_certificate_renewal_failing(env: Env, tmp_path: Path) -> None:
+    """certificate.rotation: graphcred generates the key pair, a person uploads the certificate (the bed's issuer
+    learns it), the renewal is due 10 s after the key pair was made (validity 30 days, renewBefore 10 s less) and
+    Graph refuses addKey. The certificate keeps serving (Ready, no failure of the token's) and expires beyond the
+    14 days of GraphcredCredentialExpiresSoon: only the renewal alert fires."""
+    app = env.register_app()
+    env.create("renewing", app, {"certificate": {"name": "renewing-cert", "rotation": {
+        "objectId": app.object_id, "validity": "720h", "renewBefore": "719h59m50s"}}},
+        scopes=[f"{GRAPH}/.default"])
+    env.wait_condition("renewing", "False", "CertificateNotRegistered", timeout=60)
+    pem = env.get("renewing")["status"]["certificate"]["pem"]
+    env.bed.graph.fail_next("addKey", 403, count=1000)
+    try:
+        env.bed.issuer.add_key(app.client_id, x509.load_pem_x509_certificate(pem.encode()))  # the person's upload
+        env.wait_ready("renewing", timeout=60)
+
+        def reported() -> list[Sample] | None:
+            samples = only(scrape(env.operator), env.namespace)
+            failing = [(lb.get("reason"), v) for n, lb, v in samples
+                       if n == "graphcred_certificate_renewal_failing" and lb.get("name") == "renewing"]
+            return samples if failing == [("RenewalFailed", 1.0)] else None
+
+        samples = wait_for(reported, timeout=60, what="graphcred_certificate_renewal_failing 1, RenewalFailed")
+        labels = {"namespace": env.namespace, "name": "renewing", "reason": "RenewalFailed"}
+        promtool_test(tmp_path, samples, {"GraphcredCertificateRenewalFailing": [{"labels": labels, "value": 1}],
+                                          **quiet("GraphcredCertificateRenewalFailing")})
+    finally:
+        env.bed.graph.heal()

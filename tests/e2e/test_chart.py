@@ -942,7 +942,9 @@ def test_prometheus_rule_is_opt_in_and_overridable() -> None:
     assert rule["metadata"]["labels"]["release"] == "prometheus"
     alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
     assert set(alerts) == {"GraphcredCredentialNotReady", "GraphcredTokenExpiresSoon", "GraphcredRefreshFailing",
-                           "GraphcredWorkerDead", "GraphcredDown", "GraphcredCredentialExpiresSoon"}
+                           "GraphcredWorkerDead", "GraphcredDown", "GraphcredCredentialExpiresSoon",
+                           "GraphcredCertificateRenewalFailing"}
+    assert alerts["GraphcredCertificateRenewalFailing"]["for"] == "30m"
     assert alerts["GraphcredDown"]["for"] == "2m"
     assert alerts["GraphcredDown"]["labels"] == {"severity": "page", "team": "platform"}
     assert alerts["GraphcredDown"]["expr"] == 'absent(up{job="graphcred-metrics"} == 1)'  # the metrics Service

@@ -166,6 +166,100 @@ def test_status_json_has_the_same_facts_for_scripts() -> None:
     assert stale == ["legacy", "pinned"]
 
 
+# --- certificate.rotation: status.certificate and the CertificateRenewal condition ---------------------------------
+CLIENT = "3c9e7a5b-1d2f-4a6b-8c0e-9f1a3b5d7e2c"
+KEY_ID = "5f0c3a1e-8b2d-4c6f-9a7e-1d3b5c7e9f20"
+
+
+def _rotating(certificate: dict[str, Any], *conditions: dict[str, Any], ready: tuple[str, str] = ("True",
+              "TokenIssued")) -> dict[str, Any]:
+    obj = _credential(certificate=certificate)
+    obj["spec"] = {"tenantId": "t-spec", "clientId": CLIENT, "credential": {"certificate": {
+        "name": "mail-cert", "rotation": {"objectId": "0b8e2f4a-6c1d-4e3f-8a5b-7c9d1e3f5a7b"}}}}
+    obj["status"]["conditions"] = [{"type": "Ready", "status": ready[0], "reason": ready[1], "message": "m",
+                                    "lastTransitionTime": "2025-11-25T17:48:00Z"}, *conditions]
+    return obj
+
+
+def _renewal(status: str, reason: str, message: str) -> dict[str, Any]:
+    return {"type": "CertificateRenewal", "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2025-11-25T17:30:00Z"}
+
+
+def _section(text: str, head: str) -> list[str]:
+    """The lines of one section: its head and the indented lines under it."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(head))
+    end = next((i for i in range(at + 1, len(lines)) if not lines[i].startswith(" ")), len(lines))
+    return lines[at:end]
+
+
+def test_status_shows_the_certificate_graphcred_renews_and_how_its_renewal_goes() -> None:
+    obj = _rotating({"thumbprint": "A" * 40, "thumbprintSha256": "B" * 64, "notAfter": "2026-02-23T18:00:00Z",
+                     "renewAt": "2026-01-24T18:00:00Z", "keyId": KEY_ID, "lastRenewalTime": "2025-11-22T18:00:00Z"},
+                    _renewal("True", "Scheduled", "certificate AAAA expires at 2026-02-23T18:00:00Z; graphcred "
+                             "renews it from 2026-01-24T18:00:00Z"))
+    text = opsview.render_status(opsview.status_view(obj), NOW)
+    assert _section(text, "Certificate:") == [
+        "Certificate:    renewed by graphcred (certificate.rotation)",
+        f"  Thumbprint:   {'A' * 40}",
+        "  Not after:    2026-02-23T18:00:00Z (in 90d)",
+        "  Renew at:     2026-01-24T18:00:00Z (in 60d)",
+        f"  Key ID:       {KEY_ID}",
+        "  Last renewal: 2025-11-22T18:00:00Z (3d ago)",
+        "  Renewal:      True, Scheduled, since 2025-11-25T17:30:00Z (30m ago)",
+        "    Message:    certificate AAAA expires at 2026-02-23T18:00:00Z; graphcred renews it from "
+        "2026-01-24T18:00:00Z"]
+    # between the credential it belongs to and the token it buys
+    assert text.index("Credential:") < text.index("Certificate:") < text.index("Token:")
+    assert "Upload:" not in text and "az ad app" not in text  # registered: nothing to upload
+
+
+def test_status_shows_a_renewal_under_way_and_one_that_fails() -> None:
+    obj = _rotating({"thumbprint": "A" * 40, "thumbprintSha256": "B" * 64, "notAfter": "2025-11-26T18:00:00Z",
+                     "renewAt": "2025-11-25T10:00:00Z", "nextThumbprint": "C" * 40},
+                    _renewal("False", "RenewalFailed", "Microsoft Graph refused addKey: HTTP 403 "
+                             "Authorization_RequestDenied; the current certificate keeps serving"))
+    section = _section(opsview.render_status(opsview.status_view(obj), NOW), "Certificate:")
+    assert f"  Next:         {'C' * 40} (renewal under way)" in section
+    assert "  Renew at:     2025-11-25T10:00:00Z (8h ago)" in section
+    assert "  Key ID:       - (not known: set rotation.keyId, or this key may stay on the app once replaced)" in section
+    assert "  Last renewal: -" in section
+    assert "  Renewal:      False, RenewalFailed, since 2025-11-25T17:30:00Z (30m ago)" in section
+    assert any("HTTP 403 Authorization_RequestDenied" in line for line in section)
+    doc = opsview.status_json(opsview.status_view(obj), NOW)
+    assert doc["certificate"]["nextThumbprint"] == "C" * 40
+    assert doc["certificateRenewal"]["reason"] == "RenewalFailed"
+
+
+def test_a_certificate_entra_does_not_know_yet_comes_with_the_upload_commands() -> None:
+    obj = _rotating({"thumbprint": "A" * 40, "thumbprintSha256": "B" * 64, "notAfter": "2026-02-23T18:00:00Z",
+                     "renewAt": "2026-01-24T18:00:00Z",
+                     "pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
+                    ready=("False", "CertificateNotRegistered"))
+    section = _section(opsview.render_status(opsview.status_view(obj), NOW), "Certificate:")
+    at = section.index("  Upload:       Entra does not know this certificate yet. Upload it to the app once:")
+    assert section[at + 1:at + 3] == [
+        "    kubectl get secret mail-cert -n team-a -o jsonpath='{.data.tls\\.crt}' | base64 -d > cert.pem",
+        f"    az ad app credential reset --id {CLIENT} --cert @cert.pem --append"]
+    assert "renews the certificate itself" in section[at + 3]
+    assert "BEGIN CERTIFICATE" not in "\n".join(section)  # the commands, not the PEM (status holds it)
+    assert opsview.status_json(opsview.status_view(obj), NOW)["certificate"]["pem"].startswith("-----BEGIN")
+
+
+def test_the_upload_commands_quote_what_a_shell_would_read() -> None:
+    assert opsview.upload_commands("cert", "team a", "id;rm -rf /") == [
+        "kubectl get secret cert -n 'team a' -o jsonpath='{.data.tls\\.crt}' | base64 -d > cert.pem",
+        "az ad app credential reset --id 'id;rm -rf /' --cert @cert.pem --append"]
+
+
+def test_no_certificate_section_without_rotation() -> None:
+    view = opsview.status_view(_credential())
+    assert "Certificate:" not in opsview.render_status(view, NOW)
+    doc = opsview.status_json(view, NOW)
+    assert doc["certificate"] is None and doc["certificateRenewal"] is None
+
+
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (119, "119s"), (720, "12m"), (3 * 3600 + 300, "3h5m"),
                                                (12 * 3600 + 60, "12h"), (3 * 86400, "3d")])
 def test_spans_read_like_kubectl_ages(seconds: float, text: str) -> None:

@@ -71,12 +71,69 @@ class ClientSecretRef(_Strict):
                      description="Key in the Secret's data. Default clientSecret.")
 
 
+# Certificates graphcred generates and renews (credential.certificate.rotation): a validity between two minutes
+# (short ones are for trying it out) and two years; renewal starts renewBefore ahead of notAfter (default: a
+# third of validity).
+MIN_ROTATION_VALIDITY = timedelta(minutes=2)
+MIN_RENEW_BEFORE = timedelta(minutes=1)  # time for the steps and Entra's replication before notAfter
+MAX_ROTATION_VALIDITY = timedelta(days=730)
+DEFAULT_ROTATION_VALIDITY = "2160h"  # 90 days
+
+
+class CertificateRotation(_Strict):
+    """graphcred generates the certificate's key pair (it never leaves the cluster) and renews it in Entra itself,
+    with Microsoft Graph addKey and removeKey (docs/certificate-rotation.md)."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(
+        "!has(self.renewBefore) || (duration(self.renewBefore) >= duration('1m') && duration(self.renewBefore) < "
+        f"duration(has(self.validity) ? self.validity : '{DEFAULT_ROTATION_VALIDITY}'))",
+        "renewBefore must be at least 1m and shorter than validity"))
+
+    object_id: str = Field(alias="objectId", pattern=GUID_PATTERN,
+                           description="Object ID of the app registration (not its client ID): az ad app show --id "
+                           "CLIENT_ID --query id -o tsv. addKey and removeKey name the application by it, and the "
+                           "proof of possession they require is issued in its name.")
+    validity: str = Field(default=DEFAULT_ROTATION_VALIDITY, pattern=DURATION_PATTERN, max_length=32,
+                          description="Validity of each certificate graphcred generates, a duration (default 2160h, "
+                          "90 days; at least 2m, at most 17520h).")
+    renew_before: str | None = Field(default=None, alias="renewBefore", pattern=DURATION_PATTERN, max_length=32,
+                                     description="How long before the certificate's notAfter graphcred starts "
+                                     "renewing it (default: a third of validity). Shorter than validity.")
+    key_id: str | None = Field(default=None, alias="keyId", pattern=GUID_PATTERN,
+                               description="keyId in Entra of the certificate a person uploaded (az ad app "
+                               "credential reset prints it, and so does az ad app credential list), so that "
+                               "graphcred can remove it once it has renewed it. Without it that first key stays on "
+                               "the app (status says so); keys graphcred added itself need none.")
+
+    @model_validator(mode="after")
+    def _renew_inside_validity(self) -> Self:
+        validity = self.validity_delta()
+        if not MIN_ROTATION_VALIDITY <= validity <= MAX_ROTATION_VALIDITY:
+            raise ValueError("validity must be between 2m and 17520h")
+        if self.renew_before is not None and not (
+                MIN_RENEW_BEFORE <= parse_duration(self.renew_before, validity) < validity):
+            raise ValueError("renewBefore must be at least 1m and shorter than validity")
+        return self
+
+    def validity_delta(self) -> timedelta:
+        return parse_duration(self.validity, MAX_ROTATION_VALIDITY)
+
+    def renew_before_delta(self) -> timedelta:
+        if self.renew_before is None:
+            return self.validity_delta() / 3
+        return parse_duration(self.renew_before, self.validity_delta())
+
+
 class CertificateRef(_Strict):
     """A kubernetes.io/tls Secret (tls.crt + tls.key, PEM) whose certificate is registered on the app."""
 
     name: DnsName = Field(description="Name of the kubernetes.io/tls Secret (same namespace): tls.crt and tls.key.")
     send_x5c: bool = Field(default=False, alias="sendX5c",
                            description="Send the certificate chain (x5c) for subject-name/issuer authentication.")
+    rotation: CertificateRotation | None = Field(
+        default=None, description="Let graphcred generate the key pair and renew the certificate in Entra before it "
+        "expires. If the Secret does not exist graphcred creates it; its first certificate must be uploaded to the "
+        "app once by a person (status.certificate.pem; graphcred status prints the command).")
 
 
 class WorkloadIdentityRef(_Strict):
@@ -151,13 +208,13 @@ class AppCredential(Credential):
     """A ClusterGraphApp's credential: exactly one way to authenticate the app. Secrets and ServiceAccounts it
     names live in the operator's cluster resource namespace, never in a tenant's."""
 
-    model_config = ConfigDict(
-        json_schema_extra=_cel(
-            "[has(self.clientSecret), has(self.certificate), has(self.workloadIdentity), "
-            "has(self.managedIdentity)].filter(x, x).size() == 1",
-            "exactly one of clientSecret, certificate, workloadIdentity or managedIdentity must be set",
-        )
-    )
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "[has(self.clientSecret), has(self.certificate), has(self.workloadIdentity), "
+                 "has(self.managedIdentity)].filter(x, x).size() == 1",
+         "message": "exactly one of clientSecret, certificate, workloadIdentity or managedIdentity must be set"},
+        {"rule": "!has(self.certificate) || !has(self.certificate.rotation)",
+         "message": "certificate.rotation is not supported on a ClusterGraphApp yet"},
+    ]})
     _ONE_OF: ClassVar[str] = ("exactly one of clientSecret, certificate, workloadIdentity or managedIdentity must "
                               "be set")
 
@@ -561,6 +618,13 @@ class ClusterGraphAppSpec(AppIdentity):
 
     policy: AppPolicy
 
+    # Checked here, not on AppCredential: a GraphAppCredential's own credential becomes one too (for_app).
+    @model_validator(mode="after")
+    def _no_rotation(self) -> Self:
+        if self.credential.certificate is not None and self.credential.certificate.rotation is not None:
+            raise ValueError("certificate.rotation is not supported on a ClusterGraphApp yet")
+        return self
+
 
 # --- status ---------------------------------------------------------------------------------------------------
 
@@ -586,6 +650,8 @@ class Reason(StrEnum):
     NOT_PERMITTED = "NotPermitted"
     # appRef: no ClusterGraphApp of that name (yet)
     APP_NOT_FOUND = "AppNotFound"
+    # certificate.rotation: Entra does not know the certificate graphcred generated (yet): a person uploads it once
+    CERTIFICATE_NOT_REGISTERED = "CertificateNotRegistered"
 
 
 # metav1.Condition's limits (k8s.io/apimachinery/pkg/apis/meta/v1 types.go, as controller-gen renders them), so
@@ -646,6 +712,32 @@ def conforming_conditions(value: object) -> object:
         except ValidationError:
             continue
     return kept
+
+
+class CertificateStatus(BaseModel):
+    """The certificate a credential with certificate.rotation authenticates with, and its renewal. Public facts
+    only: never the private key."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    thumbprint: str = Field(description="SHA-1 thumbprint of the certificate (upper-case hex), as Entra shows it.")
+    thumbprint_sha256: str = Field(alias="thumbprintSha256", description="SHA-256 thumbprint (upper-case hex).")
+    not_after: str = Field(alias="notAfter", json_schema_extra={"format": "date-time"},
+                           description="When the certificate expires, RFC 3339 UTC.")
+    renew_at: str | None = Field(default=None, alias="renewAt", json_schema_extra={"format": "date-time"},
+                                 description="When graphcred starts renewing it (notAfter - renewBefore).")
+    key_id: str | None = Field(default=None, alias="keyId",
+                               description="Its keyId in Entra, when graphcred knows it (it added the key, or "
+                               "spec rotation.keyId names it).")
+    next_thumbprint: str | None = Field(default=None, alias="nextThumbprint",
+                                        description="SHA-1 thumbprint of the next certificate while a renewal is "
+                                        "under way.")
+    last_renewal_time: str | None = Field(default=None, alias="lastRenewalTime",
+                                          json_schema_extra={"format": "date-time"},
+                                          description="When graphcred last switched to a certificate it renewed.")
+    pem: str | None = Field(default=None, max_length=8192,
+                            description="The public certificate (PEM) while Entra does not know it yet: upload it to "
+                            "the app once (az ad app credential reset --id CLIENT_ID --cert @FILE --append).")
 
 
 class GraphAppCredentialStatus(BaseModel):
@@ -712,6 +804,9 @@ class GraphAppCredentialStatus(BaseModel):
         default=None, alias="issuedByApp",
         description="The ClusterGraphApp the token in the Secret was acquired with (spec.appRef), if any: while the "
         "Secret holds its token, the app's policy decides whether it may stay, whatever the spec says now.")
+    certificate: CertificateStatus | None = Field(
+        default=None, description="With certificate.rotation: the certificate in use and its renewal (the "
+        "CertificateRenewal condition says how the renewal goes).")
     last_renew_request: str | None = Field(
         default=None, alias="lastRenewRequest",
         description="Value of the graphcred.io/renew-requested-at annotation last served with a new token.")

@@ -92,6 +92,8 @@ RUN_OPTIONS = [
     _setting("--cluster-resource-namespace", "cluster_resource_namespace", "namespace of the Secrets and "
              "ServiceAccounts ClusterGraphApps name (default: the operator's own, POD_NAMESPACE; else "
              "graphcred-system)", "NAMESPACE"),
+    _setting("--graph-endpoint", "graph_endpoint", "Microsoft Graph base URL (https://host[:port]) for certificate "
+             "rotation's addKey and removeKey (default: the credential's cloud's Graph)", "URL"),
 ]
 
 

@@ -38,6 +38,9 @@ class RunConfig:
     watch_consumers: bool = False
     # where ClusterGraphApps' Secrets and ServiceAccounts live (the operator's own namespace in a pod)
     cluster_resource_namespace: str = "graphcred-system"
+    # Microsoft Graph for certificate rotation (addKey/removeKey), instead of the credential's cloud's own: for a
+    # private Graph-protocol endpoint (the test bed's). The admin's choice: never a tenant's.
+    graph_endpoint: str | None = None
 
     @property
     def allowed_authorities(self) -> tuple[str, ...]:

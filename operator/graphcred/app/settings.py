@@ -174,6 +174,8 @@ class RunSettings(BaseSettings):
     cluster_resource_namespace: Annotated[str, BeforeValidator(namespace_name)] = Field(
         "graphcred-system",
         validation_alias=AliasChoices(f"{ENV_PREFIX}CLUSTER_RESOURCE_NAMESPACE", "POD_NAMESPACE"))
+    graph_endpoint: Annotated[str | None, BeforeValidator(lambda v: authority_host(v) if isinstance(v, str) else v)
+                              ] = None
 
     def to_config(self) -> RunConfig:
         return RunConfig(kubeconfig=self.kubeconfig, namespaces=self.namespaces, ca_bundle=self.ca_bundle,
@@ -185,7 +187,8 @@ class RunSettings(BaseSettings):
                          lease_seconds=self.lease_duration, workload_identity=self.workload_identity,
                          workload_identity_authorities=self.workload_identity_authorities,
                          authority_hosts=self.authority_hosts, watch_consumers=self.watch_consumers,
-                         cluster_resource_namespace=self.cluster_resource_namespace)
+                         cluster_resource_namespace=self.cluster_resource_namespace,
+                         graph_endpoint=self.graph_endpoint)
 
 
 # What is allowed, for the errors whose message pydantic writes (a type or a bound): ours, in the user's words.
@@ -208,6 +211,7 @@ FLAGS: Mapping[str, str] = {
     "lease_duration": "--lease-duration", "workload_identity": "--workload-identity",
     "workload_identity_authorities": "--workload-identity-authority", "authority_hosts": "--authority-host",
     "watch_consumers": "--watch-consumers", "cluster_resource_namespace": "--cluster-resource-namespace",
+    "graph_endpoint": "--graph-endpoint",
 }
 
 

@@ -15,6 +15,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 
+from graphcred.acquire.graphkeys import GraphKeys
 from graphcred.acquire.managed import ManagedIdentityTokens
 from graphcred.acquire.tokens import TokenClient
 from graphcred.app.config import RunConfig
@@ -178,7 +179,10 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     reconciler = Reconciler(kube, tokens, events, secrets=directory, run_blocking=run_blocking,
                             token_concurrency=cfg.token_concurrency, metrics=metrics,
                             workload_identity=cfg.workload_identity, authority_hosts=cfg.allowed_authorities,
-                            apps=ClusterApps(cfg.cluster_resource_namespace))
+                            apps=ClusterApps(cfg.cluster_resource_namespace),
+                            graph=GraphKeys(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout),
+                                            graph_hosts=(cfg.graph_endpoint,) if cfg.graph_endpoint else ()),
+                            graph_endpoint=cfg.graph_endpoint)
     controller = Controller(reconciler)
     metrics.track(controller)
     # --watch-consumers: pods reading token Secrets where no refresh reaches them (fed by the pod watch); without

@@ -16,6 +16,7 @@ import binascii
 import datetime as dt
 import json
 import re
+import shlex
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -25,6 +26,7 @@ from graphcred.api.keys import CREDENTIAL_ANNOTATION, CREDENTIAL_EXPIRES_ANNOTAT
 from graphcred.api.model import AUTHORITY_HOSTS, Cloud
 from graphcred.base.times import parse_rfc3339
 from graphcred.consumers.pods import FINISHED_PHASES, containers, secret_volumes, unrefreshable
+from graphcred.reconcile.rotation import NOT_REGISTERED_RETRY, RENEWAL_CONDITION
 
 MAX_EVENTS = 10
 # on a client secret's Secret, the secret's end as Entra gave it (the operator reads it; named here for the hint)
@@ -269,6 +271,57 @@ def _gac_credential_text(view: StatusView, now: dt.datetime) -> list[str]:
     return _credential_lines(credential_facts(view.spec), "", expires, now)
 
 
+def renewal_condition(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The CertificateRenewal condition (certificate.rotation), if any."""
+    for cond in _map(obj.get("status")).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == RENEWAL_CONDITION:
+            return cond
+    return None
+
+
+UNKNOWN_KEY_ID_TEXT = "- (not known: set rotation.keyId, or this key may stay on the app once replaced)"
+
+
+def upload_commands(secret: str, namespace: str, client_id: str) -> list[str]:
+    """The one upload a person makes for a certificate graphcred generated (docs/certificate-rotation.md): the
+    certificate out of its Secret, then onto the app next to its other credentials (--append keeps them)."""
+    return [f"kubectl get secret {shlex.quote(secret)} -n {shlex.quote(namespace)} "
+            "-o jsonpath='{.data.tls\\.crt}' | base64 -d > cert.pem",
+            f"az ad app credential reset --id {shlex.quote(client_id)} --cert @cert.pem --append"]
+
+
+def _certificate_text(view: StatusView, now: dt.datetime) -> list[str]:
+    """status.certificate and the CertificateRenewal condition of a credential with certificate.rotation; when
+    Entra does not know the certificate yet, the commands that upload it."""
+    cert = _map(view.status.get("certificate"))
+    cond = renewal_condition({"status": view.status})
+    if not cert and cond is None:
+        return []
+    lines = ["Certificate:    renewed by graphcred (certificate.rotation)"]
+    if cert:
+        key_id = _str(cert.get("keyId"))
+        lines += [f"  Thumbprint:   {_str(cert.get('thumbprint')) or '-'}",
+                  f"  Not after:    {_when(cert.get('notAfter'), now)}",
+                  f"  Renew at:     {_when(cert.get('renewAt'), now)}",
+                  f"  Key ID:       {key_id or UNKNOWN_KEY_ID_TEXT}"]
+        if cert.get("nextThumbprint"):
+            lines.append(f"  Next:         {_str(cert.get('nextThumbprint'))} (renewal under way)")
+        lines.append(f"  Last renewal: {_when(cert.get('lastRenewalTime'), now)}")
+    if cond is not None:
+        line = f"  Renewal:      {cond.get('status')}, {cond.get('reason')}"
+        if cond.get("lastTransitionTime"):
+            line += f", since {_when(cond.get('lastTransitionTime'), now)}"
+        lines += [line, f"    Message:    {cond.get('message') or '-'}"]
+    if cert.get("pem"):
+        secret = _str(_map(_map(view.spec.get("credential")).get("certificate")).get("name")) or "SECRET"
+        client_id = _str(view.spec.get("clientId")) or "CLIENT_ID"
+        lines += ["  Upload:       Entra does not know this certificate yet. Upload it to the app once:",
+                  *(f"    {command}" for command in upload_commands(secret, view.namespace, client_id)),
+                  f"    (graphcred tries again every {NOT_REGISTERED_RETRY:.0f} s; from then on it renews the "
+                  "certificate itself)"]
+    return lines
+
+
 def _token_text(view: StatusView, now: dt.datetime) -> list[str]:
     status, spec = view.status, view.spec
     roles = status.get("roles") or []
@@ -335,7 +388,8 @@ def _events_text(view: StatusView | AppView, now: dt.datetime) -> list[str]:
 def render_status(view: StatusView, now: dt.datetime) -> str:
     lines = [f"Name:           {view.name}", f"Namespace:      {view.namespace}",
              f"Created:        {_when(view.created, now)}",
-             *_ready_text(view, now), *_app_text(view), *_gac_credential_text(view, now), *_token_text(view, now),
+             *_ready_text(view, now), *_app_text(view), *_gac_credential_text(view, now),
+             *_certificate_text(view, now), *_token_text(view, now),
              *_renew_text(view),
              *_consumers_text(view),
              *_events_text(view, now)]
@@ -363,6 +417,8 @@ def status_json(view: StatusView, now: dt.datetime) -> dict[str, Any]:
         "appRef": view.app,
         "credentialExpiresOn": status.get("credentialExpiresOn"),
         "credentialSecondsLeft": _seconds_until(status.get("credentialExpiresOn"), now),
+        "certificate": dict(_map(status.get("certificate"))) or None,
+        "certificateRenewal": dict(renewal) if (renewal := renewal_condition({"status": status})) else None,
         "renewRequested": view.renew_requested, "lastRenewRequest": status.get("lastRenewRequest"),
         "renewPending": view.renew_pending,
         "unrefreshableConsumers": status.get("unrefreshableConsumers"),

@@ -103,6 +103,8 @@ class Controller:
         # the ClusterGraphApps' status, from how their users' passes end
         self.app_status = AppStatusWriter(reconciler.apps, reconciler.app_outcomes, reconciler.calls,
                                           reconciler.emit)
+        # what the certificate rotator learns reaches the credentials using the Secret through a pass of theirs
+        reconciler.rotator.on_change = lambda owner: self._wake_all((owner,))
 
     def __len__(self) -> int:
         return len(self._workers)
@@ -294,6 +296,7 @@ class Controller:
         worker = self._workers.pop(key, None)
         self.reconciler.metrics.forget(namespace, name)
         self.reconciler.app_outcomes.forget(key)
+        self.reconciler.rotator.untrack(key)
         if worker is not None:
             self._unindex(key)
             if worker.renew_timer is not None and not self._leave_batch(worker):
@@ -305,6 +308,7 @@ class Controller:
         """From the Secret metadata watch. Wakes the objects that read a changed credential Secret (rotation,
         or a missing one appearing) and those whose token Secret was deleted (to write it again)."""
         secret = (namespace, name)
+        self.reconciler.rotator.secret_changed(secret)
         self._credential_changed(self.dependents.saw_secret(secret, resource_version, deleted), resource_version,
                                  deleted)
         if deleted:
@@ -414,6 +418,7 @@ class Controller:
 
     async def stop(self) -> None:
         self._stopping = True
+        await self.reconciler.rotator.stop()
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         self._workers.clear()
         for task in tasks:

@@ -8,6 +8,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphcred.api.model import CertificateRotation
 from graphcred.tokensecret.render import TemplateKeys
 
 
@@ -65,6 +66,8 @@ class ReportMemory:
     # ... and what the pass learnt of the app itself (reason, message): a token, or a failure reading its material or
     # requesting its token; None when the pass ended for the tenant's own reasons before (or without) asking
     app_news: tuple[str, str] | None = None
+    # certificate.rotation: (namespace, Secret, rotation) the rotator looks after for this credential
+    rotation: tuple[str, str, CertificateRotation] | None = None
 
 
 @dataclass

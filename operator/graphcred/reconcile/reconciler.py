@@ -22,19 +22,28 @@ import datetime as dt
 import hashlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from pydantic import ValidationError
 
 from graphcred.acquire.authority import AllowedAuthorities, not_allowed_message
 from graphcred.acquire.breaker import Breaker
-from graphcred.acquire.credentials import ManagedIdentity, Material
+from graphcred.acquire.credentials import Certificate, ManagedIdentity, Material
+from graphcred.acquire.graphkeys import GraphKeys
 from graphcred.acquire.sharing import SharedTokens
-from graphcred.acquire.tokens import Token
+from graphcred.acquire.tokens import AcquisitionError, Token
 from graphcred.api.failures import Failure
-from graphcred.api.model import AppIdentity, GraphAppCredentialSpec, GraphAppCredentialStatus, Reason
+from graphcred.api.model import (
+    AppIdentity,
+    CertificateRotation,
+    Condition,
+    GraphAppCredentialSpec,
+    GraphAppCredentialStatus,
+    Reason,
+)
 from graphcred.base.backoff import backoff
 from graphcred.base.times import parse_rfc3339, rfc3339
 from graphcred.kube.calls import Gone, describe_failure
@@ -59,6 +68,14 @@ from graphcred.reconcile.outcome import spec_error_message
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import EventSink, KubePort, SecretDirectory, TokenPort
 from graphcred.reconcile.reading import MANAGED_IDENTITY_VERSION, CredentialReader
+from graphcred.reconcile.rotation import (
+    NOT_REGISTERED_RETRY,
+    RENEWAL_CONDITION,
+    certificate_status,
+    not_registered,
+    renewal_condition,
+)
+from graphcred.reconcile.rotator import ENTRA_KEY_REFUSED, Rotator
 from graphcred.reconcile.slots import RequestBudget, SlotGate
 from graphcred.reconcile.snapshot import Snapshot, Target
 from graphcred.reconcile.writing import TokenSecretWriter
@@ -161,6 +178,8 @@ class Reconciler:
         secrets: SecretDirectory | None = None,
         apps: ClusterApps | None = None,
         app_outcomes: AppOutcomes | None = None,
+        graph: GraphKeys | None = None,
+        graph_endpoint: str | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         # off: workloadIdentity credentials are refused without reading a ServiceAccount or requesting its token
@@ -183,6 +202,10 @@ class Reconciler:
         # and those the admin allowed (the only ones contacted at all) are no tenant's to slow down, and count per
         # namespace only
         slots = SlotGate(token_concurrency, slot_share, exempt=self.authorities.origins, budget=budget)
+        # certificates with certificate.rotation: generated, renewed in Entra (addKey/removeKey), one task per Secret
+        self.rotator = Rotator(self.calls, lambda *request: tokens.acquire(*request),
+                               graph if graph is not None else GraphKeys(),
+                               graph_endpoint=graph_endpoint, clock=clock)
         self.acquirer = TokenAcquirer(tokens, self.calls, self.reader, slots, Breaker(self._rng),
                                       shared if shared is not None else SharedTokens(),  # an empty one is falsy
                                       self.metrics, clock)
@@ -249,6 +272,7 @@ class Reconciler:
             settled = token_spec(spec, who)  # what the token and the Ready verdict depend on
             asked = _Asked(issued_for, tuple(spec.required_roles))
             mem.credential.secret = identity.credential.secret_name
+            mem.report.rotation = await self._rotation(snap, who)
             # 2. gather
             previous = _upgraded(self._previous(snap, mem), spec, identity, secret_name, issued_for)
             material: Material | None = None
@@ -288,7 +312,7 @@ class Reconciler:
                     return await self._rerendered(snap, mem, previous, secret_name, now)
             log.debug("%s/%s: requesting a token: %s", snap.namespace, snap.name, decision.reason)
             stage = "app"
-            token = await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
+            token = await self._acquire_noting_key(snap, spec, who, mem, previous, material, issued_for, renew)
             stage = ""
             mem.report.app_news = _TOKEN_NEWS  # a token came: the app works (a role a tenant requires is theirs)
             if mem.credential.expiry_read:
@@ -316,6 +340,69 @@ class Reconciler:
             self.app_outcomes.token(mem.report.app, token.issued_at, credential_expiry)
         return await self._issued(snap, mem, spec, secret_name, token, credential_version, renew, issued_for,
                                   settled, decision.reason)
+
+    async def _rotation(self, snap: Snapshot, who: _Identity) -> tuple[str, str, CertificateRotation] | None:
+        """certificate.rotation: the rotator looks after the certificate Secret (and creates it, with a key pair it
+        generates, if it does not exist); the Secret it looks after, for the report."""
+        ref = who.identity.credential.certificate
+        if ref is None or ref.rotation is None or who.app is not None:
+            self.rotator.untrack((snap.namespace, snap.name))
+            return None
+        self.rotator.track((who.namespace, ref.name), (snap.namespace, snap.name), who.identity, ref.rotation,
+                           ref.send_x5c)
+        seen = self.reader.seen(who.namespace, ref.name)
+        if seen is None or seen.version is None:  # absent, or the watch cannot say
+            await self.rotator.ensure_secret(who.namespace, ref, who.identity)
+        return who.namespace, ref.name, ref.rotation
+
+    async def _acquire_noting_key(self, snap: Snapshot, spec: GraphAppCredentialSpec, who: _Identity, mem: Memory,
+                                  previous: GraphAppCredentialStatus, material: Material, issued_for: str,
+                                  renew: bool) -> Token:
+        """`_acquire`; with certificate.rotation, the rotator learns whether Entra accepts the certificate, and a
+        certificate Entra does not know is CertificateNotRegistered, with what to do."""
+        rotation = mem.report.rotation
+        if rotation is None or not isinstance(material, Certificate):
+            return await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
+        key = (rotation[0], rotation[1])
+        thumbprint = material.leaf.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Entra's thumbprint
+        try:
+            token = await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
+        except AcquisitionError as exc:
+            if exc.code != ENTRA_KEY_REFUSED:
+                raise
+            self.rotator.token_outcome(key, thumbprint, accepted=False)
+            raise Failure(Reason.CERTIFICATE_NOT_REGISTERED, not_registered(rotation[1], thumbprint,
+                                                                            who.identity.client_id),
+                          retry=Retry.TRANSIENT, retry_after=NOT_REGISTERED_RETRY) from None
+        self.rotator.token_outcome(key, thumbprint, accepted=True)
+        return token
+
+    def _with_certificate(self, snap: Snapshot, mem: Memory, status: GraphAppCredentialStatus
+                          ) -> GraphAppCredentialStatus:
+        """status.certificate and the CertificateRenewal condition, from what the rotator knows; neither without
+        certificate.rotation. A renewal that starts failing posts a Warning Event; a switch to a renewed
+        certificate a Normal one."""
+        rotation = mem.report.rotation
+        view = self.rotator.view((rotation[0], rotation[1])) if rotation is not None else None
+        others = [c for c in status.conditions if c.type != RENEWAL_CONDITION]
+        if rotation is None or view is None:
+            if rotation is None:
+                return status.model_copy(update={"certificate": None, "conditions": others})
+            return status
+        # compared with what was last written (the object's status after a restart)
+        last = mem.report.last_status if mem.report.last_status is not None else snap.status or {}
+        before = _condition_of(last, RENEWAL_CONDITION)
+        condition = renewal_condition(before, view.outcome, snap.generation, self._clock())
+        certificate = certificate_status(view.state, rotation[2], view.registered)
+        shown = last.get("certificate") if isinstance(last.get("certificate"), dict) else None
+        if (before is None or before.status == "True") and condition.status == "False":
+            self.emit(snap.event_ref(), "Warning", "CertificateRenewalFailed", condition.message)
+        if certificate is not None and shown is not None \
+                and certificate.last_renewal_time not in (None, shown.get("lastRenewalTime")):
+            self.emit(snap.event_ref(), "Normal", "CertificateRenewed",
+                      f"switched to the renewed certificate {certificate.thumbprint} (valid until "
+                      f"{certificate.not_after})")
+        return status.model_copy(update={"certificate": certificate, "conditions": [*others, condition]})
 
     def _unread_credential_version(self, who: _Identity, mem: Memory, previous: GraphAppCredentialStatus,
                                    renew: bool) -> str | None:
@@ -505,7 +592,8 @@ class Reconciler:
         expires = parse_rfc3339(previous.expires_on)
         assert refresh is not None and expires is not None
         self.metrics.report(snap.namespace, snap.name, expires.timestamp(), previous.consecutive_failures)
-        if previous.credential_version != credential_version:
+        # with certificate.rotation also when nothing else changed: the rotator's news is reported by the passes
+        if previous.credential_version != credential_version or mem.report.rotation is not None:
             await self._report(snap, mem, reporting.kept(previous, credential_version))
         elif mem.report.last_status is None:
             log.info("resuming %s/%s: token valid, next refresh at %s", snap.namespace, snap.name, rfc3339(refresh))
@@ -604,6 +692,7 @@ class Reconciler:
         if mem.credential.expiry_read:  # the credential was read: its expiry as it says now (none: not known)
             expires_on = rfc3339(mem.credential.expires) if mem.credential.expires is not None else None
             status = status.model_copy(update={"credential_expires_on": expires_on})
+        status = self._with_certificate(snap, mem, status)
         body = status.to_k8s()
         expires = parse_rfc3339(status.expires_on)
         self.metrics.report(snap.namespace, snap.name, expires.timestamp() if expires else None,
@@ -620,3 +709,13 @@ class Reconciler:
             log.log(logging.INFO if report.ready else logging.WARNING, "%s/%s: %s: %s", snap.namespace, snap.name,
                     event.reason, event.message)
 
+
+
+def _condition_of(status: Mapping[str, Any], kind: str) -> Condition | None:
+    for raw in status.get("conditions") or []:
+        if isinstance(raw, dict) and raw.get("type") == kind:
+            try:
+                return Condition.model_validate(raw)
+            except ValidationError:
+                return None
+    return None

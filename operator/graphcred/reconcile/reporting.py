@@ -182,4 +182,13 @@ def status_patch(before: dict[str, Any] | None, body: dict[str, Any]) -> dict[st
     body = {k: v for k, v in body.items() if k not in WRITTEN_ELSEWHERE}
     if body == before:
         return None
-    return {**{k: None for k in before if k not in body}, **body}
+    return _merge_patch(before, body)
+
+
+def _merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386: nested objects merge, so a key gone from one (status.certificate.pem) must be sent as null too."""
+    patch: dict[str, Any] = {k: None for k in before if k not in after}
+    for key, value in after.items():
+        old = before.get(key)
+        patch[key] = _merge_patch(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return patch

@@ -137,7 +137,15 @@ class _CredentialCollector(Collector):
             "graphcred_credential_expiration_timestamp_seconds", "When (Unix time) the credential itself expires: "
             "its certificate's notAfter, or the graphcred.io/credential-expires-on annotation of its client-secret "
             "Secret; no series where it is not known.", labels=["namespace", "name"])
+        renewal = GaugeMetricFamily(
+            "graphcred_certificate_renewal_failing", "1 while graphcred cannot renew a certificate.rotation "
+            "credential's certificate in Entra (its CertificateRenewal condition is False; the reason is the "
+            "condition's), else 0; no series without certificate.rotation.", labels=["namespace", "name", "reason"])
         for namespace, name, status in sorted(self._statuses(), key=lambda s: (s[0], s[1])):
+            for condition in (status or {}).get("conditions") or []:
+                if isinstance(condition, dict) and condition.get("type") == "CertificateRenewal":
+                    renewal.add_metric([namespace, name, str(condition.get("reason") or "")],
+                                       0.0 if condition.get("status") == "True" else 1.0)
             state, reason = next(iter(ready_states([status])))
             ready.add_metric([namespace, name, reason], 1.0 if state == "True" else 0.0)
             at = _timestamp((status or {}).get("refreshAt"))
@@ -149,6 +157,7 @@ class _CredentialCollector(Collector):
         yield ready
         yield refresh
         yield expiry
+        yield renewal
 
 
 def _timestamp(value: Any) -> float | None:
