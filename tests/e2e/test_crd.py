@@ -115,7 +115,8 @@ def test_a_cluster_app_needs_a_policy_and_may_use_a_managed_identity(bed: Bed) -
     assert result.returncode != 0 and "In and NotIn need values" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("example", ["client-secret.yaml", "certificate.yaml", "pod.yaml", "workload-identity.yaml"])
+@pytest.mark.parametrize("example", ["client-secret.yaml", "certificate.yaml", "pod.yaml", "workload-identity.yaml",
+                                     "certificate-rotation.yaml"])
 def test_examples_are_accepted_by_the_apiserver(bed: Bed, namespace: str, example: str) -> None:
     result = bed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(ROOT / "examples" / example),
                          check=False)
