@@ -456,7 +456,12 @@ class Soak:
         injected (answered), the longest renewal (first addKey -> removeKey)."""
         if not self.rotating.apps:
             return
-        lines, failures, longest, completed = rotation_figures(self.rotating, self.bed.graph.key_calls())
+        calls = self.bed.graph.key_calls()
+        lines, failures, longest, completed = rotation_figures(self.rotating, calls)
+        with contextlib.suppress(OSError):  # Graph's key log, for "when it fails"
+            (self.logdir / "graph-key-calls.txt").write_text("".join(
+                f"{c.time - self.t0:7.1f} s  {c.app_id} {c.op} {c.status} {c.outcome} keyId={c.key_id} "
+                f"thumbprint={c.thumbprint} proof={c.proof_thumbprint}\n" for c in calls))
         self.result.rotation_lines, self.result.rotations = lines, completed
         self.result.graph_failures = failures
         self.result.longest_renewal = longest
