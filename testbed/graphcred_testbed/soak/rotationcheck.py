@@ -176,7 +176,12 @@ class _RotationChecker:
                 continue
             deadline = time.time() + within
             while True:
-                secret = read_secret(rapp.key.namespace, rapp.key.name)
+                try:
+                    secret = read_secret(rapp.key.namespace, rapp.key.name)
+                except Exception as exc:  # noqa: BLE001 - the apiserver did not answer: try again until the deadline
+                    secret, error = None, f"Secret unreadable: {type(exc).__name__}"
+                else:
+                    error = "Secret absent"
                 extra: list[EntraKey] = []
                 if secret is not None:
                     known = self.recorded_unknown.setdefault(rapp.key.ref, set())
@@ -187,7 +192,7 @@ class _RotationChecker:
                     if not extra:
                         break
                 if time.time() > deadline:
-                    self.soak.violation("rotation-orphan", rapp.key.ref, "Secret absent" if secret is None else
+                    self.soak.violation("rotation-orphan", rapp.key.ref, error if secret is None else
                                         f"{len(extra)} key(s) on the app that the Secret does not hold: "
                                         + ", ".join(f"keyId {k.key_id} ({k.thumbprint[:8]})" for k in extra))
                     break
