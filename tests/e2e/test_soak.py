@@ -21,11 +21,14 @@ from graphcred_testbed.soak import SoakConfig, plan_for, run_soak
 # 27-45 s, so each credential refreshes several times and meets several faults.
 # Cluster apps: 2 ClusterGraphApps, 8 appRef credentials in 3 tenant namespaces (relabels, policy edits, an app
 # deleted and created again, its client secret rotated).
+# Rotating certificates: 3 apps whose certificate graphcred renews every 60-80 s (4 credentials: one Secret shared),
+# Graph's addKey/removeKey failing now and then, two answers lost.
 CONFIG = SoakConfig(minutes=3, seed=1, credentials=60, apps=12, tenants=4, namespaces=2, lifetimes=(60, 90),
-                    quiet_seconds=75, cluster_apps=2, cluster_namespaces=3, cluster_credentials=8)
+                    quiet_seconds=75, cluster_apps=2, cluster_namespaces=3, cluster_credentials=8, rotating_apps=3)
 EVERY_KIND = {"throttle_json", "throttle_html", "server_error", "slow", "drop", "garbage", "outage", "discovery_html",
               "apiserver_restart", "leader_kill", "rotation", "partner_churn", "spec_client", "spec_scopes", "spec_rbe",
-              "ns_relabel", "policy_scopes", "policy_selector", "app_recreate", "app_rotation"}
+              "ns_relabel", "policy_scopes", "policy_selector", "app_recreate", "app_rotation", "graph_fail",
+              "graph_lost"}
 
 
 def test_the_schedule_is_seeded_and_has_every_kind_of_fault() -> None:
@@ -49,6 +52,8 @@ def test_fault_soak_keeps_every_invariant(bed: Bed, operator: OperatorProcess, t
     assert result.checks["ready-token"] > 1000 and result.checks["progress"] > 1000, "the checker must have checked"
     assert result.checks["permission"] > 0 and result.checks["app-status"] > 100, "cluster apps too"
     assert result.revocations, "a withdrawn permission must have been seen taking a token away"
+    assert result.checks["rotation-keys"] > 100 and result.checks["rotation-orphan"] >= 3, "rotating certificates too"
+    assert len(result.rotations) == 3 and all(result.rotations.values()), "every certificate must have been renewed"
     assert set(result.faults) == EVERY_KIND, "and the plan must have injected every kind of fault"
     assert result.violations == [], "\n".join(map(str, result.violations[:10]))
 

@@ -23,7 +23,9 @@ the Lease, and reads `graphcred_workers` from the leader's /metrics.
 The package: config (SoakConfig), world (apps, keys, credentials drawn from the seed), plan (the fault schedule),
 faults (the plan's actions on the bed), replicas (the two operator processes, supervised), checker (the invariants),
 result (the figures and violations), run (the soak itself: setup, faults, quiet phase, budgets), apiserver (the
-harness's own client and the apiserver's request counts).
+harness's own client and the apiserver's request counts); cluster and clustercheck (ClusterGraphApps and their
+invariants); rotating and rotationcheck (certificates graphcred renews itself, Graph's key calls failing, and their
+invariants).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from ..hostile import scheduled_refresh
 from .apiserver import _api_client
 from .cluster import RUN_LABEL
 from .clustercheck import _ClusterChecker
+from .rotationcheck import _RotationChecker
 from .world import _Cred
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class _Checker:
         self._dead_streak = 0
         self.workers_gauge_seen = False
         self.cluster = _ClusterChecker(soak)
+        self.rotation = _RotationChecker(soak)
 
     # --- for the main thread -------------------------------------------------------------------------------
     def mark_soak_start(self) -> None:
@@ -219,7 +221,7 @@ class _Checker:
             return False
         self._refresh_issued()
         self._rate(t0)
-        spaces = set(self.soak.namespaces) | set(self.soak.tenant_namespaces)
+        spaces = set(self.soak.namespaces) | set(self.soak.tenant_namespaces) | set(self.soak.rotation_namespaces)
         live = {o["metadata"]["uid"]: o for o in gacs
                 if o["metadata"]["namespace"] in spaces and not o["metadata"].get("deletionTimestamp")}
         tokens: dict[str, tuple[dict[str, Any], str | None]] = {}  # gac uid -> (secret, token)
@@ -237,6 +239,8 @@ class _Checker:
             self.cluster.observe(apps, namespaces, live, t0)
             self.cluster.judge_tokens(live, tokens, t0)
             self.cluster.judge_app_status(live, t0)
+        if self.rotation.enabled:  # the certificate Secrets as listed above, then the issuer's keys
+            self.rotation.judge(secrets, tokens, live, t0)
         ready: dict[str, str] = {}
         for uid, obj in live.items():
             why = self._check_credential(obj, tokens.get(uid), t0)

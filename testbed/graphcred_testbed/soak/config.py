@@ -38,6 +38,9 @@ class SoakConfig:
     cluster_credentials: int = 16
     revoke_grace: float = REVOKE_GRACE  # a token Secret may outlive its permission by this much
     app_status_within: float = 30.0  # a ClusterGraphApp's status.users/permitted match the cluster within this
+    # rotating certificates (rotating.py): apps whose certificate graphcred renews itself every minute or two
+    rotating_apps: int = 3
+    rotation_grace: float = 10.0  # an app may be without a valid key graphcred holds this long (a key replicating)
     # a hostile namespace trying every attack of hostile.py, and the invariants
     # that go with it (refresh lateness, peak RSS, no restart, /healthz within 2 s, no forbidden host reached)
     hostile: bool = False

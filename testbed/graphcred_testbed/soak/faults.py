@@ -21,6 +21,7 @@ from ..pki import self_signed
 from .apiserver import apiserver_requests
 from .cluster import SELECTORS, app_label
 from .plan import PlanItem
+from .rotating import inject
 from .world import _App, _Cred, _Key
 
 if TYPE_CHECKING:
@@ -263,6 +264,13 @@ class _Faults:
         cred = self.soak.creds[p.arg("cred")]
         cred.rbe = f"{cred.app.lifetime - 5}s"
         self._patch_spec(cred, cred.app, {"refreshBeforeExpiry": cred.rbe})
+
+    # --- rotating certificates (rotating.py): Graph's key calls ------------------------------------------------
+    def _do_graph_fail(self, p: PlanItem) -> None:
+        inject(self.soak, p)
+
+    def _do_graph_lost(self, p: PlanItem) -> None:
+        inject(self.soak, p)
 
     # --- cluster apps (cluster.py) -------------------------------------------------------------------------
     def _patch_app(self, index: int) -> None:

@@ -33,13 +33,17 @@ def plan_for(cfg: SoakConfig, issuer: Issuer) -> list[PlanItem]:
     """The fault plan a config (and its seed) gives, without a bed: the same plan for the same config."""
     rng = random.Random(cfg.seed)
     from .cluster import build_cluster, cluster_rng, plan_cluster
+    from .rotating import build_rotating, plan_rotation, rotation_rng
 
     world = _World(cfg, rng, issuer, [f"ns-{i}" for i in range(cfg.namespaces)]).build()
     plan = _Planner(cfg, rng, world.apps, world.creds, world.groups, world.spare).plan()
     tenants = [f"tn-{i}" for i in range(cfg.cluster_namespaces)]
     crng = cluster_rng(cfg)
     cluster = build_cluster(cfg, crng, issuer, tenants, "system", "soak")
-    return sorted(plan + plan_cluster(cfg, crng, cluster, tenants), key=lambda p: p.at)
+    rrng = rotation_rng(cfg)
+    rotating = build_rotating(cfg, rrng, issuer, "rot")
+    return sorted(plan + plan_cluster(cfg, crng, cluster, tenants) + plan_rotation(cfg, rrng, rotating),
+                  key=lambda p: p.at)
 
 class _Planner:
     """Draws the whole fault schedule up front from the seed; targets are indexes into the world's lists."""

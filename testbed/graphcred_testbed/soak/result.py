@@ -59,6 +59,10 @@ class SoakResult:
     revocations: list[float] = field(default_factory=list)  # cluster apps: change -> token Secret gone (seconds)
     restored_first: int = 0  # permission given back before the token Secret was deleted
     cluster_apps: list[str] = field(default_factory=list)  # per cluster app: token requests per refresh
+    rotation_lines: list[str] = field(default_factory=list)  # per rotating certificate Secret: rotations, renewals
+    graph_failures: Counter[str] = field(default_factory=Counter)  # Graph key calls answered an injected failure
+    rotations: Counter[str] = field(default_factory=Counter)  # certificate Secret -> rotations completed
+    longest_renewal: float = 0.0  # seconds from a rotation's first addKey to its removeKey
 
     def report(self) -> str:
         c = self.config
@@ -68,6 +72,7 @@ class SoakResult:
             f"{c.namespaces} namespaces, 2 replicas; "
             + (f"{c.cluster_credentials} appRef credentials over {c.cluster_apps} cluster apps in "
                f"{c.cluster_namespaces} namespaces; " if c.cluster_apps > 0 else "")
+            + (f"{c.rotating_apps} apps with rotating certificates; " if c.rotating_apps > 0 else "")
             + f"duration {self.duration:.0f} s (setup {self.setup_seconds:.0f} s)",
             f"setup: all Ready {_secs(self.setup_ready_seconds)}; faults began at {self.began} (violation times "
             "count from there)",
@@ -100,6 +105,12 @@ class SoakResult:
                          f"s (grace {c.revoke_grace:g} s); given back before the Secret was deleted: "
                          f"{self.restored_first}")
             lines += [f"  {line}" for line in self.cluster_apps]
+        if self.rotation_lines:
+            failures = self.graph_failures
+            lines.append(f"rotating certificates: Graph failures injected (answered) {sum(failures.values())} "
+                         f"({_counts(failures)}); longest renewal (first addKey -> removeKey) "
+                         f"{self.longest_renewal:.1f} s")
+            lines += [f"  {line}" for line in self.rotation_lines]
         if c.hostile:
             probes, failed, slowest = self.healthz
             lines += self.hostile

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ from .faults import _Faults, _Window
 from .plan import PlanItem, _Planner
 from .replicas import _Replicas
 from .result import SoakResult, Violation
+from .rotating import _RotationWorld, allowance, build_rotating, plan_rotation, rotation_figures, rotation_rng, upload
 from .world import _App, _Assignment, _Cred, _Key, _World
 
 
@@ -50,6 +52,10 @@ class Soak:
         self.crng = cluster_rng(cfg)
         self.cluster = _ClusterWorld()
         self.cluster_changes: list[tuple[float, str]] = []  # (wall clock, app client id) of each policy-side change
+        # rotating certificates (rotating.py): their credentials in a namespace of their own
+        self.rotation_namespaces = [f"soak-{self.run_id}-rot"] if cfg.rotating_apps > 0 else []
+        self.rrng = rotation_rng(cfg)
+        self.rotating = _RotationWorld()
         self.result = SoakResult(cfg, logdir)
         self.lock = threading.RLock()
         self.apps: list[_App] = []
@@ -82,12 +88,12 @@ class Soak:
     # --- bookkeeping ---------------------------------------------------------------------------------------
     @property
     def all_creds(self) -> list[_Cred]:
-        """The namespaced credentials (the plan's indexes) and the appRef ones."""
-        return self.creds + self.cluster.creds
+        """The namespaced credentials (the plan's indexes), the appRef ones and the rotating ones."""
+        return self.creds + self.cluster.creds + self.rotating.creds
 
     @property
     def all_apps(self) -> list[_App]:
-        return self.apps + self.spare + [a.app for a in self.cluster.apps]
+        return self.apps + self.spare + [a.app for a in self.cluster.apps] + [a.app for a in self.rotating.apps]
 
     def cluster_changed(self, app: _App) -> None:
         """A relabel, policy edit or deletion/re-creation of a cluster app was accepted by the apiserver."""
@@ -154,6 +160,8 @@ class Soak:
                                      self.resource_namespace, f"soak-{self.run_id}")
         for a in self.cluster.apps:
             self.keys[a.key.ref] = a.key
+        # their certificate Secrets are graphcred's to create: not in self.keys (the harness never writes them)
+        self.rotating = build_rotating(self.cfg, self.rrng, self.bed.issuer, next(iter(self.rotation_namespaces), ""))
         self.by_ref = {c.ref: c for c in self.all_creds}
 
     def manifest(self, cred: _Cred) -> dict[str, Any]:
@@ -164,6 +172,8 @@ class Soak:
                     "spec": app_spec}
         ref = {"clientSecret": {"name": cred.key.name}} if cred.key.kind == "secret" else {
             "certificate": {"name": cred.key.name}}
+        if cred.rotating is not None:
+            ref = self.rotating.apps[cred.rotating].credential()
         spec: dict[str, Any] = {"tenantId": cred.app.tenant, "clientId": cred.app.client_id,
                                 "authorityHost": self.bed.authority_host, "credential": ref,
                                 "scopes": [f"{cred.resource}/.default"]}
@@ -174,7 +184,7 @@ class Soak:
         return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": cred.name}, "spec": spec}
 
     def _spaces(self) -> list[str]:
-        return [*self.namespaces, self.lease_namespace, *self.tenant_namespaces] + (
+        return [*self.namespaces, self.lease_namespace, *self.tenant_namespaces, *self.rotation_namespaces] + (
             [self.hostile_namespace] if self.cfg.hostile else [])
 
     def create_objects(self) -> None:
@@ -204,8 +214,8 @@ class Soak:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.build_world()
         plan = _Planner(self.cfg, self.rng, self.apps, self.creds, self.groups, self.spare).plan()
-        plan = sorted(plan + plan_cluster(self.cfg, self.crng, self.cluster, self.tenant_namespaces),
-                      key=lambda p: p.at)
+        plan = sorted(plan + plan_cluster(self.cfg, self.crng, self.cluster, self.tenant_namespaces)
+                      + plan_rotation(self.cfg, self.rrng, self.rotating), key=lambda p: p.at)
         self._write_plan(plan)
         cluster_args = [f"--cluster-resource-namespace={self.resource_namespace}"] if self.cluster.apps else []
         self.replicas = _Replicas(self.bed, self.logdir, self.cfg, self.lease_namespace, *cluster_args,
@@ -223,6 +233,7 @@ class Soak:
                        threading.Thread(target=self._guard(self._monitor_loop), name="soak-monitor", daemon=True)]
             for t in threads:
                 t.start()
+            upload(self)  # the rotating certificates' one upload, as a person does it
             self._await_setup()
             self.result.setup_seconds = time.monotonic() - started
             self._begin()
@@ -304,6 +315,12 @@ class Soak:
             lines += [f"  {i}: {ns} {self.cluster.labels[ns]}" for i, ns in enumerate(self.tenant_namespaces)]
             lines.append("appRef credentials (namespace/name, cluster app, resource):")
             lines += [f"  {c.ref} app {c.cluster} {c.resource}" for c in self.cluster.creds]
+        if self.rotating.apps:
+            lines.append("rotating certificates (index: Secret, client id, object id, validity, renewBefore, "
+                         "replication delay, reads itself, credentials):")
+            lines += [f"  {a.index}: {a.key.ref} {a.app.client_id} {a.app.app.object_id} {a.validity} "
+                      f"{a.renew_before} {a.replication_delay:g} s {a.reads_itself} "
+                      + " ".join(c.ref for c in a.creds) for a in self.rotating.apps]
         (self.logdir / "plan.txt").write_text("\n".join(lines) + "\n")
 
     def _await_setup(self) -> None:
@@ -354,6 +371,7 @@ class Soak:
     # --- quiet phase and figures ---------------------------------------------------------------------------
     def _quiet(self) -> None:
         self.bed.issuer.heal()
+        self.bed.graph.heal()  # Graph failures injected and not yet answered
         if self.hostile is not None:
             self.hostile.throttle()  # the attacker's fault, not the plan's: it stays
         now = time.time()
@@ -383,6 +401,18 @@ class Soak:
         end = self.t0 + self.cfg.minutes * 60
         while time.time() < end:
             time.sleep(min(1.0, max(end - time.time(), 0.0)))
+        if self.rotating.apps:  # once quiet: no key on a rotating app that graphcred does not hold
+            self.checker.rotation.final(self._read_secret)
+
+    def _read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            resp = self.core.read_namespaced_secret(name, namespace, _preload_content=False, _request_timeout=10)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        found: dict[str, Any] = json.loads(resp.data)  # type: ignore[arg-type]
+        return found
 
     def _finish(self) -> None:
         if self.checker.gc_waits:
@@ -419,6 +449,22 @@ class Soak:
         self.result.takeovers = self.checker.takeovers
         self._bounds()
         self._cluster_figures()
+        self._rotation_figures()
+
+    def _rotation_figures(self) -> None:
+        """Rotations completed per certificate Secret (removeKey that removed the key it replaced), Graph failures
+        injected (answered), the longest renewal (first addKey -> removeKey)."""
+        if not self.rotating.apps:
+            return
+        calls = self.bed.graph.key_calls()
+        lines, failures, longest, completed = rotation_figures(self.rotating, calls)
+        with contextlib.suppress(OSError):  # Graph's key log, for "when it fails"
+            (self.logdir / "graph-key-calls.txt").write_text("".join(
+                f"{c.time - self.t0:7.1f} s  {c.app_id} {c.op} {c.status} {c.outcome} keyId={c.key_id} "
+                f"thumbprint={c.thumbprint} proof={c.proof_thumbprint}\n" for c in calls))
+        self.result.rotation_lines, self.result.rotations = lines, completed
+        self.result.graph_failures = failures
+        self.result.longest_renewal = longest
 
     def _cluster_figures(self) -> None:
         """Revocations timed by the checker; each cluster app's token requests per refresh period (its users with
@@ -456,6 +502,11 @@ class Soak:
             # Secret writes: only a new token is written, so failed attempts write nothing: each refresh due, one
             # success after each fault, one after each restart
             writes_budget += refreshes + hits + restarts + changes
+        # rotating certificates: their renewals' own token requests and writes (rotating.allowance)
+        extra = allowance(self.rotating, [c for c in self.bed.graph.key_calls() if c.time >= self.t0], now - self.t0)
+        for client_id, (more_requests, more_writes, _) in extra.items():
+            requests_budget[client_id] = requests_budget.get(client_id, 0.0) + more_requests
+            writes_budget += more_writes
         total_requests = 0
         for app in self.all_apps:
             n = self.bed.issuer.token_requests(app.client_id) - self.base_requests.get(app.client_id, 0)
@@ -474,7 +525,7 @@ class Soak:
         status_writes = counts["graphappcredentials/status PATCH"] + counts["graphappcredentials/status PUT"]
         # a replace that meets a conflict is retried once: twice the writes; each pass patches status once
         secret_bound = 2 * writes_budget + 2 * len(self.all_creds)
-        status_bound = sum(requests_budget.values()) + 5 * len(self.all_creds)
+        status_bound = sum(requests_budget.values()) + 5 * len(self.all_creds) + sum(e[2] for e in extra.values())
         if self.hostile is not None:  # the attacker's own objects, budgeted like a victim's (hostile.py)
             hostile_secrets, hostile_status = self.hostile.write_allowance()
             secret_bound += 2 * hostile_secrets

@@ -76,6 +76,7 @@ class _Cred:
     group: int | None = None  # sharing group (same key as its partners)
     require_roles: bool = False  # spec.requiredRoles: [Mail.Read] (granted): a spec change that keeps the token
     cluster: int | None = None  # index of the ClusterGraphApp it names in spec.appRef (cluster.py); key is its secret
+    rotating: int | None = None  # index of its rotating app (rotating.py); key is the Secret graphcred generates
     apps_ever: set[str] = field(default_factory=set)
     tenants_ever: set[str] = field(default_factory=set)
 
