@@ -52,6 +52,7 @@ class Store:
         self.version = 1
         self.conflicts = 0
         self.patches: list[dict[str, Any]] = []
+        self.created: list[tuple[str, str]] = []
 
     def put(self, name: str, cert_pem: bytes, key_pem: bytes) -> None:
         self.secrets[("ns", name)] = {
@@ -84,7 +85,14 @@ class Store:
         return str(self.version)
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> str:
-        raise AssertionError("not in these tests")
+        key = (namespace, body["metadata"]["name"])
+        if key in self.secrets:
+            raise Conflict("create Secret", 409, "AlreadyExists")
+        self.version += 1
+        self.secrets[key] = {**copy.deepcopy(body), "metadata": {**copy.deepcopy(body["metadata"]),
+                                                                "resourceVersion": str(self.version)}}
+        self.created.append(key)
+        return str(self.version)
 
 
 class Graph:
@@ -280,3 +288,41 @@ def test_a_failing_step_does_not_flip_its_condition_on_every_retry(monkeypatch: 
 
 def _switched(rig: Rig) -> bool:
     return "graphcred.io/renewed-at" in rig.store.secrets[KEY]["metadata"]["annotations"]
+
+
+def test_a_missing_certificate_secret_is_created_by_its_rotation_task_not_by_a_pass() -> None:
+    """The pass generated the key pair itself (behind the one key generation slot every tenant shares), holding a
+    pass slot meanwhile: a tenant's many missing Secrets delayed every tenant's refreshes."""
+    async def scenario(rig: Rig) -> None:
+        del rig.store.secrets[KEY]
+        rig.rotator.track(KEY, ("ns", "a"), _identity(), _rotation(), False)  # all a pass does
+        await _until(lambda: rig.store.created, timeout=10)
+        created = rig.store.secrets[KEY]
+        assert created["type"] == "kubernetes.io/tls"
+        assert created["metadata"]["labels"][ROTATION_LABEL] == ROTATION_ENABLED
+        assert {"tls.crt", "tls.key"} <= set(created["data"])
+
+    _run(scenario)
+
+
+def test_a_removal_that_keeps_failing_gives_way_to_renewing_a_due_certificate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """removeKey of the previous key failing for good (the record names a key Graph will not remove) blocked every
+    later step: the current certificate, due itself, was never renewed and expired."""
+    from graphcred.acquire.graphkeys import KeyCallFailed
+
+    async def scenario(rig: Rig) -> None:
+        def refused(*args: Any) -> bool:
+            raise KeyCallFailed("removeKey", 403, "Authorization_RequestDenied", "no", transient=False)
+
+        monkeypatch.setattr(rig.graph, "remove_key", refused)
+        monkeypatch.setattr("graphcred.reconcile.rotator.FIRST_RETRY", 0.05)
+        notes = rig.store.secrets[KEY]["metadata"]["annotations"]
+        notes.update({"graphcred.io/previous-key-id": str(uuid.uuid4()), "graphcred.io/previous-thumbprint": "AB" * 20,
+                      "graphcred.io/renewed-at": "2026-01-01T00:00:00Z"})  # long ago: no grace left
+        rig.rotator.track(KEY, ("ns", "a"), _identity(), _rotation(), False)
+        _accepted(rig)
+        await _until(lambda: "next.crt" in rig.store.secrets[KEY]["data"], timeout=10)
+        assert "graphcred.io/previous-key-id" not in rig.store.secrets[KEY]["metadata"]["annotations"]
+
+    _run(scenario)
