@@ -317,3 +317,30 @@ def test_another_tool_applies_its_own_condition_beside_ready(bed: Bed, namespace
     assert result.returncode == 0, result.stderr
     conditions = json.loads(result.stdout)["status"]["conditions"]
     assert sorted(c["type"] for c in conditions) == ["Ready", "example.com/Audited"]
+
+
+@pytest.mark.parametrize(("rotation", "message"), [
+    ({"validity": "1m"}, "validity must be between 2m and 17520h"),
+    ({"validity": "20000h"}, "validity must be between 2m and 17520h"),
+    ({"validity": "1h", "renewBefore": "30s"}, "renewBefore must be at least 1m and shorter than validity"),
+    ({"validity": "1h", "renewBefore": "2h"}, "renewBefore must be at least 1m and shorter than validity"),
+    ({"renewBefore": "3000h"}, "renewBefore must be at least 1m and shorter than validity"),  # the default: 2160h
+])
+def test_a_rotation_out_of_bounds_is_refused_by_the_apiserver(bed: Bed, namespace: str, rotation: dict[str, Any],
+                                                              message: str) -> None:
+    credential = {"certificate": {"name": "cert", "rotation": {"objectId": str(uuid.uuid4()), **rotation}}}
+    result = bed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                         input=json.dumps(_manifest(credential=credential)), check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_a_cluster_app_may_not_rotate_its_certificate_yet(bed: Bed) -> None:
+    app: dict[str, Any] = {"apiVersion": "graphcred.io/v1alpha1", "kind": "ClusterGraphApp",
+                           "metadata": {"name": "rotating"},
+                           "spec": {"tenantId": str(uuid.uuid4()), "clientId": str(uuid.uuid4()),
+                                    "credential": {"certificate": {"name": "c", "rotation": {
+                                        "objectId": str(uuid.uuid4())}}},
+                                    "policy": {"namespaceSelector": {},
+                                               "allowedScopes": ["https://graph.microsoft.com/.default"]}}}
+    result = bed.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(app), check=False)
+    assert result.returncode != 0 and "not supported on a ClusterGraphApp yet" in result.stderr, result.stderr

@@ -84,10 +84,15 @@ class CertificateRotation(_Strict):
     """graphcred generates the certificate's key pair (it never leaves the cluster) and renews it in Entra itself,
     with Microsoft Graph addKey and removeKey (docs/certificate-rotation.md)."""
 
-    model_config = ConfigDict(json_schema_extra=_cel(
-        "!has(self.renewBefore) || (duration(self.renewBefore) >= duration('1m') && duration(self.renewBefore) < "
-        f"duration(has(self.validity) ? self.validity : '{DEFAULT_ROTATION_VALIDITY}'))",
-        "renewBefore must be at least 1m and shorter than validity"))
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!has(self.validity) || (duration(self.validity) >= duration('2m') && duration(self.validity) <= "
+                 "duration('17520h'))",
+         "message": "validity must be between 2m and 17520h"},
+        {"rule": "!has(self.renewBefore) || (duration(self.renewBefore) >= duration('1m') && "
+                 "duration(self.renewBefore) < duration(has(self.validity) ? self.validity : "
+                 f"'{DEFAULT_ROTATION_VALIDITY}'))",
+         "message": "renewBefore must be at least 1m and shorter than validity"},
+    ]})
 
     object_id: str = Field(alias="objectId", pattern=GUID_PATTERN,
                            description="Object ID of the app registration (not its client ID): az ad app show --id "

@@ -83,6 +83,7 @@ from graphcred.telemetry.metrics import Metrics
 from graphcred.tokensecret.render import stored_expiry
 
 log = logging.getLogger(__name__)
+GENERATING_RETRY = 5.0  # seconds: the Secret's creation wakes the pass anyway; this is the fallback
 
 
 def token_spec(spec: GraphAppCredentialSpec, who: _Identity) -> str:
@@ -331,6 +332,11 @@ class Reconciler:
                       "created" if existing is None else "updated")
             await self.writer.remove_old(snap, previous.secret_name, secret_name)
         except Failure as outcome:
+            if mem.report.rotation is not None and outcome.reason == Reason.CREDENTIAL_NOT_FOUND:
+                secret = mem.report.rotation[1]
+                self.rotator.secret_changed((mem.report.rotation[0], secret))
+                outcome = Failure(Reason.PENDING, f"graphcred is generating a key pair for Secret {secret} "
+                                  "(certificate.rotation)", retry=Retry.TRANSIENT, retry_after=GENERATING_RETRY)
             if who is not None and who.app is not None:
                 if stage == "app":
                     mem.report.app_news = (outcome.reason.value, outcome.message)
@@ -348,11 +354,9 @@ class Reconciler:
         if ref is None or ref.rotation is None or who.app is not None:
             self.rotator.untrack((snap.namespace, snap.name))
             return None
+        # the rotator's task also creates the Secret if it does not exist (not this pass: key generation waits)
         self.rotator.track((who.namespace, ref.name), (snap.namespace, snap.name), who.identity, ref.rotation,
                            ref.send_x5c)
-        seen = self.reader.seen(who.namespace, ref.name)
-        if seen is None or seen.version is None:  # absent, or the watch cannot say
-            await self.rotator.ensure_secret(who.namespace, ref, who.identity)
         return who.namespace, ref.name, ref.rotation
 
     async def _acquire_noting_key(self, snap: Snapshot, spec: GraphAppCredentialSpec, who: _Identity, mem: Memory,
@@ -371,9 +375,11 @@ class Reconciler:
             if exc.code != ENTRA_KEY_REFUSED:
                 raise
             self.rotator.token_outcome(key, thumbprint, accepted=False)
+            # polled: the upload happens in Entra, unseen; every 30 s at first, then less often (5 min at most)
+            wait = min(NOT_REGISTERED_RETRY * 2 ** min(mem.report.failures // 4, 4), 300.0)
             raise Failure(Reason.CERTIFICATE_NOT_REGISTERED, not_registered(rotation[1], thumbprint,
                                                                             who.identity.client_id),
-                          retry=Retry.TRANSIENT, retry_after=NOT_REGISTERED_RETRY) from None
+                          retry=Retry.TRANSIENT, retry_after=wait) from None
         self.rotator.token_outcome(key, thumbprint, accepted=True)
         return token
 

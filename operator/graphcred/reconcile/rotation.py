@@ -209,4 +209,5 @@ def not_registered(secret: str, thumbprint: str, client_id: str) -> str:
     return (f"Entra does not know certificate {thumbprint} of Secret {secret} (yet): upload it to app {client_id} "
             f"once: kubectl get secret {secret} -o jsonpath='{{.data.tls\\.crt}}' | base64 -d > cert.pem && "
             f"az ad app credential reset --id {client_id} --cert @cert.pem --append (graphcred status prints it "
-            f"too); graphcred tries again every {NOT_REGISTERED_RETRY:.0f} s and renews it by itself from then on")
+            f"too); graphcred tries again by itself (every {NOT_REGISTERED_RETRY:.0f} s at first, less often "
+            f"later; graphcred renew tries at once) and renews it by itself from then on")

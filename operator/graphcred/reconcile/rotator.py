@@ -48,7 +48,7 @@ from graphcred.api.model import AppIdentity, CertificateRef, CertificateRotation
 from graphcred.base.times import parse_rfc3339, rfc3339
 from graphcred.kube.errors import Conflict, KubeError
 from graphcred.reconcile.calls import KubeCalls
-from graphcred.reconcile.rotation import KeyState, Outcome, Step, plan, scheduled
+from graphcred.reconcile.rotation import KeyState, Outcome, Step, plan, renew_at, scheduled
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class Rotator:
         self.on_change = on_change
         self._clock = clock
         self._jobs: dict[Key, _Job] = {}
+        self._owned: dict[Owner, Key] = {}  # the Secret each credential rotates (untracked on every other pass)
         self._generate = asyncio.Semaphore(1)  # key pairs cost CPU: one at a time
         self._stopping = False
 
@@ -141,13 +142,16 @@ class Rotator:
         self._detach(owner)
 
     def _detach(self, owner: Owner, keep: Key | None = None) -> None:
-        for key in [k for k, job in self._jobs.items() if owner in job.specs and k != keep]:
-            job = self._jobs[key]
-            del job.specs[owner]
-            if not job.specs:
-                if job.task is not None:
-                    job.task.cancel()
-                del self._jobs[key]
+        key = self._owned.pop(owner, None)
+        if keep is not None:
+            self._owned[owner] = keep
+        if key is None or key == keep or (job := self._jobs.get(key)) is None:
+            return
+        job.specs.pop(owner, None)
+        if not job.specs:
+            if job.task is not None:
+                job.task.cancel()
+            del self._jobs[key]
 
     def secret_changed(self, key: Key) -> None:
         """The Secret watch saw a new version: look again (someone else may have changed it)."""
@@ -169,25 +173,23 @@ class Rotator:
             return None
         return View(job.state, job.outcome, _accepted(job))
 
-    async def ensure_secret(self, namespace: str, ref: CertificateRef, identity: AppIdentity) -> bool:
-        """Create the certificate Secret with a key pair graphcred generates, if it does not exist: the private key
-        never leaves the cluster. True if it was created now (a person must upload its certificate once)."""
-        assert ref.rotation is not None
-        if await self.calls("read Secret", self.calls.kube.read_secret, namespace, ref.name) is not None:
-            return False
-        now = self._clock()
-        pair = await self._new_pair(identity, ref.rotation, now)
+    async def _create(self, key: Key, job: _Job) -> bool:
+        """Create the certificate Secret with a key pair graphcred generates: the private key never leaves the
+        cluster. In the Secret's own task, never in a pass: a tenant's many missing Secrets wait for key generation
+        here, not in the pass slots every tenant shares. True if it was created now."""
+        namespace, name = key
+        pair = await self._new_pair(job.identity, job.rotation, self._clock())
         body = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                "metadata": {"name": ref.name, "namespace": namespace,
+                "metadata": {"name": name, "namespace": namespace,
                              "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROTATION_LABEL: ROTATION_ENABLED},
                              "annotations": {GENERATED_BY_ANNOTATION: MANAGED_BY}},
                 "data": {"tls.crt": _b64(pair.cert_pem), "tls.key": _b64(pair.key_pem)}}
         try:
             await self.calls("create Secret", self.calls.kube.create_secret, namespace, body)
         except Conflict:
-            return False  # created meanwhile (another credential sharing it, or a person): theirs stands
-        log.info("%s/%s: generated a key pair; certificate %s must be uploaded to app %s once", namespace, ref.name,
-                 pair.thumbprint, identity.client_id)
+            return False  # created meanwhile (a person): theirs stands
+        log.info("%s/%s: generated a key pair; certificate %s must be uploaded to app %s once", namespace, name,
+                 pair.thumbprint, job.identity.client_id)
         return True
 
     async def stop(self) -> None:
@@ -197,6 +199,7 @@ class Rotator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._jobs.clear()
+        self._owned.clear()
 
     # --- the task ---------------------------------------------------------------------------------------------
     async def _run(self, key: Key, job: _Job) -> None:
@@ -227,7 +230,11 @@ class Rotator:
             return self._failed(key, job, StepFailed(f"cannot read Secret {name}: {exc}"))
         if secret is None:
             job.state = None
-            return None
+            try:
+                await self._create(key, job)
+            except KubeError as exc:
+                return self._failed(key, job, StepFailed(f"cannot create Secret {name}: {exc}"))
+            return 0.0
         state = job.state = KeyState.of(secret, job.rotation)
         labels = (secret.get("metadata") or {}).get("labels") or {}
         if labels.get(ROTATION_LABEL) != ROTATION_ENABLED:
@@ -267,6 +274,17 @@ class Rotator:
                 return None
         if step.step is Step.REMOVE and (wait := _grace_left(state, job.rotation, now)) > 0:
             return wait  # the old key stays a moment: consumers of the Secret and Entra's replicas catch up
+        due = renew_at(state, job.rotation)
+        if step.step is Step.REMOVE and job.failures and due is not None and now >= due:
+            # removeKey kept failing until the current certificate is due itself: renewing it matters more; the
+            # old key stays on the app (it expires there) and the log says which
+            log.warning("%s/%s: removeKey of the previous certificate %s kept failing; left on the app (keyId %s) "
+                        "to renew the current one", namespace, name, state.previous_thumbprint,
+                        state.previous_key_id)
+            with contextlib.suppress(KubeError):  # a Conflict or a failure: the next turn looks again
+                await self._patch(key, state, notes={PREVIOUS_KEY_ID_ANNOTATION: None,
+                                                     PREVIOUS_THUMBPRINT_ANNOTATION: None})
+            return 0.0
         try:
             await self._do(step.step, key, job, state)
         except StepFailed as failed:
