@@ -106,9 +106,9 @@ class CertificateRotation(_Strict):
                                      "renewing it (default: a third of validity). Shorter than validity.")
     key_id: str | None = Field(default=None, alias="keyId", pattern=GUID_PATTERN,
                                description="keyId in Entra of the certificate a person uploaded (az ad app "
-                               "credential reset prints it, and so does az ad app credential list), so that "
+                               "credential list --id CLIENT_ID --cert shows it), so that "
                                "graphcred can remove it once it has renewed it. Without it that first key stays on "
-                               "the app (status says so); keys graphcred added itself need none.")
+                               "the app (the operator's log names it); keys graphcred added itself need none.")
 
     @model_validator(mode="after")
     def _renew_inside_validity(self) -> Self:
