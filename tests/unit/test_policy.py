@@ -89,6 +89,18 @@ def test_a_transient_retry_is_never_put_off_past_the_last_good_tokens_expiry() -
     assert policy.retry_delay(Retry.TRANSIENT, 7, 90.0, T0, T0 + dt.timedelta(seconds=32), rng) == 90.0
 
 
+def test_transient_retries_leave_several_tries_before_the_last_good_token_expires() -> None:
+    """Fault soak (seed 1): an authority outage made a credential fail five times in a row; the sixth try came 32 s
+    later, 10 s before its token expired, and met an apiserver restart: the token expired. However many failures
+    came before, the next try now leaves two thirds of what is left of the token's life for the tries after it."""
+    for seed in range(20):
+        rng = random.Random(seed)
+        for failures in (1, 5, 9, 30):
+            for left in (2.0, 10.0, 41.0, 600.0, 3000.0):
+                delay = policy.retry_delay(Retry.TRANSIENT, failures, None, T0, T0 + dt.timedelta(seconds=left), rng)
+                assert delay is not None and delay <= max(left / 3, 1.0), (seed, failures, left, delay)
+
+
 def test_backoff_after_days_of_failures_stays_at_its_cap() -> None:
     # 2 ** failures overflowed a float after ~1,024 failures in a row (3.5 days at the 300 s cap): the pass that
     # reports the failure raised instead, and so did its error report, and the worker died.

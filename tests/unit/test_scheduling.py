@@ -4,6 +4,7 @@ in-memory I/O ports and a fake clock (the bed tests cover the same paths end to 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 import time
 import uuid
@@ -288,6 +289,30 @@ def test_an_apiserver_outage_is_reported_but_logged_as_a_warning(caplog: Any) ->
         run(scenario)
     failed = [r for r in caplog.records if "reconcile failed" in r.getMessage()]
     assert failed and all(r.levelname == "WARNING" for r in failed)
+
+
+def test_a_failure_that_cannot_even_be_reported_retries_before_the_last_token_expires() -> None:
+    """Found by the 3-minute soak: an apiserver restart while the authority had just been down. The pass failed on
+    reading the Secret, reporting the failure failed too, and the fallback retried after the plain backoff (32 s
+    after five failures) without regard to the token in the Secret: it expired 23 s before the next attempt. The
+    retry now comes before the last good token expires, as every reported failure's does."""
+    rig = Rig()
+    snap = Snapshot.of(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+    expires = rig.clock() + dt.timedelta(seconds=20)
+    snap.status["expiresOn"] = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def down(namespace: str, name: str, status: dict[str, Any]) -> None:
+        raise NoAnswer("patch GraphAppCredential status", None, "MaxRetryError")
+
+    rig.kube.patch_status = down  # type: ignore[method-assign]
+    mem = Memory()
+    mem.report.failures = 5
+
+    async def scenario() -> None:
+        delay = await rig.reconciler.internal_error(snap, mem, NoAnswer("read Secret", None, "MaxRetryError"))
+        assert delay < 20, f"the next attempt in {delay:.0f} s, after the last token expires (in 20 s)"
+
+    run(scenario)
 
 
 # --- found in review: seams between the fixes ------------------------------------------------------------------

@@ -20,6 +20,8 @@ MISSING_ROLES_RETRY = (10.0, 300.0)  # consent is granted by a human: look again
 # new secrets with a delay and people fix apps in Entra without touching the cluster.
 NEEDS_USER_RETRY = (300.0, 900.0, 3600.0)
 LAST_CHANCE_BEFORE_EXPIRY = 120.0  # one more try this long before the last good token expires
+# while the last good token is valid, transient retries come at least this many times in what is left of its life
+TRIES_BEFORE_EXPIRY = 3
 EXPIRED_RETRY = 30.0  # once the token is gone, transient retries at least this often: notice a returning endpoint
 
 
@@ -58,10 +60,12 @@ def retry_delay(retry: Retry, failures: int, retry_after: float | None, now: dt.
     delay = backoff(failures, None, rng)
     if remaining <= 0:
         delay = min(delay, EXPIRED_RETRY * (0.5 + 0.5 * rng.random()))
-    elif delay >= remaining:
+    elif delay > remaining / TRIES_BEFORE_EXPIRY:
         # a long backoff must not carry the next try past the last good token's expiry (seen in the hostile
-        # soak: 93 s after a failure with 32 s of the token left): try once more while it is still valid
-        delay = max(remaining / 2, 1.0)
+        # soak: 93 s after a failure with 32 s of the token left), nor leave a single try just before it, which
+        # one more fault then defeats (the fault soak: an authority outage, then an apiserver restart during the
+        # one try left 10 s before expiry): the closer the expiry, the more often
+        delay = max(remaining / TRIES_BEFORE_EXPIRY, 1.0)
     return max(delay, min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 

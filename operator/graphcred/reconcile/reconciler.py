@@ -44,7 +44,6 @@ from graphcred.api.model import (
     GraphAppCredentialStatus,
     Reason,
 )
-from graphcred.base.backoff import backoff
 from graphcred.base.times import parse_rfc3339, rfc3339
 from graphcred.kube.calls import Gone, describe_failure
 from graphcred.kube.errors import KubeError
@@ -483,7 +482,16 @@ class Reconciler:
             log.debug("%s/%s: could not report the failure (%s)", snap.namespace, snap.name,
                       type(report_exc).__name__)
             delay = None
-        return delay if delay is not None else backoff(mem.report.failures, None, self._rng)
+        if delay is not None:
+            return delay
+        # not even reported (the apiserver is what fails): the schedule of a reported failure all the same, which
+        # brings the next attempt before the last good token in the Secret expires
+        now = self._clock()
+        expires = parse_rfc3339(self._previous(snap, mem).expires_on)
+        retry = policy.retry_delay(Retry.TRANSIENT, max(mem.report.failures, 1), None, now,
+                                   expires if expires is not None and expires > now else None, self._rng)
+        assert retry is not None  # a transient failure always has a next attempt
+        return retry
 
     def _parse_spec(self, snap: Snapshot) -> GraphAppCredentialSpec:
         try:
