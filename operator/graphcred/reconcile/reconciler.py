@@ -67,6 +67,7 @@ from graphcred.reconcile.outcome import spec_error_message
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import EventSink, KubePort, SecretDirectory, TokenPort
 from graphcred.reconcile.reading import MANAGED_IDENTITY_VERSION, CredentialReader
+from graphcred.reconcile.restarter import Restarter
 from graphcred.reconcile.rotation import (
     NOT_REGISTERED_RETRY,
     RENEWAL_CONDITION,
@@ -206,6 +207,8 @@ class Reconciler:
         self.rotator = Rotator(self.calls, lambda *request: tokens.acquire(*request),
                                graph if graph is not None else GraphKeys(),
                                graph_endpoint=graph_endpoint, clock=clock)
+        # restart targets: workloads restarted once for each new token (spec.restartTargets)
+        self.restarter = Restarter(kube, self.calls.blocking, emit, self.metrics, clock, self._rng)
         self.acquirer = TokenAcquirer(tokens, self.calls, self.reader, slots, Breaker(self._rng),
                                       shared if shared is not None else SharedTokens(),  # an empty one is falsy
                                       self.metrics, clock)
@@ -233,7 +236,19 @@ class Reconciler:
         async with contextlib.AsyncExitStack() as held:  # the credential Secret read, shared while the pass runs
             delay = await self._pass(snap, mem, held)
         self._tell_app(snap, mem)
+        self._tell_restarter(snap, mem)
         return delay
+
+    def _tell_restarter(self, snap: Snapshot, mem: Memory) -> None:
+        """The credential's restart targets and the token its Secret now holds (known by its lastRefreshTime): the
+        restarter restarts them once for each new token, and for nothing else."""
+        spec = _validated(snap.spec)
+        status = mem.report.last_status if mem.report.last_status is not None else snap.status
+        token_time = status.get("lastRefreshTime") if status.get("expiresOn") else None
+        named = [(t.kind.value, t.name) for t in spec.restart_targets] if spec is not None else []
+        self.restarter.track((snap.namespace, snap.name), snap.event_ref(), snap.status, named,
+                             spec is not None and spec.restart_unrefreshable,
+                             token_time if isinstance(token_time, str) else None)
 
     def _tell_app(self, snap: Snapshot, mem: Memory) -> None:
         """How the pass ended, for the status of the ClusterGraphApp it named (if any): every end, a kept token's
