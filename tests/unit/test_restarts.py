@@ -267,6 +267,7 @@ def test_restart_unrefreshable_restarts_the_deployment_behind_a_flagged_pods_rep
     rig.kube.add("ReplicaSet", "web-5d8f", {"metadata": {"name": "web-5d8f", "ownerReferences": [
         {"kind": "Deployment", "name": "web", "controller": True}]}})
     rig.restarter.unrefreshable = lambda key: {"ReplicaSet/web-5d8f", "Job/once"}
+    rig.restarter.watching = True
 
     async def scenario() -> None:
         rig.track(T1, named=[], unrefreshable=True)
@@ -277,6 +278,20 @@ def test_restart_unrefreshable_restarts_the_deployment_behind_a_flagged_pods_rep
         assert rig.kube.patches == [("Deployment", "web")]
         rig.track(T2, named=[], unrefreshable=False)  # turned off: its record goes
         await until(lambda: rig.kube.status.get("restarts") is None, "the record removed")
+        await rig.restarter.stop()
+
+    run(scenario)
+
+
+def test_restart_unrefreshable_without_the_pod_watch_says_it_finds_nothing() -> None:
+    rig = Rig()
+
+    async def scenario() -> None:
+        rig.track(T1, named=[], unrefreshable=True)
+        await until(lambda: any(e[1] == "RestartUnrefreshableUnwatched" for e in rig.events), "the warning")
+        rig.track(T2, named=[], unrefreshable=True)
+        await settled(rig)
+        assert [e[1] for e in rig.events].count("RestartUnrefreshableUnwatched") == 1
         await rig.restarter.stop()
 
     run(scenario)

@@ -191,6 +191,7 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     controller.listen(consumers)
     # restartUnrefreshable: the workloads of the pods the consumer watch flags
     reconciler.restarter.unrefreshable = consumers.owners_of
+    reconciler.restarter.watching = cfg.watch_consumers
     consumers.on_consumers_changed = reconciler.restarter.consumers_changed
     watches = watches_for(api, cfg, controller, consumers, directory, loop)
     return Operator(cfg, health, io, event_io, events, reconciler, controller, consumers, watches, run_blocking,

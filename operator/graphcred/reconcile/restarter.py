@@ -72,6 +72,7 @@ class _Job:
     task: asyncio.Task[None] | None = None
     failures: int = 0
     owners: dict[str, str | None] = field(default_factory=dict)  # ReplicaSet -> its Deployment (None: none)
+    told_unwatched: bool = False  # restartUnrefreshable without --watch-consumers: said once
 
 
 class Restarter:
@@ -87,6 +88,7 @@ class Restarter:
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self.unrefreshable: Unrefreshable = lambda _key: ()  # the consumer reports, when pods are watched
+        self.watching = False  # --watch-consumers: without it restartUnrefreshable finds nothing, and says so
         self._jobs: dict[Key, _Job] = {}
         self._io = asyncio.Semaphore(CONCURRENCY)
         self._stopping = False
@@ -162,6 +164,12 @@ class Restarter:
 
     async def _turn(self, key: Key, job: _Job) -> float | None:
         """One look at every target; returns when to look again (None: nothing is due)."""
+        if job.unrefreshable and not self.watching and not job.told_unwatched:
+            job.told_unwatched = True
+            message = ("restartUnrefreshable finds no workload: this operator does not watch pods (graphcred run "
+                       "--watch-consumers, the chart's consumerWarnings.enabled); restartTargets still apply")
+            log.warning("%s/%s: %s", key[0], key[1], message)
+            self.emit(job.ref, "Warning", "RestartUnrefreshableUnwatched", message)
         derived = await self._derived(key, job) if job.unrefreshable else []
         now_targets = targets(job.named, derived)
         delay: float | None = None
@@ -228,7 +236,8 @@ class Restarter:
     def _problem(self, job: _Job, target: Target, record: RestartStatus | None, outcome: RestartOutcome,
                  token_time: str, message: str) -> RestartStatus:
         """A try that restarted nothing: counted each time, told (Event, log) when the outcome is new."""
-        self.metrics.restarts.labels(target.kind, outcome.value).inc()
+        if outcome != RestartOutcome.WAITING or record is None or record.outcome != outcome:
+            self.metrics.restarts.labels(target.kind, outcome.value).inc()  # a wait counts once, not per look
         new = not_restarted(target, record, outcome, message, token_time)
         if record is None or record.outcome != outcome:
             log.warning("%s/%s: %s", job.ref["metadata"]["namespace"], job.ref["metadata"]["name"], message)

@@ -89,8 +89,10 @@ def not_restarted(target: Target, record: RestartStatus | None, outcome: Restart
 
 
 def restart_patch(now: dt.datetime) -> dict[str, Any]:
-    """The merge patch that makes the workload's controller roll its pods (what `kubectl rollout restart` does)."""
-    return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: rfc3339(now)}}}}}
+    """The merge patch that makes the workload's controller roll its pods (what `kubectl rollout restart` does).
+    Microseconds: two restarts within a second must still differ, or the second would roll nothing."""
+    stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}}
 
 
 def _int(value: Any, default: int = 0) -> int:
