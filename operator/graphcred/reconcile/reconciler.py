@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
 from pydantic import ValidationError
 
+from graphcred.acquire import keygen
 from graphcred.acquire.authority import AllowedAuthorities, not_allowed_message
 from graphcred.acquire.breaker import Breaker
 from graphcred.acquire.credentials import Certificate, ManagedIdentity, Material
@@ -382,7 +382,7 @@ class Reconciler:
         if rotation is None or not isinstance(material, Certificate):
             return await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
         key = (rotation[0], rotation[1])
-        thumbprint = material.leaf.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Entra's thumbprint
+        thumbprint = keygen.thumbprint(material.leaf)
         try:
             token = await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
         except AcquisitionError as exc:

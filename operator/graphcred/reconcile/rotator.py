@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from graphcred.acquire import credentials, keygen
+from graphcred.acquire.credentials import TLS_CERT_KEY, TLS_KEY_KEY
 from graphcred.acquire.graphkeys import GRAPH_BY_CLOUD, GraphKeys, KeyCallFailed, graph_scope, sign_proof
 from graphcred.acquire.tokens import AcquisitionError, Token
 from graphcred.api.failures import Failure
@@ -183,7 +184,7 @@ class Rotator:
                 "metadata": {"name": name, "namespace": namespace,
                              "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROTATION_LABEL: ROTATION_ENABLED},
                              "annotations": {GENERATED_BY_ANNOTATION: MANAGED_BY}},
-                "data": {"tls.crt": _b64(pair.cert_pem), "tls.key": _b64(pair.key_pem)}}
+                "data": {TLS_CERT_KEY: _b64(pair.cert_pem), TLS_KEY_KEY: _b64(pair.key_pem)}}
         try:
             await self.calls("create Secret", self.calls.kube.create_secret, namespace, body)
         except Conflict:
@@ -305,7 +306,7 @@ class Rotator:
         """Whether Entra accepts the current certificate, with a token request of the rotator's own."""
         # refused (recorded by `_graph_token`) or not known now: the next turn asks again
         with contextlib.suppress(StepFailed):
-            await self._graph_token(job, self._material(secret, "tls.crt", "tls.key", job), "the current")
+            await self._graph_token(job, self._material(secret, TLS_CERT_KEY, TLS_KEY_KEY, job), "the current")
 
     def _failed(self, key: Key, job: _Job, failed: StepFailed) -> float:
         job.failures += 1
@@ -362,7 +363,7 @@ class Rotator:
                                                  ADDING_ANNOTATION: None})
             return
         secret = await self._read(key)
-        current = self._material(secret, "tls.crt", "tls.key", job)
+        current = self._material(secret, TLS_CERT_KEY, TLS_KEY_KEY, job)
         token = await self._graph_token(job, current, "the current")
         if not state.adding:  # recorded first: if addKey's answer is lost, the next attempt knows it may have worked
             state = KeyState.of({**secret, "metadata": {**secret["metadata"], "resourceVersion": await self._patch(
@@ -407,8 +408,8 @@ class Rotator:
         except StepFailed:
             raise
         previous_id = state.key_id or UNKNOWN_KEY_ID
-        await self._patch(key, state, data={"tls.crt": secret["data"][NEXT_CERT_KEY],
-                                            "tls.key": secret["data"][NEXT_KEY_KEY],
+        await self._patch(key, state, data={TLS_CERT_KEY: secret["data"][NEXT_CERT_KEY],
+                                            TLS_KEY_KEY: secret["data"][NEXT_KEY_KEY],
                                             NEXT_CERT_KEY: None, NEXT_KEY_KEY: None},
                           notes={KEY_ID_ANNOTATION: state.next_key_id, NEXT_KEY_ID_ANNOTATION: None,
                                  PREVIOUS_KEY_ID_ANNOTATION: previous_id,
@@ -421,7 +422,7 @@ class Rotator:
 
     async def _remove(self, key: Key, job: _Job, state: KeyState) -> None:
         secret = await self._read(key)
-        current = self._material(secret, "tls.crt", "tls.key", job)
+        current = self._material(secret, TLS_CERT_KEY, TLS_KEY_KEY, job)
         token = await self._graph_token(job, current, "the current")
         url, object_id = self._graph_url(job), job.rotation.object_id
         previous = state.previous_key_id
@@ -478,14 +479,15 @@ class Rotator:
         data = secret.get("data") or {}
         ref = CertificateRef(name=str(secret["metadata"]["name"]), send_x5c=job.send_x5c)
         try:
-            return credentials.parse_certificate({"tls.crt": data.get(cert_key, ""), "tls.key": data.get(key_key, "")},
+            return credentials.parse_certificate({TLS_CERT_KEY: data.get(cert_key, ""),
+                                                  TLS_KEY_KEY: data.get(key_key, "")},
                                                  ref)
         except Failure as exc:
             raise StepFailed(exc.message) from None
 
     async def _graph_token(self, job: _Job, material: credentials.Certificate, which: str, *,
                            refused_is_waiting: bool = False) -> Token:
-        thumbprint = material.leaf.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Entra's thumbprint
+        thumbprint = keygen.thumbprint(material.leaf)
         held = job.graph_token
         if held is not None and held[0] == thumbprint and held[1].expires_on > self._clock() + dt.timedelta(minutes=5):
             return held[1]
