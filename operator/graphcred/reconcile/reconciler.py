@@ -287,7 +287,7 @@ class Reconciler:
             settled = token_spec(spec, who)  # what the token and the Ready verdict depend on
             asked = _Asked(issued_for, tuple(spec.required_roles))
             mem.credential.secret = identity.credential.secret_name
-            mem.report.rotation = await self._rotation(snap, who)
+            mem.report.rotation = self._rotation(snap, who)
             # 2. gather
             previous = _upgraded(self._previous(snap, mem), spec, identity, secret_name, issued_for)
             material: Material | None = None
@@ -361,7 +361,7 @@ class Reconciler:
         return await self._issued(snap, mem, spec, secret_name, token, credential_version, renew, issued_for,
                                   settled, decision.reason)
 
-    async def _rotation(self, snap: Snapshot, who: _Identity) -> tuple[str, str, CertificateRotation] | None:
+    def _rotation(self, snap: Snapshot, who: _Identity) -> tuple[str, str, CertificateRotation] | None:
         """certificate.rotation: the rotator looks after the certificate Secret (and creates it, with a key pair it
         generates, if it does not exist); the Secret it looks after, for the report."""
         ref = who.identity.credential.certificate
@@ -405,9 +405,9 @@ class Reconciler:
         rotation = mem.report.rotation
         view = self.rotator.view((rotation[0], rotation[1])) if rotation is not None else None
         others = [c for c in status.conditions if c.type != RENEWAL_CONDITION]
-        if rotation is None or view is None:
-            if rotation is None:
-                return status.model_copy(update={"certificate": None, "conditions": others})
+        if rotation is None:
+            return status.model_copy(update={"certificate": None, "conditions": others})
+        if view is None:  # the rotator has not read the Secret yet: what the status says stands
             return status
         # compared with what was last written (the object's status after a restart)
         last = mem.report.last_status if mem.report.last_status is not None else snap.status or {}
@@ -737,7 +737,6 @@ class Reconciler:
             self.emit(snap.event_ref(), event.type, event.reason, event.message)
             log.log(logging.INFO if report.ready else logging.WARNING, "%s/%s: %s: %s", snap.namespace, snap.name,
                     event.reason, event.message)
-
 
 
 def _condition_of(status: Mapping[str, Any], kind: str) -> Condition | None:
