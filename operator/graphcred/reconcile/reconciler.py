@@ -242,11 +242,15 @@ class Reconciler:
     def _tell_restarter(self, snap: Snapshot, mem: Memory) -> None:
         """The credential's restart targets and the token its Secret now holds (known by its lastRefreshTime): the
         restarter restarts them once for each new token, and for nothing else."""
+        key = (snap.namespace, snap.name)
+        if not (snap.spec.get("restartTargets") or snap.spec.get("restartUnrefreshable")
+                or snap.status.get("restarts") or self.restarter.tracking(key)):
+            return  # the common case, without parsing the spec again
         spec = _validated(snap.spec)
         status = mem.report.last_status if mem.report.last_status is not None else snap.status
         token_time = status.get("lastRefreshTime") if status.get("expiresOn") else None
         named = [(t.kind.value, t.name) for t in spec.restart_targets] if spec is not None else []
-        self.restarter.track((snap.namespace, snap.name), snap.event_ref(), snap.status, named,
+        self.restarter.track(key, snap.event_ref(), snap.status, named,
                              spec is not None and spec.restart_unrefreshable,
                              token_time if isinstance(token_time, str) else None)
 

@@ -110,6 +110,9 @@ class Restarter:
         job.named, job.unrefreshable, job.token_time = list(named), unrefreshable, token_time
         self._kick(key, job)
 
+    def tracking(self, key: Key) -> bool:
+        return key in self._jobs
+
     def consumers_changed(self, key: Key) -> None:
         """The consumer watch found other unrefreshable pods for this credential: new workloads are adopted."""
         job = self._jobs.get(key)
