@@ -8,6 +8,7 @@ controller would, and says so.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -57,6 +58,11 @@ def records(env: Env, name: str) -> dict[str, dict[str, Any]]:
 def renew(env: Env, name: str) -> str:
     """A new token at once (`graphcred renew`); returns the lastRefreshTime of the token that answers it."""
     before = (env.get(name).get("status") or {}).get("lastRefreshTime")
+    # a token is known by its lastRefreshTime, to the second: two tokens within one second are one token
+    if before:
+        issued = dt.datetime.fromisoformat(before.replace("Z", "+00:00"))
+        wait_for(lambda: dt.datetime.now(dt.UTC) >= issued + dt.timedelta(seconds=1), timeout=5,
+                 what="the next second")
     value = f"renew-{time.time()}"
     env.bed.custom.patch_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, name, {
         "metadata": {"annotations": {RENEW_ANNOTATION: value}}})
