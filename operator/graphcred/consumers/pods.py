@@ -345,6 +345,11 @@ class ConsumerIndex:
     def count(self, secret: SecretKey) -> int:
         return len(self._by_secret.get(secret, ()))
 
+    def owners(self, secret: SecretKey) -> set[str]:
+        """The controllers ("Kind/name") of the pods reading `secret` where no refresh reaches them (whose workloads
+        restartUnrefreshable restarts); ownerless pods have none."""
+        return {self._pods[pod].owner for pod in self._by_secret.get(secret, ()) if self._pods[pod].owner}
+
     def unwarned(self, secret: SecretKey, credential_uid: str) -> list[tuple[PodKey, PodConsumer, int]]:
         """One pod of each group reading `secret` that the credential `credential_uid` was not warned about yet,
         with the number of the group's pods reading it; each group marked as warned now."""

@@ -75,6 +75,8 @@ class ConsumerReports:
         self._written: dict[Key, int | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # the restarter's, for restartUnrefreshable: the pods reading a credential's token Secret changed
+        self.on_consumers_changed: Callable[[Key], None] = lambda _key: None
 
     # --- wiring -------------------------------------------------------------------------------------------------
     def attach(self, watches: Iterable[PodWatch]) -> None:
@@ -119,9 +121,17 @@ class ConsumerReports:
         self._dirty.discard(key)
         self._written.pop(key, None)
 
+    def owners_of(self, key: Key) -> set[str]:
+        """The controllers of the pods reading the credential's token Secret where no refresh reaches them."""
+        secret = self.credentials.token_secret_of(key)
+        return self.index.owners(secret) if secret is not None else set()
+
     def _touch(self, secrets: Iterable[SecretKey]) -> None:
         for secret in secrets:
-            self._dirty.update(self.credentials.writers_of(secret))
+            writers = self.credentials.writers_of(secret)
+            self._dirty.update(writers)
+            for key in writers:
+                self.on_consumers_changed(key)
         if self._dirty:
             self._wake.set()
 
