@@ -132,7 +132,8 @@ def test_a_rollout_still_in_progress_is_not_stacked_and_the_restart_follows_it(e
     wait_for(lambda: records(env, "stuck")["web"]["outcome"] == "Waiting", timeout=15, what="the wait reported")
     assert "in progress" in records(env, "stuck")["web"]["message"] or "not yet seen" in \
         records(env, "stuck")["web"]["message"]
-    env.assert_stays(lambda: restarted_at(env, "web") == first, 3, "no second rollout on top of a stuck one")
+    # past the first look again (10 s after the wait began): no second rollout on top of a stuck one
+    env.assert_stays(lambda: restarted_at(env, "web") == first, 12, "no second rollout on top of a stuck one")
     assert ("Warning", "RestartWaiting") in [e[:2] for e in env.events("stuck")]
     rolled_out(env, "web")  # the rollout completes: the restart for the newer token follows
     wait_for(lambda: records(env, "stuck")["web"].get("tokenTime") == newer
