@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import textwrap
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
@@ -24,7 +23,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from graphcred.api.keys import GROUP, PLURAL, RENEW_ANNOTATION, RESTARTED_AT_ANNOTATION, VERSION
+from graphcred.api.keys import RESTARTED_AT_ANNOTATION
 from graphcred_testbed import issuer as bed_issuer
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.binaries import binary, kube_flavour, kube_version
@@ -593,25 +592,6 @@ def _restart_record(env: Env, name: str) -> dict[str, Any]:
     return dict(records[0])
 
 
-def _renewed(env: Env, name: str) -> str:
-    """A new token at once (what `graphcred renew` does); its lastRefreshTime."""
-    before = (env.get(name).get("status") or {}).get("lastRefreshTime")
-    # a token is known by its lastRefreshTime, to the second: one acquired in the same second as the last would
-    # look like it (to this wait, and to the restarter)
-    time.sleep(1.1)
-    value = f"renew-{time.time()}"
-    env.bed.custom.patch_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, name, {
-        "metadata": {"annotations": {RENEW_ANNOTATION: value}}})
-
-    def answered() -> str | None:
-        status = env.get(name).get("status") or {}
-        if status.get("lastRenewRequest") == value and status.get("lastRefreshTime") != before:
-            return str(status["lastRefreshTime"])
-        return None
-
-    return str(wait_for(answered, timeout=30, what="the renew answered with a new token"))
-
-
 def _template_annotations(env: Env, name: str) -> dict[str, str]:
     body = client.AppsV1Api(env.bed.api).read_namespaced_deployment(name, env.namespace)
     return dict(body.spec.template.metadata.annotations or {})
@@ -632,7 +612,7 @@ def test_restart_targets_work_with_exactly_the_charts_rbac(env: Env, release_nam
         env.wait_ready("rbac", timeout=60)
         wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Current", timeout=15,
                  what="the target adopted (the first token restarts nothing)")
-        token_time = _renewed(env, "rbac")
+        token_time = env.renew("rbac")
         wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Restarted", timeout=20,
                  what="the Deployment restarted with the chart's RBAC")
         assert _restart_record(env, "rbac")["tokenTime"] == token_time
@@ -654,7 +634,7 @@ def test_restart_targets_are_forbidden_without_the_value(env: Env, release_names
         env.wait_ready("rbac", timeout=60)
         wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Current", timeout=15,
                  what="the target adopted")
-        _renewed(env, "rbac")
+        env.renew("rbac")
         wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Forbidden", timeout=20,
                  what="the refusal in status")
         assert "restartTargets.enabled" in _restart_record(env, "rbac")["message"]
