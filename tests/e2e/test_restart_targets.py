@@ -8,15 +8,13 @@ controller would, and says so.
 
 from __future__ import annotations
 
-import datetime as dt
-import time
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from graphcred.api.keys import GROUP, PLURAL, RENEW_ANNOTATION, RESTARTED_AT_ANNOTATION, VERSION
+from graphcred.api.keys import RESTARTED_AT_ANNOTATION
 from graphcred_testbed.bed import wait_for
 from tests.helpers import Env
 
@@ -55,27 +53,6 @@ def records(env: Env, name: str) -> dict[str, dict[str, Any]]:
     return {r["name"]: r for r in (env.get(name).get("status") or {}).get("restarts") or []}
 
 
-def renew(env: Env, name: str) -> str:
-    """A new token at once (`graphcred renew`); returns the lastRefreshTime of the token that answers it."""
-    before = (env.get(name).get("status") or {}).get("lastRefreshTime")
-    # a token is known by its lastRefreshTime, to the second: two tokens within one second are one token
-    if before:
-        issued = dt.datetime.fromisoformat(before.replace("Z", "+00:00"))
-        wait_for(lambda: dt.datetime.now(dt.UTC) >= issued + dt.timedelta(seconds=1), timeout=5,
-                 what="the next second")
-    value = f"renew-{time.time()}"
-    env.bed.custom.patch_namespaced_custom_object(GROUP, VERSION, env.namespace, PLURAL, name, {
-        "metadata": {"annotations": {RENEW_ANNOTATION: value}}})
-
-    def answered() -> str | None:
-        status = env.get(name).get("status") or {}
-        if status.get("lastRenewRequest") == value and status.get("lastRefreshTime") != before:
-            return str(status["lastRefreshTime"])
-        return None
-
-    return str(wait_for(answered, timeout=30, what="the renew answered with a new token"))
-
-
 def credential(env: Env, name: str, targets: list[dict[str, Any]], **spec: Any) -> None:
     app = env.secret_app(f"{name}-secret")
     env.create(name, app, {"clientSecret": {"name": "cred"}}, restartTargets=targets, **spec)
@@ -94,7 +71,7 @@ def test_each_new_token_restarts_each_target_once_and_nothing_else_does(env: Env
 
     token_times = []
     for _ in range(3):
-        token_times.append(renew(env, "rt"))
+        token_times.append(env.renew("rt"))
         wait_for(lambda: records(env, "rt")["web"].get("tokenTime") == token_times[-1]
                  and records(env, "rt")["api"].get("tokenTime") == token_times[-1], timeout=15,
                  what="both Deployments restarted for the new token")
@@ -124,15 +101,16 @@ def test_each_new_token_restarts_each_target_once_and_nothing_else_does(env: Env
 def test_a_rollout_still_in_progress_is_not_stacked_and_the_restart_follows_it(env: Env) -> None:
     deployment(env, "web")
     credential(env, "stuck", [{"kind": "Deployment", "name": "web"}])
-    renew(env, "stuck")
+    env.renew("stuck")
     wait_for(lambda: restarted_at(env, "web") is not None, timeout=15, what="the first restart")
     first = restarted_at(env, "web")
     # the controller never finishes it (an unschedulable pod, say): no status written
-    newer = renew(env, "stuck")
+    newer = env.renew("stuck")
     wait_for(lambda: records(env, "stuck")["web"]["outcome"] == "Waiting", timeout=15, what="the wait reported")
     assert "in progress" in records(env, "stuck")["web"]["message"] or "not yet seen" in \
         records(env, "stuck")["web"]["message"]
-    env.assert_stays(lambda: restarted_at(env, "web") == first, 3, "no second rollout on top of a stuck one")
+    # past the first look again (10 s after the wait began): no second rollout on top of a stuck one
+    env.assert_stays(lambda: restarted_at(env, "web") == first, 12, "no second rollout on top of a stuck one")
     assert ("Warning", "RestartWaiting") in [e[:2] for e in env.events("stuck")]
     rolled_out(env, "web")  # the rollout completes: the restart for the newer token follows
     wait_for(lambda: records(env, "stuck")["web"].get("tokenTime") == newer

@@ -791,6 +791,7 @@ class RestartOutcome(StrEnum):
     RESTARTED = "Restarted"
     WAITING = "Waiting"  # a newer token is written; the rollout graphcred started last is still in progress
     NOT_FOUND = "NotFound"
+    REFUSED = "Refused"  # restartUnrefreshable: the workload's own template does not read the token unrefreshably
     FORBIDDEN = "Forbidden"
     FAILED = "Failed"
 
@@ -809,9 +810,14 @@ class RestartStatus(BaseModel):
     last_restart_time: str | None = Field(default=None, alias="lastRestartTime",
                                           json_schema_extra={"format": "date-time"},
                                           description="When graphcred last restarted it, RFC 3339 UTC.")
+    generation: int | None = Field(default=None, ge=0, json_schema_extra={"format": "int64"},
+                                   description="The workload's metadata.generation right after graphcred's last "
+                                   "restart: while it is unchanged and its rollout incomplete, graphcred waits.")
     outcome: RestartOutcome = Field(description="Current (first seen, no restart), Restarted, Waiting (a newer "
                                     "token; the rollout graphcred started last is still in progress), NotFound, "
-                                    "Forbidden (the chart's restartTargets.enabled is off) or Failed.")
+                                    "Refused (restartUnrefreshable: its own pod template does not read the token "
+                                    "where no refresh reaches), Forbidden (the chart's restartTargets.enabled is "
+                                    "off) or Failed.")
     message: str = Field(default="", max_length=1024, description="What happened, in a sentence.")
     derived: bool | None = Field(default=None, description="True: found by restartUnrefreshable, not named in spec.")
 

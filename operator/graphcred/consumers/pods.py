@@ -193,6 +193,11 @@ def unrefreshable(spec: Mapping[str, Any]) -> tuple[Finding, ...]:
     return tuple(found)
 
 
+def reads_unrefreshably(spec: Mapping[str, Any], secret: str) -> bool:
+    """Does a pod spec read `secret` where no refresh reaches it (restartUnrefreshable restarts only such)?"""
+    return any(f.secret == secret for f in unrefreshable(spec))
+
+
 def finished(pod: Mapping[str, Any]) -> bool:
     """Has the pod finished (Succeeded, Failed)? Its containers run no more, so it cannot fail later: not counted."""
     return _str(_map(pod.get("status")).get("phase")) in FINISHED_PHASES

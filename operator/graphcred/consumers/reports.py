@@ -121,10 +121,13 @@ class ConsumerReports:
         self._dirty.discard(key)
         self._written.pop(key, None)
 
-    def owners_of(self, key: Key) -> set[str]:
-        """The controllers of the pods reading the credential's token Secret where no refresh reaches them."""
+    def owners_of(self, key: Key) -> tuple[str, set[str]] | None:
+        """The credential's token Secret and the controllers of the pods reading it where no refresh reaches them;
+        None until the pod watch has listed the namespace (an empty set before that would mean "none")."""
         secret = self.credentials.token_secret_of(key)
-        return self.index.owners(secret) if secret is not None else set()
+        if secret is None or not self._settled(secret[0]):
+            return None
+        return secret[1], self.index.owners(secret)
 
     def _touch(self, secrets: Iterable[SecretKey]) -> None:
         for secret in secrets:

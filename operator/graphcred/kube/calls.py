@@ -175,14 +175,15 @@ class Kube:
         """A Deployment, StatefulSet, DaemonSet or ReplicaSet as JSON, None if it does not exist."""
         return self._read(f"read {kind}", self._workload_calls(kind)[0], namespace, name)
 
-    def patch_workload(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> bool:
-        """Merge-patch a workload (its pod template's annotation); False if it does not exist."""
+    def patch_workload(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch a workload (its pod template's annotations); the workload as patched, None if it does not
+        exist."""
         try:
-            self._call(f"patch {kind}", self._workload_calls(kind)[1], name, namespace, cast(Any, patch),
-                       field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json", parse=_nothing)
+            return self._call(f"patch {kind}", self._workload_calls(kind)[1], name, namespace, cast(Any, patch),
+                              field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json",
+                              parse=_object)
         except NotFound:
-            return False
-        return True
+            return None
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         self._call("create Event", self.core.create_namespaced_event, namespace, cast(Any, body), parse=_nothing)

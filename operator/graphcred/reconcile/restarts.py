@@ -11,17 +11,25 @@ operator restart, a leader change or a pass that writes no new token restarts no
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from graphcred.api.keys import RESTARTED_AT_ANNOTATION
-from graphcred.api.model import RestartOutcome, RestartStatus, WorkloadKind
+from graphcred.api.keys import RESTARTED_AT_ANNOTATION, RESTARTED_FOR_ANNOTATION
+from graphcred.api.model import (
+    DNS_SUBDOMAIN_PATTERN,
+    MAX_RESTART_TARGETS,
+    RestartOutcome,
+    RestartStatus,
+    WorkloadKind,
+)
 from graphcred.base.times import rfc3339
 
-# the outcomes after which the target's pods hold the token its record names: nothing to retry until a newer one
-SETTLED = (RestartOutcome.CURRENT, RestartOutcome.RESTARTED, RestartOutcome.NOT_FOUND)
+# the outcomes after which nothing is retried until a newer token
+SETTLED = (RestartOutcome.CURRENT, RestartOutcome.RESTARTED, RestartOutcome.NOT_FOUND, RestartOutcome.REFUSED)
+_NAME = re.compile(DNS_SUBDOMAIN_PATTERN)
 
 
 @dataclass(frozen=True, order=True)
@@ -44,14 +52,16 @@ class Action(StrEnum):
     RESTART = "restart"
 
 
-def targets(named: Iterable[tuple[str, str]], derived: Iterable[tuple[str, str]]) -> list[Target]:
-    """The spec's targets in its order, then those the consumer watch found that the spec does not name."""
+def targets(named: Iterable[tuple[str, str]], derived: Iterable[tuple[str, str]]) -> tuple[list[Target], int]:
+    """The spec's targets in its order, then those the consumer watch found that the spec does not name: at most
+    MAX_RESTART_TARGETS of them, named as Kubernetes names them (a pod's ownerReference is the pod author's to
+    write). Returns the targets and how many derived ones were left out."""
     result = [Target(kind, name) for kind, name in named]
     seen = {t.key for t in result}
-    for kind, name in sorted(set(derived)):
-        if (kind, name) not in seen:
-            result.append(Target(kind, name, derived=True))
-    return result
+    extra = sorted({(kind, name) for kind, name in derived
+                    if (kind, name) not in seen and len(name) <= 253 and _NAME.match(name)})
+    result += [Target(kind, name, derived=True) for kind, name in extra[:MAX_RESTART_TARGETS]]
+    return result, max(len(extra) - MAX_RESTART_TARGETS, 0)
 
 
 def action(record: RestartStatus | None, token_time: str | None) -> Action:
@@ -72,10 +82,12 @@ def adopted(target: Target, token_time: str) -> RestartStatus:
                          derived=target.derived or None)
 
 
-def restarted(target: Target, token_time: str, now: dt.datetime) -> RestartStatus:
+def restarted(target: Target, token_time: str, now: dt.datetime, generation: int | None,
+              message: str | None = None) -> RestartStatus:
     return RestartStatus(kind=target.kind, name=target.name, token_time=token_time, last_restart_time=rfc3339(now),
-                         outcome=RestartOutcome.RESTARTED,
-                         message=f"restarted for the token acquired at {token_time}", derived=target.derived or None)
+                         generation=generation, outcome=RestartOutcome.RESTARTED,
+                         message=message or f"restarted for the token acquired at {token_time}",
+                         derived=target.derived or None)
 
 
 def not_restarted(target: Target, record: RestartStatus | None, outcome: RestartOutcome, message: str,
@@ -83,16 +95,38 @@ def not_restarted(target: Target, record: RestartStatus | None, outcome: Restart
     """A try that did not restart: the record keeps the token it last restarted for, so the target stays due (a
     missing workload is the exception: one created later starts with the token the Secret then holds)."""
     kept = token_time if outcome == RestartOutcome.NOT_FOUND else (record.token_time if record else None)
+    if outcome in (RestartOutcome.NOT_FOUND, RestartOutcome.REFUSED):
+        kept = token_time
     return RestartStatus(kind=target.kind, name=target.name, token_time=kept or token_time,
-                         last_restart_time=record.last_restart_time if record else None, outcome=outcome,
-                         message=message, derived=target.derived or None)
+                         last_restart_time=record.last_restart_time if record else None,
+                         generation=record.generation if record else None, outcome=outcome, message=message,
+                         derived=target.derived or None)
 
 
-def restart_patch(now: dt.datetime) -> dict[str, Any]:
-    """The merge patch that makes the workload's controller roll its pods (what `kubectl rollout restart` does).
-    Microseconds: two restarts within a second must still differ, or the second would roll nothing."""
+def marker(credential: str, token_time: str) -> str:
+    """What the restart writes on the workload for this credential's token: the same marker means restarted."""
+    return f"{credential}@{token_time}"
+
+
+def restart_patch(now: dt.datetime, mark: str) -> dict[str, Any]:
+    """The merge patch that makes the workload's controller roll its pods (what `kubectl rollout restart` does),
+    with the token it was restarted for. Microseconds: two restarts within a second must still differ."""
     stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}}
+    return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp,
+                                                                RESTARTED_FOR_ANNOTATION: mark}}}}}
+
+
+def template_annotations(workload: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _map(_map(_map(_map(workload.get("spec")).get("template")).get("metadata")).get("annotations"))
+
+
+def pod_spec(workload: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _map(_map(_map(workload.get("spec")).get("template")).get("spec"))
+
+
+def generation_of(workload: Mapping[str, Any]) -> int | None:
+    value = _map(workload.get("metadata")).get("generation")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -103,29 +137,43 @@ def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def rollout_in_progress(kind: str, workload: Mapping[str, Any]) -> str | None:
-    """What is still rolling out, if graphcred restarted this workload before (its template carries
-    graphcred.io/restarted-at) and that rollout is not complete; None otherwise. The checks are those of `kubectl
-    rollout status`. A workload updated OnDelete rolls nothing by itself: never waited for."""
-    meta, spec, status = _map(workload.get("metadata")), _map(workload.get("spec")), _map(workload.get("status"))
-    annotations = _map(_map(_map(spec.get("template")).get("metadata")).get("annotations"))
-    if RESTARTED_AT_ANNOTATION not in annotations:
+def rollout_in_progress(kind: str, workload: Mapping[str, Any], ours: int | None) -> str | None:
+    """What is still rolling out of the rollout graphcred started last, None if it is done or not graphcred's.
+    `ours`: the workload's generation right after graphcred's last restart (None: graphcred restarted nothing
+    yet). Ours while the controller has not seen that generation, or while it is the current one (no one changed
+    the workload since) and incomplete by the checks of `kubectl rollout status`. A rollout someone else started
+    later is not graphcred's to wait for; a workload updated OnDelete rolls nothing by itself: never waited for."""
+    if ours is None:
         return None
-    since = f"the rollout graphcred started at {annotations[RESTARTED_AT_ANNOTATION]}"
-    if _int(status.get("observedGeneration"), -1) < _int(meta.get("generation")):
+    meta, spec, status = _map(workload.get("metadata")), _map(workload.get("spec")), _map(workload.get("status"))
+    since = f"the rollout graphcred started at {template_annotations(workload).get(RESTARTED_AT_ANNOTATION, '?')}"
+    if _int(status.get("observedGeneration"), -1) < ours:
         return f"{since} is not yet seen by the {kind} controller"
+    if _int(meta.get("generation")) != ours:
+        return None  # changed since by someone else: that rollout is theirs
+    missing = _incomplete(kind, spec, status)
+    if missing is None:
+        return None
     if kind == WorkloadKind.DEPLOYMENT:
         if spec.get("paused") is True:
             return f"{since} waits: the Deployment is paused"
+        for condition in status.get("conditions") or []:
+            if _map(condition).get("reason") == "ProgressDeadlineExceeded":
+                return f"{since} is stuck ({missing}; its progress deadline has passed)"
+    return f"{since} is in progress: {missing}"
+
+
+def _incomplete(kind: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> str | None:
+    if kind == WorkloadKind.DEPLOYMENT:
         want = _int(spec.get("replicas"), 1)
         updated, total = _int(status.get("updatedReplicas")), _int(status.get("replicas"))
         available = _int(status.get("availableReplicas"))
         if updated < want:
-            return f"{since} is in progress: {updated} of {want} pods updated"
+            return f"{updated} of {want} pods updated"
         if total > updated:
-            return f"{since} is in progress: {total - updated} old pods still terminating"
+            return f"{total - updated} old pods still terminating"
         if available < updated:
-            return f"{since} is in progress: {available} of {updated} updated pods available"
+            return f"{available} of {updated} updated pods available"
         return None
     strategy = _map(spec.get("updateStrategy"))
     if strategy.get("type") == "OnDelete":
@@ -135,16 +183,16 @@ def rollout_in_progress(kind: str, workload: Mapping[str, Any]) -> str | None:
         partition = _int(_map(strategy.get("rollingUpdate")).get("partition"))
         updated, ready = _int(status.get("updatedReplicas")), _int(status.get("readyReplicas"))
         if updated < want - partition:
-            return f"{since} is in progress: {updated} of {want - partition} pods updated"
+            return f"{updated} of {want - partition} pods updated"
         if ready < want:
-            return f"{since} is in progress: {ready} of {want} pods ready"
+            return f"{ready} of {want} pods ready"
         return None
     desired = _int(status.get("desiredNumberScheduled"))
     updated, available = _int(status.get("updatedNumberScheduled")), _int(status.get("numberAvailable"))
     if updated < desired:
-        return f"{since} is in progress: {updated} of {desired} pods updated"
+        return f"{updated} of {desired} pods updated"
     if available < desired:
-        return f"{since} is in progress: {available} of {desired} pods available"
+        return f"{available} of {desired} pods available"
     return None
 
 
