@@ -171,7 +171,7 @@ def _incomplete(kind: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -
         if updated < want:
             return f"{updated} of {want} pods updated"
         if total > updated:
-            return f"{total - updated} old pods still terminating"
+            return f"{total - updated} old pods pending termination"
         if available < updated:
             return f"{available} of {updated} updated pods available"
         return None
