@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 import requests
 from kubernetes import client
 
-from graphcred.api.keys import GROUP, PLURAL, VERSION
+from graphcred.api.keys import GROUP, PLURAL, RENEW_ANNOTATION, VERSION
 from graphcred_testbed import jose
 from graphcred_testbed.bed import Bed, wait_for
 from graphcred_testbed.graph import GraphApi
@@ -92,6 +93,27 @@ class Env:
 
     def delete(self, name: str) -> None:
         self.bed.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def renew(self, name: str) -> str:
+        """A new token at once (what `graphcred renew` does); returns the lastRefreshTime of the token answering it.
+        A token is known by its lastRefreshTime, to the second (restart targets count on it): the renew is sent
+        once the second of the previous token has passed."""
+        before = (self.get(name).get("status") or {}).get("lastRefreshTime")
+        if before:
+            issued = dt.datetime.fromisoformat(before.replace("Z", "+00:00"))
+            wait_for(lambda: dt.datetime.now(dt.UTC) >= issued + dt.timedelta(seconds=1), timeout=5,
+                     what="the next second")
+        value = f"renew-{time.time()}"
+        self.bed.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, {
+            "metadata": {"annotations": {RENEW_ANNOTATION: value}}})
+
+        def answered() -> str | None:
+            status = self.get(name).get("status") or {}
+            if status.get("lastRenewRequest") == value and status.get("lastRefreshTime") != before:
+                return str(status["lastRefreshTime"])
+            return None
+
+        return str(wait_for(answered, timeout=30, what="the renew answered with a new token"))
 
     # --- reading ----------------------------------------------------------------------------------------------
     def get(self, name: str) -> dict[str, Any]:

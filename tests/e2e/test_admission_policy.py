@@ -241,6 +241,41 @@ def test_the_operators_identity_requests_tokens_only_for_the_exchange_audiences(
         assert result.returncode == 0 and result.stdout.startswith("eyJ"), f"{audience}: {result.stderr}"
 
 
+@pytest.mark.parametrize("chart", [["--set", "restartTargets.enabled=true", "--set",
+                                    "workloadIdentity.enabled=true"]], indirect=True)
+def test_the_operators_identity_changes_only_the_restart_annotations_of_a_workload(env: Env, chart: Chart) -> None:
+    """restartTargets.enabled grants patch on Deployments, StatefulSets and DaemonSets: with it alone a compromised
+    operator could set any image, command or ServiceAccount and run as any workload. The policy lets through only
+    what a restart writes (two annotations of the pod template). With workload identity too: its TokenRequest rule
+    must not catch workloads."""
+    labels = {"app": "web"}
+    env.bed.kubectl("apply", "-n", env.namespace, "-f", "-", input=json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels, "annotations": {"team": "a"}},
+            "spec": {"containers": [{"name": "app", "image": "example.invalid/app:1"}]}}}}))
+
+    def patch(body: dict[str, Any]) -> list[str]:
+        return ["patch", "deployment", "web", "--type=merge", "-p", json.dumps({"spec": body})]
+
+    refused_only_by_the_policy(env, chart, [
+        ("another image", patch({"template": {"spec": {"containers": [
+            {"name": "app", "image": "example.invalid/evil:1"}]}}}), None),
+        ("another ServiceAccount", patch({"template": {"spec": {"serviceAccountName": "admin"}}}), None),
+        ("a template label", patch({"template": {"metadata": {"labels": {"role": "db"}}}}), None),
+        ("another annotation", patch({"template": {"metadata": {"annotations": {"team": "b"}}}}), None),
+        ("an annotation removed", patch({"template": {"metadata": {"annotations": {"team": None}}}}), None),
+        ("the replicas", patch({"replicas": 0}), None),
+    ])
+    result = run(env, ("a restart", patch({"template": {"metadata": {"annotations": {
+        "graphcred.io/restarted-at": "2026-12-06T12:00:00.000001Z",
+        "graphcred.io/restarted-for": "cred@2026-12-06T12:00:00Z"}}}}), None))
+    assert result.returncode == 0, f"a restart: {result.stderr}"
+    token = ["create", "token", "default", "--duration=10m", "--audience=api://AzureADTokenExchange"]
+    result = run(env, ("exchange", token, None))
+    assert result.returncode == 0, f"the workload rule must leave TokenRequests alone: {result.stderr}"
+
+
 def test_the_real_operator_works_within_the_policy(env: Env, release_namespace: str,  # noqa: F811
                                                    operator_logdir: Path) -> None:
     """The operator as the chart's ServiceAccount, with the chart's RBAC and policy (chart_operator waits until the

@@ -116,7 +116,7 @@ def test_a_cluster_app_needs_a_policy_and_may_use_a_managed_identity(bed: Bed) -
 
 
 @pytest.mark.parametrize("example", ["client-secret.yaml", "certificate.yaml", "pod.yaml", "workload-identity.yaml",
-                                     "certificate-rotation.yaml"])
+                                     "certificate-rotation.yaml", "restart-targets.yaml"])
 def test_examples_are_accepted_by_the_apiserver(bed: Bed, namespace: str, example: str) -> None:
     result = bed.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(ROOT / "examples" / example),
                          check=False)

@@ -287,6 +287,46 @@ def test_consumers_on_the_node(release: Release) -> None:
         print(f"Warning UnrefreshableConsumer: {message}")
 
 
+def test_a_restart_target_is_forbidden_with_the_charts_default_rbac(release: Release) -> None:
+    """Restart targets (issue 28) with the chart's default RBAC, which grants nothing on apps/deployments: a target
+    first seen is taken as current; the next new token finds it Forbidden, and the status and a Warning Event name
+    what grants it (restartTargets.enabled). Inside the standby test's three minutes: it costs the module nothing."""
+    bed = release.bed
+
+    def mail() -> dict[str, Any]:
+        obj: dict[str, Any] = bed.custom.get_namespaced_custom_object(GROUP, VERSION, APP_NS, PLURAL, "mail")
+        return obj.get("status") or {}
+
+    outcomes: list[str] = []
+
+    def forbidden() -> dict[str, Any] | None:
+        status = mail()
+        [record] = status.get("restarts") or [{}]
+        if record.get("outcome") and record["outcome"] not in outcomes[-1:]:
+            outcomes.append(record["outcome"])
+        return {**record, "lastRefreshTime": status["lastRefreshTime"]} if record.get("outcome") == "Forbidden" \
+            else None
+
+    bed.custom.patch_namespaced_custom_object(GROUP, VERSION, APP_NS, PLURAL, "mail", {
+        "spec": {"restartTargets": [{"kind": "Deployment", "name": "web"}]}})
+    patched = time.monotonic()
+    record = wait_for(forbidden, timeout=2 * LIFETIME, interval=0.25, what="the restart target Forbidden")
+    took = time.monotonic() - patched
+    assert outcomes == ["Current", "Forbidden"], outcomes
+    assert "restartTargets.enabled" in record["message"], record
+    # a new token's: the record keeps the token it was first seen with, which is not the Secret's now
+    assert record["tokenTime"] < record["lastRefreshTime"], record
+    events = [e.message for e in bed.core.list_namespaced_event(APP_NS, field_selector="involvedObject.name=mail").items
+              if e.type == "Warning" and e.reason == "RestartForbidden"]
+    assert events and "restartTargets.enabled" in events[0], events
+    print(f"restart target without the RBAC, {took:.0f} s after it was named: {record['outcome']} (the token of "
+          f"{record['lastRefreshTime']}; first seen with {record['tokenTime']}): {record['message']}")
+    # and no longer named, it leaves the status
+    bed.custom.patch_namespaced_custom_object(GROUP, VERSION, APP_NS, PLURAL, "mail", {
+        "spec": {"restartTargets": None}})
+    wait_for(lambda: "restarts" not in mail(), timeout=LIFETIME, interval=0.5, what="status.restarts gone")
+
+
 def _why_restarted(release: Release, pod: client.V1Pod) -> str:
     [status] = pod.status.container_statuses
     last = status.last_state.terminated

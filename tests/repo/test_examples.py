@@ -50,3 +50,21 @@ def test_the_cluster_app_example_permits_its_own_credential() -> None:
     secret = docs["Secret"]
     assert spec.credential.secret_name == secret["metadata"]["name"]
     assert secret["metadata"]["namespace"] == DEFAULT_CLUSTER_RESOURCE_NAMESPACE
+
+
+def test_the_restart_targets_example_restarts_the_deployment_that_reads_its_token() -> None:
+    """examples/restart-targets.yaml as a whole: the credential's restart target is the Deployment declared beside
+    it, whose container reads the credential's token Secret from an environment variable (what a restart is for),
+    and the credential's client secret is the Secret declared there."""
+    from graphcred.api.model import GraphAppCredentialSpec
+
+    docs = {d["kind"]: d for d in _docs(EXAMPLES / "restart-targets.yaml")}
+    assert sorted(docs) == ["Deployment", "GraphAppCredential", "Secret"]
+    credential, deployment = docs["GraphAppCredential"], docs["Deployment"]
+    spec = GraphAppCredentialSpec.model_validate(credential["spec"])
+    assert [(t.kind.value, t.name) for t in spec.restart_targets] == [("Deployment", deployment["metadata"]["name"])]
+    assert spec.credential is not None and spec.credential.secret_name == docs["Secret"]["metadata"]["name"]
+    refs = [e["valueFrom"]["secretKeyRef"] for c in deployment["spec"]["template"]["spec"]["containers"]
+            for e in c.get("env") or [] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert refs == [{"name": spec.effective_secret_name(credential["metadata"]["name"]), "key": "access_token"}]
+    assert "restartTargets.enabled=true" in (EXAMPLES / "restart-targets.yaml").read_text()

@@ -260,6 +260,92 @@ def test_no_certificate_section_without_rotation() -> None:
     assert doc["certificate"] is None and doc["certificateRenewal"] is None
 
 
+# --- restart targets: status.restarts ------------------------------------------------------------------------------
+WAITING = ("StatefulSet db: the rollout graphcred started at 2025-11-25T17:18:01Z is in progress: 1 of 3 pods "
+           "ready; graphcred restarts it for the newer token once that is done")
+FORBIDDEN = ("Deployment api: read Deployment failed: HTTP 403 Forbidden: graphcred may not read or patch it (the "
+             "chart's restartTargets.enabled grants it)")
+
+
+def _restarting(*records: dict[str, Any], named: list[tuple[str, str]] | None = None,
+                unrefreshable: bool = False) -> dict[str, Any]:
+    """A credential with restart targets: `named` in spec.restartTargets (default: those of `records` not derived)
+    and `records` in status.restarts, as the restarter writes them."""
+    obj = _credential(restarts=list(records))
+    if named is None:
+        named = [(r["kind"], r["name"]) for r in records if not r.get("derived")]
+    obj["spec"]["restartTargets"] = [{"kind": kind, "name": name} for kind, name in named]
+    if unrefreshable:
+        obj["spec"]["restartUnrefreshable"] = True
+    return obj
+
+
+def _record(kind: str, name: str, outcome: str, message: str, last: str | None = None,
+            derived: bool = False) -> dict[str, Any]:
+    record = {"kind": kind, "name": name, "tokenTime": "2025-11-25T17:48:00Z", "outcome": outcome, "message": message}
+    if last:
+        record["lastRestartTime"] = last
+    if derived:
+        record["derived"] = True
+    return record
+
+
+def test_status_shows_each_restart_target_with_its_outcome_and_last_restart() -> None:
+    obj = _restarting(
+        _record("Deployment", "web", "Restarted", "restarted for the token acquired at 2025-11-25T17:48:00Z",
+                "2025-11-25T17:48:01Z"),
+        _record("StatefulSet", "db", "Waiting", WAITING, "2025-11-25T17:18:01Z"),
+        _record("DaemonSet", "agent", "Current", "first seen: its pods are taken to hold the token in the Secret"),
+        _record("Deployment", "api", "Forbidden", FORBIDDEN, derived=True),
+        named=[("Deployment", "web"), ("StatefulSet", "db"), ("DaemonSet", "agent"), ("Deployment", "new")],
+        unrefreshable=True)
+    text = opsview.render_status(opsview.status_view(obj), NOW)
+    assert _section(text, "Restart targets") == [
+        "Restart targets (restarted by graphcred after each new token):",
+        "  Derived:      the workloads of pods that never see a refresh (restartUnrefreshable)",
+        "  TARGET                     OUTCOME     LAST RESTART                     MESSAGE",
+        "  Deployment/web             Restarted   2025-11-25T17:48:01Z (11m ago)",
+        f"  StatefulSet/db             Waiting     2025-11-25T17:18:01Z (41m ago)   {WAITING}",
+        "  DaemonSet/agent            Current     -",
+        f"  Deployment/api (derived)   Forbidden   -                                {FORBIDDEN}",
+        # named in the spec, not recorded: the operator has not seen it yet (no token yet, or not running)
+        "  Deployment/new             -           -                                not recorded yet"]
+    # after the consumers (whose pods they are), before the Events
+    assert text.index("Token:") < text.index("Restart targets") < text.index("Events:")
+
+
+def test_restart_targets_that_all_hold_the_newest_token_need_no_message_column() -> None:
+    obj = _restarting(_record("Deployment", "web", "Restarted", "restarted", "2025-11-25T17:48:01Z"),
+                      _record("StatefulSet", "db", "Current", "first seen"))
+    assert _section(opsview.render_status(opsview.status_view(obj), NOW), "Restart targets")[1:] == [
+        "  TARGET           OUTCOME     LAST RESTART",
+        "  Deployment/web   Restarted   2025-11-25T17:48:01Z (11m ago)",
+        "  StatefulSet/db   Current     -"]
+
+
+def test_restart_targets_before_any_record() -> None:
+    named = opsview.render_status(opsview.status_view(_restarting(named=[("Deployment", "web")])), NOW)
+    assert _section(named, "Restart targets")[1:] == ["  TARGET           OUTCOME   LAST RESTART   MESSAGE",
+                                                      "  Deployment/web   -         -              not recorded yet"]
+    derived_only = opsview.render_status(opsview.status_view(_restarting(named=[], unrefreshable=True)), NOW)
+    assert _section(derived_only, "Restart targets")[1:] == [
+        "  Derived:      the workloads of pods that never see a refresh (restartUnrefreshable)", "  none found yet"]
+
+
+def test_no_restart_section_without_restart_targets() -> None:
+    view = opsview.status_view(_credential())
+    assert "Restart" not in opsview.render_status(view, NOW)
+    assert opsview.status_json(view, NOW)["restarts"] is None
+
+
+def test_status_json_has_the_restart_records_as_status_holds_them() -> None:
+    records = [_record("Deployment", "web", "Restarted", "restarted", "2025-11-25T17:48:01Z"),
+               _record("Deployment", "api", "NotFound", "Deployment api not found", derived=True)]
+    doc = opsview.status_json(opsview.status_view(_restarting(*records)), NOW)
+    json.dumps(doc)
+    assert doc["restarts"] == records
+
+
 @pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (119, "119s"), (720, "12m"), (3 * 3600 + 300, "3h5m"),
                                                (12 * 3600 + 60, "12h"), (3 * 86400, "3d")])
 def test_spans_read_like_kubectl_ages(seconds: float, text: str) -> None:
@@ -413,9 +499,12 @@ def test_status_escapes_control_characters_in_messages_events_and_mounts() -> No
     events = [_event(HOSTILE, "2025-11-25T17:40:00Z", message=f"line\n{HOSTILE}", host=HOSTILE)]
     pods = [_pod(f"p{HOSTILE}", [{"name": "app", "volumeMounts": [{"name": "t", "mountPath": f"/x{HOSTILE}"}]}],
                  [{"name": "t", "secret": {"secretName": "mail-token"}}])]
+    obj["status"]["restarts"] = [{"kind": "Deployment", "name": f"w{HOSTILE}", "outcome": "Failed",
+                                  "message": f"patch\n{HOSTILE}"}]
     text = opsview.render_status(opsview.status_view(obj, events, pods), NOW)
     assert not _has_controls(text)
     assert "Message:      \\x1b[2J" in text and "line\\x0a\\x1b[2J" in text
+    assert "patch\\x0a\\x1b[2J" in text, "a restart record's message too"
 
 
 @pytest.mark.parametrize("output", ["json", "yaml"])

@@ -66,6 +66,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [pods]
   verbs: [get, list, watch]
 {{- end }}
+{{- if .Values.restartTargets.enabled }}
+# Restart targets: read a workload (is the rollout graphcred started last still in progress?) and merge-patch its pod
+# template's graphcred.io/restarted-at annotation. A ReplicaSet is only read, to find the Deployment of a pod the
+# consumer watch flags (restartUnrefreshable). Each target is read by name: no list or watch.
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets]
+  verbs: [get, patch]
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [get]
+{{- end }}
 {{- end -}}
 
 {{/* Where ClusterGraphApps' Secrets and ServiceAccounts live: clusterApps.resourceNamespace, else the release's. */}}

@@ -115,12 +115,17 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
 
 
+def thumbprint(cert: x509.Certificate) -> str:
+    """The certificate's thumbprint as Entra shows it (customKeyIdentifier): SHA-1 of the DER, upper-case hex.
+    Entra names certificates by it: an identifier, not a security check."""
+    return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
+
+
 def _info(cert: x509.Certificate) -> CertificateInfo:
     common_names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     value = common_names[0].value if common_names else None
     return CertificateInfo(
-        # Entra names certificates by their SHA-1 thumbprint: an identifier, not a security check
-        thumbprint=cert.fingerprint(hashes.SHA1()).hex().upper(),  # noqa: S303
+        thumbprint=thumbprint(cert),
         thumbprint_sha256=cert.fingerprint(hashes.SHA256()).hex().upper(),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,

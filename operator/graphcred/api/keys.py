@@ -31,6 +31,13 @@ CREDENTIAL_ANNOTATION = f"{GROUP}/credential"
 CREDENTIAL_EXPIRES_ANNOTATION = f"{GROUP}/credential-expires-on"
 EXPIRES_ON_ANNOTATION = f"{GROUP}/expires-on"
 
+# --- on a restart target's pod template (spec.restartTargets): when graphcred restarted it for a new token; a new
+# value makes its controller roll the pods, as `kubectl rollout restart` does with its own annotation
+RESTARTED_AT_ANNOTATION = f"{GROUP}/restarted-at"
+# ... and for which token ("<credential>@<its lastRefreshTime>"): a restart already made is never made again, also
+# by a new leader that did not see it recorded
+RESTARTED_FOR_ANNOTATION = f"{GROUP}/restarted-for"
+
 # --- on a certificate Secret whose credential has certificate.rotation (graphcred's rotation state: each step is
 # recorded here before the next one starts, so that any replica resumes where another stopped)
 NEXT_CERT_KEY = "next.crt"  # the next certificate and key, stored before Entra learns of them

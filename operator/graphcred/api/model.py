@@ -390,6 +390,34 @@ class AppRef(_Strict):
     name: DnsName = Field(description="Name of the ClusterGraphApp (cluster-scoped).")
 
 
+class WorkloadKind(StrEnum):
+    DEPLOYMENT = "Deployment"
+    STATEFUL_SET = "StatefulSet"
+    DAEMON_SET = "DaemonSet"
+
+
+MAX_RESTART_TARGETS = 16
+_OTHER_NAMESPACE = ("a restart target is in the credential's own namespace: leave out namespace (graphcred never "
+                    "restarts workloads of another namespace)")
+
+
+class RestartTarget(_Strict):
+    """A workload whose pods read the token once: graphcred restarts it right after it writes a new token."""
+
+    kind: WorkloadKind = Field(description="Deployment, StatefulSet or DaemonSet.")
+    name: DnsName = Field(description="Name of the workload, in the credential's namespace.")
+    # only to be refused with a clear message: left out of the schema, the apiserver would silently drop it
+    namespace: str | None = Field(default=None, max_length=63, description="Not allowed: a restart target is in the "
+                                  "credential's own namespace.", json_schema_extra=_cel("false", _OTHER_NAMESPACE))
+
+    @field_validator("namespace")
+    @classmethod
+    def _same_namespace(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(_OTHER_NAMESPACE)
+        return value
+
+
 _IDENTITY_FIELDS = ("tenantId", "clientId", "authorityHost", "credential")
 _CEL_ONE_FORM = (
     "has(self.appRef) ? (" + " && ".join(f"!has(self.{f})" for f in _IDENTITY_FIELDS)
@@ -453,6 +481,19 @@ class GraphAppCredentialSpec(_Strict):
         default=None, alias="secretTemplate",
         description="Extra labels, annotations and keys of the token Secret, and its type. Labels, annotations, "
         "finalizers and keys other tools add to the Secret are kept either way.")
+
+    restart_targets: list[RestartTarget] = Field(
+        default_factory=list, alias="restartTargets", max_length=MAX_RESTART_TARGETS,
+        description="Workloads (in this namespace) whose pods read the token once and cannot pick up a refresh: "
+        "right after graphcred writes a new token it restarts each (the pod template's annotation "
+        "graphcred.io/restarted-at), at most once per token, never on its own restart or a leader change, and not "
+        "while the rollout it started last is still in progress. Needs the chart's restartTargets.enabled (RBAC).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["kind", "name"]})
+    restart_unrefreshable: bool = Field(
+        default=False, alias="restartUnrefreshable",
+        description="Also restart, with the same rules, the workloads (Deployment, StatefulSet, DaemonSet) of the "
+        "pods the consumer watch finds reading the token where no refresh reaches them. Needs graphcred run "
+        "--watch-consumers (the chart's consumerWarnings.enabled).")
 
     @field_validator("tenant_id", "client_id")
     @classmethod
@@ -745,6 +786,42 @@ class CertificateStatus(BaseModel):
                             "the app once (az ad app credential reset --id CLIENT_ID --cert @FILE --append).")
 
 
+class RestartOutcome(StrEnum):
+    CURRENT = "Current"  # first seen: its pods are taken to hold the token in the Secret; no restart
+    RESTARTED = "Restarted"
+    WAITING = "Waiting"  # a newer token is written; the rollout graphcred started last is still in progress
+    NOT_FOUND = "NotFound"
+    REFUSED = "Refused"  # restartUnrefreshable: the workload's own template does not read the token unrefreshably
+    FORBIDDEN = "Forbidden"
+    FAILED = "Failed"
+
+
+class RestartStatus(BaseModel):
+    """One restart target (named in spec.restartTargets, or found by restartUnrefreshable) and its last restart."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    kind: str = Field(max_length=32, description="Deployment, StatefulSet or DaemonSet.")
+    name: str = Field(max_length=253, description="The workload, in the credential's namespace.")
+    token_time: str | None = Field(
+        default=None, alias="tokenTime", json_schema_extra={"format": "date-time"},
+        description="lastRefreshTime of the token the workload's pods were last restarted for (or that was in the "
+        "Secret when graphcred first saw the target): a newer token restarts it once.")
+    last_restart_time: str | None = Field(default=None, alias="lastRestartTime",
+                                          json_schema_extra={"format": "date-time"},
+                                          description="When graphcred last restarted it, RFC 3339 UTC.")
+    generation: int | None = Field(default=None, ge=0, json_schema_extra={"format": "int64"},
+                                   description="The workload's metadata.generation right after graphcred's last "
+                                   "restart: while it is unchanged and its rollout incomplete, graphcred waits.")
+    outcome: RestartOutcome = Field(description="Current (first seen, no restart), Restarted, Waiting (a newer "
+                                    "token; the rollout graphcred started last is still in progress), NotFound, "
+                                    "Refused (restartUnrefreshable: its own pod template does not read the token "
+                                    "where no refresh reaches), Forbidden (the chart's restartTargets.enabled is "
+                                    "off) or Failed.")
+    message: str = Field(default="", max_length=1024, description="What happened, in a sentence.")
+    derived: bool | None = Field(default=None, description="True: found by restartUnrefreshable, not named in spec.")
+
+
 class GraphAppCredentialStatus(BaseModel):
     """What the operator reports. Never a token, a secret, or a key."""
 
@@ -822,6 +899,12 @@ class GraphAppCredentialStatus(BaseModel):
         "Finished pods (Succeeded, Failed) do not count. Absent when there are none. Counted only by an operator "
         "that watches pods (graphcred run --watch-consumers; the chart's consumerWarnings.enabled); each such pod "
         "also gets a Warning Event (reason UnrefreshableConsumer) on this object.")
+
+    restarts: list[RestartStatus] | None = Field(
+        default=None, max_length=2 * MAX_RESTART_TARGETS,
+        description="With spec.restartTargets or restartUnrefreshable: each target's last restart and its outcome. "
+        "Written only by graphcred's restarts (the token's status patches leave it alone).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["kind", "name"]})
 
     @field_validator("conditions", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from graphcred.acquire.managed import ManagedIdentityTokens
 from graphcred.acquire.tokens import TokenClient
 from graphcred.app.config import RunConfig
 from graphcred.app.stopflag import StopFlag
-from graphcred.consumers.pods import PodConsumer, PodKey
+from graphcred.consumers.pods import PodConsumer, PodKey, reads_unrefreshably
 from graphcred.consumers.podwatch import PodWatch
 from graphcred.consumers.reports import ConsumerReports
 from graphcred.kube.calls import Kube
@@ -189,6 +189,11 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     # it the reports only remove counts an earlier run left
     consumers = ConsumerReports(controller, kube, events, metrics, run_blocking, watching=cfg.watch_consumers)
     controller.listen(consumers)
+    # restartUnrefreshable: the workloads of the pods the consumer watch flags
+    reconciler.restarter.unrefreshable = consumers.owners_of
+    reconciler.restarter.reads_once = reads_unrefreshably
+    reconciler.restarter.watching = cfg.watch_consumers
+    consumers.on_consumers_changed = reconciler.restarter.consumers_changed
     watches = watches_for(api, cfg, controller, consumers, directory, loop)
     return Operator(cfg, health, io, event_io, events, reconciler, controller, consumers, watches, run_blocking,
                     stop_flag=stop_flag)

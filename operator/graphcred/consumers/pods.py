@@ -193,6 +193,11 @@ def unrefreshable(spec: Mapping[str, Any]) -> tuple[Finding, ...]:
     return tuple(found)
 
 
+def reads_unrefreshably(spec: Mapping[str, Any], secret: str) -> bool:
+    """Does a pod spec read `secret` where no refresh reaches it (restartUnrefreshable restarts only such)?"""
+    return any(f.secret == secret for f in unrefreshable(spec))
+
+
 def finished(pod: Mapping[str, Any]) -> bool:
     """Has the pod finished (Succeeded, Failed)? Its containers run no more, so it cannot fail later: not counted."""
     return _str(_map(pod.get("status")).get("phase")) in FINISHED_PHASES
@@ -344,6 +349,11 @@ class ConsumerIndex:
 
     def count(self, secret: SecretKey) -> int:
         return len(self._by_secret.get(secret, ()))
+
+    def owners(self, secret: SecretKey) -> set[str]:
+        """The controllers ("Kind/name") of the pods reading `secret` where no refresh reaches them (whose workloads
+        restartUnrefreshable restarts); ownerless pods have none."""
+        return {self._pods[pod].owner for pod in self._by_secret.get(secret, ()) if self._pods[pod].owner}
 
     def unwarned(self, secret: SecretKey, credential_uid: str) -> list[tuple[PodKey, PodConsumer, int]]:
         """One pod of each group reading `secret` that the credential `credential_uid` was not warned about yet,

@@ -75,6 +75,8 @@ class ConsumerReports:
         self._written: dict[Key, int | None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # the restarter's, for restartUnrefreshable: the pods reading a credential's token Secret changed
+        self.on_consumers_changed: Callable[[Key], None] = lambda _key: None
 
     # --- wiring -------------------------------------------------------------------------------------------------
     def attach(self, watches: Iterable[PodWatch]) -> None:
@@ -119,9 +121,20 @@ class ConsumerReports:
         self._dirty.discard(key)
         self._written.pop(key, None)
 
+    def owners_of(self, key: Key) -> tuple[str, set[str]] | None:
+        """The credential's token Secret and the controllers of the pods reading it where no refresh reaches them;
+        None until the pod watch has listed the namespace (an empty set before that would mean "none")."""
+        secret = self.credentials.token_secret_of(key)
+        if secret is None or not self._settled(secret[0]):
+            return None
+        return secret[1], self.index.owners(secret)
+
     def _touch(self, secrets: Iterable[SecretKey]) -> None:
         for secret in secrets:
-            self._dirty.update(self.credentials.writers_of(secret))
+            writers = self.credentials.writers_of(secret)
+            self._dirty.update(writers)
+            for key in writers:
+                self.on_consumers_changed(key)
         if self._dirty:
             self._wake.set()
 

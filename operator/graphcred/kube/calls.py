@@ -1,5 +1,5 @@
 """Kubernetes API I/O for the reconciler: Secrets, ServiceAccounts (and their tokens, for workload identity), the
-GraphAppCredential status and Events. Blocking; run in threads.
+GraphAppCredential status, Events, and the workloads restarted for a new token. Blocking; run in threads.
 
 Raw JSON (`_preload_content=False`) instead of the client's model classes: cheaper per call, and Secret data is
 read, used and dropped without lingering model objects.
@@ -74,6 +74,7 @@ class Kube:
         self.timeout = timeout
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, parse: Callable[[bytes], T], **kwargs: Any) -> T:
         """One API call, `what` in errors ("read Secret"): raw JSON, the timeout, the body read whole and the
@@ -161,6 +162,28 @@ class Kube:
                        _content_type="application/merge-patch+json", parse=_nothing)
         except NotFound as exc:
             raise Gone(exc.call, exc.status, exc.reason) from exc
+
+    # --- restart targets: Deployments, StatefulSets, DaemonSets (and a ReplicaSet's owner)
+    def _workload_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        reads = {"Deployment": (self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment),
+                 "StatefulSet": (self.apps.read_namespaced_stateful_set, self.apps.patch_namespaced_stateful_set),
+                 "DaemonSet": (self.apps.read_namespaced_daemon_set, self.apps.patch_namespaced_daemon_set),
+                 "ReplicaSet": (self.apps.read_namespaced_replica_set, self.apps.patch_namespaced_replica_set)}
+        return reads[kind]
+
+    def read_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Deployment, StatefulSet, DaemonSet or ReplicaSet as JSON, None if it does not exist."""
+        return self._read(f"read {kind}", self._workload_calls(kind)[0], namespace, name)
+
+    def patch_workload(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch a workload (its pod template's annotations); the workload as patched, None if it does not
+        exist."""
+        try:
+            return self._call(f"patch {kind}", self._workload_calls(kind)[1], name, namespace, cast(Any, patch),
+                              field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json",
+                              parse=_object)
+        except NotFound:
+            return None
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
         self._call("create Event", self.core.create_namespaced_event, namespace, cast(Any, body), parse=_nothing)

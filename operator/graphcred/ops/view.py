@@ -365,6 +365,50 @@ def _consumers_text(view: StatusView) -> list[str]:
     return lines
 
 
+# outcomes whose message says nothing the outcome and the time do not: the target holds the newest token
+_SETTLED_OUTCOMES = ("Current", "Restarted")
+
+
+def restart_records(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """status.restarts: one record per restart target (kind, name, outcome, lastRestartTime, message, derived)."""
+    raw = status.get("restarts")
+    return [r for r in raw if isinstance(r, Mapping)] if isinstance(raw, list) else []
+
+
+def _restarts_text(view: StatusView, now: dt.datetime) -> list[str]:
+    """Each restart target (spec.restartTargets, and those restartUnrefreshable found) with its last restart and
+    outcome, as status.restarts records them; the message only where the outcome is a problem. A target the spec
+    names that has no record yet is listed too: the operator records targets once the Secret holds a token."""
+    records = restart_records(view.status)
+    named = [_map(t) for t in view.spec.get("restartTargets") or [] if isinstance(t, Mapping)]
+    unrefreshable = view.spec.get("restartUnrefreshable") is True
+    if not records and not named and not unrefreshable:
+        return []
+    lines = ["Restart targets (restarted by graphcred after each new token):"]
+    if unrefreshable:
+        lines.append("  Derived:      the workloads of pods that never see a refresh (restartUnrefreshable)")
+    rows: list[tuple[str, ...]] = []
+    for record in records:
+        outcome = _str(record.get("outcome")) or "-"
+        target = f"{_str(record.get('kind'))}/{_str(record.get('name'))}"
+        if record.get("derived") is True:
+            target += " (derived)"
+        message = "" if outcome in _SETTLED_OUTCOMES else _str(record.get("message")) or "-"
+        rows.append((printable(target), printable(outcome), _when(record.get("lastRestartTime"), now),
+                     printable(message)))
+    recorded = {(_str(r.get("kind")), _str(r.get("name"))) for r in records}
+    for ref in named:
+        kind, name = _str(ref.get("kind")), _str(ref.get("name"))
+        if (kind, name) not in recorded:
+            rows.append((printable(f"{kind}/{name}"), "-", "-", "not recorded yet"))
+    if not rows:
+        return [*lines, "  none found yet"]
+    head: tuple[str, ...] = ("TARGET", "OUTCOME", "LAST RESTART", "MESSAGE")
+    if not any(row[-1] for row in rows):  # every target is current: no message column
+        head, rows = head[:-1], [row[:-1] for row in rows]
+    return [*lines, *(line.rstrip() for line in _table([head, *rows]))]
+
+
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return ["  " + "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "   " + row[-1]
@@ -392,6 +436,7 @@ def render_status(view: StatusView, now: dt.datetime) -> str:
              *_certificate_text(view, now), *_token_text(view, now),
              *_renew_text(view),
              *_consumers_text(view),
+             *_restarts_text(view, now),
              *_events_text(view, now)]
     return _text(lines)
 
@@ -425,6 +470,7 @@ def status_json(view: StatusView, now: dt.datetime) -> dict[str, Any]:
         "consumers": None if view.consumers is None else [
             {"pod": c.pod, "phase": c.phase, "uses": [asdict(u) for u in c.uses]} for c in view.consumers],
         "consumersError": view.consumers_error,
+        "restarts": [dict(r) for r in restart_records(status)] or None,
         "events": [{"type": e.type, "reason": e.reason, "message": e.message, "lastSeen": e.last_seen,
                     "count": e.count, "source": e.source} for e in view.events],
     }

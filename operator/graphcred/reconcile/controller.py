@@ -297,6 +297,7 @@ class Controller:
         self.reconciler.metrics.forget(namespace, name)
         self.reconciler.app_outcomes.forget(key)
         self.reconciler.rotator.untrack(key)
+        self.reconciler.restarter.forget(key)
         if worker is not None:
             self._unindex(key)
             if worker.renew_timer is not None and not self._leave_batch(worker):
@@ -419,6 +420,7 @@ class Controller:
     async def stop(self) -> None:
         self._stopping = True
         await self.reconciler.rotator.stop()
+        await self.reconciler.restarter.stop()
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         self._workers.clear()
         for task in tasks:

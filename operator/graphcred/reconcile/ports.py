@@ -47,6 +47,11 @@ class KubePort(StatusPort, Protocol):
 
     def read_cluster_app(self, name: str) -> dict[str, Any] | None: ...
 
+    def read_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def patch_workload(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch a Deployment, StatefulSet or DaemonSet; the workload as patched, None if it does not exist."""
+
     def read_namespace(self, name: str) -> dict[str, Any] | None: ...
 
     def patch_app_status(self, name: str, status: dict[str, Any]) -> None:

@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
 from pydantic import ValidationError
 
+from graphcred.acquire import keygen
 from graphcred.acquire.authority import AllowedAuthorities, not_allowed_message
 from graphcred.acquire.breaker import Breaker
 from graphcred.acquire.credentials import Certificate, ManagedIdentity, Material
@@ -67,6 +67,7 @@ from graphcred.reconcile.outcome import spec_error_message
 from graphcred.reconcile.policy import Retry
 from graphcred.reconcile.ports import EventSink, KubePort, SecretDirectory, TokenPort
 from graphcred.reconcile.reading import MANAGED_IDENTITY_VERSION, CredentialReader
+from graphcred.reconcile.restarter import Restarter
 from graphcred.reconcile.rotation import (
     NOT_REGISTERED_RETRY,
     RENEWAL_CONDITION,
@@ -206,6 +207,8 @@ class Reconciler:
         self.rotator = Rotator(self.calls, lambda *request: tokens.acquire(*request),
                                graph if graph is not None else GraphKeys(),
                                graph_endpoint=graph_endpoint, clock=clock)
+        # restart targets: workloads restarted once for each new token (spec.restartTargets)
+        self.restarter = Restarter(kube, self.calls.blocking, emit, self.metrics, clock, self._rng)
         self.acquirer = TokenAcquirer(tokens, self.calls, self.reader, slots, Breaker(self._rng),
                                       shared if shared is not None else SharedTokens(),  # an empty one is falsy
                                       self.metrics, clock)
@@ -233,7 +236,23 @@ class Reconciler:
         async with contextlib.AsyncExitStack() as held:  # the credential Secret read, shared while the pass runs
             delay = await self._pass(snap, mem, held)
         self._tell_app(snap, mem)
+        self._tell_restarter(snap, mem)
         return delay
+
+    def _tell_restarter(self, snap: Snapshot, mem: Memory) -> None:
+        """The credential's restart targets and the token its Secret now holds (known by its lastRefreshTime): the
+        restarter restarts them once for each new token, and for nothing else."""
+        key = (snap.namespace, snap.name)
+        if not (snap.spec.get("restartTargets") or snap.spec.get("restartUnrefreshable")
+                or snap.status.get("restarts") or self.restarter.tracking(key)):
+            return  # the common case, without parsing the spec again
+        spec = _validated(snap.spec)
+        status = mem.report.last_status if mem.report.last_status is not None else snap.status
+        token_time = status.get("lastRefreshTime") if status.get("expiresOn") else None
+        named = [(t.kind.value, t.name) for t in spec.restart_targets] if spec is not None else []
+        self.restarter.track(key, snap.event_ref(), snap.status, named,
+                             spec is not None and spec.restart_unrefreshable,
+                             token_time if isinstance(token_time, str) else None)
 
     def _tell_app(self, snap: Snapshot, mem: Memory) -> None:
         """How the pass ended, for the status of the ClusterGraphApp it named (if any): every end, a kept token's
@@ -272,7 +291,7 @@ class Reconciler:
             settled = token_spec(spec, who)  # what the token and the Ready verdict depend on
             asked = _Asked(issued_for, tuple(spec.required_roles))
             mem.credential.secret = identity.credential.secret_name
-            mem.report.rotation = await self._rotation(snap, who)
+            mem.report.rotation = self._rotation(snap, who)
             # 2. gather
             previous = _upgraded(self._previous(snap, mem), spec, identity, secret_name, issued_for)
             material: Material | None = None
@@ -346,7 +365,7 @@ class Reconciler:
         return await self._issued(snap, mem, spec, secret_name, token, credential_version, renew, issued_for,
                                   settled, decision.reason)
 
-    async def _rotation(self, snap: Snapshot, who: _Identity) -> tuple[str, str, CertificateRotation] | None:
+    def _rotation(self, snap: Snapshot, who: _Identity) -> tuple[str, str, CertificateRotation] | None:
         """certificate.rotation: the rotator looks after the certificate Secret (and creates it, with a key pair it
         generates, if it does not exist); the Secret it looks after, for the report."""
         ref = who.identity.credential.certificate
@@ -367,7 +386,7 @@ class Reconciler:
         if rotation is None or not isinstance(material, Certificate):
             return await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
         key = (rotation[0], rotation[1])
-        thumbprint = material.leaf.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Entra's thumbprint
+        thumbprint = keygen.thumbprint(material.leaf)
         try:
             token = await self._acquire(snap, spec, who, mem, previous, material, issued_for, renew)
         except AcquisitionError as exc:
@@ -390,9 +409,9 @@ class Reconciler:
         rotation = mem.report.rotation
         view = self.rotator.view((rotation[0], rotation[1])) if rotation is not None else None
         others = [c for c in status.conditions if c.type != RENEWAL_CONDITION]
-        if rotation is None or view is None:
-            if rotation is None:
-                return status.model_copy(update={"certificate": None, "conditions": others})
+        if rotation is None:
+            return status.model_copy(update={"certificate": None, "conditions": others})
+        if view is None:  # the rotator has not read the Secret yet: what the status says stands
             return status
         # compared with what was last written (the object's status after a restart)
         last = mem.report.last_status if mem.report.last_status is not None else snap.status or {}
@@ -722,7 +741,6 @@ class Reconciler:
             self.emit(snap.event_ref(), event.type, event.reason, event.message)
             log.log(logging.INFO if report.ready else logging.WARNING, "%s/%s: %s: %s", snap.namespace, snap.name,
                     event.reason, event.message)
-
 
 
 def _condition_of(status: Mapping[str, Any], kind: str) -> Condition | None:

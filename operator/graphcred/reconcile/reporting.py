@@ -170,9 +170,9 @@ def kept(previous: GraphAppCredentialStatus, credential_version: str) -> Report:
                   event_due(ready, True, Reason.TOKEN_ISSUED, ready.message))
 
 
-# Status fields another writer owns (the consumer reports: `graphcred.consumers.reports`): a pass neither writes
-# nor removes them, so the two writers never overwrite each other.
-WRITTEN_ELSEWHERE = frozenset({"unrefreshableConsumers"})
+# Status fields other writers own (the consumer reports: `graphcred.consumers.reports`; the restarts:
+# `graphcred.reconcile.restarter`): a pass neither writes nor removes them, so writers never overwrite each other.
+WRITTEN_ELSEWHERE = frozenset({"unrefreshableConsumers", "restarts"})
 
 
 def status_patch(before: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any] | None:

@@ -25,6 +25,8 @@ from typing import Any, Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from graphcred.acquire.credentials import TLS_CERT_KEY
+from graphcred.acquire.keygen import thumbprint
 from graphcred.api.keys import (
     ADDING_ANNOTATION,
     GENERATED_BY_ANNOTATION,
@@ -40,7 +42,6 @@ from graphcred.api.keys import (
 from graphcred.api.model import GUID_PATTERN, CertificateRotation, CertificateStatus, Condition
 from graphcred.base.times import rfc3339
 
-TLS_CERT_KEY = "tls.crt"
 RENEWAL_CONDITION = "CertificateRenewal"
 MAX_PEM = 8192  # status.certificate.pem's bound: a leaf certificate is 1-2 KB
 NOT_REGISTERED_RETRY = 30.0  # seconds between token requests while a person has yet to upload the certificate
@@ -63,8 +64,7 @@ def cert_facts(pem: bytes) -> CertFacts | None:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError:
         return None
-    return CertFacts(cert.fingerprint(hashes.SHA1()).hex().upper(),  # noqa: S303 - Entra's thumbprint is SHA-1
-                     cert.fingerprint(hashes.SHA256()).hex().upper(), cert.not_valid_after_utc,
+    return CertFacts(thumbprint(cert), cert.fingerprint(hashes.SHA256()).hex().upper(), cert.not_valid_after_utc,
                      cert.public_bytes(serialization.Encoding.PEM).decode())
 
 

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from graphcred.acquire import credentials, keygen
+from graphcred.acquire.credentials import TLS_CERT_KEY, TLS_KEY_KEY
 from graphcred.acquire.graphkeys import GRAPH_BY_CLOUD, GraphKeys, KeyCallFailed, graph_scope, sign_proof
 from graphcred.acquire.tokens import AcquisitionError, Token
 from graphcred.api.failures import Failure
@@ -183,7 +184,7 @@ class Rotator:
                 "metadata": {"name": name, "namespace": namespace,
                              "labels": {MANAGED_BY_LABEL: MANAGED_BY, ROTATION_LABEL: ROTATION_ENABLED},
                              "annotations": {GENERATED_BY_ANNOTATION: MANAGED_BY}},
-                "data": {"tls.crt": _b64(pair.cert_pem), "tls.key": _b64(pair.key_pem)}}
+                "data": {TLS_CERT_KEY: _b64(pair.cert_pem), TLS_KEY_KEY: _b64(pair.key_pem)}}
         try:
             await self.calls("create Secret", self.calls.kube.create_secret, namespace, body)
         except Conflict:
@@ -261,7 +262,7 @@ class Rotator:
         now = self._clock()
         step = plan(state, job.rotation, now)
         if step.step is Step.IDLE:
-            self._report(key, job, _idle(state, job))
+            self._report(key, job, scheduled(state, job.rotation))
             return None if step.due is None else (step.due - now).total_seconds()
         if step.step is Step.STORE:
             if _accepted(job) is None:  # after a restart nobody may have asked yet: the proof needs it
@@ -286,7 +287,7 @@ class Rotator:
                                                      PREVIOUS_THUMBPRINT_ANNOTATION: None})
             return 0.0
         try:
-            await self._do(step.step, key, job, state)
+            await self._do(step.step, key, job, state, secret)
         except StepFailed as failed:
             return self._failed(key, job, failed)
         except Conflict:
@@ -305,7 +306,7 @@ class Rotator:
         """Whether Entra accepts the current certificate, with a token request of the rotator's own."""
         # refused (recorded by `_graph_token`) or not known now: the next turn asks again
         with contextlib.suppress(StepFailed):
-            await self._graph_token(job, self._material(secret, "tls.crt", "tls.key", job), "the current")
+            await self._graph_token(job, self._material(secret, TLS_CERT_KEY, TLS_KEY_KEY, job), "the current")
 
     def _failed(self, key: Key, job: _Job, failed: StepFailed) -> float:
         job.failures += 1
@@ -334,7 +335,9 @@ class Rotator:
                 self.on_change(owner)
 
     # --- the steps --------------------------------------------------------------------------------------------
-    async def _do(self, step: Step, key: Key, job: _Job, state: KeyState) -> None:
+    async def _do(self, step: Step, key: Key, job: _Job, state: KeyState, secret: dict[str, Any]) -> None:
+        """One step, on the Secret as this turn read it (`state` is what it says): a newer version meanwhile makes
+        the step's write a Conflict, and the next turn reads again."""
         namespace, name = key
         if step is Step.STORE:
             self._progress(key, job, Outcome(True, "Renewing", "generating the next key pair"))
@@ -346,13 +349,13 @@ class Rotator:
             job.pair = None
             log.info("%s/%s: stored the next certificate %s", namespace, name, pair.thumbprint)
         elif step is Step.REGISTER:
-            await self._register(key, job, state)
+            await self._register(key, job, state, secret)
         elif step is Step.SWITCH:
-            await self._switch(key, job, state)
+            await self._switch(key, job, state, secret)
         elif step is Step.REMOVE:
-            await self._remove(key, job, state)
+            await self._remove(key, job, state, secret)
 
-    async def _register(self, key: Key, job: _Job, state: KeyState) -> None:
+    async def _register(self, key: Key, job: _Job, state: KeyState, secret: dict[str, Any]) -> None:
         assert state.next is not None
         thumbprint = state.next.thumbprint
         self._progress(key, job, Outcome(True, "Renewing", f"registering the next certificate "
@@ -361,8 +364,7 @@ class Rotator:
             await self._patch(key, state, notes={NEXT_KEY_ID_ANNOTATION: job.added[thumbprint],
                                                  ADDING_ANNOTATION: None})
             return
-        secret = await self._read(key)
-        current = self._material(secret, "tls.crt", "tls.key", job)
+        current = self._material(secret, TLS_CERT_KEY, TLS_KEY_KEY, job)
         token = await self._graph_token(job, current, "the current")
         if not state.adding:  # recorded first: if addKey's answer is lost, the next attempt knows it may have worked
             state = KeyState.of({**secret, "metadata": {**secret["metadata"], "resourceVersion": await self._patch(
@@ -377,12 +379,12 @@ class Rotator:
             if not (state.adding and exc.status == 400):
                 raise StepFailed(f"Microsoft Graph refused addKey: {exc}", retry_after=exc.retry_after) from None
             # sent before, answer lost: Graph refuses the same certificate twice; was it the first attempt's?
-            key_id = await self._added_before(key, job, token, state)
+            key_id = await self._added_before(job, token, state, secret)
         job.added = {thumbprint: key_id}
         await self._patch(key, state, notes={NEXT_KEY_ID_ANNOTATION: key_id, ADDING_ANNOTATION: None})
         log.info("%s/%s: Entra added certificate %s (keyId %s)", key[0], key[1], thumbprint, key_id)
 
-    async def _added_before(self, key: Key, job: _Job, token: Token, state: KeyState) -> str:
+    async def _added_before(self, job: _Job, token: Token, state: KeyState, secret: dict[str, Any]) -> str:
         assert state.next is not None
         try:
             found = await self.calls.blocking(self.graph.find_key_id, self._graph_url(job), token.access_token,
@@ -393,22 +395,17 @@ class Rotator:
             return found
         # Entra issuing a token for the next key proves the earlier attempt added it (its keyId stays unknown: the
         # key stays in Entra when it is replaced, and status says so)
-        secret = await self._read(key)
         await self._graph_token(job, self._material(secret, NEXT_CERT_KEY, NEXT_KEY_KEY, job), "the next",
                                 refused_is_waiting=True)
         return UNKNOWN_KEY_ID
 
-    async def _switch(self, key: Key, job: _Job, state: KeyState) -> None:
+    async def _switch(self, key: Key, job: _Job, state: KeyState, secret: dict[str, Any]) -> None:
         assert state.next is not None
-        secret = await self._read(key)
         upcoming = self._material(secret, NEXT_CERT_KEY, NEXT_KEY_KEY, job)
-        try:
-            token = await self._graph_token(job, upcoming, "the next", refused_is_waiting=True)
-        except StepFailed:
-            raise
+        token = await self._graph_token(job, upcoming, "the next", refused_is_waiting=True)
         previous_id = state.key_id or UNKNOWN_KEY_ID
-        await self._patch(key, state, data={"tls.crt": secret["data"][NEXT_CERT_KEY],
-                                            "tls.key": secret["data"][NEXT_KEY_KEY],
+        await self._patch(key, state, data={TLS_CERT_KEY: secret["data"][NEXT_CERT_KEY],
+                                            TLS_KEY_KEY: secret["data"][NEXT_KEY_KEY],
                                             NEXT_CERT_KEY: None, NEXT_KEY_KEY: None},
                           notes={KEY_ID_ANNOTATION: state.next_key_id, NEXT_KEY_ID_ANNOTATION: None,
                                  PREVIOUS_KEY_ID_ANNOTATION: previous_id,
@@ -419,9 +416,8 @@ class Rotator:
         log.info("%s/%s: switched to certificate %s (Entra issued a token for it)", key[0], key[1],
                  state.next.thumbprint)
 
-    async def _remove(self, key: Key, job: _Job, state: KeyState) -> None:
-        secret = await self._read(key)
-        current = self._material(secret, "tls.crt", "tls.key", job)
+    async def _remove(self, key: Key, job: _Job, state: KeyState, secret: dict[str, Any]) -> None:
+        current = self._material(secret, TLS_CERT_KEY, TLS_KEY_KEY, job)
         token = await self._graph_token(job, current, "the current")
         url, object_id = self._graph_url(job), job.rotation.object_id
         previous = state.previous_key_id
@@ -468,24 +464,19 @@ class Rotator:
             return await self.calls.blocking(keygen.generate_key, f"graphcred {identity.client_id}",
                                              rotation.validity_delta(), now)
 
-    async def _read(self, key: Key) -> dict[str, Any]:
-        secret = await self.calls("read Secret", self.calls.kube.read_secret, key[0], key[1])
-        if secret is None:
-            raise StepFailed(f"Secret {key[1]} is gone")
-        return secret
-
     def _material(self, secret: dict[str, Any], cert_key: str, key_key: str, job: _Job) -> credentials.Certificate:
         data = secret.get("data") or {}
         ref = CertificateRef(name=str(secret["metadata"]["name"]), send_x5c=job.send_x5c)
         try:
-            return credentials.parse_certificate({"tls.crt": data.get(cert_key, ""), "tls.key": data.get(key_key, "")},
+            return credentials.parse_certificate({TLS_CERT_KEY: data.get(cert_key, ""),
+                                                  TLS_KEY_KEY: data.get(key_key, "")},
                                                  ref)
         except Failure as exc:
             raise StepFailed(exc.message) from None
 
     async def _graph_token(self, job: _Job, material: credentials.Certificate, which: str, *,
                            refused_is_waiting: bool = False) -> Token:
-        thumbprint = material.leaf.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - Entra's thumbprint
+        thumbprint = keygen.thumbprint(material.leaf)
         held = job.graph_token
         if held is not None and held[0] == thumbprint and held[1].expires_on > self._clock() + dt.timedelta(minutes=5):
             return held[1]
@@ -543,10 +534,6 @@ def _accepted(job: _Job) -> bool | None:
     if job.state is None or job.state.current is None:
         return None
     return job.accepted.get(job.state.current.thumbprint)
-
-
-def _idle(state: KeyState, job: _Job) -> Outcome:
-    return scheduled(state, job.rotation)
 
 
 def _thumb(state: KeyState) -> str:

@@ -74,6 +74,11 @@ class Metrics:
             registry=self.registry)
         for why in ("queue_full", "stopped", "failed"):  # at 0 from the start: a first loss is an increase()
             self.events_lost.labels(why)
+        self.restarts = Counter(
+            "graphcred_workload_restarts", "Tries to restart a restart target (spec.restartTargets, "
+            "restartUnrefreshable) for a new token, by the workload's kind and the outcome: Restarted, Waiting (the "
+            "rollout graphcred started last is still in progress), NotFound, Forbidden, Failed.", ["kind", "outcome"],
+            registry=self.registry)
         self._states: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._workers: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self._credentials: Callable[[], Iterable[CredentialStatus]] = lambda: ()
