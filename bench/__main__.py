@@ -3,7 +3,8 @@
   python -m bench bed-start            control-plane start time (3 runs)
   python -m bench latency [--n 20]     create-to-Ready latency, one at a time: client secret vs workload identity
   python -m bench scale [--n 100 --n 1000] [--per-app 1 --per-app 10] [--lifetime 30] [--steady 60]
-                                       N credentials, K per app, against the bare cost of the job (see bench/scale.py)
+                                       N credentials, K per app, against the bare cost of the job and against
+                                       the same work done by hand (see bench/scale.py)
   python -m bench restart [--n 10000] [--per-app 1] [--lifetime 3600] [--profile DIR]
                                        N Ready credentials: the operator killed and started again, and a leader
                                        change with two replicas (see bench/restart.py)

@@ -6,6 +6,11 @@ credentials share an app, so they share token requests and credential reads). Re
 - convergence: first create until every credential is Ready (its Secret written);
 - the bare job in the same run: an asyncio script doing N token requests (msal, a fresh client each) and N Secret
   creates with the same concurrency; and the ratio;
+- the same work done by hand, in the same run: an asyncio script doing for each credential what the operator must
+  (read the credential Secret, acquire the token, create the token Secret as graphcred renders it, patch the
+  GraphAppCredential's status, post an Event) with the same concurrency, on shadow GraphAppCredentials created
+  before and removed after it (outside the time measured); and the ratio, the honest limit of the operator's own
+  overhead (four apiserver requests per credential are the contract's floor: issue 29);
 - token requests and apiserver requests per credential, and the apiserver requests by resource and verb;
 - create-to-Ready latency p50/p99 (seen by a watch);
 - steady state over several refresh cycles of short-lived tokens: operator CPU seconds, token requests and Secret
@@ -21,6 +26,7 @@ credentials share an app, so they share token requests and credential reads). Re
 from __future__ import annotations
 
 import asyncio
+import base64
 import bisect
 import contextlib
 import json
@@ -64,6 +70,8 @@ class Result:
     per_app: int = 1
     converge: float = 0.0
     bare: float = 0.0
+    same_work: float = 0.0  # the same work by hand (read, token, Secret, status, Event)
+    same_work_cpu: float = 0.0  # that script's own CPU seconds (this process's, while it ran)
     token_requests: int = 0
     api_requests: int = 0
     api_breakdown: dict[str, int] = field(default_factory=dict)  # "resource[/subresource] VERB" -> requests
@@ -92,6 +100,10 @@ class Result:
             ("convergence (all Ready)", f"{self.converge:.1f} s"),
             ("bare asyncio job (N tokens + N Secrets)", f"{self.bare:.1f} s"),
             ("ratio operator / bare", f"{self.converge / self.bare:.2f}x"),
+            ("same work by hand (read, token, Secret, status, Event)",
+             f"{self.same_work:.1f} s ({1000 * self.same_work_cpu / self.n:.1f} ms CPU per credential)"),
+            ("ratio operator / same work", f"{self.converge / max(self.same_work, 0.001):.2f}x"),
+            ("operator CPU per new credential", f"{1000 * self.converge_cpu / self.n:.1f} ms"),
             ("operator CPU seconds while converging",
              f"{self.converge_cpu:.1f} s ({100 * self.converge_cpu / max(self.converge, 0.1):.0f}% of a core)"),
             ("token requests per credential", f"{self.token_requests / self.n:.2f}"),
@@ -107,6 +119,7 @@ class Result:
             ("steady state: token requests per refresh of an app (1 token, per_app writes)",
              f"{self.steady_token_requests / max(self.steady_token_requests - self.steady_unused_requests, 1):.2f} "
              f"({self.steady_unused_requests} of {self.steady_token_requests} wrote nothing)"),
+            ("steady state: operator CPU per refresh", f"{1000 * self.steady_cpu / refreshes:.1f} ms"),
             ("steady state: Secret write requests per refresh", f"{self.steady_write_requests / refreshes:.2f}"),
             ("steady state: status patches per refresh", f"{self.steady_status_patches / refreshes:.2f}"),
             ("Events posted while converging / lost (by why)",
@@ -200,6 +213,93 @@ async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int, per_a
     await asyncio.gather(*(one(i) for i in range(n)))
     pool.shutdown()
     return time.monotonic() - t0
+
+
+def _same_work(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int, per_app: int) -> tuple[float, float]:
+    """What the operator must do for each new credential, by hand, CONCURRENCY at a time: read the credential
+    Secret, acquire the token (msal, a fresh client), create the token Secret (graphcred's keys, label and owner),
+    merge-patch the status (a Ready condition and the token's fields), post an Event. On shadow GraphAppCredentials
+    (`sw-I`) made before and deleted with their Secrets after, outside the time measured; no operator runs then.
+    Returns (seconds, this process's CPU seconds while it ran)."""
+    custom = bed.custom
+    uids: dict[int, str] = {}
+
+    def shadow(i: int) -> None:
+        ns, tenant, client_id, _ = spaces[i // per_app]
+        made = custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "GraphAppCredential",
+            "metadata": {"name": f"sw-{i}", "labels": {"bench": "same-work"}},
+            "spec": {"tenantId": tenant, "clientId": client_id, "authorityHost": bed.authority_host,
+                     "credential": {"clientSecret": {"name": "app"}}}})
+        uids[i] = made["metadata"]["uid"]
+
+    with ThreadPoolExecutor(CONCURRENCY) as setup:
+        list(setup.map(shadow, range(n)))
+    session = PinnedCASession(str(bed.issuer_ca_file), authority_hosts=[bed.authority_host])
+    pool = ThreadPoolExecutor(CONCURRENCY)
+    core = bed.core
+
+    def one(i: int) -> None:
+        ns, tenant, client_id, _ = spaces[i // per_app]
+        name = f"sw-{i}"
+        secret = core.read_namespaced_secret("app", ns)
+        app = msal.ConfidentialClientApplication(client_id, client_credential=base64.b64decode(
+            secret.data["clientSecret"]).decode(), authority=f"{bed.authority_host}/{tenant}",
+            instance_discovery=False, http_client=session, token_cache=msal.TokenCache())
+        answer = app.acquire_token_for_client([GRAPH])
+        token, expires_in = str(answer["access_token"]), int(answer["expires_in"])
+        now = time.time()
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + expires_in))
+        issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        core.create_namespaced_secret(ns, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=f"{name}-token", labels={MANAGED_BY_LABEL: "bench-same-work"},
+                                         owner_references=[client.V1OwnerReference(
+                                             api_version=f"{GROUP}/{VERSION}", kind="GraphAppCredential",
+                                             name=name, uid=uids[i], controller=True)]),
+            string_data={"access_token": token, "token_type": "Bearer", "expires_on": expires,
+                         "authorization": f"Bearer {token}"}))
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, PLURAL, name, {"status": {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "TokenIssued",
+                            "message": f"token in Secret {name}-token valid until {expires}",
+                            "lastTransitionTime": issued, "observedGeneration": 1}],
+            "observedGeneration": 1, "secretName": f"{name}-token", "expiresOn": expires, "lastRefreshTime": issued,
+            "refreshAt": expires, "consecutiveFailures": 0}})
+        core.create_namespaced_event(ns, client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}."),
+            involved_object=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind="GraphAppCredential",
+                                                     name=name, namespace=ns, uid=uids[i]),
+            reason="TokenIssued", message=f"token in Secret {name}-token valid until {expires}", type="Normal",
+            source=client.V1EventSource(component="bench-same-work"), first_timestamp=None))
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def each(i: int) -> None:
+            async with slots:
+                await loop.run_in_executor(pool, one, i)
+
+        await asyncio.gather(*(each(i) for i in range(n)))
+
+    cpu0, t0 = time.process_time(), time.monotonic()
+    asyncio.run(run())
+    elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    pool.shutdown()
+
+    def clean(space: tuple[str, str, str, str]) -> None:
+        ns = space[0]
+        custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, label_selector="bench=same-work")
+        core.delete_collection_namespaced_secret(ns, label_selector=f"{MANAGED_BY_LABEL}=bench-same-work")
+
+    with ThreadPoolExecutor(CONCURRENCY) as setup:
+        list(setup.map(clean, spaces))
+
+    def gone() -> bool:
+        left = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector="bench=same-work", limit=1)
+        return not left["items"]
+
+    wait_for(gone, timeout=600, interval=1.0, what="the shadow credentials deleted")
+    return elapsed, cpu
 
 
 class _SecretWrites:
@@ -329,6 +429,7 @@ def run_one(n: int, per_app: int, lifetime: int, steady: float, profile_dir: Pat
         install_crd(bed)
         spaces = _setup(bed, n, per_app, lifetime)
         result.bare = asyncio.run(_bare(bed, spaces, n, per_app))
+        result.same_work, result.same_work_cpu = _same_work(bed, spaces, n, per_app)
         before_tokens = bed.issuer.token_requests()
         port = _free_port()
         with OperatorProcess(bed, Path(d), f"--metrics-port={port}", log_level="WARNING") as op:
