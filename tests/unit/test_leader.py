@@ -5,7 +5,8 @@ import datetime as dt
 import pytest
 from kubernetes import client
 
-from graphcred.app.leader import LeaseElector, _micro, _parse, may_take, observe, renew_overdue
+from graphcred.app.leader import LeaseElector, _parse, may_take, observe, renew_overdue
+from graphcred.base.times import rfc3339_micro as _micro
 
 
 def test_microtime_round_trips_in_both_spellings() -> None:

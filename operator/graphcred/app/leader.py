@@ -23,15 +23,13 @@ from typing import Any, cast
 
 from kubernetes import client
 
+from graphcred.base.times import rfc3339_micro
+
 log = logging.getLogger(__name__)
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _micro(moment: dt.datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse(text: str | None) -> dt.datetime | None:
@@ -109,7 +107,7 @@ class LeaseElector:
         now = self._clock()
         # rounded up: a standby must never count a shorter lease than the one this leader keeps its deadline in
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": math.ceil(self.lease_seconds),
-                "acquireTime": _micro(now), "renewTime": _micro(now), "leaseTransitions": 0}
+                "acquireTime": rfc3339_micro(now), "renewTime": rfc3339_micro(now), "leaseTransitions": 0}
         if lease is None:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}

@@ -9,6 +9,11 @@ def rfc3339(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_micro(moment: dt.datetime) -> str:
+    """RFC 3339 UTC with microseconds (Kubernetes' MicroTime; two moments within a second still differ)."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_rfc3339(text: str | None) -> dt.datetime | None:
     if not text:
         return None

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from graphcred.base.times import rfc3339, rfc3339_micro
 from graphcred.kube.errors import Forbidden, describe_failure, outage
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,6 @@ DEFAULT_ACTION = "AcquireToken"
 def instance_name(environ: Mapping[str, str] = os.environ, hostname: Callable[[], str] = socket.gethostname) -> str:
     """Who reports: the pod (POD_NAME, from the chart's downward API), else the host."""
     return (environ.get("POD_NAME") or hostname() or "unknown")[:MAX_INSTANCE]
-
-
-def _time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _micro_time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _cut(message: str) -> str:
@@ -96,7 +89,7 @@ def event_body(ref: Mapping[str, Any], type: str, reason: str, message: str, *, 
         "action": ACTIONS.get(reason, DEFAULT_ACTION),
         "source": {"component": COMPONENT, "host": instance},
         "reportingComponent": COMPONENT, "reportingInstance": instance,
-        "firstTimestamp": _time(at), "lastTimestamp": _time(at), "eventTime": _micro_time(at), "count": 1,
+        "firstTimestamp": rfc3339(at), "lastTimestamp": rfc3339(at), "eventTime": rfc3339_micro(at), "count": 1,
     }
 
 
@@ -238,7 +231,7 @@ class EventRecorder:
             posted = self._posted.get(key)
             count = posted.count if posted is not None else 0
         if posted is not None and self.api.patch_event(namespace, posted.name, {
-                "count": count + 1, "lastTimestamp": _time(pending.at)}):
+                "count": count + 1, "lastTimestamp": rfc3339(pending.at)}):
             with self._cache:
                 posted.count = count + 1
                 if key in self._posted:

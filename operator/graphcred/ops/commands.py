@@ -42,6 +42,7 @@ from graphcred.api.keys import (
     VERSION,
 )
 from graphcred.api.model import DNS_SUBDOMAIN_PATTERN
+from graphcred.base.times import rfc3339_micro
 from graphcred.kube.connect import (
     SERVICE_ACCOUNT_DIR,
     in_cluster,
@@ -365,7 +366,7 @@ def _resource_namespace_of(deployment: Mapping[str, Any]) -> str:
 
 def renew_value(now: dt.datetime) -> str:
     """RFC 3339 with microseconds: two requests in one second are two new values."""
-    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339_micro(now)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from graphcred.api.model import (
     RestartStatus,
     WorkloadKind,
 )
-from graphcred.base.times import rfc3339
+from graphcred.base.times import rfc3339, rfc3339_micro
 
 # the outcomes after which nothing is retried until a newer token
 SETTLED = (RestartOutcome.CURRENT, RestartOutcome.RESTARTED, RestartOutcome.NOT_FOUND, RestartOutcome.REFUSED)
@@ -111,8 +111,7 @@ def marker(credential: str, token_time: str) -> str:
 def restart_patch(now: dt.datetime, mark: str) -> dict[str, Any]:
     """The merge patch that makes the workload's controller roll its pods (what `kubectl rollout restart` does),
     with the token it was restarted for. Microseconds: two restarts within a second must still differ."""
-    stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp,
+    return {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: rfc3339_micro(now),
                                                                 RESTARTED_FOR_ANNOTATION: mark}}}}}
 
 
