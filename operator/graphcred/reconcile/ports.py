@@ -23,7 +23,16 @@ class StatusPort(Protocol):
         """Merge-patch the status; raises `Gone` if the object no longer exists."""
 
 
-class KubePort(StatusPort, Protocol):
+class WorkloadPort(StatusPort, Protocol):
+    """The restarter's calls (restart targets): a workload read and merge-patched, and the status's restarts."""
+
+    def read_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def patch_workload(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch a Deployment, StatefulSet or DaemonSet; the workload as patched, None if it does not exist."""
+
+
+class KubePort(WorkloadPort, Protocol):
     """The Kubernetes calls of a pass: the credential Secret or ServiceAccount read, the token Secret written, the
     status patched. Expected answers are results (None: absent) or `Conflict` / `Gone`; anything else is a
     `KubeError` (graphcred.kube.errors) naming the call."""
@@ -46,11 +55,6 @@ class KubePort(StatusPort, Protocol):
         """Delete only the very Secret read, unchanged since (else `Conflict`); gone already is fine."""
 
     def read_cluster_app(self, name: str) -> dict[str, Any] | None: ...
-
-    def read_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-
-    def patch_workload(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch a Deployment, StatefulSet or DaemonSet; the workload as patched, None if it does not exist."""
 
     def read_namespace(self, name: str) -> dict[str, Any] | None: ...
 

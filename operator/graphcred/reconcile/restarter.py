@@ -23,13 +23,13 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from graphcred.api.keys import RESTARTED_FOR_ANNOTATION
 from graphcred.api.model import MAX_RESTART_TARGETS, RestartOutcome, RestartStatus, WorkloadKind
 from graphcred.base.backoff import backoff
 from graphcred.kube.errors import Forbidden, Gone, KubeError
-from graphcred.reconcile.ports import EventSink
+from graphcred.reconcile.ports import EventSink, WorkloadPort
 from graphcred.reconcile.restarts import (
     Action,
     Target,
@@ -58,15 +58,6 @@ FAILURE_CAP = 300.0
 UNSETTLED_RETRY = 5.0  # restartUnrefreshable before the pod watch has listed the credential's namespace
 CONCURRENCY = 4  # workloads read or patched at once, over all credentials
 OWNER_KINDS = {"StatefulSet": WorkloadKind.STATEFUL_SET, "DaemonSet": WorkloadKind.DAEMON_SET}
-
-
-class WorkloadPort(Protocol):
-    def read_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
-
-    def patch_workload(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
-        ...
-
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
 
 
 # restartUnrefreshable: the credential's token Secret and the controllers ("Kind/name") of the pods reading it
