@@ -14,6 +14,8 @@ from kubernetes import client
 from graphcred_testbed.bed import Bed
 from graphcred_testbed.node import KUBELET_SYSCTLS
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def pod_ready(pod: client.V1Pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
@@ -38,6 +40,15 @@ def host_network_before() -> str:
 @pytest.fixture(scope="module")
 def host_sysctls_before() -> dict[str, str]:
     return host_sysctls()
+
+
+@pytest.fixture(scope="session")
+def image_archive() -> Path:
+    """The image built from the Dockerfile, once a session (testbed/build-image.sh; cached: `make test` builds it
+    beforehand)."""
+    out = subprocess.run(["bash", str(ROOT / "testbed" / "build-image.sh")], check=True, stdout=subprocess.PIPE,
+                         text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

@@ -111,14 +111,6 @@ def _restarts(pod: client.V1Pod) -> int:
 
 
 @pytest.fixture(scope="module")
-def image_archive() -> Path:
-    """The image built from the Dockerfile (testbed/build-image.sh; cached: `make test` builds it beforehand)."""
-    out = subprocess.run(["bash", str(ROOT / "testbed" / "build-image.sh")], check=True, stdout=subprocess.PIPE,
-                         text=True)
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
 def release(node_bed: Bed, image_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     bed = node_bed
     bed.node.import_image(image_archive)

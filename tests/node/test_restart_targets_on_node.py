@@ -15,7 +15,6 @@ import datetime as dt
 import hashlib
 import os
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,7 +37,6 @@ from .conftest import pod_ready
 
 pytestmark = [pytest.mark.bed, pytest.mark.node, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "ghcr.io/graphcred/graphcred:bed"  # the image built from the Dockerfile: it has python3
 NS = "restarts"
 LIFETIME = 60  # seconds: a new token every 30 s or so (half its life)
@@ -298,14 +296,6 @@ def consumer(name: str, replicas: int, container: dict[str, Any], **pod: Any) ->
             },
         },
     }
-
-
-@pytest.fixture(scope="module")
-def image_archive() -> Path:
-    """The image built from the Dockerfile (testbed/build-image.sh; cached: `make test` builds it beforehand)."""
-    out = subprocess.run(["bash", str(ROOT / "testbed" / "build-image.sh")], check=True, stdout=subprocess.PIPE,
-                         text=True)
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
