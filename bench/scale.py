@@ -185,6 +185,14 @@ def _setup(bed: Bed, n: int, per_app: int, lifetime: int) -> list[tuple[str, str
     return spaces
 
 
+def _token(bed: Bed, session: PinnedCASession, tenant: str, client_id: str, secret: str) -> dict[str, Any]:
+    """msal's answer to one client-credentials request, from a fresh client (no cache), as the operator asks."""
+    app = msal.ConfidentialClientApplication(client_id, client_credential=secret,
+                                             authority=f"{bed.authority_host}/{tenant}", instance_discovery=False,
+                                             http_client=session, token_cache=msal.TokenCache())
+    return dict(app.acquire_token_for_client([GRAPH]))
+
+
 async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int, per_app: int) -> float:
     """The job without an operator: N token requests and N Secret creates, CONCURRENCY at a time."""
     session = PinnedCASession(str(bed.issuer_ca_file), authority_hosts=[bed.authority_host])
@@ -193,11 +201,7 @@ async def _bare(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int, per_a
     slots = asyncio.Semaphore(CONCURRENCY)
 
     def token(tenant: str, client_id: str, secret: str) -> str:
-        app = msal.ConfidentialClientApplication(client_id, client_credential=secret,
-                                                 authority=f"{bed.authority_host}/{tenant}",
-                                                 instance_discovery=False, http_client=session,
-                                                 token_cache=msal.TokenCache())
-        return str(app.acquire_token_for_client([GRAPH])["access_token"])
+        return str(_token(bed, session, tenant, client_id, secret)["access_token"])
 
     def write(ns: str, name: str, tok: str) -> None:
         bed.core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name=name),
@@ -243,10 +247,7 @@ def _same_work(bed: Bed, spaces: list[tuple[str, str, str, str]], n: int, per_ap
         ns, tenant, client_id, _ = spaces[i // per_app]
         name = f"sw-{i}"
         secret = core.read_namespaced_secret("app", ns)
-        app = msal.ConfidentialClientApplication(client_id, client_credential=base64.b64decode(
-            secret.data["clientSecret"]).decode(), authority=f"{bed.authority_host}/{tenant}",
-            instance_discovery=False, http_client=session, token_cache=msal.TokenCache())
-        answer = app.acquire_token_for_client([GRAPH])
+        answer = _token(bed, session, tenant, client_id, base64.b64decode(secret.data["clientSecret"]).decode())
         token, expires_in = str(answer["access_token"]), int(answer["expires_in"])
         now = time.time()
         expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + expires_in))
