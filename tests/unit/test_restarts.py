@@ -196,6 +196,13 @@ class Rig:
     def reasons(self) -> list[str]:
         return [e[1] for e in self.events]
 
+    async def restarted_once(self) -> None:
+        """Target web adopted with token T1, then restarted for T2."""
+        self.track(T1)
+        await until(lambda: self.outcome() == "Current", "adopted")
+        self.track(T2)
+        await until(lambda: self.outcome() == "Restarted", "restarted")
+
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(scenario())
@@ -240,10 +247,7 @@ def test_an_operator_restart_or_a_new_leader_restarts_nothing_for_the_token_its_
     before.kube.add("Deployment", "web")
 
     async def first_life() -> None:
-        before.track(T1)
-        await until(lambda: before.outcome() == "Current", "adopted")
-        before.track(T2)
-        await until(lambda: before.outcome() == "Restarted", "restarted")
+        await before.restarted_once()
         await before.restarter.stop()
 
     run(first_life)
@@ -327,10 +331,7 @@ def test_a_rollout_someone_else_started_since_is_not_waited_for() -> None:
     rig.kube.add("Deployment", "web")
 
     async def scenario() -> None:
-        rig.track(T1)
-        await until(lambda: rig.outcome() == "Current", "adopted")
-        rig.track(T2)
-        await until(lambda: rig.outcome() == "Restarted", "restarted")
+        await rig.restarted_once()
         body = rig.kube.objects[("Deployment", "web")]
         body["spec"]["template"]["spec"]["containers"] = [{"name": "app", "image": "broken:2"}]
         body["metadata"]["generation"] += 1
