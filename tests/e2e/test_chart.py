@@ -592,6 +592,16 @@ def _restart_record(env: Env, name: str) -> dict[str, Any]:
     return dict(records[0])
 
 
+def _credential_restarting_web(env: Env) -> None:
+    """Credential `rbac` with Deployment web as its restart target, Ready, the target adopted (the first token
+    restarts nothing)."""
+    app = env.secret_app("rbac", secret_name="cred")
+    env.create("rbac", app, {"clientSecret": {"name": "cred"}}, restartTargets=[{"kind": "Deployment", "name": "web"}])
+    env.wait_ready("rbac", timeout=60)
+    wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Current", timeout=15,
+             what="the target adopted (the first token restarts nothing)")
+
+
 def _template_annotations(env: Env, name: str) -> dict[str, str]:
     body = client.AppsV1Api(env.bed.api).read_namespaced_deployment(name, env.namespace)
     return dict(body.spec.template.metadata.annotations or {})
@@ -606,12 +616,7 @@ def test_restart_targets_work_with_exactly_the_charts_rbac(env: Env, release_nam
     _deployment(env, "web")
     with chart_operator(env, operator_logdir, f"restarts-{scope}", ["--set", "restartTargets.enabled=true", *values],
                         *args):
-        app = env.secret_app("rbac", secret_name="cred")
-        env.create("rbac", app, {"clientSecret": {"name": "cred"}}, restartTargets=[{"kind": "Deployment",
-                                                                                     "name": "web"}])
-        env.wait_ready("rbac", timeout=60)
-        wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Current", timeout=15,
-                 what="the target adopted (the first token restarts nothing)")
+        _credential_restarting_web(env)
         token_time = env.renew("rbac")
         wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Restarted", timeout=20,
                  what="the Deployment restarted with the chart's RBAC")
@@ -628,12 +633,7 @@ def test_restart_targets_are_forbidden_without_the_value(env: Env, release_names
     _deployment(env, "web")
     with chart_operator(env, operator_logdir, "restarts-off", [],
                         denied=re.compile(r"Deployment web: read Deployment")):
-        app = env.secret_app("rbac", secret_name="cred")
-        env.create("rbac", app, {"clientSecret": {"name": "cred"}}, restartTargets=[{"kind": "Deployment",
-                                                                                     "name": "web"}])
-        env.wait_ready("rbac", timeout=60)
-        wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Current", timeout=15,
-                 what="the target adopted")
+        _credential_restarting_web(env)
         env.renew("rbac")
         wait_for(lambda: _restart_record(env, "rbac").get("outcome") == "Forbidden", timeout=20,
                  what="the refusal in status")
