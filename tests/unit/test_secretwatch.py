@@ -5,6 +5,8 @@ follows ServiceAccounts (workload identity) by the same rules."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import threading
 import time
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from graphcred.kube.credentialwatch import CredentialWatch, LatestPerKey
 from graphcred.kube.metawatch import Directory, KnownObjects, MetadataWatch, Seen, backoff
 from graphcred_testbed.bed import wait_for
 
@@ -321,3 +324,114 @@ def test_stop_ends_a_watch_whose_request_was_still_on_its_way() -> None:
         release.set()
         server.shutdown()
         server.server_close()
+
+
+# --- the same watch over GraphAppCredentials, whole (kube/credentialwatch.py: kopf no longer watches them) -------
+def _credential(name: str, rv: str, secret: str = "cred") -> dict[str, Any]:
+    return {"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
+            "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "resourceVersion": rv},
+            "spec": {"credential": {"clientSecret": {"name": secret}}}}
+
+
+def _fed(loop: asyncio.AbstractEventLoop) -> tuple[LatestPerKey, list[tuple[tuple[str, str], Any]]]:
+    taken: list[tuple[tuple[str, str], Any]] = []
+    return LatestPerKey(loop, lambda key, body: taken.append((key, body))), taken
+
+
+@pytest.mark.parametrize(("namespace", "path"), [
+    (None, "/apis/graphcred.io/v1alpha1/graphappcredentials"),
+    ("ns", "/apis/graphcred.io/v1alpha1/namespaces/ns/graphappcredentials")])
+def test_the_credential_watch_hands_over_whole_credentials_and_their_deletion(
+        serve: Callable[..., FakeApiserver], namespace: str | None, path: str) -> None:
+    lists = [{"metadata": {"resourceVersion": "10"}, "items": [_credential("a", "10"), _credential("b", "10")]},
+             {"metadata": {"resourceVersion": "20"}, "items": [_credential("a", "10"), _credential("c", "18")]}]
+
+    def on_list(_: dict[str, str]) -> Answer:
+        return 200, [lists[min(len(fake.lists), len(lists)) - 1]]
+
+    def on_watch(_: dict[str, str]) -> Answer:  # one change and a deletion, then too old: b deleted in the gap
+        if len(fake.watches) == 1:
+            return 200, [{"type": "MODIFIED", "object": _credential("a", "11", secret="other")},
+                         {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}},
+                         {"type": "ERROR", "object": failure_status(410, "Expired")}]
+        return 200, []
+
+    fake = serve(on_list, on_watch)
+    loop = asyncio.new_event_loop()
+    feed, taken = _fed(loop)
+    watch = CredentialWatch(fake.api(), feed, namespace).start()
+    try:
+        def arrived(n: int) -> bool:
+            loop.run_until_complete(asyncio.sleep(0.01))
+            return len(taken) >= n
+
+        wait_for(lambda: arrived(5), timeout=10, what="the list, the watch's change and the relist")
+        assert [(k[1], b and b["metadata"]["resourceVersion"]) for k, b in taken[:3]] == [
+            ("a", "10"), ("b", "10"), ("a", "11")]
+        assert taken[2][1]["spec"]["credential"]["clientSecret"]["name"] == "other", "the whole object"
+        # the relist: a is back at 10 (changed since 11), b gone while the watch was away, c new
+        assert sorted((k[1], b and b["metadata"]["resourceVersion"]) for k, b in taken[3:]) == [
+            ("a", "10"), ("b", None), ("c", "18")]
+        assert {p for p, _ in fake.requests} == {path}, fake.requests
+        assert all(accept == "application/json" for _, accept in fake.requests), "whole objects"
+        assert watch._bodies == {}, "no body is kept once it is handed over"
+    finally:
+        watch.stop()
+        loop.close()
+
+
+def test_a_burst_of_watch_events_waits_as_one_body_per_credential_and_drains_in_turns() -> None:
+    """Events coming faster than the loop takes them (an operator start, a relist, many writers) wait as at most one
+    body per credential, the newest; the loop takes them a bounded batch a turn, other work in between."""
+    loop = asyncio.new_event_loop()
+    feed, taken = _fed(loop)
+    try:
+        def burst() -> None:
+            for round_ in range(5):
+                for i in range(1000):
+                    feed.put(("ns", f"c{i}"), _credential(f"c{i}", str(round_)))
+            feed.put(("ns", "c7"), None)  # deleted after its changes: the deletion is what is handed over
+            feed.put(("ns", "c8"), None)
+            feed.put(("ns", "c8"), _credential("c8", "99"))  # re-created after: the new body
+
+        thread = threading.Thread(target=burst)
+        thread.start()
+        thread.join()
+        assert len(feed) == 1000, "one body waits per credential, not one per event"
+        turns: list[int] = []
+
+        async def other_work() -> None:
+            while len(taken) < 1000:
+                turns.append(len(taken))
+                await asyncio.sleep(0)
+
+        loop.run_until_complete(other_work())
+        assert len(taken) == 1000 and len(feed) == 0
+        assert len({k for k, _ in taken}) == 1000
+        bodies = dict(taken)
+        assert bodies[("ns", "c7")] is None and bodies[("ns", "c8")]["metadata"]["resourceVersion"] == "99"
+        assert all(b["metadata"]["resourceVersion"] == "4" for k, b in taken if k[1] not in ("c7", "c8"))
+        assert max(b - a for a, b in itertools.pairwise(turns)) <= 256, "a bounded batch a turn"
+    finally:
+        loop.close()
+
+
+def test_one_credential_the_controller_cannot_take_in_costs_the_others_nothing(caplog: pytest.LogCaptureFixture
+                                                                               ) -> None:
+    loop = asyncio.new_event_loop()
+    taken: list[str] = []
+
+    def deliver(key: tuple[str, str], body: Any) -> None:
+        if key[1] == "bad":
+            raise KeyError("uid")
+        taken.append(key[1])
+
+    feed = LatestPerKey(loop, deliver)
+    try:
+        for name in ("a", "bad", "b"):
+            feed.put(("ns", name), _credential(name, "1"))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert taken == ["a", "b"]
+        assert "GraphAppCredential ns/bad could not be taken in: KeyError" in caplog.text
+    finally:
+        loop.close()

@@ -57,6 +57,8 @@ RESOURCES = {
                                  "list_service_account_for_all_namespaces"),
     # whole objects, not metadata: only podwatch.PodWatch lists these (it needs the spec)
     "pods": _Resource("pod", "Pods", "list_namespaced_pod", "list_pod_for_all_namespaces"),
+    # whole objects, through the custom objects API: credentialwatch.CredentialWatch (its own `_list`)
+    "graphappcredentials": _Resource("credential", "GraphAppCredentials", "", ""),
 }
 
 
