@@ -54,6 +54,7 @@ _CHUNK = 16 * 1024
 _DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 # Answers that say "later", not "wrong address": the cached discovery that led to them stays.
 _LATER = frozenset({408, 425, 429})
+_PROXY_ORIGINS = 256  # origins whose proxy settings are remembered (allowed hosts only; a bound all the same)
 
 
 class Failure(enum.Enum):
@@ -239,6 +240,10 @@ class PinnedCASession(requests.Session):
         self.verify = True
         self.mount("https://", _TrustAdapter(trust_context(ca_bundle)))
         self.discovery = DiscoveryCache(time.monotonic)
+        # Nothing from ~/.netrc is ever sent to an authority, and the environment is read once per origin (below),
+        # not by requests at each request (a quarter of the session's own time in a burst, py-spy)
+        self.trust_env = False
+        self._env_proxies: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._last = threading.local()
 
@@ -258,7 +263,17 @@ class PinnedCASession(requests.Session):
     def merge_environment_settings(
         self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
     ) -> Any:
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)  # trust_env False: no env
+        key = origin(url if isinstance(url, str) else str(url)) or ""
+        found = self._env_proxies.get(key)
+        if found is None:
+            # requests would read the whole environment again for each request (HTTPS_PROXY, NO_PROXY): once per
+            # origin is enough, the environment does not change under a running process
+            found = requests.utils.get_environ_proxies(key or url)
+            if len(self._env_proxies) >= _PROXY_ORIGINS:
+                self._env_proxies.clear()
+            self._env_proxies[key] = found
+        settings["proxies"] = {**found, **(settings["proxies"] or {})}
         settings["verify"] = True  # the trust context decides; REQUESTS_CA_BUNDLE is part of it, not above it
         return settings
 
