@@ -364,3 +364,86 @@ def test_a_resumed_credential_keeps_its_token_when_its_secret_changes_metadata_o
         assert new.tokens.requests == 0
 
     run(scenario)
+
+
+# --- refreshes: an unchanged credential Secret is read once, not at every refresh (issue 29) ----------------------
+def test_refreshes_read_an_unchanged_credential_secret_once_and_a_changed_one_again() -> None:
+    """Each refresh read the credential Secret again although the watch had seen no other version of it: one
+    apiserver request in four in steady state. The kept read answers while the watch vouches for the version; a new
+    version (rotation), a watch without a whole list, or a deleted Secret are read again."""
+    rig = Rig(lifetime=60)
+    watched = Watched(rig.kube)
+    rig.reconciler.secrets = watched
+    used: list[str] = []
+    acquire = rig.tokens.acquire
+
+    def recording(spec: AppIdentity, scopes: Sequence[str], material: Material) -> Token:
+        used.append(material.fingerprint())
+        return acquire(spec, scopes, material)
+
+    rig.tokens.acquire = recording  # type: ignore[method-assign]
+
+    async def refreshed(times: int) -> None:
+        rig.clock.advance(31)  # past the refresh at half-life
+        rig.controller._workers[(NS, "a")].wake.set()
+        await until(lambda: rig.tokens.requests == times and is_ready(rig, "a"), what=f"refresh {times}")
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="Ready")
+        for times in (2, 3, 4):
+            await refreshed(times)
+        assert reads_of(rig, "cred") == 1, "an unchanged Secret read again"
+        assert rig.reconciler.credential_reads.kept[0] == 1 and len(rig.reconciler.credential_reads) == 0
+        rig.kube.put_client_secret(NS, "cred", "rotated")  # the watch sees the new version: read at the next pass
+        watched.sync()
+        rig.controller.secret_event(NS, "cred", watched.versions[(NS, "cred")], False)
+        await until(lambda: rig.tokens.requests == 5, what="the rotated secret used")
+        assert reads_of(rig, "cred") == 2 and used[-1] == ClientSecret("rotated").fingerprint()
+        watched.listed = False  # a relist under way: the watch vouches for nothing
+        await refreshed(6)
+        assert reads_of(rig, "cred") == 3
+        watched.listed = True
+        await refreshed(7)
+        assert reads_of(rig, "cred") == 3
+        await rig.controller.stop()
+
+    run(scenario)
+
+
+def test_reads_kept_for_later_passes_are_small_bounded_and_dropped_when_the_secret_changes() -> None:
+    from graphcred.kube.reads import SharedReads
+
+    def secret(version: str, size: int) -> dict[str, Any]:
+        return {"metadata": {"resourceVersion": version}, "data": {"clientSecret": "x" * size}}
+
+    async def scenario() -> None:
+        reads = SharedReads(keep_bytes=1000, budget=2500)
+
+        async def read(name: str, version: str, size: int = 100) -> None:
+            async def fetch() -> dict[str, Any] | None:
+                return secret(version, size)
+
+            async with reads.read((NS, name), fetch, Seen(version)) as got:
+                assert got is not None and got.version == version
+
+        await read("big", "1", size=5000)
+        await read("big", "1", size=5000)
+        assert reads.reads == 2 and reads.kept == (0, 0), "a big Secret is read again, not kept"
+        for name in ("a", "b", "c"):
+            await read(name, "1", size=800)
+        assert reads.kept[0] == 3 and reads.kept[1] <= 2500
+        await read("d", "1", size=800)  # over the budget: the least recently used (a) goes
+        assert reads.kept[0] == 3 and reads.kept[1] <= 2500
+        made = reads.reads
+        await read("b", "1", size=800)
+        assert reads.reads == made, "b was kept"
+        await read("a", "1", size=800)
+        assert reads.reads == made + 1, "a was dropped over the budget"
+        reads.forget((NS, "b"), "1")  # the watch catching up with the version read: kept
+        reads.forget((NS, "c"), "2")  # a new version: dropped
+        assert {key[1] for key in reads._kept} == {"a", "b", "d"}
+        reads.forget((NS, "d"))  # deleted
+        assert {key[1] for key in reads._kept} == {"a", "b"}
+
+    run(scenario)

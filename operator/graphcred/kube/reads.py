@@ -1,19 +1,24 @@
-"""One read of a credential Secret for the passes that need it at the same time.
+"""One read of a credential Secret for the passes that need it, and for the next ones while the Secret is unchanged.
 
 Credentials of one app name one credential Secret; created together (a namespace applied at once, an operator
 start), their passes run together and each would read it. Here a read is shared while it is in flight and for as
 long as a pass that took it is still running: a pass starting meanwhile takes it unless what the Secret watch
 knows of the Secret changed since (then it reads anew: a read in flight may have been answered before that
-change). Nothing is cached beyond that: a pass lets go of its read when it drops the credential material (after
-its token request, or when it ends), and once the last pass holding a read lets go, the read is dropped: no Secret
-data outlives the passes that need it. Of the answer only the resourceVersion and the data are kept, not the rest
-of the metadata (annotations such as kubectl's last-applied-configuration can hold a copy of the data).
+change). Of the answer only the resourceVersion and the data are kept, not the rest of the metadata (annotations
+such as kubectl's last-applied-configuration can hold a copy of the data).
+
+Once the last pass holding a read lets go, a small read is kept (`KEEP_BYTES` of data at most, `KEPT_BUDGET` for
+all, least recently used dropped first) and answers later passes for as long as the Secret watch has seen no other
+version of the Secret: a refresh then costs no read of an unchanged Secret (one apiserver request in four, a tenth
+of the operator's CPU: docs/design/2026-12-06-lean-at-scale.md). A version the watch cannot vouch for (before its
+first list, during a relist) is read again; a changed or deleted Secret's kept read is dropped at once (`forget`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +27,8 @@ from graphcred.api.keys import CREDENTIAL_EXPIRES_ANNOTATION
 from graphcred.kube.metawatch import Seen
 
 Key = tuple[str, str]  # namespace, name
+KEEP_BYTES = 8 * 1024  # data of a read kept beyond its passes, at most: a client secret ~40 bytes, a PEM chain KiBs
+KEPT_BUDGET = 32 * 1024 * 1024  # for all reads kept: 10,000 credentials with certificates of 3 KiB fit
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,10 @@ class CredentialSecret:
     version: str
     data: dict[str, Any] = field(repr=False)
     expires_on: str | None = None  # its graphcred.io/credential-expires-on annotation (the one annotation kept)
+
+    def size(self) -> int:
+        """Bytes of data, as the apiserver sends them (base64), with the keys: what keeping it costs, roughly."""
+        return sum(len(str(k)) + len(str(v)) for k, v in self.data.items()) + len(self.expires_on or "")
 
 
 Fetch = Callable[[], Awaitable[dict[str, Any] | None]]
@@ -65,18 +76,45 @@ async def _trimmed(fetch: Fetch) -> CredentialSecret | None:
 
 
 class SharedReads:
-    def __init__(self) -> None:
-        self._reads: dict[Key, _Read] = {}
+    def __init__(self, keep_bytes: int = KEEP_BYTES, budget: int = KEPT_BUDGET) -> None:
+        self._reads: dict[Key, _Read] = {}  # held by a pass, or in flight
+        self._kept: OrderedDict[Key, tuple[_Read, int]] = OrderedDict()  # let go of, done, small: (read, bytes)
+        self._kept_bytes = 0
+        self._keep_bytes, self._budget = keep_bytes, budget
         self.reads = 0  # reads made (for tests and figures)
 
     def __len__(self) -> int:
+        """Reads held by passes or in flight (not those kept for later passes)."""
         return len(self._reads)
+
+    @property
+    def kept(self) -> tuple[int, int]:
+        """Reads kept beyond their passes, and the bytes of data they hold."""
+        return len(self._kept), self._kept_bytes
+
+    def forget(self, key: Key, unless_version: str | None = None) -> None:
+        """The Secret changed or is gone (the watch says): its kept read answers no one any more. Kept if it is of
+        `unless_version` (the watch catching up with the version read)."""
+        kept = self._kept.get(key)
+        if kept is None:
+            return
+        result = kept[0].task.result()
+        if unless_version is not None and result is not None and result.version == unless_version:
+            return
+        del self._kept[key]
+        self._kept_bytes -= kept[1]
 
     @contextlib.asynccontextmanager
     async def read(self, key: Key, fetch: Fetch, seen: Seen | None) -> AsyncIterator[CredentialSecret | None]:
-        """The Secret (None: absent), read by `fetch` or taken from a pass running meanwhile; held until the block
-        ends. `seen`: what the Secret watch knows of it now (None: nothing reliable)."""
+        """The Secret (None: absent), read by `fetch` or taken from a pass running meanwhile, or kept from an
+        earlier one; held until the block ends. `seen`: what the Secret watch knows of it now (None: nothing
+        reliable)."""
         entry = self._reads.get(key)
+        if entry is None and key in self._kept:
+            kept = self._kept[key][0]
+            self.forget(key)
+            if kept.current(seen):
+                entry = self._reads[key] = kept
         if entry is None or not entry.current(seen):
             # a new read; an older one stays with the passes holding it, unreachable for new ones
             task = asyncio.get_running_loop().create_task(_trimmed(fetch), name=f"read:{key[0]}/{key[1]}")
@@ -91,3 +129,19 @@ class SharedReads:
             entry.holders -= 1
             if entry.holders == 0 and self._reads.get(key) is entry:
                 del self._reads[key]
+                self._keep(key, entry)
+
+    def _keep(self, key: Key, entry: _Read) -> None:
+        """Keep a done read for later passes if it is small; the least recently used go first over the budget."""
+        task = entry.task
+        if not task.done() or task.cancelled() or task.exception() is not None:
+            return
+        result = task.result()
+        size = result.size() if result is not None else 0
+        if result is None or size > self._keep_bytes:
+            return
+        self.forget(key)
+        self._kept[key] = (entry, size)
+        self._kept_bytes += size
+        while self._kept_bytes > self._budget:
+            self.forget(next(iter(self._kept)))

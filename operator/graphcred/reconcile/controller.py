@@ -309,6 +309,7 @@ class Controller:
         """From the Secret metadata watch. Wakes the objects that read a changed credential Secret (rotation,
         or a missing one appearing) and those whose token Secret was deleted (to write it again)."""
         secret = (namespace, name)
+        self.reconciler.credential_reads.forget(secret, None if deleted else resource_version)
         self.reconciler.rotator.secret_changed(secret)
         self._credential_changed(self.dependents.saw_secret(secret, resource_version, deleted), resource_version,
                                  deleted)
