@@ -435,3 +435,34 @@ def test_one_credential_the_controller_cannot_take_in_costs_the_others_nothing(c
         assert "GraphAppCredential ns/bad could not be taken in: KeyError" in caplog.text
     finally:
         loop.close()
+
+
+def test_the_secret_watch_keeps_the_marks_of_token_secrets_only() -> None:
+    """A token Secret's controlling credential and expiry (what a pass after a restart trusts it by), short strings
+    only, from a GraphAppCredential controller reference only; nothing else of any Secret's metadata."""
+    def meta(name: str, rv: str, *, expires: str | None = "2026-12-06T21:00:00Z", kind: str = "GraphAppCredential",
+             api_version: str = "graphcred.io/v1alpha1", uid: str = "u-1", controller: bool = True) -> dict[str, Any]:
+        annotations = {"graphcred.io/expires-on": expires, "kubectl.kubernetes.io/last-applied-configuration": "{}"} \
+            if expires is not None else {}
+        return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv, "annotations": annotations,
+                             "ownerReferences": [{"apiVersion": api_version, "kind": kind, "name": "a", "uid": uid,
+                                                  "controller": controller}]}}
+
+    watch = MetadataWatch(client.ApiClient(), lambda *e: None)
+    watch._known.put("ns", "x", "1")
+    watch._listing = False
+    for event in ({"type": "ADDED", "object": meta("token", "2")},
+                  {"type": "ADDED", "object": meta("plain", "3", expires=None)},
+                  {"type": "ADDED", "object": meta("long", "4", expires="x" * 65)},
+                  {"type": "ADDED", "object": meta("forged", "5", kind="Deployment")},
+                  {"type": "ADDED", "object": meta("other-group", "6", api_version="evil.io/v1")},
+                  {"type": "ADDED", "object": meta("not-controller", "7", controller=False)}):
+        watch._event(event)
+    assert watch.seen("ns", "token") == Seen("2", "u-1", "2026-12-06T21:00:00Z")
+    for name, rv in (("plain", "3"), ("long", "4"), ("forged", "5"), ("other-group", "6"), ("not-controller", "7")):
+        assert watch.seen("ns", name) == Seen(rv), name
+    watch._event({"type": "MODIFIED", "object": meta("token", "8", expires=None)})  # no longer graphcred's
+    assert watch.seen("ns", "token") == Seen("8")
+    watch._event({"type": "MODIFIED", "object": meta("token", "9")})
+    watch._event({"type": "DELETED", "object": meta("token", "10")})
+    assert watch.seen("ns", "token") == Seen(None) and watch._known._marks == {}

@@ -24,7 +24,7 @@ from typing import Any
 from kubernetes import client
 
 from graphcred.api.keys import GROUP, PLURAL, VERSION
-from graphcred.kube.metawatch import Item, MetadataWatch
+from graphcred.kube.metawatch import Entry, Item, MetadataWatch
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,15 @@ class CredentialWatch(MetadataWatch):
         return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False,
                                                       _headers=headers, **kwargs)
 
-    def _read_page(self, token: str | None) -> tuple[list[Item], str, str]:
+    def _read_page(self, token: str | None) -> tuple[list[Entry], str, str]:
         items, version, next_token = self._fetch_page(token)
         self._bodies = {}
-        listed: list[Item] = []
+        listed: list[Entry] = []
         for obj in items:
             item = _key_of(obj)
             if item is not None:
                 self._bodies[item[0], item[1]] = obj
-                listed.append(item)
+                listed.append((*item, None))
         return listed, version, next_token
 
     def _relist(self) -> str:

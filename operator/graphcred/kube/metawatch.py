@@ -30,6 +30,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
+from graphcred.api.keys import API_VERSION, EXPIRES_ON_ANNOTATION, KIND
 from graphcred.base import backoff as exponential
 from graphcred.kube.errors import translated
 
@@ -41,6 +42,9 @@ Callback = Callable[[str, str, str, bool], None]  # namespace, name, resourceVer
 PAGE_SIZE = 500  # ~100 KiB of metadata a page, larger with big annotations
 LIST_TIMEOUT = (10.0, 60.0)  # connect, read: one page
 Item = tuple[str, str, str]  # namespace, name, resourceVersion
+Marks = tuple[str, str]  # a token Secret's controlling GraphAppCredential's uid, and its expires-on annotation
+Entry = tuple[str, str, str, Marks | None]  # an Item, and a token Secret's marks
+_MARK_LENGTH = 64  # longer values are no uid and no timestamp: not kept (a tenant may annotate any Secret)
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,14 @@ def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
 
 class KnownObjects:
     """The objects the watch has seen: (namespace, name) -> resourceVersion, as one dict keyed "namespace/name"
-    (neither may contain "/"). About 170 bytes a Secret: ~8 MiB for 50,000 (see tests/unit/test_secretwatch.py)."""
+    (neither may contain "/"), and for token Secrets their marks (`Marks`). About 170 bytes a Secret: ~8 MiB for
+    50,000 (see tests/unit/test_secretwatch.py), and about 150 more per token Secret."""
 
-    __slots__ = ("_versions",)
+    __slots__ = ("_marks", "_versions")
 
     def __init__(self) -> None:
         self._versions: dict[str, str] = {}
+        self._marks: dict[str, Marks] = {}
 
     def __len__(self) -> int:
         return len(self._versions)
@@ -86,25 +92,38 @@ class KnownObjects:
             namespace, name = key.split("/", 1)
             yield namespace, name, version
 
-    def put(self, namespace: str, name: str, version: str) -> None:
-        self._versions[f"{namespace}/{name}"] = version
+    def put(self, namespace: str, name: str, version: str, marks: Marks | None = None) -> None:
+        key = f"{namespace}/{name}"
+        self._versions[key] = version
+        if marks is not None:
+            self._marks[key] = marks
+        elif self._marks:
+            self._marks.pop(key, None)
 
     def pop(self, namespace: str, name: str) -> str | None:
-        return self._versions.pop(f"{namespace}/{name}", None)
+        key = f"{namespace}/{name}"
+        self._marks.pop(key, None)
+        return self._versions.pop(key, None)
 
     def get(self, namespace: str, name: str) -> str | None:
         return self._versions.get(f"{namespace}/{name}")
 
+    def marks(self, namespace: str, name: str) -> Marks | None:
+        return self._marks.get(f"{namespace}/{name}")
+
     def update(self, other: KnownObjects) -> None:
         self._versions.update(other._versions)
-
+        self._marks.update(other._marks)
 
 
 @dataclass(frozen=True)
 class Seen:
-    """What a watch knows of one object: its resourceVersion as last seen, None if it has not seen it (absent)."""
+    """What a watch knows of one object: its resourceVersion as last seen, None if it has not seen it (absent); for
+    a token Secret, the uid of the GraphAppCredential controlling it and its expires-on annotation, as seen."""
 
     version: str | None
+    owner: str | None = None
+    expires_on: str | None = None
 
 
 class Directory:
@@ -142,6 +161,28 @@ class WatchInterrupted(Exception):
 def _item(obj: dict[str, Any]) -> Item:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("resourceVersion") or "")
+
+
+def _marks(obj: dict[str, Any]) -> Marks | None:
+    """A token Secret's marks: the uid of the GraphAppCredential that controls it and its expires-on annotation,
+    both as short strings; None for any other object. They let a pass after a restart trust, without reading it,
+    a token Secret that holds the token its status describes (`TokenSecretWriter.target`)."""
+    meta = obj.get("metadata") or {}
+    expires = (meta.get("annotations") or {}).get(EXPIRES_ON_ANNOTATION)
+    if not isinstance(expires, str) or len(expires) > _MARK_LENGTH:
+        return None
+    for ref in meta.get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller") is True:
+            uid = ref.get("uid")
+            if (ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION and isinstance(uid, str)
+                    and 0 < len(uid) <= _MARK_LENGTH):
+                return uid, expires
+            return None
+    return None
+
+
+def _entry(obj: dict[str, Any]) -> Entry:
+    return (*_item(obj), _marks(obj))
 
 
 class MetadataWatch:
@@ -197,10 +238,10 @@ class MetadataWatch:
         known = self._known
         if self._listing:
             return None
-        version = known.get(namespace, name)
+        version, marks = known.get(namespace, name), known.marks(namespace, name)
         if self._listing or self._known is not known:
             return None
-        return Seen(version)
+        return Seen(version, *marks) if marks is not None else Seen(version)
 
     # --- requests (tests subclass these to hold or count them) --------------------------------------------------
     def _list_page(self, token: str | None, namespace: str | None = None) -> Any:
@@ -242,11 +283,11 @@ class MetadataWatch:
         meta = body.get("metadata") or {}
         return body.get("items") or [], str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
 
-    def _read_page(self, token: str | None) -> tuple[list[Item], str, str]:
-        """One page: its items (namespace, name, resourceVersion only), the list's resourceVersion, the next
-        continue token. The parsed page lives only inside this call."""
+    def _read_page(self, token: str | None) -> tuple[list[Entry], str, str]:
+        """One page: its items (namespace, name, resourceVersion and a token Secret's marks only), the list's
+        resourceVersion, the next continue token. The parsed page lives only inside this call."""
         items, version, next_token = self._fetch_page(token)
-        return [_item(obj) for obj in items], version, next_token
+        return [_entry(obj) for obj in items], version, next_token
 
     def _relist(self) -> str:
         """List every object, page by page. Reports the objects new or changed since the last list (all of them
@@ -262,10 +303,10 @@ class MetadataWatch:
                 items, page_version, token = self._read_page(token)
                 pages += 1
                 version = version or page_version  # every page of one list has the first page's version
-                for namespace, name, item_version in items:
+                for namespace, name, item_version, marks in items:
                     if previous.pop(namespace, name) != item_version:
                         self.callback(namespace, name, item_version, False)
-                    fresh.put(namespace, name, item_version)
+                    fresh.put(namespace, name, item_version, marks)
                 if not token:
                     break
                 if self._stop.is_set():
@@ -313,7 +354,7 @@ class MetadataWatch:
         if version:
             self._resource_version = version
         if kind in ("ADDED", "MODIFIED"):
-            self._known.put(namespace, name, version)
+            self._known.put(namespace, name, version, _marks(obj))
         elif kind == "DELETED":
             self._known.pop(namespace, name)
         else:
