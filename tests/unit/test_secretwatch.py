@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from graphcred.kube.credentialwatch import CredentialWatch, LatestPerKey
 from graphcred.kube.metawatch import Directory, KnownObjects, MetadataWatch, Seen, backoff
+from graphcred.kube.objectwatch import LatestPerKey, ObjectWatch
 from graphcred_testbed.bed import wait_for
 
 from .fakes import Answer, FakeApiserver, Handler, failure_status, metadata_list, secret_metadata
@@ -326,7 +326,7 @@ def test_stop_ends_a_watch_whose_request_was_still_on_its_way() -> None:
         server.server_close()
 
 
-# --- the same watch over GraphAppCredentials, whole (kube/credentialwatch.py: kopf no longer watches them) -------
+# --- the same watch over GraphAppCredentials, whole, and Namespaces (kube/objectwatch.py: kopf no longer does) --
 def _credential(name: str, rv: str, secret: str = "cred") -> dict[str, Any]:
     return {"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
             "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "resourceVersion": rv},
@@ -359,7 +359,7 @@ def test_the_credential_watch_hands_over_whole_credentials_and_their_deletion(
     fake = serve(on_list, on_watch)
     loop = asyncio.new_event_loop()
     feed, taken = _fed(loop)
-    watch = CredentialWatch(fake.api(), feed, namespace).start()
+    watch = ObjectWatch.credentials(fake.api(), feed, namespace).start()
     try:
         def arrived(n: int) -> bool:
             loop.run_until_complete(asyncio.sleep(0.01))
@@ -466,3 +466,36 @@ def test_the_secret_watch_keeps_the_marks_of_token_secrets_only() -> None:
     watch._event({"type": "MODIFIED", "object": meta("token", "9")})
     watch._event({"type": "DELETED", "object": meta("token", "10")})
     assert watch.seen("ns", "token") == Seen(None) and watch._known._marks == {}
+
+
+def test_the_namespace_watch_hands_over_each_namespace_s_labels_as_metadata(serve: Callable[..., FakeApiserver]
+                                                                            ) -> None:
+    def namespace(name: str, rv: str, team: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "resourceVersion": rv, "labels": {"team": team}}}
+
+    def on_list(_: dict[str, str]) -> Answer:
+        return 200, [{"metadata": {"resourceVersion": "10"}, "items": [namespace("a", "10", "x")]}]
+
+    def on_watch(_: dict[str, str]) -> Answer:
+        if len(fake.watches) > 1:
+            return 200, []
+        return 200, [{"type": "MODIFIED", "object": namespace("a", "11", "y")},
+                     {"type": "DELETED", "object": namespace("a", "12", "y")}]
+
+    fake = serve(on_list, on_watch)
+    loop = asyncio.new_event_loop()
+    feed, taken = _fed(loop)
+    watch = ObjectWatch.namespaces(fake.api(), feed).start()
+    try:
+        def arrived() -> bool:
+            loop.run_until_complete(asyncio.sleep(0.01))
+            return len(taken) >= 3 or (bool(taken) and taken[-1][1] is None)
+
+        wait_for(arrived, timeout=10, what="the list and the watch's events")
+        labels = [b["metadata"]["labels"]["team"] if b else None for _, b in taken]
+        assert [k for k, _ in taken][0] == ("", "a") and labels[0] == "x" and labels[-1] is None
+        assert {p for p, _ in fake.requests} == {"/api/v1/namespaces"}
+        assert all("as=PartialObjectMetadata" in accept for _, accept in fake.requests), "metadata only"
+    finally:
+        watch.stop()
+        loop.close()

@@ -43,21 +43,15 @@ async def _startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any
     await memo.operator.start()
 
 
-# The GraphAppCredentials themselves are watched by graphcred (kube/credentialwatch.py), not by kopf: kopf's per-event
-# change detection cost a tenth of the CPU for nothing graphcred uses (docs/design/2026-12-06-lean-at-scale.md).
+# The GraphAppCredentials and the Namespaces are watched by graphcred (kube/objectwatch.py), not by kopf: kopf's
+# per-event change detection cost a tenth of the CPU for nothing graphcred uses, and every namespace of the cluster
+# went through it at each start (docs/design/2026-12-06-lean-at-scale.md).
 
 
 @kopf.on.event(GROUP, VERSION, APP_PLURAL)
 async def _app_event(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
     assert memo.operator is not None
     memo.operator.controller.app_event(event["object"], deleted=event["type"] == "DELETED")
-
-
-# Only labels matter (the ClusterGraphApps' namespace selectors); kopf's own namespace scan is another watch.
-@kopf.on.event("", "v1", "namespaces")
-async def _namespace_event(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
-    assert memo.operator is not None
-    memo.operator.controller.namespace_event(event["object"], deleted=event["type"] == "DELETED")
 
 
 @kopf.on.cleanup()

@@ -24,9 +24,9 @@ from graphcred.consumers.pods import PodConsumer, PodKey, reads_unrefreshably
 from graphcred.consumers.podwatch import PodWatch
 from graphcred.consumers.reports import ConsumerReports
 from graphcred.kube.calls import Kube
-from graphcred.kube.credentialwatch import CredentialWatch, LatestPerKey
 from graphcred.kube.events import POSTERS, EventRecorder, instance_name
 from graphcred.kube.metawatch import Directory, MetadataWatch
+from graphcred.kube.objectwatch import LatestPerKey, ObjectWatch
 from graphcred.reconcile.apps import ClusterApps
 from graphcred.reconcile.controller import Controller
 from graphcred.reconcile.reconciler import Reconciler
@@ -202,15 +202,19 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
 
 def watches_for(api: client.ApiClient, cfg: RunConfig, controller: Controller, consumers: ConsumerReports,
                 directory: Directory, loop: asyncio.AbstractEventLoop) -> list[MetadataWatch]:
-    """The watches feeding the controller, not started: the GraphAppCredentials (whole) and Secrets (metadata)
-    always, the Secrets' also added to `directory`, which tells the reconciler which Secrets exist; ServiceAccounts
-    (metadata) only with workload identity, and pods only with --watch-consumers (the RBAC grants them only then).
-    Their threads call back on `loop`."""
+    """The watches feeding the controller, not started: the GraphAppCredentials (whole), the Namespaces (metadata:
+    their labels, for ClusterGraphApps' policies; cluster-wide) and Secrets (metadata) always, the Secrets' also
+    added to `directory`, which tells the reconciler which Secrets exist; ServiceAccounts (metadata) only with
+    workload identity, and pods only with --watch-consumers (the RBAC grants them only then). Their threads call
+    back on `loop`."""
     def on_credential(key: tuple[str, str], body: dict[str, Any] | None) -> None:
         if body is None:
             controller.forget(*key)
         else:
             controller.observe(body)
+
+    def on_namespace(key: tuple[str, str], body: dict[str, Any] | None) -> None:
+        controller.namespace_event(body or {"metadata": {"name": key[1]}}, deleted=body is None)
 
     def on_secret(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
         loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
@@ -233,7 +237,8 @@ def watches_for(api: client.ApiClient, cfg: RunConfig, controller: Controller, c
     for watch in secrets:
         directory.add(watch)
     credentials = LatestPerKey(loop, on_credential)
-    watches: list[MetadataWatch] = [*(CredentialWatch(api, credentials, ns) for ns in namespaces), *secrets]
+    watches: list[MetadataWatch] = [*(ObjectWatch.credentials(api, credentials, ns) for ns in namespaces),
+                                    ObjectWatch.namespaces(api, LatestPerKey(loop, on_namespace)), *secrets]
     if cfg.workload_identity:
         watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts")
                     for ns in (*namespaces, *apps_only)]

@@ -61,8 +61,10 @@ RESOURCES = {
                                  "list_service_account_for_all_namespaces"),
     # whole objects, not metadata: only podwatch.PodWatch lists these (it needs the spec)
     "pods": _Resource("pod", "Pods", "list_namespaced_pod", "list_pod_for_all_namespaces"),
-    # whole objects, through the custom objects API: credentialwatch.CredentialWatch (its own `_list`)
+    # objectwatch.ObjectWatch: whole GraphAppCredentials (through the custom objects API, its own `_list`) and the
+    # Namespaces' metadata, for their labels (cluster-scoped: listed whole only)
     "graphappcredentials": _Resource("credential", "GraphAppCredentials", "", ""),
+    "namespaces": _Resource("namespace", "Namespaces", "", "list_namespace"),
 }
 
 

@@ -1,11 +1,13 @@
-"""The GraphAppCredentials, watched by graphcred itself and handed to the controller, newest first come.
+"""The GraphAppCredentials (whole) and the Namespaces (metadata, for their labels), watched by graphcred itself and
+handed to the controller, the newest of each object.
 
 kopf's watch ran every event through its handler machinery: per event a diff against a stored "essence" (a deep copy
-of the object), three object loggers, a progress state, a throttler and a patch, for a handler graphcred never asked
+of the object), three object loggers, a progress state, a throttler and a patch, for handlers graphcred never asked
 to detect changes for; and a memory kept per object for the process's life. At 1,000 credentials that was a tenth
-of the operator's CPU in steady state and a seventh while converging (py-spy; docs/design/2026-12-06-lean-at-scale.md).
-This watch is `MetadataWatch`'s list-then-watch (paged list, resume from the last resourceVersion, relist after
-"410 Gone" reporting what was deleted meanwhile, jittered backoff), asking for whole objects.
+of the operator's CPU in steady state and a seventh while converging, and a restart handed every credential and
+every namespace of the cluster through it (py-spy; docs/design/2026-12-06-lean-at-scale.md). `ObjectWatch` is
+`MetadataWatch`'s list-then-watch (paged list, resume from the last resourceVersion, relist after "410 Gone"
+reporting what was deleted meanwhile, jittered backoff) handing over what it lists and watches.
 
 Between the watch's thread and the event loop sits `LatestPerKey`: what waits for the loop is at most one body per
 credential, the newest. A burst (an operator start, a namespace applied at once, a relist) costs the loop one short
@@ -24,7 +26,7 @@ from typing import Any
 from kubernetes import client
 
 from graphcred.api.keys import GROUP, PLURAL, VERSION
-from graphcred.kube.metawatch import Entry, Item, MetadataWatch
+from graphcred.kube.metawatch import METADATA_ONLY, METADATA_ONLY_WATCH, Entry, Item, MetadataWatch
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +71,35 @@ class LatestPerKey:
                 log.error("GraphAppCredential %s/%s could not be taken in: %s", key[0], key[1], type(exc).__name__)
 
 
-class CredentialWatch(MetadataWatch):
-    """The GraphAppCredentials of one namespace (None: all), whole, each change reported to `feed` (as the body, or
-    None when deleted). Runs in its own thread (`start`, `stop`)."""
+class ObjectWatch(MetadataWatch):
+    """One resource's objects, each change reported to `feed` (as the object listed or watched, or None when
+    deleted). Runs in its own thread (`start`, `stop`). `credentials` and `namespaces` make the two graphcred uses."""
 
-    accept_list = WHOLE_OBJECTS
-    accept_watch = WHOLE_OBJECTS
-
-    def __init__(self, api: client.ApiClient, feed: LatestPerKey, namespace: str | None = None,
-                 server_timeout: int = 300, healthy_after: float = 10.0) -> None:
+    def __init__(self, api: client.ApiClient, feed: LatestPerKey, namespace: str | None = None, *,
+                 resource: str, whole: bool, server_timeout: int = 300, healthy_after: float = 10.0) -> None:
         super().__init__(api, self._changed, namespace, server_timeout=server_timeout, healthy_after=healthy_after,
-                         resource="graphappcredentials")
+                         resource=resource)
         self.custom = client.CustomObjectsApi(api)
         self.feed = feed
-        # the bodies of the page being compared, or of the event being read: what `_changed` reports
+        self.accept_list, self.accept_watch = (WHOLE_OBJECTS, WHOLE_OBJECTS) if whole \
+            else (METADATA_ONLY, METADATA_ONLY_WATCH)
+        # the objects of the page being compared, or of the event being read: what `_changed` reports
         self._bodies: dict[Key, dict[str, Any]] = {}
 
+    @classmethod
+    def credentials(cls, api: client.ApiClient, feed: LatestPerKey, namespace: str | None = None) -> ObjectWatch:
+        """The GraphAppCredentials of `namespace` (None: all), whole."""
+        return cls(api, feed, namespace, resource="graphappcredentials", whole=True)
+
+    @classmethod
+    def namespaces(cls, api: client.ApiClient, feed: LatestPerKey) -> ObjectWatch:
+        """The Namespaces, metadata only (their labels are what a ClusterGraphApp's policy selects on); keyed
+        ("", name)."""
+        return cls(api, feed, resource="namespaces", whole=False)
+
     def _list(self, headers: dict[str, str], kwargs: dict[str, Any], namespace: str | None = None) -> Any:
+        if self.resource.plural != "GraphAppCredentials":
+            return super()._list(headers, kwargs, namespace)
         namespace = namespace or self.namespace
         if namespace:
             return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
@@ -130,11 +144,12 @@ class CredentialWatch(MetadataWatch):
 
 
 def _key_of(obj: Any) -> Item | None:
-    """(namespace, name, resourceVersion) of a listed or watched object, None for one without a name."""
+    """(namespace, name, resourceVersion) of a listed or watched object ("" for the namespace of a cluster-scoped
+    one), None for one without a name."""
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not isinstance(meta, dict):
         return None
-    namespace, name = meta.get("namespace"), meta.get("name")
-    if not isinstance(namespace, str) or not isinstance(name, str) or not namespace or not name:
+    namespace, name = meta.get("namespace") or "", meta.get("name")
+    if not isinstance(namespace, str) or not isinstance(name, str) or not name:
         return None
     return namespace, name, str(meta.get("resourceVersion") or "")
