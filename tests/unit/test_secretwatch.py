@@ -493,7 +493,7 @@ def test_the_namespace_watch_hands_over_each_namespace_s_labels_as_metadata(serv
 
         wait_for(arrived, timeout=10, what="the list and the watch's events")
         labels = [b["metadata"]["labels"]["team"] if b else None for _, b in taken]
-        assert [k for k, _ in taken][0] == ("", "a") and labels[0] == "x" and labels[-1] is None
+        assert taken[0][0] == ("", "a") and labels[0] == "x" and labels[-1] is None
         assert {p for p, _ in fake.requests} == {"/api/v1/namespaces"}
         assert all("as=PartialObjectMetadata" in accept for _, accept in fake.requests), "metadata only"
     finally:
