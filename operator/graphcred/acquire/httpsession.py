@@ -33,11 +33,15 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar
+from requests.sessions import merge_hooks, merge_setting
+from requests.structures import CaseInsensitiveDict
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
@@ -229,6 +233,14 @@ class _TrustAdapter(HTTPAdapter):
         conn.ca_cert_dir = None
 
 
+class _NoCookies(DefaultCookiePolicy):
+    def set_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: Any) -> bool:
+        return False
+
+
 class PinnedCASession(requests.Session):
     """The only way graphcred talks to authorities: see the module docstring for what it bounds."""
 
@@ -244,6 +256,8 @@ class PinnedCASession(requests.Session):
         # not by requests at each request (a quarter of the session's own time in a burst, py-spy)
         self.trust_env = False
         self._env_proxies: dict[str, dict[str, str]] = {}
+        # No cookies: an authority's cookie is never sent back, to it or to another tenant's authority
+        self.cookies = self._no_cookies = RequestsCookieJar(policy=_NoCookies())
         self._lock = threading.Lock()
         self._last = threading.local()
 
@@ -259,6 +273,20 @@ class PinnedCASession(requests.Session):
         """Start of an acquisition on this thread: forget the previous one's response and cached discovery."""
         self._last.value = None
         self._last.cached = None
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        """requests' own, without cookies: it built and merged three cookie jars for each request, a tenth of the
+        operator's steady-state time at 10,000 credentials (py-spy, `bench scale`)."""
+        headers = merge_setting(request.headers, self.headers,  # type: ignore[no-untyped-call]
+                                dict_class=CaseInsensitiveDict)
+        params = merge_setting(request.params, self.params)  # type: ignore[no-untyped-call]
+        auth = merge_setting(request.auth, self.auth)  # type: ignore[no-untyped-call]
+        hooks = merge_hooks(request.hooks, self.hooks)  # type: ignore[no-untyped-call]
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=str(request.method).upper(), url=request.url, files=request.files, data=request.data,
+                         json=request.json, headers=headers, params=params, auth=auth, cookies=self._no_cookies,
+                         hooks=hooks)
+        return prepared
 
     def merge_environment_settings(
         self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
