@@ -469,7 +469,7 @@ def test_reads_kept_for_later_passes_are_small_bounded_and_dropped_when_the_secr
         return {"metadata": {"resourceVersion": version}, "data": {"clientSecret": "x" * size}}
 
     async def scenario() -> None:
-        reads = SharedReads(keep_bytes=1000, budget=2500)
+        reads = SharedReads(keep_bytes=1000, budget=2500, entry_bytes=0)
 
         async def read(name: str, version: str, size: int = 100) -> None:
             async def fetch() -> dict[str, Any] | None:
@@ -498,3 +498,46 @@ def test_reads_kept_for_later_passes_are_small_bounded_and_dropped_when_the_secr
         assert {key[1] for key in reads._kept} == {"a", "b"}
 
     run(scenario)
+
+
+def test_a_kept_read_is_bounded_in_count_and_age_and_dropped_with_its_last_reader() -> None:
+    """Review: an empty Secret cost nothing against the budget (so a tenant could have hundreds of thousands kept);
+    a watch that lagged or could not reconnect vouched for an old version for ever; a deleted credential's Secret
+    data stayed in memory. Each kept read now counts ENTRY_BYTES, answers for KEEP_FOR at most, and goes with the
+    last credential reading it."""
+    from graphcred.kube.reads import SharedReads
+
+    async def scenario() -> None:
+        now = [0.0]
+        reads = SharedReads(budget=10 * 1024, entry_bytes=1024, keep_for=600.0, clock=lambda: now[0])
+
+        async def read(name: str, version: str = "1") -> None:
+            async def fetch() -> dict[str, Any] | None:
+                return {"metadata": {"resourceVersion": version}, "data": {}}
+
+            async with reads.read((NS, name), fetch, Seen(version)):
+                pass
+
+        for i in range(100):
+            await read(f"empty-{i}")
+        assert reads.kept[0] <= 10, "empty Secrets are not free to keep"
+        made = reads.reads
+        await read("empty-99")
+        assert reads.reads == made, "kept"
+        now[0] = 601.0
+        await read("empty-99")
+        assert reads.reads == made + 1, "a kept read answers for KEEP_FOR at most"
+        assert reads.kept[0] == 1, "the expired ones are dropped as others are kept"
+
+    run(scenario)
+    rig, _ = watched_rig()
+
+    async def deleted() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="Ready")
+        assert rig.reconciler.credential_reads.kept[0] == 1
+        rig.controller.forget(NS, "a")
+        assert rig.reconciler.credential_reads.kept[0] == 0, "a deleted credential's Secret data stayed"
+        await rig.controller.stop()
+
+    run(deleted)

@@ -139,6 +139,9 @@ class Operator:
         running, self._running = self._running, []
         for watch in running:
             await asyncio.to_thread(watch.stop)
+        for watch in running:  # what they handed over and the loop has not taken yet is dropped, not taken later
+            if isinstance(watch, ObjectWatch):
+                watch.feed.close()
         await self.consumers.stop()
         await self.controller.app_status.stop()
         await self.controller.stop()
@@ -238,7 +241,8 @@ def watches_for(api: client.ApiClient, cfg: RunConfig, controller: Controller, c
         directory.add(watch)
     credentials = LatestPerKey(loop, on_credential)
     watches: list[MetadataWatch] = [*(ObjectWatch.credentials(api, credentials, ns) for ns in namespaces),
-                                    ObjectWatch.namespaces(api, LatestPerKey(loop, on_namespace)), *secrets]
+                                    ObjectWatch.namespaces(api, LatestPerKey(loop, on_namespace, "Namespace")),
+                                    *secrets]
     if cfg.workload_identity:
         watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts")
                     for ns in (*namespaces, *apps_only)]

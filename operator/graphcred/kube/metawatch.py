@@ -77,45 +77,41 @@ def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
 
 class KnownObjects:
     """The objects the watch has seen: (namespace, name) -> resourceVersion, as one dict keyed "namespace/name"
-    (neither may contain "/"), and for token Secrets their marks (`Marks`). About 170 bytes a Secret: ~8 MiB for
+    (neither may contain "/"); for a token Secret the value is (resourceVersion, *marks), one value so that a reader
+    on the event loop never pairs one state's version with another's marks. About 170 bytes a Secret: ~8 MiB for
     50,000 (see tests/unit/test_secretwatch.py), and about 150 more per token Secret."""
 
-    __slots__ = ("_marks", "_versions")
+    __slots__ = ("_versions",)
 
     def __init__(self) -> None:
-        self._versions: dict[str, str] = {}
-        self._marks: dict[str, Marks] = {}
+        self._versions: dict[str, str | tuple[str, str, str]] = {}
 
     def __len__(self) -> int:
         return len(self._versions)
 
     def __iter__(self) -> Iterator[Item]:
-        for key, version in self._versions.items():
+        for key, value in self._versions.items():
             namespace, name = key.split("/", 1)
-            yield namespace, name, version
+            yield namespace, name, value if isinstance(value, str) else value[0]
 
     def put(self, namespace: str, name: str, version: str, marks: Marks | None = None) -> None:
-        key = f"{namespace}/{name}"
-        self._versions[key] = version
-        if marks is not None:
-            self._marks[key] = marks
-        elif self._marks:
-            self._marks.pop(key, None)
+        self._versions[f"{namespace}/{name}"] = version if marks is None else (version, *marks)
 
     def pop(self, namespace: str, name: str) -> str | None:
-        key = f"{namespace}/{name}"
-        self._marks.pop(key, None)
-        return self._versions.pop(key, None)
+        value = self._versions.pop(f"{namespace}/{name}", None)
+        return value if value is None or isinstance(value, str) else value[0]
 
     def get(self, namespace: str, name: str) -> str | None:
-        return self._versions.get(f"{namespace}/{name}")
+        value = self._versions.get(f"{namespace}/{name}")
+        return value if value is None or isinstance(value, str) else value[0]
 
-    def marks(self, namespace: str, name: str) -> Marks | None:
-        return self._marks.get(f"{namespace}/{name}")
+    def seen(self, namespace: str, name: str) -> Seen:
+        """The version and a token Secret's marks, read at once."""
+        value = self._versions.get(f"{namespace}/{name}")
+        return Seen(value) if value is None or isinstance(value, str) else Seen(*value)
 
     def update(self, other: KnownObjects) -> None:
         self._versions.update(other._versions)
-        self._marks.update(other._marks)
 
 
 @dataclass(frozen=True)
@@ -240,10 +236,10 @@ class MetadataWatch:
         known = self._known
         if self._listing:
             return None
-        version, marks = known.get(namespace, name), known.marks(namespace, name)
+        seen = known.seen(namespace, name)
         if self._listing or self._known is not known:
             return None
-        return Seen(version, *marks) if marks is not None else Seen(version)
+        return seen
 
     # --- requests (tests subclass these to hold or count them) --------------------------------------------------
     def _list_page(self, token: str | None, namespace: str | None = None) -> Any:

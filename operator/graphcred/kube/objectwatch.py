@@ -41,22 +41,36 @@ class LatestPerKey:
     (a newer body replaces the one waiting; a deletion replaces both). `put` from any thread; `deliver` is called on
     `loop`, in the order the credentials first had something waiting."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Deliver) -> None:
-        self._loop, self._deliver = loop, deliver
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Deliver, kind: str = "GraphAppCredential") -> None:
+        self._loop, self._deliver, self.kind = loop, deliver, kind
         self._lock = threading.Lock()
         self._pending: dict[Key, dict[str, Any] | None] = {}
         self._scheduled = False
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def put(self, key: Key, body: dict[str, Any] | None) -> None:
         with self._lock:
+            if self._closed:
+                return
             self._pending[key] = body
             if self._scheduled:
                 return
             self._scheduled = True
-        self._loop.call_soon_threadsafe(self._drain)
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nothing will drain, and nothing is scheduled
+            with self._lock:
+                self._scheduled = False
+            raise
+
+    def close(self) -> None:
+        """Hand nothing more over (the operator is stopping): what waits is dropped, later puts are ignored."""
+        with self._lock:
+            self._closed = True
+            self._pending.clear()
 
     def _drain(self) -> None:
         with self._lock:
@@ -68,7 +82,7 @@ class LatestPerKey:
             try:
                 self._deliver(key, body)
             except Exception as exc:  # noqa: BLE001 - one object's trouble must not drop the others of the batch
-                log.error("GraphAppCredential %s/%s could not be taken in: %s", key[0], key[1], type(exc).__name__)
+                log.error("%s %s/%s could not be taken in: %s", self.kind, key[0], key[1], type(exc).__name__)
 
 
 class ObjectWatch(MetadataWatch):
