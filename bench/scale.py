@@ -443,19 +443,26 @@ def run_one(n: int, per_app: int, lifetime: int, steady: float, profile_dir: Pat
 
             def watcher() -> None:
                 # From the list's resourceVersion, no timeout_seconds: a stream the apiserver ends (it closes the
-                # watches of slow readers) is resumed where it was, not left ended with credentials unseen.
-                w = watch.Watch()
+                # watches of slow readers, or cuts one short: "Response ended prematurely") is resumed where it
+                # was, not left ended with credentials unseen (which held the bench for its 30-minute deadline).
                 version = bed.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["metadata"]["resourceVersion"]
-                for event in w.stream(bed.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
-                                      resource_version=version):
-                    obj = event["object"]
-                    key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-                    conds = (obj.get("status") or {}).get("conditions") or []
-                    if key not in ready and conds and conds[0]["status"] == "True":
-                        ready[key] = time.monotonic()
-                        if len(ready) >= n:
-                            w.stop()
-                            done.set()
+                while not done.is_set():
+                    w = watch.Watch()
+                    try:
+                        for event in w.stream(bed.custom.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+                                              resource_version=version):
+                            obj = event["object"]
+                            version = obj["metadata"].get("resourceVersion") or version
+                            key = f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+                            conds = (obj.get("status") or {}).get("conditions") or []
+                            if key not in ready and conds and conds[0]["status"] == "True":
+                                ready[key] = time.monotonic()
+                                if len(ready) >= n:
+                                    w.stop()
+                                    done.set()
+                    except Exception as exc:  # resumed from the last version seen
+                        print(f"bench: the Ready watch ended ({type(exc).__name__}); resuming", flush=True)
+                        time.sleep(0.2)
 
             t = threading.Thread(target=watcher, daemon=True)
             t.start()

@@ -398,8 +398,9 @@ def test_no_workload_access_without_restart_targets(option_set: str) -> None:
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
-# an HTTP 403 however it is logged ("HTTP 403", "ApiException 403", "(403)"), not a port or time that holds "403"
-FORBIDDEN = re.compile(r"Forbidden|(?<![\d.:])403(?!\d)")
+# an HTTP 403 however it is logged ("HTTP 403", "ApiException 403", "(403)"), not a port, time or uid that holds
+# "403" (a client id "aab485fe-3ad4-403d-..." in a message failed a run)
+FORBIDDEN = re.compile(r"Forbidden|(?<![\w.:-])403(?![\w-])")
 
 
 @contextmanager

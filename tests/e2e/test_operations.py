@@ -99,14 +99,17 @@ def test_an_apiserver_restart_is_logged_as_warnings_while_credentials_keep_refre
     env.bed.control_plane.restart_apiserver(downtime=3.0)
     wait_for(lambda: env.token("before-token") not in (None, first), timeout=30,
              what="a refresh after the apiserver came back")
-    env.create("after", app, {"clientSecret": {"name": "cred"}})  # kopf's watch reconnected
+    env.create("after", app, {"clientSecret": {"name": "cred"}})  # the credential watch reconnected
     env.wait_ready("after", timeout=60)
     lines = [json.loads(line) for line in env.operator.logs(this_run=True)[offset:].splitlines()
              if line.startswith("{")]
-    kopf = [line for line in lines if line["logger"].split(".")[0] == "kopf"]
-    errors = [line["message"][:160] for line in kopf if line["level"] == "error"]
-    assert not errors, f"kopf logged the outage it recovered from at ERROR: {errors}"
-    assert [line for line in kopf if line["level"] == "warning"], "no kopf warning: the test saw no reconnect"
+    watches = [line for line in lines if line["logger"].split(".")[0] == "kopf"
+               or line["logger"] == "graphcred.kube.metawatch"]
+    errors = [line["message"][:160] for line in watches if line["level"] == "error"]
+    assert not errors, f"a watch logged the outage it recovered from at ERROR: {errors}"
+    reconnects = [line for line in watches if line["level"] == "warning"
+                  and line["message"].startswith("credential watch")]
+    assert reconnects, "no warning of the credential watch: the test saw no reconnect"
 
 
 def test_forty_renew_annotations_send_at_most_four_token_requests_and_the_last_is_answered(env: Env) -> None:

@@ -97,6 +97,31 @@ def test_the_clouds_and_admin_allowed_hosts_count_against_the_namespace_only() -
     assert gate.claim("a", "https://tarpit.example") == Claim("a", "https://tarpit.example")
 
 
+def test_a_freed_slot_looks_at_the_waiters_in_turn_not_at_all_of_them() -> None:
+    """admit() copied every waiter at each freed slot: a burst of 10,000 passes waiting for 8 slots walked 10,000
+    entries per token request, 10^8 over the burst."""
+
+    class Counted(dict[object, Claim]):
+        looked = 0
+
+        def items(self) -> Any:
+            for item in super().items():
+                Counted.looked += 1
+                yield item
+
+    fair = FairSlots(total=8)
+    fair._waiting = Counted()
+    for i in range(3000):
+        fair.arrive(i, Claim(f"ns-{i}", None))
+    order: list[object] = list(fair.admit())
+    while order:
+        fair.release(order[0])
+        order = order[1:] + fair.admit()
+        assert fair.held <= 8
+    assert not fair.waiting() and fair.held == 0
+    assert Counted.looked <= 3 * 3000, Counted.looked  # the ones admitted, and the one that finds the slots full
+
+
 def test_the_request_budget_lets_a_burst_through_then_paces_it() -> None:
     budget = RequestBudget(burst=10, per_minute=60)
     waits = [budget.reserve("a", 100.0) for _ in range(40)]
@@ -120,6 +145,28 @@ def test_a_namespace_of_many_credentials_is_not_held_to_the_budget_of_a_few() ->
         now = 1.0 + step * 0.18
         waits.append(budget.reserve("big", now, f"c{step % 10_000}"))
     assert max(waits) < 1.0, f"refreshes fall behind: waited {max(waits):.0f} s"
+
+
+def test_many_active_namespaces_cost_each_request_no_walk_over_them_all() -> None:
+    """Past 1,024 namespaces every request pruned: a walk over all of them, none prunable while active, so a burst
+    of 10,000 namespaces took 10^8 steps (seconds of the operator's CPU, measured with `bench scale --n 10000`)."""
+    budget = RequestBudget()
+    walks = 0
+    prune = budget._prune
+
+    def counted(now: float) -> None:
+        nonlocal walks
+        walks += 1
+        prune(now)
+
+    budget._prune = counted  # type: ignore[method-assign]
+    for i in range(10_000):
+        assert budget.reserve(f"ns-{i}", 100.0 + i * 0.001, f"c{i}") == 0.0
+    assert walks <= 5, walks  # at 1,025, then each time the namespaces known have doubled
+    # idle namespaces are still forgotten: an hour later, the next walk forgets the 10,000
+    for i in range(10_000, 30_000):
+        budget.reserve(f"ns-{i}", 10_000.0, f"c{i}")
+    assert len(budget._level) < 30_000
 
 
 def test_a_few_credentials_asking_in_a_loop_are_paced_however_often_they_ask() -> None:

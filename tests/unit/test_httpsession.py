@@ -4,6 +4,7 @@ for an authority, a proxy, a public cloud and hostile authorities."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -60,6 +61,9 @@ class _Authority(ThreadingHTTPServer):
         self.socket = context.wrap_socket(self.socket, server_side=True)
         self.script: dict[str, list[tuple[int, str, bytes]]] = {}
         self.hits: Counter[str] = Counter()
+        self.authorization: list[str | None] = []  # each request's Authorization header
+        self.cookies: list[str | None] = []  # ... and Cookie header
+        self.set_cookie: str | None = None  # a Set-Cookie header for every answer
 
     def answer(self, path: str) -> tuple[int, str, bytes]:
         self.hits[path] += 1
@@ -76,10 +80,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.authorization.append(self.headers.get("Authorization"))
+        self.server.cookies.append(self.headers.get("Cookie"))
         status, content_type, body = self.server.answer(self.path)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.server.set_cookie:
+            self.send_header("Set-Cookie", self.server.set_cookie)
         self.end_headers()
         self.wfile.write(body)
 
@@ -446,3 +454,96 @@ def test_cached_documents_expire() -> None:
     assert cache.get("u", False) is not None
     now[0] = 10.0
     assert cache.get("u", False) is None and len(cache) == 0
+
+
+class _ConnectProxy(ThreadingHTTPServer):
+    """An HTTPS proxy (HTTP CONNECT, then bytes both ways), recording the targets it was asked for."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Tunnel)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.targets: list[str] = []
+
+
+class _Tunnel(BaseHTTPRequestHandler):
+    server: _ConnectProxy
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def do_CONNECT(self) -> None:
+        self.server.targets.append(self.path)
+        host, port = self.path.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)), timeout=5)
+        self.send_response(200, "Connection established")
+        self.end_headers()
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for end in (src, dst):
+                    with contextlib.suppress(OSError):
+                        end.shutdown(socket.SHUT_RDWR)
+
+        back = threading.Thread(target=pump, args=(upstream, self.connection), daemon=True)
+        back.start()
+        pump(self.connection, upstream)
+        back.join(timeout=5)
+
+
+@pytest.mark.parametrize("bypassed", [False, True], ids=["through-the-proxy", "no-proxy-for-the-host"])
+def test_the_environment_s_https_proxy_is_honoured_and_netrc_never_sent(
+        authority: _Authority, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bypassed: bool) -> None:
+    """Corporate clusters reach Entra through HTTPS_PROXY (NO_PROXY for private hosts): honoured, read once per
+    authority instead of at each request; a ~/.netrc entry for the host is never sent to an authority."""
+    proxy = _ConnectProxy()
+    threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n")
+    netrc.chmod(0o600)
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("NETRC", str(netrc))
+    if bypassed:
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    authority.script[DISCOVERY] = [_doc()]
+    authority.script[TOKEN] = [(200, "application/json", b'{"error": "invalid_client"}')]
+    try:
+        session = _session(authority)
+        assert _discover(session, authority).status_code == 200
+        for _ in range(2):
+            assert session.post(authority.base + TOKEN, data={"grant_type": "client_credentials"}).status_code == 200
+        target = authority.base.removeprefix("https://")
+        assert proxy.targets == ([] if bypassed else [target]), proxy.targets  # one tunnel, kept alive
+        assert authority.authorization == [None, None, None], "netrc credentials reached the authority"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_an_authority_s_cookie_is_never_sent_back_to_it_or_to_another_tenant_s_authority() -> None:
+    """Entra sets cookies (fpc, x-ms-gateway-slice); the session kept them and sent them with every later token
+    request, another tenant's too, and requests rebuilt three cookie jars for each request (a tenth of the
+    steady-state time at 10,000 credentials). A token client needs none."""
+    first, second = _Authority(), _Authority()
+    for server in (first, second):
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        server.script[DISCOVERY] = [_doc()]
+    first.set_cookie = "fpc=tenant-a-state; Path=/; Secure"
+    try:
+        session = _session(first, second)
+        for server in (first, second, first):
+            assert session.post(server.base + TOKEN, data={"grant_type": "client_credentials"}).status_code == 404
+        assert first.cookies == [None, None] and second.cookies == [None]
+        assert len(session.cookies) == 0
+    finally:
+        for server in (first, second):
+            server.shutdown()
+            server.server_close()

@@ -5,6 +5,8 @@ follows ServiceAccounts (workload identity) by the same rules."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import threading
 import time
@@ -17,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from graphcred.kube.metawatch import Directory, KnownObjects, MetadataWatch, Seen, backoff
+from graphcred.kube.objectwatch import LatestPerKey, ObjectWatch
 from graphcred_testbed.bed import wait_for
 
 from .fakes import Answer, FakeApiserver, Handler, failure_status, metadata_list, secret_metadata
@@ -321,3 +324,197 @@ def test_stop_ends_a_watch_whose_request_was_still_on_its_way() -> None:
         release.set()
         server.shutdown()
         server.server_close()
+
+
+# --- the same watch over GraphAppCredentials, whole, and Namespaces (kube/objectwatch.py: kopf no longer does) --
+def _credential(name: str, rv: str, secret: str = "cred") -> dict[str, Any]:
+    return {"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
+            "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "resourceVersion": rv},
+            "spec": {"credential": {"clientSecret": {"name": secret}}}}
+
+
+def _fed(loop: asyncio.AbstractEventLoop) -> tuple[LatestPerKey, list[tuple[tuple[str, str], Any]]]:
+    taken: list[tuple[tuple[str, str], Any]] = []
+    return LatestPerKey(loop, lambda key, body: taken.append((key, body))), taken
+
+
+@pytest.mark.parametrize(("namespace", "path"), [
+    (None, "/apis/graphcred.io/v1alpha1/graphappcredentials"),
+    ("ns", "/apis/graphcred.io/v1alpha1/namespaces/ns/graphappcredentials")])
+def test_the_credential_watch_hands_over_whole_credentials_and_their_deletion(
+        serve: Callable[..., FakeApiserver], namespace: str | None, path: str) -> None:
+    lists = [{"metadata": {"resourceVersion": "10"}, "items": [_credential("a", "10"), _credential("b", "10")]},
+             {"metadata": {"resourceVersion": "20"}, "items": [_credential("a", "10"), _credential("c", "18")]}]
+
+    def on_list(_: dict[str, str]) -> Answer:
+        return 200, [lists[min(len(fake.lists), len(lists)) - 1]]
+
+    def on_watch(_: dict[str, str]) -> Answer:  # one change and a deletion, then too old: b deleted in the gap
+        if len(fake.watches) == 1:
+            return 200, [{"type": "MODIFIED", "object": _credential("a", "11", secret="other")},
+                         {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}},
+                         {"type": "ERROR", "object": failure_status(410, "Expired")}]
+        return 200, []
+
+    fake = serve(on_list, on_watch)
+    loop = asyncio.new_event_loop()
+    feed, taken = _fed(loop)
+    watch = ObjectWatch.credentials(fake.api(), feed, namespace).start()
+    try:
+        def arrived(n: int) -> bool:
+            loop.run_until_complete(asyncio.sleep(0.01))
+            return len(taken) >= n
+
+        def relisted() -> bool:  # events of one credential waiting together are handed over as the newest only
+            arrived(0)
+            last = {k[1]: b and b["metadata"]["resourceVersion"] for k, b in taken}
+            return len(fake.lists) >= 2 and last == {"a": "10", "b": None, "c": "18"}
+
+        # the relist: a back at 10 (changed since 11), b gone while the watch was away, c new
+        wait_for(relisted, timeout=10, what="the list, the watch's change and the relist handed over")
+        assert all(b is None or b["spec"]["credential"]["clientSecret"]["name"] in ("cred", "other")
+                   for _, b in taken), "whole objects"
+        assert {p for p, _ in fake.requests} == {path}, fake.requests
+        assert all(accept == "application/json" for _, accept in fake.requests), "whole objects"
+        assert watch._bodies == {}, "no body is kept once it is handed over"
+    finally:
+        watch.stop()
+        loop.close()
+
+
+def test_a_burst_of_watch_events_waits_as_one_body_per_credential_and_drains_in_turns() -> None:
+    """Events coming faster than the loop takes them (an operator start, a relist, many writers) wait as at most one
+    body per credential, the newest; the loop takes them a bounded batch a turn, other work in between."""
+    loop = asyncio.new_event_loop()
+    feed, taken = _fed(loop)
+    try:
+        def burst() -> None:
+            for round_ in range(5):
+                for i in range(1000):
+                    feed.put(("ns", f"c{i}"), _credential(f"c{i}", str(round_)))
+            feed.put(("ns", "c7"), None)  # deleted after its changes: the deletion is what is handed over
+            feed.put(("ns", "c8"), None)
+            feed.put(("ns", "c8"), _credential("c8", "99"))  # re-created after: the new body
+
+        thread = threading.Thread(target=burst)
+        thread.start()
+        thread.join()
+        assert len(feed) == 1000, "one body waits per credential, not one per event"
+        turns: list[int] = []
+
+        async def other_work() -> None:
+            while len(taken) < 1000:
+                turns.append(len(taken))
+                await asyncio.sleep(0)
+
+        loop.run_until_complete(other_work())
+        assert len(taken) == 1000 and len(feed) == 0
+        assert len({k for k, _ in taken}) == 1000
+        bodies = dict(taken)
+        assert bodies[("ns", "c7")] is None and bodies[("ns", "c8")]["metadata"]["resourceVersion"] == "99"
+        assert all(b["metadata"]["resourceVersion"] == "4" for k, b in taken if k[1] not in ("c7", "c8"))
+        assert max(b - a for a, b in itertools.pairwise(turns)) <= 256, "a bounded batch a turn"
+    finally:
+        loop.close()
+
+
+def test_one_credential_the_controller_cannot_take_in_costs_the_others_nothing(caplog: pytest.LogCaptureFixture
+                                                                               ) -> None:
+    loop = asyncio.new_event_loop()
+    taken: list[str] = []
+
+    def deliver(key: tuple[str, str], body: Any) -> None:
+        if key[1] == "bad":
+            raise KeyError("uid")
+        taken.append(key[1])
+
+    feed = LatestPerKey(loop, deliver)
+    try:
+        for name in ("a", "bad", "b"):
+            feed.put(("ns", name), _credential(name, "1"))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert taken == ["a", "b"]
+        assert "GraphAppCredential ns/bad could not be taken in: KeyError" in caplog.text
+    finally:
+        loop.close()
+
+
+def test_the_secret_watch_keeps_the_marks_of_token_secrets_only() -> None:
+    """A token Secret's controlling credential and expiry (what a pass after a restart trusts it by), short strings
+    only, from a GraphAppCredential controller reference only; nothing else of any Secret's metadata."""
+    def meta(name: str, rv: str, *, expires: str | None = "2026-12-06T21:00:00Z", kind: str = "GraphAppCredential",
+             api_version: str = "graphcred.io/v1alpha1", uid: str = "u-1", controller: bool = True) -> dict[str, Any]:
+        annotations = {"graphcred.io/expires-on": expires, "kubectl.kubernetes.io/last-applied-configuration": "{}"} \
+            if expires is not None else {}
+        return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv, "annotations": annotations,
+                             "ownerReferences": [{"apiVersion": api_version, "kind": kind, "name": "a", "uid": uid,
+                                                  "controller": controller}]}}
+
+    watch = MetadataWatch(client.ApiClient(), lambda *e: None)
+    watch._known.put("ns", "x", "1")
+    watch._listing = False
+    for event in ({"type": "ADDED", "object": meta("token", "2")},
+                  {"type": "ADDED", "object": meta("plain", "3", expires=None)},
+                  {"type": "ADDED", "object": meta("long", "4", expires="x" * 65)},
+                  {"type": "ADDED", "object": meta("forged", "5", kind="Deployment")},
+                  {"type": "ADDED", "object": meta("other-group", "6", api_version="evil.io/v1")},
+                  {"type": "ADDED", "object": meta("not-controller", "7", controller=False)}):
+        watch._event(event)
+    assert watch.seen("ns", "token") == Seen("2", "u-1", "2026-12-06T21:00:00Z")
+    for name, rv in (("plain", "3"), ("long", "4"), ("forged", "5"), ("other-group", "6"), ("not-controller", "7")):
+        assert watch.seen("ns", name) == Seen(rv), name
+    watch._event({"type": "MODIFIED", "object": meta("token", "8", expires=None)})  # no longer graphcred's
+    assert watch.seen("ns", "token") == Seen("8")
+    watch._event({"type": "MODIFIED", "object": meta("token", "9")})
+    watch._event({"type": "DELETED", "object": meta("token", "10")})
+    assert watch.seen("ns", "token") == Seen(None)
+    assert all(isinstance(v, str) for v in watch._known._versions.values()), "marks of plain Secrets only"
+
+
+def test_the_namespace_watch_hands_over_each_namespace_s_labels_as_metadata(serve: Callable[..., FakeApiserver]
+                                                                            ) -> None:
+    def namespace(name: str, rv: str, team: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "resourceVersion": rv, "labels": {"team": team}}}
+
+    def on_list(_: dict[str, str]) -> Answer:
+        return 200, [{"metadata": {"resourceVersion": "10"}, "items": [namespace("a", "10", "x")]}]
+
+    def on_watch(_: dict[str, str]) -> Answer:  # other namespaces than the listed one: nothing is coalesced
+        if len(fake.watches) > 1:
+            return 200, []
+        return 200, [{"type": "ADDED", "object": namespace("b", "11", "y")},
+                     {"type": "DELETED", "object": namespace("c", "12", "z")}]
+
+    fake = serve(on_list, on_watch)
+    loop = asyncio.new_event_loop()
+    feed, taken = _fed(loop)
+    watch = ObjectWatch.namespaces(fake.api(), feed).start()
+    try:
+        def arrived() -> bool:
+            loop.run_until_complete(asyncio.sleep(0.01))
+            return len(taken) >= 3
+
+        wait_for(arrived, timeout=10, what="the list and the watch's events")
+        labels = {key: body["metadata"]["labels"]["team"] if body else None for key, body in taken}
+        assert labels == {("", "a"): "x", ("", "b"): "y", ("", "c"): None}
+        assert {p for p, _ in fake.requests} == {"/api/v1/namespaces"}
+        assert all("as=PartialObjectMetadata" in accept for _, accept in fake.requests), "metadata only"
+    finally:
+        watch.stop()
+        loop.close()
+
+
+def test_a_closed_feed_hands_nothing_more_to_the_loop() -> None:
+    """Review: a burst still draining (or a late event of a watch thread) after the stop started workers on a
+    controller that had stopped. The stop closes the feeds: what waits is dropped, later events ignored."""
+    loop = asyncio.new_event_loop()
+    feed, taken = _fed(loop)
+    try:
+        for i in range(600):  # handed over, not taken yet (the loop is busy elsewhere)
+            feed.put(("ns", f"c{i}"), _credential(f"c{i}", "1"))
+        feed.close()
+        feed.put(("ns", "late"), _credential("late", "1"))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert taken == [] and len(feed) == 0
+    finally:
+        loop.close()

@@ -313,9 +313,10 @@ class _Apiserver:
 
 
 def test_the_operator_starts_and_stops_in_order_and_leaves_nothing_running(tmp_path: Path) -> None:
-    """build() starts nothing; start() starts the Events, the watches (Secrets, ServiceAccounts, pods), the consumer
-    reports and the heartbeat, then says ready; stop() ends them in the documented order (the watch streams cut
-    while held open) and leaves no task and no thread of the operator behind."""
+    """build() starts nothing; start() starts the Events, the watches (GraphAppCredentials, Namespaces, Secrets,
+    ServiceAccounts, pods), the consumer reports and the heartbeat, then says ready; stop() ends them in the
+    documented order (the watch streams cut while held open) and leaves no task and no thread of the operator
+    behind."""
     apiserver = _Apiserver()
     threads_before = set(threading.enumerate())
     cfg = RunConfig(kubeconfig=apiserver.kubeconfig(tmp_path / "kubeconfig"), workload_identity=True,
@@ -327,7 +328,8 @@ def test_the_operator_starts_and_stops_in_order_and_leaves_nothing_running(tmp_p
         loop, tasks_before = asyncio.get_running_loop(), asyncio.all_tasks()
         operator = wiring.build(cfg, Metrics(), health, loop, stop_flag=stop_flag)
         assert set(threading.enumerate()) == threads_before and asyncio.all_tasks() == tasks_before
-        assert [w.resource.plural for w in operator.watches] == ["Secrets", "ServiceAccounts", "Pods"]
+        assert [w.resource.plural for w in operator.watches] == [
+            "GraphAppCredentials", "Namespaces", "Secrets", "ServiceAccounts", "Pods"]
         assert operator.reconciler.secrets is not None and operator.reconciler.secrets.lookup("ns", "s") is None
         await operator.start()
         assert health.ready.is_set() and operator.heartbeat is not None
@@ -370,8 +372,9 @@ def test_the_operator_starts_and_stops_in_order_and_leaves_nothing_running(tmp_p
         asyncio.run(asyncio.wait_for(lifecycle(), timeout=60))
     finally:
         apiserver.close()
-    assert order == ["heartbeat", "watch Secrets", "watch ServiceAccounts", "watch Pods", "consumers", "controller",
-                     "events", "io", "event io", "stop flag"]
+    assert order == ["heartbeat", "watch GraphAppCredentials", "watch Namespaces", "watch Secrets",
+                     "watch ServiceAccounts", "watch Pods", "consumers", "controller", "events", "io", "event io",
+                     "stop flag"]
     deadline = time.monotonic() + 5
     while (left := set(threading.enumerate()) - threads_before) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -457,25 +457,23 @@ def test_the_token_request_sent_to_the_apiserver() -> None:
     # Kube.request_service_account_token's own request body: audience, the shortest lifetime, bound to nothing
     from graphcred.kube.calls import Kube
 
-    class Recording:
-        def __init__(self) -> None:
-            self.calls: list[tuple[str, str, Any]] = []
+    calls: list[tuple[str, str, dict[str, str], Any]] = []
 
-        def create_namespaced_service_account_token(self, name: str, namespace: str, body: Any, **_: Any) -> Any:
-            self.calls.append((name, namespace, body))
+    class Response:
+        data = b'{"status": {"token": "t.o.k", "expirationTimestamp": "2026-01-01T00:00:00Z"}}'
 
-            class Response:
-                data = b'{"status": {"token": "t.o.k", "expirationTimestamp": "2026-01-01T00:00:00Z"}}'
+        def release_conn(self) -> None:
+            pass
 
-                def release_conn(self) -> None:
-                    pass
-
-            return Response()
+    def send(method: str, path: str, params: dict[str, str], *, body: Any = None, **_: Any) -> Response:
+        calls.append((method, path, params, body))
+        return Response()
 
     kube = Kube.__new__(Kube)
-    kube.core = Recording()  # type: ignore[assignment]
+    kube._send = send  # type: ignore[method-assign]
     kube.timeout = (1.0, 1.0)
     assert kube.request_service_account_token("ns", "reader", "api://AzureADTokenExchange") == "t.o.k"
-    ((name, namespace, body),) = kube.core.calls  # type: ignore[attr-defined]
-    assert (name, namespace) == ("reader", "ns")
+    ((method, path, params, body),) = calls
+    assert (method, path, params) == ("POST", "/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+                                      {"namespace": "ns", "name": "reader"})
     assert body["spec"] == {"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 600}, body

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from graphcred.api.keys import APP_PLURAL, GROUP, PLURAL, VERSION
+from graphcred.api.keys import APP_PLURAL, GROUP, VERSION
 from graphcred.app.config import RunConfig
 from graphcred.app.wiring import OperatorMemo, build
 from graphcred.kube.connect import in_cluster_server
@@ -43,28 +43,15 @@ async def _startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any
     await memo.operator.start()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def _credential_event(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
-    assert memo.operator is not None  # kopf handles no object before the startup handlers are done
-    controller = memo.operator.controller
-    body = event["object"]
-    if event["type"] == "DELETED":
-        controller.forget(body["metadata"]["namespace"], body["metadata"]["name"])
-    else:
-        controller.observe(body)
+# The GraphAppCredentials and the Namespaces are watched by graphcred (kube/objectwatch.py), not by kopf: kopf's
+# per-event change detection cost a tenth of the CPU for nothing graphcred uses, and every namespace of the cluster
+# went through it at each start (docs/design/2026-12-06-lean-at-scale.md).
 
 
 @kopf.on.event(GROUP, VERSION, APP_PLURAL)
 async def _app_event(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
     assert memo.operator is not None
     memo.operator.controller.app_event(event["object"], deleted=event["type"] == "DELETED")
-
-
-# Only labels matter (the ClusterGraphApps' namespace selectors); kopf's own namespace scan is another watch.
-@kopf.on.event("", "v1", "namespaces")
-async def _namespace_event(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
-    assert memo.operator is not None
-    memo.operator.controller.namespace_event(event["object"], deleted=event["type"] == "DELETED")
 
 
 @kopf.on.cleanup()

@@ -26,6 +26,7 @@ from graphcred.consumers.reports import ConsumerReports
 from graphcred.kube.calls import Kube
 from graphcred.kube.events import POSTERS, EventRecorder, instance_name
 from graphcred.kube.metawatch import Directory, MetadataWatch
+from graphcred.kube.objectwatch import LatestPerKey, ObjectWatch
 from graphcred.reconcile.apps import ClusterApps
 from graphcred.reconcile.controller import Controller
 from graphcred.reconcile.reconciler import Reconciler
@@ -138,6 +139,9 @@ class Operator:
         running, self._running = self._running, []
         for watch in running:
             await asyncio.to_thread(watch.stop)
+        for watch in running:  # what they handed over and the loop has not taken yet is dropped, not taken later
+            if isinstance(watch, ObjectWatch):
+                watch.feed.close()
         await self.consumers.stop()
         await self.controller.app_status.stop()
         await self.controller.stop()
@@ -201,9 +205,20 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
 
 def watches_for(api: client.ApiClient, cfg: RunConfig, controller: Controller, consumers: ConsumerReports,
                 directory: Directory, loop: asyncio.AbstractEventLoop) -> list[MetadataWatch]:
-    """The watches feeding the controller, not started: Secrets (metadata) always, also added to `directory`, which
-    tells the reconciler which Secrets exist; ServiceAccounts (metadata) only with workload identity, and pods only
-    with --watch-consumers (the RBAC grants them only then). Their threads call back on `loop`."""
+    """The watches feeding the controller, not started: the GraphAppCredentials (whole), the Namespaces (metadata:
+    their labels, for ClusterGraphApps' policies; cluster-wide) and Secrets (metadata) always, the Secrets' also
+    added to `directory`, which tells the reconciler which Secrets exist; ServiceAccounts (metadata) only with
+    workload identity, and pods only with --watch-consumers (the RBAC grants them only then). Their threads call
+    back on `loop`."""
+    def on_credential(key: tuple[str, str], body: dict[str, Any] | None) -> None:
+        if body is None:
+            controller.forget(*key)
+        else:
+            controller.observe(body)
+
+    def on_namespace(key: tuple[str, str], body: dict[str, Any] | None) -> None:
+        controller.namespace_event(body or {"metadata": {"name": key[1]}}, deleted=body is None)
+
     def on_secret(namespace: str, name: str, resource_version: str, deleted: bool) -> None:
         loop.call_soon_threadsafe(controller.secret_event, namespace, name, resource_version, deleted)
 
@@ -221,9 +236,13 @@ def watches_for(api: client.ApiClient, cfg: RunConfig, controller: Controller, c
     # among the namespaces watched for credentials
     apps_only = () if cfg.cluster_resource_namespace in namespaces or None in namespaces \
         else (cfg.cluster_resource_namespace,)
-    watches = [MetadataWatch(api, on_secret, ns) for ns in (*namespaces, *apps_only)]
-    for watch in watches:
+    secrets = [MetadataWatch(api, on_secret, ns) for ns in (*namespaces, *apps_only)]
+    for watch in secrets:
         directory.add(watch)
+    credentials = LatestPerKey(loop, on_credential)
+    watches: list[MetadataWatch] = [*(ObjectWatch.credentials(api, credentials, ns) for ns in namespaces),
+                                    ObjectWatch.namespaces(api, LatestPerKey(loop, on_namespace, "Namespace")),
+                                    *secrets]
     if cfg.workload_identity:
         watches += [MetadataWatch(api, on_service_account, ns, resource="serviceaccounts")
                     for ns in (*namespaces, *apps_only)]

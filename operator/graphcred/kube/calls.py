@@ -1,8 +1,8 @@
 """Kubernetes API I/O for the reconciler: Secrets, ServiceAccounts (and their tokens, for workload identity), the
 GraphAppCredential status, Events, and the workloads restarted for a new token. Blocking; run in threads.
 
-Raw JSON (`_preload_content=False`) instead of the client's model classes: cheaper per call, and Secret data is
-read, used and dropped without lingering model objects.
+Raw JSON instead of the client's model classes, through the client's ApiClient but not its generated API methods
+(`Kube`): cheaper per call, and Secret data is read, used and dropped without lingering model objects.
 """
 
 from __future__ import annotations
@@ -60,6 +60,18 @@ def _nothing(data: bytes) -> None:
     return None
 
 
+MERGE_PATCH = "application/merge-patch+json"
+_FIELD_MANAGER = {"fieldManager": FIELD_MANAGER}
+_SECRETS = "/api/v1/namespaces/{namespace}/secrets"
+_SECRET = _SECRETS + "/{name}"
+_SERVICE_ACCOUNT = "/api/v1/namespaces/{namespace}/serviceaccounts/{name}"
+_CREDENTIAL_STATUS = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}/status"
+_APP = f"/apis/{GROUP}/{VERSION}/{APP_PLURAL}/{{name}}"
+_WORKLOAD = "/apis/apps/v1/namespaces/{namespace}/{plural}/{name}"
+_WORKLOADS = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets",
+              "ReplicaSet": "replicasets"}
+
+
 class Kube:
     """The Kubernetes API calls of the passes, the Event recorder and the consumer reports; blocking (run them in
     threads).
@@ -67,20 +79,36 @@ class Kube:
     Each call asks for raw JSON, with the timeout, and hands its connection back; an answer graphcred expects is a
     return value (a Secret that does not exist is None, a stale write a `Conflict`, the GraphAppCredential gone a
     `Gone`), and any other failure a `KubeError` (graphcred.kube.errors) naming the call and its HTTP status. Nothing
-    of the kubernetes client or urllib3 escapes, and no error carries a response body."""
+    of the kubernetes client or urllib3 escapes, and no error carries a response body.
+
+    The requests go through the client's `ApiClient` (its configuration, authentication with token refresh, TLS and
+    connection pool) but not its generated API methods: those validate every argument with pydantic and wrap every
+    answer, a fifth of the CPU of each call (py-spy, `bench scale`), for paths graphcred knows."""
 
     def __init__(self, api: client.ApiClient, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self.api = api
         self.timeout = timeout
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.apps = client.AppsV1Api(api)
 
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, parse: Callable[[bytes], T], **kwargs: Any) -> T:
+    def _send(self, method: str, path: str, params: dict[str, str], *, query: dict[str, str] | None = None,
+              body: Any = None, content_type: str = "application/json") -> Any:
+        """One request; the raw urllib3 response of a 2xx answer, an ApiException for any other."""
+        _, url, headers, body, _ = self.api.param_serialize(
+            method, path, path_params=params, query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json",
+                           **({"Content-Type": content_type} if body is not None else {})},
+            body=body, auth_settings=["BearerToken"])
+        resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
+        if not 200 <= resp.status <= 299:
+            resp.read()  # type: ignore[no-untyped-call]  # the exception keeps the status and reason, not the body
+            raise client.ApiException.from_response(http_resp=resp, body=None, data=None)
+        return resp.response
+
+    def _call(self, what: str, method: str, path: str, params: dict[str, str], *, parse: Callable[[bytes], T],
+              **kwargs: Any) -> T:
         """One API call, `what` in errors ("read Secret"): raw JSON, the timeout, the body read whole and the
         connection released, the answer `parse`d; every failure translated to a KubeError."""
         try:
-            resp = fn(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
+            resp = self._send(method, path, params, **kwargs)
             data = _body(resp)
         except Exception as exc:
             error = translated(what, exc)
@@ -93,15 +121,15 @@ class Kube:
         raise Unreadable(what, int(resp.status))
 
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read("read Secret", self.core.read_namespaced_secret, namespace, name)
+        return self._read("read Secret", _SECRET, {"namespace": namespace, "name": name})
 
     def read_service_account(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read("read ServiceAccount", self.core.read_namespaced_service_account, namespace, name)
+        return self._read("read ServiceAccount", _SERVICE_ACCOUNT, {"namespace": namespace, "name": name})
 
-    def _read(self, what: str, read: Callable[..., Any], namespace: str, name: str) -> dict[str, Any] | None:
-        """A namespaced object as JSON, None if it does not exist."""
+    def _read(self, what: str, path: str, params: dict[str, str]) -> dict[str, Any] | None:
+        """An object as JSON, None if it does not exist."""
         try:
-            return self._call(what, read, name, namespace, parse=_object)
+            return self._call(what, "GET", path, params, parse=_object)
         except NotFound:
             return None
 
@@ -110,22 +138,21 @@ class Kube:
         shortest time allowed. The caller uses it at once and drops it; errors carry no token."""
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                 "spec": {"audiences": [audience], "expirationSeconds": SERVICE_ACCOUNT_TOKEN_SECONDS}}
-        return self._call("create ServiceAccount token", self.core.create_namespaced_service_account_token, name,
-                          namespace, cast(Any, body), parse=_token)
+        return self._call("create ServiceAccount token", "POST", _SERVICE_ACCOUNT + "/token",
+                          {"namespace": namespace, "name": name}, body=body, parse=_token)
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> str:
         """Create only if absent (else Conflict). Returns the new resourceVersion."""
-        return self._call("create Secret", self.core.create_namespaced_secret, namespace, cast(Any, body),
-                          field_manager=FIELD_MANAGER, parse=_resource_version)
+        return self._call("create Secret", "POST", _SECRETS, {"namespace": namespace}, body=body,
+                          query=_FIELD_MANAGER, parse=_resource_version)
 
     def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> str:
         """A JSON merge patch: it changes the keys it names and nothing else (others' labels, annotations,
         finalizers and keys stay). `patch` carries metadata.resourceVersion, so it applies only if the Secret is
         unchanged since (else Conflict, also if it is gone). Returns the new resourceVersion."""
         try:
-            return self._call("patch Secret", self.core.patch_namespaced_secret, name, namespace, cast(Any, patch),
-                              field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json",
-                              parse=_resource_version)
+            return self._call("patch Secret", "PATCH", _SECRET, {"namespace": namespace, "name": name}, body=patch,
+                              query=_FIELD_MANAGER, content_type=MERGE_PATCH, parse=_resource_version)
         except NotFound as exc:
             raise Conflict(exc.call, exc.status, exc.reason) from exc
 
@@ -133,84 +160,73 @@ class Kube:
         """Merge-patch the GraphAppCredential's status; Gone if it no longer exists."""
         # A JSON merge patch replaces lists whole, which is what conditions need here.
         try:
-            self._call("patch GraphAppCredential status", self.custom.patch_namespaced_custom_object_status,
-                       GROUP, VERSION, namespace, PLURAL, name, {"status": status},
-                       _content_type="application/merge-patch+json", parse=_nothing)
+            self._call("patch GraphAppCredential status", "PATCH", _CREDENTIAL_STATUS,
+                       {"namespace": namespace, "name": name}, body={"status": status}, content_type=MERGE_PATCH,
+                       parse=_nothing)
         except NotFound as exc:
             raise Gone(exc.call, exc.status, exc.reason) from exc
 
     def read_cluster_app(self, name: str) -> dict[str, Any] | None:
         """A ClusterGraphApp as JSON, None if it does not exist."""
-        try:
-            return self._call("read ClusterGraphApp", self.custom.get_cluster_custom_object, GROUP, VERSION,
-                              APP_PLURAL, name, parse=_object)
-        except NotFound:
-            return None
+        return self._read("read ClusterGraphApp", _APP, {"name": name})
 
     def read_namespace(self, name: str) -> dict[str, Any] | None:
         """A Namespace as JSON (its labels are what an app's policy selects on), None if it does not exist."""
-        try:
-            return self._call("read Namespace", self.core.read_namespace, name, parse=_object)
-        except NotFound:
-            return None
+        return self._read("read Namespace", "/api/v1/namespaces/{name}", {"name": name})
 
     def patch_app_status(self, name: str, status: dict[str, Any]) -> None:
         """Merge-patch a ClusterGraphApp's status; Gone if it no longer exists."""
         try:
-            self._call("patch ClusterGraphApp status", self.custom.patch_cluster_custom_object_status,
-                       GROUP, VERSION, APP_PLURAL, name, {"status": status},
-                       _content_type="application/merge-patch+json", parse=_nothing)
+            self._call("patch ClusterGraphApp status", "PATCH", _APP + "/status", {"name": name},
+                       body={"status": status}, content_type=MERGE_PATCH, parse=_nothing)
         except NotFound as exc:
             raise Gone(exc.call, exc.status, exc.reason) from exc
 
     # --- restart targets: Deployments, StatefulSets, DaemonSets (and a ReplicaSet's owner)
-    def _workload_calls(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
-        reads = {"Deployment": (self.apps.read_namespaced_deployment, self.apps.patch_namespaced_deployment),
-                 "StatefulSet": (self.apps.read_namespaced_stateful_set, self.apps.patch_namespaced_stateful_set),
-                 "DaemonSet": (self.apps.read_namespaced_daemon_set, self.apps.patch_namespaced_daemon_set),
-                 "ReplicaSet": (self.apps.read_namespaced_replica_set, self.apps.patch_namespaced_replica_set)}
-        return reads[kind]
-
     def read_workload(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A Deployment, StatefulSet, DaemonSet or ReplicaSet as JSON, None if it does not exist."""
-        return self._read(f"read {kind}", self._workload_calls(kind)[0], namespace, name)
+        return self._read(f"read {kind}", _WORKLOAD, {"namespace": namespace, "plural": _WORKLOADS[kind],
+                                                      "name": name})
 
     def patch_workload(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         """Merge-patch a workload (its pod template's annotations); the workload as patched, None if it does not
         exist."""
         try:
-            return self._call(f"patch {kind}", self._workload_calls(kind)[1], name, namespace, cast(Any, patch),
-                              field_manager=FIELD_MANAGER, _content_type="application/merge-patch+json",
-                              parse=_object)
+            return self._call(f"patch {kind}", "PATCH", _WORKLOAD,
+                              {"namespace": namespace, "plural": _WORKLOADS[kind], "name": name}, body=patch,
+                              query=_FIELD_MANAGER, content_type=MERGE_PATCH, parse=_object)
         except NotFound:
             return None
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        self._call("create Event", self.core.create_namespaced_event, namespace, cast(Any, body), parse=_nothing)
+        self._call("create Event", "POST", "/api/v1/namespaces/{namespace}/events", {"namespace": namespace},
+                   body=body, parse=_nothing)
 
     def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         """Merge-patch an Event; False if it no longer exists (the apiserver drops Events after --event-ttl)."""
         try:
-            self._call("patch Event", self.core.patch_namespaced_event, name, namespace, patch,
-                       _content_type="application/merge-patch+json", parse=_nothing)
+            self._call("patch Event", "PATCH", "/api/v1/namespaces/{namespace}/events/{name}",
+                       {"namespace": namespace, "name": name}, body=patch, content_type=MERGE_PATCH, parse=_nothing)
         except NotFound:
             return False
         return True
 
     def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete a Secret, only the very one that was read (uid precondition); gone already is fine."""
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)) if uid else None
         try:
-            self._call("delete Secret", self.core.delete_namespaced_secret, name, namespace, body=body,
-                       parse=_nothing)
+            self._delete_secret(namespace, name, {"uid": uid} if uid else None)
         except (NotFound, Conflict):
             return
 
     def delete_secret_unchanged(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
         """Delete a Secret only if it is still the very one read, unchanged (Conflict otherwise); gone is fine."""
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid, resource_version=resource_version))
         try:
-            self._call("delete Secret", self.core.delete_namespaced_secret, name, namespace, body=body,
-                       parse=_nothing)
+            self._delete_secret(namespace, name, {"uid": uid, "resourceVersion": resource_version})
         except NotFound:
             return
+
+    def _delete_secret(self, namespace: str, name: str, preconditions: dict[str, str] | None) -> None:
+        body = ({"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions}
+                if preconditions else None)
+        self._call("delete Secret", "DELETE", _SECRET, {"namespace": namespace, "name": name}, body=body,
+                   parse=_nothing)

@@ -30,6 +30,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
+from graphcred.api.keys import API_VERSION, EXPIRES_ON_ANNOTATION, KIND
 from graphcred.base import backoff as exponential
 from graphcred.kube.errors import translated
 
@@ -41,6 +42,9 @@ Callback = Callable[[str, str, str, bool], None]  # namespace, name, resourceVer
 PAGE_SIZE = 500  # ~100 KiB of metadata a page, larger with big annotations
 LIST_TIMEOUT = (10.0, 60.0)  # connect, read: one page
 Item = tuple[str, str, str]  # namespace, name, resourceVersion
+Marks = tuple[str, str]  # a token Secret's controlling GraphAppCredential's uid, and its expires-on annotation
+Entry = tuple[str, str, str, Marks | None]  # an Item, and a token Secret's marks
+_MARK_LENGTH = 64  # longer values are no uid and no timestamp: not kept (a tenant may annotate any Secret)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ RESOURCES = {
                                  "list_service_account_for_all_namespaces"),
     # whole objects, not metadata: only podwatch.PodWatch lists these (it needs the spec)
     "pods": _Resource("pod", "Pods", "list_namespaced_pod", "list_pod_for_all_namespaces"),
+    # objectwatch.ObjectWatch: whole GraphAppCredentials (through the custom objects API, its own `_list`) and the
+    # Namespaces' metadata, for their labels (cluster-scoped: listed whole only)
+    "graphappcredentials": _Resource("credential", "GraphAppCredentials", "", ""),
+    "namespaces": _Resource("namespace", "Namespaces", "", "list_namespace"),
 }
 
 
@@ -69,40 +77,51 @@ def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
 
 class KnownObjects:
     """The objects the watch has seen: (namespace, name) -> resourceVersion, as one dict keyed "namespace/name"
-    (neither may contain "/"). About 170 bytes a Secret: ~8 MiB for 50,000 (see tests/unit/test_secretwatch.py)."""
+    (neither may contain "/"); for a token Secret the value is (resourceVersion, *marks), one value so that a reader
+    on the event loop never pairs one state's version with another's marks. About 170 bytes a Secret: ~8 MiB for
+    50,000 (see tests/unit/test_secretwatch.py), and about 150 more per token Secret."""
 
     __slots__ = ("_versions",)
 
     def __init__(self) -> None:
-        self._versions: dict[str, str] = {}
+        self._versions: dict[str, str | tuple[str, str, str]] = {}
 
     def __len__(self) -> int:
         return len(self._versions)
 
     def __iter__(self) -> Iterator[Item]:
-        for key, version in self._versions.items():
+        for key, value in self._versions.items():
             namespace, name = key.split("/", 1)
-            yield namespace, name, version
+            yield namespace, name, value if isinstance(value, str) else value[0]
 
-    def put(self, namespace: str, name: str, version: str) -> None:
-        self._versions[f"{namespace}/{name}"] = version
+    def put(self, namespace: str, name: str, version: str, marks: Marks | None = None) -> None:
+        self._versions[f"{namespace}/{name}"] = version if marks is None else (version, *marks)
 
     def pop(self, namespace: str, name: str) -> str | None:
-        return self._versions.pop(f"{namespace}/{name}", None)
+        value = self._versions.pop(f"{namespace}/{name}", None)
+        return value if value is None or isinstance(value, str) else value[0]
 
     def get(self, namespace: str, name: str) -> str | None:
-        return self._versions.get(f"{namespace}/{name}")
+        value = self._versions.get(f"{namespace}/{name}")
+        return value if value is None or isinstance(value, str) else value[0]
+
+    def seen(self, namespace: str, name: str) -> Seen:
+        """The version and a token Secret's marks, read at once."""
+        value = self._versions.get(f"{namespace}/{name}")
+        return Seen(value) if value is None or isinstance(value, str) else Seen(*value)
 
     def update(self, other: KnownObjects) -> None:
         self._versions.update(other._versions)
 
 
-
 @dataclass(frozen=True)
 class Seen:
-    """What a watch knows of one object: its resourceVersion as last seen, None if it has not seen it (absent)."""
+    """What a watch knows of one object: its resourceVersion as last seen, None if it has not seen it (absent); for
+    a token Secret, the uid of the GraphAppCredential controlling it and its expires-on annotation, as seen."""
 
     version: str | None
+    owner: str | None = None
+    expires_on: str | None = None
 
 
 class Directory:
@@ -140,6 +159,28 @@ class WatchInterrupted(Exception):
 def _item(obj: dict[str, Any]) -> Item:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("resourceVersion") or "")
+
+
+def _marks(obj: dict[str, Any]) -> Marks | None:
+    """A token Secret's marks: the uid of the GraphAppCredential that controls it and its expires-on annotation,
+    both as short strings; None for any other object. They let a pass after a restart trust, without reading it,
+    a token Secret that holds the token its status describes (`TokenSecretWriter.target`)."""
+    meta = obj.get("metadata") or {}
+    expires = (meta.get("annotations") or {}).get(EXPIRES_ON_ANNOTATION)
+    if not isinstance(expires, str) or len(expires) > _MARK_LENGTH:
+        return None
+    for ref in meta.get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller") is True:
+            uid = ref.get("uid")
+            if (ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION and isinstance(uid, str)
+                    and 0 < len(uid) <= _MARK_LENGTH):
+                return uid, expires
+            return None
+    return None
+
+
+def _entry(obj: dict[str, Any]) -> Entry:
+    return (*_item(obj), _marks(obj))
 
 
 class MetadataWatch:
@@ -195,10 +236,10 @@ class MetadataWatch:
         known = self._known
         if self._listing:
             return None
-        version = known.get(namespace, name)
+        seen = known.seen(namespace, name)
         if self._listing or self._known is not known:
             return None
-        return Seen(version)
+        return seen
 
     # --- requests (tests subclass these to hold or count them) --------------------------------------------------
     def _list_page(self, token: str | None, namespace: str | None = None) -> Any:
@@ -240,11 +281,11 @@ class MetadataWatch:
         meta = body.get("metadata") or {}
         return body.get("items") or [], str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
 
-    def _read_page(self, token: str | None) -> tuple[list[Item], str, str]:
-        """One page: its items (namespace, name, resourceVersion only), the list's resourceVersion, the next
-        continue token. The parsed page lives only inside this call."""
+    def _read_page(self, token: str | None) -> tuple[list[Entry], str, str]:
+        """One page: its items (namespace, name, resourceVersion and a token Secret's marks only), the list's
+        resourceVersion, the next continue token. The parsed page lives only inside this call."""
         items, version, next_token = self._fetch_page(token)
-        return [_item(obj) for obj in items], version, next_token
+        return [_entry(obj) for obj in items], version, next_token
 
     def _relist(self) -> str:
         """List every object, page by page. Reports the objects new or changed since the last list (all of them
@@ -260,10 +301,10 @@ class MetadataWatch:
                 items, page_version, token = self._read_page(token)
                 pages += 1
                 version = version or page_version  # every page of one list has the first page's version
-                for namespace, name, item_version in items:
+                for namespace, name, item_version, marks in items:
                     if previous.pop(namespace, name) != item_version:
                         self.callback(namespace, name, item_version, False)
-                    fresh.put(namespace, name, item_version)
+                    fresh.put(namespace, name, item_version, marks)
                 if not token:
                     break
                 if self._stop.is_set():
@@ -311,7 +352,7 @@ class MetadataWatch:
         if version:
             self._resource_version = version
         if kind in ("ADDED", "MODIFIED"):
-            self._known.put(namespace, name, version)
+            self._known.put(namespace, name, version, _marks(obj))
         elif kind == "DELETED":
             self._known.pop(namespace, name)
         else:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 BUDGET_BURST = 60.0
 BUDGET_PER_MINUTE = 240.0
 SEEN_FOR = 3600.0  # a credential counts this long after its last request (one-hour tokens refresh every 30 min)
+PRUNE_FROM = 1024  # namespaces known to a budget before it forgets the idle ones
 
 
 @dataclass(frozen=True)
@@ -92,17 +93,19 @@ class FairSlots:
         """Give free slots to waiters, oldest first, skipping those whose namespace or host holds its share.
         Returns the tickets admitted now (they hold a slot until `release`)."""
         admitted: list[object] = []
-        for ticket, claim in list(self._waiting.items()):
+        # no copy of the waiters: with thousands waiting (a burst), each freed slot copied them all
+        for ticket, claim in self._waiting.items():
             if self.held >= self.total:
                 break
             if not self.room_for(claim):
                 continue
-            del self._waiting[ticket]
             self._holding[ticket] = claim
             self._by_namespace[claim.namespace] += 1
             if claim.host is not None:
                 self._by_host[claim.host] += 1
             admitted.append(ticket)
+        for ticket in admitted:
+            del self._waiting[ticket]
         return admitted
 
 
@@ -117,6 +120,10 @@ class RequestBudget:
     per_minute: float = BUDGET_PER_MINUTE
     _level: dict[str, tuple[float, float]] = field(default_factory=dict)  # namespace -> (tokens, as of)
     _seen: dict[str, dict[str, float]] = field(default_factory=dict)  # namespace -> credential -> last request
+    # prune when this many namespaces are known, then at twice what the prune left: with more namespaces active at
+    # once than a fixed limit, pruning at each request made every request walk them all (10,000 namespaces: 10^8
+    # steps to converge)
+    _prune_at: int = PRUNE_FROM
 
     def reserve(self, namespace: str, now: float, who: str | None = None) -> float:
         seen = self._seen.setdefault(namespace, {})
@@ -131,8 +138,9 @@ class RequestBudget:
         tokens, since = self._level.get(namespace, (burst, now))
         tokens = min(burst, tokens + (now - since) * rate + (1.0 if first else 0.0)) - 1.0
         self._level[namespace] = (tokens, now)
-        if len(self._level) > 1024:
+        if len(self._level) > self._prune_at:
             self._prune(now)
+            self._prune_at = max(PRUNE_FROM, 2 * len(self._level))
         return 0.0 if tokens >= 0 else -tokens / rate
 
     def _prune(self, now: float) -> None:

@@ -147,6 +147,8 @@ class Controller:
 
     def observe(self, body: Mapping[str, Any]) -> None:
         """A GraphAppCredential was listed, added or modified."""
+        if self._stopping:
+            return  # a watch event that reached the loop after the stop: no worker may start now
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             self.forget(meta["namespace"], meta["name"])
@@ -309,6 +311,7 @@ class Controller:
         """From the Secret metadata watch. Wakes the objects that read a changed credential Secret (rotation,
         or a missing one appearing) and those whose token Secret was deleted (to write it again)."""
         secret = (namespace, name)
+        self.reconciler.credential_reads.forget(secret, None if deleted else resource_version)
         self.reconciler.rotator.secret_changed(secret)
         self._credential_changed(self.dependents.saw_secret(secret, resource_version, deleted), resource_version,
                                  deleted)
@@ -337,17 +340,24 @@ class Controller:
         while the pass runs (a credential Secret created a moment after the object) must wake it."""
         status = worker.memory.report.last_status or worker.snapshot.status
         held = status.get("issuedByApp") if isinstance(status.get("issuedByApp"), str) else None
+        read_before = self.dependents.reads_of(key)
         moved = self.dependents.index(key, named_by(key, worker.snapshot.spec, self.reconciler.apps, held))
         if moved.removed is not None:
             self._listener.token_secret_removed(key, moved.removed)
         if moved.added is not None:
             self._listener.token_secret_added(key, moved.added)
+        if read_before is not None and not self.dependents.read_by_anyone(read_before):
+            self.reconciler.credential_reads.forget(read_before)  # its spec names another Secret now
 
     def _unindex(self, key: Key) -> None:
-        """Drop the object from the indexes, and tell the consumer reports it no longer writes its token Secret."""
+        """Drop the object from the indexes, and tell the consumer reports it no longer writes its token Secret; a
+        credential Secret nobody reads any more leaves no kept read behind."""
+        reads = self.dependents.reads_of(key)
         writes = self.dependents.remove(key)
         if writes is not None:
             self._listener.token_secret_removed(key, writes)
+        if reads is not None and not self.dependents.read_by_anyone(reads):
+            self.reconciler.credential_reads.forget(reads)
 
     async def _run(self, key: Key, worker: _Worker) -> None:
         while True:

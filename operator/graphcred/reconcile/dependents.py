@@ -124,6 +124,14 @@ class Dependents:
         self._named[credential] = named
         return moved
 
+    def reads_of(self, credential: Key) -> Key | None:
+        """The credential Secret the credential reads, if any."""
+        named = self._named.get(credential)
+        return named.reads if named is not None else None
+
+    def read_by_anyone(self, secret: Key) -> bool:
+        return bool(self.readers.get(secret))
+
     def remove(self, credential: Key) -> Key | None:
         """Forget the credential; the token Secret it wrote, if any."""
         writes = self._named.get(credential, Named()).writes

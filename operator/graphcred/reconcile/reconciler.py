@@ -100,11 +100,19 @@ def _validated(raw: dict[str, Any]) -> GraphAppCredentialSpec | None:
         return None
 
 
-def _holds(existing: Target | None, previous: GraphAppCredentialStatus) -> bool:
-    """Does the token Secret hold the token the status describes? (Not read: our own write, unchanged since.)"""
+def _secret_expiry(existing: Target | None, previous: GraphAppCredentialStatus) -> dt.datetime | None:
+    """The expiry of the token the token Secret holds: as read, as the Secret watch saw it, or (our own write,
+    unchanged since) the one the status describes."""
     if existing is None:
-        return False
-    return existing.secret is None or stored_expiry(existing.secret["metadata"]) == parse_rfc3339(previous.expires_on)
+        return None
+    if existing.secret is not None:
+        return stored_expiry(existing.secret["metadata"])
+    return parse_rfc3339(existing.expires_on if existing.expires_on is not None else previous.expires_on)
+
+
+def _holds(existing: Target | None, previous: GraphAppCredentialStatus) -> bool:
+    """Does the token Secret hold the token the status describes?"""
+    return existing is not None and _secret_expiry(existing, previous) == parse_rfc3339(previous.expires_on)
 
 
 def _same_token(previous: GraphAppCredentialStatus, issued_for: str, token: Token) -> bool:
@@ -340,7 +348,7 @@ class Reconciler:
                     and _holds(existing, previous) and snap.generation == previous.observed_generation):
                 # the identity endpoint answered the token the Secret holds (IMDS caches): nothing to write
                 return await self._answered_again(snap, mem, previous, token, fingerprint, settled, renew)
-            del material  # the credential is not kept between passes, nor the read it came from
+            del material  # not kept between passes (a small read is, while unchanged: kube/reads.py)
             await held.aclose()
             if who.app is not None:
                 await self._still_permitted(snap, spec, who.app, mem, secret_name)
@@ -447,12 +455,7 @@ class Reconciler:
                 settled: str, mem: Memory,
                 previous: GraphAppCredentialStatus, existing: Target | None, fingerprint: str | None,
                 credential_version: str, renew: bool, now: dt.datetime) -> Decision:
-        if existing is None:
-            secret_expiry = None
-        elif existing.secret is None:
-            secret_expiry = parse_rfc3339(previous.expires_on)  # our own write, unchanged since
-        else:
-            secret_expiry = stored_expiry(existing.secret["metadata"])
+        secret_expiry = _secret_expiry(existing, previous)
         # In memory: the material's fingerprint; after a restart, the credential Secret's resourceVersion.
         changed = (mem.credential.material != fingerprint if mem.credential.material is not None
                    else previous.credential_version != credential_version)

@@ -39,11 +39,13 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Target:
-    """The token Secret as far as writing it needs. `secret`: as read (metadata, type, data); None when this process
-    wrote it last and skipped the read (a change by anyone since then surfaces as a Conflict on the next write)."""
+    """The token Secret as far as writing it needs. `secret`: as read (metadata, type, data); None when the read was
+    skipped: this process wrote it last, or the Secret watch saw it controlled by this credential with the expiry
+    `expires_on` (after a restart). A change by anyone since then surfaces as a Conflict on the next write."""
 
     resource_version: str
     secret: dict[str, Any] | None
+    expires_on: str | None = None  # the expires-on annotation the Secret watch saw (skipped reads after a restart)
 
     @classmethod
     def read(cls, secret: dict[str, Any] | None) -> Target | None:

@@ -55,13 +55,19 @@ class TokenSecretWriter:
     async def target(self, snap: Snapshot, mem: SecretMemory, name: str) -> Target | None:
         """The token Secret as far as writing it needs: None if absent.
         After our own write its resourceVersion is known and the read is skipped: a change by anyone else since
-        then surfaces as a conflict on the patch. A Secret the watch has never seen is not read either (a new
-        credential's): it is created, and if it exists after all, AlreadyExists has it read then (`write`)."""
+        then surfaces as a conflict on the patch. After a restart, the watch's record of it may stand for the read.
+        A Secret the watch has never seen is not read either (a new credential's): it is created, and if it exists
+        after all, AlreadyExists has it read then (`write`)."""
         if mem.version is not None:
             return Target(mem.version, None)
         seen = self.secrets.lookup(snap.namespace, name) if self.secrets is not None else None
         if seen is not None and seen.version is None:
             return None
+        if seen is not None and seen.version is not None and seen.owner == snap.uid and seen.expires_on is not None:
+            # After a restart: the watch saw it controlled by this very credential, with its expiry. Whether that is
+            # the token the status describes is the pass's to judge (its decision compares them); a write reads it
+            # first (the type and template keys it holds are not known yet: `_put`).
+            return Target(seen.version, None, seen.expires_on)
         existing = await self.calls("read Secret", self.calls.kube.read_secret, snap.namespace, name)
         if existing is not None and not is_ours(existing["metadata"], snap.owner):
             raise not_ours(name)
