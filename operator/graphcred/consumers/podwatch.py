@@ -26,14 +26,13 @@ from typing import Any
 from kubernetes import client
 
 from graphcred.consumers.pods import PodConsumer, PodKey, classify
-from graphcred.kube.metawatch import MetadataWatch, WatchInterrupted
+from graphcred.kube.metawatch import WHOLE_OBJECTS, MetadataWatch, WatchInterrupted
 
 log = logging.getLogger(__name__)
 
 PodCallback = Callable[[str, str, PodConsumer | None], None]  # namespace, name, findings (None: gone or finished)
 ListedCallback = Callable[[str | None, frozenset[PodKey]], None]  # namespace listed (None: all), pods found
 Relevant = Callable[[str, str], bool]  # (namespace, Secret name): is it a token Secret in use?
-WHOLE_OBJECTS = "application/json"
 # Pods come whole and parse to several times their JSON: small pages keep the first list's memory low
 # (docs/design/2026-12-06-metadata-only-watches.md).
 POD_PAGE_SIZE = 100

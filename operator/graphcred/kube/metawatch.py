@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 METADATA_ONLY_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+WHOLE_OBJECTS = "application/json"  # what subclasses that need more than metadata ask for (pods, credentials)
 Callback = Callable[[str, str, str, bool], None]  # namespace, name, resourceVersion, deleted
 PAGE_SIZE = 500  # ~100 KiB of metadata a page, larger with big annotations
 LIST_TIMEOUT = (10.0, 60.0)  # connect, read: one page
@@ -98,12 +99,10 @@ class KnownObjects:
         self._versions[f"{namespace}/{name}"] = version if marks is None else (version, *marks)
 
     def pop(self, namespace: str, name: str) -> str | None:
-        value = self._versions.pop(f"{namespace}/{name}", None)
-        return value if value is None or isinstance(value, str) else value[0]
+        return _version_of(self._versions.pop(f"{namespace}/{name}", None))
 
     def get(self, namespace: str, name: str) -> str | None:
-        value = self._versions.get(f"{namespace}/{name}")
-        return value if value is None or isinstance(value, str) else value[0]
+        return _version_of(self._versions.get(f"{namespace}/{name}"))
 
     def seen(self, namespace: str, name: str) -> Seen:
         """The version and a token Secret's marks, read at once."""
@@ -112,6 +111,11 @@ class KnownObjects:
 
     def update(self, other: KnownObjects) -> None:
         self._versions.update(other._versions)
+
+
+def _version_of(value: str | tuple[str, str, str] | None) -> str | None:
+    """The resourceVersion of a `KnownObjects` value (a version, or a token Secret's version and marks)."""
+    return value if value is None or isinstance(value, str) else value[0]
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,12 @@ from typing import Any
 from kubernetes import client
 
 from graphcred.api.keys import GROUP, PLURAL, VERSION
-from graphcred.kube.metawatch import METADATA_ONLY, METADATA_ONLY_WATCH, Entry, Item, MetadataWatch
+from graphcred.kube.metawatch import METADATA_ONLY, METADATA_ONLY_WATCH, WHOLE_OBJECTS, Entry, Item, MetadataWatch
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # namespace, name
 Deliver = Callable[[Key, dict[str, Any] | None], None]  # the body as listed, added or modified; None: deleted
-WHOLE_OBJECTS = "application/json"
 DRAIN = 256  # bodies handed to the controller per turn of the event loop: a burst does not hold the loop for long
 
 

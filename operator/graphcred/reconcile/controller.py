@@ -346,8 +346,7 @@ class Controller:
             self._listener.token_secret_removed(key, moved.removed)
         if moved.added is not None:
             self._listener.token_secret_added(key, moved.added)
-        if read_before is not None and not self.dependents.read_by_anyone(read_before):
-            self.reconciler.credential_reads.forget(read_before)  # its spec names another Secret now
+        self._unread(read_before)  # its spec may name another Secret now
 
     def _unindex(self, key: Key) -> None:
         """Drop the object from the indexes, and tell the consumer reports it no longer writes its token Secret; a
@@ -356,8 +355,12 @@ class Controller:
         writes = self.dependents.remove(key)
         if writes is not None:
             self._listener.token_secret_removed(key, writes)
-        if reads is not None and not self.dependents.read_by_anyone(reads):
-            self.reconciler.credential_reads.forget(reads)
+        self._unread(reads)
+
+    def _unread(self, secret: Key | None) -> None:
+        """A credential Secret no credential reads any more: its kept read goes (no Secret data left unused)."""
+        if secret is not None and not self.dependents.read_by_anyone(secret):
+            self.reconciler.credential_reads.forget(secret)
 
     async def _run(self, key: Key, worker: _Worker) -> None:
         while True:
