@@ -542,7 +542,6 @@ def test_an_authority_s_cookie_is_never_sent_back_to_it_or_to_another_tenant_s_a
         for server in (first, second, first):
             assert session.post(server.base + TOKEN, data={"grant_type": "client_credentials"}).status_code == 404
         assert first.cookies == [None, None] and second.cookies == [None]
-        assert len(session.cookies) == 0
     finally:
         for server in (first, second):
             server.shutdown()

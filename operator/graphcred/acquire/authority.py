@@ -8,6 +8,7 @@ ServiceAccount tokens, so only these hosts are ever contacted. Pure logic: no I/
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -26,6 +27,8 @@ FLAG = "--authority-host"
 CHART_VALUE = "authorityHosts"
 
 
+# Pure on its argument, and asked nine times per token request (the session's checks, msal's URLs): remembered.
+@functools.lru_cache(maxsize=1024)
 def origin(url: str) -> str | None:
     """`https://host[:port]` in lower case (port 443 dropped), or None unless `url` is an https URL with a host."""
     try:

@@ -202,6 +202,14 @@ def _same_host(identity: AppIdentity, token_endpoint: str) -> None:
                                "authority host only", permanent=True)
 
 
+class _NothingCached(msal.TokenCache):  # type: ignore[misc]
+    """A token cache that keeps nothing: every acquisition reaches the token endpoint (the application is built
+    anew each time anyway), and msal's indexing of each answer (a tenth of an acquisition's time) is skipped."""
+
+    def add(self, event: Any, now: Any = None) -> None:
+        pass
+
+
 class TokenClient:
     """Acquires tokens. Thread-safe; blocking (run it in an executor)."""
 
@@ -253,8 +261,8 @@ class TokenClient:
             raise self._unusable_answer(None) from None
         except _UNUSABLE as exc:
             raise self._unusable_answer(exc) from None
-        if not isinstance(result, dict):
-            raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "unexpected answer from msal", permanent=False)
+        if not isinstance(result, dict):  # the endpoint's answer as msal passed it on (a JSON list, say)
+            raise self._unusable_answer(None)
         last = self.session.last_response()
         access_token = result.get("access_token")
         if isinstance(access_token, str) and access_token.strip() and "error" not in result:
@@ -319,7 +327,7 @@ class TokenClient:
             # Discovery of instances is for unknown hosts; ours come from a fixed cloud map or the user.
             instance_discovery=False,
             http_client=self.session,
-            token_cache=msal.TokenCache(),
+            token_cache=_NothingCached(),
         )
         holder.append(app)
         _same_host(identity, app.authority.token_endpoint)
