@@ -51,13 +51,6 @@ class Metrics:
         self.latency = Histogram(
             "graphcred_token_acquisition_duration_seconds", "Time to acquire a token from the token endpoint.",
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=self.registry)
-        self.expiration = Gauge(
-            "graphcred_token_expiration_timestamp_seconds",
-            "Expiry (Unix time) of the token currently in each credential's Secret.",
-            ["namespace", "name"], registry=self.registry)
-        self.failures = Gauge(
-            "graphcred_consecutive_failures", "Consecutive failed acquisitions of each credential.",
-            ["namespace", "name"], registry=self.registry)
         self.consumers = Gauge(
             "graphcred_unrefreshable_consumers",
             "Pods reading each credential's token Secret where no refresh reaches them (subPath, env, envFrom); "
@@ -110,20 +103,16 @@ class Metrics:
     def failed(self, reason: str) -> None:
         self.acquisitions.labels("failure", reason).inc()
 
-    def report(self, namespace: str, name: str, expires_at: float | None, failures: int) -> None:
-        if expires_at is not None:
-            self.expiration.labels(namespace, name).set(expires_at)
-        self.failures.labels(namespace, name).set(failures)
-
     def forget(self, namespace: str, name: str) -> None:
-        for gauge in (self.expiration, self.failures, self.consumers):
-            with contextlib.suppress(KeyError):
-                gauge.remove(namespace, name)
+        with contextlib.suppress(KeyError):
+            self.consumers.remove(namespace, name)
 
 
 class _CredentialCollector(Collector):
-    """`graphcred_credential_ready`, `graphcred_credential_next_refresh_timestamp_seconds` and (where known)
-    `graphcred_credential_expiration_timestamp_seconds`, one series per registered credential. Labels are
+    """`graphcred_credential_ready`, `graphcred_credential_next_refresh_timestamp_seconds`,
+    `graphcred_token_expiration_timestamp_seconds`, `graphcred_consecutive_failures` and (where known)
+    `graphcred_credential_expiration_timestamp_seconds`, one series per registered credential, from its status at
+    scrape time: a gauge's child per credential would hold 0.6 KiB each (13 MiB at 10,000). Labels are
     bounded: the reason is one of the operator's condition reasons (or Pending
     before the first pass); the message, which may name anything, is never a label."""
 
@@ -142,6 +131,12 @@ class _CredentialCollector(Collector):
             "graphcred_credential_expiration_timestamp_seconds", "When (Unix time) the credential itself expires: "
             "its certificate's notAfter, or the graphcred.io/credential-expires-on annotation of its client-secret "
             "Secret; no series where it is not known.", labels=["namespace", "name"])
+        token = GaugeMetricFamily(
+            "graphcred_token_expiration_timestamp_seconds",
+            "Expiry (Unix time) of the token currently in each credential's Secret.", labels=["namespace", "name"])
+        failures = GaugeMetricFamily(
+            "graphcred_consecutive_failures", "Consecutive failed acquisitions of each credential.",
+            labels=["namespace", "name"])
         renewal = GaugeMetricFamily(
             "graphcred_certificate_renewal_failing", "1 while graphcred cannot renew a certificate.rotation "
             "credential's certificate in Entra (its CertificateRenewal condition is False; the reason is the "
@@ -159,9 +154,17 @@ class _CredentialCollector(Collector):
             lapses = _timestamp((status or {}).get("credentialExpiresOn"))
             if lapses is not None:
                 expiry.add_metric([namespace, name], lapses)
+            expires = _timestamp((status or {}).get("expiresOn"))
+            if expires is not None:
+                token.add_metric([namespace, name], expires)
+            if status:  # reported by a pass (none before the first)
+                count = status.get("consecutiveFailures")
+                failures.add_metric([namespace, name], float(count) if isinstance(count, int) else 0.0)
         yield ready
         yield refresh
         yield expiry
+        yield token
+        yield failures
         yield renewal
 
 
