@@ -546,3 +546,15 @@ def test_an_authority_s_cookie_is_never_sent_back_to_it_or_to_another_tenant_s_a
         for server in (first, second):
             server.shutdown()
             server.server_close()
+
+
+def test_a_form_is_encoded_as_requests_encoded_it() -> None:
+    """msal hands the session its token request as a dict (some fields None, scopes a list): encoded as requests
+    encoded it, a None field left out (never sent as the text "None"), a list as repeated fields."""
+    from graphcred.acquire.httpsession import _request_body
+
+    headers: dict[str, str] = {}
+    body = _request_body({"grant_type": "client_credentials", "claims": None, "scope": ["a b", "c"]}, headers)
+    assert body == b"grant_type=client_credentials&scope=a+b&scope=c"
+    assert headers == {"Content-Type": "application/x-www-form-urlencoded"}
+    assert _request_body(b'{"raw": 1}', {}) == b'{"raw": 1}' and _request_body(None, {}) is None

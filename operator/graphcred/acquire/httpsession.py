@@ -230,7 +230,7 @@ def _request_url(url: str, params: Any) -> str:
 
 
 def _request_body(data: Any, headers: dict[str, str]) -> bytes | None:
-    """A form (msal's dict or pairs) url-encoded, bytes and text as they are."""
+    """A form (msal's dict or pairs) url-encoded, bytes and text as they are; None for no body."""
     if data is None or data == {}:
         return None
     if isinstance(data, bytes):
@@ -239,7 +239,9 @@ def _request_body(data: Any, headers: dict[str, str]) -> bytes | None:
         return data.encode()
     if not any(k.lower() == "content-type" for k in headers):
         headers["Content-Type"] = "application/x-www-form-urlencoded"
-    return urlencode(list(data.items()) if isinstance(data, dict) else data, doseq=True).encode()
+    pairs = list(data.items()) if isinstance(data, dict) else list(data)
+    # as requests encodes a form: a field whose value is None is left out
+    return urlencode([(k, v) for k, v in pairs if v is not None], doseq=True).encode()
 
 
 class PinnedCASession:
