@@ -34,7 +34,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import urlencode
 
 import requests
 import urllib3
@@ -98,7 +98,7 @@ def _body(response: requests.Response) -> Any:
     """The parsed JSON body, or None when it is not JSON."""
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: an authority's deeply nested answer
         return None
 
 
@@ -213,8 +213,10 @@ def _pool_manager(context: ssl.SSLContext, proxy: str | None = None) -> urllib3.
     if proxy is None:
         manager = urllib3.PoolManager(num_pools=_POOLS, maxsize=32, block=False, ssl_context=context)
     else:
-        parts = urllib3.util.parse_url(proxy)
-        headers = urllib3.util.make_headers(proxy_basic_auth=unquote(parts.auth)) if parts.auth else None
+        # as requests took the environment's proxy: "proxy:3128" means http://, credentials from the URL
+        proxy = requests.utils.prepend_scheme_if_needed(proxy, "http")  # type: ignore[no-untyped-call]
+        user, password = requests.utils.get_auth_from_url(proxy)
+        headers = urllib3.util.make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
         manager = urllib3.ProxyManager(proxy, num_pools=_POOLS, maxsize=32, block=False, ssl_context=context,
                                        proxy_headers=headers, proxy_ssl_context=context)
     manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _WatchedPool}
@@ -362,6 +364,8 @@ class PinnedCASession:
         verb = (method.decode() if isinstance(method, bytes) else method).upper()
         raw: urllib3.BaseHTTPResponse | None = None
         try:
+            for header in sent.items():  # as requests checked them: no CR or LF (a header or request of one's own)
+                requests.utils.check_header_validity(header)
             body = _request_body(data, sent)
             # A token request carries a credential: never re-send it wherever a redirect points, and a discovery
             # request must not be steered to another host either. Entra's endpoints do not redirect. Retries are

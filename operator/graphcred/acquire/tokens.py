@@ -36,6 +36,7 @@ from graphcred.api.model import AppIdentity, Reason
 
 log = logging.getLogger(__name__)
 
+_YEAR = 366 * 24 * 3600.0
 _AADSTS = re.compile(r"AADSTS(\d{5,7})(?!\d)")
 # The token endpoint's `error` values that are echoed: RFC 6749 §5.2, its §4.1.2.1 server errors, and the ones
 # Entra adds. Any other value is the peer's free text and is not repeated.
@@ -185,9 +186,9 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
                             permanent=False, retry_after=retry_after, code=codes[0] if codes else None)
 
 
-# What msal raises when an answer cannot be used (json.loads, missing keys, wrong types): the answer's fault,
-# provided there was one (see `_unusable_answer`).
-_UNUSABLE = (ValueError, KeyError, TypeError, AttributeError)
+# What msal raises when an answer cannot be used (json.loads, missing keys, wrong types, a nesting too deep to
+# parse): the answer's fault, provided there was one (see `_unusable_answer`).
+_UNUSABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
 def _same_host(identity: AppIdentity, token_endpoint: str) -> None:
@@ -383,7 +384,8 @@ class TokenClient:
         except ValueError:
             claims = TokenClaims(None, None, None, (), None)
         expires_in = result.get("expires_in")
-        if isinstance(expires_in, (int, float)) and expires_in > 0:
+        # a year at most: a hostile authority's 1e12 would overflow the date, a bool is no number of seconds
+        if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and 0 < expires_in <= _YEAR:
             expires_on = started + dt.timedelta(seconds=float(expires_in))
         elif claims.expires_at is not None:
             expires_on = dt.datetime.fromtimestamp(claims.expires_at, dt.UTC)

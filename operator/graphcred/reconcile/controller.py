@@ -154,6 +154,11 @@ class Controller:
         return [(key[0], key[1], w.memory.report.last_status if w.memory.report.last_status is not None
                  else w.snapshot.status) for key, w in list(self._workers.items())]
 
+    def credential_figures(self) -> list[tuple[str, str, float | None, int]]:
+        """(namespace, name, token expiry, consecutive failures) of each registered object a pass has reported on."""
+        return [(key[0], key[1], *w.memory.report.figures) for key, w in list(self._workers.items())
+                if w.memory.report.figures is not None]
+
     # --- for the consumer reports and the pod watch ----------------------------------------------------------------
     def listen(self, listener: TokenSecretListener) -> None:
         """Tell `listener` which token Secret each credential writes, from the next index change on (the wiring

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 CredentialStatus = tuple[str, str, Mapping[str, Any] | None]
 """(namespace, name, the status last written or seen: None before the first)."""
+CredentialFigures = tuple[str, str, float | None, int]
+"""(namespace, name, expiry of the token in its Secret as Unix time (None: not known), consecutive failures), as the
+credential's last pass reported them, whether or not its status patch went through."""
 
 
 class Workload(Protocol):
@@ -37,6 +40,8 @@ class Workload(Protocol):
         """The status each worker last wrote (None before its first)."""
 
     def credential_statuses(self) -> Iterable[CredentialStatus]: ...
+
+    def credential_figures(self) -> Iterable[CredentialFigures]: ...
 
 
 class Metrics:
@@ -75,9 +80,11 @@ class Metrics:
         self._states: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._workers: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self._credentials: Callable[[], Iterable[CredentialStatus]] = lambda: ()
+        self._figures: Callable[[], Iterable[CredentialFigures]] = lambda: ()
         self.registry.register(_ReadyCollector(lambda: self._states()))
         self.registry.register(_WorkersCollector(lambda: self._workers()))
         self.registry.register(_CredentialCollector(lambda: self._credentials()))
+        self.registry.register(_FiguresCollector(lambda: self._figures()))
 
     def exposition(self) -> str:
         return generate_latest(self.registry).decode()
@@ -87,6 +94,7 @@ class Metrics:
         self.track_workers(workload.worker_counts)
         self.track_states(lambda: ready_states(workload.last_statuses()))
         self.track_credentials(workload.credential_statuses)
+        self._figures = workload.credential_figures
 
     def track_workers(self, counts: Callable[[], tuple[int, int]]) -> None:
         """Where to read (live, dead) worker counts from at scrape time."""
@@ -109,10 +117,8 @@ class Metrics:
 
 
 class _CredentialCollector(Collector):
-    """`graphcred_credential_ready`, `graphcred_credential_next_refresh_timestamp_seconds`,
-    `graphcred_token_expiration_timestamp_seconds`, `graphcred_consecutive_failures` and (where known)
-    `graphcred_credential_expiration_timestamp_seconds`, one series per registered credential, from its status at
-    scrape time: a gauge's child per credential would hold 0.6 KiB each (13 MiB at 10,000). Labels are
+    """`graphcred_credential_ready`, `graphcred_credential_next_refresh_timestamp_seconds` and (where known)
+    `graphcred_credential_expiration_timestamp_seconds`, one series per registered credential. Labels are
     bounded: the reason is one of the operator's condition reasons (or Pending
     before the first pass); the message, which may name anything, is never a label."""
 
@@ -131,12 +137,6 @@ class _CredentialCollector(Collector):
             "graphcred_credential_expiration_timestamp_seconds", "When (Unix time) the credential itself expires: "
             "its certificate's notAfter, or the graphcred.io/credential-expires-on annotation of its client-secret "
             "Secret; no series where it is not known.", labels=["namespace", "name"])
-        token = GaugeMetricFamily(
-            "graphcred_token_expiration_timestamp_seconds",
-            "Expiry (Unix time) of the token currently in each credential's Secret.", labels=["namespace", "name"])
-        failures = GaugeMetricFamily(
-            "graphcred_consecutive_failures", "Consecutive failed acquisitions of each credential.",
-            labels=["namespace", "name"])
         renewal = GaugeMetricFamily(
             "graphcred_certificate_renewal_failing", "1 while graphcred cannot renew a certificate.rotation "
             "credential's certificate in Entra (its CertificateRenewal condition is False; the reason is the "
@@ -154,18 +154,34 @@ class _CredentialCollector(Collector):
             lapses = _timestamp((status or {}).get("credentialExpiresOn"))
             if lapses is not None:
                 expiry.add_metric([namespace, name], lapses)
-            expires = _timestamp((status or {}).get("expiresOn"))
-            if expires is not None:
-                token.add_metric([namespace, name], expires)
-            if status:  # reported by a pass (none before the first)
-                count = status.get("consecutiveFailures")
-                failures.add_metric([namespace, name], float(count) if isinstance(count, int) else 0.0)
         yield ready
         yield refresh
         yield expiry
+        yield renewal
+
+
+class _FiguresCollector(Collector):
+    """`graphcred_token_expiration_timestamp_seconds` and `graphcred_consecutive_failures`, one series per credential
+    a pass has reported on, as the pass reported them (before its status patch: a patch that fails must not stop the
+    failures counting, nor leave the expiry of a token the Secret no longer holds). Made at scrape time: a gauge's
+    child per credential held 0.6 KiB (13 MiB at 10,000) and took a lock at each refresh."""
+
+    def __init__(self, figures: Callable[[], Iterable[CredentialFigures]]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        token = GaugeMetricFamily(
+            "graphcred_token_expiration_timestamp_seconds",
+            "Expiry (Unix time) of the token currently in each credential's Secret.", labels=["namespace", "name"])
+        failures = GaugeMetricFamily(
+            "graphcred_consecutive_failures", "Consecutive failed acquisitions of each credential.",
+            labels=["namespace", "name"])
+        for namespace, name, expires_at, count in sorted(self._figures(), key=lambda f: (f[0], f[1])):
+            if expires_at is not None:
+                token.add_metric([namespace, name], expires_at)
+            failures.add_metric([namespace, name], float(count))
         yield token
         yield failures
-        yield renewal
 
 
 def _timestamp(value: Any) -> float | None:
