@@ -8,6 +8,8 @@
   python -m bench restart [--n 10000] [--per-app 1] [--lifetime 3600] [--profile DIR]
                                        N Ready credentials: the operator killed and started again, and a leader
                                        change with two replicas (see bench/restart.py)
+  python -m bench calls [--n 1000]     CPU of one token acquisition and of one Kubernetes call, alone (see
+                                       bench/calls.py)
   python -m bench profile FILE...      summarise py-spy profiles written by --profile
   python -m bench secretwatch [--secrets 50000] [--old FILE]
                                        operator memory and first-list time with N unrelated Secrets
@@ -112,6 +114,8 @@ def main() -> None:
     rs.add_argument("--per-app", type=int, action="append", metavar="K", help="credentials per app (default 1)")
     rs.add_argument("--lifetime", type=int, default=3600, help="token lifetime: long, so that every token is valid")
     rs.add_argument("--profile", type=Path, metavar="DIR", help="py-spy profiles of each phase, into DIR")
+    ca = sub.add_parser("calls")
+    ca.add_argument("--n", type=int, default=1000, help="calls of each kind per round")
     pr = sub.add_parser("profile")
     pr.add_argument("files", type=Path, nargs="+")
     sw = sub.add_parser("secretwatch")
@@ -131,6 +135,11 @@ def main() -> None:
         if any(k < 1 for k in args.per_app or ()):
             parser.error("--per-app must be at least 1")
         restart(args.n or [10_000], args.per_app or [1], args.lifetime, args.profile)
+        return
+    if args.what == "calls":
+        from .calls import main as calls
+
+        calls(args.n)
         return
     if args.what == "profile":
         from .profile import summary

@@ -54,6 +54,7 @@ class Rig:
             authority_hosts=authority_hosts, run_blocking=run_blocking)
         self.controller = (Controller(self.reconciler, renews=renews) if max_active is None
                            else Controller(self.reconciler, max_active, renews=renews))
+        self.metrics.track(self.controller)  # as the wiring does: the per-credential series come from it
         self._consumers: ConsumerReports | None = None
         # what a successor is configured with: the same deployment, restarted
         self._lifetime, self._token_concurrency, self._authority_hosts = lifetime, token_concurrency, authority_hosts

@@ -497,11 +497,14 @@ class _Tunnel(BaseHTTPRequestHandler):
         back.join(timeout=5)
 
 
-@pytest.mark.parametrize("bypassed", [False, True], ids=["through-the-proxy", "no-proxy-for-the-host"])
+@pytest.mark.parametrize(("bypassed", "schemeless"), [(False, False), (True, False), (False, True)],
+                         ids=["through-the-proxy", "no-proxy-for-the-host", "proxy-named-without-http://"])
 def test_the_environment_s_https_proxy_is_honoured_and_netrc_never_sent(
-        authority: _Authority, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bypassed: bool) -> None:
+        authority: _Authority, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, bypassed: bool,
+        schemeless: bool) -> None:
     """Corporate clusters reach Entra through HTTPS_PROXY (NO_PROXY for private hosts): honoured, read once per
-    authority instead of at each request; a ~/.netrc entry for the host is never sent to an authority."""
+    authority instead of at each request; a ~/.netrc entry for the host is never sent to an authority. Review of the
+    urllib3 session: HTTPS_PROXY=host:port (no scheme, as curl and requests take it) failed every request."""
     proxy = _ConnectProxy()
     threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     netrc = tmp_path / "netrc"
@@ -509,7 +512,7 @@ def test_the_environment_s_https_proxy_is_honoured_and_netrc_never_sent(
     netrc.chmod(0o600)
     for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url.removeprefix("http://") if schemeless else proxy.url)
     monkeypatch.setenv("NETRC", str(netrc))
     if bypassed:
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
@@ -542,8 +545,74 @@ def test_an_authority_s_cookie_is_never_sent_back_to_it_or_to_another_tenant_s_a
         for server in (first, second, first):
             assert session.post(server.base + TOKEN, data={"grant_type": "client_credentials"}).status_code == 404
         assert first.cookies == [None, None] and second.cookies == [None]
-        assert len(session.cookies) == 0
     finally:
         for server in (first, second):
             server.shutdown()
             server.server_close()
+
+
+def test_a_form_is_encoded_as_requests_encoded_it() -> None:
+    """msal hands the session its token request as a dict (some fields None, scopes a list): encoded as requests
+    encoded it, a None field left out (never sent as the text "None"), a list as repeated fields."""
+    from graphcred.acquire.httpsession import _request_body
+
+    headers: dict[str, str] = {}
+    body = _request_body({"grant_type": "client_credentials", "claims": None, "scope": ["a b", "c"]}, headers)
+    assert body == b"grant_type=client_credentials&scope=a+b&scope=c"
+    assert headers == {"Content-Type": "application/x-www-form-urlencoded"}
+    assert _request_body(b'{"raw": 1}', {}) == b'{"raw": 1}' and _request_body(None, {}) is None
+
+
+def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(authority: _Authority) -> None:
+    """Review of the urllib3 session: requests refused a header value with CR or LF; http.client raised a ValueError
+    holding the whole value (a bearer token for Graph, which a hostile authority may have issued with a CRLF in it)
+    that escaped the session. It is an ExchangeFailed again, naming no value, and nothing reaches the host."""
+    authority.script[TOKEN] = [(200, "application/json", b"{}")]
+    session = _session(authority)
+    with pytest.raises(ExchangeFailed) as caught:
+        session.post(authority.base + TOKEN, data={"a": "b"}, headers={"Authorization": "Bearer SECRET\r\nX: y"})
+    assert "SECRET" not in str(caught.value) and caught.value.__cause__ is None
+    assert authority.authorization == [], "the request was sent"
+
+
+def test_the_watchdog_outlives_a_socket_it_cannot_shut() -> None:
+    """Review: through an https proxy a pooled connection's socket is urllib3's SSLTransport, not a socket; shutting it
+    raised TypeError, which ended the one watchdog thread: no exchange's deadline was enforced after that. A blocked
+    read of a later exchange is still ended at its deadline."""
+
+    class Wrapped:  # what urllib3 wraps a socket in behind an https proxy: the socket is its attribute
+        def __init__(self, sock: socket.socket) -> None:
+            self.socket = sock
+
+    class NotASocket:
+        pass
+
+    first, first_peer = socket.socketpair()
+    second, second_peer = socket.socketpair()
+    try:
+        odd = deadline.Exchange(0.05)
+        odd.watch(NotASocket())  # type: ignore[arg-type]
+        odd.watch(Wrapped(first))  # type: ignore[arg-type]
+        deadline._WATCHDOG.arm(odd)
+        with deadline.exchange(0.3):
+            deadline.watch(second)
+            second.settimeout(10)
+            started = time.monotonic()
+            assert second.recv(1) == b"", "the read was not ended"  # shut down by the watchdog, not by a timeout
+            assert time.monotonic() - started < 5
+        first.settimeout(1)
+        assert first.recv(1) == b"", "the wrapped socket was not shut down"
+    finally:
+        for sock in (first, first_peer, second, second_peer):
+            sock.close()
+
+
+def test_long_urls_are_not_remembered() -> None:
+    """Review: `origin()` remembered every URL it was asked about, 1,024 of any length: a hostile authority's discovery
+    documents naming 60 KiB token endpoints held 66 MiB. URLs of ordinary length only are remembered."""
+    from graphcred.acquire import authority
+
+    authority._remembered_origin.cache_clear()
+    assert authority.origin("https://login.example.test/" + "a" * 60_000) == "https://login.example.test"
+    assert authority.origin("https://login.example.test/t/oauth2/v2.0/token") == "https://login.example.test"
+    assert authority._remembered_origin.cache_info().currsize == 1

@@ -684,3 +684,39 @@ def test_a_namespaces_budget_counts_its_credentials_and_never_holds_another_name
         await rig.controller.stop()
 
     run(scenario)
+
+
+def _series(rig: Rig, metric: str, name: str) -> float | None:
+    """The value of `metric` for credential `name` in the exposition, None without a series."""
+    prefix = f'{metric}{{name="{name}",namespace="{NS}"}} '
+    for line in rig.metrics.exposition().splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return None
+
+
+def test_the_failure_series_counts_while_status_patches_fail() -> None:
+    """Review of the scrape-time series: made from the status as last written, the failures series stopped counting
+    while status patches failed (a 403 on /status, a webhook refusing them), so GraphcredRefreshFailing stayed
+    silent. It follows what each pass reported, written or not."""
+    from graphcred.kube.errors import error
+
+    rig = Rig(lifetime=60)
+
+    def forbidden(namespace: str, name: str, status: dict[str, Any]) -> None:
+        raise error("patch GraphAppCredential status", 403, "Forbidden")
+
+    async def scenario() -> None:
+        rig.add(gac("a", secret_spec(TENANT, str(uuid.uuid4()))))
+        await until(lambda: is_ready(rig, "a"), what="Ready")
+        assert _series(rig, "graphcred_token_expiration_timestamp_seconds", "a") is not None
+        assert _series(rig, "graphcred_consecutive_failures", "a") == 0
+        rig.kube.patch_status = forbidden  # type: ignore[method-assign]
+        rig.tokens.failure = AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "down", permanent=False)
+        rig.clock.advance(31)  # past the refresh at half-life
+        rig.controller._workers[(NS, "a")].wake.set()
+        await until(lambda: (_series(rig, "graphcred_consecutive_failures", "a") or 0) >= 1,
+                    what="a failure counted though its status patch failed")
+        await rig.controller.stop()
+
+    run(scenario)

@@ -432,3 +432,14 @@ def test_no_exception_class_names_in_messages() -> None:
                     requests.exceptions.ReadTimeout("slow"), requests.exceptions.ChunkedEncodingError("cut")):
         message = _acquire(discovery=failure).message
         assert type(failure).__name__ not in message and "Error" not in message, message
+
+
+@pytest.mark.parametrize("token", [
+    _json(200, {"token_type": "Bearer", "expires_in": 1e12, "access_token": "a.b.c"}),
+    (200, {"Content-Type": "application/json"}, b"[" * 100_000 + b"]" * 100_000),
+], ids=["expires-in-beyond-any-date", "nested-beyond-parsing"])
+def test_an_answer_that_breaks_the_parsing_is_the_authority_s_failure(token: Answer) -> None:
+    """Review: a hostile authority's `expires_in` of 1e12 overflowed the date and a deeply nested answer overflowed
+    the parser's recursion: both escaped as internal errors. They are the authority's failures, retried."""
+    err = _acquire(token=token)
+    assert err.reason is Reason.AUTHORITY_UNAVAILABLE and not err.permanent, err.message

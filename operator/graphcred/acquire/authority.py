@@ -8,6 +8,7 @@ ServiceAccount tokens, so only these hosts are ever contacted. Pure logic: no I/
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -26,7 +27,22 @@ FLAG = "--authority-host"
 CHART_VALUE = "authorityHosts"
 
 
+_REMEMBERED_URL = 512  # characters: longer URLs (a hostile discovery document's token endpoint) are not remembered
+
+
 def origin(url: str) -> str | None:
+    """`https://host[:port]` in lower case (port 443 dropped), or None unless `url` is an https URL with a host.
+    Pure, and asked nine times per token request (the session's checks, msal's URLs): remembered for 1,024 URLs
+    of ordinary length (an authority names the long ones, and must not fill the memory with them)."""
+    return _remembered_origin(url) if len(url) <= _REMEMBERED_URL else _origin(url)
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_origin(url: str) -> str | None:
+    return _origin(url)
+
+
+def _origin(url: str) -> str | None:
     """`https://host[:port]` in lower case (port 443 dropped), or None unless `url` is an https URL with a host."""
     try:
         parts = urlsplit(url.strip())

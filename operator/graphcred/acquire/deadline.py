@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+log = logging.getLogger(__name__)
 _local = threading.local()
 
 
@@ -58,9 +60,10 @@ class Exchange:
 
 def _shut(sock: socket.socket) -> None:
     # the plain socket's shutdown, also for an SSLSocket: unblocks a read in another thread without touching the
-    # TLS state that thread is using. OSError: already closed, nothing blocks on it.
-    with contextlib.suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    # TLS state that thread is using. Through an https proxy urllib3's SSLTransport wraps the socket: its `socket`.
+    # OSError: already closed, nothing blocks on it; TypeError: not a socket after all (never fatal to the watchdog).
+    with contextlib.suppress(OSError, TypeError):
+        socket.socket.shutdown(getattr(sock, "socket", sock), socket.SHUT_RDWR)
 
 
 class _Watchdog:
@@ -94,7 +97,10 @@ class _Watchdog:
                     self._wake.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-            exchange.expire()
+            try:
+                exchange.expire()
+            except Exception:  # the one watchdog of every exchange must outlive any one of them
+                log.exception("the deadline of an exchange could not be enforced")
 
 
 _WATCHDOG = _Watchdog()

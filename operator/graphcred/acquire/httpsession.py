@@ -33,14 +33,12 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
-from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from requests.cookies import RequestsCookieJar
-from requests.sessions import merge_hooks, merge_setting
+from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.connection import HTTPSConnection
@@ -59,6 +57,8 @@ _DISCOVERY_SUFFIX = "/.well-known/openid-configuration"
 # Answers that say "later", not "wrong address": the cached discovery that led to them stays.
 _LATER = frozenset({408, 425, 429})
 _PROXY_ORIGINS = 256  # origins whose proxy settings are remembered (allowed hosts only; a bound all the same)
+_POOLS = 32  # hosts whose idle connections are kept
+_HEADERS = {"User-Agent": "graphcred", "Accept": "*/*", "Connection": "keep-alive"}
 
 
 class Failure(enum.Enum):
@@ -98,7 +98,7 @@ def _body(response: requests.Response) -> Any:
     """The parsed JSON body, or None when it is not JSON."""
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: an authority's deeply nested answer
         return None
 
 
@@ -206,60 +206,91 @@ class _WatchedPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedConnection
 
 
-class _TrustAdapter(HTTPAdapter):
-    """Verifies every https connection against one fixed SSL context, whatever `verify` path is passed, on
-    connections whose sockets the current exchange's deadline can shut down."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self._context = context
-        # Retries are the operator's decision (with backoff and Retry-After), not the transport's.
-        super().__init__(max_retries=0, pool_maxsize=32)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._context
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {**self.poolmanager.pool_classes_by_scheme, "https": _WatchedPool}
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        proxy_kwargs["ssl_context"] = self._context
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _WatchedPool}
-        return manager
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
-        # requests would load its own bundle into our shared context: the context already holds the trust
-        conn.ca_certs = None
-        conn.ca_cert_dir = None
+def _pool_manager(context: ssl.SSLContext, proxy: str | None = None) -> urllib3.PoolManager:
+    """Connections verified against the one trust context, whose sockets the current exchange's deadline can shut
+    down; through `proxy` (an HTTP CONNECT tunnel) when given."""
+    manager: urllib3.PoolManager
+    if proxy is None:
+        manager = urllib3.PoolManager(num_pools=_POOLS, maxsize=32, block=False, ssl_context=context)
+    else:
+        # as requests took the environment's proxy: "proxy:3128" means http://, credentials from the URL
+        proxy = requests.utils.prepend_scheme_if_needed(proxy, "http")  # type: ignore[no-untyped-call]
+        user, password = requests.utils.get_auth_from_url(proxy)
+        headers = urllib3.util.make_headers(proxy_basic_auth=f"{user}:{password}") if user else None
+        manager = urllib3.ProxyManager(proxy, num_pools=_POOLS, maxsize=32, block=False, ssl_context=context,
+                                       proxy_headers=headers, proxy_ssl_context=context)
+    manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme, "https": _WatchedPool}
+    return manager
 
 
-class _NoCookies(DefaultCookiePolicy):
-    def set_ok(self, cookie: Cookie, request: Any) -> bool:
-        return False
+def _request_url(url: str, params: Any) -> str:
+    if not params:
+        return url
+    query = urlencode(params, doseq=True) if not isinstance(params, (str, bytes)) else params
+    text = query.decode() if isinstance(query, bytes) else query
+    return f"{url}{'&' if '?' in url else '?'}{text}"
 
-    def return_ok(self, cookie: Cookie, request: Any) -> bool:
-        return False
+
+def _request_body(data: Any, headers: dict[str, str]) -> bytes | None:
+    """A form (msal's dict or pairs) url-encoded, bytes and text as they are; None for no body."""
+    if data is None or data == {}:
+        return None
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    if not any(k.lower() == "content-type" for k in headers):
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    pairs = list(data.items()) if isinstance(data, dict) else list(data)
+    # as requests encodes a form: a field whose value is None is left out
+    return urlencode([(k, v) for k, v in pairs if v is not None], doseq=True).encode()
 
 
-class PinnedCASession(requests.Session):
-    """The only way graphcred talks to authorities: see the module docstring for what it bounds."""
+class PinnedCASession:
+    """The only way graphcred talks to authorities: see the module docstring for what it bounds. `get`, `post`
+    and `request` as msal calls them (and `requests.Session` has them), answering `requests.Response`s whose body
+    has been read.
+
+    urllib3 directly, not a `requests.Session`: requests' per-request work (preparing, merging settings, hooks,
+    cookie jars, the environment) was more than half of each token request's time (py-spy, `bench scale`), and
+    none of it is wanted here. What it gave is done once: the environment's proxies per origin, no cookies and no
+    ~/.netrc at all (an authority's cookie is never sent back, to it or to another tenant's authority)."""
 
     def __init__(self, ca_bundle: str | None = None, timeout: tuple[float, float] = DEFAULT_TIMEOUT,
                  authority_hosts: Collection[str] = ()) -> None:
-        super().__init__()
         self._timeout = timeout
         self.allowed = AllowedAuthorities(authority_hosts)
-        self.verify = True
-        self.mount("https://", _TrustAdapter(trust_context(ca_bundle)))
+        self._context = trust_context(ca_bundle)
+        self._direct = _pool_manager(self._context)
+        self._proxied: dict[str, urllib3.PoolManager] = {}  # by proxy URL: the environment names a few at most
         self.discovery = DiscoveryCache(time.monotonic)
-        # Nothing from ~/.netrc is ever sent to an authority, and the environment is read once per origin (below),
-        # not by requests at each request (a quarter of the session's own time in a burst, py-spy)
-        self.trust_env = False
-        self._env_proxies: dict[str, dict[str, str]] = {}
-        # No cookies: an authority's cookie is never sent back, to it or to another tenant's authority
-        self.cookies = self._no_cookies = RequestsCookieJar(policy=_NoCookies())
+        self._env_proxies: dict[str, str | None] = {}  # origin -> its proxy from the environment, or None
         self._lock = threading.Lock()
         self._last = threading.local()
+        self._adapters: dict[str, BaseAdapter] = {}
+
+    def mount(self, prefix: str, adapter: BaseAdapter) -> None:
+        """Answer requests to URLs starting with `prefix` with a `requests` transport adapter instead of the
+        network, after every check (tests craft an authority's answers this way; graphcred mounts none)."""
+        self._adapters[prefix] = adapter
+
+    def get(self, url: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, data: Any = None, **kwargs: Any) -> requests.Response:
+        return self.request("POST", url, data=data, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            managers, self._proxied = [self._direct, *self._proxied.values()], {}
+        for manager in managers:
+            manager.clear()
+
+    def __enter__(self) -> PinnedCASession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def exchange(self) -> Any:
         """One acquisition's requests, under one total deadline (the read timeout: the token timeout)."""
@@ -274,36 +305,23 @@ class PinnedCASession(requests.Session):
         self._last.value = None
         self._last.cached = None
 
-    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        """requests' own, without cookies: it built and merged three cookie jars for each request, a tenth of the
-        operator's steady-state time at 10,000 credentials (py-spy, `bench scale`)."""
-        headers = merge_setting(request.headers, self.headers,  # type: ignore[no-untyped-call]
-                                dict_class=CaseInsensitiveDict)
-        params = merge_setting(request.params, self.params)  # type: ignore[no-untyped-call]
-        auth = merge_setting(request.auth, self.auth)  # type: ignore[no-untyped-call]
-        hooks = merge_hooks(request.hooks, self.hooks)  # type: ignore[no-untyped-call]
-        prepared = requests.PreparedRequest()
-        prepared.prepare(method=str(request.method).upper(), url=request.url, files=request.files, data=request.data,
-                         json=request.json, headers=headers, params=params, auth=auth, cookies=self._no_cookies,
-                         hooks=hooks)
-        return prepared
-
-    def merge_environment_settings(
-        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
-    ) -> Any:
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)  # trust_env False: no env
-        key = origin(url if isinstance(url, str) else str(url)) or ""
-        found = self._env_proxies.get(key)
-        if found is None:
-            # requests would read the whole environment again for each request (HTTPS_PROXY, NO_PROXY): once per
-            # origin is enough, the environment does not change under a running process
-            found = requests.utils.get_environ_proxies(key or url)
-            if len(self._env_proxies) >= _PROXY_ORIGINS:
-                self._env_proxies.clear()
-            self._env_proxies[key] = found
-        settings["proxies"] = {**found, **(settings["proxies"] or {})}
-        settings["verify"] = True  # the trust context decides; REQUESTS_CA_BUNDLE is part of it, not above it
-        return settings
+    def _manager_for(self, key: str) -> urllib3.PoolManager:
+        """The direct pools, or the proxy's for an origin the environment sends through one (HTTPS_PROXY,
+        NO_PROXY), read once per origin: the environment does not change under a running process."""
+        with self._lock:
+            if key in self._env_proxies:
+                proxy = self._env_proxies[key]
+            else:
+                proxy = requests.utils.select_proxy(key, requests.utils.get_environ_proxies(key))
+                if len(self._env_proxies) >= _PROXY_ORIGINS:
+                    self._env_proxies.clear()
+                self._env_proxies[key] = proxy
+            if proxy is None:
+                return self._direct
+            manager = self._proxied.get(proxy)
+            if manager is None:
+                manager = self._proxied[proxy] = _pool_manager(self._context, proxy)
+            return manager
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         key = url if isinstance(url, str) else url.decode()
@@ -333,33 +351,47 @@ class PinnedCASession(requests.Session):
             self._evict_cached()
         return response
 
-    def _send(self, method: str | bytes, url: str, target: str, current: deadline.Exchange, *args: Any,
-              **kwargs: Any) -> requests.Response:
-        """The request and its whole answer, capped in size and within the exchange's deadline."""
+    def _send(self, method: str | bytes, url: str, target: str, current: deadline.Exchange, *,
+              params: Any = None, data: Any = None, headers: Any = None, **ignored: Any) -> requests.Response:
+        """The request and its whole answer, capped in size and within the exchange's deadline. `ignored`: what
+        callers may pass for requests (msal's `timeout`): the session's own bounds hold."""
         remaining = current.remaining()
         if remaining <= 0:
             raise ExchangeFailed(Failure.TIMEOUT, target)
         connect, read = self._timeout
-        kwargs["timeout"] = (min(connect, remaining), min(read, remaining))
-        # A token request carries a credential: never re-send it wherever a redirect points, and a discovery
-        # request must not be steered to another host either. Entra's endpoints do not redirect.
-        kwargs["allow_redirects"] = False
-        kwargs["stream"] = True
-        headers = dict(kwargs.pop("headers", None) or {})
-        headers["Accept-Encoding"] = "identity"  # a small answer needs no compression (nor a decompression bomb)
-        kwargs["headers"] = headers
-        response: requests.Response | None = None
+        sent = {**_HEADERS, **dict(headers or {})}
+        sent["Accept-Encoding"] = "identity"  # a small answer needs no compression (nor a decompression bomb)
+        verb = (method.decode() if isinstance(method, bytes) else method).upper()
+        raw: urllib3.BaseHTTPResponse | None = None
         try:
-            response = super().request(method, url, *args, **kwargs)
+            for header in sent.items():  # as requests checked them: no CR or LF (a header or request of one's own)
+                requests.utils.check_header_validity(header)
+            body = _request_body(data, sent)
+            # A token request carries a credential: never re-send it wherever a redirect points, and a discovery
+            # request must not be steered to another host either. Entra's endpoints do not redirect. Retries are
+            # the operator's decision (with backoff and Retry-After), not the transport's.
+            timeout = (min(connect, remaining), min(read, remaining))
+            adapter = next((a for prefix, a in self._adapters.items() if url.startswith(prefix)), None)
+            if adapter is not None:
+                prepared = requests.Request(verb, _request_url(url, params), headers=sent, data=body).prepare()
+                response = adapter.send(prepared, stream=True, timeout=timeout)
+            else:
+                raw = self._manager_for(target).urlopen(
+                    verb, _request_url(url, params), body=body, headers=sent, redirect=False, retries=False,
+                    preload_content=False, decode_content=False,
+                    timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+                response = _response(raw, url)
             if 300 <= response.status_code < 400:
                 raise ExchangeFailed(Failure.REDIRECT, target, response.status_code)
             _read_capped(response, target, current)
+            if raw is not None:
+                raw.release_conn()
         except ExchangeFailed:
-            _close(response)
+            _close(raw)
             self._evict_cached()
             raise
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            _close(response)
+            _close(raw)
             self._evict_cached()  # the cached document may name an address that is gone
             raise ExchangeFailed(Failure.TIMEOUT if current.expired else _failure(exc), target) from None
         return response
@@ -380,10 +412,21 @@ class PinnedCASession(requests.Session):
             self.discovery.evict(key)
 
 
-def _close(response: requests.Response | None) -> None:
+def _response(raw: urllib3.BaseHTTPResponse, url: str) -> requests.Response:
+    """A `requests.Response` of the answer (what msal and graphcred's callers read), its body not read yet."""
+    response = requests.Response()
+    response.status_code, response.reason, response.url = raw.status, raw.reason or "", url
+    response.headers = CaseInsensitiveDict(raw.headers)
+    response.encoding = requests.utils.get_encoding_from_headers(response.headers)
+    response.raw = raw
+    return response
+
+
+def _close(raw: urllib3.BaseHTTPResponse | None) -> None:
     """Drop the connection of an answer not read to its end (a pooled one would hold the rest)."""
-    if response is not None and response.raw is not None:
-        response.close()
+    if raw is not None:
+        raw.close()
+        raw.release_conn()
 
 
 def _read_capped(response: requests.Response, target: str, current: deadline.Exchange) -> None:

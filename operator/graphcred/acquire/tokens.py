@@ -36,6 +36,7 @@ from graphcred.api.model import AppIdentity, Reason
 
 log = logging.getLogger(__name__)
 
+_YEAR = 366 * 24 * 3600.0
 _AADSTS = re.compile(r"AADSTS(\d{5,7})(?!\d)")
 # The token endpoint's `error` values that are echoed: RFC 6749 §5.2, its §4.1.2.1 server errors, and the ones
 # Entra adds. Any other value is the peer's free text and is not repeated.
@@ -185,9 +186,9 @@ def classify_error_response(result: dict[str, Any], status: int | None, retry_af
                             permanent=False, retry_after=retry_after, code=codes[0] if codes else None)
 
 
-# What msal raises when an answer cannot be used (json.loads, missing keys, wrong types): the answer's fault,
-# provided there was one (see `_unusable_answer`).
-_UNUSABLE = (ValueError, KeyError, TypeError, AttributeError)
+# What msal raises when an answer cannot be used (json.loads, missing keys, wrong types, a nesting too deep to
+# parse): the answer's fault, provided there was one (see `_unusable_answer`).
+_UNUSABLE = (ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
 def _same_host(identity: AppIdentity, token_endpoint: str) -> None:
@@ -200,6 +201,14 @@ def _same_host(identity: AppIdentity, token_endpoint: str) -> None:
                                f"{identity.authority()}: discovery names a token endpoint that is not on the authority "
                                "host itself (https, same host and port); graphcred sends credentials to the "
                                "authority host only", permanent=True)
+
+
+class _NothingCached(msal.TokenCache):  # type: ignore[misc]
+    """A token cache that keeps nothing: every acquisition reaches the token endpoint (the application is built
+    anew each time anyway), and msal's indexing of each answer (a tenth of an acquisition's time) is skipped."""
+
+    def add(self, event: Any, now: Any = None) -> None:
+        pass
 
 
 class TokenClient:
@@ -253,8 +262,8 @@ class TokenClient:
             raise self._unusable_answer(None) from None
         except _UNUSABLE as exc:
             raise self._unusable_answer(exc) from None
-        if not isinstance(result, dict):
-            raise AcquisitionError(Reason.AUTHORITY_UNAVAILABLE, "unexpected answer from msal", permanent=False)
+        if not isinstance(result, dict):  # the endpoint's answer as msal passed it on (a JSON list, say)
+            raise self._unusable_answer(None)
         last = self.session.last_response()
         access_token = result.get("access_token")
         if isinstance(access_token, str) and access_token.strip() and "error" not in result:
@@ -319,7 +328,7 @@ class TokenClient:
             # Discovery of instances is for unknown hosts; ours come from a fixed cloud map or the user.
             instance_discovery=False,
             http_client=self.session,
-            token_cache=msal.TokenCache(),
+            token_cache=_NothingCached(),
         )
         holder.append(app)
         _same_host(identity, app.authority.token_endpoint)
@@ -375,7 +384,8 @@ class TokenClient:
         except ValueError:
             claims = TokenClaims(None, None, None, (), None)
         expires_in = result.get("expires_in")
-        if isinstance(expires_in, (int, float)) and expires_in > 0:
+        # a year at most: a hostile authority's 1e12 would overflow the date, a bool is no number of seconds
+        if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and 0 < expires_in <= _YEAR:
             expires_on = started + dt.timedelta(seconds=float(expires_in))
         elif claims.expires_at is not None:
             expires_on = dt.datetime.fromtimestamp(claims.expires_at, dt.UTC)

@@ -12,7 +12,9 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import urllib3
 from kubernetes import client
+from kubernetes.client import rest
 
 from graphcred.api.keys import APP_PLURAL, FIELD_MANAGER, GROUP, PLURAL, VERSION
 from graphcred.kube.errors import Conflict, Gone, NotFound, Unreadable, describe_failure, translated
@@ -88,20 +90,31 @@ class Kube:
     def __init__(self, api: client.ApiClient, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self.api = api
         self.timeout = timeout
+        self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
 
     def _send(self, method: str, path: str, params: dict[str, str], *, query: dict[str, str] | None = None,
               body: Any = None, content_type: str = "application/json") -> Any:
-        """One request; the raw urllib3 response of a 2xx answer, an ApiException for any other."""
-        _, url, headers, body, _ = self.api.param_serialize(
+        """One request; the raw urllib3 response of a 2xx answer, an ApiException for any other.
+
+        The client's `ApiClient.param_serialize` builds it (the server, the bearer token with its refresh hook) and
+        its connection pool sends it (TLS, client certificates, urllib3's retry), as `call_api` would, without the
+        client's per-request layers (argument checks, a copy of the headers, the response wrapper)."""
+        _, url, headers, _, _ = self.api.param_serialize(
             method, path, path_params=params, query_params=list((query or {}).items()),
             header_params={"Accept": "application/json",
                            **({"Content-Type": content_type} if body is not None else {})},
-            body=body, auth_settings=["BearerToken"])
-        resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.timeout)
+            auth_settings=["BearerToken"])
+        try:
+            resp = self.api.rest_client.pool_manager.urlopen(
+                method, url, body=json.dumps(body).encode() if body is not None else None, headers=headers,
+                timeout=self._timeout, preload_content=False)
+        except urllib3.exceptions.SSLError as exc:  # as the client reports a failed handshake: its status 0
+            raise client.ApiException(status=0, reason=type(exc).__name__) from exc
         if not 200 <= resp.status <= 299:
-            resp.read()  # type: ignore[no-untyped-call]  # the exception keeps the status and reason, not the body
-            raise client.ApiException.from_response(http_resp=resp, body=None, data=None)
-        return resp.response
+            answer = rest.RESTResponse(resp)
+            answer.read()  # type: ignore[no-untyped-call]  # the exception keeps the status and reason, not the body
+            raise client.ApiException.from_response(http_resp=answer, body=None, data=None)
+        return resp
 
     def _call(self, what: str, method: str, path: str, params: dict[str, str], *, parse: Callable[[bytes], T],
               **kwargs: Any) -> T:

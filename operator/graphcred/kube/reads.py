@@ -32,7 +32,7 @@ from graphcred.kube.metawatch import Seen
 Key = tuple[str, str]  # namespace, name
 KEEP_BYTES = 8 * 1024  # data of a read kept beyond its passes, at most: a client secret ~40 bytes, a PEM chain KiBs
 KEPT_BUDGET = 32 * 1024 * 1024  # for all reads kept: 10,000 credentials with certificates of 3 KiB fit
-ENTRY_BYTES = 1024  # what keeping a read costs beside its data (the task, the record): counted against the budget
+ENTRY_BYTES = 1024  # what keeping a read costs beside its data (the record, its key): counted against the budget
 KEEP_FOR = 600.0  # seconds a kept read answers at most: a watch that lags or cannot reconnect is not trusted longer
 
 
@@ -54,7 +54,7 @@ Fetch = Callable[[], Awaitable[dict[str, Any] | None]]
 
 @dataclass
 class _Read:
-    task: asyncio.Task[CredentialSecret | None]
+    task: asyncio.Future[CredentialSecret | None]
     seen: Seen | None  # what the watch knew when the read began
     holders: int = 0
 
@@ -84,8 +84,9 @@ class SharedReads:
     def __init__(self, keep_bytes: int = KEEP_BYTES, budget: int = KEPT_BUDGET, entry_bytes: int = ENTRY_BYTES,
                  keep_for: float = KEEP_FOR, clock: Callable[[], float] = time.monotonic) -> None:
         self._reads: dict[Key, _Read] = {}  # held by a pass, or in flight
-        # let go of, done, small, in the order kept: (read, bytes counted, when kept)
-        self._kept: OrderedDict[Key, tuple[_Read, int, float]] = OrderedDict()
+        # let go of, done, small, in the order kept: (what it read, bytes counted, when kept). The answer only, not
+        # its read's task: a done task with its context and weak reference is 1 KiB more for each credential.
+        self._kept: OrderedDict[Key, tuple[CredentialSecret, int, float]] = OrderedDict()
         self._kept_bytes = 0
         self._keep_bytes, self._budget, self._entry_bytes = keep_bytes, budget, entry_bytes
         self._keep_for, self._clock = keep_for, clock
@@ -106,8 +107,7 @@ class SharedReads:
         kept = self._kept.get(key)
         if kept is None:
             return
-        result = kept[0].task.result()
-        if unless_version is not None and result is not None and result.version == unless_version:
+        if unless_version is not None and kept[0].version == unless_version:
             return
         del self._kept[key]
         self._kept_bytes -= kept[1]
@@ -121,8 +121,10 @@ class SharedReads:
         if entry is None and key in self._kept:
             kept, _, since = self._kept[key]
             self.forget(key)
-            if kept.current(seen) and self._clock() - since < self._keep_for:
-                entry = self._reads[key] = kept
+            if seen is not None and kept.version == seen.version and self._clock() - since < self._keep_for:
+                answered: asyncio.Future[CredentialSecret | None] = asyncio.get_running_loop().create_future()
+                answered.set_result(kept)
+                entry = self._reads[key] = _Read(answered, seen)
         if entry is None or not entry.current(seen):
             # a new read; an older one stays with the passes holding it, unreachable for new ones
             task = asyncio.get_running_loop().create_task(_trimmed(fetch), name=f"read:{key[0]}/{key[1]}")
@@ -153,7 +155,7 @@ class SharedReads:
             return
         size = result.size() + self._entry_bytes
         self.forget(key)
-        self._kept[key] = (entry, size, now)
+        self._kept[key] = (result, size, now)
         self._kept_bytes += size
         while self._kept_bytes > self._budget:
             self.forget(next(iter(self._kept)))

@@ -69,11 +69,42 @@ class _NobodyListens:
         pass
 
 
+class Wake:
+    """A worker's wake-up: what asyncio.Event does for its one waiter, the worker. An Event keeps a deque for its
+    waiters (760 bytes, one per credential); this keeps a future only while the worker waits."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
 @dataclass
 class _Worker:
     snapshot: Snapshot
     memory: Memory = field(default_factory=Memory)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: Wake = field(default_factory=Wake)
     task: asyncio.Task[None] | None = None
     restarts: int = 0
     renew_seen: str | None = None  # value of the renew annotation already served (or present at start)
@@ -122,6 +153,11 @@ class Controller:
         """(namespace, name, status) of each registered object: as last written, else as the object was seen."""
         return [(key[0], key[1], w.memory.report.last_status if w.memory.report.last_status is not None
                  else w.snapshot.status) for key, w in list(self._workers.items())]
+
+    def credential_figures(self) -> list[tuple[str, str, float | None, int]]:
+        """(namespace, name, token expiry, consecutive failures) of each registered object a pass has reported on."""
+        return [(key[0], key[1], *w.memory.report.figures) for key, w in list(self._workers.items())
+                if w.memory.report.figures is not None]
 
     # --- for the consumer reports and the pod watch ----------------------------------------------------------------
     def listen(self, listener: TokenSecretListener) -> None:

@@ -50,7 +50,17 @@ def named_by(credential: Key, spec: Mapping[str, Any], apps: AppLookup | None = 
         account = apps.account_of(app) if apps is not None else None
     return Named(reads=(namespace, reads) if reads else None, writes=(credential[0], writes) if writes else None,
                  account=(namespace, account) if account else None,
-                 apps=frozenset(a for a in (app, held) if a))
+                 apps=_apps(app, held))
+
+
+_NO_APPS: frozenset[str] = frozenset()
+
+
+def _apps(*names: str | None) -> frozenset[str]:
+    """Kept for each credential: most name no app, and an empty frozenset built from an iterable is a new object
+    each time (216 bytes); no apps is one shared value."""
+    named = [a for a in names if a]
+    return frozenset(named) if named else _NO_APPS
 
 
 def _app_name(spec: Mapping[str, Any]) -> str | None:

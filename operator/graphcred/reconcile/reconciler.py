@@ -627,7 +627,7 @@ class Reconciler:
         refresh = parse_rfc3339(previous.refresh_at)
         expires = parse_rfc3339(previous.expires_on)
         assert refresh is not None and expires is not None
-        self.metrics.report(snap.namespace, snap.name, expires.timestamp(), previous.consecutive_failures)
+        mem.report.reported(expires.timestamp(), previous.consecutive_failures)
         # with certificate.rotation also when nothing else changed: the rotator's news is reported by the passes
         if previous.credential_version != credential_version or mem.report.rotation is not None:
             await self._report(snap, mem, reporting.kept(previous, credential_version))
@@ -731,8 +731,7 @@ class Reconciler:
         status = self._with_certificate(snap, mem, status)
         body = status.to_k8s()
         expires = parse_rfc3339(status.expires_on)
-        self.metrics.report(snap.namespace, snap.name, expires.timestamp() if expires else None,
-                            status.consecutive_failures)
+        mem.report.reported(expires.timestamp() if expires else None, status.consecutive_failures)
         last = mem.report.last_status
         patch = reporting.status_patch(last if last is not None else snap.status, body)
         if patch is not None:
