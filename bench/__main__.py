@@ -10,6 +10,8 @@
                                        change with two replicas (see bench/restart.py)
   python -m bench calls [--n 1000]     CPU of one token acquisition and of one Kubernetes call, alone (see
                                        bench/calls.py)
+  python -m bench memory [--n 2000]    what the operator keeps per credential, at rest and waiting for a
+                                       token (the unit rig, tracemalloc; see bench/memory.py)
   python -m bench profile FILE...      summarise py-spy profiles written by --profile
   python -m bench secretwatch [--secrets 50000] [--old FILE]
                                        operator memory and first-list time with N unrelated Secrets
@@ -116,6 +118,8 @@ def main() -> None:
     rs.add_argument("--profile", type=Path, metavar="DIR", help="py-spy profiles of each phase, into DIR")
     ca = sub.add_parser("calls")
     ca.add_argument("--n", type=int, default=1000, help="calls of each kind per round")
+    me = sub.add_parser("memory")
+    me.add_argument("--n", type=int, default=2000, help="credentials")
     pr = sub.add_parser("profile")
     pr.add_argument("files", type=Path, nargs="+")
     sw = sub.add_parser("secretwatch")
@@ -140,6 +144,11 @@ def main() -> None:
         from .calls import main as calls
 
         calls(args.n)
+        return
+    if args.what == "memory":
+        from .memory import main as memory
+
+        memory(args.n)
         return
     if args.what == "profile":
         from .profile import summary

@@ -1,0 +1,55 @@
+"""`python -m bench memory`: what the operator keeps per credential, without the bed.
+
+The unit rig (`tests/unit/harness.py`: the real reconciler and controller over an in-memory apiserver and token
+endpoint) with N credentials, one credential Secret each, measured with tracemalloc:
+
+- at rest: every credential Ready, its worker asleep until its refresh (what 10,000 Ready credentials cost);
+- waiting: every pass waiting for a token (the token endpoint holds its requests), as in a burst of new credentials.
+
+The in-memory apiserver's own storage of the Secrets and statuses is counted too: the figures are an upper bound of
+the operator's part. Use `bench scale` for the process's RSS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+import uuid
+
+from tests.unit.fakes import gac, secret_spec
+from tests.unit.harness import NS, Rig, until
+
+
+async def _measure(n: int, waiting: bool) -> float:
+    rig = Rig(lifetime=3600.0)
+    tenant = str(uuid.uuid4())
+    for i in range(n):
+        rig.kube.put_client_secret(NS, f"cred{i}", "s3cret")
+    if waiting:
+        rig.tokens.gate.clear()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    try:
+        for i in range(n):
+            rig.add(gac(f"c{i}", secret_spec(tenant, str(uuid.uuid4()), secret=f"cred{i}")))
+        if waiting:
+            await until(lambda: len(rig.reconciler.credential_reads) == n, timeout=120, what="every pass waiting")
+        else:
+            await until(lambda: all((rig.ready(f"c{i}") or {}).get("status") == "True" for i in range(n)),
+                        timeout=300, what="every credential Ready")
+        gc.collect()
+        return (tracemalloc.get_traced_memory()[0] - before) / n / 1024
+    finally:
+        tracemalloc.stop()
+        rig.tokens.gate.set()
+        await rig.controller.stop()
+
+
+def main(n: int) -> None:
+    rest = asyncio.run(_measure(n, waiting=False))
+    waiting = asyncio.run(_measure(n, waiting=True))
+    print(f"{n} credentials, unit rig (tracemalloc; the in-memory apiserver's storage included):")
+    print(f"  at rest (Ready, asleep until the refresh): {rest:.1f} KiB per credential")
+    print(f"  every pass waiting for a token: {waiting:.1f} KiB per credential")
