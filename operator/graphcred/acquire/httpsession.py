@@ -3,9 +3,10 @@
 TLS trust: the default trust (the system store, i.e. OpenSSL's default paths, which honour SSL_CERT_FILE and
 SSL_CERT_DIR, plus what `requests` itself trusts: certifi, or REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE when set) with
 the `--ca-bundle` for private authority hosts ADDED to it. Setting the bundle for one private host must never
-break public-cloud credentials. The trust is one SSL context fixed at start-up: `requests` would otherwise let
-the environment replace a session's `verify` per request, so the environment's proxy settings are kept but its CA
-settings cannot undo the bundle.
+break public-cloud credentials. The trust is one SSL context fixed at start-up, which no environment variable
+replaces per request (a requests session let REQUESTS_CA_BUNDLE replace its `verify`): the environment's proxy
+settings are honoured, its CA settings cannot undo the bundle. Requests go out through urllib3 directly
+(`PinnedCASession`), with what requests did for the environment done once per origin.
 
 Bounds (every value an authority sends is hostile: a credential's author may name any allowed host, and hosts
 answer what they like):
