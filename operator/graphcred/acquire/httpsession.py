@@ -372,13 +372,14 @@ class PinnedCASession:
             # request must not be steered to another host either. Entra's endpoints do not redirect. Retries are
             # the operator's decision (with backoff and Retry-After), not the transport's.
             timeout = (min(connect, remaining), min(read, remaining))
+            full_url = _request_url(url, params)
             adapter = next((a for prefix, a in self._adapters.items() if url.startswith(prefix)), None)
             if adapter is not None:
-                prepared = requests.Request(verb, _request_url(url, params), headers=sent, data=body).prepare()
+                prepared = requests.Request(verb, full_url, headers=sent, data=body).prepare()
                 response = adapter.send(prepared, stream=True, timeout=timeout)
             else:
                 raw = self._manager_for(target).urlopen(
-                    verb, _request_url(url, params), body=body, headers=sent, redirect=False, retries=False,
+                    verb, full_url, body=body, headers=sent, redirect=False, retries=False,
                     preload_content=False, decode_content=False,
                     timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
                 response = _response(raw, url)

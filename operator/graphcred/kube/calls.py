@@ -90,7 +90,6 @@ class Kube:
     def __init__(self, api: client.ApiClient, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self.api = api
         self.timeout = timeout
-        self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
 
     def _send(self, method: str, path: str, params: dict[str, str], *, query: dict[str, str] | None = None,
               body: Any = None, content_type: str = "application/json") -> Any:
@@ -107,7 +106,7 @@ class Kube:
         try:
             resp = self.api.rest_client.pool_manager.urlopen(
                 method, url, body=json.dumps(body).encode() if body is not None else None, headers=headers,
-                timeout=self._timeout, preload_content=False)
+                timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]), preload_content=False)
         except urllib3.exceptions.SSLError as exc:  # as the client reports a failed handshake: its status 0
             raise client.ApiException(status=0, reason=type(exc).__name__) from exc
         if not 200 <= resp.status <= 299:

@@ -121,10 +121,12 @@ class SharedReads:
         if entry is None and key in self._kept:
             kept, _, since = self._kept[key]
             self.forget(key)
-            if seen is not None and kept.version == seen.version and self._clock() - since < self._keep_for:
+            if self._clock() - since < self._keep_for:
                 answered: asyncio.Future[CredentialSecret | None] = asyncio.get_running_loop().create_future()
                 answered.set_result(kept)
-                entry = self._reads[key] = _Read(answered, seen)
+                candidate = _Read(answered, seen)
+                if candidate.current(seen):  # the watch has seen this very version since
+                    entry = self._reads[key] = candidate
         if entry is None or not entry.current(seen):
             # a new read; an older one stays with the passes holding it, unreachable for new ones
             task = asyncio.get_running_loop().create_task(_trimmed(fetch), name=f"read:{key[0]}/{key[1]}")

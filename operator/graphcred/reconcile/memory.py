@@ -66,17 +66,17 @@ class ReportMemory:
     # ... and what the pass learnt of the app itself (reason, message): a token, or a failure reading its material or
     # requesting its token; None when the pass ended for the tenant's own reasons before (or without) asking
     app_news: tuple[str, str] | None = None
+    # (token expiry as Unix time, consecutive failures) as the last pass reported them, for the metrics (None: no
+    # pass yet); the expiry stays while a later pass does not know one
+    figures: tuple[float | None, int] | None = None
+    # certificate.rotation: (namespace, Secret, rotation) the rotator looks after for this credential
+    rotation: tuple[str, str, CertificateRotation] | None = None
 
     def reported(self, expires_at: float | None, failures: int) -> None:
         """What the metrics show of this credential from now on."""
         if expires_at is None and self.figures is not None:
             expires_at = self.figures[0]
         self.figures = (expires_at, failures)
-    # (token expiry as Unix time, consecutive failures) as the last pass reported them, for the metrics (None: no
-    # pass yet); the expiry stays while a later pass does not know one
-    figures: tuple[float | None, int] | None = None
-    # certificate.rotation: (namespace, Secret, rotation) the rotator looks after for this credential
-    rotation: tuple[str, str, CertificateRotation] | None = None
 
 
 @dataclass
