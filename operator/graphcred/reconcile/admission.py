@@ -11,7 +11,8 @@ up one behind it whose shares are not.
 
 from __future__ import annotations
 
-from collections import Counter
+import heapq
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 # Requests per namespace: a burst, then a steady rate, each raised by one per credential of the namespace seen in
@@ -152,3 +153,84 @@ class RequestBudget:
             if all(now - t > SEEN_FOR for t in seen.values()):
                 del self._level[namespace]
                 self._seen.pop(namespace, None)
+
+
+@dataclass
+class _Namespace:
+    waiting: deque[tuple[int, object]] = field(default_factory=deque)  # (arrival, ticket), oldest first
+    held: int = 0
+    listed: bool = False  # has an entry in `BegunPasses._ready`
+
+
+@dataclass
+class BegunPasses:
+    """Passes begun at once, in a burst or behind slow authorities: at most `total`, no namespace more than `share`.
+    Waiters are tickets admitted by `admit`, oldest first among the namespaces with room.
+
+    A pass waiting for a token holds its parsed spec, its read and its coroutines (about 20 KiB); in a burst of
+    10,000 new credentials nearly all of them waited at once (bench scale: 270 MiB). Beyond `total`, a pass waits
+    before it begins, at the cost of a ticket. Waiters queue per namespace and the namespaces with room are kept in
+    arrival order of their oldest waiter, so that admitting one looks at a few entries, not at every waiter of a
+    namespace holding its share (a tenant's 50,000 credentials would make each admission walk them all)."""
+
+    total: int
+    share: int
+    held: int = 0
+    _namespaces: dict[str, _Namespace] = field(default_factory=dict)
+    _ready: list[tuple[int, str]] = field(default_factory=list)  # heap: (arrival of its oldest waiter, namespace)
+    _gone: set[object] = field(default_factory=set)  # tickets that left while waiting (skipped when reached)
+    _arrivals: int = 0
+
+    def __post_init__(self) -> None:
+        if self.total < 1 or self.share < 1:
+            raise ValueError("at least one pass, and one per namespace")
+
+    def arrive(self, ticket: object, namespace: str) -> None:
+        self._arrivals += 1
+        queue = self._namespaces.setdefault(namespace, _Namespace())
+        queue.waiting.append((self._arrivals, ticket))
+        self._list(namespace, queue)
+
+    def leave(self, ticket: object) -> None:
+        """A waiter gave up (cancelled) before it was admitted."""
+        self._gone.add(ticket)
+
+    def release(self, namespace: str) -> None:
+        queue = self._namespaces[namespace]
+        queue.held -= 1
+        self.held -= 1
+        self._list(namespace, queue)
+
+    def admit(self) -> list[object]:
+        """Begin waiting passes while there is room: the oldest waiter of the namespace whose oldest waiter came
+        first, among the namespaces below their share. Returns the tickets admitted now (each held until
+        `release` of its namespace)."""
+        admitted: list[object] = []
+        while self.held < self.total and self._ready:
+            arrival, namespace = heapq.heappop(self._ready)
+            queue = self._namespaces[namespace]
+            queue.listed = False
+            while queue.waiting and queue.waiting[0][1] in self._gone:
+                self._gone.discard(queue.waiting.popleft()[1])
+            if not queue.waiting or queue.held >= self.share:
+                self._list(namespace, queue)  # forgets an idle namespace
+                continue
+            if queue.waiting[0][0] != arrival:  # its oldest waiter left: it queues as its next waiter now
+                self._list(namespace, queue)
+                continue
+            admitted.append(queue.waiting.popleft()[1])
+            queue.held += 1
+            self.held += 1
+            self._list(namespace, queue)
+        return admitted
+
+    def waiting(self) -> int:
+        return sum(len(q.waiting) for q in self._namespaces.values()) - len(self._gone)
+
+    def _list(self, namespace: str, queue: _Namespace) -> None:
+        if queue.waiting and queue.held < self.share:
+            if not queue.listed:
+                heapq.heappush(self._ready, (queue.waiting[0][0], namespace))
+                queue.listed = True
+        elif not queue.waiting and not queue.held and not queue.listed:
+            del self._namespaces[namespace]

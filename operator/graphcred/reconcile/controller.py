@@ -22,7 +22,7 @@ from graphcred.reconcile.appstatus import AppStatusWriter
 from graphcred.reconcile.dependents import Dependents, named_by
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.reconciler import Reconciler
-from graphcred.reconcile.slots import PassSlot, RequestBudget
+from graphcred.reconcile.slots import PassGate, PassSlot, RequestBudget
 from graphcred.reconcile.slots import running_as as running_as_pass
 from graphcred.reconcile.snapshot import Snapshot
 
@@ -113,7 +113,7 @@ class _Worker:
 
 
 class Controller:
-    def __init__(self, reconciler: Reconciler, max_active: int = 64, *,
+    def __init__(self, reconciler: Reconciler, max_active: int = 64, *, max_begun: int = 1024,
                  renews: RequestBudget | None = None) -> None:
         self.reconciler = reconciler
         # forced token requests per credential (renew annotations); further requests join the one pending
@@ -125,6 +125,11 @@ class Controller:
         # pass waiting for a thread holds a rendered Secret; docs/design/2026-12-06-no-kopf-daemons.md). A pass
         # waiting for a token holds no place (PassSlot.aside): requests to a slow authority hold up no other pass.
         self._active = asyncio.Semaphore(max_active)
+        # Passes begun at once, counting those waiting for a token: a waiting pass holds ~20 KiB (its spec, read and
+        # coroutines), and in a burst all of them waited. No namespace begins more passes than there are places, so
+        # slow authorities hold up other tenants only once max_begun / max_active (16) namespaces hold every begun
+        # place (docs/design/2026-12-06-lean-at-scale.md, third step).
+        self._begun = PassGate(max_begun, max_active)
         self._workers: dict[Key, _Worker] = {}
         # (namespace, secret name) -> objects that read it as credential / write it as token Secret
         self.dependents = Dependents()  # who reads and writes which Secret or ServiceAccount
@@ -144,6 +149,10 @@ class Controller:
         """(live, dead): registered objects with and without a running task. Dead must stay 0."""
         live = sum(1 for w in list(self._workers.values()) if w.task is not None and not w.task.done())
         return live, len(self._workers) - live
+
+    def passes_begun(self) -> tuple[int, int]:
+        """(begun, waiting to begin): passes under way, and passes waiting for the bound on them."""
+        return self._begun.passes.held, self._begun.passes.waiting()
 
     def last_statuses(self) -> list[dict[str, Any] | None]:
         """The status each registered object's worker last wrote (None before its first), for the Ready gauge."""
@@ -405,7 +414,7 @@ class Controller:
                 self._index(key, worker)
                 worker.renewing = worker.memory.renew.requested
                 try:
-                    async with PassSlot(self._active) as place:
+                    async with PassSlot(self._active, self._begun, key[0]) as place:
                         with running_as_pass(place):
                             delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
                 finally:

@@ -1,6 +1,7 @@
-"""The token slots and the controller's places for passes in progress, for asyncio: `SlotGate` admits by the pure
-rules of `admission` (fair shares per namespace and authority host, a request budget per namespace); `PassSlot`
-lets a pass waiting for a token step aside.
+"""The token slots and the controller's places for passes, for asyncio: `SlotGate` admits by the pure rules of
+`admission` (fair shares per namespace and authority host, a request budget per namespace); `PassGate` bounds the
+passes begun (fair shares per namespace); `PassSlot` is one pass's place, from which a pass waiting for a token
+steps aside.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Collection, Iterator
+from typing import cast
 
-from graphcred.reconcile.admission import Claim, FairSlots, RequestBudget
+from graphcred.reconcile.admission import BegunPasses, Claim, FairSlots, RequestBudget
 
-__all__ = ["Claim", "FairSlots", "PassSlot", "RequestBudget", "SlotGate", "current_pass", "running_as",
-           "stepped_aside"]
+__all__ = ["BegunPasses", "Claim", "FairSlots", "PassGate", "PassSlot", "RequestBudget", "SlotGate", "current_pass",
+           "running_as", "stepped_aside"]
 
 
 class SlotGate:
@@ -63,22 +65,72 @@ class SlotGate:
                 future.set_result(None)
 
 
-class PassSlot:
-    """One pass's place among the controller's passes in progress. A pass waiting for a token steps `aside`: it
-    holds no place while it waits, so passes that need no token (a template change, a token still valid, a
-    failure to report) are not held up behind requests to a slow authority."""
+class PassGate:
+    """`BegunPasses` for asyncio: `await gate.begin(namespace)` before a pass, `gate.end(namespace)` after it."""
 
-    def __init__(self, places: asyncio.Semaphore) -> None:
+    def __init__(self, total: int, share: int) -> None:
+        self.passes = BegunPasses(total, share)
+        self._waiting: dict[asyncio.Future[None], str] = {}  # the waiters' futures are their tickets
+
+    async def begin(self, namespace: str) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[future] = namespace
+        self.passes.arrive(future, namespace)
+        self._admit()
+        try:
+            await future
+        except BaseException:
+            if self._waiting.pop(future, None) is not None:
+                self.passes.leave(future)
+            elif not future.cancelled():
+                self.end(namespace)  # admitted as it was cancelled: the place goes to the next
+            raise  # (a cancelled future that was admitted was given back by _admit)
+
+    def end(self, namespace: str) -> None:
+        self.passes.release(namespace)
+        self._admit()
+
+    def _admit(self) -> None:
+        admitted = self.passes.admit()
+        while admitted:
+            for ticket in admitted:
+                future = cast("asyncio.Future[None]", ticket)
+                namespace = self._waiting.pop(future)
+                if future.done():  # cancelled meanwhile: nobody to begin
+                    self.passes.release(namespace)
+                else:
+                    future.set_result(None)
+            admitted = self.passes.admit()
+
+
+class PassSlot:
+    """One pass's place among the controller's passes: begun (`gate`: a bounded number at once, fairly by
+    namespace) and in progress (`places`). A pass waiting for a token steps `aside`: it holds no place in progress
+    while it waits, so passes that need no token (a template change, a token still valid, a failure to report) are
+    not held up behind requests to a slow authority; it stays begun."""
+
+    def __init__(self, places: asyncio.Semaphore, gate: PassGate | None = None, namespace: str = "") -> None:
         self._places = places
+        self._gate = gate
+        self._namespace = namespace
         self.held = False
 
     async def __aenter__(self) -> PassSlot:
-        await self._places.acquire()
+        if self._gate is not None:
+            await self._gate.begin(self._namespace)
+        try:
+            await self._places.acquire()
+        except BaseException:
+            if self._gate is not None:
+                self._gate.end(self._namespace)
+            raise
         self.held = True
         return self
 
     async def __aexit__(self, *_: object) -> None:
         self._give_up()
+        if self._gate is not None:
+            self._gate.end(self._namespace)
 
     def _give_up(self) -> None:
         if self.held:
