@@ -33,14 +33,14 @@ class Rig:
     token endpoint; `tokens`: a token endpoint of the test's own (on `clock`), else one issuing tokens of `lifetime`
     seconds; `seed`: the reconciler's jitter; `emit`: where the reconciler's Events go instead of `events`. The
     rest is the operator's configuration, as the Reconciler (`token_concurrency`, `budget`, `workload_identity`,
-    `authority_hosts`, `run_blocking`) and the Controller (`max_active`, `max_begun`, `renews`) take it."""
+    `authority_hosts`, `run_blocking`) and the Controller (`max_active`, `max_waiting`, `renews`) take it."""
 
     def __init__(self, lifetime: float = 3600.0, *, token_concurrency: int = 16,
                  kube: FakeKubeWithServiceAccounts | None = None, clock: Clock | None = None, seed: int = 0,
                  workload_identity: bool = False, authority_hosts: Collection[str] = (),
                  tokens: FakeTokens | None = None, emit: EventSink | None = None,
                  budget: RequestBudget | None = None, run_blocking: Callable[..., Awaitable[Any]] | None = None,
-                 max_active: int | None = None, max_begun: int = 1024, renews: RequestBudget | None = None) -> None:
+                 max_active: int | None = None, max_waiting: int = 1024, renews: RequestBudget | None = None) -> None:
         self.clock = clock or Clock()
         self.kube = kube or FakeKubeWithServiceAccounts()
         self.tokens = tokens or FakeTokens(self.clock, lifetime=lifetime)
@@ -52,8 +52,8 @@ class Rig:
             clock=self.clock, rng=random.Random(seed), metrics=self.metrics, shared=SharedTokens(clock=self.clock),
             token_concurrency=token_concurrency, budget=budget, workload_identity=workload_identity,
             authority_hosts=authority_hosts, run_blocking=run_blocking)
-        self.controller = (Controller(self.reconciler, max_begun=max_begun, renews=renews) if max_active is None
-                           else Controller(self.reconciler, max_active, max_begun=max_begun, renews=renews))
+        self.controller = (Controller(self.reconciler, max_waiting=max_waiting, renews=renews) if max_active is None
+                           else Controller(self.reconciler, max_active, max_waiting=max_waiting, renews=renews))
         self.metrics.track(self.controller)  # as the wiring does: the per-credential series come from it
         self._consumers: ConsumerReports | None = None
         # what a successor is configured with: the same deployment, restarted

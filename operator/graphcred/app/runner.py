@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -57,6 +58,23 @@ def serve_metrics(cfg: RunConfig, metrics: Metrics, health: Health) -> None:
         cause = (exc.strerror or str(exc)).lower()
         raise StartupError(f"--metrics-port {cfg.metrics_port} (GRAPHCRED_METRICS_PORT): cannot listen there: "
                            f"{cause} (another port, 0 for any free one, or -1 for none)", CANNOT_START) from None
+
+
+# Container objects allocated, net, between collections of the youngest generation (CPython's default: 700). A pass
+# allocates a few thousand, nearly all gone when it ends; at 700 the collector ran several times per pass and
+# promoted the pass's objects to older generations, walked again and again with every credential's state: a burst
+# of 5,000 new credentials (unit rig) spent 1.9 of its 7.0 CPU seconds in the collector, 0.4 s with this and the
+# freeze below.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def settle_collector() -> None:
+    """Before the work begins: what start-up made (modules, classes, the client's models) is frozen out of the
+    collector's walks, and the youngest generation collected less often (YOUNG_COLLECTION_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
 def run(cfg: RunConfig) -> int:
@@ -120,6 +138,7 @@ def run(cfg: RunConfig) -> int:
                 memo=memo,
             )
 
+        settle_collector()
         with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
             asyncio.run(operate())  # what kopf.run does, with a stop flag awaited on the loop
     finally:

@@ -11,7 +11,6 @@ up one behind it whose shares are not.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -155,82 +154,106 @@ class RequestBudget:
                 self._seen.pop(namespace, None)
 
 
+
 @dataclass
-class _Namespace:
-    waiting: deque[tuple[int, object]] = field(default_factory=deque)  # (arrival, ticket), oldest first
+class _Queue:
+    waiting: dict[object, None] = field(default_factory=dict)  # tickets in arrival order (removal in O(1))
     held: int = 0
-    listed: bool = False  # has an entry in `BegunPasses._ready`
+    listed: bool = False  # in `TokenPlaces._turns`
 
 
 @dataclass
-class BegunPasses:
-    """Passes begun at once, in a burst or behind slow authorities: at most `total`, no namespace more than `share`.
-    Waiters are tickets admitted by `admit`, oldest first among the namespaces with room.
+class TokenPlaces:
+    """Places for passes waiting for a token (or getting one): at most `total` at once, no namespace more than
+    `share`. A pass about to wait `take`s one; when there is none, its worker's ticket queues in its namespace, and
+    `admit` reserves places for queued tickets as they free: the namespaces with room in turn (round robin), each
+    namespace's tickets oldest first.
 
     A pass waiting for a token holds its parsed spec, its read and its coroutines (about 20 KiB); in a burst of
-    10,000 new credentials nearly all of them waited at once (bench scale: 270 MiB). Beyond `total`, a pass waits
-    before it begins, at the cost of a ticket. Waiters queue per namespace and the namespaces with room are kept in
-    arrival order of their oldest waiter, so that admitting one looks at a few entries, not at every waiter of a
-    namespace holding its share (a tenant's 50,000 credentials would make each admission walk them all)."""
+    10,000 new credentials nearly all of them waited at once (bench scale: 270 MiB). A queued ticket is a few
+    hundred bytes. Passes that need no token never take a place, so nothing here holds them up. Round robin, not
+    oldest-first across namespaces: a namespace at its share that frees a place would otherwise take it back ahead
+    of everyone who came after its backlog."""
 
     total: int
     share: int
     held: int = 0
-    _namespaces: dict[str, _Namespace] = field(default_factory=dict)
-    _ready: list[tuple[int, str]] = field(default_factory=list)  # heap: (arrival of its oldest waiter, namespace)
-    _gone: set[object] = field(default_factory=set)  # tickets that left while waiting (skipped when reached)
-    _arrivals: int = 0
+    _queues: dict[str, _Queue] = field(default_factory=dict)
+    _turns: deque[str] = field(default_factory=deque)  # namespaces with a queued ticket and room, in turn
+    _reserved: dict[object, str] = field(default_factory=dict)  # admitted tickets, not yet taken -> namespace
+    _queued: dict[object, str] = field(default_factory=dict)  # queued tickets -> namespace
 
     def __post_init__(self) -> None:
         if self.total < 1 or self.share < 1:
-            raise ValueError("at least one pass, and one per namespace")
+            raise ValueError("at least one place, and one per namespace")
 
-    def arrive(self, ticket: object, namespace: str) -> None:
-        self._arrivals += 1
-        queue = self._namespaces.setdefault(namespace, _Namespace())
-        queue.waiting.append((self._arrivals, ticket))
+    def take(self, ticket: object, namespace: str) -> bool:
+        """A pass is about to wait for a token. True: it holds a place now (one reserved for its ticket, or a free
+        one); False: its ticket is queued (or stays queued, keeping its turn), to be `admit`ted."""
+        if self._reserved.pop(ticket, None) is not None:
+            return True
+        queue = self._queues.setdefault(namespace, _Queue())
+        if ticket not in queue.waiting and self.held < self.total and queue.held < self.share:
+            # room, so nobody waits who could have it (`admit` runs at each release)
+            queue.held += 1
+            self.held += 1
+            return True
+        queue.waiting.setdefault(ticket)
+        self._queued[ticket] = namespace
         self._list(namespace, queue)
-
-    def leave(self, ticket: object) -> None:
-        """A waiter gave up (cancelled) before it was admitted."""
-        self._gone.add(ticket)
+        return False
 
     def release(self, namespace: str) -> None:
-        queue = self._namespaces[namespace]
+        """A place given back: its pass waits for a token no longer."""
+        queue = self._queues[namespace]
         queue.held -= 1
         self.held -= 1
         self._list(namespace, queue)
 
-    def admit(self) -> list[object]:
-        """Begin waiting passes while there is room: the oldest waiter of the namespace whose oldest waiter came
-        first, among the namespaces below their share. Returns the tickets admitted now (each held until
-        `release` of its namespace)."""
-        admitted: list[object] = []
-        while self.held < self.total and self._ready:
-            arrival, namespace = heapq.heappop(self._ready)
-            queue = self._namespaces[namespace]
-            queue.listed = False
-            while queue.waiting and queue.waiting[0][1] in self._gone:
-                self._gone.discard(queue.waiting.popleft()[1])
-            if not queue.waiting or queue.held >= self.share:
-                self._list(namespace, queue)  # forgets an idle namespace
-                continue
-            if queue.waiting[0][0] != arrival:  # its oldest waiter left: it queues as its next waiter now
-                self._list(namespace, queue)
-                continue
-            admitted.append(queue.waiting.popleft()[1])
-            queue.held += 1
-            self.held += 1
+    def unreserve(self, ticket: object) -> None:
+        """The ticket's pass ended without taking the place reserved for it (it needed no token after all)."""
+        namespace = self._reserved.pop(ticket, None)
+        if namespace is not None:
+            self.release(namespace)
+
+    def forget(self, ticket: object) -> None:
+        """The ticket's worker is gone: its place reserved or its turn in the queue goes to the next."""
+        namespace = self._reserved.pop(ticket, None)
+        if namespace is not None:
+            self.release(namespace)
+            return
+        namespace = self._queued.pop(ticket, None)
+        if namespace is not None:
+            queue = self._queues[namespace]
+            del queue.waiting[ticket]
             self._list(namespace, queue)
+
+    def admit(self) -> list[object]:
+        """Reserve free places for queued tickets, a namespace with room at a time. Returns those tickets: each
+        holds its place until its pass `take`s it and `release`s it, or `forget`s it."""
+        admitted: list[object] = []
+        while self.held < self.total and self._turns:
+            namespace = self._turns.popleft()
+            queue = self._queues[namespace]
+            queue.listed = False
+            if queue.waiting and queue.held < self.share:
+                ticket = next(iter(queue.waiting))
+                del queue.waiting[ticket]
+                del self._queued[ticket]
+                queue.held += 1
+                self.held += 1
+                self._reserved[ticket] = namespace
+                admitted.append(ticket)
+            self._list(namespace, queue)  # to the back of the turns, if it still has a ticket and room
         return admitted
 
-    def waiting(self) -> int:
-        return sum(len(q.waiting) for q in self._namespaces.values()) - len(self._gone)
+    def queued(self) -> int:
+        return len(self._queued)
 
-    def _list(self, namespace: str, queue: _Namespace) -> None:
+    def _list(self, namespace: str, queue: _Queue) -> None:
         if queue.waiting and queue.held < self.share:
             if not queue.listed:
-                heapq.heappush(self._ready, (queue.waiting[0][0], namespace))
+                self._turns.append(namespace)
                 queue.listed = True
         elif not queue.waiting and not queue.held and not queue.listed:
-            del self._namespaces[namespace]
+            del self._queues[namespace]

@@ -22,7 +22,7 @@ from graphcred.reconcile.appstatus import AppStatusWriter
 from graphcred.reconcile.dependents import Dependents, named_by
 from graphcred.reconcile.memory import Memory
 from graphcred.reconcile.reconciler import Reconciler
-from graphcred.reconcile.slots import PassGate, PassSlot, RequestBudget
+from graphcred.reconcile.slots import PassSlot, RequestBudget, TokenPlaceGate, TurnedAway
 from graphcred.reconcile.slots import running_as as running_as_pass
 from graphcred.reconcile.snapshot import Snapshot
 
@@ -113,7 +113,7 @@ class _Worker:
 
 
 class Controller:
-    def __init__(self, reconciler: Reconciler, max_active: int = 64, *, max_begun: int = 1024,
+    def __init__(self, reconciler: Reconciler, max_active: int = 64, *, max_waiting: int = 1024,
                  renews: RequestBudget | None = None) -> None:
         self.reconciler = reconciler
         # forced token requests per credential (renew annotations); further requests join the one pending
@@ -125,11 +125,12 @@ class Controller:
         # pass waiting for a thread holds a rendered Secret; docs/design/2026-12-06-no-kopf-daemons.md). A pass
         # waiting for a token holds no place (PassSlot.aside): requests to a slow authority hold up no other pass.
         self._active = asyncio.Semaphore(max_active)
-        # Passes begun at once, counting those waiting for a token: a waiting pass holds ~20 KiB (its spec, read and
-        # coroutines), and in a burst all of them waited. No namespace begins more passes than there are places, so
-        # slow authorities hold up other tenants only once max_begun / max_active (16) namespaces hold every begun
-        # place (docs/design/2026-12-06-lean-at-scale.md, third step).
-        self._begun = PassGate(max_begun, max_active)
+        # Passes waiting for a token at once (at least as many as there are token slots), a quarter per namespace,
+        # like the slots: each holds ~20 KiB (its spec, read and coroutines), and in a burst all of them waited. One
+        # beyond it ends before it waits, and its worker waits for a place reserved for it, at the cost of a ticket
+        # (docs/design/2026-12-06-lean-at-scale.md, third step).
+        places = max(max_waiting, reconciler.acquirer.slots.fair.total)
+        self._waits = TokenPlaceGate(places, max(1, places // 4))
         self._workers: dict[Key, _Worker] = {}
         # (namespace, secret name) -> objects that read it as credential / write it as token Secret
         self.dependents = Dependents()  # who reads and writes which Secret or ServiceAccount
@@ -150,9 +151,10 @@ class Controller:
         live = sum(1 for w in list(self._workers.values()) if w.task is not None and not w.task.done())
         return live, len(self._workers) - live
 
-    def passes_begun(self) -> tuple[int, int]:
-        """(begun, waiting to begin): passes under way, and passes waiting for the bound on them."""
-        return self._begun.passes.held, self._begun.passes.waiting()
+    def passes_waiting(self) -> tuple[int, int]:
+        """(places taken, queued): passes waiting for a token (or a place reserved for one), and workers whose pass
+        was turned away, waiting for a place."""
+        return self._waits.places.held, self._waits.places.queued()
 
     def last_statuses(self) -> list[dict[str, Any] | None]:
         """The status each registered object's worker last wrote (None before its first), for the Ready gauge."""
@@ -347,6 +349,7 @@ class Controller:
         self.reconciler.restarter.forget(key)
         if worker is not None:
             self._unindex(key)
+            self._waits.forget(worker.wake)
             if worker.renew_timer is not None and not self._leave_batch(worker):
                 worker.renew_timer.cancel()
             if worker.task is not None:
@@ -414,7 +417,7 @@ class Controller:
                 self._index(key, worker)
                 worker.renewing = worker.memory.renew.requested
                 try:
-                    async with PassSlot(self._active, self._begun, key[0]) as place:
+                    async with PassSlot(self._active, self._waits, worker.wake, key[0]) as place:
                         with running_as_pass(place):
                             delay = await self.reconciler.reconcile(worker.snapshot, worker.memory)
                 finally:
@@ -423,6 +426,8 @@ class Controller:
                     self._index(key, worker)  # the pass may have learnt the app (and the Secret it reads)
                 if self._changed_during_pass(key, worker):
                     continue  # the credential changed while this pass ran: go again now
+            except TurnedAway:
+                delay = None  # no place to wait for a token: its wake is set when one is reserved for it
             except Gone:
                 # The object is gone (its DELETED event may have been missed): end, do not re-create a Secret
                 # the garbage collector is deleting.
@@ -471,6 +476,7 @@ class Controller:
         if self._workers.get(key) is worker:
             del self._workers[key]
             self._unindex(key)
+            self._waits.forget(worker.wake)
             self.reconciler.metrics.forget(*key)
             self.reconciler.app_outcomes.forget(key)
         # a dropped worker's own task returns: the loop below notices it is no longer registered

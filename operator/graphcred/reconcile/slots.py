@@ -1,7 +1,7 @@
 """The token slots and the controller's places for passes, for asyncio: `SlotGate` admits by the pure rules of
-`admission` (fair shares per namespace and authority host, a request budget per namespace); `PassGate` bounds the
-passes begun (fair shares per namespace); `PassSlot` is one pass's place, from which a pass waiting for a token
-steps aside.
+`admission` (fair shares per namespace and authority host, a request budget per namespace); `PassSlot` is one
+pass's place in progress, from which a pass waiting for a token steps aside into one of the places for passes
+waiting for a token (`TokenPlaceGate`: bounded, fair by namespace).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Collection, Iterator
-from typing import cast
+from typing import Protocol, cast
 
-from graphcred.reconcile.admission import BegunPasses, Claim, FairSlots, RequestBudget
+from graphcred.reconcile.admission import Claim, FairSlots, RequestBudget, TokenPlaces
 
-__all__ = ["BegunPasses", "Claim", "FairSlots", "PassGate", "PassSlot", "RequestBudget", "SlotGate", "current_pass",
-           "running_as", "stepped_aside"]
+__all__ = ["Claim", "FairSlots", "PassSlot", "RequestBudget", "SlotGate", "TokenPlaceGate", "TokenPlaces",
+           "TurnedAway", "current_pass", "running_as", "stepped_aside"]
 
 
 class SlotGate:
@@ -65,72 +65,65 @@ class SlotGate:
                 future.set_result(None)
 
 
-class PassGate:
-    """`BegunPasses` for asyncio: `await gate.begin(namespace)` before a pass, `gate.end(namespace)` after it."""
+class TurnedAway(Exception):
+    """A pass about to wait for a token found no place (`TokenPlaces`): it ends there, as if it had not begun, and
+    reports nothing; its worker's wake-up is set when a place is reserved for it, and the next pass takes it."""
+
+
+class Wakeable(Protocol):
+    def set(self) -> None: ...
+
+
+class TokenPlaceGate:
+    """`TokenPlaces` for asyncio. The tickets are the workers' wake-ups, set when a place is reserved for them."""
 
     def __init__(self, total: int, share: int) -> None:
-        self.passes = BegunPasses(total, share)
-        self._waiting: dict[asyncio.Future[None], str] = {}  # the waiters' futures are their tickets
+        self.places = TokenPlaces(total, share)
 
-    async def begin(self, namespace: str) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[future] = namespace
-        self.passes.arrive(future, namespace)
+    def take(self, ticket: Wakeable, namespace: str) -> bool:
+        return self.places.take(ticket, namespace)
+
+    def release(self, namespace: str) -> None:
+        self.places.release(namespace)
         self._admit()
-        try:
-            await future
-        except BaseException:
-            if self._waiting.pop(future, None) is not None:
-                self.passes.leave(future)
-            elif not future.cancelled():
-                self.end(namespace)  # admitted as it was cancelled: the place goes to the next
-            raise  # (a cancelled future that was admitted was given back by _admit)
 
-    def end(self, namespace: str) -> None:
-        self.passes.release(namespace)
+    def unreserve(self, ticket: Wakeable) -> None:
+        self.places.unreserve(ticket)
+        self._admit()
+
+    def forget(self, ticket: Wakeable) -> None:
+        self.places.forget(ticket)
         self._admit()
 
     def _admit(self) -> None:
-        admitted = self.passes.admit()
-        while admitted:
-            for ticket in admitted:
-                future = cast("asyncio.Future[None]", ticket)
-                namespace = self._waiting.pop(future)
-                if future.done():  # cancelled meanwhile: nobody to begin
-                    self.passes.release(namespace)
-                else:
-                    future.set_result(None)
-            admitted = self.passes.admit()
+        for ticket in self.places.admit():
+            cast(Wakeable, ticket).set()
 
 
 class PassSlot:
-    """One pass's place among the controller's passes: begun (`gate`: a bounded number at once, fairly by
-    namespace) and in progress (`places`). A pass waiting for a token steps `aside`: it holds no place in progress
-    while it waits, so passes that need no token (a template change, a token still valid, a failure to report) are
-    not held up behind requests to a slow authority; it stays begun."""
+    """One pass's place among the controller's passes in progress. A pass waiting for a token steps `aside`: it
+    holds no place in progress while it waits, so passes that need no token (a template change, a token still valid,
+    a failure to report) are not held up behind requests to a slow authority. It takes one of the places for passes
+    waiting for a token instead (`waits`, bounded, fair by namespace; `ticket` and `namespace` are its worker's), or
+    is `TurnedAway` when there is none."""
 
-    def __init__(self, places: asyncio.Semaphore, gate: PassGate | None = None, namespace: str = "") -> None:
+    def __init__(self, places: asyncio.Semaphore, waits: TokenPlaceGate | None = None,
+                 ticket: Wakeable | None = None, namespace: str = "") -> None:
         self._places = places
-        self._gate = gate
+        self._waits = waits if ticket is not None else None
+        self._ticket = ticket
         self._namespace = namespace
         self.held = False
 
     async def __aenter__(self) -> PassSlot:
-        if self._gate is not None:
-            await self._gate.begin(self._namespace)
-        try:
-            await self._places.acquire()
-        except BaseException:
-            if self._gate is not None:
-                self._gate.end(self._namespace)
-            raise
+        await self._places.acquire()
         self.held = True
         return self
 
     async def __aexit__(self, *_: object) -> None:
         self._give_up()
-        if self._gate is not None:
-            self._gate.end(self._namespace)
+        if self._waits is not None and self._ticket is not None:
+            self._waits.unreserve(self._ticket)  # a place reserved for it that this pass did not need
 
     def _give_up(self) -> None:
         if self.held:
@@ -139,10 +132,15 @@ class PassSlot:
 
     @contextlib.asynccontextmanager
     async def aside(self) -> AsyncIterator[None]:
+        waits = self._waits
+        if waits is not None and self._ticket is not None and not waits.take(self._ticket, self._namespace):
+            raise TurnedAway
         self._give_up()
         try:
             yield
         finally:
+            if waits is not None:
+                waits.release(self._namespace)
             await self._places.acquire()  # if cancelled here, `held` stays False and nothing is released twice
             self.held = True
 
