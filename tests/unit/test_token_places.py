@@ -18,6 +18,7 @@ import pytest
 
 from graphcred.acquire.credentials import Material
 from graphcred.acquire.tokens import Token
+from graphcred.api.keys import RENEW_ANNOTATION
 from graphcred.api.model import AppIdentity
 from graphcred.reconcile.slots import TokenPlaces
 from tests.unit.fakes import FakeTokens, gac, secret_spec
@@ -271,6 +272,33 @@ def test_a_queued_credential_gets_its_token_once_a_place_frees_and_a_deleted_one
         finally:
             tokens.release.set()
         await until(lambda: rig.controller.passes_waiting() == (0, 0), what="every place given back")
+        await rig.controller.stop()
+        pool.shutdown(wait=False)
+
+    run(scenario)
+
+
+def test_a_renew_request_whose_pass_is_turned_away_is_served_by_the_pass_that_gets_the_place() -> None:
+    """The pass took the request and then found no place: the request was dropped with it, and `graphcred renew`
+    waited for good (the same annotation value is never served twice)."""
+    async def scenario() -> None:
+        rig, tokens, slow, pool = _slow_rig(max_waiting=1, token_concurrency=1)
+        mine = _credential(rig, "mine", "m", str(uuid.uuid4()))
+        await until(lambda: (rig.kube.ready("mine", "m") or {}).get("status") == "True", what="Ready")
+        first = rig.kube.statuses[("mine", "m")]["lastRefreshTime"]
+        try:
+            _credential(rig, "hog", "h", slow)  # holds the only place
+            await until(lambda: rig.controller.passes_waiting() == (1, 0), what="the place taken")
+            stored = {**mine, "status": rig.kube.statuses[("mine", "m")]}
+            rig.controller.observe({**stored, "metadata": {**mine["metadata"],
+                                                           "annotations": {RENEW_ANNOTATION: "r1"}}})
+            await until(lambda: rig.controller.passes_waiting() == (1, 1), what="the renewing pass turned away")
+            rig.clock.advance(1)
+        finally:
+            tokens.release.set()
+        await until(lambda: rig.kube.statuses[("mine", "m")].get("lastRenewRequest") == "r1", timeout=10,
+                    what="the renew request served")
+        assert rig.kube.statuses[("mine", "m")]["lastRefreshTime"] != first
         await rig.controller.stop()
         pool.shutdown(wait=False)
 

@@ -130,7 +130,7 @@ class Controller:
         # beyond it ends before it waits, and its worker waits for a place reserved for it, at the cost of a ticket
         # (docs/design/2026-12-06-lean-at-scale.md, third step).
         places = max(max_waiting, reconciler.acquirer.slots.fair.total)
-        self._waits = TokenPlaceGate(places, max(1, places // 4))
+        self._waits = TokenPlaceGate(places, max(1, places // 4, reconciler.acquirer.slots.fair.share))
         self._workers: dict[Key, _Worker] = {}
         # (namespace, secret name) -> objects that read it as credential / write it as token Secret
         self.dependents = Dependents()  # who reads and writes which Secret or ServiceAccount

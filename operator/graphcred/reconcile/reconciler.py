@@ -76,7 +76,7 @@ from graphcred.reconcile.rotation import (
     renewal_condition,
 )
 from graphcred.reconcile.rotator import ENTRA_KEY_REFUSED, Rotator
-from graphcred.reconcile.slots import RequestBudget, SlotGate
+from graphcred.reconcile.slots import RequestBudget, SlotGate, TurnedAway
 from graphcred.reconcile.snapshot import Snapshot, Target
 from graphcred.reconcile.writing import TokenSecretWriter
 from graphcred.telemetry.metrics import Metrics
@@ -357,6 +357,9 @@ class Reconciler:
             log.debug("%s/%s: Secret %s %s", snap.namespace, snap.name, secret_name,
                       "created" if existing is None else "updated")
             await self.writer.remove_old(snap, previous.secret_name, secret_name)
+        except TurnedAway:
+            mem.renew.requested = mem.renew.requested or renew  # served by the pass that gets the place
+            raise
         except Failure as outcome:
             if mem.report.rotation is not None and outcome.reason == Reason.CREDENTIAL_NOT_FOUND:
                 secret = mem.report.rotation[1]

@@ -87,10 +87,6 @@ class TokenPlaceGate:
         self.places.release(namespace)
         self._admit()
 
-    def unreserve(self, ticket: Wakeable) -> None:
-        self.places.unreserve(ticket)
-        self._admit()
-
     def forget(self, ticket: Wakeable) -> None:
         self.places.forget(ticket)
         self._admit()
@@ -114,6 +110,7 @@ class PassSlot:
         self._ticket = ticket
         self._namespace = namespace
         self.held = False
+        self.turned_away = False
 
     async def __aenter__(self) -> PassSlot:
         await self._places.acquire()
@@ -122,8 +119,10 @@ class PassSlot:
 
     async def __aexit__(self, *_: object) -> None:
         self._give_up()
-        if self._waits is not None and self._ticket is not None:
-            self._waits.unreserve(self._ticket)  # a place reserved for it that this pass did not need
+        if self._waits is not None and self._ticket is not None and not self.turned_away:
+            # a pass that ended without waiting for a place (it took one, or needed none): the worker waits for one
+            # no longer (a place reserved for it goes to the next; a turn it queued for earlier is given up)
+            self._waits.forget(self._ticket)
 
     def _give_up(self) -> None:
         if self.held:
@@ -134,6 +133,7 @@ class PassSlot:
     async def aside(self) -> AsyncIterator[None]:
         waits = self._waits
         if waits is not None and self._ticket is not None and not waits.take(self._ticket, self._namespace):
+            self.turned_away = True
             raise TurnedAway
         self._give_up()
         try:
