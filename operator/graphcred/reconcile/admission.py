@@ -203,22 +203,6 @@ class TokenPlaces:
         self._list(namespace, queue)
         return False
 
-    def reserve(self, ticket: object, namespace: str) -> bool:
-        """Before a pass that will most likely wait for a token (a new credential's first): True if a place is
-        reserved for the ticket (free now, or reserved earlier), for its pass to `take`; False: queued, as `take`."""
-        if ticket in self._reserved:
-            return True
-        queue = self._queues.setdefault(namespace, _Queue())
-        if ticket not in queue.waiting and self.held < self.total and queue.held < self.share:
-            queue.held += 1
-            self.held += 1
-            self._reserved[ticket] = namespace
-            return True
-        queue.waiting.setdefault(ticket)
-        self._queued[ticket] = namespace
-        self._list(namespace, queue)
-        return False
-
     def release(self, namespace: str) -> None:
         """A place given back: its pass waits for a token no longer."""
         queue = self._queues[namespace]

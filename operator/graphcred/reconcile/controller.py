@@ -413,9 +413,6 @@ class Controller:
     async def _run(self, key: Key, worker: _Worker) -> None:
         while True:
             worker.wake.clear()
-            if self._new_and_no_place(key, worker):
-                await worker.wake.wait()  # set when a place is reserved for it
-                continue
             try:
                 self._index(key, worker)
                 worker.renewing = worker.memory.renew.requested
@@ -456,13 +453,6 @@ class Controller:
                     await worker.wake.wait()
                 finally:
                     timer.cancel()
-
-    def _new_and_no_place(self, key: Key, worker: _Worker) -> bool:
-        """A new credential (no pass yet, no token in its status) waits for a token: in a burst, its first pass
-        waits for a place before it begins, not after its read and parse (which a pass turned away does twice)."""
-        if worker.memory.report.last_status is not None or worker.snapshot.status.get("expiresOn"):
-            return False
-        return not self._waits.reserve(worker.wake, key[0])
 
     def _changed_during_pass(self, key: Key, worker: _Worker) -> bool:
         """Did the watch report a credential Secret or ServiceAccount newer than the version the pass read?"""

@@ -83,9 +83,6 @@ class TokenPlaceGate:
     def take(self, ticket: Wakeable, namespace: str) -> bool:
         return self.places.take(ticket, namespace)
 
-    def reserve(self, ticket: Wakeable, namespace: str) -> bool:
-        return self.places.reserve(ticket, namespace)
-
     def release(self, namespace: str) -> None:
         self.places.release(namespace)
         self._admit()
