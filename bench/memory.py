@@ -19,24 +19,16 @@ import gc
 import tracemalloc
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from tests.unit.fakes import gac, secret_spec
-from tests.unit.harness import NS, Rig, until
+from tests.unit.harness import NS, Rig, on_threads, until
 
 WAITING = 1024  # the controller's default bound on the passes waiting for a token
 
 
 async def _measure(n: int, waiting: bool) -> float:
-    # I/O threads as the operator has them (more than the token slots): the held token requests must not hold
-    # every thread, as they would asyncio's default executor's few
-    threads = ThreadPoolExecutor(64)
-    loop = asyncio.get_running_loop()
-
-    async def blocking(fn: Any, *args: Any) -> Any:
-        return await loop.run_in_executor(threads, fn, *args)
-
-    rig = Rig(lifetime=3600.0, run_blocking=blocking)
+    threads = ThreadPoolExecutor(64)  # more than the token slots: the held token requests must not hold them all
+    rig = Rig(lifetime=3600.0, run_blocking=on_threads(threads))
     tenant = str(uuid.uuid4())
     # in a burst, one namespace per credential (as `bench scale`): a namespace has at most a quarter of the places
     spaces = [f"ns-{i}" if waiting else NS for i in range(n)]

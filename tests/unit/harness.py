@@ -8,6 +8,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -136,6 +137,15 @@ async def until(probe: Callable[[], Any], timeout: float = 5.0, what: str = "con
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def on_threads(threads: ThreadPoolExecutor) -> Callable[..., Awaitable[Any]]:
+    """A `run_blocking` on `threads`: more I/O threads than asyncio's default executor's few, as the operator has,
+    so that the token requests a test holds do not hold every thread the Kubernetes calls need."""
+    async def blocking(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(threads, fn, *args)
+
+    return blocking
 
 
 def run(scenario: Callable[[], Awaitable[None]], timeout: float = 30) -> None:

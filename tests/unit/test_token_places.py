@@ -5,12 +5,12 @@ token never wait for a place."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,7 +22,7 @@ from graphcred.api.keys import RENEW_ANNOTATION
 from graphcred.api.model import AppIdentity
 from graphcred.reconcile.slots import TokenPlaces
 from tests.unit.fakes import FakeTokens, gac, secret_spec
-from tests.unit.harness import Rig, run, until
+from tests.unit.harness import Rig, on_threads, run, until
 from tests.unit.test_cluster_apps import platform, tenant
 
 
@@ -77,7 +77,7 @@ def test_a_reserved_place_not_needed_goes_to_the_next() -> None:
     assert places.take("a1", "a") and not places.take("b1", "b") and not places.take("c1", "c")
     places.release("a")
     assert places.admit() == ["b1"]
-    places.unreserve("b1")  # its pass needed no token after all
+    places.forget("b1")  # its pass needed no token after all
     assert places.admit() == ["c1"]
     places.forget("c1")  # deleted before its pass ran
     assert places.admit() == [] and places.held == 0
@@ -111,7 +111,7 @@ def test_invariants_hold_over_a_long_random_run(seed: int) -> None:
             del queued[gone]
         elif step < 0.6 and reserved:
             unused = rng.choice(list(reserved))
-            places.unreserve(unused)
+            places.forget(unused)
             del reserved[unused]
         elif step < 0.75 and reserved:
             ticket = rng.choice(list(reserved))
@@ -150,19 +150,21 @@ class _SlowTenant(FakeTokens):
         return super().acquire(spec, scopes, material)
 
 
-def _slow_rig(**options: Any) -> tuple[Rig, _SlowTenant, str, ThreadPoolExecutor]:
-    """A rig whose token requests to one tenant hang (in threads of their own: many may hang at once)."""
+@contextlib.asynccontextmanager
+async def _slow_rig(**options: Any) -> AsyncIterator[tuple[Rig, _SlowTenant, str]]:
+    """A rig whose token requests to one tenant hang (in threads of their own: many may hang at once) until the
+    test releases them or ends; the rig is stopped as it ends."""
     pool = ThreadPoolExecutor(128)
-    loop = asyncio.get_running_loop()
-
-    async def blocking(fn: Any, *args: Any) -> Any:
-        return await loop.run_in_executor(pool, fn, *args)
-
-    rig = Rig(run_blocking=blocking, **options)
+    rig = Rig(run_blocking=on_threads(pool), **options)
     slow = str(uuid.uuid4())
     rig.tokens = tokens = _SlowTenant(rig.clock, slow)
     rig.reconciler.acquirer.tokens = tokens
-    return rig, tokens, slow, pool
+    try:
+        yield rig, tokens, slow
+    finally:
+        tokens.release.set()
+        await rig.controller.stop()
+        pool.shutdown(wait=False)
 
 
 def _credential(rig: Rig, namespace: str, name: str, tenant_id: str, **extra: Any) -> dict[str, Any]:
@@ -207,10 +209,9 @@ def test_passes_that_need_no_token_are_not_held_up_by_namespaces_at_a_slow_autho
     """Namespaces whose credentials' authority never answers fill every place for passes waiting for a token; a
     Ready credential's template change elsewhere is rendered at once (no token needed)."""
     async def scenario() -> None:
-        rig, tokens, slow, pool = _slow_rig(max_waiting=4, token_concurrency=4)
-        victim = _credential(rig, "victim", "v", str(uuid.uuid4()))
-        await until(lambda: (rig.kube.ready("victim", "v") or {}).get("status") == "True", what="victim Ready")
-        try:
+        async with _slow_rig(max_waiting=4, token_concurrency=4) as (rig, _, slow):
+            victim = _credential(rig, "victim", "v", str(uuid.uuid4()))
+            await until(lambda: (rig.kube.ready("victim", "v") or {}).get("status") == "True", what="victim Ready")
             for namespace in ("h1", "h2", "h3", "h4"):
                 for i in range(6):
                     _credential(rig, namespace, f"s{i}", slow)
@@ -221,10 +222,6 @@ def test_passes_that_need_no_token_are_not_held_up_by_namespaces_at_a_slow_autho
             await until(lambda: any("X" in (secret.get("data") or {})
                                     for (namespace, _), secret in rig.kube.secrets.items() if namespace == "victim"),
                         what="the victim's Secret rendered again")
-        finally:
-            tokens.release.set()
-        await rig.controller.stop()
-        pool.shutdown(wait=False)
 
     run(scenario)
 
@@ -233,29 +230,23 @@ def test_a_revocation_is_not_held_up_by_the_namespace_s_own_waiting_passes() -> 
     """team-b's user has 70 credentials at an authority that never answers; the admin withdraws team-b's
     permission for the platform's ClusterGraphApp: its token Secret for that app is deleted at once."""
     async def scenario() -> None:
-        rig, tokens, slow, pool = _slow_rig(max_waiting=16)
-        platform(rig)
-        tenant(rig, "team-b", {"graph": "yes"})
-        await until(lambda: ("team-b", "mail-token") in rig.kube.secrets, what="team-b's token Secret")
-        try:
+        async with _slow_rig(max_waiting=16) as (rig, _, slow):
+            platform(rig)
+            tenant(rig, "team-b", {"graph": "yes"})
+            await until(lambda: ("team-b", "mail-token") in rig.kube.secrets, what="team-b's token Secret")
             for i in range(70):
                 _credential(rig, "team-b", f"s{i}", slow)
             await until(lambda: rig.controller.passes_waiting()[1] > 0, what="team-b's passes queued")
             rig.controller.namespace_event(rig.kube.put_namespace("team-b", {"graph": "no"}))
             await until(lambda: ("team-b", "mail-token") not in rig.kube.secrets,
                         what="team-b's Secret deleted after the relabel")
-        finally:
-            tokens.release.set()
-        await rig.controller.stop()
-        pool.shutdown(wait=False)
 
     run(scenario)
 
 
 def test_a_queued_credential_gets_its_token_once_a_place_frees_and_a_deleted_one_gives_its_turn_up() -> None:
     async def scenario() -> None:
-        rig, tokens, slow, pool = _slow_rig(max_waiting=4, token_concurrency=4)
-        try:
+        async with _slow_rig(max_waiting=4, token_concurrency=4) as (rig, tokens, slow):
             for i in range(4):
                 _credential(rig, f"h{i}", "s", slow)
             await until(lambda: rig.controller.passes_waiting() == (4, 0), what="every place taken")
@@ -269,11 +260,7 @@ def test_a_queued_credential_gets_its_token_once_a_place_frees_and_a_deleted_one
             await until(lambda: (rig.kube.ready("mine", "m") or {}).get("status") == "True",
                         what="the queued credential Ready")
             assert time.monotonic() - started < 5
-        finally:
-            tokens.release.set()
-        await until(lambda: rig.controller.passes_waiting() == (0, 0), what="every place given back")
-        await rig.controller.stop()
-        pool.shutdown(wait=False)
+            await until(lambda: rig.controller.passes_waiting() == (0, 0), what="every place given back")
 
     run(scenario)
 
@@ -282,11 +269,10 @@ def test_a_renew_request_whose_pass_is_turned_away_is_served_by_the_pass_that_ge
     """The pass took the request and then found no place: the request was dropped with it, and `graphcred renew`
     waited for good (the same annotation value is never served twice)."""
     async def scenario() -> None:
-        rig, tokens, slow, pool = _slow_rig(max_waiting=1, token_concurrency=1)
-        mine = _credential(rig, "mine", "m", str(uuid.uuid4()))
-        await until(lambda: (rig.kube.ready("mine", "m") or {}).get("status") == "True", what="Ready")
-        first = rig.kube.statuses[("mine", "m")]["lastRefreshTime"]
-        try:
+        async with _slow_rig(max_waiting=1, token_concurrency=1) as (rig, tokens, slow):
+            mine = _credential(rig, "mine", "m", str(uuid.uuid4()))
+            await until(lambda: (rig.kube.ready("mine", "m") or {}).get("status") == "True", what="Ready")
+            first = rig.kube.statuses[("mine", "m")]["lastRefreshTime"]
             _credential(rig, "hog", "h", slow)  # holds the only place
             await until(lambda: rig.controller.passes_waiting() == (1, 0), what="the place taken")
             stored = {**mine, "status": rig.kube.statuses[("mine", "m")]}
@@ -294,12 +280,9 @@ def test_a_renew_request_whose_pass_is_turned_away_is_served_by_the_pass_that_ge
                                                            "annotations": {RENEW_ANNOTATION: "r1"}}})
             await until(lambda: rig.controller.passes_waiting() == (1, 1), what="the renewing pass turned away")
             rig.clock.advance(1)
-        finally:
             tokens.release.set()
-        await until(lambda: rig.kube.statuses[("mine", "m")].get("lastRenewRequest") == "r1", timeout=10,
-                    what="the renew request served")
-        assert rig.kube.statuses[("mine", "m")]["lastRefreshTime"] != first
-        await rig.controller.stop()
-        pool.shutdown(wait=False)
+            await until(lambda: rig.kube.statuses[("mine", "m")].get("lastRenewRequest") == "r1", timeout=10,
+                        what="the renew request served")
+            assert rig.kube.statuses[("mine", "m")]["lastRefreshTime"] != first
 
     run(scenario)

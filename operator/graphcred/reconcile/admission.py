@@ -154,7 +154,6 @@ class RequestBudget:
                 self._seen.pop(namespace, None)
 
 
-
 @dataclass
 class _Queue:
     waiting: dict[object, None] = field(default_factory=dict)  # tickets in arrival order (removal in O(1))
@@ -210,14 +209,9 @@ class TokenPlaces:
         self.held -= 1
         self._list(namespace, queue)
 
-    def unreserve(self, ticket: object) -> None:
-        """The ticket's pass ended without taking the place reserved for it (it needed no token after all)."""
-        namespace = self._reserved.pop(ticket, None)
-        if namespace is not None:
-            self.release(namespace)
-
     def forget(self, ticket: object) -> None:
-        """The ticket's worker is gone: its place reserved or its turn in the queue goes to the next."""
+        """The ticket's worker is gone, or its pass ended without waiting for a place: its place reserved or its
+        turn in the queue goes to the next."""
         namespace = self._reserved.pop(ticket, None)
         if namespace is not None:
             self.release(namespace)
