@@ -2,7 +2,7 @@
 
   python -m bench bed-start            control-plane start time (3 runs)
   python -m bench latency [--n 20]     create-to-Ready latency, one at a time: client secret vs workload identity
-  python -m bench scale [--n 100 --n 1000] [--per-app 1 --per-app 10] [--lifetime 30] [--steady 60]
+  python -m bench scale [--n 100 --n 1000] [--per-app 1 --per-app 10] [--lifetime S] [--steady S]
                                        N credentials, K per app, against the bare cost of the job and against
                                        the same work done by hand (see bench/scale.py)
   python -m bench restart [--n 10000] [--per-app 1] [--lifetime 3600] [--profile DIR]
@@ -106,8 +106,10 @@ def main() -> None:
     sc.add_argument("--n", type=int, action="append", help="credentials (repeat; default 100 and 1000; 10000 fits)")
     sc.add_argument("--per-app", type=int, action="append", metavar="K",
                     help="credentials per app and credential Secret (repeat to compare; default 1: each its own)")
-    sc.add_argument("--lifetime", type=int, default=30, help="token lifetime in seconds (short: many refreshes)")
-    sc.add_argument("--steady", type=float, default=60.0, help="steady-state window in seconds")
+    sc.add_argument("--lifetime", type=int, help="token lifetime in seconds (default: 30 per 1,000 credentials, at "
+                    "least 30: short, many refreshes, the same rate at every N)")
+    sc.add_argument("--steady", type=float, help="steady-state window in seconds (default: half the lifetime, at "
+                    "least 60)")
     sc.add_argument("--out", type=Path, help="also write the table here")
     sc.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy profiles of the operator while converging and in steady state, into DIR")
