@@ -1,6 +1,7 @@
 """Kubernetes errors are typed at one boundary: `Kube` against a small HTTP server that answers as an apiserver
 would (the real kubernetes client talks to it): each answer becomes its KubeError or the return value the callers
-expect, no response body reaches an error's text, and an outage is one thing for every caller."""
+expect, no response body reaches an error's text, and an outage is one thing for every caller. The calls `LoopKube`
+makes on the event loop (aiohttp) answer the same, in every test that makes one (`kube` is either)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from graphcred.kube.errors import (
     Unreadable,
 )
 from graphcred.kube.events import EventRecorder, event_body
+from graphcred.kube.loopcalls import CALLS as ON_LOOP
+from graphcred.kube.loopcalls import LoopKube
 
 from .fakes import gac, secret_spec
 from .harness import TENANT, Rig, run, until
@@ -109,10 +112,35 @@ class Apiserver:
         self.server.server_close()
 
 
-def _kube(url: str, timeout: tuple[float, float] = (2.0, 2.0)) -> Kube:
+class OnLoop:
+    """`Kube` with the calls `LoopKube` makes made by it, each on an event loop of its own (the tests are blocking);
+    the others as `Kube` makes them."""
+
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in ON_LOOP:
+            return getattr(self.kube, name)
+
+        def call(*args: Any) -> Any:
+            async def once() -> Any:
+                on_loop = LoopKube(self.kube, limit=4)
+                try:
+                    return await getattr(on_loop, name)(*args)
+                finally:
+                    await on_loop.close()
+
+            return asyncio.run(once())
+
+        return call
+
+
+def _kube(url: str, timeout: tuple[float, float] = (2.0, 2.0), how: str = "threads") -> Kube:
     conf = client.Configuration()
     conf.host = url
-    return Kube(client.ApiClient(conf), timeout=timeout)
+    kube = Kube(client.ApiClient(conf), timeout=timeout)
+    return kube if how == "threads" else OnLoop(kube)  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -122,9 +150,9 @@ def apiserver() -> Iterator[Apiserver]:
     server.stop()
 
 
-@pytest.fixture
-def kube(apiserver: Apiserver) -> Kube:
-    return _kube(apiserver.url)
+@pytest.fixture(params=["threads", "loop"])
+def kube(apiserver: Apiserver, request: pytest.FixtureRequest) -> Kube:
+    return _kube(apiserver.url, how=request.param)
 
 
 SECRET = {"metadata": {"name": "s", "namespace": "ns"}, "data": {"key": MARKER}}
@@ -276,23 +304,66 @@ def test_a_dropped_connection_is_no_answer(apiserver: Apiserver, kube: Kube, nam
     _no_body(error)
 
 
-def test_a_refused_connection_is_no_answer() -> None:
+@pytest.mark.parametrize(("how", "said"), [("threads", "MaxRetryError"), ("loop", "ClientConnectorError")])
+def test_a_refused_connection_is_no_answer(how: str, said: str) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    error = _raised(lambda: _kube(f"http://127.0.0.1:{port}").read_secret("ns", "s"))
+    error = _raised(lambda: _kube(f"http://127.0.0.1:{port}", how=how).read_secret("ns", "s"))
     assert isinstance(error, NoAnswer) and error.outage
-    assert str(error) == "read Secret failed: MaxRetryError"
+    assert str(error) == f"read Secret failed: {said}"
 
 
-def test_a_call_answered_too_late_is_no_answer(apiserver: Apiserver) -> None:
+@pytest.mark.parametrize("name", ["create Event", "patch GraphAppCredential status"])
+def test_a_call_answered_too_late_is_no_answer(apiserver: Apiserver, name: str) -> None:
     def late(method: str, path: str) -> Answer:
         time.sleep(1.5)
         return 200, "{}"
 
     apiserver.answer = late
-    error = _raised(lambda: _kube(apiserver.url, timeout=(1.0, 0.3)).create_event("ns", EVENT))
+    kube = _kube(apiserver.url, timeout=(1.0, 0.3), how="threads" if name == "create Event" else "loop")
+    error = _raised(lambda: CALLS[name](kube))
     assert isinstance(error, NoAnswer) and error.outage, repr(error)
+
+
+def test_on_the_loop_a_read_on_a_pooled_connection_found_closed_is_sent_again_and_a_write_is_not(
+        apiserver: Apiserver) -> None:
+    """A pooled connection the apiserver closed while it idled is no outage for a read: it is sent again once, as
+    urllib3's one retry did. A write is not (it may have been applied): no answer."""
+    ok = 200, json.dumps({"metadata": {"resourceVersion": "7"}})
+
+    async def scenario() -> None:
+        on_loop = LoopKube(_kube(apiserver.url), limit=1)  # one connection, pooled between the calls
+        try:
+            for method, call in (("GET", lambda: on_loop.read_secret("ns", "s")),
+                                 ("PATCH", lambda: on_loop.patch_status("ns", "c", {}))):
+                apiserver.answer = lambda m, path: ok
+                await call()  # a connection made, answered, pooled
+                sent = len(apiserver.requests)
+                apiserver.answer = lambda m, path, first=sent: DROP if len(apiserver.requests) == first + 1 else ok
+                if method == "GET":
+                    assert await call() == {"metadata": {"resourceVersion": "7"}}
+                    assert [m for m, _ in apiserver.requests[sent:]] == ["GET", "GET"]
+                else:
+                    with pytest.raises(NoAnswer):
+                        await call()
+                    assert [m for m, _ in apiserver.requests[sent:]] == ["PATCH"], "a write is not sent twice"
+        finally:
+            await on_loop.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_call_on_the_loop_after_the_stop_is_cancelled(apiserver: Apiserver) -> None:
+    async def scenario() -> None:
+        on_loop = LoopKube(_kube(apiserver.url), limit=4)
+        assert await on_loop.read_secret("ns", "s") == {}
+        await on_loop.close()
+        with pytest.raises(asyncio.CancelledError):
+            await on_loop.read_secret("ns", "s")
+
+    asyncio.run(scenario())
+    assert len(apiserver.requests) == 1
 
 
 def test_a_tls_failure_is_no_answer() -> None:

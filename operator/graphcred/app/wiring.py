@@ -25,6 +25,7 @@ from graphcred.consumers.podwatch import PodWatch
 from graphcred.consumers.reports import ConsumerReports
 from graphcred.kube.calls import Kube
 from graphcred.kube.events import POSTERS, EventRecorder, instance_name
+from graphcred.kube.loopcalls import LoopKube
 from graphcred.kube.metawatch import Directory, MetadataWatch
 from graphcred.kube.objectwatch import LatestPerKey, ObjectWatch
 from graphcred.reconcile.apps import ClusterApps
@@ -106,6 +107,7 @@ class Operator:
     watches: list[MetadataWatch]
     calls: BlockingCalls
     stop_flag: StopFlag | None = None
+    loop_kube: LoopKube | None = None  # the passes' calls made on the loop, if any
     heartbeat: asyncio.Task[None] | None = None
     _running: list[MetadataWatch] = field(default_factory=list)  # the watches started, to stop
 
@@ -146,6 +148,8 @@ class Operator:
         await self.controller.app_status.stop()
         await self.controller.stop()
         self.calls.abandon()  # what the cancelled passes shared (token requests, reads) ends with them
+        if self.loop_kube is not None:
+            await self.loop_kube.close()  # likewise for their calls on the loop
         await self.events.stop()
         for executor in (self.io, self.event_io):
             executor.shutdown(wait=False, cancel_futures=True)
@@ -169,6 +173,8 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     # ClusterGraphApps with managedIdentity: the host's identity endpoint (IMDS), through msal
     tokens.managed = ManagedIdentityTokens(timeout=(5.0, cfg.token_timeout)).acquire
     kube = Kube(api, timeout=cfg.api_timeouts)
+    # the passes' Secret and status calls on the loop (kube/loopcalls.py), unless the kubeconfig needs urllib3
+    loop_kube = LoopKube(kube, limit=cfg.api_concurrency) if LoopKube.usable(kube) else None
     io = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency, thread_name_prefix="graphcred-io")
     event_io = ThreadPoolExecutor(max_workers=POSTERS, thread_name_prefix="graphcred-events")
 
@@ -186,7 +192,8 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
                             apps=ClusterApps(cfg.cluster_resource_namespace),
                             graph=GraphKeys(cfg.ca_bundle, timeout=(5.0, cfg.token_timeout),
                                             graph_hosts=(cfg.graph_endpoint,) if cfg.graph_endpoint else ()),
-                            graph_endpoint=cfg.graph_endpoint)
+                            graph_endpoint=cfg.graph_endpoint,
+                            kube_on_loop=loop_kube.calls() if loop_kube is not None else None)
     controller = Controller(reconciler)
     metrics.track(controller)
     # --watch-consumers: pods reading token Secrets where no refresh reaches them (fed by the pod watch); without
@@ -200,7 +207,7 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     consumers.on_consumers_changed = reconciler.restarter.consumers_changed
     watches = watches_for(api, cfg, controller, consumers, directory, loop)
     return Operator(cfg, health, io, event_io, events, reconciler, controller, consumers, watches, run_blocking,
-                    stop_flag=stop_flag)
+                    stop_flag=stop_flag, loop_kube=loop_kube)
 
 
 def watches_for(api: client.ApiClient, cfg: RunConfig, controller: Controller, consumers: ConsumerReports,

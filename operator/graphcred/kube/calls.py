@@ -91,6 +91,17 @@ class Kube:
         self.api = api
         self.timeout = timeout
 
+    def prepare(self, method: str, path: str, params: dict[str, str], *, query: dict[str, str] | None = None,
+                body: Any = None, content_type: str = "application/json") -> tuple[str, dict[str, str], bytes | None]:
+        """A request's URL, headers (the bearer token refreshed by the client's hook, if it has one) and body, by
+        the client's `ApiClient.param_serialize`; `LoopKube` sends them too."""
+        _, url, headers, _, _ = self.api.param_serialize(
+            method, path, path_params=params, query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json",
+                           **({"Content-Type": content_type} if body is not None else {})},
+            auth_settings=["BearerToken"])
+        return url, headers, json.dumps(body).encode() if body is not None else None
+
     def _send(self, method: str, path: str, params: dict[str, str], *, query: dict[str, str] | None = None,
               body: Any = None, content_type: str = "application/json") -> Any:
         """One request; the raw urllib3 response of a 2xx answer, an ApiException for any other.
@@ -98,14 +109,10 @@ class Kube:
         The client's `ApiClient.param_serialize` builds it (the server, the bearer token with its refresh hook) and
         its connection pool sends it (TLS, client certificates, urllib3's retry), as `call_api` would, without the
         client's per-request layers (argument checks, a copy of the headers, the response wrapper)."""
-        _, url, headers, _, _ = self.api.param_serialize(
-            method, path, path_params=params, query_params=list((query or {}).items()),
-            header_params={"Accept": "application/json",
-                           **({"Content-Type": content_type} if body is not None else {})},
-            auth_settings=["BearerToken"])
+        url, headers, payload = self.prepare(method, path, params, query=query, body=body, content_type=content_type)
         try:
             resp = self.api.rest_client.pool_manager.urlopen(
-                method, url, body=json.dumps(body).encode() if body is not None else None, headers=headers,
+                method, url, body=payload, headers=headers,
                 timeout=urllib3.Timeout(connect=self.timeout[0], read=self.timeout[1]), preload_content=False)
         except urllib3.exceptions.SSLError as exc:  # as the client reports a failed handshake: its status 0
             raise client.ApiException(status=0, reason=type(exc).__name__) from exc

@@ -137,6 +137,11 @@ def error(call: str, status: int | None, reason: str = "", causes: Sequence[str]
     return cls(call, status, reason, causes)
 
 
+def answered(call: str, status: int, reason: str, body: bytes) -> KubeError:
+    """The error for an answer other than 2xx, with its Status's causes (never the body itself)."""
+    return error(call, status, reason, _causes(body))
+
+
 def _causes(body: Any) -> tuple[str, ...]:
     """The reasons of a Status answer's causes; nothing from a body that is no Status."""
     if isinstance(body, bytes | bytearray):

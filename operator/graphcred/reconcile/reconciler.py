@@ -189,6 +189,7 @@ class Reconciler:
         app_outcomes: AppOutcomes | None = None,
         graph: GraphKeys | None = None,
         graph_endpoint: str | None = None,
+        kube_on_loop: Mapping[str, Callable[..., Awaitable[Any]]] | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         # off: workloadIdentity credentials are refused without reading a ServiceAccount or requesting its token
@@ -203,7 +204,7 @@ class Reconciler:
         self._reads = Reads(self._read_app, self._read_namespace)
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
-        self.calls = KubeCalls(kube, run_blocking)
+        self.calls = KubeCalls(kube, run_blocking, kube_on_loop)
         # What the Secret watch knows: reads it answers are skipped
         self.reader = CredentialReader(self.calls, secrets)
         self.writer = TokenSecretWriter(self.calls, secrets)
