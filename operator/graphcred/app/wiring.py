@@ -173,8 +173,9 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     # ClusterGraphApps with managedIdentity: the host's identity endpoint (IMDS), through msal
     tokens.managed = ManagedIdentityTokens(timeout=(5.0, cfg.token_timeout)).acquire
     kube = Kube(api, timeout=cfg.api_timeouts)
-    # the passes' Secret and status calls on the loop (kube/loopcalls.py), unless the kubeconfig needs urllib3
-    loop_kube = LoopKube(kube, limit=cfg.api_concurrency) if LoopKube.usable(kube) else None
+    # the passes' Secret and status calls on the loop (kube/loopcalls.py), unless the kubeconfig needs urllib3; as
+    # many at once as the I/O threads could make of them before
+    loop_kube = LoopKube(kube, limit=cfg.api_concurrency + cfg.token_concurrency) if LoopKube.usable(kube) else None
     io = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency, thread_name_prefix="graphcred-io")
     event_io = ThreadPoolExecutor(max_workers=POSTERS, thread_name_prefix="graphcred-events")
 
