@@ -35,3 +35,52 @@ def test_the_calls_with_a_coroutine_run_on_the_loop_and_the_others_in_threads() 
         assert await plain("read Secret", kube.read_secret, "ns", "s") != f"thread {here}"
 
     asyncio.run(scenario())
+
+
+def _ca_pem() -> bytes:
+    """A self-signed CA certificate, PEM (what a cluster's ca.crt holds)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_ca_file_rotated_in_place_is_used_by_the_next_connections(tmp_path: Any, monkeypatch: Any) -> None:
+    """urllib3 reads the CA file for each new connection; LoopKube makes a new session (a new TLS context) once it
+    sees the file replaced, and closes the old one after the calls on it had their time."""
+    from kubernetes import client
+
+    from graphcred.kube import loopcalls
+    from graphcred.kube.calls import Kube
+
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(_ca_pem())
+    conf = client.Configuration()
+    conf.host, conf.ssl_ca_cert = "https://127.0.0.1:1", str(ca)
+    monkeypatch.setattr(loopcalls, "TLS_CHECK", 0.0)  # look at the files at every call
+
+    async def scenario() -> None:
+        on_loop = loopcalls.LoopKube(Kube(client.ApiClient(conf)), limit=2)
+        first = on_loop._client()
+        assert on_loop._client() is first, "unchanged files: the same session"
+        (tmp_path / "new.crt").write_bytes(_ca_pem())
+        (tmp_path / "new.crt").replace(ca)  # as the kubelet updates a projected file: a new inode
+        second = on_loop._client()
+        assert second is not first and not first.closed, "the calls already on the old session go on"
+        assert list(on_loop._retiring.values()) == [first]
+        await on_loop.close()
+        assert first.closed and second.closed, "the stop closes both"
+
+    asyncio.run(scenario())

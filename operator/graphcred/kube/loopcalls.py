@@ -92,7 +92,7 @@ class LoopKube:
         self._slots = asyncio.Semaphore(limit)
         self._limit = limit
         self._session: aiohttp.ClientSession | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}
         self._files: tuple[tuple[str, int, int], ...] = ()
         self._next_look = 0.0
         self._closed = False
@@ -146,16 +146,17 @@ class LoopKube:
             await session.close()
 
         task = asyncio.get_running_loop().create_task(later(), name="graphcred:retire-session")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = session
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
 
     async def close(self) -> None:
-        """Stop: the calls in flight fail (as no answer), later ones are cancelled."""
+        """Stop: the calls in flight fail (as no answer), later ones are cancelled; retired sessions closed too."""
         self._closed = True
-        session, self._session = self._session, None
+        sessions = [*self._retiring.values(), *([self._session] if self._session is not None else [])]
+        self._session = None
         for task in list(self._retiring):
             task.cancel()
-        if session is not None:
+        for session in sessions:
             await session.close()
 
     async def _prepare(self, method: str, path: str, params: dict[str, str],
