@@ -245,7 +245,10 @@ class Kube:
             return
 
     def _delete_secret(self, namespace: str, name: str, preconditions: dict[str, str] | None) -> None:
-        body = ({"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions}
-                if preconditions else None)
-        self._call("delete Secret", "DELETE", _SECRET, {"namespace": namespace, "name": name}, body=body,
-                   parse=_nothing)
+        self._call("delete Secret", "DELETE", _SECRET, {"namespace": namespace, "name": name},
+                   body=delete_options(preconditions), parse=_nothing)
+
+
+def delete_options(preconditions: dict[str, str] | None) -> dict[str, Any] | None:
+    """The body of a delete that applies only to the very object read (uid, resourceVersion); None: no condition."""
+    return {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions} if preconditions else None

@@ -40,6 +40,7 @@ from graphcred.kube.calls import (
     _nothing,
     _object,
     _resource_version,
+    delete_options,
 )
 from graphcred.kube.errors import Conflict, Gone, NoAnswer, NotFound, Unreadable, answered
 
@@ -236,10 +237,8 @@ class LoopKube:
             return
 
     async def _delete_secret(self, namespace: str, name: str, preconditions: dict[str, str] | None) -> None:
-        body = ({"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions}
-                if preconditions else None)
-        await self._call("delete Secret", "DELETE", _SECRET, {"namespace": namespace, "name": name}, body=body,
-                         parse=_nothing)
+        await self._call("delete Secret", "DELETE", _SECRET, {"namespace": namespace, "name": name},
+                         body=delete_options(preconditions), parse=_nothing)
 
 
 class _Answer:
