@@ -18,6 +18,7 @@ from graphcred.app.config import RunConfig
 from graphcred.app.wiring import api_client
 from graphcred.kube.calls import Kube
 from graphcred.kube.events import EventRecorder
+from graphcred.kube.loopcalls import LoopKube
 from graphcred_testbed.bed import wait_for
 
 from ..helpers import Env
@@ -99,15 +100,18 @@ def test_events_are_reported_by_graphcred_from_its_pod_and_kubectl_events_finds_
     assert env.bed.core.list_namespaced_event(env.namespace, field_selector="source=kopf").items == []
 
 
-def _post(env: Env, recorder_calls: list[tuple[dict[str, Any], str, str, str]], between: Any = None) -> EventRecorder:
-    """Post Events through the operator's recorder to the bed's apiserver, in order; `between()` after the first."""
-    api = api_client(RunConfig(kubeconfig=str(env.bed.kubeconfig)))
+def _post(env: Env, recorder_calls: list[tuple[dict[str, Any], str, str, str]], between: Any = None,
+          how: str = "threads") -> EventRecorder:
+    """Post Events through the operator's recorder to the bed's apiserver, in order; `between()` after the first.
+    `how`: in threads (`Kube`), or on the loop (`LoopKube`), as the operator does when it can."""
+    kube = Kube(api_client(RunConfig(kubeconfig=str(env.bed.kubeconfig))))
 
     async def scenario() -> EventRecorder:
         async def in_thread(fn: Any, *args: Any) -> Any:
             return await asyncio.to_thread(fn, *args)
 
-        recorder = EventRecorder(Kube(api), in_thread, instance="test-instance", retry_delays=(0.1,))
+        on_loop = LoopKube(kube, limit=4) if how == "loop" else None
+        recorder = EventRecorder(kube, in_thread, instance="test-instance", retry_delays=(0.1,), on_loop=on_loop)
         recorder.start()
         for i, call in enumerate(recorder_calls):
             recorder(*call)
@@ -116,17 +120,20 @@ def _post(env: Env, recorder_calls: list[tuple[dict[str, Any], str, str, str]], 
                 between()
                 recorder.start()
         await recorder.stop(timeout=20)
+        if on_loop is not None:
+            await on_loop.close()
         return recorder
 
     return asyncio.run(scenario())
 
 
-def test_a_repeat_is_counted_on_one_event_and_an_expired_one_is_posted_anew(env: Env) -> None:
+@pytest.mark.parametrize("how", ["threads", "loop"])
+def test_a_repeat_is_counted_on_one_event_and_an_expired_one_is_posted_anew(env: Env, how: str) -> None:
     app = env.register_app(secret="s")
     obj = env.create("counted", app, {"clientSecret": {"name": "missing"}})
     ref = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]}
     recorder = _post(env, [(ref, "Warning", "TestRepeat", "the same thing again")] * 3
-                     + [(ref, "Warning", "TestLong", "x" * 3000)])
+                     + [(ref, "Warning", "TestLong", "x" * 3000)], how=how)
     assert recorder.lost == 0
     repeats = [e for e in _core_events(env, "counted") if e.reason == "TestRepeat"]
     assert [(e.count, e.source.component) for e in repeats] == [(3, "graphcred")]
@@ -142,14 +149,16 @@ def test_a_repeat_is_counted_on_one_event_and_an_expired_one_is_posted_anew(env:
             if event.reason == "TestExpired":
                 env.bed.core.delete_namespaced_event(event.metadata.name, env.namespace)
 
-    recorder = _post(env, [(ref, "Normal", "TestExpired", "m")] * 2, between=expire)
+    recorder = _post(env, [(ref, "Normal", "TestExpired", "m")] * 2, between=expire, how=how)
     assert recorder.lost == 0
     assert [e.count for e in _core_events(env, "counted") if e.reason == "TestExpired"] == [1]
 
 
-def test_a_refused_event_is_dropped_and_logged_never_raised(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("how", ["threads", "loop"])
+def test_a_refused_event_is_dropped_and_logged_never_raised(env: Env, caplog: pytest.LogCaptureFixture,
+                                                            how: str) -> None:
     ref = {"apiVersion": "graphcred.io/v1alpha1", "kind": "GraphAppCredential",
            "metadata": {"name": "ghost", "namespace": f"{env.namespace}-missing", "uid": "u"}}
-    recorder = _post(env, [(ref, "Warning", "TestRefused", "into a namespace that does not exist")])
+    recorder = _post(env, [(ref, "Warning", "TestRefused", "into a namespace that does not exist")], how=how)
     assert recorder.lost == 1
     assert any("Event TestRefused not posted (post Event failed: HTTP 404" in r.getMessage() for r in caplog.records)

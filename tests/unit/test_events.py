@@ -226,6 +226,49 @@ def test_posting_never_blocks_the_caller_and_a_full_queue_drops() -> None:
     assert lost == ["queue_full"] * 7  # graphcred_events_lost_total{why="queue_full"}: what an SRE sees of it
 
 
+def test_on_the_loop_events_are_posted_by_more_posters_and_no_thread() -> None:
+    """With the operator's calls on the loop (`LoopKube`), the recorder posts there: no thread (`run_blocking` is
+    never called), eight posters at once, repeats counted as in threads."""
+    api = FakeEvents()
+    in_flight = [0, 0]  # now, most at once
+    released = asyncio.Event()
+
+    class OnLoop:
+        async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+            try:
+                await released.wait()
+                api.create_event(namespace, body)
+            finally:
+                in_flight[0] -= 1
+
+        async def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+            return api.patch_event(namespace, name, patch)
+
+    async def no_thread(fn: Callable[..., Any], *args: Any) -> Any:
+        raise AssertionError(f"{fn} run in a thread")
+
+    async def scenario() -> None:
+        recorder = EventRecorder(api, no_thread, instance="i", clock=lambda: T0, on_loop=OnLoop())
+        recorder.start()
+        for i in range(64):
+            recorder({**REF, "metadata": {**REF["metadata"], "name": f"c{i}"}}, "Normal", "TokenIssued", "m")
+        deadline = asyncio.get_running_loop().time() + 5
+        while in_flight[1] < 8 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        released.set()
+        for _ in range(2):
+            recorder(REF, "Warning", "Unauthorized", "AADSTS7000215")
+        await recorder.stop(timeout=10)
+        assert recorder.lost == 0
+
+    run(scenario)
+    assert in_flight[1] == 8, f"{in_flight[1]} post(s) under way at once"
+    assert len(api.events) == 65
+    assert [e["count"] for e in api.events.values() if e["reason"] == "Unauthorized"] == [2]
+
+
 def test_events_from_another_thread_reach_the_loop() -> None:
     api = FakeEvents()
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from graphcred.kube import errors
+from graphcred.kube import errors, loopcalls
 from graphcred.kube.calls import Kube
 from graphcred.kube.errors import (
     Conflict,
@@ -36,7 +36,6 @@ from graphcred.kube.errors import (
     Unreadable,
 )
 from graphcred.kube.events import EventRecorder, event_body
-from graphcred.kube.loopcalls import CALLS as ON_LOOP
 from graphcred.kube.loopcalls import LoopKube
 
 from .fakes import gac, secret_spec
@@ -110,6 +109,9 @@ class Apiserver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+ON_LOOP = (*loopcalls.CALLS, "create_event", "patch_event")  # the passes' calls and the Event recorder's
 
 
 class OnLoop:

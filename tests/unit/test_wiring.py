@@ -360,8 +360,10 @@ def test_the_operator_starts_and_stops_in_order_and_leaves_nothing_running(tmp_p
 
         for watch in operator.watches:
             watch.stop = noted(f"watch {watch.resource.plural}", watch.stop)  # type: ignore[method-assign]
+        assert operator.loop_kube is not None  # the Events are posted through it: closed after them
         parts = (("consumers", operator.consumers, "stop"), ("controller", operator.controller, "stop"),
-                 ("events", operator.events, "stop"), ("io", operator.io, "shutdown"),
+                 ("events", operator.events, "stop"), ("loop calls", operator.loop_kube, "close"),
+                 ("io", operator.io, "shutdown"),
                  ("event io", operator.event_io, "shutdown"), ("stop flag", stop_flag, "set"))
         for name, part, method in parts:
             setattr(part, method, noted(name, getattr(part, method)))
@@ -373,7 +375,8 @@ def test_the_operator_starts_and_stops_in_order_and_leaves_nothing_running(tmp_p
     finally:
         apiserver.close()
     assert order == ["heartbeat", "watch GraphAppCredentials", "watch Namespaces", "watch Secrets",
-                     "watch ServiceAccounts", "watch Pods", "consumers", "controller", "events", "io", "event io",
+                     "watch ServiceAccounts", "watch Pods", "consumers", "controller", "events", "loop calls", "io",
+                     "event io",
                      "stop flag"]
     deadline = time.monotonic() + 5
     while (left := set(threading.enumerate()) - threads_before) and time.monotonic() < deadline:

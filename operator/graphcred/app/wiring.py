@@ -24,7 +24,7 @@ from graphcred.consumers.pods import PodConsumer, PodKey, reads_unrefreshably
 from graphcred.consumers.podwatch import PodWatch
 from graphcred.consumers.reports import ConsumerReports
 from graphcred.kube.calls import Kube
-from graphcred.kube.events import POSTERS, EventRecorder, instance_name
+from graphcred.kube.events import POSTERS, POSTERS_ON_LOOP, EventRecorder, instance_name
 from graphcred.kube.loopcalls import LoopKube
 from graphcred.kube.metawatch import Directory, MetadataWatch
 from graphcred.kube.objectwatch import LatestPerKey, ObjectWatch
@@ -92,8 +92,9 @@ class BlockingCalls:
 class Operator:
     """One running operator: every part `build` made, started by `start` and stopped by `stop`, each once.
 
-    `io` runs the passes' blocking calls (Kubernetes API and token requests); `event_io` posts Events, apart: queued
-    behind the passes' calls, a burst's Events trailed its Ready statuses by minutes. `watches` feed the controller
+    `io` runs the passes' blocking calls (Kubernetes API and token requests); `event_io` posts Events, apart (when
+    they are not posted on the loop, `loop_kube`): queued behind the passes' calls, a burst's Events trailed its
+    Ready statuses by minutes. `watches` feed the controller
     (Secrets, and ServiceAccounts or pods when enabled); `stop_flag` asks kopf to stop once everything is down."""
 
     cfg: RunConfig
@@ -131,7 +132,7 @@ class Operator:
     async def stop(self) -> None:
         """In this order: the heartbeat; the watches (nothing new comes in); the consumer reports; the controller's
         workers, then the blocking calls they shared; the Events (after the workers: their last Events go out too);
-        the threads; then kopf's stop flag. Stops only what `start` started, so it is safe after a start that failed
+        the calls on the loop and the threads; then kopf's stop flag. Stops only what `start` started, so it is safe after a start that failed
         half-way."""
         heartbeat, self.heartbeat = self.heartbeat, None
         if heartbeat is not None:
@@ -148,9 +149,9 @@ class Operator:
         await self.controller.app_status.stop()
         await self.controller.stop()
         self.calls.abandon()  # what the cancelled passes shared (token requests, reads) ends with them
-        if self.loop_kube is not None:
-            await self.loop_kube.close()  # likewise for their calls on the loop
         await self.events.stop()
+        if self.loop_kube is not None:
+            await self.loop_kube.close()  # after the Events: they may be posted through it
         for executor in (self.io, self.event_io):
             executor.shutdown(wait=False, cancel_futures=True)
         if self.stop_flag is not None:
@@ -173,9 +174,10 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     # ClusterGraphApps with managedIdentity: the host's identity endpoint (IMDS), through msal
     tokens.managed = ManagedIdentityTokens(timeout=(5.0, cfg.token_timeout)).acquire
     kube = Kube(api, timeout=cfg.api_timeouts)
-    # the passes' Secret and status calls on the loop (kube/loopcalls.py), unless the kubeconfig needs urllib3; as
-    # many at once as the I/O threads could make of them before
-    loop_kube = LoopKube(kube, limit=cfg.api_concurrency + cfg.token_concurrency) if LoopKube.usable(kube) else None
+    # the passes' Secret and status calls and the Events on the loop (kube/loopcalls.py), unless the kubeconfig
+    # needs urllib3; as many at once as the I/O threads could make of them before, and the Event posters' besides
+    loop_kube = (LoopKube(kube, limit=cfg.api_concurrency + cfg.token_concurrency + POSTERS_ON_LOOP)
+                 if LoopKube.usable(kube) else None)
     io = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency, thread_name_prefix="graphcred-io")
     event_io = ThreadPoolExecutor(max_workers=POSTERS, thread_name_prefix="graphcred-events")
 
@@ -184,7 +186,7 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
 
     run_blocking = BlockingCalls(loop, io)
     # Events are posted by graphcred itself, on condition transitions (kopf posts none: handlers.py)
-    events = EventRecorder(kube, post_event, instance=instance_name(),
+    events = EventRecorder(kube, post_event, instance=instance_name(), on_loop=loop_kube,
                            on_lost=lambda why: metrics.events_lost.labels(why).inc())
     directory = Directory()  # filled with the Secret watches below
     reconciler = Reconciler(kube, tokens, events, secrets=directory, run_blocking=run_blocking,

@@ -66,6 +66,8 @@ MERGE_PATCH = "application/merge-patch+json"
 _FIELD_MANAGER = {"fieldManager": FIELD_MANAGER}
 _SECRETS = "/api/v1/namespaces/{namespace}/secrets"
 _SECRET = _SECRETS + "/{name}"
+_EVENTS = "/api/v1/namespaces/{namespace}/events"
+_EVENT = _EVENTS + "/{name}"
 _SERVICE_ACCOUNT = "/api/v1/namespaces/{namespace}/serviceaccounts/{name}"
 _CREDENTIAL_STATUS = f"/apis/{GROUP}/{VERSION}/namespaces/{{namespace}}/{PLURAL}/{{name}}/status"
 _APP = f"/apis/{GROUP}/{VERSION}/{APP_PLURAL}/{{name}}"
@@ -218,14 +220,13 @@ class Kube:
             return None
 
     def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        self._call("create Event", "POST", "/api/v1/namespaces/{namespace}/events", {"namespace": namespace},
-                   body=body, parse=_nothing)
+        self._call("create Event", "POST", _EVENTS, {"namespace": namespace}, body=body, parse=_nothing)
 
     def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         """Merge-patch an Event; False if it no longer exists (the apiserver drops Events after --event-ttl)."""
         try:
-            self._call("patch Event", "PATCH", "/api/v1/namespaces/{namespace}/events/{name}",
-                       {"namespace": namespace, "name": name}, body=patch, content_type=MERGE_PATCH, parse=_nothing)
+            self._call("patch Event", "PATCH", _EVENT, {"namespace": namespace, "name": name}, body=patch,
+                       content_type=MERGE_PATCH, parse=_nothing)
         except NotFound:
             return False
         return True

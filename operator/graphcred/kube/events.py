@@ -10,12 +10,14 @@ and instance (settings.posting) but not the host, sets the action to "Action?" a
   apiserver's --event-ttl, an hour by default) is posted anew. Not done: client-go's folding of similar messages
   and its per-object spam filter: graphcred posts on transitions only, never in a loop.
 - Never in the way of a pass: calling the recorder only queues (bounded; beyond it Events are dropped and
-  counted); a few posters post them through the `run_blocking` it is given (in the operator threads of their own,
-  not the passes' I/O threads), each Event of one object by the same poster, in order (so repeats are counted and
-  an object's Events land in order). Several posters: one at a time, with the apiserver and the event loop busy
-  with thousands of refreshing credentials, posted five to ten Events a second and trailed a burst's Ready
-  statuses by minutes (bench/scale.py, N=1000). A failed post is retried twice if it failed for an apiserver
-  outage (no answer, 429, 5xx: `KubeError.outage`), then logged, never raised.
+  counted); a few posters post them, each Event of one object by the same poster, in order (so repeats are counted
+  and an object's Events land in order). On the event loop when the operator's Kubernetes calls can be made there
+  (`on_loop`: kube/loopcalls.py), else through the `run_blocking` it is given (threads of their own, not the
+  passes' I/O threads): in threads, four posters fell behind a burst of 10,000 new credentials and dropped a fifth
+  of its Events (bench/scale.py, docs/design/2026-12-06-lean-at-scale.md). Several posters: one at a time, with
+  the apiserver and the event loop busy with thousands of refreshing credentials, posted five to ten Events a
+  second and trailed a burst's Ready statuses by minutes. A failed post is retried twice if it failed for an
+  apiserver outage (no answer, 429, 5xx: `KubeError.outage`), then logged, never raised.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import socket
-import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -45,7 +47,8 @@ MAX_NAME = 253
 QUEUE_SIZE = 1024
 CACHE_SIZE = 4096  # Events remembered for counting repeats (client-go's recorder: the same)
 RETRY_DELAYS = (1.0, 2.0)
-POSTERS = 4  # Events posted at once (the operator gives them as many threads)
+POSTERS = 4  # Events posted at once in threads (the operator gives them as many)
+POSTERS_ON_LOOP = 8  # ... and on the loop, where a poster costs no thread
 # what was done when the Event happened; every reason but the consumer warning is about acquiring the token
 ACTIONS = {"UnrefreshableConsumer": "CheckConsumers"}
 DEFAULT_ACTION = "AcquireToken"
@@ -107,6 +110,14 @@ class EventApi(Protocol):
     def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool: ...
 
 
+class LoopEventApi(Protocol):
+    """The same calls as coroutines on the loop (`LoopKube`'s)."""
+
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> None: ...
+
+    async def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool: ...
+
+
 @dataclass(frozen=True)
 class _Pending:
     ref: Mapping[str, Any]
@@ -131,20 +142,27 @@ def _now() -> dt.datetime:
 
 
 class EventRecorder:
-    """The operator's EventSink. `start()` on the event loop before the first Event; `stop()` at the end."""
+    """The operator's EventSink. `start()` on the event loop before the first Event; `stop()` at the end. Posts
+    through `on_loop` if given, else through `api` in `run_blocking`'s threads."""
 
     def __init__(self, api: EventApi, run_blocking: Callable[..., Awaitable[Any]], *, instance: str,
-                 clock: Callable[[], dt.datetime] = _now, queue_size: int = QUEUE_SIZE,
-                 cache_size: int = CACHE_SIZE, retry_delays: Sequence[float] = RETRY_DELAYS,
-                 posters: int = POSTERS, on_lost: Callable[[str], None] = lambda why: None) -> None:
+                 on_loop: LoopEventApi | None = None, clock: Callable[[], dt.datetime] = _now,
+                 queue_size: int = QUEUE_SIZE, cache_size: int = CACHE_SIZE,
+                 retry_delays: Sequence[float] = RETRY_DELAYS, posters: int | None = None,
+                 on_lost: Callable[[str], None] = lambda why: None) -> None:
         self.api = api
         self.instance = instance[:MAX_INSTANCE]
-        self._run_blocking = run_blocking
+        self._create: Callable[[str, dict[str, Any]], Awaitable[None]]
+        self._patch: Callable[[str, str, dict[str, Any]], Awaitable[bool]]
+        if on_loop is not None:
+            self._create, self._patch = on_loop.create_event, on_loop.patch_event
+        else:
+            self._create = functools.partial(run_blocking, api.create_event)
+            self._patch = functools.partial(run_blocking, api.patch_event)
         self._clock = clock
         self._queue_size, self._cache_size, self._retry_delays = queue_size, cache_size, tuple(retry_delays)
-        self._posters = posters
+        self._posters = posters if posters is not None else POSTERS_ON_LOOP if on_loop is not None else POSTERS
         self._on_lost = on_lost  # counts each lost Event by why: queue_full, stopped, failed (a metric)
-        self._cache = threading.Lock()  # the posters' threads share what is remembered for counting repeats
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queues: list[asyncio.Queue[_Pending]] = []  # one a poster, `queue_size` each
         self._task: asyncio.Task[None] | None = None
@@ -203,7 +221,7 @@ class EventRecorder:
             if delay:
                 await asyncio.sleep(delay)
             try:
-                await self._run_blocking(self._send, pending)
+                await self._send(pending)
             except Exception as exc:  # noqa: BLE001 - an Event is never worth failing anything for
                 error = exc
                 if outage(exc):
@@ -222,30 +240,25 @@ class EventRecorder:
             return
         self._lose(pending, describe_failure("post Event", error), "failed")
 
-    def _send(self, pending: _Pending) -> None:
-        """One Event to the apiserver: a repeat updates the Event posted first. In a thread; the Events of one
-        object one at a time (their poster's), others' at the same time."""
+    async def _send(self, pending: _Pending) -> None:
+        """One Event to the apiserver: a repeat updates the Event posted first. The Events of one object one at a
+        time (their poster's), others' at the same time; what is remembered is touched on the loop only."""
         key = pending.key()
         namespace = event_namespace(key[0])
-        with self._cache:
-            posted = self._posted.get(key)
-            count = posted.count if posted is not None else 0
-        if posted is not None and self.api.patch_event(namespace, posted.name, {
-                "count": count + 1, "lastTimestamp": rfc3339(pending.at)}):
-            with self._cache:
-                posted.count = count + 1
-                if key in self._posted:
-                    self._posted.move_to_end(key)
+        posted = self._posted.get(key)
+        if posted is not None and await self._patch(namespace, posted.name, {
+                "count": posted.count + 1, "lastTimestamp": rfc3339(pending.at)}):
+            posted.count += 1
+            if key in self._posted:
+                self._posted.move_to_end(key)
             return
-        with self._cache:
-            name = event_name(key[1], self._nanos(pending.at))
-        self.api.create_event(namespace, event_body(pending.ref, pending.type, pending.reason, pending.message,
-                                                    name=name, instance=self.instance, at=pending.at))
-        with self._cache:
-            self._posted[key] = _Posted(name, 1)
-            self._posted.move_to_end(key)
-            while len(self._posted) > self._cache_size:
-                self._posted.popitem(last=False)
+        name = event_name(key[1], self._nanos(pending.at))
+        await self._create(namespace, event_body(pending.ref, pending.type, pending.reason, pending.message,
+                                                 name=name, instance=self.instance, at=pending.at))
+        self._posted[key] = _Posted(name, 1)
+        self._posted.move_to_end(key)
+        while len(self._posted) > self._cache_size:
+            self._posted.popitem(last=False)
 
     def _nanos(self, at: dt.datetime) -> int:
         """The Event's time in nanoseconds, made unique: two Events of one object in one instant get two names."""

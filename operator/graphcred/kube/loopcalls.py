@@ -4,8 +4,8 @@ A pass reads the credential Secret, writes the token Secret and patches the stat
 credential, two for each refresh. Through urllib3 in a thread each costs the hand-off to the thread and back (a
 future, a wake-up of the loop through its self-pipe, the GIL passed around the blocking socket calls) and
 http.client's header parsing: on the loop, with aiohttp's parser, about a quarter less CPU per call and no hand-off
-(docs/design/2026-12-06-lean-at-scale.md, fourth step). The other calls (Events, workloads, ServiceAccounts, the
-watches) stay in their threads.
+(docs/design/2026-12-06-lean-at-scale.md, fourth step). Events are posted here too (kube/events.py); the other
+calls (workloads, ServiceAccounts, the watches) stay in their threads.
 
 Same requests as `Kube` (built by it: the server, the bearer token with the client's refresh hook, the body), same
 answers (None for a Secret that does not exist, `Conflict`, `Gone`) and same errors (`KubeError`, naming the call
@@ -32,6 +32,8 @@ from kubernetes.client import rest
 
 from graphcred.kube.calls import (
     _CREDENTIAL_STATUS,
+    _EVENT,
+    _EVENTS,
     _FIELD_MANAGER,
     _SECRET,
     _SECRETS,
@@ -223,6 +225,17 @@ class LoopKube:
                              content_type=MERGE_PATCH, parse=_nothing)
         except NotFound as exc:
             raise Gone(exc.call, exc.status, exc.reason) from exc
+
+    async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        await self._call("create Event", "POST", _EVENTS, {"namespace": namespace}, body=body, parse=_nothing)
+
+    async def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        try:
+            await self._call("patch Event", "PATCH", _EVENT, {"namespace": namespace, "name": name}, body=patch,
+                             content_type=MERGE_PATCH, parse=_nothing)
+        except NotFound:
+            return False
+        return True
 
     async def delete_secret(self, namespace: str, name: str, uid: str | None = None) -> None:
         try:
