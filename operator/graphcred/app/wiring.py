@@ -132,8 +132,8 @@ class Operator:
     async def stop(self) -> None:
         """In this order: the heartbeat; the watches (nothing new comes in); the consumer reports; the controller's
         workers, then the blocking calls they shared; the Events (after the workers: their last Events go out too);
-        the calls on the loop and the threads; then kopf's stop flag. Stops only what `start` started, so it is safe after a start that failed
-        half-way."""
+        the calls on the loop and the threads; then kopf's stop flag. Stops only what `start` started, so it is safe
+        after a start that failed half-way."""
         heartbeat, self.heartbeat = self.heartbeat, None
         if heartbeat is not None:
             heartbeat.cancel()
