@@ -141,6 +141,32 @@ class Env:
     def wait_ready(self, name: str, timeout: float = 30) -> dict[str, Any]:
         return self.wait_condition(name, "True", "TokenIssued", timeout)
 
+    def wait_watching(self, timeout: float = 90) -> None:
+        """The operator sees new credentials and changed Secrets again: a credential naming a Secret not there yet,
+        then the Secret. (After an apiserver restart, its watches reconnect with a backoff of up to 30 s.)"""
+        name = f"probe-{uuid.uuid4().hex[:8]}"
+        app = self.register_app(secret=name)
+        self.create(name, app, {"clientSecret": {"name": name}})
+        self.wait_condition(name, "False", "CredentialNotFound", timeout)
+        self.client_secret(name, name)
+        self.wait_ready(name, timeout)
+        self.delete(name)
+
+    def wait_status(self, name: str, wanted: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+        """The object once its status holds `wanted` and it is Ready. For what a pass patches after it wrote the
+        token Secret: a test that saw the Secret may read the status before that patch."""
+        def probe() -> dict[str, Any] | None:
+            obj = self.get(name)
+            status = obj.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            return obj if ready and all(status.get(k) == v for k, v in wanted.items()) else None
+
+        try:
+            return wait_for(probe, timeout=timeout, what=f"{name}'s status with {wanted}")
+        except TimeoutError as exc:
+            status = self.get(name).get("status") or {}
+            raise TimeoutError(f"{exc}; now: {({k: status.get(k) for k in wanted})}") from None
+
     def secret(self, name: str) -> client.V1Secret | None:
         try:
             return self.bed.core.read_namespaced_secret(name, self.namespace)

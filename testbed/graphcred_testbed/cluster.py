@@ -109,6 +109,7 @@ class ControlPlane:
     def __init__(self, workdir: Path | None = None, *, node: bool = False) -> None:
         self.node = node
         self._own_dir = workdir is None
+        self.apiserver_restarts = 0  # by `restart_apiserver`: watchers reconnect after it, with their backoff
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="graphcred-bed-"))
         self.ca = CertificateAuthority("graphcred-testbed-kube-ca")
         self.etcd_port, self.etcd_peer_port = free_port(), free_port()
@@ -291,6 +292,7 @@ class ControlPlane:
         time.sleep(downtime)
         api.start()
         self._wait_http(f"{self.server}/readyz", "kube-apiserver", time.monotonic() + 60, tls=True)
+        self.apiserver_restarts += 1
 
     def stop(self) -> None:
         for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):

@@ -153,7 +153,8 @@ def test_a_refused_renewal_keeps_the_working_key_and_says_so(env: Env, status: i
     assert _condition(env, "refused", "Ready")["status"] == "True"  # type: ignore[index]
     assert _thumbprint(env, "cert-r") == describe_certificate(
         first.public_bytes(serialization.Encoding.PEM)).thumbprint
-    assert ("Warning", "CertificateRenewalFailed") in {(t, r) for t, r, _ in env.events("refused")}
+    wait_for(lambda: ("Warning", "CertificateRenewalFailed") in {(t, r) for t, r, _ in env.events("refused")},
+             timeout=10, what="the CertificateRenewalFailed Event")
     # Graph accepts again: the renewal completes (the next retry comes within the backoff)
     env.bed.graph.heal()
     wait_for(lambda: _thumbprint(env, "cert-r") not in (None, describe_certificate(

@@ -154,9 +154,9 @@ def test_changing_scopes_reacquires_within_seconds(env: Env) -> None:
         return token is not None and env.verified_claims(token)["aud"] == "https://vault.azure.net"
 
     wait_for(vault_token, timeout=10, what="a Key Vault token after the scope change")
-    obj = env.wait_ready("scopes")
-    assert obj["status"]["audience"] == "https://vault.azure.net"
-    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
+    # the status is patched just after the token Secret is written: waited for, not read at once
+    obj = env.wait_status("scopes", {"observedGeneration": 2, "audience": "https://vault.azure.net"})
+    assert obj["metadata"]["generation"] == 2
     assert env.bed.issuer.token_requests(app.client_id) == before + 1
     assert obj["status"]["lastRefreshReason"] == "spec changed"
     wait_for(lambda: any(r == "TokenIssued" and m.endswith("(refreshed: spec changed)")

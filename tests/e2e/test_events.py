@@ -70,6 +70,9 @@ def test_events_are_reported_by_graphcred_from_its_pod_and_kubectl_events_finds_
     env.wait_ready("ev")
     env.create("bad", env.register_app(secret="registered"), {"clientSecret": {"name": "cred"}})
     env.wait_condition("bad", "False", "Unauthorized")
+    # posted after the status patch: waited for before `everything` below is listed
+    wait_for(lambda: [e for e in _core_events(env, "bad") if e.reason == "Unauthorized"], timeout=10,
+             what="bad's Unauthorized Event")
     issued = wait_for(lambda: [e for e in _core_events(env, "ev") if e.reason == "TokenIssued"], timeout=10,
                       what="the TokenIssued Event")[0]
     assert (issued.source.component, issued.source.host) == ("graphcred", POD)

@@ -169,8 +169,9 @@ def test_rotated_client_secret_is_used_within_seconds(env: Env) -> None:
     wait_for(lambda: env.token("rotate-token") != first, timeout=5, what="a token acquired with the new secret")
     app.secrets.remove(env.sv("old-secret"))
     assert env.bed.issuer.token_requests(app.client_id) == 2
-    status = env.wait_ready("rotate")["status"]
-    assert status["credentialVersion"] == env.secret("rotate").metadata.resource_version  # type: ignore[union-attr]
+    version = env.secret("rotate").metadata.resource_version  # type: ignore[union-attr]
+    # the status is patched just after the token Secret is written: waited for, not read at once
+    status = env.wait_status("rotate", {"credentialVersion": version})["status"]
     assert status["lastRefreshReason"] == "credential Secret changed"
     wait_for(lambda: any(r == "TokenIssued" and m.endswith("(refreshed: credential Secret changed)")
                          for _, r, m in env.events("rotate")), timeout=10, what="the TokenIssued Event saying why")

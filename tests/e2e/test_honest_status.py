@@ -63,4 +63,4 @@ def test_a_renamed_token_secret_does_not_leave_the_old_one_behind(env: Env) -> N
     env.patch_spec("rename", {"secretName": "renamed-token"})
     wait_for(lambda: env.token("renamed-token"), timeout=10, what="the new token Secret")
     wait_for(lambda: env.secret("rename-token") is None, timeout=10, what="the old token Secret to be deleted")
-    assert env.wait_ready("rename")["status"]["secretName"] == "renamed-token"
+    env.wait_status("rename", {"secretName": "renamed-token"})  # patched after the old Secret's deletion

@@ -77,7 +77,7 @@ def test_apiserver_restart_is_survived(env: Env) -> None:
     app.secrets.append(env.sv("apiserver-rotated"))
     env.bed.core.patch_namespaced_secret("cred", env.namespace,
                                          {"stringData": {"clientSecret": env.sv("apiserver-rotated")}})
-    wait_for(lambda: all(env.token(f"{n}-token") != t for n, t in tokens.items()), timeout=10,
+    wait_for(lambda: all(env.token(f"{n}-token") != t for n, t in tokens.items()), timeout=30,
              what="both credentials re-acquiring after their Secret was rotated")
 
 

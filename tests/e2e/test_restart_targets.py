@@ -114,8 +114,8 @@ def test_a_rollout_still_in_progress_is_not_stacked_and_the_restart_follows_it(e
     assert ("Warning", "RestartWaiting") in [e[:2] for e in env.events("stuck")]
     rolled_out(env, "web")  # the rollout completes: the restart for the newer token follows
     wait_for(lambda: records(env, "stuck")["web"].get("tokenTime") == newer
-             and records(env, "stuck")["web"]["outcome"] == "Restarted", timeout=20,
-             what="the restart once the rollout is done")
+             and records(env, "stuck")["web"]["outcome"] == "Restarted", timeout=45,
+             what="the restart once the rollout is done")  # its next look is 30 s after the wait began
     assert restarted_at(env, "web") != first
 
 

@@ -190,10 +190,13 @@ def test_a_credential_gets_ready_through_the_in_cluster_service_account(release:
     assert release.record_token() is not None
     # written by the leader pod, through its ServiceAccount: the Event names the pod as its reporting instance
     leader = release.leader()
-    events = bed.core.list_namespaced_event(APP_NS, field_selector="involvedObject.name=mail").items
-    issued = [e for e in events if e.reason == "TokenIssued"]
-    assert issued and {e.reporting_instance for e in issued} == {leader}, [(e.reason, e.reporting_instance)
-                                                                            for e in events]
+
+    def issued_events() -> list[Any]:  # posted after the status patch that said Ready: waited for, not read at once
+        events = bed.core.list_namespaced_event(APP_NS, field_selector="involvedObject.name=mail").items
+        return [e for e in events if e.reason == "TokenIssued"]
+
+    issued = wait_for(issued_events, timeout=30, interval=0.5, what="the TokenIssued Event")
+    assert {e.reporting_instance for e in issued} == {leader}, [(e.reason, e.reporting_instance) for e in issued]
     assert leader in {p.metadata.name for p in release.ready_operator_pods()}
 
 
