@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -382,3 +384,37 @@ def test_the_operator_starts_and_stops_in_order_and_leaves_nothing_running(tmp_p
     while (left := set(threading.enumerate()) - threads_before) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"threads outlived stop(): {sorted(t.name for t in left)}"
+
+
+_LIGHT = """
+import asyncio, sys
+from pathlib import Path
+from graphcred.app import wiring
+from graphcred.app.config import RunConfig
+from graphcred.telemetry.metrics import Health, Metrics
+from tests.unit.test_wiring import _Apiserver
+
+apiserver = _Apiserver()
+cfg = RunConfig(kubeconfig=apiserver.kubeconfig(Path(sys.argv[1])), workload_identity=True, watch_consumers=True,
+                metrics_port=-1)
+
+async def main():
+    operator = wiring.build(cfg, Metrics(), Health(), asyncio.get_running_loop())
+    await operator.start()
+    for watch in operator.watches:
+        assert await asyncio.to_thread(watch.ready.wait, 10), watch.resource.plural
+    await operator.stop()
+
+asyncio.run(main())
+apiserver.close()
+print(sorted(m for m in sys.modules if m.startswith("kubernetes.client.api.")))
+"""
+
+
+def test_the_running_operator_loads_none_of_the_clients_api_classes(tmp_path: Path) -> None:
+    """The watches list and watch through the client's ApiClient, not its generated API classes: importing
+    CoreV1Api alone costs 22 MiB of memory (pydantic signatures of its hundreds of methods), for every replica."""
+    ran = subprocess.run([sys.executable, "-c", _LIGHT, str(tmp_path / "kubeconfig")], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).parents[2])
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip().splitlines()[-1] == "[]", ran.stdout

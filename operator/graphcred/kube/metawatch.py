@@ -30,7 +30,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
-from graphcred.api.keys import API_VERSION, EXPIRES_ON_ANNOTATION, KIND
+from graphcred.api.keys import API_VERSION, EXPIRES_ON_ANNOTATION, KIND, PLURAL
 from graphcred.base import backoff as exponential
 from graphcred.kube.errors import translated
 
@@ -52,20 +52,21 @@ _MARK_LENGTH = 64  # longer values are no uid and no timestamp: not kept (a tena
 class _Resource:
     label: str  # in logs and the thread's name
     plural: str  # in logs
-    list_namespaced: str  # CoreV1Api method names
+    list_namespaced: str  # the API paths listed and watched: in one namespace ("": cluster-scoped), in all
     list_all: str
 
 
 RESOURCES = {
-    "secrets": _Resource("secret", "Secrets", "list_namespaced_secret", "list_secret_for_all_namespaces"),
-    "serviceaccounts": _Resource("serviceaccount", "ServiceAccounts", "list_namespaced_service_account",
-                                 "list_service_account_for_all_namespaces"),
+    "secrets": _Resource("secret", "Secrets", "/api/v1/namespaces/{namespace}/secrets", "/api/v1/secrets"),
+    "serviceaccounts": _Resource("serviceaccount", "ServiceAccounts", "/api/v1/namespaces/{namespace}/serviceaccounts",
+                                 "/api/v1/serviceaccounts"),
     # whole objects, not metadata: only podwatch.PodWatch lists these (it needs the spec)
-    "pods": _Resource("pod", "Pods", "list_namespaced_pod", "list_pod_for_all_namespaces"),
-    # objectwatch.ObjectWatch: whole GraphAppCredentials (through the custom objects API, its own `_list`) and the
-    # Namespaces' metadata, for their labels (cluster-scoped: listed whole only)
-    "graphappcredentials": _Resource("credential", "GraphAppCredentials", "", ""),
-    "namespaces": _Resource("namespace", "Namespaces", "", "list_namespace"),
+    "pods": _Resource("pod", "Pods", "/api/v1/namespaces/{namespace}/pods", "/api/v1/pods"),
+    # objectwatch.ObjectWatch: whole GraphAppCredentials and the Namespaces' metadata, for their labels
+    "graphappcredentials": _Resource("credential", "GraphAppCredentials",
+                                     f"/apis/{API_VERSION}/namespaces/{{namespace}}/{PLURAL}",
+                                     f"/apis/{API_VERSION}/{PLURAL}"),
+    "namespaces": _Resource("namespace", "Namespaces", "", "/api/v1/namespaces"),
 }
 
 
@@ -204,7 +205,7 @@ class MetadataWatch:
         if resource not in RESOURCES:
             raise ValueError(f"cannot watch {resource}: only {', '.join(RESOURCES)}")
         self.resource = RESOURCES[resource]
-        self.core = client.CoreV1Api(api)
+        self.api = api
         self.callback = callback
         self.namespace = namespace
         self.server_timeout = server_timeout
@@ -247,27 +248,33 @@ class MetadataWatch:
 
     # --- requests (tests subclass these to hold or count them) --------------------------------------------------
     def _list_page(self, token: str | None, namespace: str | None = None) -> Any:
-        headers = {"Accept": self.accept_list}
-        kwargs: dict[str, Any] = {"limit": self.page_size, "_request_timeout": LIST_TIMEOUT}
-        if token:
-            kwargs["_continue"] = token
-        return self._list(headers, kwargs, namespace)
+        query = {"limit": str(self.page_size), **({"continue": token} if token else {})}
+        return self._list(self.accept_list, query, LIST_TIMEOUT, namespace)
 
     def _watch(self, resource_version: str) -> Any:
-        headers = {"Accept": self.accept_watch}
-        kwargs: dict[str, Any] = {"watch": True, "resource_version": resource_version,
-                                  "allow_watch_bookmarks": True, "timeout_seconds": self.server_timeout,
-                                  "_request_timeout": (10, self.server_timeout + 30)}
-        return self._list(headers, kwargs)
+        query = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(self.server_timeout)}
+        return self._list(self.accept_watch, query, (10.0, self.server_timeout + 30.0))
 
-    def _list(self, headers: dict[str, str], kwargs: dict[str, Any], namespace: str | None = None) -> Any:
+    def _list(self, accept: str, query: dict[str, str], timeout: tuple[float, float],
+              namespace: str | None = None) -> Any:
         """One list or watch request of the resource, in `namespace` (default: the watch's), or in all of them if
-        neither is set; the raw response."""
+        neither is set; the raw response (urllib3's, not read yet), an ApiException for an answer other than 2xx.
+
+        Built and sent by the client's ApiClient (server, credentials, TLS) as its generated API classes do with
+        `_preload_content=False`, without them: importing `CoreV1Api` alone costs 22 MiB of memory (its methods'
+        pydantic signatures) for nothing the watches use (docs/design/2026-12-06-lean-at-scale.md, fifth step)."""
         namespace = namespace or self.namespace
-        if namespace:
-            method = getattr(self.core, self.resource.list_namespaced)
-            return method(namespace, _preload_content=False, _headers=headers, **kwargs)
-        return getattr(self.core, self.resource.list_all)(_preload_content=False, _headers=headers, **kwargs)
+        path = self.resource.list_namespaced if namespace and self.resource.list_namespaced else self.resource.list_all
+        _, url, headers, body, form = self.api.param_serialize(
+            "GET", path, path_params={"namespace": namespace} if "{namespace}" in path else None,
+            query_params=list(query.items()), header_params={"Accept": accept}, auth_settings=["BearerToken"])
+        answer = self.api.call_api("GET", url, header_params=headers, body=body, post_params=form,
+                                   _request_timeout=timeout)
+        if not 200 <= answer.status <= 299:
+            answer.read()  # type: ignore[no-untyped-call]  # the exception keeps the status and reason, no body
+            raise client.ApiException.from_response(http_resp=answer, body=None, data=None)
+        return answer.response
 
     # --- list -----------------------------------------------------------------------------------------------
     def _fetch_page(self, token: str | None, namespace: str | None = None

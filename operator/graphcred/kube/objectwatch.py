@@ -25,7 +25,6 @@ from typing import Any
 
 from kubernetes import client
 
-from graphcred.api.keys import GROUP, PLURAL, VERSION
 from graphcred.kube.metawatch import METADATA_ONLY, METADATA_ONLY_WATCH, WHOLE_OBJECTS, Entry, Item, MetadataWatch
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,6 @@ class ObjectWatch(MetadataWatch):
                  resource: str, whole: bool, server_timeout: int = 300, healthy_after: float = 10.0) -> None:
         super().__init__(api, self._changed, namespace, server_timeout=server_timeout, healthy_after=healthy_after,
                          resource=resource)
-        self.custom = client.CustomObjectsApi(api)
         self.feed = feed
         self.accept_list, self.accept_watch = (WHOLE_OBJECTS, WHOLE_OBJECTS) if whole \
             else (METADATA_ONLY, METADATA_ONLY_WATCH)
@@ -109,16 +107,6 @@ class ObjectWatch(MetadataWatch):
         """The Namespaces, metadata only (their labels are what a ClusterGraphApp's policy selects on); keyed
         ("", name)."""
         return cls(api, feed, resource="namespaces", whole=False)
-
-    def _list(self, headers: dict[str, str], kwargs: dict[str, Any], namespace: str | None = None) -> Any:
-        if self.resource.plural != "GraphAppCredentials":
-            return super()._list(headers, kwargs, namespace)
-        namespace = namespace or self.namespace
-        if namespace:
-            return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                             _preload_content=False, _headers=headers, **kwargs)
-        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, _preload_content=False,
-                                                      _headers=headers, **kwargs)
 
     def _read_page(self, token: str | None) -> tuple[list[Entry], str, str]:
         items, version, next_token = self._fetch_page(token)
