@@ -47,7 +47,7 @@ from .issuer import App, Fault, Issuer
 from .pki import CertificateAuthority, KeyPair, new_key, self_signed
 
 MIB = 2**20
-CHART_MEMORY_LIMIT = 256 * MIB  # charts/graphcred/values.yaml resources.limits.memory
+CHART_MEMORY_LIMIT = 384 * MIB  # charts/graphcred/values.yaml resources.limits.memory
 ATTACKS = ("tarpit", "big_discovery", "big_token", "template_bomb", "big_key", "pem_chain", "redirect_metadata",
            "internal_authority", "internal_token_endpoint", "throttled_app", "renew_burst", "huge_rbe",
            "long_name", "forged_error")
