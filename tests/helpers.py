@@ -145,12 +145,16 @@ class Env:
         """The operator sees new credentials and changed Secrets again: a credential naming a Secret not there yet,
         then the Secret. (After an apiserver restart, its watches reconnect with a backoff of up to 30 s.)"""
         name = f"probe-{uuid.uuid4().hex[:8]}"
-        app = self.register_app(secret=name)
-        self.create(name, app, {"clientSecret": {"name": name}})
-        self.wait_condition(name, "False", "CredentialNotFound", timeout)
-        self.client_secret(name, name)
-        self.wait_ready(name, timeout)
-        self.delete(name)
+        probe = Env(self.bed, name, self.operator, self._values)  # a namespace of its own: the test's stays empty
+        self.bed.create_namespace(name)
+        try:
+            app = probe.register_app(secret=name)
+            probe.create(name, app, {"clientSecret": {"name": name}})
+            probe.wait_condition(name, "False", "CredentialNotFound", timeout)
+            probe.client_secret(name, name)
+            probe.wait_ready(name, timeout)
+        finally:
+            self.bed.delete_namespace(name)
 
     def wait_status(self, name: str, wanted: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         """The object once its status holds `wanted` and it is Ready. For what a pass patches after it wrote the

@@ -362,3 +362,33 @@ def test_events_still_queued_when_the_recorder_stops_are_counted_lost() -> None:
 
     run(scenario)
     assert lost == ["stopped", "stopped"]
+
+
+def test_a_poster_outlives_a_call_cancelled_by_a_closed_transport() -> None:
+    """LoopKube refuses calls once closed with CancelledError (as the passes' calls are refused at the stop): the
+    Event is lost and counted, the poster is not stopped by it and posts the next one."""
+    api = FakeEvents()
+    refused = [True]
+
+    class Closing:
+        async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+            if refused.pop() if refused else False:
+                raise asyncio.CancelledError("the operator is stopping")
+            api.create_event(namespace, body)
+
+        async def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+            return api.patch_event(namespace, name, patch)
+
+    lost: list[str] = []
+
+    async def scenario() -> None:
+        recorder = EventRecorder(api, _in_thread, instance="i", clock=lambda: T0, on_loop=Closing(), posters=1,
+                                 on_lost=lost.append)
+        recorder.start()
+        recorder(REF, "Warning", "Unauthorized", "first")
+        recorder(REF, "Normal", "TokenIssued", "second")
+        await recorder.stop(timeout=5)
+
+    run(scenario)
+    assert lost == ["failed"]
+    assert [e["message"] for e in api.events.values()] == ["second"]

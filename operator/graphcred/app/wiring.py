@@ -149,9 +149,11 @@ class Operator:
         await self.controller.app_status.stop()
         await self.controller.stop()
         self.calls.abandon()  # what the cancelled passes shared (token requests, reads) ends with them
-        await self.events.stop()
-        if self.loop_kube is not None:
-            await self.loop_kube.close()  # after the Events: they may be posted through it
+        try:
+            await self.events.stop()
+        finally:
+            if self.loop_kube is not None:
+                await self.loop_kube.close()  # after the Events: they may be posted through it
         for executor in (self.io, self.event_io):
             executor.shutdown(wait=False, cancel_futures=True)
         if self.stop_flag is not None:
@@ -175,8 +177,8 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     tokens.managed = ManagedIdentityTokens(timeout=(5.0, cfg.token_timeout)).acquire
     kube = Kube(api, timeout=cfg.api_timeouts)
     # the passes' Secret and status calls and the Events on the loop (kube/loopcalls.py), unless the kubeconfig
-    # needs urllib3; as many at once as the I/O threads could make of them before, and the Event posters' besides
-    loop_kube = (LoopKube(kube, limit=cfg.api_concurrency + cfg.token_concurrency + POSTERS_ON_LOOP)
+    # needs urllib3; as many at once as the I/O threads could make of them before, and the Event posters' apart
+    loop_kube = (LoopKube(kube, limit=cfg.api_concurrency + cfg.token_concurrency, events=POSTERS_ON_LOOP)
                  if LoopKube.usable(kube) else None)
     io = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency, thread_name_prefix="graphcred-io")
     event_io = ThreadPoolExecutor(max_workers=POSTERS, thread_name_prefix="graphcred-events")

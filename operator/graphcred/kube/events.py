@@ -222,6 +222,12 @@ class EventRecorder:
                 await asyncio.sleep(delay)
             try:
                 await self._send(pending)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # the poster is stopped
+                error = exc  # a call refused by a transport already closed: this Event is lost, the poster lives on
+                break
             except Exception as exc:  # noqa: BLE001 - an Event is never worth failing anything for
                 error = exc
                 if outage(exc):
