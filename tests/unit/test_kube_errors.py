@@ -477,30 +477,3 @@ def test_events_and_passes_agree_on_what_is_an_outage(exc: Exception, outage: bo
     ridden_out = _pass_failure_level(exc, caplog) == logging.WARNING
     assert (retried, ridden_out) == (outage, outage)
 
-
-def test_on_the_loop_event_posts_do_not_wait_behind_the_passes_calls(apiserver: Apiserver) -> None:
-    """The passes may hold every one of LoopKube's places (a burst): the Event posts have places of their own."""
-    release = threading.Event()
-
-    def answer(method: str, path: str) -> Answer:
-        if "/secrets/" in path:
-            release.wait(10)  # the pass's read held by the apiserver until the Event is posted
-        return 200, "{}"
-
-    apiserver.answer = answer
-
-    async def scenario() -> None:
-        on_loop = LoopKube(_kube(apiserver.url, timeout=(2.0, 15.0)), limit=1, events=1)
-        try:
-            read = asyncio.create_task(on_loop.read_secret("ns", "s"))
-            while not apiserver.requests:
-                await asyncio.sleep(0.01)
-            await asyncio.wait_for(on_loop.create_event("ns", EVENT), 5)
-            assert not read.done(), "the read was answered first: nothing was shown"
-            release.set()
-            assert await read == {}
-        finally:
-            release.set()
-            await on_loop.close()
-
-    asyncio.run(scenario())

@@ -177,8 +177,9 @@ def build(cfg: RunConfig, metrics: Metrics, health: Health, loop: asyncio.Abstra
     tokens.managed = ManagedIdentityTokens(timeout=(5.0, cfg.token_timeout)).acquire
     kube = Kube(api, timeout=cfg.api_timeouts)
     # the passes' Secret and status calls and the Events on the loop (kube/loopcalls.py), unless the kubeconfig
-    # needs urllib3; as many at once as the I/O threads could make of them before, and the Event posters' apart
-    loop_kube = (LoopKube(kube, limit=cfg.api_concurrency + cfg.token_concurrency, events=POSTERS_ON_LOOP)
+    # needs urllib3; as many at once as the I/O threads could make of them before, and the Event posters' besides,
+    # in one queue: in a burst the Events trail the Ready statuses rather than slow them (lean-at-scale, fifth step)
+    loop_kube = (LoopKube(kube, limit=cfg.api_concurrency + cfg.token_concurrency + POSTERS_ON_LOOP)
                  if LoopKube.usable(kube) else None)
     io = ThreadPoolExecutor(max_workers=cfg.api_concurrency + cfg.token_concurrency, thread_name_prefix="graphcred-io")
     event_io = ThreadPoolExecutor(max_workers=POSTERS, thread_name_prefix="graphcred-events")

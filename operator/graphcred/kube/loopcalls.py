@@ -86,16 +86,15 @@ def _tls_files(configuration: client.Configuration) -> tuple[tuple[str, int, int
 
 
 class LoopKube:
-    """`Kube`'s calls in `CALLS`, as coroutines on the running loop, and the Event calls. At most `limit` requests of
-    the passes in flight and `events` Event posts besides (a burst's passes do not hold the Events up), each within
-    its connect and read timeouts from the moment it has a connection (the wait for one is not timed, as the wait
-    for an I/O thread was not); the session is made on the loop of the first call and closed by `close`."""
+    """`Kube`'s calls in `CALLS`, as coroutines on the running loop, and the Event calls. At most `limit` requests in
+    flight, each within its connect and read timeouts from the moment it has a connection (the wait for one is not
+    timed, as the wait for an I/O thread was not); the session is made on the loop of the first call and closed by
+    `close`."""
 
-    def __init__(self, kube: Kube, limit: int, events: int = 1) -> None:
+    def __init__(self, kube: Kube, limit: int) -> None:
         self.kube = kube
         self._slots = asyncio.Semaphore(limit)
-        self._event_slots = asyncio.Semaphore(events)
-        self._limit = limit + events
+        self._limit = limit
         self._session: aiohttp.ClientSession | None = None
         self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}
         self._files: tuple[tuple[str, int, int], ...] = ()
@@ -171,7 +170,7 @@ class LoopKube:
         return self.kube.prepare(method, path, params, **kwargs)
 
     async def _call(self, what: str, method: str, path: str, params: dict[str, str], *,
-                    parse: Callable[[bytes], T], slots: asyncio.Semaphore | None = None, **kwargs: Any) -> T:
+                    parse: Callable[[bytes], T], **kwargs: Any) -> T:
         """One call: `what` names it in errors; the answer `parse`d; every failure a KubeError. A connection that
         could not be made (refused, or its TLS handshake failed: nothing was sent) is tried once more, as urllib3's
         one retry did; aiohttp itself sends a read or delete again once if a pooled connection was found closed. A
@@ -180,7 +179,7 @@ class LoopKube:
             url, headers, payload = await self._prepare(method, path, params, **kwargs)
         except OSError as exc:  # the token file unreadable: as `Kube` says it
             raise NoAnswer(what, None, type(exc).__name__) from exc
-        async with slots or self._slots:
+        async with self._slots:
             for attempt in (1, 2):
                 try:
                     async with asyncio.timeout(self._deadline), \
@@ -229,13 +228,12 @@ class LoopKube:
             raise Gone(exc.call, exc.status, exc.reason) from exc
 
     async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        await self._call("create Event", "POST", _EVENTS, {"namespace": namespace}, body=body, parse=_nothing,
-                         slots=self._event_slots)
+        await self._call("create Event", "POST", _EVENTS, {"namespace": namespace}, body=body, parse=_nothing)
 
     async def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         try:
             await self._call("patch Event", "PATCH", _EVENT, {"namespace": namespace, "name": name}, body=patch,
-                             content_type=MERGE_PATCH, parse=_nothing, slots=self._event_slots)
+                             content_type=MERGE_PATCH, parse=_nothing)
         except NotFound:
             return False
         return True
