@@ -103,10 +103,10 @@ def env(bed: Bed, namespace: str, operator: OperatorProcess, leak_corpus: LeakCo
     """The bed, a namespace and a running operator: what an end-to-end test needs."""
     e = Env(bed, namespace, operator)
     restarts = bed.control_plane.apiserver_restarts
-    if getattr(operator, "watching_after", 0) != restarts:
+    if operator.watching_after != restarts:
         # an earlier test restarted the apiserver: the session operator's watches reconnect with a backoff (up to
         # 30 s), and a test expecting a reaction to a change within seconds would meet the gap
         e.wait_watching()
-        operator.watching_after = restarts  # type: ignore[attr-defined]
+        operator.watching_after = restarts
     yield e
     leak_corpus.collect(e)

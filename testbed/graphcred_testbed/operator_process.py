@@ -25,6 +25,7 @@ class OperatorProcess:
                 *([f"--graph-endpoint={bed.graph_api.url}"] if bed.graph_api is not None else []), *extra_args]
         self.process = Process(name, argv, logdir)
         self._log_offset = 0
+        self.watching_after = 0  # tests: the apiserver restarts after which its watches were seen working again
 
     @property
     def logfile(self) -> Path:

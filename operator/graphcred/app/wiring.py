@@ -94,8 +94,8 @@ class Operator:
 
     `io` runs the passes' blocking calls (Kubernetes API and token requests); `event_io` posts Events, apart (when
     they are not posted on the loop, `loop_kube`): queued behind the passes' calls, a burst's Events trailed its
-    Ready statuses by minutes. `watches` feed the controller
-    (Secrets, and ServiceAccounts or pods when enabled); `stop_flag` asks kopf to stop once everything is down."""
+    Ready statuses by minutes. `watches` feed the controller (Secrets, and ServiceAccounts or pods when enabled);
+    `stop_flag` asks kopf to stop once everything is down."""
 
     cfg: RunConfig
     health: Health

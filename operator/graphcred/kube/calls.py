@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import urllib3
 from kubernetes import client
@@ -119,9 +119,7 @@ class Kube:
         except urllib3.exceptions.SSLError as exc:  # as the client reports a failed handshake: its status 0
             raise client.ApiException(status=0, reason=type(exc).__name__) from exc
         if not 200 <= resp.status <= 299:
-            answer = rest.RESTResponse(resp)
-            answer.read()  # type: ignore[no-untyped-call]  # the exception keeps the status and reason, not the body
-            raise client.ApiException.from_response(http_resp=answer, body=None, data=None)
+            refused(rest.RESTResponse(resp))
         return resp
 
     def _call(self, what: str, method: str, path: str, params: dict[str, str], *, parse: Callable[[bytes], T],
@@ -248,6 +246,13 @@ class Kube:
     def _delete_secret(self, namespace: str, name: str, preconditions: dict[str, str] | None) -> None:
         self._call("delete Secret", "DELETE", _SECRET, {"namespace": namespace, "name": name},
                    body=delete_options(preconditions), parse=_nothing)
+
+
+def refused(answer: rest.RESTResponse) -> NoReturn:
+    """Raise the client's ApiException for an answer other than 2xx, read to its end (its connection goes back to
+    the pool): its status and reason, never its body."""
+    answer.read()  # type: ignore[no-untyped-call]
+    raise client.ApiException.from_response(http_resp=answer, body=None, data=None)
 
 
 def delete_options(preconditions: dict[str, str] | None) -> dict[str, Any] | None:

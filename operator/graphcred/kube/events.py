@@ -150,7 +150,6 @@ class EventRecorder:
                  queue_size: int = QUEUE_SIZE, cache_size: int = CACHE_SIZE,
                  retry_delays: Sequence[float] = RETRY_DELAYS, posters: int | None = None,
                  on_lost: Callable[[str], None] = lambda why: None) -> None:
-        self.api = api
         self.instance = instance[:MAX_INSTANCE]
         self._create: Callable[[str, dict[str, Any]], Awaitable[None]]
         self._patch: Callable[[str, str, dict[str, Any]], Awaitable[bool]]

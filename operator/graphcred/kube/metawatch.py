@@ -32,6 +32,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from graphcred.api.keys import API_VERSION, EXPIRES_ON_ANNOTATION, KIND, PLURAL
 from graphcred.base import backoff as exponential
+from graphcred.kube.calls import refused
 from graphcred.kube.errors import translated
 
 log = logging.getLogger(__name__)
@@ -272,8 +273,7 @@ class MetadataWatch:
         answer = self.api.call_api("GET", url, header_params=headers, body=body, post_params=form,
                                    _request_timeout=timeout)
         if not 200 <= answer.status <= 299:
-            answer.read()  # type: ignore[no-untyped-call]  # the exception keeps the status and reason, no body
-            raise client.ApiException.from_response(http_resp=answer, body=None, data=None)
+            refused(answer)
         return answer.response
 
     # --- list -----------------------------------------------------------------------------------------------
